@@ -1,0 +1,16 @@
+"""Explicit seeds everywhere; sub-seeds derived from names (DomainBed's ``seed_hash``)."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+
+def seed_hash(*parts: object) -> int:
+    """A stable 31-bit seed from any printable parts (unlike ``hash``, same in every process)."""
+    digest = hashlib.sha256(repr(parts).encode()).hexdigest()
+    return int(digest[:8], 16) & 0x7FFFFFFF
+
+
+def rng(*parts: object) -> np.random.Generator:
+    return np.random.default_rng(seed_hash(*parts))
