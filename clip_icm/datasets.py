@@ -1,0 +1,377 @@
+"""Multi-domain image folders in the DomainBed layout: metadata, scanning, splits, loading.
+
+Layout: ``root/<domain>/<class>/**/<image>`` (DomainBed's ``MultipleEnvironmentImageFolder``),
+optionally one level deeper as ``root/<dataset>/<domain>/...``. The scan never crashes on
+messy folders: hidden, empty, non-image and unreadable files are skipped and listed in
+:attr:`DomainScan.skipped`. A domain lacking a class keeps the class index of every other
+class (one sorted union of class folders), and the gap is reported with a warning.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from clip_icm.registry import Registry
+from clip_icm.seeding import rng
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# Folders that archives and file managers leave behind; never domains or classes.
+_SYSTEM_FOLDERS = frozenset({"__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information"})
+
+
+def readable_name(folder: str) -> str:
+    """A folder name as words for prompts: ``"art_painting" -> "art painting"``.
+
+    Underscores and hyphens become spaces, runs of spaces collapse, and the result is
+    lower-cased (OfficeHome's ``"Alarm_Clock"`` reads ``"alarm clock"`` in a prompt).
+    """
+    return " ".join(folder.replace("_", " ").replace("-", " ").split()).lower()
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Metadata of a known multi-domain dataset (DomainBed's ``ENVIRONMENTS``, as data).
+
+    domains: domain folder names; classes: class folder names (None = discover on disk);
+    folders: names the dataset's own folder may have under a data root, DomainBed's first.
+    """
+
+    name: str
+    domains: tuple[str, ...]
+    classes: tuple[str, ...] | None = None
+    folders: tuple[str, ...] = ()
+
+    @property
+    def readable_domains(self) -> tuple[str, ...]:
+        return tuple(readable_name(d) for d in self.domains)
+
+    @property
+    def readable_classes(self) -> tuple[str, ...] | None:
+        return None if self.classes is None else tuple(readable_name(c) for c in self.classes)
+
+    def locate(self, root: str | os.PathLike) -> Path | None:
+        """The dataset's folder: ``root/<folder>``, or ``root`` itself when it holds all the domains."""
+        root = Path(root)
+        for folder in (*self.folders, self.name):
+            if (root / folder).is_dir():
+                return root / folder
+        # root itself only when every domain is there: two PACS-like names are too common.
+        return root if all((root / d).is_dir() for d in self.domains) else None
+
+
+DATASETS: Registry[DatasetInfo] = Registry("dataset")
+for _info in (
+    DatasetInfo(
+        "PACS",
+        ("art_painting", "cartoon", "photo", "sketch"),
+        ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person"),
+        ("PACS",),
+    ),
+    DatasetInfo(
+        "VLCS",
+        ("Caltech101", "LabelMe", "SUN09", "VOC2007"),
+        ("bird", "car", "chair", "dog", "person"),
+        ("VLCS",),
+    ),
+    # 65 classes; discovered on disk rather than copied here.
+    DatasetInfo("OfficeHome", ("Art", "Clipart", "Product", "Real World"), None, ("office_home", "OfficeHome")),
+    DatasetInfo(
+        "TerraIncognita",
+        ("location_100", "location_38", "location_43", "location_46"),
+        ("bird", "bobcat", "cat", "coyote", "dog", "empty", "opossum", "rabbit", "raccoon", "squirrel"),
+        ("terra_incognita", "TerraIncognita"),
+    ),
+    # 345 classes; discovered on disk.
+    DatasetInfo(
+        "DomainNet",
+        ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"),
+        None,
+        ("domain_net", "DomainNet"),
+    ),
+):
+    DATASETS.register(_info.name, _info)
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".") or name in _SYSTEM_FOLDERS
+
+
+def _visible_subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
+
+
+def is_domainbed_folder(root: str | os.PathLike) -> bool:
+    """True when ``root`` has at least two domain folders that each hold a class folder."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    return sum(bool(_visible_subdirs(d)) for d in _visible_subdirs(root)) >= 2
+
+
+def detect_datasets(root: str | os.PathLike) -> list[str]:
+    """Names of the known datasets found at ``root`` (as ``root/<dataset>`` or ``root`` itself).
+
+    Use :func:`is_domainbed_folder` to ask whether ``root`` itself can be scanned as an
+    unnamed dataset.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return [name for name in DATASETS if DATASETS.get(name).locate(root) is not None]
+
+
+@dataclass(frozen=True, eq=False)
+class DomainScan:
+    """The images of a multi-domain folder, one row per image, plus what was skipped.
+
+    paths, labels, domains: (n,) arrays; ``labels`` index ``class_names`` / ``class_folders``
+    (the same index in every domain); ``domains`` holds domain folder names.
+    skipped: (path, reason) for every file or folder that was left out.
+    missing: (domain, class folder) for each class a domain lacks.
+    """
+
+    root: str
+    paths: np.ndarray
+    labels: np.ndarray
+    domains: np.ndarray
+    class_folders: tuple[str, ...]
+    class_names: tuple[str, ...]
+    domain_names: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+    missing: tuple[tuple[str, str], ...] = ()
+    dataset: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def skipped_summary(self) -> dict[str, int]:
+        """How many files were skipped for each kind of reason (text before the first ':')."""
+        counts: dict[str, int] = {}
+        for _, reason in self.skipped:
+            kind = reason.split(":")[0]
+            counts[kind] = counts.get(kind, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def counts(self) -> dict[str, int]:
+        """Number of images per domain, in ``domain_names`` order."""
+        return {d: int(np.sum(self.domains == d)) for d in self.domain_names}
+
+
+Verify = Literal["none", "header", "full"]
+
+
+def _check_image(path: Path, verify: Verify) -> str | None:
+    """None if the file looks like a usable image, else the reason to skip it."""
+    if verify == "none":
+        return None
+    try:
+        with Image.open(path) as im:
+            if verify == "full":
+                im.load()  # decodes everything: catches truncated JPEGs, costs milliseconds
+            else:
+                im.verify()  # header and structure only: cheap
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return f"unreadable image: {type(e).__name__}: {e}"
+    return None
+
+
+def _triage(path: Path) -> str | None:
+    """Reasons that need no decoding: hidden, not an image by extension, empty."""
+    if _is_hidden(path.name):
+        return "hidden file"
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image file: {path.suffix or '(no extension)'}"
+    if path.stat().st_size == 0:
+        return "empty file: 0 bytes"
+    return None
+
+
+def _class_files(class_dir: Path, skipped: list[tuple[str, str]]) -> list[Path]:
+    """Candidate image files under one class folder (recursively, like ImageFolder)."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(class_dir):
+        for d in [d for d in dirnames if _is_hidden(d)]:
+            skipped.append((str(Path(dirpath) / d), "hidden folder"))
+            dirnames.remove(d)
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            reason = _triage(path)
+            if reason is None:
+                files.append(path)
+            else:
+                skipped.append((str(path), reason))
+    return files
+
+
+def _stray_files(folder: Path, where: str, skipped: list[tuple[str, str]]) -> None:
+    """Report files and hidden folders that sit where only folders belong."""
+    for p in sorted(folder.iterdir()):
+        if p.is_dir() and _is_hidden(p.name):
+            skipped.append((str(p), "hidden folder"))
+        elif not p.is_dir():
+            skipped.append((str(p), "hidden file" if _is_hidden(p.name) else f"not inside a class folder ({where})"))
+
+
+def _subsample(files_by_class: dict[str, list[Path]], n: int, seed: int, domain: str) -> dict[str, list[Path]]:
+    """Up to ``n`` files, round-robin over classes in a seeded order (stratified-ish)."""
+    queues = {c: list(rng("subsample", seed, domain, c).permutation(len(f))) for c, f in files_by_class.items()}
+    chosen: dict[str, list[Path]] = {c: [] for c in files_by_class}
+    taken = 0
+    while taken < n and any(queues.values()):
+        for c, q in queues.items():
+            if q and taken < n:
+                chosen[c].append(files_by_class[c][q.pop(0)])
+                taken += 1
+    return {c: sorted(f) for c, f in chosen.items()}
+
+
+def _resolve_root(root: Path, dataset: str | None) -> Path:
+    if not root.is_dir():
+        raise ValueError(f"dataset root {str(root)!r} does not exist or is not a folder")
+    if dataset is None:
+        return root
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS.available())}")
+    found = DATASETS.get(dataset).locate(root)
+    if found is None:
+        info = DATASETS.get(dataset)
+        raise ValueError(
+            f"dataset {dataset!r} not found under {str(root)!r}: expected a folder named "
+            f"{' or '.join(info.folders)} holding the domain folders {', '.join(info.domains)}"
+        )
+    return found
+
+
+def scan_domain_folder(
+    root: str | os.PathLike,
+    dataset: str | None = None,
+    max_per_domain: int | None = None,
+    seed: int = 0,
+    verify: Verify = "header",
+) -> DomainScan:
+    """Scan a DomainBed-layout folder into paths, labels and domains.
+
+    Parameters
+    ----------
+    root: the folder holding the domain folders, or a data root holding ``<dataset>/``.
+    dataset: a name from ``DATASETS``; its folder under ``root`` is scanned.
+    max_per_domain: keep at most this many images per domain (seeded, round-robin over
+        classes) for quick looks; sampled before verification, so a domain may come out
+        a little smaller when some of the sampled files are corrupt.
+    verify: "header" opens each image and checks its structure (cheap; a truncated
+        JPEG can still pass, so loaders must still catch decode errors), "full"
+        decodes every image, "none" trusts the extension.
+    """
+    base = _resolve_root(Path(root), dataset)
+    skipped: list[tuple[str, str]] = []
+    _stray_files(base, "at the dataset root", skipped)
+    per_domain: dict[str, dict[str, list[Path]]] = {}
+    for domain_dir in _visible_subdirs(base):
+        _stray_files(domain_dir, f"domain {domain_dir.name!r}", skipped)
+        per_domain[domain_dir.name] = {c.name: _class_files(c, skipped) for c in _visible_subdirs(domain_dir)}
+    if max_per_domain is not None:
+        if max_per_domain < 1:
+            raise ValueError(f"max_per_domain must be at least 1, got {max_per_domain}")
+        per_domain = {d: _subsample(f, max_per_domain, seed, d) for d, f in per_domain.items()}
+    per_domain = {d: _verified(f, verify, skipped) for d, f in per_domain.items()}
+    return _assemble(base, per_domain, skipped, dataset)
+
+
+def _verified(files_by_class: dict[str, list[Path]], verify: Verify, skipped: list) -> dict[str, list[Path]]:
+    kept: dict[str, list[Path]] = {}
+    for c, files in files_by_class.items():
+        kept[c] = []
+        for path in files:
+            reason = _check_image(path, verify)
+            if reason is None:
+                kept[c].append(path)
+            else:
+                skipped.append((str(path), reason))
+    return kept
+
+
+def _assemble(base: Path, per_domain: dict, skipped: list, dataset: str | None) -> DomainScan:
+    """Fix one class index over all domains, warn about gaps, reject degenerate folders."""
+    per_domain = {d: {c: f for c, f in fc.items() if f} for d, fc in per_domain.items()}
+    empty = [d for d, fc in per_domain.items() if not fc]
+    for d in empty:
+        warnings.warn(f"domain {d!r} in {str(base)!r} has no readable images; it is left out", stacklevel=3)
+    per_domain = {d: fc for d, fc in per_domain.items() if fc}
+    if not per_domain:
+        raise ValueError(f"no readable images found in {str(base)!r} (layout: <domain>/<class>/<image>)")
+    if len(per_domain) < 2:
+        raise ValueError(
+            f"only one domain with images in {str(base)!r} ({next(iter(per_domain))!r}); "
+            "domain generalisation needs at least two domain folders"
+        )
+    classes = tuple(sorted(set().union(*per_domain.values())))
+    if len(classes) < 2:
+        raise ValueError(f"only one class ({classes[0]!r}) in {str(base)!r}; classification needs at least two")
+    missing = tuple((d, c) for d, fc in per_domain.items() for c in classes if c not in fc)
+    for d, c in missing:
+        warnings.warn(f"domain {d!r} has no images of class {c!r}; other class indices are unchanged", stacklevel=3)
+    rows = [(str(p), classes.index(c), d) for d, fc in per_domain.items() for c, files in fc.items() for p in files]
+    paths, labels, domains = zip(*rows)
+    return DomainScan(
+        root=str(base),
+        paths=np.array(paths, dtype=str),
+        labels=np.array(labels, dtype=np.int64),
+        domains=np.array(domains, dtype=str),
+        class_folders=classes,
+        class_names=tuple(readable_name(c) for c in classes),
+        domain_names=tuple(per_domain),
+        skipped=tuple(skipped),
+        missing=missing,
+        dataset=dataset,
+    )
+
+
+def split_mask(labels: np.ndarray, domains: np.ndarray, val_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
+    """Seeded train/validation split per (domain, class); True marks a training row.
+
+    Each (domain, class) group is shuffled with a seed derived from its own names, so an
+    image's split does not depend on which other domains are present. Groups of two or
+    more keep at least one row on each side when ``val_fraction`` > 0.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    labels, domains = np.asarray(labels), np.asarray(domains)
+    if labels.shape != domains.shape or labels.ndim != 1:
+        raise ValueError(f"labels {labels.shape} and domains {domains.shape} must be 1-D of equal length")
+    is_train = np.ones(len(labels), dtype=bool)
+    for d in np.unique(domains):
+        for y in np.unique(labels[domains == d]):
+            idx = np.flatnonzero((domains == d) & (labels == y))
+            n_val = int(round(val_fraction * len(idx)))
+            if val_fraction > 0 and len(idx) >= 2:
+                n_val = min(max(n_val, 1), len(idx) - 1)
+            is_train[idx[rng("split", seed, str(d), int(y)).permutation(len(idx))[:n_val]]] = False
+    return is_train
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """One image as an upright 8-bit RGB PIL image, fully loaded and with the file closed.
+
+    EXIF orientation is applied; transparency is composited on white (a black background
+    would be a colour the photo never had); 16-bit grey is scaled, not clipped; CMYK,
+    palette and grey images are converted. Raises OSError-family errors on corrupt files.
+    """
+    with Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        im = Image.fromarray(np.clip(np.asarray(im, dtype=np.float64) / 257.0, 0, 255).astype(np.uint8))
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    return im.convert("RGB")
