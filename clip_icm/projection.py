@@ -1,0 +1,325 @@
+"""Closed-form projections fitted on interventional pairs: ICM and its baselines.
+
+Every estimator here follows one contract (scikit-learn style): ``fit(Z, Z_do)``
+with row i of ``Z_do`` the intervened counterpart of row i of ``Z``; learned
+``components_`` such that ``transform(X) = X @ components_.T``; no reference to
+the training data is kept. Eigen-decompositions run in float64 with
+``scipy.linalg.eigh`` (D up to 1024 takes well under a second).
+
+The methods (registry :data:`METHODS`, labels :data:`METHOD_LABELS`):
+
+- ``icm``: the Invariant Causal Mechanism projection as intended (top-K).
+- ``icm_as_released``: the slice the released code takes (the K smallest).
+- ``pca``: top-K eigenvectors of ``Z^T Z / n`` (ICM with lam = 0, uncentred).
+- ``null_space``: the K directions that move least under intervention
+  (ICM's lam -> infinity limit).
+- ``orth_cali``: Orth-Cali soft calibration (Chuang et al. 2023).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import numpy as np
+import scipy.linalg
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from clip_icm.embeddings import PairSet
+from clip_icm.registry import Registry
+
+SELECTIONS = ("top", "as_released")
+LAM_MODES = ("absolute", "relative")
+
+
+class RankDeficientWarning(UserWarning):
+    """Fewer pairs than dimensions: the D x D moment matrices are rank-deficient."""
+
+
+def _as_matrix(X: object, name: str) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (rows, dims), got shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    return X
+
+
+def _check_pairs(Z: object, Z_do: object) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a pair stack; every problem is a ValueError that names it."""
+    Z, Z_do = _as_matrix(Z, "Z"), _as_matrix(Z_do, "Z_do")
+    if Z.shape != Z_do.shape:
+        raise ValueError(f"Z {Z.shape} and Z_do {Z_do.shape} must have the same shape (row i pairs with row i)")
+    n, dim = Z.shape
+    if n < 2:
+        raise ValueError(f"need at least 2 pairs to fit a projection, got {n}")
+    if n < dim:
+        warnings.warn(
+            f"only {n} pairs for {dim} dimensions: the estimate is rank-deficient", RankDeficientWarning, stacklevel=3
+        )
+    return Z, Z_do
+
+
+def _check_lam(lam: float) -> float:
+    if not np.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    return float(lam)
+
+
+def _check_choice(value: str, name: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"{name} must be one of {', '.join(valid)}; got {value!r}")
+
+
+def _check_n_components(k: object, dim: int, name: str = "n_components") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= dim:
+        raise ValueError(f"{name}={k!r} must be an integer between 1 and D={dim}")
+    return int(k)
+
+
+def _check_n_removed(r: object, dim: int) -> int:
+    if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 0 <= r < dim:
+        raise ValueError(f"n_removed={r!r} must be an integer between 0 and D-1={dim - 1}")
+    return int(r)
+
+
+def _flip_signs(rows: np.ndarray) -> np.ndarray:
+    """Make each row's largest-magnitude entry positive (sklearn ``svd_flip`` on V)."""
+    idx = np.argmax(np.abs(rows), axis=1)
+    signs = np.sign(rows[np.arange(len(rows)), idx])
+    signs[signs == 0] = 1.0
+    return rows * signs[:, None]
+
+
+def _moment(X: np.ndarray) -> np.ndarray:
+    """Uncentred second moment ``X^T X / n``: the paper's formula centres nothing."""
+    return X.T @ X / len(X)
+
+
+def relative_lam_scale(Z: np.ndarray, Z_do: np.ndarray) -> float:
+    """trace(Z^T Z) / trace(Delta^T Delta): the factor that makes lam = 1 balance both energies."""
+    delta_energy = float(np.sum((Z - Z_do) ** 2))
+    if delta_energy == 0.0:
+        raise ValueError("all pairs are identical (Delta = 0): a relative lam is undefined; use lam_mode='absolute'")
+    return float(np.sum(Z**2)) / delta_energy
+
+
+class _LinearProjection(TransformerMixin, BaseEstimator):
+    """Shared contract: ``components_`` (rows) map D-dim inputs to the projected space."""
+
+    _orthonormal = True
+
+    def fit(self, Z: object, Z_do: object) -> "_LinearProjection":
+        Z, Z_do = _check_pairs(Z, Z_do)
+        self._fit_pairs(Z, Z_do)
+        self.n_features_in_ = Z.shape[1]
+        return self
+
+    def _fit_pairs(self, Z: np.ndarray, Z_do: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def fit_transform(self, Z: object, Z_do: object) -> np.ndarray:
+        return self.fit(Z, Z_do).transform(Z)
+
+    def _check_input(self, X: object, name: str = "X") -> np.ndarray:
+        check_is_fitted(self, "components_")
+        X = _as_matrix(X, name)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"{name} has {X.shape[1]} features, the projection was fitted on {self.n_features_in_}")
+        return X
+
+    def transform(self, X: object) -> np.ndarray:
+        return self._check_input(X) @ self.components_.T
+
+    def inverse_transform(self, Y: object) -> np.ndarray:
+        """Map projected rows back to D dims (least-squares preimage for a non-orthogonal map)."""
+        check_is_fitted(self, "components_")
+        Y = _as_matrix(Y, "Y")
+        if Y.shape[1] != self.components_.shape[0]:
+            raise ValueError(f"Y has {Y.shape[1]} columns, the projection has {self.components_.shape[0]} outputs")
+        if self._orthonormal:
+            return Y @ self.components_
+        return Y @ np.linalg.pinv(self.components_.T)
+
+    def invariance_ratio(self, Z: object, Z_do: object) -> float:
+        """||Delta A^T||_F / ||Z A^T||_F on the given pairs: small = the subspace ignores interventions."""
+        Z, Z_do = self._check_input(Z, "Z"), self._check_input(Z_do, "Z_do")
+        if Z.shape != Z_do.shape:
+            raise ValueError(f"Z {Z.shape} and Z_do {Z_do.shape} must have the same shape")
+        denom = np.linalg.norm(Z @ self.components_.T)
+        return float(np.linalg.norm((Z - Z_do) @ self.components_.T) / denom) if denom > 0 else float("nan")
+
+
+class InvariantProjection(_LinearProjection):
+    """The ICM projection: eigenvectors of ``M = Z^T Z/n - lam * Delta^T Delta/n``.
+
+    ``selection="top"`` keeps the K largest eigenvalues: directions that carry the
+    embedding's energy and move little under intervention (the closed-form solution
+    of the paper's reconstruct + consistency objective). ``selection="as_released"``
+    reproduces the released code: ``torch.linalg.eigh`` returns eigenvalues ascending
+    and the code keeps ``eigvec[:, :K]``, i.e. the K *smallest*; with a large lam those
+    are the most intervention-sensitive directions, the opposite of the intent. Neither
+    selection centres or normalises the embeddings (the released code does neither).
+
+    ``lam_mode="relative"`` uses ``lam * trace(Z^T Z) / trace(Delta^T Delta)`` so that
+    lam = 1 weighs the two energies equally whatever the scale of the deltas; the
+    value used is stored in ``lam_effective_``.
+
+    Attributes: ``components_`` (K, D) orthonormal rows, in the order selected;
+    ``eigenvalues_`` (D,) all eigenvalues of M, descending; ``lam_effective_``;
+    ``n_features_in_``. Signs are fixed as sklearn's ``svd_flip`` does.
+    """
+
+    def __init__(
+        self, n_components: int = 64, lam: float = 1000.0, selection: str = "top", lam_mode: str = "absolute"
+    ) -> None:
+        self.n_components = n_components
+        self.lam = lam
+        self.selection = selection
+        self.lam_mode = lam_mode
+
+    def _fit_pairs(self, Z: np.ndarray, Z_do: np.ndarray) -> None:
+        k = _check_n_components(self.n_components, Z.shape[1])
+        lam = _check_lam(self.lam)
+        _check_choice(self.selection, "selection", SELECTIONS)
+        _check_choice(self.lam_mode, "lam_mode", LAM_MODES)
+        if self.lam_mode == "relative":
+            lam *= relative_lam_scale(Z, Z_do)
+        values, vectors = scipy.linalg.eigh(_moment(Z) - lam * _moment(Z - Z_do))  # ascending
+        chosen = vectors[:, -k:][:, ::-1] if self.selection == "top" else vectors[:, :k]
+        self.components_ = _flip_signs(chosen.T)
+        self.eigenvalues_ = values[::-1].copy()
+        self.lam_effective_ = lam
+
+
+class PCAProjection(_LinearProjection):
+    """Top-K eigenvectors of the uncentred ``Z^T Z / n``: ICM with lam = 0.
+
+    Uncentred on purpose, so that the only difference from ``icm`` is the intervention
+    term. ``Z_do`` is validated (same contract) but not used.
+    """
+
+    def __init__(self, n_components: int = 64) -> None:
+        self.n_components = n_components
+
+    def _fit_pairs(self, Z: np.ndarray, Z_do: np.ndarray) -> None:
+        k = _check_n_components(self.n_components, Z.shape[1])
+        values, vectors = scipy.linalg.eigh(_moment(Z))
+        self.components_ = _flip_signs(vectors[:, -k:][:, ::-1].T)
+        self.eigenvalues_ = values[::-1].copy()
+
+
+class NullSpaceProjection(_LinearProjection):
+    """Remove the top-r eigenvectors of the intervention covariance ``Delta^T Delta / n``.
+
+    Give exactly one of ``n_removed`` (r) or ``n_components`` (keep K = D - r). The
+    output is an orthonormal basis of the kept complement, not the D x D projector
+    ``I - U_r U_r^T``: the two give the same cosines and distances, and a basis keeps
+    the output K-dimensional like the other methods. Rows are ordered from the
+    direction that moves least under intervention; this is ICM's lam -> infinity limit.
+    ``eigenvalues_`` are those of ``Delta^T Delta / n``, descending.
+    """
+
+    def __init__(self, n_removed: int | None = None, n_components: int | None = None) -> None:
+        self.n_removed = n_removed
+        self.n_components = n_components
+
+    def _kept(self, dim: int) -> int:
+        if (self.n_removed is None) == (self.n_components is None):
+            raise ValueError("give exactly one of n_removed or n_components")
+        if self.n_components is not None:
+            return _check_n_components(self.n_components, dim)
+        return dim - _check_n_removed(self.n_removed, dim)
+
+    def _fit_pairs(self, Z: np.ndarray, Z_do: np.ndarray) -> None:
+        k = self._kept(Z.shape[1])
+        values, vectors = scipy.linalg.eigh(_moment(Z - Z_do))
+        self.components_ = _flip_signs(vectors[:, :k].T)
+        self.eigenvalues_ = values[::-1].copy()
+
+
+class OrthCaliProjection(_LinearProjection):
+    """Orth-Cali (Chuang et al. 2023): ``P = P0 (I + lam S)^-1``, applied as ``x -> P x``.
+
+    ``S = Delta^T Delta / n`` is the mean outer product of the pair differences. In the
+    original, ``P0`` projects away the embeddings of spurious prompts; we have no such
+    prompts, so ``P0 = I - U_r U_r^T`` removes the top ``n_removed`` eigenvectors of S
+    (the dominant spurious directions). ``components_`` is therefore the D x D matrix P,
+    neither orthonormal nor a reduction: the output keeps D dims and lam is the knob.
+    ``lam_mode="relative"`` scales lam by ``D / trace(S)`` so that lam = 1 makes the
+    shrinkage's mean eigenvalue 2, whatever the scale of the deltas.
+    """
+
+    _orthonormal = False
+
+    def __init__(self, lam: float = 1000.0, n_removed: int = 1, lam_mode: str = "absolute") -> None:
+        self.lam = lam
+        self.n_removed = n_removed
+        self.lam_mode = lam_mode
+
+    def _fit_pairs(self, Z: np.ndarray, Z_do: np.ndarray) -> None:
+        dim = Z.shape[1]
+        lam = _check_lam(self.lam)
+        _check_choice(self.lam_mode, "lam_mode", LAM_MODES)
+        r = _check_n_removed(self.n_removed, dim)
+        S = _moment(Z - Z_do)
+        if self.lam_mode == "relative":
+            trace = float(np.trace(S))
+            if trace == 0.0:
+                raise ValueError("all pairs are identical (Delta = 0): a relative lam is undefined")
+            lam *= dim / trace
+        values, vectors = scipy.linalg.eigh(S)
+        top = vectors[:, dim - r :]
+        p0 = np.eye(dim) - top @ top.T
+        self.components_ = p0 @ scipy.linalg.solve(np.eye(dim) + lam * S, np.eye(dim), assume_a="pos")
+        self.eigenvalues_ = values[::-1].copy()
+        self.lam_effective_ = lam
+
+
+METHOD_LABELS: dict[str, str] = {
+    "icm": "ICM",
+    "icm_as_released": "ICM (as released)",
+    "pca": "PCA",
+    "null_space": "Null space",
+    "orth_cali": "Orth-Cali",
+}
+
+# Factories (n_components, lam, lam_mode) -> unfitted estimator. orth_cali keeps all D
+# dims (lam is its knob) and ignores n_components; pca ignores lam.
+METHODS: Registry[Callable[[int, float, str], _LinearProjection]] = Registry("projection method")
+METHODS.register("icm", lambda k, lam, mode: InvariantProjection(k, lam, "top", mode))
+METHODS.register("icm_as_released", lambda k, lam, mode: InvariantProjection(k, lam, "as_released", mode))
+METHODS.register("pca", lambda k, lam, mode: PCAProjection(k))
+METHODS.register("null_space", lambda k, lam, mode: NullSpaceProjection(n_components=k))
+METHODS.register("orth_cali", lambda k, lam, mode: OrthCaliProjection(lam, lam_mode=mode))
+
+
+def make_projection(method: str, n_components: int, lam: float, lam_mode: str = "absolute") -> _LinearProjection:
+    """An unfitted estimator for a registered method name (KeyError lists the valid ones)."""
+    return METHODS.get(method)(n_components, lam, lam_mode)
+
+
+def stack_pairs(pair_sets: list[PairSet], weights: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stack several pair sets into one (Z, Z_do); ``weights`` (by set name, default 1)
+    scale rows by sqrt(w) so that each set's share of both moment matrices is weighted by w.
+    Sets with weight 0 are left out."""
+    if not pair_sets:
+        raise ValueError("no pair sets to stack")
+    weights = dict(weights or {})
+    unknown = set(weights) - {p.name for p in pair_sets}
+    if unknown:
+        raise ValueError(f"weights for unknown pair sets: {', '.join(sorted(unknown))}")
+    dims = {p.z.shape[1] for p in pair_sets}
+    if len(dims) > 1:
+        raise ValueError(f"pair sets have different dimensions: {sorted(dims)}")
+    zs, zdos = [], []
+    for pairs in pair_sets:
+        w = weights.get(pairs.name, 1.0)
+        if not np.isfinite(w) or w < 0:
+            raise ValueError(f"weight for pair set {pairs.name!r} must be finite and >= 0, got {w!r}")
+        if w > 0:
+            zs.append(np.sqrt(w) * np.asarray(pairs.z, dtype=np.float64))
+            zdos.append(np.sqrt(w) * np.asarray(pairs.z_do, dtype=np.float64))
+    if not zs:
+        raise ValueError("every pair set has weight 0")
+    return np.concatenate(zs), np.concatenate(zdos)

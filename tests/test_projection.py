@@ -1,0 +1,203 @@
+"""Estimator contract of every projection method, bad input, and the closed form itself."""
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.exceptions import NotFittedError
+
+from clip_icm.embeddings import PairSet
+from clip_icm.projection import (
+    METHOD_LABELS,
+    METHODS,
+    InvariantProjection,
+    NullSpaceProjection,
+    OrthCaliProjection,
+    RankDeficientWarning,
+    make_projection,
+    stack_pairs,
+)
+
+D, K_INV = 12, 4
+
+
+def _pairs(n=200, seed=0):
+    """Linear world: x = W [z_inv; z_var]; the pair resamples z_var only."""
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(D, D))
+    z_inv = rng.normal(size=(n, K_INV))
+    Z = np.c_[z_inv, rng.normal(size=(n, D - K_INV))] @ W.T
+    Z_do = np.c_[z_inv, rng.normal(size=(n, D - K_INV))] @ W.T
+    return Z, Z_do, W
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return _pairs()
+
+
+def test_registry_names_and_labels():
+    assert METHODS.available() == sorted(["icm", "icm_as_released", "pca", "null_space", "orth_cali"])
+    assert set(METHOD_LABELS) == set(METHODS.available())
+    with pytest.raises(KeyError, match="available: icm"):
+        make_projection("icn", 3, 1.0)
+
+
+@pytest.mark.parametrize("method", METHODS.available())
+def test_fit_transform_matches_fit_then_transform(method, pairs):
+    Z, Z_do, _ = pairs
+    est = make_projection(method, K_INV, 10.0)
+    Y = est.fit_transform(Z, Z_do)
+    np.testing.assert_allclose(Y, make_projection(method, K_INV, 10.0).fit(Z, Z_do).transform(Z), atol=1e-10)
+    np.testing.assert_allclose(Y, Z @ est.components_.T, atol=1e-10)
+    assert est.n_features_in_ == D
+    assert est.eigenvalues_.shape == (D,)
+    assert np.all(np.diff(est.eigenvalues_) <= 1e-9)  # descending
+
+
+@pytest.mark.parametrize("method", METHODS.available())
+def test_not_fitted(method, pairs):
+    with pytest.raises(NotFittedError):
+        make_projection(method, K_INV, 1.0).transform(pairs[0])
+
+
+@pytest.mark.parametrize("method", ["icm", "icm_as_released", "pca", "null_space"])
+def test_components_orthonormal_and_inverse(method, pairs):
+    Z, Z_do, _ = pairs
+    est = make_projection(method, K_INV, 10.0).fit(Z, Z_do)
+    C = est.components_
+    assert C.shape == (K_INV, D)
+    np.testing.assert_allclose(C @ C.T, np.eye(K_INV), atol=1e-10)
+    np.testing.assert_allclose(est.inverse_transform(est.transform(Z)), Z @ C.T @ C, atol=1e-8)
+
+
+def test_signs_deterministic(pairs):
+    Z, Z_do, _ = pairs
+    C = InvariantProjection(K_INV, 10.0).fit(Z, Z_do).components_
+    assert np.all(C[np.arange(K_INV), np.argmax(np.abs(C), axis=1)] > 0)
+    # Re-fitting on permuted rows gives the same matrix, signs included.
+    perm = np.random.default_rng(1).permutation(len(Z))
+    np.testing.assert_allclose(InvariantProjection(K_INV, 10.0).fit(Z[perm], Z_do[perm]).components_, C, atol=1e-8)
+
+
+def test_top_is_closed_form_and_as_released_is_ascending_slice(pairs):
+    Z, Z_do, _ = pairs
+    lam, n = 10.0, len(Z)
+    M = Z.T @ Z / n - lam * (Z - Z_do).T @ (Z - Z_do) / n
+    values, vectors = np.linalg.eigh(M)
+    top = InvariantProjection(K_INV, lam).fit(Z, Z_do)
+    released = InvariantProjection(K_INV, lam, selection="as_released").fit(Z, Z_do)
+    np.testing.assert_allclose(top.eigenvalues_, values[::-1], rtol=1e-9, atol=1e-9)
+    # Same subspaces as the explicit slices (projectors compared, signs irrelevant).
+    for est, cols in ((top, vectors[:, -K_INV:]), (released, vectors[:, :K_INV])):
+        np.testing.assert_allclose(est.components_.T @ est.components_, cols @ cols.T, atol=1e-8)
+
+
+def test_relative_lam(pairs):
+    Z, Z_do, _ = pairs
+    est = InvariantProjection(K_INV, 2.0, lam_mode="relative").fit(Z, Z_do)
+    expected = 2.0 * np.sum(Z**2) / np.sum((Z - Z_do) ** 2)
+    assert est.lam_effective_ == pytest.approx(expected)
+    absolute = InvariantProjection(K_INV, expected).fit(Z, Z_do)
+    np.testing.assert_allclose(est.components_, absolute.components_, atol=1e-10)
+    with pytest.raises(ValueError, match="identical"):
+        InvariantProjection(K_INV, 1.0, lam_mode="relative").fit(Z, Z)
+
+
+def test_invariance_ratio_orders_methods(pairs):
+    Z, Z_do, _ = pairs
+    icm = InvariantProjection(K_INV, 1e4).fit(Z, Z_do)
+    released = InvariantProjection(K_INV, 1e4, selection="as_released").fit(Z, Z_do)
+    assert icm.invariance_ratio(Z, Z_do) < 1e-3 < 0.5 < released.invariance_ratio(Z, Z_do)
+    assert NullSpaceProjection(n_components=K_INV).fit(Z, Z_do).invariance_ratio(Z, Z_do) < 1e-8
+
+
+def test_null_space_n_removed_equals_complement(pairs):
+    Z, Z_do, _ = pairs
+    a = NullSpaceProjection(n_removed=D - K_INV).fit(Z, Z_do)
+    b = NullSpaceProjection(n_components=K_INV).fit(Z, Z_do)
+    np.testing.assert_allclose(a.components_, b.components_)
+    with pytest.raises(ValueError, match="exactly one"):
+        NullSpaceProjection().fit(Z, Z_do)
+    with pytest.raises(ValueError, match="n_removed"):
+        NullSpaceProjection(n_removed=D).fit(Z, Z_do)
+
+
+def test_orth_cali_matches_formula(pairs):
+    Z, Z_do, _ = pairs
+    lam, r = 5.0, 2
+    S = (Z - Z_do).T @ (Z - Z_do) / len(Z)
+    _, vectors = np.linalg.eigh(S)
+    U = vectors[:, -r:]
+    P = (np.eye(D) - U @ U.T) @ np.linalg.inv(np.eye(D) + lam * S)
+    est = OrthCaliProjection(lam, n_removed=r).fit(Z, Z_do)
+    np.testing.assert_allclose(est.components_, P, atol=1e-10)
+    Y = est.transform(Z)
+    np.testing.assert_allclose(Y, Z @ P.T, atol=1e-10)
+    # Least-squares preimage: mapping it forward again reproduces Y.
+    np.testing.assert_allclose(est.transform(est.inverse_transform(Y)), Y, atol=1e-6)
+
+
+BAD_INPUTS = [
+    (lambda Z, Zd: (Z[:, :5], Zd), "same shape"),
+    (lambda Z, Zd: (Z[0], Zd[0]), "2-D"),
+    (lambda Z, Zd: (Z[:1], Zd[:1]), "at least 2 pairs"),
+    (lambda Z, Zd: (np.where(np.eye(len(Z), D, dtype=bool), np.nan, Z), Zd), "NaN"),
+    (lambda Z, Zd: (Z, np.where(np.eye(len(Z), D, dtype=bool), np.inf, Zd)), "Z_do contains NaN or inf"),
+]
+
+
+@pytest.mark.parametrize("method", METHODS.available())
+@pytest.mark.parametrize("bad, message", BAD_INPUTS)
+def test_bad_pairs_raise_named_value_error(method, bad, message, pairs):
+    Z, Z_do, _ = pairs
+    with pytest.raises(ValueError, match=message):
+        make_projection(method, K_INV, 1.0).fit(*bad(Z, Z_do))
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"n_components": 0}, "n_components"),
+        ({"n_components": D + 1}, "n_components"),
+        ({"n_components": 2.5}, "n_components"),
+        ({"lam": -1.0}, "lam"),
+        ({"lam": float("nan")}, "lam"),
+        ({"selection": "bottom"}, "selection"),
+        ({"lam_mode": "scaled"}, "lam_mode"),
+    ],
+)
+def test_bad_parameters_raise_named_value_error(params, message, pairs):
+    with pytest.raises(ValueError, match=message):
+        InvariantProjection(**{"n_components": K_INV, **params}).fit(*pairs[:2])
+
+
+def test_transform_checks_width(pairs):
+    est = InvariantProjection(K_INV, 1.0).fit(*pairs[:2])
+    with pytest.raises(ValueError, match="features"):
+        est.transform(pairs[0][:, :-1])
+
+
+def test_warns_when_fewer_pairs_than_dims(pairs):
+    Z, Z_do, _ = pairs
+    with pytest.warns(RankDeficientWarning, match="rank-deficient"):
+        InvariantProjection(2, 1.0).fit(Z[: D - 1], Z_do[: D - 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        InvariantProjection(2, 1.0).fit(Z, Z_do)
+
+
+def test_stack_pairs_weights(pairs):
+    Z, Z_do, _ = pairs
+    a = PairSet("a", "image", Z[:50], Z_do[:50])
+    b = PairSet("b", "text", Z[50:80], Z_do[50:80])
+    S, S_do = stack_pairs([a, b], {"b": 4.0})
+    np.testing.assert_allclose(S[50:], 2.0 * Z[50:80])
+    np.testing.assert_allclose(S_do[:50], Z_do[:50])
+    assert len(stack_pairs([a, b], {"a": 0.0})[0]) == 30
+    for weights, message in (({"c": 1.0}, "unknown"), ({"a": -1.0}, "weight"), ({"a": 0, "b": 0}, "weight 0")):
+        with pytest.raises(ValueError, match=message):
+            stack_pairs([a, b], weights)
+    with pytest.raises(ValueError, match="no pair sets"):
+        stack_pairs([])
+    with pytest.raises(ValueError, match="dimensions"):
+        stack_pairs([a, PairSet("c", "text", Z[:5, :3], Z_do[:5, :3])])
