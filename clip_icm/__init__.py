@@ -1,5 +1,27 @@
 """CLIP-ICM Explorer: the Invariant Causal Mechanism of CLIP, as a library."""
+from clip_icm.datasets import (
+    DATASETS,
+    DatasetInfo,
+    DomainScan,
+    detect_datasets,
+    is_domainbed_folder,
+    load_image,
+    readable_name,
+    scan_domain_folder,
+    split_mask,
+)
 from clip_icm.embeddings import EmbeddingSet, PairSet
+from clip_icm.interventions import (
+    IMAGE_INTERVENTIONS,
+    TEXT_BANKS,
+    ZERO_SHOT_TEMPLATES,
+    ImageIntervention,
+    RandomIntervention,
+    TextBank,
+    cross_modal_texts,
+    make_image_intervention,
+    make_text_pairs,
+)
 from clip_icm.projection import (
     METHOD_LABELS,
     METHODS,
@@ -25,4 +47,24 @@ __all__ = [
     "METHOD_LABELS",
     "make_projection",
     "stack_pairs",
+    # datasets
+    "DATASETS",
+    "DatasetInfo",
+    "DomainScan",
+    "detect_datasets",
+    "is_domainbed_folder",
+    "load_image",
+    "readable_name",
+    "scan_domain_folder",
+    "split_mask",
+    # interventions
+    "IMAGE_INTERVENTIONS",
+    "TEXT_BANKS",
+    "ZERO_SHOT_TEMPLATES",
+    "ImageIntervention",
+    "RandomIntervention",
+    "TextBank",
+    "cross_modal_texts",
+    "make_image_intervention",
+    "make_text_pairs",
 ]
