@@ -219,17 +219,13 @@ def _stray_files(folder: Path, where: str, skipped: list[tuple[str, str]]) -> No
             skipped.append((str(p), "hidden file" if _is_hidden(p.name) else f"not inside a class folder ({where})"))
 
 
-def _subsample(files_by_class: dict[str, list[Path]], n: int, seed: int, domain: str) -> dict[str, list[Path]]:
-    """Up to ``n`` files, round-robin over classes in a seeded order (stratified-ish)."""
-    queues = {c: list(rng("subsample", seed, domain, c).permutation(len(f))) for c, f in files_by_class.items()}
-    chosen: dict[str, list[Path]] = {c: [] for c in files_by_class}
-    taken = 0
-    while taken < n and any(queues.values()):
-        for c, q in queues.items():
-            if q and taken < n:
-                chosen[c].append(files_by_class[c][q.pop(0)])
-                taken += 1
-    return {c: sorted(f) for c, f in chosen.items()}
+def _round_robin(files_by_class: dict[str, list[Path]], seed: int, domain: str) -> list[tuple[str, Path]]:
+    """All (class, file) pairs, interleaving classes, each class in a seeded order."""
+    queues = {c: [f[i] for i in rng("subsample", seed, domain, c).permutation(len(f))] for c, f in files_by_class.items()}
+    order = []
+    for i in range(max(map(len, queues.values()), default=0)):
+        order.extend((c, q[i]) for c, q in queues.items() if i < len(q))
+    return order
 
 
 def _resolve_root(root: Path, dataset: str | None) -> Path:
@@ -262,13 +258,15 @@ def scan_domain_folder(
     ----------
     root: the folder holding the domain folders, or a data root holding ``<dataset>/``.
     dataset: a name from ``DATASETS``; its folder under ``root`` is scanned.
-    max_per_domain: keep at most this many images per domain (seeded, round-robin over
-        classes) for quick looks; sampled before verification, so a domain may come out
-        a little smaller when some of the sampled files are corrupt.
+    max_per_domain: keep at most this many readable images per domain (seeded, round-robin
+        over classes) for quick looks; only the files needed are verified, so this is fast
+        on big folders, and files never reached are not checked or reported.
     verify: "header" opens each image and checks its structure (cheap; a truncated
         JPEG can still pass, so loaders must still catch decode errors), "full"
         decodes every image, "none" trusts the extension.
     """
+    if max_per_domain is not None and max_per_domain < 1:
+        raise ValueError(f"max_per_domain must be at least 1, got {max_per_domain}")
     base = _resolve_root(Path(root), dataset)
     skipped: list[tuple[str, str]] = []
     _stray_files(base, "at the dataset root", skipped)
@@ -276,25 +274,31 @@ def scan_domain_folder(
     for domain_dir in _visible_subdirs(base):
         _stray_files(domain_dir, f"domain {domain_dir.name!r}", skipped)
         per_domain[domain_dir.name] = {c.name: _class_files(c, skipped) for c in _visible_subdirs(domain_dir)}
-    if max_per_domain is not None:
-        if max_per_domain < 1:
-            raise ValueError(f"max_per_domain must be at least 1, got {max_per_domain}")
-        per_domain = {d: _subsample(f, max_per_domain, seed, d) for d, f in per_domain.items()}
-    per_domain = {d: _verified(f, verify, skipped) for d, f in per_domain.items()}
+    per_domain = {d: _verified(f, verify, skipped, max_per_domain, seed, d) for d, f in per_domain.items()}
     return _assemble(base, per_domain, skipped, dataset)
 
 
-def _verified(files_by_class: dict[str, list[Path]], verify: Verify, skipped: list) -> dict[str, list[Path]]:
-    kept: dict[str, list[Path]] = {}
-    for c, files in files_by_class.items():
-        kept[c] = []
-        for path in files:
-            reason = _check_image(path, verify)
-            if reason is None:
-                kept[c].append(path)
-            else:
-                skipped.append((str(path), reason))
-    return kept
+def _verified(
+    files_by_class: dict[str, list[Path]], verify: Verify, skipped: list, limit: int | None, seed: int, domain: str
+) -> dict[str, list[Path]]:
+    """The readable files; with ``limit``, the first that many of a seeded round-robin over classes."""
+    candidates = (
+        [(c, p) for c, files in files_by_class.items() for p in files]
+        if limit is None
+        else _round_robin(files_by_class, seed, domain)
+    )
+    kept: dict[str, list[Path]] = {c: [] for c in files_by_class}
+    n_kept = 0
+    for c, path in candidates:
+        if limit is not None and n_kept >= limit:
+            break
+        reason = _check_image(path, verify)
+        if reason is None:
+            kept[c].append(path)
+            n_kept += 1
+        else:
+            skipped.append((str(path), reason))
+    return {c: sorted(f) for c, f in kept.items()}
 
 
 def _assemble(base: Path, per_domain: dict, skipped: list, dataset: str | None) -> DomainScan:
