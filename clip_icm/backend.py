@@ -1,0 +1,474 @@
+"""CLIP models through open_clip: resolve weights offline-first, encode images and texts.
+
+Every model name ends as one code path: an architecture config plus (maybe) a local
+checkpoint file. Tags and ``hf-hub:`` names are first looked up in the local caches;
+only when they are missing and the network is reachable does open_clip download them.
+Offline and missing, :func:`load_model` fails at once with a message saying where the
+weights were looked for and how to provide them - it never waits on a network timeout.
+
+The model key (:func:`model_key`) is computed from the resolved config alone, so a
+cache hit in the embedding store never builds the model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from clip_icm.registry import Registry
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HF_PREFIX, LOCAL_PREFIX = "hf-hub:", "local-dir:"
+# open_clip's own preference order for a checkpoint inside a model folder.
+_HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+ProgressFn = Callable[[int, int], None]
+Intervention = Callable[..., object]  # (PIL.Image, seed) -> PIL.Image
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model name is unknown, or its weights are not on disk and cannot be fetched."""
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """A named model: an open_clip name (maybe ``local-dir:``) and its default pretrained tag."""
+
+    model: str
+    pretrained: str | None = None
+    description: str = ""
+
+
+MODELS: Registry[ModelPreset] = Registry("model")
+MODELS.register(
+    "toy-clip",
+    ModelPreset(f"{LOCAL_PREFIX}{REPO_ROOT / 'data' / 'toy-clip'}", None,
+                "tiny CLIP trained on the bundled ToyDomains world (ships with the repo)"),
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to run and how.
+
+    name:        a preset of :data:`MODELS`, an open_clip architecture (``open_clip.list_models()``),
+                 ``hf-hub:org/repo`` or ``local-dir:/path/with/open_clip_config.json``
+    pretrained:  None = the preset's default; an open_clip tag; a checkpoint file; "none" = random init
+    device:      "auto" = cuda, then mps, then cpu
+    precision:   "auto" = bf16 autocast on cuda (fp16 where bf16 is unsupported), fp32 elsewhere;
+                 or "fp32", "bf16", "fp16"
+    num_workers: DataLoader decode workers; None = one per spare core (0 on a 2-core CPU run,
+                 see bench/RESULTS.md for why)
+    """
+
+    name: str = "toy-clip"
+    pretrained: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 64
+    num_workers: int | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Everything that determines the vectors, found without building the model."""
+
+    arch: str                    # open_clip model name (built-in or local-dir:)
+    checkpoint: str | None       # local weights file, None = random init
+    weights_id: str              # stable identity of the weights
+    model_cfg: dict
+    preprocess: dict
+    quick_gelu: bool
+    device: str
+    precision: str
+    display: str                 # what the user asked for, for messages
+
+    @property
+    def key(self) -> str:
+        payload = {k: v for k, v in asdict(self).items() if k not in ("checkpoint", "device", "display", "arch")}
+        # A local-dir path differs between machines; its config and weights identity do not.
+        payload["arch"] = "local-dir" if self.arch.startswith(LOCAL_PREFIX) else self.arch
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------- resolution (no model built)
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, read from the environment at call time (not import time)."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _network_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """True if ``host`` answers within ``timeout``; DNS can block, so the probe runs in a thread."""
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(ok)
+
+
+def _missing(display: str, looked: Sequence[str | Path]) -> ModelUnavailableError:
+    where = "; ".join(str(p) for p in looked)
+    return ModelUnavailableError(
+        f"weights for model {display} are not on disk (looked in: {where}) and there is no network. "
+        f"Put them in the Hugging Face cache ({hf_cache_dir()}, set HF_HUB_CACHE to use another), "
+        "or pass a local checkpoint file as --pretrained / a local-dir: folder, "
+        "or use --pretrained none for random weights."
+    )
+
+
+def _may_download(display: str, looked: Sequence[str | Path]) -> None:
+    if _offline() or not _network_reachable():
+        raise _missing(display, looked)
+
+
+def _cached_hf_file(repo_id: str, filenames: Sequence[str]) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in filenames:
+        hit = try_to_load_from_cache(repo_id, name, cache_dir=str(hf_cache_dir()))
+        if isinstance(hit, str) and os.path.isfile(hit):
+            return hit
+    return None
+
+
+def _hf_candidates(filename: str) -> list[str]:
+    """open_clip prefers a .safetensors twin of a .bin/.pth file."""
+    stem, ext = os.path.splitext(filename)
+    return [stem + ".safetensors", filename] if ext in (".bin", ".pth") else [filename]
+
+
+def _tag_checkpoint(arch: str, tag: str, display: str) -> str:
+    """Local file for an open_clip pretrained tag; download only when online."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if cfg.get("file"):
+        return cfg["file"]
+    looked: list[str | Path] = []
+    if cfg.get("hf_hub"):
+        repo_id, filename = os.path.split(cfg["hf_hub"])
+        hit = _cached_hf_file(repo_id, _hf_candidates(filename) if filename else _HF_WEIGHT_FILES)
+        if hit:
+            return hit
+        looked.append(hf_cache_dir() / f"models--{repo_id.replace('/', '--')}")
+    if cfg.get("url"):
+        name = os.path.basename(cfg["url"])
+        for folder in (hf_cache_dir(), Path("~/.cache/clip").expanduser()):
+            if (folder / name).is_file():
+                return str(folder / name)
+            looked.append(folder / name)
+    _may_download(display, looked)
+    return open_clip.download_pretrained(cfg, cache_dir=str(hf_cache_dir()))
+
+
+def _hf_hub_folder(repo_id: str, display: str) -> str:
+    """The cached snapshot folder of an ``hf-hub:`` model (config + weights), as a local dir."""
+    config = _cached_hf_file(repo_id, ["open_clip_config.json"])
+    if config is None or _cached_hf_file(repo_id, _HF_WEIGHT_FILES) is None:
+        _may_download(display, [hf_cache_dir() / f"models--{repo_id.replace('/', '--')}"])
+        from open_clip.pretrained import download_pretrained_from_hf
+
+        config = download_pretrained_from_hf(repo_id, filename="open_clip_config.json",
+                                             cache_dir=str(hf_cache_dir()))
+        download_pretrained_from_hf(repo_id, cache_dir=str(hf_cache_dir()))
+    return str(Path(config).parent)
+
+
+def _dir_checkpoint(folder: Path) -> str | None:
+    from open_clip.factory import _find_checkpoint_in_dir  # the file open_clip itself would pick
+
+    return _find_checkpoint_in_dir(folder)
+
+
+_HASHES: dict[tuple, str] = {}
+
+
+def file_identity(path: str | Path) -> str:
+    """sha256 of a weights file (memoised per path, size and mtime within the process)."""
+    stat = os.stat(path)
+    memo = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+        _HASHES[memo] = "sha256:" + digest.hexdigest()
+    return _HASHES[memo]
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_precision(precision: str, device: str) -> str:
+    import torch
+
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def _arch_and_weights(cfg: ModelConfig) -> tuple[str, str | None, str]:
+    """(open_clip name, pretrained request, display name)."""
+    import open_clip
+
+    if cfg.name in MODELS:
+        preset = MODELS.get(cfg.name)
+        return preset.model, cfg.pretrained if cfg.pretrained is not None else preset.pretrained, cfg.name
+    if cfg.name.startswith((HF_PREFIX, LOCAL_PREFIX)) or cfg.name in open_clip.list_models():
+        return cfg.name, cfg.pretrained, cfg.name
+    raise ModelUnavailableError(
+        f"unknown model {cfg.name!r}; use a preset ({', '.join(MODELS.available())}), an open_clip "
+        "architecture (python -c 'import open_clip; print(open_clip.list_models())'), "
+        "hf-hub:org/repo or local-dir:/path/to/folder"
+    )
+
+
+def resolve_model(cfg: ModelConfig) -> ResolvedModel:
+    """Find config, weights and preprocessing for ``cfg`` without building the model."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    arch, pretrained, display = _arch_and_weights(cfg)
+    if arch.startswith(HF_PREFIX):
+        arch = LOCAL_PREFIX + _hf_hub_folder(arch[len(HF_PREFIX):], display)
+    preprocess, tag_cfg, checkpoint = asdict(PreprocessCfg()), {}, None
+    if arch.startswith(LOCAL_PREFIX):
+        folder = Path(arch[len(LOCAL_PREFIX):])
+        config_file = folder / "open_clip_config.json"
+        if not config_file.is_file():
+            raise ModelUnavailableError(f"model {display}: no open_clip_config.json in {folder}")
+        local = json.loads(config_file.read_text())
+        model_cfg = local.get("model_cfg", local)
+        preprocess = merge_preprocess_dict(preprocess, local.get("preprocess_cfg", {}))
+        checkpoint = _dir_checkpoint(folder)
+        if pretrained not in (None, "none"):
+            checkpoint = _checkpoint_file(pretrained, display)
+        elif checkpoint is None and pretrained is None:
+            raise _missing(display, [folder])
+    else:
+        model_cfg = open_clip.get_model_config(arch)
+        if pretrained is None:
+            tags = ", ".join(t for m, t in open_clip.list_pretrained() if m == arch) or "(none)"
+            raise ModelUnavailableError(
+                f"model {display}: pass a pretrained tag ({tags}), a checkpoint file, or 'none' for random weights"
+            )
+        if pretrained != "none":
+            tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+            checkpoint = (_tag_checkpoint(arch, pretrained, display) if tag_cfg
+                          else _checkpoint_file(pretrained, display, arch))
+    if pretrained == "none":
+        checkpoint = None
+    quick_gelu = bool(tag_cfg.get("quick_gelu", model_cfg.get("quick_gelu", False)))
+    preprocess = merge_preprocess_dict(preprocess, tag_cfg)
+    preprocess["size"] = model_cfg["vision_cfg"]["image_size"]
+    device = pick_device(cfg.device)
+    weights = (f"tag:{arch}:{pretrained}" if tag_cfg else file_identity(checkpoint)) if checkpoint else "random:0"
+    return ResolvedModel(arch, checkpoint, weights, model_cfg, json.loads(json.dumps(preprocess)),
+                         quick_gelu, device, pick_precision(cfg.precision, device), display)
+
+
+def _checkpoint_file(pretrained: str, display: str, arch: str | None = None) -> str:
+    if os.path.isfile(pretrained):
+        return pretrained
+    hint = ""
+    if arch is not None:
+        import open_clip
+
+        tags = [t for m, t in open_clip.list_pretrained() if m == arch]
+        hint = f" (known tags for {arch}: {', '.join(tags) or 'none'})"
+    raise ModelUnavailableError(f"model {display}: pretrained {pretrained!r} is neither a known tag nor a file{hint}")
+
+
+def model_key(cfg: ModelConfig) -> str:
+    """Stable key of (architecture, weights, preprocessing, precision); builds nothing."""
+    return resolve_model(cfg).key
+
+
+# ---------------------------------------------------------------- the loaded model
+
+class _ImageDataset:
+    """Decode (path or PIL image), intervene, eval-transform; runs inside DataLoader workers."""
+
+    def __init__(self, items: Sequence, transform: Callable, intervention: Intervention | None,
+                 seeds: Sequence[int]) -> None:
+        self.items, self.transform, self.intervention, self.seeds = items, transform, intervention, seeds
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        item = self.items[i]
+        if isinstance(item, Image.Image):
+            image = item.convert("RGB")
+        else:
+            with Image.open(item) as raw:
+                image = raw.convert("RGB")
+        if self.intervention is not None:
+            image = self.intervention(image, int(self.seeds[i]))
+        return self.transform(image)
+
+
+@dataclass
+class ClipBackend:
+    """A built open_clip model with its eval transform and tokenizer."""
+
+    model: object
+    transform: Callable
+    tokenizer: Callable
+    resolved: ResolvedModel
+    batch_size: int = 64
+    num_workers: int | None = None
+
+    @property
+    def key(self) -> str:
+        return self.resolved.key
+
+    @property
+    def device(self) -> str:
+        return self.resolved.device
+
+    @property
+    def precision(self) -> str:
+        return self.resolved.precision
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.resolved.model_cfg["embed_dim"])
+
+    def _autocast(self):
+        import torch
+
+        if self.precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=dtype)
+
+    def workers(self) -> int:
+        """Decode workers. On CPU the model already uses every core, so workers only pay off
+        when there are cores to spare (measured in bench/RESULTS.md)."""
+        if self.num_workers is not None:
+            return self.num_workers
+        spare = (os.cpu_count() or 1) - (0 if self.device != "cpu" else 2)
+        return max(0, min(8, spare))
+
+    def forward_images(self, batch) -> np.ndarray:
+        """The pure model forward on a pre-transformed (B, 3, H, W) tensor."""
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            out = self.model.encode_image(batch.to(self.device, non_blocking=True))
+        return out.float().cpu().numpy()
+
+    def encode_images(self, images: Sequence, intervention: Intervention | None = None,
+                      seeds: Sequence[int] | None = None, progress: ProgressFn | None = None) -> np.ndarray:
+        """Raw (un-normalised) float32 image embeddings, (n, D).
+
+        ``images`` are file paths or PIL images. ``intervention(image, seed)`` is applied to the
+        decoded image before the eval transform, with ``seeds[i]`` for image i (default i).
+        """
+        from torch.utils.data import DataLoader
+
+        seeds = list(range(len(images))) if seeds is None else list(seeds)
+        if len(seeds) != len(images):
+            raise ValueError(f"{len(seeds)} seeds for {len(images)} images")
+        out = np.zeros((len(images), self.embed_dim), np.float32)
+        if not len(images):
+            return out
+        workers = self.workers()
+        loader = DataLoader(_ImageDataset(list(images), self.transform, intervention, seeds),
+                            batch_size=self.batch_size, num_workers=workers,
+                            pin_memory=self.device.startswith("cuda"),
+                            persistent_workers=False, prefetch_factor=4 if workers else None)
+        done = 0
+        for batch in loader:
+            out[done:done + len(batch)] = self.forward_images(batch)
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(images))
+        return out
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw (un-normalised) float32 text embeddings, (n, D)."""
+        import torch
+
+        out = np.zeros((len(texts), self.embed_dim), np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(list(texts[start:start + self.batch_size])).to(self.device)
+            with torch.inference_mode(), self._autocast():
+                out[start:start + len(tokens)] = self.model.encode_text(tokens).float().cpu().numpy()
+        return out
+
+
+@contextmanager
+def _quiet_open_clip():
+    """open_clip logs expected events ("initialized randomly") as root-logger warnings."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def load_model(cfg: ModelConfig) -> ClipBackend:
+    """Build the model of ``cfg`` on its device (random init is seeded, so reproducible)."""
+    import open_clip
+    import torch
+
+    resolved = resolve_model(cfg)
+    with torch.random.fork_rng(devices=[]), _quiet_open_clip():
+        torch.manual_seed(0)
+        model, _, eval_transform = open_clip.create_model_and_transforms(
+            resolved.arch, pretrained=None, load_weights=False, device="cpu",
+            force_quick_gelu=resolved.quick_gelu, pretrained_image=False, pretrained_text=False,
+            image_mean=resolved.preprocess["mean"], image_std=resolved.preprocess["std"],
+            image_interpolation=resolved.preprocess["interpolation"],
+            image_resize_mode=resolved.preprocess["resize_mode"],
+        )
+    if resolved.checkpoint:
+        open_clip.load_checkpoint(model, resolved.checkpoint)
+    model = model.to(resolved.device).eval()
+    tokenizer = open_clip.get_tokenizer(resolved.arch)
+    return ClipBackend(model, eval_transform, tokenizer, resolved, cfg.batch_size, cfg.num_workers)

@@ -1,0 +1,138 @@
+"""A disk store of embedding arrays: float16 .npy (memory-mappable) + a JSON manifest.
+
+Layout: ``<root>/<key[:2]>/<key>.<sha16>.npy`` holds the data and ``<key>.json`` the
+manifest (shape, dtype, sha256 of the data file). Writes are atomic: each file is
+written to a private temporary name, flushed, then ``os.replace``-d into place, data
+first and manifest last. The manifest is the commit point and names the data file by
+its checksum, so
+
+- a run killed at any moment leaves either a complete entry or none (a stray temp file
+  at most);
+- two writers of the same entry never mix bytes: each publishes a complete data file
+  and the last manifest wins, pointing at a complete file;
+- a truncated or altered data file fails the checksum and the entry counts as missing,
+  so it is recomputed.
+
+Keys are hashes (:func:`make_key`) of everything that changes the vectors; the callers
+(:mod:`clip_icm.pipeline`) decide what goes in.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from clip_icm.backend import REPO_ROOT
+
+DEFAULT_ROOT = REPO_ROOT / "data" / "cache"
+ENV_VAR = "CLIP_ICM_CACHE"
+FORMAT = 1
+
+
+def default_root() -> Path:
+    """``$CLIP_ICM_CACHE`` if set, else ``data/cache`` in the repository."""
+    return Path(os.environ.get(ENV_VAR) or DEFAULT_ROOT)
+
+
+def make_key(*parts: object) -> str:
+    """A stable content key of JSON-able parts (order matters)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:40]
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
+    """Write via a private temp file in the same folder, fsync, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class StoreStats:
+    hits: int = 0
+    misses: int = 0
+    corrupt: int = 0   # entries found broken (and recomputed by get_or_compute)
+
+
+class EmbeddingStore:
+    """Content-keyed float16 arrays on disk; see the module docstring for the guarantees."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        self.stats = StoreStats()
+
+    def _manifest(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The stored array (read-only float16 memmap), or None if missing or corrupt."""
+        manifest_path = self._manifest(key)
+        if not manifest_path.is_file():
+            self.stats.misses += 1
+            return None
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            data_path = manifest_path.parent / manifest["data"]
+            if manifest["format"] != FORMAT or _sha256_file(data_path) != manifest["sha256"]:
+                raise ValueError("checksum mismatch")
+            array = np.load(data_path, mmap_mode="r")
+            if list(array.shape) != manifest["shape"] or array.dtype != np.float16:
+                raise ValueError("shape or dtype mismatch")
+        except (OSError, ValueError, KeyError, TypeError):
+            self.stats.corrupt += 1
+            return None
+        self.stats.hits += 1
+        return array
+
+    def put(self, key: str, array: np.ndarray, meta: dict | None = None) -> None:
+        """Store ``array`` as float16 under ``key`` (atomically; safe against concurrent writers)."""
+        with np.errstate(over="ignore"):  # overflow is reported below, with the key
+            data = np.ascontiguousarray(array, dtype=np.float16)
+        if not np.isfinite(data).all():
+            raise ValueError(f"entry {key}: values are not finite in float16 (max |x| {np.abs(array).max():.3g})")
+        folder = self.root / key[:2]
+        folder.mkdir(parents=True, exist_ok=True)
+        payload = _npy_bytes(data)
+        sha = hashlib.sha256(payload).hexdigest()
+        data_name = f"{key}.{sha[:16]}.npy"
+        _atomic_write(folder / data_name, lambda fh: fh.write(payload))
+        manifest = {"format": FORMAT, "key": key, "data": data_name, "sha256": sha,
+                    "shape": list(data.shape), "dtype": "float16", "meta": meta or {}}
+        _atomic_write(self._manifest(key), lambda fh: fh.write(json.dumps(manifest, indent=1).encode()))
+
+    def get_or_compute(self, key: str, compute: Callable[[], np.ndarray], meta: dict | None = None) -> np.ndarray:
+        """The stored array, computing and storing it first when missing or corrupt."""
+        hit = self.get(key)
+        if hit is not None:
+            return hit
+        array = compute()
+        self.put(key, array, meta)
+        return np.asarray(array, dtype=np.float16)
+
+
+def _npy_bytes(data: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, data, allow_pickle=False)
+    return buffer.getvalue()
