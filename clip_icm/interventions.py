@@ -25,7 +25,7 @@ a pair is (anchor, variant) for one class, so the two texts differ only in the v
 from __future__ import annotations
 
 import string
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -215,7 +215,7 @@ def _single(name: str, strengths: Mapping[str, Any]) -> ImageIntervention:
     try:
         return cls(**strengths)
     except TypeError:
-        valid = ", ".join(f.name for f in cls.__dataclass_fields__.values()) or "(none)"
+        valid = ", ".join(f.name for f in fields(cls)) or "(none)"
         raise ValueError(f"bad strengths {dict(strengths)!r} for {name!r}; its parameters: {valid}") from None
 
 
@@ -283,13 +283,14 @@ def validate_template(template: str) -> str:
     if not isinstance(template, str):
         raise ValueError(f"a template must be a string, got {type(template).__name__}")
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        found = [f + (f"!{c}" if c else "") + (f":{s}" if s else "")
+                 for _, f, s, c in string.Formatter().parse(template) if f is not None]
     except ValueError as e:
         raise ValueError(f"template {template!r} is not a valid format string ({e}); write literal braces as {{{{ }}}}") from None
-    if fields != [""]:
+    if found != [""]:
         raise ValueError(
-            f"template {template!r} must contain exactly one '{{}}' for the class name "
-            f"(found {len(fields)} placeholder(s){': ' + repr(fields) if fields else ''})"
+            f"template {template!r} must contain exactly one plain '{{}}' for the class name "
+            f"(found {len(found)} placeholder(s){': ' + repr(found) if found else ''})"
         )
     return template
 
