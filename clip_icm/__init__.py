@@ -11,6 +11,17 @@ from clip_icm.datasets import (
     split_mask,
 )
 from clip_icm.embeddings import EmbeddingSet, PairSet
+from clip_icm.evaluation import (
+    EvalConfig,
+    evaluate_split,
+    fit_linear_probe,
+    fit_projection,
+    leave_one_domain_out,
+    select_hyperparameters,
+    sweep,
+    zero_shot_classifier,
+    zero_shot_predict,
+)
 from clip_icm.interventions import (
     IMAGE_INTERVENTIONS,
     TEXT_BANKS,
@@ -33,6 +44,15 @@ from clip_icm.projection import (
     stack_pairs,
 )
 from clip_icm.registry import Registry
+from clip_icm.scm import (
+    LinearSCM,
+    SCMConfig,
+    make_embedding_set,
+    principal_angles,
+    r2_recovery,
+    run_playground,
+    subspace_distance,
+)
 
 __all__ = [
     "EmbeddingSet",
@@ -47,6 +67,24 @@ __all__ = [
     "METHOD_LABELS",
     "make_projection",
     "stack_pairs",
+    # evaluation
+    "EvalConfig",
+    "evaluate_split",
+    "fit_linear_probe",
+    "fit_projection",
+    "leave_one_domain_out",
+    "select_hyperparameters",
+    "sweep",
+    "zero_shot_classifier",
+    "zero_shot_predict",
+    # causal playground
+    "LinearSCM",
+    "SCMConfig",
+    "make_embedding_set",
+    "principal_angles",
+    "r2_recovery",
+    "run_playground",
+    "subspace_distance",
     # datasets
     "DATASETS",
     "DatasetInfo",

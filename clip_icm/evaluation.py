@@ -1,0 +1,282 @@
+"""Evaluation on embeddings: zero-shot, linear probe, leave-one-domain-out, honest K/lam choice.
+
+Pure functions over an :class:`EmbeddingSet`; results are tidy pandas rows
+(target, domain, role, method, protocol, accuracy, n).
+
+Protocol (DomainBed's leave-one-domain-out, training-domain validation):
+- projections are fitted on pairs whose source image is not from the target;
+- the linear probe is trained on the source domains' train rows, its C chosen on
+  the source domains' validation rows;
+- target rows score the WHOLE target domain (DomainBed convention; the released
+  code scores the target's 20% holdout instead); source rows score that source
+  domain's validation rows.
+Nothing that chooses K, lam or C ever reads a target label: selection works on a
+copy of the EmbeddingSet from which the target domain has been removed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from clip_icm.embeddings import EmbeddingSet
+from clip_icm.projection import make_projection, stack_pairs
+
+ALL_METHODS = ("icm", "icm_as_released", "pca", "null_space", "orth_cali")
+FULL_SPACE = "CLIP"
+ZERO_SHOT, LINEAR_PROBE = "zero-shot", "linear probe"
+# The released code scores zero-shot with a plain dot product after projection (no
+# re-normalisation of the projected text); we keep that for its named variant only.
+RELEASED_SCORING = frozenset({"icm_as_released"})
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation setting. ``pair_sets=None`` uses every pair set of the EmbeddingSet;
+    ``pair_weights`` maps pair-set names to weights (see :func:`stack_pairs`)."""
+
+    n_components: int = 64
+    lam: float = 1000.0
+    lam_mode: str = "absolute"
+    methods: tuple[str, ...] = ALL_METHODS
+    pair_sets: tuple[str, ...] | None = None
+    pair_weights: tuple[tuple[str, float], ...] | dict[str, float] | None = None
+    probe_Cs: tuple[float, ...] = (0.01, 0.1, 1.0)
+    seed: int = 0
+
+
+def _normalise(X: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(X, axis=-1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0)
+
+
+def zero_shot_classifier(text_features: np.ndarray, projection: object = None, renormalize: bool = True) -> np.ndarray:
+    """(C, d) class weights from (T, C, D) raw prompt embeddings (open_clip's convention).
+
+    Each template's class embedding is L2-normalised, projected (if given), averaged
+    over templates and re-normalised. ``renormalize=False`` skips the last step, as
+    the released code does.
+    """
+    text = np.asarray(text_features, dtype=np.float64)
+    if text.ndim != 3:
+        raise ValueError(f"text_features must be (templates, classes, D), got shape {text.shape}")
+    T, C, D = text.shape
+    flat = _normalise(text.reshape(T * C, D))
+    if projection is not None:
+        flat = projection.transform(flat)
+    weights = flat.reshape(T, C, -1).mean(axis=0)
+    return _normalise(weights) if renormalize else weights
+
+
+def zero_shot_predict(
+    features: np.ndarray, text_features: np.ndarray, projection: object = None, renormalize: bool = True
+) -> np.ndarray:
+    """Class index per row: cosine between projected, L2-normalised images and class weights."""
+    X = np.asarray(features, dtype=np.float64)
+    if projection is not None:
+        X = projection.transform(X)
+    return np.argmax(_normalise(X) @ zero_shot_classifier(text_features, projection, renormalize).T, axis=1)
+
+
+def fit_linear_probe(
+    train_X: np.ndarray,
+    train_y: np.ndarray,
+    val_X: np.ndarray,
+    val_y: np.ndarray,
+    Cs: tuple[float, ...] = (0.01, 0.1, 1.0),
+    seed: int = 0,
+) -> Pipeline:
+    """Standardise + multinomial logistic regression; C chosen on the given validation rows.
+
+    Returns the fitted pipeline (``predict`` / ``score`` as a LogisticRegression; the
+    classifier itself is ``[-1]``). C is tried from strong to weak regularisation with
+    warm starts, which keeps this fast enough for the dashboard; the model trained on
+    ``train_X`` with the best C is kept (no refit needed). Ties keep the smaller C.
+    """
+    if not Cs:
+        raise ValueError("Cs must name at least one C")
+    if len(np.unique(train_y)) < 2:
+        raise ValueError("the linear probe needs at least 2 classes in its training rows")
+    scaler = StandardScaler().fit(train_X)
+    Xt, Xv = scaler.transform(train_X), scaler.transform(val_X)
+    clf = LogisticRegression(solver="newton-cg", max_iter=100, tol=1e-3, warm_start=True, random_state=seed)
+    best = (-1.0, None)
+    for C in sorted(Cs):
+        clf.set_params(C=C).fit(Xt, train_y)
+        score = clf.score(Xv, val_y) if len(val_y) else 0.0
+        if score > best[0]:
+            best = (score, (clf.coef_.copy(), clf.intercept_.copy(), C))
+    coef, intercept, C = best[1]
+    clf.set_params(C=C, warm_start=False)
+    clf.coef_, clf.intercept_ = coef, intercept
+    return Pipeline([("standardscaler", scaler), ("logisticregression", clf)])
+
+
+def _source_mask(emb: EmbeddingSet, target: str | None) -> np.ndarray:
+    return np.ones(len(emb.labels), bool) if target is None else emb.domains != target
+
+
+def _check_target(emb: EmbeddingSet, target: str | None) -> None:
+    if target is not None and target not in emb.domain_names:
+        raise ValueError(f"unknown target domain {target!r}; domains: {', '.join(emb.domain_names)}")
+
+
+def fit_projection(emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig = EvalConfig()):
+    """The projection of ``method`` fitted on pairs whose image is not from ``target``
+    (None = all pairs). Used by evaluation and by the dashboard (spectrum, UMAP)."""
+    _check_target(emb, target)
+    names = config.pair_sets if config.pair_sets is not None else [p.name for p in emb.pairs]
+    pair_sets = [emb.pair_set(name) for name in names]
+    if target is not None:
+        pair_sets = [p.excluding(target) for p in pair_sets]
+    Z, Z_do = stack_pairs(pair_sets, dict(config.pair_weights or {}))
+    return make_projection(method, config.n_components, config.lam, config.lam_mode).fit(Z, Z_do)
+
+
+def _rows_by_domain(emb: EmbeddingSet, target: str) -> dict[str, np.ndarray]:
+    """Scored rows per domain: the whole target domain; validation rows of each source."""
+    return {
+        d: (emb.domains == d) if d == target else (emb.domains == d) & ~emb.is_train for d in emb.domain_names
+    }
+
+
+def _score_method(emb, target, method, projection, config) -> list[dict]:
+    source = _source_mask(emb, target)
+    project = (lambda X: X) if projection is None else projection.transform
+    X = project(emb.features)
+    probe = fit_linear_probe(
+        X[source & emb.is_train], emb.labels[source & emb.is_train],
+        X[source & ~emb.is_train], emb.labels[source & ~emb.is_train], config.probe_Cs, config.seed,
+    )
+    zs = zero_shot_predict(emb.features, emb.text_features, projection, method not in RELEASED_SCORING)
+    predictions = {ZERO_SHOT: zs, LINEAR_PROBE: probe.predict(X)}
+    rows = []
+    for domain, mask in _rows_by_domain(emb, target).items():
+        for protocol, pred in predictions.items():
+            acc = float(np.mean(pred[mask] == emb.labels[mask])) if mask.any() else float("nan")
+            role = "target" if domain == target else "source"
+            rows.append(dict(target=target, domain=domain, role=role, method=method, protocol=protocol,
+                             accuracy=acc, n=int(mask.sum())))
+    return rows
+
+
+def evaluate_split(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConfig()) -> pd.DataFrame:
+    """Per-domain accuracy for CLIP (full space) and every configured method, both protocols."""
+    if target is None:
+        raise ValueError("evaluate_split needs a target domain")
+    _check_target(emb, target)
+    rows = _score_method(emb, target, FULL_SPACE, None, config)
+    for method in config.methods:
+        rows += _score_method(emb, target, method, fit_projection(emb, target, method, config), config)
+    frame = pd.DataFrame(rows)
+    frame["K"], frame["lam"], frame["lam_mode"] = config.n_components, config.lam, config.lam_mode
+    return frame
+
+
+def leave_one_domain_out(
+    emb: EmbeddingSet, targets: list[str] | None = None, config: EvalConfig = EvalConfig()
+) -> pd.DataFrame:
+    """evaluate_split for every target domain (default: all), concatenated."""
+    targets = emb.domain_names if targets is None else list(targets)
+    return pd.concat([evaluate_split(emb, t, config) for t in targets], ignore_index=True)
+
+
+def without_domain(emb: EmbeddingSet, domain: str) -> EmbeddingSet:
+    """A copy with every row and pair of ``domain`` removed: what selection may look at."""
+    keep = emb.domains != domain
+    return replace(
+        emb,
+        features=emb.features[keep],
+        labels=emb.labels[keep],
+        domains=emb.domains[keep],
+        is_train=emb.is_train[keep],
+        pairs=[p.excluding(domain) for p in emb.pairs],
+        paths=None if emb.paths is None else emb.paths[keep],
+        key=f"{emb.key}-without-{domain}",
+    )
+
+
+def _source_val_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig, protocol: str) -> float:
+    """Mean validation accuracy over the domains of ``emb`` (which holds no target rows)."""
+    rows = pd.DataFrame(_score_method(emb, None, method, fit_projection(emb, None, method, config), config))
+    return float(rows.loc[rows.protocol == protocol, "accuracy"].mean())
+
+
+def _held_out_source_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig, protocol: str) -> float:
+    """Leave-one-SOURCE-domain-out: mean accuracy on each source domain held out in turn."""
+    scores = []
+    for held in emb.domain_names:
+        frame = pd.DataFrame(_score_method(emb, held, method, fit_projection(emb, held, method, config), config))
+        scores.append(frame.loc[(frame.role == "target") & (frame.protocol == protocol), "accuracy"].item())
+    return float(np.mean(scores))
+
+
+SCORINGS = {"source_val": _source_val_accuracy, "source_domains": _held_out_source_accuracy}
+
+
+def select_hyperparameters(
+    emb: EmbeddingSet,
+    target: str,
+    method: str = "icm",
+    Ks: tuple[int, ...] = (16, 32, 64, 128),
+    lams: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0),
+    config: EvalConfig = EvalConfig(),
+    scoring: str = "source_val",
+    protocol: str = LINEAR_PROBE,
+) -> tuple[int, float, pd.DataFrame]:
+    """Choose (K, lam) by source data only; the target domain is removed before anything runs.
+
+    ``scoring="source_val"``: mean accuracy on the source domains' validation rows
+    (training-domain validation). ``"source_domains"``: leave one source domain out in
+    turn and score it whole (slower; less fooled by features that are spurious across
+    the target shift, since it rewards what transfers between domains). Ties keep the
+    first (K, lam) in grid order. Returns (best_K, best_lam, scores with columns K, lam, score).
+    """
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
+    _check_target(emb, target)
+    sources = without_domain(emb, target)
+    if scoring == "source_domains" and len(sources.domain_names) < 2:
+        raise ValueError("scoring='source_domains' needs at least 2 source domains")
+    dim = emb.features.shape[1]
+    rows = [
+        dict(K=K, lam=lam, score=SCORINGS[scoring](sources, method, replace(config, n_components=K, lam=lam), protocol))
+        for K in Ks if K <= dim
+        for lam in lams
+    ]
+    if not rows:
+        raise ValueError(f"no K in {list(Ks)} fits D={dim}")
+    scores = pd.DataFrame(rows)
+    best = scores.loc[scores.score.idxmax()]
+    return int(best.K), float(best.lam), scores
+
+
+def sweep(
+    emb: EmbeddingSet,
+    target: str,
+    Ks: tuple[int, ...],
+    lams: tuple[float, ...],
+    method: str = "icm",
+    config: EvalConfig = EvalConfig(),
+    protocol: str = LINEAR_PROBE,
+) -> pd.DataFrame:
+    """Grid of source-validation vs target accuracy (for a heat map; the target column is
+    there to SHOW the gap, never to choose: use :func:`select_hyperparameters`)."""
+    if target is None:
+        raise ValueError("sweep needs a target domain")
+    rows = []
+    for K in Ks:
+        for lam in lams:
+            cfg = replace(config, n_components=K, lam=lam)
+            frame = pd.DataFrame(_score_method(emb, target, method, fit_projection(emb, target, method, cfg), cfg))
+            frame = frame[frame.protocol == protocol]
+            rows.append(dict(
+                K=K, lam=lam, protocol=protocol,
+                source_val_accuracy=float(frame.loc[frame.role == "source", "accuracy"].mean()),
+                target_accuracy=float(frame.loc[frame.role == "target", "accuracy"].item()),
+            ))
+    return pd.DataFrame(rows)
