@@ -106,6 +106,17 @@ def test_non_rgb_input_is_converted(image):
     assert out.mode == "RGB"
 
 
+@pytest.mark.parametrize("k, sigma", [(9, 0.5), (23, 2.0)])
+def test_blur_matches_torchvision(image, k, sigma):
+    from torchvision.transforms import functional as TF
+
+    from clip_icm.interventions import _separable_blur
+
+    ours = pixels(_separable_blur(image, k, sigma)).astype(int)
+    reference = pixels(TF.gaussian_blur(image, [k, k], [sigma, sigma])).astype(int)
+    assert np.abs(ours - reference).max() <= 1
+
+
 def test_blur_works_on_images_smaller_than_the_kernel():
     tiny = Image.fromarray(class_image(0, "photo", 0, size=6))
     assert make_image_intervention("gaussian_blur", kernel=(23, 23))(tiny, 0).size == (6, 6)
