@@ -187,9 +187,11 @@ def _triage(path: Path) -> str | None:
         return "hidden file"
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return f"not an image file: {path.suffix or '(no extension)'}"
-    if path.stat().st_size == 0:
-        return "empty file: 0 bytes"
-    return None
+    try:
+        size = path.stat().st_size
+    except OSError as e:  # a dangling link, a file removed mid-scan, no permission
+        return f"unreadable file: {type(e).__name__}: {e}"
+    return "empty file: 0 bytes" if size == 0 else None
 
 
 def _class_files(class_dir: Path, skipped: list[tuple[str, str]]) -> list[Path]:
@@ -265,6 +267,8 @@ def scan_domain_folder(
         JPEG can still pass, so loaders must still catch decode errors), "full"
         decodes every image, "none" trusts the extension.
     """
+    if verify not in ("none", "header", "full"):
+        raise ValueError(f"verify must be 'none', 'header' or 'full', got {verify!r}")
     if max_per_domain is not None and max_per_domain < 1:
         raise ValueError(f"max_per_domain must be at least 1, got {max_per_domain}")
     base = _resolve_root(Path(root), dataset)
@@ -272,8 +276,11 @@ def scan_domain_folder(
     _stray_files(base, "at the dataset root", skipped)
     per_domain: dict[str, dict[str, list[Path]]] = {}
     for domain_dir in _visible_subdirs(base):
-        _stray_files(domain_dir, f"domain {domain_dir.name!r}", skipped)
-        per_domain[domain_dir.name] = {c.name: _class_files(c, skipped) for c in _visible_subdirs(domain_dir)}
+        try:
+            _stray_files(domain_dir, f"domain {domain_dir.name!r}", skipped)
+            per_domain[domain_dir.name] = {c.name: _class_files(c, skipped) for c in _visible_subdirs(domain_dir)}
+        except OSError as e:
+            skipped.append((str(domain_dir), f"unreadable folder: {type(e).__name__}: {e}"))
     per_domain = {d: _verified(f, verify, skipped, max_per_domain, seed, d) for d, f in per_domain.items()}
     return _assemble(base, per_domain, skipped, dataset)
 

@@ -77,6 +77,14 @@ def test_messy_files_are_skipped_and_reported(messy):
     assert scan.skipped_summary()["hidden file"] == 2
 
 
+def test_dangling_link_is_reported(messy):
+    link = messy.root / "photo" / "dog" / "gone.jpg"
+    link.symlink_to(messy.root / "nowhere.jpg")
+    scan = quiet_scan(messy.root)
+    assert dict(scan.skipped)[str(link)].startswith("unreadable file")
+    assert len(scan) == messy.n_images
+
+
 def test_full_verify_catches_truncated_jpeg(tmp_path):
     messy = make_messy_domainbed(tmp_path, truncated=True)
     assert str(messy.truncated) in quiet_scan(tmp_path).paths  # a header check cannot see it
@@ -101,6 +109,8 @@ def test_max_per_domain_is_seeded_and_stratified(messy):
     assert len(seeds) > 1
     with pytest.raises(ValueError, match="max_per_domain"):
         scan_domain_folder(messy.root, max_per_domain=0)
+    with pytest.raises(ValueError, match="verify must be"):
+        scan_domain_folder(messy.root, verify="partial")
 
 
 def test_named_dataset_under_a_data_root(tmp_path):
