@@ -1,0 +1,473 @@
+"""ToyDomains: a procedurally drawn, PACS-like multi-domain world whose true factors are known.
+
+Every image is rendered from a :class:`Factors` record: the invariant factor is the object's
+shape (the class); the variant factors are style (the domain), object colour, background,
+position, size and rotation, plus ``seed`` for the texture noise. Because the renderer is a
+pure function of the factors, a *true* do-intervention is simply a re-render with one factor
+changed (:func:`render_counterfactual`), which real data sets cannot offer.
+
+Styles (the four domains, named as in PACS):
+
+- ``photo``: shaded object with a soft drop shadow on a textured gradient background;
+- ``art_painting``: saturated palette, brush-stroke clutter over background and object;
+- ``cartoon``: flat colours, thick black outline, flat two-band background;
+- ``sketch``: pencil lines on paper, no fill. The object colour is *not visible* in a sketch
+  (as in PACS sketches), so do(colour) is a null intervention there; the background shows as
+  pencil hatching whose direction and spacing identify the scene.
+
+The downstream task (:func:`generate_toydomains`) is ColoredMNIST-like: in the source domains
+the object colour and the background agree with the class with probability
+``spurious_correlation``; in the target domain that link is reversed (or broken), so a predictor
+that uses colour/background as a shortcut loses accuracy there, one that uses shape does not.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from clip_icm.seeding import rng
+
+CLASSES = ("circle", "square", "triangle", "star", "cross", "heart", "arrow", "crescent")
+STYLES = ("photo", "art_painting", "cartoon", "sketch")
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (45, 80, 215),
+    "yellow": (240, 205, 35),
+    "purple": (135, 55, 185),
+    "orange": (245, 130, 25),
+    "pink": (245, 125, 185),
+    "brown": (120, 75, 35),
+}
+# (top colour, bottom colour) of each scene; sketches show it as hatching instead.
+BACKGROUNDS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
+    "sky": ((120, 180, 245), (225, 240, 255)),
+    "grass": ((160, 215, 120), (50, 125, 45)),
+    "sand": ((250, 235, 185), (205, 170, 105)),
+    "snow": ((250, 250, 255), (195, 210, 225)),
+    "night": ((20, 25, 70), (5, 5, 25)),
+    "brick": ((175, 80, 60), (120, 50, 40)),
+    "water": ((70, 165, 200), (20, 80, 140)),
+    "forest": ((40, 95, 50), (85, 60, 35)),
+}
+# Which colour / background goes with class k in the source domains. Background is offset so
+# that the correlated object colour does not vanish into a same-coloured scene.
+SPURIOUS_COLOUR = {c: list(COLOURS)[k] for k, c in enumerate(CLASSES)}
+SPURIOUS_BACKGROUND = {c: list(BACKGROUNDS)[(k + 3) % len(BACKGROUNDS)] for k, c in enumerate(CLASSES)}
+CHANGEABLE = ("colour", "background", "style")
+DEFAULT_IMAGE_SIZE = 48
+_SUPERSAMPLE = 2  # draw at 2x and downsample: anti-aliased edges at small sizes
+
+
+@dataclass(frozen=True)
+class Factors:
+    """The true generative factors of one image (``cls`` is the invariant one)."""
+
+    cls: str
+    style: str
+    colour: str
+    background: str
+    x: float  # object centre, fraction of the width
+    y: float
+    size: float  # object radius, fraction of the width
+    rotation: float  # degrees
+    seed: int  # texture noise; kept fixed under counterfactuals
+
+    def __post_init__(self) -> None:
+        for name, value, valid in (
+            ("cls", self.cls, CLASSES),
+            ("style", self.style, STYLES),
+            ("colour", self.colour, COLOURS),
+            ("background", self.background, BACKGROUNDS),
+        ):
+            if value not in valid:
+                raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, object]) -> "Factors":
+        """Build from a factors.csv row (dict / pandas Series; extra columns are ignored)."""
+        return cls(
+            cls=str(row["cls"]), style=str(row["style"]), colour=str(row["colour"]),
+            background=str(row["background"]), x=float(row["x"]), y=float(row["y"]),
+            size=float(row["size"]), rotation=float(row["rotation"]), seed=int(row["seed"]),
+        )
+
+
+def sample_pose(gen: np.random.Generator) -> dict[str, float]:
+    """Position, size and rotation, drawn independently of everything else."""
+    return {
+        "x": round(float(gen.uniform(0.36, 0.64)), 4),
+        "y": round(float(gen.uniform(0.36, 0.64)), 4),
+        "size": round(float(gen.uniform(0.22, 0.32)), 4),
+        "rotation": round(float(gen.uniform(-30.0, 30.0)), 2),
+    }
+
+
+def sample_factors(gen: np.random.Generator, cls: str | None = None, style: str | None = None) -> Factors:
+    """Uniform, independent factors (the pretraining distribution: no class-style/colour link)."""
+    return Factors(
+        cls=cls or str(gen.choice(CLASSES)),
+        style=style or str(gen.choice(STYLES)),
+        colour=str(gen.choice(list(COLOURS))),
+        background=str(gen.choice(list(BACKGROUNDS))),
+        seed=int(gen.integers(2**31 - 1)),
+        **sample_pose(gen),
+    )
+
+
+# --------------------------------------------------------------------------- shapes
+def _arc(cx: float, cy: float, r: float, a0: float, a1: float, n: int) -> list[tuple[float, float]]:
+    return [(cx + r * math.cos(t), cy + r * math.sin(t)) for t in np.linspace(a0, a1, n)]
+
+
+def _shape(name: str) -> np.ndarray:
+    """Outline of a class shape in unit coordinates (about [-1, 1]^2, y pointing down)."""
+    if name == "circle":
+        pts = _arc(0, 0, 1.0, 0, 2 * math.pi, 48)[:-1]
+    elif name == "square":
+        pts = [(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)]
+    elif name == "triangle":
+        pts = [(math.cos(a), -math.sin(a)) for a in np.radians([90, 210, 330])]
+    elif name == "star":
+        pts = [
+            ((1.0 if i % 2 == 0 else 0.42) * math.cos(a), -(1.0 if i % 2 == 0 else 0.42) * math.sin(a))
+            for i, a in enumerate(np.radians(90 + 36 * np.arange(10)))
+        ]
+    elif name == "cross":
+        w = 0.3
+        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]
+    elif name == "heart":
+        t = np.linspace(0, 2 * math.pi, 48, endpoint=False)
+        hx = 16 * np.sin(t) ** 3 / 17
+        hy = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)) / 17
+        pts = list(zip(hx, hy + 0.1))
+    elif name == "arrow":
+        pts = [(-1, -0.25), (0.1, -0.25), (0.1, -0.75), (1, 0), (0.1, 0.75), (0.1, 0.25), (-1, 0.25)]
+    elif name == "crescent":
+        # outer circle r=1 minus a circle r=0.8 centred at (0.5, 0); they meet at x=0.61
+        a = math.atan2(0.79, 0.61)
+        b = math.atan2(0.79, 0.11)
+        outer = _arc(0, 0, 1.0, a, 2 * math.pi - a, 32)
+        inner = _arc(0.5, 0, 0.8, 2 * math.pi - b, b, 24)
+        pts = [(px - 0.2, py) for px, py in outer + inner]
+    else:
+        raise ValueError(f"unknown class {name!r}; valid: {', '.join(CLASSES)}")
+    return np.asarray(pts, dtype=float)
+
+
+def _outline(f: Factors, canvas: int) -> list[tuple[float, float]]:
+    pts = _shape(f.cls)
+    a = math.radians(f.rotation)
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    pts = pts @ rot.T * (f.size * canvas) + np.array([f.x * canvas, f.y * canvas])
+    return [tuple(p) for p in pts]
+
+
+# --------------------------------------------------------------------------- rendering helpers
+def _gradient(top: tuple[int, int, int], bottom: tuple[int, int, int], n: int) -> np.ndarray:
+    t = np.linspace(0.0, 1.0, n)[:, None, None]
+    col = (1 - t) * np.asarray(top, float) + t * np.asarray(bottom, float)
+    return np.broadcast_to(col, (n, n, 3)).copy()
+
+
+def _smooth_noise(gen: np.random.Generator, n: int, cells: int = 6) -> np.ndarray:
+    """Low-frequency noise in [-1, 1]: a coarse random grid upsampled bicubically."""
+    coarse = Image.fromarray(((gen.random((cells, cells)) * 255)).astype(np.uint8))
+    return np.asarray(coarse.resize((n, n), Image.BICUBIC), float) / 127.5 - 1.0
+
+
+def _mask(f: Factors, n: int, offset: float = 0.0) -> np.ndarray:
+    img = Image.new("L", (n, n), 0)
+    pts = [(x + offset * n, y + offset * n) for x, y in _outline(f, n)]
+    ImageDraw.Draw(img).polygon(pts, fill=255)
+    return np.asarray(img, float) / 255.0
+
+
+def _saturate(rgb: Iterable[float], amount: float) -> tuple[int, int, int]:
+    c = np.asarray(list(rgb), float)
+    grey = c.mean()
+    return tuple(int(v) for v in np.clip(grey + (c - grey) * amount, 0, 255))
+
+
+def _jitter(gen: np.random.Generator, rgb: Iterable[float], amount: float) -> tuple[int, int, int]:
+    return tuple(int(v) for v in np.clip(np.asarray(list(rgb), float) + gen.normal(0, amount, 3), 0, 255))
+
+
+def _strokes(draw: ImageDraw.ImageDraw, gen: np.random.Generator, n_strokes: int, n: int, palette, width: float) -> None:
+    for _ in range(n_strokes):
+        x0, y0 = gen.uniform(-0.1, 1.1, 2) * n
+        ang = gen.uniform(0, math.pi)
+        length = gen.uniform(0.15, 0.45) * n
+        x1, y1 = x0 + length * math.cos(ang), y0 + length * math.sin(ang)
+        colour = _jitter(gen, palette[int(gen.integers(len(palette)))], 25)
+        draw.line([(x0, y0), (x1, y1)], fill=colour, width=max(1, int(width * gen.uniform(0.6, 1.4))))
+
+
+# --------------------------------------------------------------------------- the four styles
+def _photo(f: Factors, n: int, gen: np.random.Generator) -> np.ndarray:
+    top, bottom = BACKGROUNDS[f.background]
+    img = _gradient(top, bottom, n) * (1 + 0.12 * _smooth_noise(gen, n, 8)[..., None])
+    img += gen.normal(0, 6, img.shape)  # sensor-like grain
+    shadow = np.asarray(Image.fromarray((_mask(f, n, 0.04) * 255).astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(n * 0.03)), float)[..., None] / 255.0
+    img *= 1 - 0.45 * shadow
+    # light from the top-left: brighter there, darker bottom-right, across the object
+    yy, xx = np.mgrid[0:n, 0:n] / n
+    shade = 1.15 - 1.6 * ((xx - f.x) + (yy - f.y)) / 2 / (f.size * 2)
+    obj = np.asarray(COLOURS[f.colour], float) * np.clip(shade, 0.55, 1.35)[..., None]
+    mask = _mask(f, n)[..., None]
+    return img * (1 - mask) + obj * mask
+
+
+def _art_painting(f: Factors, n: int, gen: np.random.Generator) -> np.ndarray:
+    top, bottom = (_saturate(c, 1.5) for c in BACKGROUNDS[f.background])
+    canvas = Image.fromarray(np.clip(_gradient(top, bottom, n), 0, 255).astype(np.uint8))
+    clutter = [top, bottom, (230, 60, 90), (250, 200, 40), (60, 90, 220), (40, 180, 140)]
+    _strokes(ImageDraw.Draw(canvas), gen, 28, n, [top, bottom, top, bottom] + clutter, n * 0.05)
+    colour = _saturate(COLOURS[f.colour], 1.6)
+    obj = Image.new("RGB", (n, n), colour)
+    light = tuple(min(255, int(v * 1.35) + 20) for v in colour)
+    dark = tuple(int(v * 0.6) for v in colour)
+    _strokes(ImageDraw.Draw(obj), gen, 30, n, [light, dark, colour], n * 0.05)
+    mask = Image.fromarray((_mask(f, n) * 255).astype(np.uint8))
+    canvas.paste(obj, (0, 0), mask)
+    # a few strokes over everything: paint clutter crosses the object's edge
+    _strokes(ImageDraw.Draw(canvas), gen, 4, n, clutter, n * 0.035)
+    return np.asarray(canvas, float)
+
+
+def _cartoon(f: Factors, n: int, gen: np.random.Generator) -> np.ndarray:
+    top, bottom = (_saturate(c, 1.3) for c in BACKGROUNDS[f.background])
+    canvas = Image.new("RGB", (n, n), top)
+    horizon = int(n * gen.uniform(0.55, 0.75))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle([0, horizon, n, n], fill=bottom)
+    draw.polygon(_outline(f, n), fill=_saturate(COLOURS[f.colour], 1.3), outline=(0, 0, 0), width=max(2, int(n * 0.05)))
+    return np.asarray(canvas, float)
+
+
+def _sketch(f: Factors, n: int, gen: np.random.Generator) -> np.ndarray:
+    paper = np.full((n, n, 3), (244.0, 240.0, 228.0)) + gen.normal(0, 4, (n, n, 1))
+    canvas = Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    # the scene as hatching: direction and spacing are the background's "pencil signature"
+    k = list(BACKGROUNDS).index(f.background)
+    ang = math.radians(22.5 * k)
+    spacing = n * (0.07 if k % 2 == 0 else 0.12)
+    dx, dy = math.cos(ang), math.sin(ang)
+    for off in np.arange(-1.5 * n, 1.5 * n, spacing):
+        cx, cy = n / 2 - dy * off, n / 2 + dx * off
+        grey = int(gen.uniform(175, 205))
+        draw.line([(cx - dx * 2 * n, cy - dy * 2 * n), (cx + dx * 2 * n, cy + dy * 2 * n)], fill=(grey,) * 3, width=1)
+    # clear the paper inside the object, then retrace the outline a few times like a pencil
+    mask = Image.fromarray((_mask(f, n) * 255).astype(np.uint8))
+    canvas.paste(Image.new("RGB", (n, n), (244, 240, 228)), (0, 0), mask)
+    pts = _outline(f, n)
+    for _ in range(3):
+        wobble = [(x + gen.normal(0, n * 0.008), y + gen.normal(0, n * 0.008)) for x, y in pts]
+        grey = int(gen.uniform(40, 90))
+        draw.line(wobble + [wobble[0]], fill=(grey,) * 3, width=max(1, int(n * 0.02)), joint="curve")
+    return np.asarray(canvas, float)
+
+
+_STYLE_RENDERERS = {"photo": _photo, "art_painting": _art_painting, "cartoon": _cartoon, "sketch": _sketch}
+
+
+def render(factors: Factors, image_size: int = DEFAULT_IMAGE_SIZE) -> Image.Image:
+    """Draw one RGB image from its factors. Pure: same factors and size, same pixels."""
+    if image_size < 8:
+        raise ValueError(f"image_size must be >= 8, got {image_size}")
+    n = image_size * _SUPERSAMPLE
+    # the texture stream depends on the seed only, so a counterfactual keeps its grain/strokes
+    gen = rng("toydomains-texture", factors.seed, factors.style)
+    pixels = _STYLE_RENDERERS[factors.style](factors, n, gen)
+    img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    return img.resize((image_size, image_size), Image.LANCZOS)
+
+
+def counterfactual_factors(factors: Factors, change: str, seed: int = 0) -> Factors:
+    """The same image with factor ``change`` set to another value (drawn with ``seed``)."""
+    if change not in CHANGEABLE:
+        raise ValueError(f"unknown change {change!r}; valid: {', '.join(CHANGEABLE)}")
+    field_name = {"colour": "colour", "background": "background", "style": "style"}[change]
+    options = {"colour": list(COLOURS), "background": list(BACKGROUNDS), "style": list(STYLES)}[change]
+    current = getattr(factors, field_name)
+    others = [o for o in options if o != current]
+    gen = rng("toydomains-counterfactual", change, seed, asdict(factors))
+    return replace(factors, **{field_name: others[int(gen.integers(len(others)))]})
+
+
+def render_counterfactual(
+    row: Factors | Mapping[str, object], change: str, seed: int = 0, image_size: int | None = None
+) -> Image.Image:
+    """A true do-intervention: the same object and pose, with one variant factor changed.
+
+    This is what the pipeline calls to build a ``PairSet`` of kind ``"true"``:
+    for each image i with factors ``row_i`` (a row of ``factors.csv``, see :func:`load_factors`,
+    or a :class:`Factors`), x_i is the image on disk and
+    ``x_do_i = render_counterfactual(row_i, change, seed)``, then both go through the same
+    encoder. ``change`` is one of ``CHANGEABLE`` = ("colour", "background", "style"); the new
+    value is drawn uniformly from the *other* values with a seed derived from ``seed`` and the
+    factors, so it is reproducible. Class, position, size, rotation and texture noise are kept.
+    ``image_size`` defaults to the row's ``image_size`` column, else ``DEFAULT_IMAGE_SIZE``.
+    Note: in the sketch style the object colour is not drawn, so do(colour) leaves a sketch
+    unchanged (a null pair, as a real pencil sketch would be).
+    """
+    factors = row if isinstance(row, Factors) else Factors.from_row(row)
+    if image_size is None:
+        image_size = int(row["image_size"]) if isinstance(row, Mapping) and "image_size" in row else DEFAULT_IMAGE_SIZE
+    return render(counterfactual_factors(factors, change, seed), image_size)
+
+
+# --------------------------------------------------------------------------- the data set on disk
+FACTOR_COLUMNS = ["path", "domain", "cls", "style", "colour", "background", "x", "y", "size", "rotation",
+                  "seed", "image_size", "role"]
+
+
+def _spurious_value(gen: np.random.Generator, cls: str, table: dict[str, str], options: list[str],
+                    strength: float, mode: str) -> str:
+    """Value that agrees with the class with probability ``strength`` (or a reversed/broken link)."""
+    k = CLASSES.index(cls)
+    if mode == "broken":
+        return options[int(gen.integers(len(options)))]
+    if mode == "reversed":  # the shortcut now points at the *next* class: a trap, not just noise
+        linked = table[CLASSES[(k + 1) % len(CLASSES)]]
+    else:
+        linked = table[cls]
+    if gen.random() < strength:
+        return linked
+    others = [o for o in options if o != linked]
+    return others[int(gen.integers(len(others)))]
+
+
+def toydomains_factors(
+    n_per_class_per_domain: int,
+    spurious_correlation: float = 0.9,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    seed: int = 0,
+    target_domain: str = "cartoon",
+    target_mode: str = "reversed",
+    spurious_factors: tuple[str, ...] = ("colour", "background"),
+) -> list[dict[str, object]]:
+    """The factor table of the downstream data set, without rendering (see generate_toydomains)."""
+    if not 0.0 <= spurious_correlation <= 1.0:
+        raise ValueError(f"spurious_correlation must be in [0, 1], got {spurious_correlation}")
+    if target_domain not in STYLES:
+        raise ValueError(f"unknown target_domain {target_domain!r}; valid: {', '.join(STYLES)}")
+    if target_mode not in ("reversed", "broken"):
+        raise ValueError(f"target_mode must be 'reversed' or 'broken', got {target_mode!r}")
+    bad = set(spurious_factors) - {"colour", "background"}
+    if bad:
+        raise ValueError(f"spurious_factors may hold 'colour' and 'background', got {sorted(bad)}")
+    if n_per_class_per_domain < 1:
+        raise ValueError(f"n_per_class_per_domain must be >= 1, got {n_per_class_per_domain}")
+    rows = []
+    for domain in STYLES:
+        role = "target" if domain == target_domain else "source"
+        mode = target_mode if role == "target" else "aligned"
+        for cls in CLASSES:
+            gen = rng("toydomains", seed, domain, cls)
+            for i in range(n_per_class_per_domain):
+                colour = (_spurious_value(gen, cls, SPURIOUS_COLOUR, list(COLOURS), spurious_correlation, mode)
+                          if "colour" in spurious_factors else str(gen.choice(list(COLOURS))))
+                background = (_spurious_value(gen, cls, SPURIOUS_BACKGROUND, list(BACKGROUNDS), spurious_correlation, mode)
+                              if "background" in spurious_factors else str(gen.choice(list(BACKGROUNDS))))
+                rows.append({
+                    "path": f"{domain}/{cls}/{cls}_{i:04d}.png", "domain": domain, "cls": cls, "style": domain,
+                    "colour": colour, "background": background, **sample_pose(gen),
+                    "seed": int(gen.integers(2**31 - 1)), "image_size": image_size, "role": role,
+                })
+    return rows
+
+
+def generate_toydomains(
+    root: str | os.PathLike,
+    n_per_class_per_domain: int = 40,
+    spurious_correlation: float = 0.9,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    seed: int = 0,
+    target_domain: str = "cartoon",
+    target_mode: str = "reversed",
+    spurious_factors: tuple[str, ...] = ("colour", "background"),
+) -> Path:
+    """Render the data set into the DomainBed layout ``root/<domain>/<class>/*.png``.
+
+    Also writes ``root/factors.csv`` (one row per image: relative ``path``, ``domain``, the true
+    factors, ``image_size`` and ``role`` = source/target) and ``root/recipe.json`` (the
+    arguments). In source domains the object colour (and background) of class k is its
+    spurious partner (``SPURIOUS_COLOUR`` / ``SPURIOUS_BACKGROUND``) with probability
+    ``spurious_correlation``; in ``target_domain`` the partner is the next class's
+    (``target_mode="reversed"``) or the value is uniform (``"broken"``). Deterministic by seed.
+    Writes into a temporary sibling folder and renames it, so readers never see half a data set.
+    """
+    root = Path(root)
+    recipe = {
+        "n_per_class_per_domain": n_per_class_per_domain, "spurious_correlation": spurious_correlation,
+        "image_size": image_size, "seed": seed, "target_domain": target_domain, "target_mode": target_mode,
+        "spurious_factors": list(spurious_factors),
+    }
+    rows = toydomains_factors(n_per_class_per_domain, spurious_correlation, image_size, seed,
+                              target_domain, target_mode, tuple(spurious_factors))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        for row in rows:
+            out = tmp / str(row["path"])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            render(Factors.from_row(row), image_size).save(out, optimize=False)
+        with open(tmp / "factors.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=FACTOR_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        if root.exists():
+            shutil.rmtree(root)
+        tmp.rename(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def load_factors(root: str | os.PathLike) -> "pandas.DataFrame":  # noqa: F821 (lazy import)
+    """``root/factors.csv`` as a DataFrame indexed by the image path relative to ``root``."""
+    import pandas as pd
+
+    return pd.read_csv(Path(root) / "factors.csv").set_index("path", drop=False)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_ROOT = REPO_ROOT / "data" / "toydomains"
+# The bundled demo: what `python -m clip_icm evaluate` and the dashboard use by default.
+DEMO_RECIPE = {
+    "n_per_class_per_domain": 40, "spurious_correlation": 0.9, "image_size": DEFAULT_IMAGE_SIZE, "seed": 0,
+    "target_domain": "cartoon", "target_mode": "reversed", "spurious_factors": ["colour", "background"],
+}
+
+
+def ensure_demo_data(root: str | os.PathLike | None = None) -> Path:
+    """The demo data set, generated on first use (a few seconds) and reused while its recipe matches."""
+    root = Path(root) if root is not None else DEMO_ROOT
+    recipe_file = root / "recipe.json"
+    if recipe_file.is_file() and (root / "factors.csv").is_file():
+        if json.loads(recipe_file.read_text()) == DEMO_RECIPE:
+            return root
+    args = dict(DEMO_RECIPE, spurious_factors=tuple(DEMO_RECIPE["spurious_factors"]))
+    return generate_toydomains(root, **args)
+
+
+__all__ = [
+    "CLASSES", "STYLES", "COLOURS", "BACKGROUNDS", "CHANGEABLE", "Factors", "render", "render_counterfactual",
+    "counterfactual_factors", "generate_toydomains", "toydomains_factors", "load_factors", "ensure_demo_data",
+    "sample_factors", "DEMO_RECIPE", "DEMO_ROOT",
+]
