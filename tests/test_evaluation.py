@@ -1,0 +1,162 @@
+"""Evaluation protocol on a synthetic EmbeddingSet: zero-shot, probe, LODO, and no peeking."""
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clip_icm.evaluation import (
+    ALL_METHODS,
+    EvalConfig,
+    evaluate_split,
+    fit_linear_probe,
+    fit_projection,
+    leave_one_domain_out,
+    select_hyperparameters,
+    sweep,
+    without_domain,
+    zero_shot_classifier,
+    zero_shot_predict,
+)
+from clip_icm.projection import InvariantProjection
+from clip_icm.scm import SCMConfig, make_embedding_set
+
+DOMAINS = ("photo", "cartoon", "sketch")
+TARGET = "sketch"  # the shifted domain: its shortcut is reversed
+CONFIG = EvalConfig(n_components=6, lam=1e4)
+
+
+@pytest.fixture(scope="module")
+def emb():
+    scm = SCMConfig(n_invariant=6, n_variant=10, n_classes=3, seed=2)
+    return make_embedding_set(scm, n_per_domain=150, domains=DOMAINS)
+
+
+def _with_target_labels_permuted(emb, seed=0):
+    labels = emb.labels.copy()
+    target = emb.domains == TARGET
+    labels[target] = np.random.default_rng(seed).permutation(labels[target])
+    assert (labels != emb.labels).any()
+    return replace(emb, labels=labels)
+
+
+def test_zero_shot_classifier_convention():
+    gen = np.random.default_rng(0)
+    text = gen.normal(size=(3, 4, 8)) * gen.uniform(1, 5, size=(3, 4, 1))
+    weights = zero_shot_classifier(text)
+    unit = text / np.linalg.norm(text, axis=-1, keepdims=True)
+    expected = unit.mean(axis=0)
+    np.testing.assert_allclose(weights, expected / np.linalg.norm(expected, axis=1, keepdims=True))
+    proj = InvariantProjection(3, 1.0).fit(gen.normal(size=(20, 8)), gen.normal(size=(20, 8)))
+    projected = zero_shot_classifier(text, proj)
+    raw = (unit.reshape(12, 8) @ proj.components_.T).reshape(3, 4, 3).mean(axis=0)
+    np.testing.assert_allclose(projected, raw / np.linalg.norm(raw, axis=1, keepdims=True))
+    np.testing.assert_allclose(zero_shot_classifier(text, proj, renormalize=False), raw)
+    with pytest.raises(ValueError, match="templates, classes, D"):
+        zero_shot_classifier(text[0])
+
+
+def test_zero_shot_predict_uses_cosine():
+    means = np.eye(3, 5) * 10
+    text = means[None]
+    images = np.repeat(means, 4, axis=0) * np.arange(1, 13)[:, None]  # norms vary wildly
+    np.testing.assert_array_equal(zero_shot_predict(images, text), np.repeat(np.arange(3), 4))
+
+
+def test_linear_probe_chooses_c_on_validation(emb):
+    train, val = emb.is_train, ~emb.is_train
+    Cs = (1e-4, 0.1, 10.0)
+    probe = fit_linear_probe(emb.features[train], emb.labels[train], emb.features[val], emb.labels[val], Cs)
+    chosen = probe[-1].C
+    assert chosen in Cs
+    for C in Cs:
+        other = fit_linear_probe(emb.features[train], emb.labels[train], emb.features[val], emb.labels[val], (C,))
+        assert probe.score(emb.features[val], emb.labels[val]) >= other.score(emb.features[val], emb.labels[val])
+    with pytest.raises(ValueError, match="2 classes"):
+        fit_linear_probe(emb.features[:5], np.zeros(5), emb.features[:5], np.zeros(5))
+
+
+def test_evaluate_split_rows(emb):
+    frame = evaluate_split(emb, TARGET, CONFIG)
+    assert {"target", "domain", "role", "method", "protocol", "accuracy", "n"} <= set(frame.columns)
+    assert set(frame.method) == {"CLIP", *ALL_METHODS}
+    assert set(frame.protocol) == {"zero-shot", "linear probe"}
+    assert len(frame) == len(DOMAINS) * (1 + len(ALL_METHODS)) * 2
+    target_rows = frame[frame.role == "target"]
+    assert set(target_rows.domain) == {TARGET} and (target_rows.n == 150).all()  # whole target domain
+    for domain in DOMAINS[:-1]:
+        n_val = int(((emb.domains == domain) & ~emb.is_train).sum())
+        assert (frame[frame.domain == domain].n == n_val).all()
+    assert frame.accuracy.between(0, 1).all()
+
+
+def test_icm_beats_full_space_on_shifted_target(emb):
+    frame = evaluate_split(emb, TARGET, replace(CONFIG, methods=("icm", "icm_as_released")))
+    acc = frame[frame.role == "target"].set_index(["method", "protocol"]).accuracy
+    for protocol in ("linear probe", "zero-shot"):
+        assert acc["icm", protocol] > acc["CLIP", protocol] + 0.1
+        assert acc["icm", protocol] > acc["icm_as_released", protocol] + 0.1
+
+
+def test_evaluation_never_fits_on_target_labels(emb):
+    """Source rows and target predictions cannot depend on target labels: permuting them
+    changes target accuracies only through the scoring itself."""
+    base = evaluate_split(emb, TARGET, CONFIG)
+    permuted = evaluate_split(_with_target_labels_permuted(emb), TARGET, CONFIG)
+    pd.testing.assert_frame_equal(base[base.role == "source"], permuted[permuted.role == "source"])
+
+
+def test_projection_ignores_target_pairs(emb):
+    """Pairs from the target domain are dropped: making them NaN changes nothing."""
+    true_pairs = emb.pair_set("true")
+    poisoned_z = np.where((true_pairs.domains == TARGET)[:, None], np.nan, true_pairs.z)
+    poisoned = replace(emb, pairs=[replace(true_pairs, z=poisoned_z), emb.pair_set("text")])
+    for method in ALL_METHODS:
+        np.testing.assert_array_equal(
+            fit_projection(poisoned, TARGET, method, CONFIG).components_,
+            fit_projection(emb, TARGET, method, CONFIG).components_,
+        )
+
+
+@pytest.mark.parametrize("scoring", ["source_val", "source_domains"])
+def test_selection_never_reads_target_labels(emb, scoring):
+    grid = dict(Ks=(2, 6, 10), lams=(0.0, 1e4), config=CONFIG, scoring=scoring)
+    K, lam, scores = select_hyperparameters(emb, TARGET, "icm", **grid)
+    K2, lam2, scores2 = select_hyperparameters(_with_target_labels_permuted(emb), TARGET, "icm", **grid)
+    assert (K, lam) == (K2, lam2)
+    pd.testing.assert_frame_equal(scores, scores2)
+    assert list(scores.columns) == ["K", "lam", "score"] and len(scores) == 6
+    assert scores.loc[scores.score.idxmax(), ["K", "lam"]].tolist() == [K, lam]
+
+
+def test_without_domain(emb):
+    sources = without_domain(emb, TARGET)
+    assert TARGET not in sources.domain_names and len(sources.labels) == 300
+    assert TARGET not in set(sources.pair_set("true").domains)
+
+
+def test_leave_one_domain_out_covers_all_targets(emb):
+    frame = leave_one_domain_out(emb, config=replace(CONFIG, methods=("icm",)))
+    assert sorted(frame.target.unique()) == sorted(DOMAINS)
+    assert (frame.groupby("target").role.apply(lambda r: (r == "target").sum()) == 4).all()
+
+
+def test_sweep_grid(emb):
+    frame = sweep(emb, TARGET, Ks=(2, 6), lams=(0.0, 1e4), config=CONFIG)
+    assert len(frame) == 4
+    assert {"K", "lam", "source_val_accuracy", "target_accuracy"} <= set(frame.columns)
+    best = frame.set_index(["K", "lam"]).target_accuracy
+    assert best[6, 1e4] > best[6, 0.0]  # invariance helps on the shifted target
+
+
+def test_bad_input(emb):
+    with pytest.raises(ValueError, match="unknown target domain 'nope'"):
+        evaluate_split(emb, "nope", CONFIG)
+    with pytest.raises(ValueError, match="n_components"):
+        evaluate_split(emb, TARGET, replace(CONFIG, n_components=999))
+    with pytest.raises(KeyError, match="no pair set"):
+        fit_projection(emb, TARGET, "icm", replace(CONFIG, pair_sets=("missing",)))
+    with pytest.raises(ValueError, match="scoring"):
+        select_hyperparameters(emb, TARGET, scoring="target")
+    with pytest.raises(ValueError, match="no K"):
+        select_hyperparameters(emb, TARGET, Ks=(999,), lams=(1.0,), config=CONFIG)
