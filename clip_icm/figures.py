@@ -1,0 +1,179 @@
+"""Plotly figures for the dashboard and for export (pure functions: data in, figure out).
+
+Point-level figures carry each point's global row id in ``customdata[0]`` so that a
+box/lasso selection can be mapped back to images whatever trace a point sits in.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+PALETTE = qualitative.D3 + qualitative.Pastel
+ROLE_SYMBOLS = {"source": "circle", "target": "x"}
+POINT_COLUMNS = ("id", "class", "domain", "role", "prediction", "correct")
+HONEST_TITLE = "source validation (honest)"
+PEEKING_TITLE = "target (peeking - for illustration only)"
+
+
+def _check_columns(frame: pd.DataFrame, needed: tuple[str, ...], what: str) -> None:
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} needs columns {', '.join(missing)}; got {', '.join(map(str, frame.columns))}")
+
+
+def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class", title: str = "") -> go.Figure:
+    """One 2-D layout: colour by ``class`` or ``domain``, marker by source/target role.
+
+    ``points`` has one row per point of ``xy`` with columns id, class, domain, role,
+    prediction, correct (see :data:`POINT_COLUMNS`).
+    """
+    _check_columns(points, POINT_COLUMNS, "scatter_layout")
+    if colour_by not in ("class", "domain"):
+        raise ValueError(f"colour_by must be 'class' or 'domain', got {colour_by!r}")
+    if len(xy) != len(points):
+        raise ValueError(f"{len(xy)} layout rows for {len(points)} points")
+    fig = go.Figure()
+    groups = list(dict.fromkeys(points[colour_by].tolist()))
+    for g_index, group in enumerate(groups):
+        for role, symbol in ROLE_SYMBOLS.items():
+            mask = ((points[colour_by] == group) & (points["role"] == role)).to_numpy()
+            if mask.any():
+                fig.add_trace(_scatter_trace(xy[mask], points[mask], f"{group} ({role})", PALETTE[g_index % len(PALETTE)], symbol))
+    fig.update_layout(
+        title=title,
+        xaxis=dict(showticklabels=False, title=None),
+        yaxis=dict(showticklabels=False, title=None),
+        legend=dict(font=dict(size=10)),
+        margin=dict(l=10, r=10, t=40, b=10),
+        dragmode="lasso",
+        height=460,
+    )
+    return fig
+
+
+def _scatter_trace(xy: np.ndarray, pts: pd.DataFrame, name: str, colour: str, symbol: str) -> go.Scattergl:
+    custom = np.stack(
+        [pts["id"].to_numpy(), pts["class"], pts["domain"], pts["prediction"],
+         np.where(pts["correct"].to_numpy(dtype=bool), "correct", "wrong")],
+        axis=1,
+    )
+    return go.Scattergl(
+        x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, customdata=custom,
+        marker=dict(color=colour, symbol=symbol, size=7 if symbol == "x" else 6, opacity=0.8),
+        hovertemplate="class: %{customdata[1]}<br>domain: %{customdata[2]}<br>"
+        "prediction: %{customdata[3]} (%{customdata[4]})<extra>#%{customdata[0]}</extra>",
+    )
+
+
+def selected_ids(selection: object) -> list[int]:
+    """Global ids of the points in a ``st.plotly_chart(on_select=...)`` selection (or a dict like it)."""
+    if not selection:
+        return []
+    points = selection.get("selection", selection).get("points", []) if isinstance(selection, dict) else []
+    ids = []
+    for point in points:
+        custom = point.get("customdata")
+        if custom is not None:
+            ids.append(int(custom[0] if isinstance(custom, (list, tuple)) else custom))
+    return sorted(set(ids))
+
+
+def accuracy_bars(table: pd.DataFrame, target: str, title: str = "Accuracy per domain") -> go.Figure:
+    """Grouped bars: x = domain (target marked), one bar per method/protocol."""
+    _check_columns(table, ("domain", "label", "accuracy"), "accuracy_bars")
+    domains = list(dict.fromkeys(table["domain"].tolist()))
+    ticks = {d: (f"<b>{d} (target)</b>" if d == target else d) for d in domains}
+    fig = go.Figure()
+    for i, (label, rows) in enumerate(table.groupby("label", sort=False)):
+        rows = rows.set_index("domain").reindex(domains)
+        fig.add_trace(go.Bar(
+            x=[ticks[d] for d in domains], y=rows["accuracy"], name=str(label),
+            marker_color=PALETTE[i % len(PALETTE)],
+            hovertemplate=f"{label}<br>%{{x}}: %{{y:.1%}}<extra></extra>",
+        ))
+    if target in ticks:
+        fig.add_vrect(x0=domains.index(target) - 0.5, x1=domains.index(target) + 0.5,
+                      fillcolor="gold", opacity=0.15, line_width=0, layer="below")
+    fig.update_layout(barmode="group", title=title, yaxis=dict(title="accuracy", range=[0, 1], tickformat=".0%"),
+                      legend=dict(orientation="h", y=-0.2), margin=dict(l=10, r=10, t=40, b=10), height=420)
+    return fig
+
+
+def spectrum_figure(eigenvalues: np.ndarray, k: int, selection: str = "top") -> go.Figure:
+    """Eigenvalues of M (descending) with the kept ones highlighted and K marked."""
+    ev = np.asarray(eigenvalues, dtype=float)
+    kept = np.zeros(len(ev), dtype=bool)
+    if selection == "as_released":
+        kept[len(ev) - k:] = True  # eigh ascending, first K columns = the K smallest
+    else:
+        kept[:k] = True
+    idx = np.arange(1, len(ev) + 1)
+    fig = go.Figure([
+        go.Scatter(x=idx[kept], y=ev[kept], mode="markers", name="kept", marker=dict(color="#1f77b4", size=5)),
+        go.Scatter(x=idx[~kept], y=ev[~kept], mode="markers", name="dropped", marker=dict(color="#bbbbbb", size=5)),
+    ])
+    boundary = k + 0.5 if selection != "as_released" else len(ev) - k + 0.5
+    fig.add_vline(x=boundary, line_dash="dash", annotation_text=f"K = {k}")
+    fig.add_hline(y=0, line_color="#888888", line_width=1)
+    fig.update_layout(title="Eigenvalues of M = Z'Z/n - lam Delta'Delta/n", xaxis_title="rank (largest first)",
+                      yaxis_title="eigenvalue", margin=dict(l=10, r=10, t=40, b=10), height=360)
+    return fig
+
+
+def sweep_heatmaps(sweep: pd.DataFrame, chosen: tuple[int, float] | None = None) -> go.Figure:
+    """Two K x lam heat maps side by side: honest source validation vs peeking target accuracy."""
+    _check_columns(sweep, ("K", "lam", "source_val_accuracy", "target_accuracy"), "sweep_heatmaps")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(HONEST_TITLE, PEEKING_TITLE), horizontal_spacing=0.12)
+    for col, (column, scale) in enumerate((("source_val_accuracy", "Blues"), ("target_accuracy", "Oranges")), 1):
+        grid = sweep.pivot_table(index="K", columns="lam", values=column)
+        fig.add_trace(go.Heatmap(
+            z=grid.to_numpy(), x=[f"{v:g}" for v in grid.columns], y=[str(v) for v in grid.index],
+            colorscale=scale, zmin=0, zmax=1, text=np.round(grid.to_numpy() * 100).astype(int),
+            texttemplate="%{text}", colorbar=dict(x=0.44 if col == 1 else 1.0, len=0.9, tickformat=".0%"),
+            hovertemplate="K=%{y}, lam=%{x}: %{z:.1%}<extra></extra>",
+        ), row=1, col=col)
+        fig.update_xaxes(title_text="lam", type="category", row=1, col=col)
+        fig.update_yaxes(title_text="K", type="category", row=1, col=col)
+    if chosen is not None:
+        for col in (1, 2):
+            fig.add_trace(go.Scatter(x=[f"{chosen[1]:g}"], y=[str(chosen[0])], mode="markers", showlegend=False,
+                                     marker=dict(symbol="star", size=14, color="red"),
+                                     hovertemplate="chosen on source validation<extra></extra>"), row=1, col=col)
+    fig.update_layout(height=380, margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def playground_accuracy(frame: pd.DataFrame, x: str = "shift", y: str = "accuracy", colour: str = "predictor",
+                        title: str = "OOD accuracy as the shift grows") -> go.Figure:
+    """Line plot of a playground metric vs a swept parameter, one line per predictor."""
+    _check_columns(frame, (x, y, colour), "playground_accuracy")
+    fig = go.Figure()
+    for i, (name, rows) in enumerate(frame.groupby(colour, sort=False)):
+        rows = rows.sort_values(x)
+        fig.add_trace(go.Scatter(x=rows[x], y=rows[y], mode="lines+markers", name=str(name),
+                                 line=dict(color=PALETTE[i % len(PALETTE)])))
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, margin=dict(l=10, r=10, t=40, b=10), height=380)
+    return fig
+
+
+def playground_recovery(table: pd.DataFrame) -> go.Figure:
+    """Per predictor: R^2 of recovering z_inv and z_var from its features (1 = all there, 0 = none)."""
+    _check_columns(table, ("method", "r2_inv", "r2_var"), "playground_recovery")
+    per = table.drop_duplicates("method")
+    fig = go.Figure([
+        go.Bar(x=per["method"], y=per["r2_inv"].clip(lower=0), name="R² of invariant factors (want 1)",
+               marker_color="#2ca02c"),
+        go.Bar(x=per["method"], y=per["r2_var"].clip(lower=0), name="R² of variant factors (want 0)",
+               marker_color="#d62728"),
+    ])
+    fig.update_layout(barmode="group", title="What each space still knows", yaxis=dict(range=[0, 1.05]),
+                      margin=dict(l=10, r=10, t=40, b=10), height=380, legend=dict(orientation="h", y=-0.15))
+    return fig
+
+
+def figure_html(fig: go.Figure) -> bytes:
+    """A self-contained interactive HTML file (plotly.js inlined, so it opens offline)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True).encode()

@@ -1,0 +1,83 @@
+"""2-D layouts of embeddings for the dashboard (UMAP behind one small function).
+
+Comparable layouts of the full and the invariant space come from a *shared
+initialisation*: the invariant layout starts from the full-space layout and is
+then rotated/scaled onto it (orthogonal Procrustes). AlignedUMAP would also
+work, but it recomputes both layouts together, whereas this way the full-space
+layout is computed once and stays cached while K and lam change; only the
+invariant layout follows. umap-learn is imported lazily: the import costs
+seconds and its first call pays numba compilation.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# Few epochs are enough for a few thousand points and keep a layout at a second or two.
+DEFAULT_EPOCHS = 200
+
+
+def _normalise(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def _pca_2d(X: np.ndarray) -> np.ndarray:
+    centred = X - X.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    out = np.zeros((len(X), 2), dtype=np.float32)
+    k = min(2, vt.shape[0])
+    out[:, :k] = centred @ vt[:k].T
+    return out
+
+
+def _standardise(xy: np.ndarray) -> np.ndarray:
+    """Centre and scale to unit spread, the range UMAP expects of an initial layout."""
+    xy = xy - xy.mean(axis=0)
+    return (xy / max(float(np.abs(xy).max()), 1e-12) * 10.0).astype(np.float32)
+
+
+def procrustes_align(xy: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Rotate/reflect/scale ``xy`` onto ``reference`` (same rows) so two layouts read alike."""
+    a = xy - xy.mean(axis=0)
+    b = reference - reference.mean(axis=0)
+    u, s, vt = np.linalg.svd(a.T @ b)
+    rotation = u @ vt
+    scale = s.sum() / max(float((a**2).sum()), 1e-12)
+    return (a @ rotation * scale + reference.mean(axis=0)).astype(np.float32)
+
+
+def layout_2d(
+    X: np.ndarray,
+    *,
+    init: np.ndarray | None = None,
+    seed: int = 0,
+    n_neighbors: int = 15,
+    n_epochs: int = DEFAULT_EPOCHS,
+) -> np.ndarray:
+    """A 2-D UMAP layout (cosine geometry) of the rows of ``X``.
+
+    ``init`` (n, 2) starts the optimisation from a given layout, and the result is
+    Procrustes-aligned to it: pass the full-space layout when laying out the
+    invariant space to get comparable pictures. Fewer than 5 rows fall back to PCA
+    (UMAP needs a neighbourhood). The seed makes it reproducible (and single-threaded).
+    """
+    X = _normalise(X)
+    if X.ndim != 2 or len(X) == 0:
+        raise ValueError(f"layout_2d needs a non-empty 2-D array, got shape {X.shape}")
+    if init is not None and init.shape != (len(X), 2):
+        raise ValueError(f"init must have shape ({len(X)}, 2), got {init.shape}")
+    if len(X) < 5:
+        xy = _pca_2d(X)
+    else:
+        import umap  # lazy: seconds to import, numba compilation on first use
+
+        reducer = umap.UMAP(
+            n_components=2,
+            n_neighbors=min(n_neighbors, len(X) - 1),
+            metric="cosine",
+            n_epochs=n_epochs,
+            init=_standardise(init) if init is not None else "spectral",
+            random_state=seed,
+        )
+        xy = reducer.fit_transform(X).astype(np.float32)
+    return procrustes_align(xy, init) if init is not None else xy

@@ -1,0 +1,396 @@
+"""The thin service layer the dashboard calls: pipeline + evaluation + reduce + figures.
+
+Everything here is plain Python on plain values (no Streamlit), so the dashboard stays a
+shell of widgets and caches, and every step can be tested without a browser. Errors a user
+can cause (a missing folder, weights not on disk, an empty domain) come out as
+:class:`ServiceError` with a message meant to be shown as is.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from clip_icm import evaluation, reduce
+from clip_icm.embeddings import EmbeddingSet
+from clip_icm.projection import METHOD_LABELS
+from clip_icm.seeding import rng
+
+SOURCES = {
+    "demo": "Bundled demo (ToyDomains + toy-clip)",
+    "folder": "DomainBed-layout folder",
+    "synthetic": "Synthetic SCM (no images)",
+}
+# What a user can get wrong; anything else is a bug and should surface as one.
+USER_ERRORS = (OSError, ValueError, KeyError, RuntimeError, ImportError)
+Progress = Callable[[str, int, int], None]
+
+
+class ServiceError(Exception):
+    """A problem with the user's choices, with a message fit to show in the page."""
+
+
+def content_key(*parts: object) -> str:
+    """A short stable key of printable parts (frozen configs print all their fields)."""
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- embeddings
+
+@dataclass(frozen=True)
+class InterventionChoice:
+    """Which interventional pairs to build (plain values, straight from the controls).
+
+    image_ops: image operations, one drawn at random per pair when several (as in the paper);
+    strengths: ((op, ((param, value), ...)), ...); text_banks: ((bank name, (template, ...)), ...);
+    true_swaps: factors to re-render (bundled world only); n_pairs: image pairs (0 = one per image).
+    """
+
+    image_ops: tuple[str, ...] = ("random",)
+    strengths: tuple = ()
+    text_banks: tuple = ()
+    true_swaps: tuple[str, ...] = ()
+    cross_modal: bool = False
+    n_pairs: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    """Where the embeddings come from, as plain values: turned into the pipeline's configs
+    only when loading, so that the controls need not import torch."""
+
+    source: str = "demo"
+    root: str = ""
+    dataset: str | None = None
+    max_per_domain: int | None = None
+    model: str = "toy-clip"
+    pretrained: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    interventions: InterventionChoice = InterventionChoice()
+    synthetic: object = None  # scm.SCMConfig for the synthetic source
+    n_per_domain: int = 150
+
+    @property
+    def key(self) -> str:
+        return content_key(self)
+
+    @property
+    def model_label(self) -> str:
+        if self.source == "synthetic":
+            return "synthetic SCM"
+        return self.model + (f" / {self.pretrained}" if self.pretrained else "")
+
+
+def load_embeddings(request: EmbeddingRequest, progress: Progress | None = None) -> EmbeddingSet:
+    """Embeddings for a request; user errors become :class:`ServiceError`."""
+    if request.source not in SOURCES:
+        raise ServiceError(f"unknown data source {request.source!r}; choose one of {', '.join(SOURCES)}")
+    if request.source == "folder" and not request.root:
+        raise ServiceError("Enter the folder that holds the DomainBed data sets.")
+    try:
+        if request.source == "synthetic":
+            return _synthetic(request)
+        return _pipeline_embeddings(request, progress)
+    except ServiceError:
+        raise
+    except USER_ERRORS as e:
+        raise ServiceError(f"Could not build the embeddings: {_message(e)}") from e
+
+
+def _synthetic(request: EmbeddingRequest) -> EmbeddingSet:
+    from clip_icm import scm
+
+    return scm.make_embedding_set(request.synthetic or scm.SCMConfig(), n_per_domain=request.n_per_domain)
+
+
+def _message(error: BaseException) -> str:
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return text or type(error).__name__
+
+
+def default_target(emb: EmbeddingSet, source: str) -> str:
+    """The domain to hold out first: the demo's shifted domain, else the last one
+    (the synthetic world shifts its last domain)."""
+    if source == "demo":
+        from clip_icm.toydomains import DEMO_RECIPE
+
+        if DEMO_RECIPE["target_domain"] in emb.domain_names:
+            return DEMO_RECIPE["target_domain"]
+    return emb.domain_names[-1]
+
+
+def restrict_domains(emb: EmbeddingSet, keep: tuple[str, ...]) -> EmbeddingSet:
+    """The EmbeddingSet without the domains not in ``keep`` (rows and pairs)."""
+    for domain in emb.domain_names:
+        if domain not in keep:
+            emb = evaluation.without_domain(emb, domain)
+    return emb
+
+
+def describe(emb: EmbeddingSet) -> dict[str, object]:
+    """Counts for a one-line summary of an EmbeddingSet."""
+    return {
+        "images": len(emb.labels), "dim": emb.features.shape[1], "classes": len(emb.class_names),
+        "domains": len(emb.domain_names), "pairs": {p.name: len(p.z) for p in emb.pairs},
+    }
+
+
+# ---------------------------------------------------------------- fit and evaluation
+
+@dataclass(frozen=True)
+class Fit:
+    """A fitted projection and its diagnostics (small: K x D, pickles cheaply into caches)."""
+
+    method: str
+    K: int
+    lam: float
+    lam_mode: str
+    target: str
+    projection: object
+    invariance_ratio: float
+    full_ratio: float
+    ratio_pairs: str
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return self.projection.transform(X)
+
+    @property
+    def eigenvalues(self) -> np.ndarray | None:
+        return getattr(self.projection, "eigenvalues_", None)
+
+
+def eval_config(K: int, lam: float, lam_mode: str = "absolute", methods: tuple[str, ...] = ("icm",),
+                pair_sets: tuple[str, ...] | None = None) -> evaluation.EvalConfig:
+    return evaluation.EvalConfig(n_components=int(K), lam=float(lam), lam_mode=lam_mode, methods=tuple(methods),
+                                 pair_sets=tuple(pair_sets) if pair_sets is not None else None)
+
+
+def _guard(what: str, call: Callable, *args, **kwargs):
+    try:
+        return call(*args, **kwargs)
+    except USER_ERRORS as e:
+        raise ServiceError(f"{what}: {_message(e)}") from e
+
+
+def fit(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConfig) -> Fit:
+    """Fit ``method`` on the pairs outside ``target``; the invariance ratio is measured on
+    held-out pairs (the target domain's image pairs) when there are any."""
+    projection = _guard("Could not fit the projection", evaluation.fit_projection, emb, target, method, config)
+    Z, Z_do, which = _ratio_pairs(emb, target, config)
+    return Fit(
+        method=method, K=config.n_components, lam=config.lam, lam_mode=config.lam_mode, target=target,
+        projection=projection, invariance_ratio=projection.invariance_ratio(Z, Z_do),
+        full_ratio=float(np.linalg.norm(Z - Z_do) / max(np.linalg.norm(Z), 1e-12)), ratio_pairs=which,
+    )
+
+
+def _ratio_pairs(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) -> tuple[np.ndarray, np.ndarray, str]:
+    names = config.pair_sets if config.pair_sets is not None else [p.name for p in emb.pairs]
+    sets = [emb.pair_set(n) for n in names]
+    held = [(p.z[p.domains == target], p.z_do[p.domains == target]) for p in sets if p.domains is not None]
+    held = [h for h in held if len(h[0])]
+    if held:
+        return np.concatenate([h[0] for h in held]), np.concatenate([h[1] for h in held]), "held-out target-domain pairs"
+    return np.concatenate([p.z for p in sets]), np.concatenate([p.z_do for p in sets]), "training pairs (no held-out pairs)"
+
+
+def evaluate(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) -> pd.DataFrame:
+    """evaluation.evaluate_split, with user errors as ServiceError."""
+    return _guard("Could not evaluate", evaluation.evaluate_split, emb, target, config)
+
+
+def accuracy_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Merge per-method evaluation frames (each repeats the CLIP rows), label each
+    method/protocol, and add the change vs CLIP with the same protocol on the same domain."""
+    table = pd.concat(frames, ignore_index=True).drop_duplicates(["domain", "method", "protocol"])
+    table["label"] = [f"{METHOD_LABELS.get(m, m)} {p}" for m, p in zip(table["method"], table["protocol"])]
+    clip = table[table["method"] == evaluation.FULL_SPACE].set_index(["domain", "protocol"])["accuracy"]
+    base = [clip.get((d, p), np.nan) for d, p in zip(table["domain"], table["protocol"])]
+    table["change_vs_clip"] = table["accuracy"] - np.asarray(base, dtype=float)
+    order = {m: i for i, m in enumerate([evaluation.FULL_SPACE, *METHOD_LABELS])}
+    table["_order"] = table["method"].map(lambda m: order.get(m, len(order)))
+    table = table.sort_values(["_order", "protocol"], kind="stable").drop(columns="_order")
+    return table.reset_index(drop=True)
+
+
+def accuracy_wide(table: pd.DataFrame, target: str) -> pd.DataFrame:
+    """One row per method/protocol, one column per domain (target marked), plus target change vs CLIP."""
+    wide = table.pivot_table(index="label", columns="domain", values="accuracy", sort=False)
+    wide = wide[list(dict.fromkeys(table["domain"]))]
+    change = table[table["domain"] == target].set_index("label")["change_vs_clip"]
+    wide.columns = [f"{d} (target)" if d == target else d for d in wide.columns]
+    wide["target change vs CLIP"] = change.reindex(wide.index)
+    return wide.rename_axis(None)
+
+
+def choose_hyperparameters(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConfig,
+                           Ks: tuple[int, ...], lams: tuple[float, ...]) -> tuple[int, float, pd.DataFrame]:
+    """(K, lam) chosen on source-domain validation only (the target is removed first)."""
+    return _guard("Could not choose K and lam", evaluation.select_hyperparameters,
+                  emb, target, method, Ks, lams, config)
+
+
+def sweep(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConfig, Ks: tuple[int, ...],
+          lams: tuple[float, ...]) -> pd.DataFrame:
+    """K x lam grid of source-validation and (peeking, for illustration) target accuracy."""
+    return _guard("Sweep failed", evaluation.sweep, emb, target, Ks, lams, method, config)
+
+
+def grid(dim: int, lam_mode: str = "absolute") -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """A small default K x lam grid for a D-dim embedding."""
+    Ks = tuple(k for k in (4, 8, 16, 32, 64, 128, 256) if dim // 16 <= k < dim)[:5] or (max(1, dim // 2),)
+    lams = (0.1, 0.3, 1.0, 3.0, 10.0) if lam_mode == "relative" else (1.0, 10.0, 100.0, 1000.0, 10000.0)
+    return Ks, lams
+
+
+# ---------------------------------------------------------------- points, layouts, neighbours
+
+def plot_ids(emb: EmbeddingSet, max_points: int = 2000, seed: int = 0) -> np.ndarray:
+    """Row ids to plot: all of them, or a seeded sample of ``max_points`` (sorted)."""
+    n = len(emb.labels)
+    if n <= max_points:
+        return np.arange(n)
+    return np.sort(rng("plot sample", seed).choice(n, size=max_points, replace=False))
+
+
+def predictions(emb: EmbeddingSet, projection: object = None, method: str = "icm") -> np.ndarray:
+    """Zero-shot class index per row in the full space (no projection) or a projected one."""
+    renormalise = method not in evaluation.RELEASED_SCORING
+    return evaluation.zero_shot_predict(emb.features, emb.text_features, projection, renormalise)
+
+
+def point_table(emb: EmbeddingSet, ids: np.ndarray, target: str, predicted: np.ndarray) -> pd.DataFrame:
+    """The hover/selection metadata of the plotted rows (columns of figures.POINT_COLUMNS)."""
+    names = np.asarray(emb.class_names, dtype=object)
+    return pd.DataFrame({
+        "id": ids,
+        "class": names[emb.labels[ids]],
+        "domain": emb.domains[ids],
+        "role": np.where(emb.domains[ids] == target, "target", "source"),
+        "prediction": names[predicted[ids]],
+        "correct": predicted[ids] == emb.labels[ids],
+    })
+
+
+def full_layout(emb: EmbeddingSet, ids: np.ndarray, seed: int = 0) -> np.ndarray:
+    return reduce.layout_2d(emb.features[ids], seed=seed)
+
+
+def invariant_layout(emb: EmbeddingSet, ids: np.ndarray, fitted: Fit, full_xy: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Layout of the projected rows, started from (and aligned to) the full-space layout."""
+    return reduce.layout_2d(fitted.transform(emb.features[ids]), init=full_xy, seed=seed)
+
+
+def nearest_neighbours(X: np.ndarray, ids: np.ndarray, query: list[int], k: int = 5) -> dict[int, list[int]]:
+    """For each queried id, the ``k`` most cosine-similar other ids among ``ids`` (rows of X are all rows)."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    pool = np.asarray(ids)
+    unit = X[pool] / np.maximum(np.linalg.norm(X[pool], axis=1, keepdims=True), 1e-12)
+    out = {}
+    for q in query:
+        v = X[q] / max(float(np.linalg.norm(X[q])), 1e-12)
+        order = [int(pool[i]) for i in np.argsort(-(unit @ v), kind="stable") if pool[i] != q]
+        out[int(q)] = order[:k]
+    return out
+
+
+def thumbnail(emb: EmbeddingSet, row: int, size: int = 96):
+    """A PIL thumbnail of an image row, or None when there is no readable image."""
+    if emb.paths is None or not str(emb.paths[row]):
+        return None
+    try:
+        from clip_icm.datasets import load_image
+
+        image = load_image(str(emb.paths[row]))
+    except (OSError, ValueError):
+        return None
+    return image.resize((size, size))
+
+
+# ---------------------------------------------------------------- exports
+
+def projection_npz(fitted: Fit, emb: EmbeddingSet, model: str) -> bytes:
+    """The fitted projection with everything needed to know what it is."""
+    buf = io.BytesIO()
+    eigen = fitted.eigenvalues
+    np.savez(
+        buf, components=fitted.projection.components_, eigenvalues=eigen if eigen is not None else np.zeros(0),
+        K=fitted.K, lam=fitted.lam, lam_mode=fitted.lam_mode, method=fitted.method, target=fitted.target,
+        lam_effective=getattr(fitted.projection, "lam_effective_", fitted.lam),
+        model=model, data_key=emb.key, invariance_ratio=fitted.invariance_ratio,
+        class_names=np.asarray(emb.class_names), domains=np.asarray(emb.domain_names),
+    )
+    return buf.getvalue()
+
+
+def accuracy_csv(table: pd.DataFrame) -> bytes:
+    return table.to_csv(index=False).encode()
+
+
+def png_available() -> bool:
+    """Static PNG export needs kaleido (and its browser); offline without it we skip PNGs."""
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def figure_png(fig) -> bytes | None:
+    """PNG bytes of a plotly figure, or None when static export does not work here."""
+    if not png_available():
+        return None
+    try:
+        return fig.to_image(format="png", scale=2)
+    except Exception:  # kaleido failing to find or start a browser has no single error type
+        return None
+
+
+# ---------------------------------------------------------------- model and data choices
+
+def open_clip_architectures() -> list[str]:
+    import open_clip
+
+    return list(open_clip.list_models())
+
+
+def open_clip_tags(arch: str) -> list[str]:
+    import open_clip
+
+    return list(open_clip.list_pretrained_tags_by_model(arch))
+
+
+def device_and_precision(device: str = "auto", precision: str = "auto") -> tuple[str, str]:
+    """What a model config would run on, without building the model."""
+    from clip_icm import backend
+
+    chosen = backend.pick_device(device)
+    return chosen, backend.pick_precision(precision, chosen)
+
+
+def detect_folder(root: str) -> dict[str, object]:
+    """What a folder holds: known DomainBed datasets, or a DomainBed-shaped folder itself."""
+    from pathlib import Path
+
+    from clip_icm import datasets
+
+    path = Path(root).expanduser()
+    if not root or not path.is_dir():
+        raise ServiceError(f"Folder not found: {root or '(empty)'}")
+    return {"datasets": datasets.detect_datasets(path), "is_dataset": datasets.is_domainbed_folder(path)}
+
+
+# ---------------------------------------------------------------- causal playground
+
+def playground(config: object, shifts: tuple[float, ...], lam: float, n_components: int | None = None,
+               n_train: int = 2000, n_test: int = 1000) -> pd.DataFrame:
+    from clip_icm import scm
+
+    return _guard("Playground failed", scm.run_playground, config, shifts, n_train, n_test, lam, n_components)

@@ -1,0 +1,36 @@
+"""CLIP-ICM Explorer: `streamlit run dashboard/app.py` (opens on the bundled demo, offline)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `streamlit run` puts dashboard/ on the path, not the repository root.
+ROOT = str(Path(__file__).resolve().parent.parent)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import streamlit as st  # noqa: E402
+
+from dashboard import pages  # noqa: E402
+
+
+def keep_settings() -> None:
+    """Streamlit forgets a widget's value on a page that does not draw it; re-storing the
+    values as plain session state keeps the sidebar settings across pages."""
+    for key in [k for k in st.session_state if str(k).startswith("ctl_")]:
+        st.session_state[key] = st.session_state[key]
+
+
+def main() -> None:
+    st.set_page_config(page_title="CLIP-ICM Explorer", page_icon=":material/hub:", layout="wide")
+    keep_settings()
+    navigation = st.navigation([
+        st.Page(pages.explorer_page, title="Explorer", icon=":material/scatter_plot:", default=True),
+        st.Page(pages.diagnostics_page, title="Diagnostics", icon=":material/monitoring:", url_path="diagnostics"),
+        st.Page(pages.playground_page, title="Causal playground", icon=":material/science:", url_path="playground"),
+        st.Page(pages.about_page, title="About the method", icon=":material/menu_book:", url_path="about"),
+    ])
+    navigation.run()
+
+
+main()

@@ -1,0 +1,84 @@
+"""Streamlit caches around the service layer (the only module with caching decorators).
+
+Big inputs are never hashed: each function takes a content key (``emb_key``: the
+EmbeddingSet's own key, which covers model, data and interventions) plus the small
+parameters, and receives the EmbeddingSet itself as an unhashed ``_emb`` argument.
+The EmbeddingSet is a read-only resource (``cache_resource``): ``cache_data`` would
+pickle and copy its arrays on every rerun.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from clip_icm import evaluation, service
+from clip_icm.embeddings import EmbeddingSet
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def embedding_slot(request_key: str) -> dict:
+    """A shared holder per request: the page fills it outside this function, so that it can
+    show progress (a cached function may not update elements created outside it)."""
+    return {}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def fit(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, _emb: EmbeddingSet) -> service.Fit:
+    return service.fit(_emb, target, method, config)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def evaluate(emb_key: str, target: str, config: evaluation.EvalConfig, _emb: EmbeddingSet) -> pd.DataFrame:
+    return service.evaluate(_emb, target, config)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def choose(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, Ks: tuple, lams: tuple,
+           _emb: EmbeddingSet) -> tuple[int, float, pd.DataFrame]:
+    return service.choose_hyperparameters(_emb, target, method, config, Ks, lams)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def sweep(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, Ks: tuple, lams: tuple,
+          _emb: EmbeddingSet) -> pd.DataFrame:
+    return service.sweep(_emb, target, method, config, Ks, lams)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def predictions(emb_key: str, fit_key: str, method: str, _emb: EmbeddingSet, _fit: service.Fit | None) -> np.ndarray:
+    return service.predictions(_emb, None if _fit is None else _fit.projection, method)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def full_layout(emb_key: str, max_points: int, _emb: EmbeddingSet) -> tuple[np.ndarray, np.ndarray]:
+    ids = service.plot_ids(_emb, max_points)
+    return ids, service.full_layout(_emb, ids)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def invariant_layout(emb_key: str, fit_key: str, max_points: int, _emb: EmbeddingSet,
+                     _fit: service.Fit) -> np.ndarray:
+    ids, full_xy = full_layout(emb_key, max_points, _emb)
+    return service.invariant_layout(_emb, ids, _fit, full_xy)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def playground(config: object, shifts: tuple, lam: float, n_components: int | None) -> pd.DataFrame:
+    return service.playground(config, shifts, lam, n_components)
+
+
+@st.cache_data(show_spinner=False)
+def open_clip_architectures() -> list[str]:
+    return service.open_clip_architectures()
+
+
+@st.cache_data(show_spinner=False)
+def open_clip_tags(arch: str) -> list[str]:
+    return service.open_clip_tags(arch)
+
+
+def clear() -> None:
+    """Empty every cache (tests call this between runs)."""
+    st.cache_data.clear()
+    st.cache_resource.clear()

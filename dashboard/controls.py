@@ -1,0 +1,231 @@
+"""Widget groups: each ``*_ui()`` draws its widgets and returns plain values.
+
+Widget keys start with ``ctl_`` so that app.py can keep their values while the user
+visits a page that does not draw them (Streamlit drops the state of unseen widgets).
+Defaults live in session state (:func:`_default`), never in the widget call, so a
+kept value and a default never fight.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import streamlit as st
+
+from clip_icm import evaluation, service
+from clip_icm.embeddings import EmbeddingSet
+from clip_icm.projection import METHOD_LABELS, METHODS
+
+LAMS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 100000.0)
+
+
+def _default(key: str, value: object) -> str:
+    if key not in st.session_state:
+        st.session_state[key] = value
+    return key
+
+
+def _valid(key: str, options: list, fallback: object) -> str:
+    """Reset a kept value that is no longer an option (e.g. another data set's domain)."""
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = fallback
+    return key
+
+
+# ---------------------------------------------------------------- data, model, interventions
+
+def data_ui() -> dict:
+    """Data source, folder and per-domain cap. Returns a dict of EmbeddingRequest fields."""
+    source = st.radio("Data", list(service.SOURCES), format_func=service.SOURCES.get,
+                      key=_default("ctl_source", "demo"))
+    out: dict = {"source": source}
+    if source == "folder":
+        out.update(_folder_ui())
+    if source == "synthetic":
+        out["n_per_domain"] = st.slider("Points per domain", 50, 500, step=50, key=_default("ctl_n_synth", 150))
+    if source != "synthetic":
+        cap = st.number_input("Max images per domain (0 = all)", 0, 100_000, step=50, key=_default("ctl_cap", 0),
+                              help="A cap makes a first look at a big data set quick.")
+        out["max_per_domain"] = int(cap) or None
+    return out
+
+
+def _folder_ui() -> dict:
+    root = st.text_input("DomainBed root folder", key=_default("ctl_root", ""),
+                         help="root/<dataset>/<domain>/<class>/*.jpg, or a folder that is one data set")
+    if not root:
+        return {"root": ""}
+    try:
+        found = service.detect_folder(root)
+    except service.ServiceError as e:
+        st.error(str(e))
+        return {"root": root}
+    options = list(found["datasets"]) + (["(this folder)"] if found["is_dataset"] else [])
+    if not options:
+        st.error("No PACS/VLCS/OfficeHome/TerraIncognita/DomainNet folder found there, and the folder itself "
+                 "does not look like <domain>/<class>/images.")
+        return {"root": root}
+    dataset = st.selectbox("Data set", options, key=_valid("ctl_dataset", options, options[0]))
+    return {"root": root, "dataset": None if dataset == "(this folder)" else dataset}
+
+
+def model_ui() -> dict:
+    """Model: toy-clip, an open_clip architecture + tag, or a local checkpoint; device, precision."""
+    kinds = {"toy": "toy-clip (bundled)", "open_clip": "open_clip architecture", "local": "Local checkpoint"}
+    kind = st.radio("Model", list(kinds), format_func=kinds.get, key=_default("ctl_model_kind", "toy"))
+    out: dict = {"model": "toy-clip", "pretrained": None}
+    if kind == "open_clip":
+        archs = _safe_list(service.open_clip_architectures)
+        if archs:
+            arch = st.selectbox("Architecture", archs, key=_valid("ctl_arch", archs, "ViT-B-16-quickgelu"
+                                                                   if "ViT-B-16-quickgelu" in archs else archs[0]))
+            tags = _safe_list(service.open_clip_tags, arch) + ["none"]
+            tag = st.selectbox("Pretrained tag", tags, key=_valid("ctl_tag", tags, tags[0]),
+                               help="'none' = random weights (tests the pipeline without downloads)")
+            out = {"model": arch, "pretrained": tag}
+    elif kind == "local":
+        out["model"] = st.text_input("Architecture or local-dir:/folder", key=_default("ctl_local_arch", "ViT-B-32"))
+        out["pretrained"] = st.text_input("Checkpoint file (.pt / .bin / .safetensors)",
+                                          key=_default("ctl_ckpt", "")) or None
+    c1, c2 = st.columns(2)
+    out["device"] = c1.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key=_default("ctl_device", "auto"))
+    out["precision"] = c2.selectbox("Precision", ["auto", "fp32", "bf16", "fp16"],
+                                    key=_default("ctl_precision", "auto"))
+    try:
+        device, precision = service.device_and_precision(out["device"], out["precision"])
+        st.caption(f"Runs on **{device}** in **{precision}**.")
+    except (ValueError, RuntimeError) as e:
+        st.error(str(e))
+    return out
+
+
+def _safe_list(fn, *args) -> list[str]:
+    try:
+        return fn(*args)
+    except (ImportError, KeyError, RuntimeError) as e:
+        st.error(f"open_clip is not usable here: {e}")
+        return []
+
+
+def interventions_ui(bundled_world: bool) -> service.InterventionChoice:
+    """Image operations with strengths, editable text banks, true swaps, number of pairs."""
+    from clip_icm.interventions import IMAGE_INTERVENTIONS, TEXT_BANKS
+
+    ops = st.multiselect("Image interventions (one drawn at random per pair)", IMAGE_INTERVENTIONS.available(),
+                         key=_default("ctl_ops", IMAGE_INTERVENTIONS.available()))
+    strengths = _strengths_ui(ops, IMAGE_INTERVENTIONS)
+    banks = st.multiselect("Text template banks", TEXT_BANKS.available(), key=_default("ctl_banks", []))
+    edited = _banks_ui(banks, TEXT_BANKS)
+    swaps: tuple = ()
+    if bundled_world:
+        swaps = tuple(st.multiselect("True swaps (re-render the same object)", ["colour", "background", "style"],
+                                     key=_default("ctl_swaps", ["colour", "background", "style"])))
+    cross = st.checkbox("Cross-modal pairs (image vs varied caption)", key=_default("ctl_cross", False),
+                        help="Their differences also carry CLIP's image/text modality gap.")
+    n_pairs = st.number_input("Image pairs (0 = one per source image)", 0, 1_000_000, step=100,
+                              key=_default("ctl_n_pairs", 0))
+    return service.InterventionChoice(tuple(ops), strengths, edited, swaps, bool(cross), int(n_pairs))
+
+
+def _strengths_ui(ops: list[str], registry) -> tuple:
+    """Number inputs for each selected op's parameters (ranges as sliders)."""
+    out = []
+    with st.expander("Strengths"):
+        for op in ops:
+            params = []
+            for f in dataclasses.fields(registry.get(op)):
+                params.append((f.name, _param_widget(op, f.name, f.default)))
+            if params:
+                out.append((op, tuple(params)))
+            else:
+                st.caption(f"{op}: no parameters")
+    return tuple(out)
+
+
+def _param_widget(op: str, name: str, default: object) -> object:
+    key = _default(f"ctl_p_{op}_{name}", default)
+    label = f"{op}: {name}"
+    if isinstance(default, tuple):
+        hi = max(2 * default[1], 1)
+        return tuple(st.slider(label, type(hi)(0), hi, key=key))
+    return st.number_input(label, key=key, step=0.05 if isinstance(default, float) else 1)
+
+
+def _banks_ui(banks: list[str], registry) -> tuple:
+    out = []
+    for name in banks:
+        bank = registry.get(name)
+        text = st.text_area(f"Bank '{name}' (one template per line, '{{}}' = class)",
+                            key=_default(f"ctl_bank_{name}", "\n".join(bank.variants)), height=120)
+        out.append((name, tuple(line.strip() for line in text.splitlines() if line.strip())))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- domains and projection
+
+@dataclass(frozen=True)
+class ProjectionChoice:
+    target: str
+    sources: tuple[str, ...]
+    method: str
+    baselines: tuple[str, ...]
+    K: int
+    lam: float
+    lam_mode: str
+    auto: bool
+    pair_sets: tuple[str, ...]
+
+
+def domains_ui(emb: EmbeddingSet, default_target: str) -> tuple[str, tuple[str, ...]]:
+    """The held-out target domain and the source domains (all others by default)."""
+    names = emb.domain_names
+    target = st.selectbox("Target domain (held out)", names,
+                          key=_valid("ctl_target", names, default_target if default_target in names else names[-1]))
+    others = [d for d in names if d != target]
+    sources = st.multiselect("Source domains", others, key=_valid_multi("ctl_sources", others))
+    return target, tuple(sources)
+
+
+def projection_ui(emb: EmbeddingSet, default_target: str) -> ProjectionChoice:
+    """Method, baselines, pair sets, K and lam (or: choose them on source validation)."""
+    target, sources = domains_ui(emb, default_target)
+    methods = METHODS.available()
+    method = st.selectbox("Method", methods, format_func=METHOD_LABELS.get, key=_valid("ctl_method", methods, "icm"))
+    rest = [m for m in methods if m != method]
+    baselines = st.multiselect("Baselines to compare", rest, format_func=METHOD_LABELS.get,
+                               key=_valid_multi("ctl_baselines", rest, []))
+    pair_names = [p.name for p in emb.pairs]
+    pairs = st.multiselect("Fit on pair sets", pair_names, key=_valid_multi("ctl_pairs", pair_names))
+    dim = emb.features.shape[1]
+    lam_mode = st.radio("lam scale", ["absolute", "relative"], horizontal=True, key=_default("ctl_lam_mode", "absolute"),
+                        help="relative: lam = 1 weighs embedding energy and intervention energy equally")
+    auto = st.toggle("Choose K and lam on source validation", key=_default("ctl_auto", False))
+    st.session_state["ctl_K"] = min(max(1, st.session_state.get("ctl_K", min(dim // 2, 64) or 1)), dim)
+    K = st.slider("K (invariant dimensions)", 1, dim, key="ctl_K", disabled=auto)
+    lam = st.select_slider("lam (intervention weight)", LAMS, key=_valid("ctl_lam", list(LAMS), 100.0),
+                           disabled=auto)
+    return ProjectionChoice(target, sources, method, tuple(baselines), int(K), float(lam), lam_mode, bool(auto),
+                            tuple(pairs))
+
+
+def _valid_multi(key: str, options: list[str], default: list[str] | None = None) -> str:
+    """Drop kept choices that are no longer options; fall back to ``default`` (all options)."""
+    default = options if default is None else default
+    if key not in st.session_state:
+        st.session_state[key] = default
+        return key
+    kept = [v for v in st.session_state[key] if v in options]
+    st.session_state[key] = kept if kept or not default else default
+    return key
+
+
+def eval_config(choice: ProjectionChoice, K: int, lam: float, methods: tuple[str, ...]) -> evaluation.EvalConfig:
+    return service.eval_config(K, lam, choice.lam_mode, methods, choice.pair_sets or None)
+
+
+def colour_ui() -> str:
+    return st.radio("Colour by", ["class", "domain"], horizontal=True, key=_default("ctl_colour", "class"))
+
+
+def sweep_ui() -> bool:
+    return st.toggle("Run the sweep (a few seconds per grid point)", key=_default("ctl_sweep", False))

@@ -1,0 +1,308 @@
+"""The dashboard's pages, one function each: widgets in, service calls, figures out."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from clip_icm import figures, service
+from clip_icm.embeddings import EmbeddingSet
+from dashboard import cached, controls, texts
+
+MAX_POINTS = 2000
+THUMBS = 12
+
+
+@dataclass(frozen=True)
+class Context:
+    request: service.EmbeddingRequest
+    emb: EmbeddingSet
+    choice: controls.ProjectionChoice
+
+
+# ---------------------------------------------------------------- shared: settings and embeddings
+
+def settings_context() -> Context | None:
+    """Sidebar settings, then the embeddings (with progress); None (after an error message) if they fail."""
+    with st.sidebar:
+        with st.expander("Data and model", expanded=True):
+            data = controls.data_ui()
+            model = controls.model_ui() if data["source"] != "synthetic" else {}
+        interventions = service.InterventionChoice()
+        if data["source"] != "synthetic":
+            with st.expander("Interventions"):
+                interventions = controls.interventions_ui(bundled_world=data["source"] == "demo")
+    request = service.EmbeddingRequest(**data, **model, interventions=interventions)
+    emb = load_embeddings(request)
+    if emb is None:
+        return None
+    with st.sidebar, st.expander("Domains and projection", expanded=True):
+        choice = controls.projection_ui(emb, service.default_target(emb, request.source))
+    return Context(request, service.restrict_domains(emb, (choice.target, *choice.sources)), choice)
+
+
+def load_embeddings(request: service.EmbeddingRequest) -> EmbeddingSet | None:
+    """From the resource cache, or built here with a progress bar (counts and time left)."""
+    slot = cached.embedding_slot(request.key)
+    if "emb" in slot:
+        return slot["emb"]
+    box = st.empty()
+    with box.status("Preparing embeddings…", expanded=True) as status:
+        slot["emb"] = _build(request, status)
+    if slot["emb"] is None:
+        del slot["emb"]
+        return None
+    box.empty()
+    return slot["emb"]
+
+
+def _build(request: service.EmbeddingRequest, status) -> EmbeddingSet | None:
+    bar, start = st.progress(0.0, text="starting"), time.monotonic()
+
+    def progress(stage: str, done: int, total: int) -> None:
+        left = (time.monotonic() - start) / done * (total - done) if done else float("nan")
+        eta = f", about {left:.0f} s left" if np.isfinite(left) else ""
+        bar.progress(min(done / total, 1.0) if total else 1.0, text=f"{stage}: {done}/{total}{eta}")
+
+    try:
+        return service.load_embeddings(request, progress)
+    except service.ServiceError as e:
+        status.update(label="Could not prepare the embeddings", state="error")
+        st.error(str(e))
+        return None
+
+
+def fitted(ctx: Context) -> tuple[service.Fit, int, float] | None:
+    """The fit for the chosen (or source-validated) K and lam; None after an error message."""
+    c, emb = ctx.choice, ctx.emb
+    K, lam = c.K, c.lam
+    try:
+        if c.auto:
+            Ks, lams = service.grid(emb.features.shape[1], c.lam_mode)
+            with st.spinner(f"Choosing K and lam on source validation ({len(Ks) * len(lams)} fits)…"):
+                K, lam, _ = cached.choose(emb.key, c.target, c.method, controls.eval_config(c, K, lam, (c.method,)),
+                                          Ks, lams, emb)
+            st.info(f"Chosen on source-domain validation only: K = {K}, lam = {lam:g}")
+        config = controls.eval_config(c, K, lam, (c.method,))
+        return cached.fit(emb.key, c.target, c.method, config, emb), K, lam
+    except service.ServiceError as e:
+        st.error(str(e))
+        return None
+
+
+def _fit_key(ctx: Context, K: int, lam: float) -> str:
+    return service.content_key(ctx.emb.key, ctx.choice, K, lam)
+
+
+# ---------------------------------------------------------------- Explorer
+
+def explorer_page() -> None:
+    st.title("CLIP-ICM Explorer")
+    ctx = settings_context()
+    if ctx is None:
+        return
+    _summary(ctx)
+    result = fitted(ctx)
+    if result is None:
+        return
+    fit, K, lam = result
+    table = _accuracy_section(ctx, K, lam)
+    _umap_section(ctx, fit, K, lam)
+    if table is not None:
+        _export_section(ctx, fit, table)
+
+
+def _summary(ctx: Context) -> None:
+    info = service.describe(ctx.emb)
+    pairs = ", ".join(f"{n} {k}" for k, n in info["pairs"].items()) or "none"
+    st.caption(f"{info['images']} images · D = {info['dim']} · {info['classes']} classes · "
+               f"{info['domains']} domains · pairs: {pairs} · model: {ctx.request.model_label} · "
+               f"target: **{ctx.choice.target}**")
+
+
+def _accuracy_section(ctx: Context, K: int, lam: float):
+    c, emb = ctx.choice, ctx.emb
+    st.subheader("Accuracy per domain")
+    try:
+        frames = [cached.evaluate(emb.key, c.target, controls.eval_config(c, K, lam, (m,)), emb)
+                  for m in (c.method, *c.baselines)]
+    except service.ServiceError as e:
+        st.error(str(e))
+        return None
+    table = service.accuracy_table(frames)
+    _headline(table, c)
+    chart, numbers = st.tabs(["Chart", "Table"])
+    chart.plotly_chart(figures.accuracy_bars(table, c.target), key="accuracy_chart")
+    wide = service.accuracy_wide(table, c.target)
+    change = "target change vs CLIP"
+    numbers.dataframe(wide.style.format("{:.1%}", subset=[col for col in wide.columns if col != change])
+                      .format("{:+.1%}", subset=[change]))
+    st.caption("Source columns score each source domain's validation rows; the target column scores the whole "
+               "held-out domain. The target change is against CLIP in the full space with the same protocol.")
+    return table
+
+
+def _headline(table, choice: controls.ProjectionChoice) -> None:
+    target = table[table["role"] == "target"].set_index(["method", "protocol"])["accuracy"]
+    cols = st.columns(2)
+    for col, protocol in zip(cols, ("linear probe", "zero-shot")):
+        clip = target.get(("CLIP", protocol), np.nan)
+        ours = target.get((choice.method, protocol), np.nan)
+        label = service.METHOD_LABELS.get(choice.method, choice.method)
+        col.metric(f"{label} {protocol} on {choice.target}", f"{ours:.1%}", f"{ours - clip:+.1%} vs CLIP")
+
+
+def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> None:
+    emb = ctx.emb
+    st.subheader("Full CLIP space vs invariant space (UMAP)")
+    colour = controls.colour_ui()
+    left, right = st.columns(2)
+    with left, st.spinner("Laying out the full space (the first UMAP compiles numba: ~20 s)…"):
+        ids, full_xy = cached.full_layout(emb.key, MAX_POINTS, emb)
+    fit_key = _fit_key(ctx, K, lam)
+    full_points = service.point_table(emb, ids, ctx.choice.target, cached.predictions(emb.key, "", "CLIP", emb, None))
+    inv_points = service.point_table(emb, ids, ctx.choice.target,
+                                     cached.predictions(emb.key, fit_key, fit.method, emb, fit))
+    full_fig = figures.scatter_layout(full_xy, full_points, colour, "Full CLIP space")
+    selection = left.plotly_chart(full_fig, key="umap_full", on_select="rerun", selection_mode=("box", "lasso"))
+    with right, st.spinner("Laying out the invariant space…"):
+        inv_xy = cached.invariant_layout(emb.key, fit_key, MAX_POINTS, emb, fit)
+    label = service.METHOD_LABELS.get(fit.method, fit.method)
+    inv_fig = figures.scatter_layout(inv_xy, inv_points, colour, f"Invariant space ({label}, K = {K}, lam = {lam:g})")
+    selection_inv = right.plotly_chart(inv_fig, key="umap_invariant", on_select="rerun", selection_mode=("box", "lasso"))
+    st.caption("Circles: source domains, crosses: the target domain. Hover shows the zero-shot prediction in that "
+               "space. Layouts share an initialisation so that the two pictures are comparable. Select points "
+               "(box or lasso) to see their images and nearest neighbours.")
+    st.session_state["figures"] = {"umap_full": full_fig, "umap_invariant": inv_fig}
+    picked = sorted(set(figures.selected_ids(selection)) | set(figures.selected_ids(selection_inv)))
+    if picked:
+        _selection_view(emb, ids, picked, fit)
+
+
+def _selection_view(emb: EmbeddingSet, ids: np.ndarray, picked: list[int], fit: service.Fit) -> None:
+    st.markdown(f"**{len(picked)} selected**")
+    _thumbs(emb, picked[:THUMBS])
+    query = st.selectbox("Nearest neighbours of", picked, format_func=lambda i: _caption(emb, i), key="nn_query")
+    for title, X in (("full space", emb.features), ("invariant space", fit.transform(emb.features))):
+        st.markdown(f"Nearest in the **{title}**")
+        _thumbs(emb, service.nearest_neighbours(X, ids, [query], k=6)[query])
+
+
+def _caption(emb: EmbeddingSet, row: int) -> str:
+    return f"#{row} {emb.class_names[emb.labels[row]]} / {emb.domains[row]}"
+
+
+def _thumbs(emb: EmbeddingSet, rows: list[int]) -> None:
+    images = [service.thumbnail(emb, r) for r in rows]
+    if all(im is not None for im in images) and images:
+        st.image(images, caption=[_caption(emb, r) for r in rows], width=88)
+    else:
+        st.write(", ".join(_caption(emb, r) for r in rows))
+
+
+def _export_section(ctx: Context, fit: service.Fit, table) -> None:
+    with st.expander("Export"):
+        c1, c2 = st.columns(2)
+        c1.download_button("Projection (.npz)", service.projection_npz(fit, ctx.emb, ctx.request.model_label),
+                           file_name=f"projection_{fit.method}_K{fit.K}_lam{fit.lam:g}.npz", key="dl_npz")
+        c2.download_button("Accuracy table (.csv)", service.accuracy_csv(table), file_name="accuracy.csv",
+                           key="dl_csv")
+        figs = {"accuracy": figures.accuracy_bars(table, ctx.choice.target), **st.session_state.get("figures", {})}
+        cols = st.columns(len(figs))
+        for col, (name, fig) in zip(cols, figs.items()):
+            col.download_button(f"{name} (.html)", lambda fig=fig: figures.figure_html(fig),
+                                file_name=f"{name}.html", mime="text/html", key=f"dl_html_{name}")
+        if service.png_available():
+            for col, (name, fig) in zip(cols, figs.items()):
+                col.download_button(f"{name} (.png)", lambda fig=fig: service.figure_png(fig) or b"",
+                                    file_name=f"{name}.png", mime="image/png", key=f"dl_png_{name}")
+        else:
+            st.caption("PNG export needs kaleido and a browser for it; not installed here, so only the "
+                       "interactive HTML is offered (it opens offline, plotly.js is inlined).")
+
+
+# ---------------------------------------------------------------- Diagnostics
+
+def diagnostics_page() -> None:
+    st.title("Diagnostics")
+    ctx = settings_context()
+    if ctx is None:
+        return
+    result = fitted(ctx)
+    if result is None:
+        return
+    fit, K, lam = result
+    c1, c2 = st.columns(2)
+    c1.metric("Invariance ratio ||ΔA|| / ||ZA||", f"{fit.invariance_ratio:.3f}",
+              f"{fit.invariance_ratio - fit.full_ratio:+.3f} vs full space ({fit.full_ratio:.3f})", delta_color="inverse")
+    c2.caption(f"Measured on {fit.ratio_pairs}. Small means the kept directions barely move when the variant "
+               "factors are intervened on.")
+    if fit.eigenvalues is not None and fit.method in ("icm", "icm_as_released", "pca"):
+        selection = "as_released" if fit.method == "icm_as_released" else "top"
+        st.plotly_chart(figures.spectrum_figure(fit.eigenvalues, K, selection), key="spectrum")
+    else:
+        st.caption(f"{service.METHOD_LABELS.get(fit.method, fit.method)} has no eigenvalue spectrum of M.")
+    _sweep_section(ctx, K, lam)
+
+
+def _sweep_section(ctx: Context, K: int, lam: float) -> None:
+    st.subheader("K x lam sweep")
+    st.markdown(texts.SWEEP_NOTE)
+    if not controls.sweep_ui():
+        return
+    c, emb = ctx.choice, ctx.emb
+    Ks, lams = service.grid(emb.features.shape[1], c.lam_mode)
+    config = controls.eval_config(c, K, lam, (c.method,))
+    bar, frames = st.progress(0.0, text="sweep"), []
+    try:
+        for i, k in enumerate(Ks):  # one K per cached call, so the bar can move between them
+            bar.progress(i / len(Ks), text=f"sweep: K = {k} ({i + 1}/{len(Ks)}, {len(lams)} lam values each)")
+            frames.append(cached.sweep(emb.key, c.target, c.method, config, (k,), lams, emb))
+    except service.ServiceError as e:
+        st.error(str(e))
+        return
+    bar.empty()
+    frame = pd.concat(frames, ignore_index=True)
+    best = frame.loc[frame["source_val_accuracy"].idxmax()]
+    st.plotly_chart(figures.sweep_heatmaps(frame, (int(best.K), float(best.lam))), key="sweep")
+    st.caption(f"Star: best on source validation (K = {int(best.K)}, lam = {best.lam:g}). The right map uses "
+               "target labels and is shown only to illustrate the gap; never choose from it.")
+
+
+# ---------------------------------------------------------------- Causal playground and About
+
+def playground_page() -> None:
+    from clip_icm.scm import SCMConfig
+
+    st.title("Causal playground")
+    st.markdown(texts.PLAYGROUND_INTRO)
+    c1, c2, c3 = st.columns(3)
+    corr = c1.slider("Spurious correlation in training", 0.5, 1.0, 0.9, 0.05, key="pg_corr")
+    noise = c1.slider("Observation noise", 0.0, 2.0, 0.0, 0.1, key="pg_noise")
+    n_inv = c2.slider("Invariant dimensions", 1, 16, 8, key="pg_inv")
+    n_var = c2.slider("Variant dimensions", 1, 16, 8, key="pg_var")
+    extra = c3.slider("Extra embedding dimensions", 0, 48, 0, 4, key="pg_extra")
+    lam = c3.select_slider("lam", [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6], 1e4, key="pg_lam")
+    config = SCMConfig(n_invariant=n_inv, n_variant=n_var, dim=n_inv + n_var + extra, spurious_correlation=corr,
+                       noise=noise)
+    try:
+        with st.spinner("Sampling the world and fitting…"):
+            table = cached.playground(config, (0.0, 0.25, 0.5, 0.75, 1.0), lam, None)
+    except service.ServiceError as e:
+        st.error(str(e))
+        return
+    left, right = st.columns(2)
+    left.plotly_chart(figures.playground_accuracy(table, "shift", "ood_accuracy", "method",
+                                                  "Accuracy on the shifted environment"), key="pg_acc")
+    right.plotly_chart(figures.playground_recovery(table), key="pg_rec")
+    angles = table.drop_duplicates("method").set_index("method")["max_angle"]
+    st.markdown(texts.playground_angles(angles.get("icm", np.nan), angles.get("icm_as_released", np.nan)))
+    st.dataframe(table, hide_index=True)
+
+
+def about_page() -> None:
+    st.title("About the method")
+    st.markdown(texts.ABOUT)
