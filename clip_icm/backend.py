@@ -20,7 +20,7 @@ import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -326,28 +326,49 @@ def model_key(cfg: ModelConfig) -> str:
 
 # ---------------------------------------------------------------- the loaded model
 
+class ImageDecodeError(OSError):
+    """Some images could not be decoded; ``failures`` maps item index to the reason."""
+
+    def __init__(self, failures: dict[int, str], items: Sequence) -> None:
+        self.failures = failures
+        shown = "; ".join(f"{items[i]}: {why}" for i, why in list(failures.items())[:5])
+        super().__init__(f"{len(failures)} image(s) could not be decoded: {shown}")
+
+
+# What a broken image file raises while decoding (a header check at scan time can miss these).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError)
+
+
 class _ImageDataset:
-    """Decode (path or PIL image), intervene, eval-transform; runs inside DataLoader workers."""
+    """Decode (path or PIL image), intervene, eval-transform; runs inside DataLoader workers.
+
+    ``items`` only needs ``len`` and ``[]``, so it can render images lazily (ToyDomains
+    counterfactuals are drawn inside the workers). An item that fails to decode yields a
+    zero tensor and its error text instead of stopping the whole run.
+    """
 
     def __init__(self, items: Sequence, transform: Callable, intervention: Intervention | None,
-                 seeds: Sequence[int]) -> None:
+                 seeds: Sequence[int], size: tuple[int, int]) -> None:
         self.items, self.transform, self.intervention, self.seeds = items, transform, intervention, seeds
+        self.size = size
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
+        import torch
         from PIL import Image
 
+        from clip_icm.datasets import load_image
+
         item = self.items[i]
-        if isinstance(item, Image.Image):
-            image = item.convert("RGB")
-        else:
-            with Image.open(item) as raw:
-                image = raw.convert("RGB")
+        try:
+            image = item.convert("RGB") if isinstance(item, Image.Image) else load_image(item)
+        except _DECODE_ERRORS as err:
+            return torch.zeros(3, *self.size), f"{type(err).__name__}: {err}"
         if self.intervention is not None:
             image = self.intervention(image, int(self.seeds[i]))
-        return self.transform(image)
+        return self.transform(image), ""
 
 
 @dataclass
@@ -401,32 +422,49 @@ class ClipBackend:
             out = self.model.encode_image(batch.to(self.device, non_blocking=True))
         return out.float().cpu().numpy()
 
-    def encode_images(self, images: Sequence, intervention: Intervention | None = None,
-                      seeds: Sequence[int] | None = None, progress: ProgressFn | None = None) -> np.ndarray:
-        """Raw (un-normalised) float32 image embeddings, (n, D).
+    def iter_encode(self, images: Sequence, intervention: Intervention | None = None,
+                    seeds: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray, dict[int, str]]]:
+        """Yield (offset, raw float32 embeddings of a batch, {index: decode error}) in order.
 
-        ``images`` are file paths or PIL images. ``intervention(image, seed)`` is applied to the
-        decoded image before the eval transform, with ``seeds[i]`` for image i (default i).
+        Rows of images that failed to decode are zeros; their indices (into ``images``) and
+        reasons come in the dict. ``intervention(image, seeds[i])`` runs on the decoded image
+        before the eval transform (default seed: the index).
         """
         from torch.utils.data import DataLoader
 
         seeds = list(range(len(images))) if seeds is None else list(seeds)
         if len(seeds) != len(images):
             raise ValueError(f"{len(seeds)} seeds for {len(images)} images")
-        out = np.zeros((len(images), self.embed_dim), np.float32)
-        if not len(images):
-            return out
-        workers = self.workers()
-        loader = DataLoader(_ImageDataset(list(images), self.transform, intervention, seeds),
+        size = self.resolved.preprocess["size"]
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        workers = self.workers() if len(images) > self.batch_size else 0
+        loader = DataLoader(_ImageDataset(images, self.transform, intervention, seeds, size),
                             batch_size=self.batch_size, num_workers=workers,
                             pin_memory=self.device.startswith("cuda"),
-                            persistent_workers=False, prefetch_factor=4 if workers else None)
-        done = 0
-        for batch in loader:
-            out[done:done + len(batch)] = self.forward_images(batch)
-            done += len(batch)
+                            prefetch_factor=4 if workers else None)
+        offset = 0
+        for batch, errors in loader:
+            failed = {offset + j: e for j, e in enumerate(errors) if e}
+            out = self.forward_images(batch)
+            out[[i - offset for i in failed]] = 0.0
+            yield offset, out, failed
+            offset += len(batch)
+
+    def encode_images(self, images: Sequence, intervention: Intervention | None = None,
+                      seeds: Sequence[int] | None = None, progress: ProgressFn | None = None) -> np.ndarray:
+        """Raw (un-normalised) float32 image embeddings, (n, D), of file paths or PIL images.
+
+        Raises :class:`ImageDecodeError` naming the files that could not be decoded.
+        """
+        out = np.zeros((len(images), self.embed_dim), np.float32)
+        failures: dict[int, str] = {}
+        for offset, batch, failed in self.iter_encode(images, intervention, seeds):
+            out[offset:offset + len(batch)] = batch
+            failures.update(failed)
             if progress is not None:
-                progress(done, len(images))
+                progress(offset + len(batch), len(images))
+        if failures:
+            raise ImageDecodeError(failures, images)
         return out
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -88,6 +88,11 @@ class EmbeddingStore:
 
     def get(self, key: str) -> np.ndarray | None:
         """The stored array (read-only float16 memmap), or None if missing or corrupt."""
+        entry = self.get_entry(key)
+        return None if entry is None else entry[0]
+
+    def get_entry(self, key: str) -> tuple[np.ndarray, dict] | None:
+        """(array, the ``meta`` it was stored with), or None if missing or corrupt."""
         manifest_path = self._manifest(key)
         if not manifest_path.is_file():
             self.stats.misses += 1
@@ -104,7 +109,7 @@ class EmbeddingStore:
             self.stats.corrupt += 1
             return None
         self.stats.hits += 1
-        return array
+        return array, manifest.get("meta", {})
 
     def put(self, key: str, array: np.ndarray, meta: dict | None = None) -> None:
         """Store ``array`` as float16 under ``key`` (atomically; safe against concurrent writers)."""

@@ -192,3 +192,20 @@ def test_bf16_autocast_on_cpu_is_close_to_fp32(tiny_dir, random_backend):
     full, low = random_backend.encode_images(images), bf16.encode_images(images)
     assert low.dtype == np.float32
     assert np.abs(low - full).max() < 0.1 * np.abs(full).max()
+
+
+def test_undecodable_file_is_named_not_fatal_to_the_batch(tmp_path, random_backend):
+    good = tmp_path / "good.png"
+    _images(1)[0].save(good)
+    full = tmp_path / "cut.jpg"
+    _images(1, seed=3)[0].resize((64, 64)).save(full, quality=95)
+    (tmp_path / "cut2.jpg").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    items = [str(good), str(tmp_path / "cut2.jpg"), str(good)]
+    batches = list(random_backend.iter_encode(items))
+    failed = {i: why for _, _, errs in batches for i, why in errs.items()}
+    assert list(failed) == [1] and "truncated" in failed[1]
+    z = np.concatenate([b for _, b, _ in batches])
+    np.testing.assert_allclose(z[0], z[2], atol=1e-6)
+    assert not z[1].any()
+    with pytest.raises(OSError, match="cut2.jpg"):
+        random_backend.encode_images(items)

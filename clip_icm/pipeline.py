@@ -1,0 +1,391 @@
+"""Images on disk + a model + interventions -> an :class:`EmbeddingSet`, through the store.
+
+:func:`embed_dataset` does the work and returns an :class:`EmbeddingRun` (the
+EmbeddingSet plus the report: skipped files, cache hits, whether the model was loaded);
+:func:`build_embedding_set` returns just the EmbeddingSet.
+
+Caching: images are embedded in chunks (per domain, at most ``chunk_size`` images each),
+every chunk a store entry keyed by (model key, the content hashes of its images, the
+intervention with its parameters and seed). A run that is killed keeps every finished
+chunk and the next run computes only the missing ones; a run whose chunks are all
+stored never builds the model. Text embeddings are entries keyed by their strings.
+
+Pairs (METHOD.md step 1) are drawn from the training split only (``is_train``), so that
+the validation rows that choose K, lam and C never shaped the projection:
+
+- ``image:random``: one random op of the selected ones per image (the paper), or one
+  pair set per op (``image:grayscale``, ...) with ``random_choice=False``;
+- ``text:<bank>``: (anchor, variant) prompt pairs of each text bank, per class;
+- ``cross-modal``: (f_I(x), f_T(variant prompt of x's class)); includes the modality gap;
+- ``true:<factor>``: ToyDomains only: the same object re-rendered with another colour,
+  background or style.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from clip_icm.backend import ClipBackend, ModelConfig, load_model, model_key
+from clip_icm.datasets import DomainScan, scan_domain_folder, split_mask
+from clip_icm.embeddings import EmbeddingSet, PairSet
+from clip_icm.interventions import (IMAGE_INTERVENTIONS, ZERO_SHOT_TEMPLATES, TextBank, cross_modal_texts,
+                                    make_image_intervention, make_text_pairs, resolve_banks)
+from clip_icm.seeding import rng, seed_hash
+from clip_icm.store import EmbeddingStore, make_key
+
+Progress = Callable[[str, int, int], None]
+DEFAULT_OPS = ("colour_jitter", "grayscale", "gaussian_blur", "invert", "posterize", "solarize", "equalize")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images: ``root=None`` is the bundled ToyDomains demo (generated on first use)."""
+
+    root: str | None = None
+    dataset: str | None = None
+    max_per_domain: int | None = None
+    val_fraction: float = 0.2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InterventionConfig:
+    """Which interventional pairs to build (see the module docstring for the pair sets).
+
+    image:          image ops (names in IMAGE_INTERVENTIONS); () for none
+    random_choice:  True = one pair set, a random op per pair (the paper); False = a set per op
+    text_banks:     names in TEXT_BANKS or TextBank objects (user templates); () for none
+    true_swaps:     ToyDomains factors to re-render ("colour", "background", "style")
+    cross_modal:    also build (image, variant prompt) pairs
+    n_pairs:        image pairs per pair set, a seeded subset of the training rows; None = all
+    text_pairs_per_class: prompt pairs per class and bank
+    templates:      ZERO_SHOT_TEMPLATES entry for the class prompts (text_features)
+    """
+
+    image: tuple[str, ...] = DEFAULT_OPS
+    random_choice: bool = True
+    text_banks: tuple[str | TextBank, ...] = ("styles", "contexts")
+    true_swaps: tuple[str, ...] = ()
+    cross_modal: bool = False
+    n_pairs: int | None = None
+    text_pairs_per_class: int = 8
+    templates: str = "ensemble"
+    seed: int = 0
+    # Overrides of the image ops' default strengths: ((op, ((parameter, value), ...)), ...).
+    strengths: tuple = ()
+
+
+@dataclass
+class EmbeddingRun:
+    """An EmbeddingSet and how it was made.
+
+    skipped:      (path, reason) of every file left out: by the folder scan, or because it
+                  failed to decode while embedding
+    model_loaded: False when every vector came from the store
+    computed / reused: number of store entries computed and reused
+    """
+
+    embeddings: EmbeddingSet
+    scan: DomainScan
+    skipped: list[tuple[str, str]]
+    model_loaded: bool
+    computed: int
+    reused: int
+
+
+def file_hash(path: str | Path) -> str:
+    """Content hash of an image file (the cache key covers content, not names)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:32]
+
+
+def chunk_indices(domains: np.ndarray, chunk_size: int) -> list[np.ndarray]:
+    """Row indices split per domain (in order of appearance), at most ``chunk_size`` each."""
+    chunks = []
+    for domain in dict.fromkeys(domains.tolist()):
+        rows = np.flatnonzero(domains == domain)
+        chunks += [rows[i:i + chunk_size] for i in range(0, len(rows), chunk_size)]
+    return chunks
+
+
+class _Embedder:
+    """Store-first embedding; builds the model on the first miss only."""
+
+    def __init__(self, model: ModelConfig, store: EmbeddingStore, progress: Progress | None, chunk_size: int):
+        self.config, self.store, self.progress, self.chunk_size = model, store, progress, chunk_size
+        self.key = model_key(model)
+        self._backend: ClipBackend | None = None
+        self.computed = self.reused = 0
+
+    @property
+    def loaded(self) -> bool:
+        return self._backend is not None
+
+    @property
+    def backend(self) -> ClipBackend:
+        if self._backend is None:
+            self._backend = load_model(self.config)
+        return self._backend
+
+    def _report(self, stage: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(stage, done, total)
+
+    def images(self, stage: str, items: Sequence, hashes: np.ndarray, domains: np.ndarray,
+               what: object = None, intervention=None, seeds: np.ndarray | None = None
+               ) -> tuple[np.ndarray, dict[int, str]]:
+        """Embeddings (n, D) float32 and {row: decode error}, chunk by chunk through the store."""
+        chunks = chunk_indices(domains, self.chunk_size)
+        keys = [make_key("images", self.key, what, hashes[c].tolist()) for c in chunks]
+        results: dict[int, tuple[np.ndarray, dict]] = {}
+        for j, key in enumerate(keys):
+            entry = self.store.get_entry(key)
+            if entry is not None:
+                results[j] = (entry[0], {int(k): v for k, v in entry[1].get("failed", {}).items()})
+        self.reused += len(results)
+        done = sum(len(chunks[j]) for j in results)
+        total = len(items)
+        self._report(stage, done, total)
+        missing = [j for j in range(len(chunks)) if j not in results]
+        if missing:
+            done = self._compute(stage, items, chunks, keys, missing, intervention, seeds, results, done, total)
+        return self._assemble(chunks, results, total)
+
+    def _compute(self, stage, items, chunks, keys, missing, intervention, seeds, results, done, total) -> int:
+        rows = np.concatenate([chunks[j] for j in missing])
+        owner = np.concatenate([[j] * len(chunks[j]) for j in missing])
+        buffers = {j: np.zeros((len(chunks[j]), 0), np.float32) for j in missing}
+        failed: dict[int, dict[int, str]] = {j: {} for j in missing}
+        pending = {j: len(chunks[j]) for j in missing}
+        sub_items = _Subset(items, rows)
+        sub_seeds = None if seeds is None else seeds[rows]
+        for offset, batch, errors in self.backend.iter_encode(sub_items, intervention, sub_seeds):
+            for i in range(len(batch)):
+                j = int(owner[offset + i])
+                if buffers[j].shape[1] == 0:
+                    buffers[j] = np.zeros((len(chunks[j]), batch.shape[1]), np.float32)
+                local = len(chunks[j]) - pending[j]
+                buffers[j][local] = batch[i]
+                if offset + i in errors:
+                    failed[j][local] = errors[offset + i]
+                pending[j] -= 1
+                if pending[j] == 0:  # chunk complete: publish it now, so a kill loses nothing
+                    self.store.put(keys[j], buffers[j], {"failed": failed[j]})
+                    # float16 like a later cache hit, so both runs give identical numbers
+                    results[j] = (buffers[j].astype(np.float16), failed[j])
+                    self.computed += 1
+            done += len(batch)
+            self._report(stage, done, total)
+        return done
+
+    @staticmethod
+    def _assemble(chunks, results, total) -> tuple[np.ndarray, dict[int, str]]:
+        dim = next(iter(results.values()))[0].shape[1]
+        out = np.zeros((total, dim), np.float32)
+        failed: dict[int, str] = {}
+        for j, rows in enumerate(chunks):
+            array, errors = results[j]
+            out[rows] = array
+            failed.update({int(rows[local]): why for local, why in errors.items()})
+        return out, failed
+
+    def texts(self, stage: str, texts: Sequence[str]) -> np.ndarray:
+        key = make_key("texts", self.key, list(texts))
+        hit = self.store.get(key)
+        if hit is not None:
+            self.reused += 1
+            return np.asarray(hit, np.float32)
+        self._report(stage, 0, len(texts))
+        array = self.backend.encode_texts(list(texts))
+        self.store.put(key, array)
+        self.computed += 1
+        self._report(stage, len(texts), len(texts))
+        return np.asarray(array.astype(np.float16), np.float32)  # same values as a later cache hit
+
+
+class _Subset:
+    """A lazy view ``items[rows]`` (keeps lazily rendered items lazy)."""
+
+    def __init__(self, items: Sequence, rows: np.ndarray) -> None:
+        self.items, self.rows = items, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return self.items[int(self.rows[i])]
+
+
+def _scan(data: DataConfig) -> DomainScan:
+    root = data.root
+    if root is None:
+        from clip_icm.toydomains import ensure_demo_data
+
+        root = ensure_demo_data()
+    return scan_domain_folder(root, data.dataset, data.max_per_domain, data.seed)
+
+
+def _pair_rows(is_train: np.ndarray, n_pairs: int | None, seed: int, name: str) -> np.ndarray:
+    rows = np.flatnonzero(is_train)
+    if n_pairs is not None and n_pairs < len(rows):
+        rows = np.sort(rng("pair rows", seed, name).choice(rows, n_pairs, replace=False))
+    return rows
+
+
+def _image_interventions(cfg: InterventionConfig) -> list[tuple[str, object]]:
+    if not cfg.image:
+        return []
+    for name in cfg.image:
+        IMAGE_INTERVENTIONS.get(name)  # unknown names fail here, listing the valid ones
+    strengths = {op: dict(params) for op, params in cfg.strengths if op in cfg.image}
+    if cfg.random_choice:
+        return [("image:random", make_image_intervention(list(cfg.image), **strengths) if len(cfg.image) > 1
+                 else make_image_intervention(cfg.image[0], **strengths.get(cfg.image[0], {})))]
+    return [(f"image:{name}", make_image_intervention(name, **strengths.get(name, {}))) for name in cfg.image]
+
+
+class _Counterfactuals:
+    """ToyDomains true do-interventions, rendered lazily (inside the DataLoader workers)."""
+
+    def __init__(self, rows: list[dict], change: str, seed: int) -> None:
+        self.rows, self.change, self.seed = rows, change, seed
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        from clip_icm.toydomains import render_counterfactual
+
+        return render_counterfactual(self.rows[i], self.change, self.seed)
+
+
+def _factor_rows(scan: DomainScan) -> list[dict]:
+    factors_file = Path(scan.root) / "factors.csv"
+    if not factors_file.is_file():
+        raise ValueError(f"true swaps need the ToyDomains dataset (a folder with factors.csv); {scan.root} has none")
+    from clip_icm.toydomains import load_factors
+
+    table = load_factors(scan.root)
+    relative = [str(Path(p).relative_to(scan.root)) for p in scan.paths]
+    absent = [r for r in relative if r not in table.index]
+    if absent:
+        raise ValueError(f"factors.csv in {scan.root} has no row for {len(absent)} image(s), e.g. {absent[0]}")
+    return table.loc[relative].to_dict("records")
+
+
+def embed_dataset(
+    data: DataConfig = DataConfig(),
+    model: ModelConfig = ModelConfig(),
+    interventions: InterventionConfig = InterventionConfig(),
+    store: EmbeddingStore | None = None,
+    progress: Progress | None = None,
+    chunk_size: int = 256,
+) -> EmbeddingRun:
+    """Scan, split, embed (through ``store``) and pair; see the module docstring.
+
+    ``progress(stage, done, total)`` is called as work advances, per stage.
+    """
+    store = store if store is not None else EmbeddingStore()
+    scan = _scan(data)
+    embedder = _Embedder(model, store, progress, chunk_size)
+    hashes = _hashes(scan.paths, progress)
+    features, failed = embedder.images("images", scan.paths, hashes, scan.domains)
+    keep = np.setdiff1d(np.arange(len(scan.paths)), list(failed))
+    skipped = list(scan.skipped) + [(str(scan.paths[i]), f"unreadable image: {why}") for i, why in failed.items()]
+    paths, labels, domains, hashes = scan.paths[keep], scan.labels[keep], scan.domains[keep], hashes[keep]
+    features = features[keep]
+    is_train = split_mask(labels, domains, data.val_fraction, data.seed)
+    pairs = _image_pairs(embedder, interventions, paths, hashes, domains, features, is_train)
+    if interventions.true_swaps:
+        factor_rows = _factor_rows(scan)
+        rows = [factor_rows[i] for i in keep]
+        pairs += _true_pairs(embedder, interventions, rows, hashes, domains, features, is_train)
+    class_names = list(scan.class_names)
+    pairs += _text_pairs(embedder, interventions, class_names, labels, domains, features, is_train)
+    templates = ZERO_SHOT_TEMPLATES.get(interventions.templates)
+    prompts = [t.format(c) for t in templates for c in class_names]
+    text = embedder.texts("class prompts", prompts).reshape(len(templates), len(class_names), -1)
+    key = make_key("embedding set", embedder.key, hashes.tolist(), asdict(data), _config_id(interventions))
+    emb = EmbeddingSet(features, labels, domains, is_train, class_names, text, pairs, paths, key)
+    return EmbeddingRun(emb, scan, skipped, embedder.loaded, embedder.computed, embedder.reused)
+
+
+def build_embedding_set(
+    data: DataConfig = DataConfig(),
+    model: ModelConfig = ModelConfig(),
+    interventions: InterventionConfig = InterventionConfig(),
+    store: EmbeddingStore | None = None,
+    progress: Progress | None = None,
+) -> EmbeddingSet:
+    """The EmbeddingSet of :func:`embed_dataset` (use that for the skipped-files report)."""
+    return embed_dataset(data, model, interventions, store, progress).embeddings
+
+
+def _config_id(cfg: InterventionConfig) -> dict:
+    out = asdict(cfg)
+    out["text_banks"] = [asdict(b) for b in resolve_banks(cfg.text_banks)] if cfg.text_banks else []
+    return out
+
+
+def _hashes(paths: np.ndarray, progress: Progress | None) -> np.ndarray:
+    out = []
+    for i, path in enumerate(paths):
+        out.append(file_hash(path))
+        if progress is not None and (i + 1) % 500 == 0:
+            progress("hash images", i + 1, len(paths))
+    if progress is not None:
+        progress("hash images", len(paths), len(paths))
+    return np.array(out)
+
+
+def _pair_seeds(seed: int, name: str, hashes: np.ndarray) -> np.ndarray:
+    """Per-image seeds from the image content: an image gets the same op wherever it sits."""
+    return np.array([seed_hash("pair", seed, name, h) for h in hashes], dtype=np.int64)
+
+
+def _image_pairs(embedder, cfg, paths, hashes, domains, features, is_train) -> list[PairSet]:
+    out = []
+    for name, op in _image_interventions(cfg):
+        rows = _pair_rows(is_train, cfg.n_pairs, cfg.seed, name)
+        what = {"intervention": op.params(), "seed": cfg.seed}
+        z_do, failed = embedder.images(name, paths[rows], hashes[rows], domains[rows], what, op,
+                                       _pair_seeds(cfg.seed, name, hashes[rows]))
+        if failed:
+            raise RuntimeError(f"{len(failed)} image(s) decoded once and then failed: {list(failed.values())[:3]}")
+        out.append(PairSet(name, "image", features[rows], z_do, domains[rows]))
+    return out
+
+
+def _true_pairs(embedder, cfg, factor_rows, hashes, domains, features, is_train) -> list[PairSet]:
+    out = []
+    for change in cfg.true_swaps:
+        name = f"true:{change}"
+        rows = _pair_rows(is_train, cfg.n_pairs, cfg.seed, name)
+        items = _Counterfactuals([factor_rows[i] for i in rows], change, cfg.seed)
+        what = {"true swap": change, "seed": cfg.seed}
+        z_do, _ = embedder.images(name, items, hashes[rows], domains[rows], what)
+        out.append(PairSet(name, "true", features[rows], z_do, domains[rows]))
+    return out
+
+
+def _text_pairs(embedder, cfg, class_names, labels, domains, features, is_train) -> list[PairSet]:
+    if not cfg.text_banks:
+        return []
+    out = []
+    for bank in resolve_banks(cfg.text_banks):
+        texts, texts_do, _ = make_text_pairs(class_names, [bank], cfg.text_pairs_per_class, cfg.seed)
+        both = embedder.texts(f"text:{bank.name}", texts + texts_do)
+        out.append(PairSet(f"text:{bank.name}", "text", both[:len(texts)], both[len(texts):]))
+    if cfg.cross_modal:
+        rows = _pair_rows(is_train, cfg.n_pairs, cfg.seed, "cross-modal")
+        texts_do = cross_modal_texts(labels[rows], class_names, cfg.text_banks, cfg.seed)
+        z_do = embedder.texts("cross-modal", texts_do)
+        out.append(PairSet("cross-modal", "cross-modal", features[rows], z_do, domains[rows]))
+    return out

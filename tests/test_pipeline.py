@@ -1,0 +1,159 @@
+import warnings
+
+import numpy as np
+import pytest
+
+import clip_icm.pipeline as pipeline
+from clip_icm.backend import ClipBackend, ModelConfig
+from clip_icm.pipeline import DataConfig, InterventionConfig, build_embedding_set, chunk_indices, embed_dataset
+from clip_icm.store import EmbeddingStore
+from tests.folders import make_messy_domainbed
+from tests.tiny_clip import write_local_dir
+
+FEW = InterventionConfig(text_pairs_per_class=2, templates="single")
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory):
+    return make_messy_domainbed(tmp_path_factory.mktemp("messy"), n_per_class=4, truncated=True)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = write_local_dir(tmp_path_factory.mktemp("tiny"))
+    return ModelConfig(f"local-dir:{folder}", pretrained="none", batch_size=4, num_workers=0)
+
+
+@pytest.fixture
+def count_encoded(monkeypatch):
+    """Counts images sent through the model (wraps the real encoder)."""
+    seen = []
+    real = ClipBackend.iter_encode
+
+    def counting(self, images, *args, **kwargs):
+        seen.append(len(images))
+        yield from real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(ClipBackend, "iter_encode", counting)
+    return seen
+
+
+def _run(messy, model, store, cfg=FEW, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the messy folder lacks a class on purpose
+        return embed_dataset(DataConfig(str(messy.root)), model, cfg, store, **kw)
+
+
+def test_messy_folder_end_to_end(tmp_path, messy, model):
+    run = _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(cross_modal=True, text_pairs_per_class=3))
+    emb = run.embeddings
+    assert emb.domain_names == list(messy.domains)
+    assert emb.class_names == ["dog", "giraffe", "guitar case"]
+    assert len(emb.features) == messy.n_images - 1  # the truncated JPEG only fails when decoded
+    reasons = dict(run.skipped)
+    assert str(messy.truncated) in reasons and reasons[str(messy.truncated)].startswith("unreadable image")
+    assert {name for name in messy.skipped} <= {p.split("/")[-1] for p in reasons}
+    assert str(messy.truncated) not in set(emb.paths)
+    assert emb.text_features.shape == (8, 3, 32)  # the "ensemble" templates
+    names = [p.name for p in emb.pairs]
+    assert names == ["image:random", "text:styles", "text:contexts", "cross-modal"]
+    image_pairs = emb.pair_set("image:random")
+    assert len(image_pairs.z) == emb.is_train.sum()  # pairs from training rows only
+    np.testing.assert_array_equal(image_pairs.z, emb.features[emb.is_train])
+    np.testing.assert_array_equal(image_pairs.domains, emb.domains[emb.is_train])
+    assert not np.allclose(image_pairs.z, image_pairs.z_do)
+    assert emb.pair_set("text:styles").domains is None and emb.pair_set("text:styles").z.shape == (9, 32)
+    assert emb.pair_set("cross-modal").kind == "cross-modal"
+    assert run.model_loaded and run.reused == 0
+
+
+def test_second_run_is_all_cache_and_never_loads_the_model(tmp_path, messy, model, monkeypatch):
+    first = _run(messy, model, EmbeddingStore(tmp_path))
+
+    def no_model(cfg):
+        raise AssertionError("model loaded on a cache hit")
+
+    monkeypatch.setattr(pipeline, "load_model", no_model)
+    second = _run(messy, model, EmbeddingStore(tmp_path))
+    assert not second.model_loaded and second.computed == 0 and second.reused == first.computed
+    np.testing.assert_array_equal(second.embeddings.features, first.embeddings.features)
+    np.testing.assert_array_equal(second.embeddings.text_features, first.embeddings.text_features)
+    for a, b in zip(first.embeddings.pairs, second.embeddings.pairs):
+        np.testing.assert_array_equal(a.z_do, b.z_do)
+    assert second.embeddings.key == first.embeddings.key
+    assert second.skipped == first.skipped
+
+
+def test_chunks_split_per_domain():
+    chunks = chunk_indices(np.array(["b", "a", "b", "b", "a"]), 2)
+    assert [c.tolist() for c in chunks] == [[0, 2], [3], [1, 4]]
+
+
+def test_killed_run_resumes_with_only_the_missing_chunks(tmp_path, messy, model, count_encoded):
+    n_images = messy.n_images
+    def killer(stage, done, total):
+        if stage == "images" and done >= 8:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C after two batches
+
+    store = EmbeddingStore(tmp_path / "cache")
+    with pytest.raises(KeyboardInterrupt):
+        _run(messy, model, store, progress=killer, chunk_size=4)
+    assert count_encoded == [n_images]
+    count_encoded.clear()
+    resumed = _run(messy, model, EmbeddingStore(tmp_path / "cache"), chunk_size=4)
+    # chunks of 4 per domain: the kill came after 8 images, i.e. 2 finished chunks
+    assert count_encoded[0] == n_images - 8
+    clean = _run(messy, model, EmbeddingStore(tmp_path / "fresh"))
+    np.testing.assert_array_equal(resumed.embeddings.features, clean.embeddings.features)
+    np.testing.assert_array_equal(resumed.embeddings.pairs[0].z_do, clean.embeddings.pairs[0].z_do)
+
+
+def test_corrupt_chunk_is_recomputed_alone(tmp_path, messy, model, count_encoded):
+    store = EmbeddingStore(tmp_path)
+    first = _run(messy, model, store, InterventionConfig(image=(), text_banks=(), templates="single"))
+    victim = next(p for p in sorted(tmp_path.rglob("*.npy")) if np.load(p).shape[0] > 1)
+    rows = np.load(victim).shape[0]
+    victim.write_bytes(victim.read_bytes()[:-10])
+    count_encoded.clear()
+    again = _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(image=(), text_banks=(), templates="single"))
+    assert count_encoded == [rows]
+    np.testing.assert_array_equal(again.embeddings.features, first.embeddings.features)
+
+
+def test_pair_set_per_op_subsampled_and_keyed_by_seed(tmp_path, messy, model, count_encoded):
+    cfg = InterventionConfig(image=("grayscale", "invert"), random_choice=False, text_banks=(), n_pairs=5,
+                             templates="single")
+    emb = _run(messy, model, EmbeddingStore(tmp_path), cfg).embeddings
+    assert [p.name for p in emb.pairs] == ["image:grayscale", "image:invert"]
+    assert all(len(p.z) == 5 and p.kind == "image" for p in emb.pairs)
+    count_encoded.clear()
+    reseeded = _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(
+        image=("colour_jitter",), text_banks=(), n_pairs=5, templates="single", seed=1))
+    assert count_encoded == [5]  # new intervention + seed: new pairs; the plain images are reused
+    assert reseeded.embeddings.pairs[0].name == "image:random"
+
+
+def test_bad_intervention_inputs(tmp_path, messy, model):
+    with pytest.raises(KeyError, match="grayscale"):
+        _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(image=("greyscale",)))
+    with pytest.raises(ValueError, match="true swaps need the ToyDomains dataset"):
+        _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(true_swaps=("colour",)))
+
+
+def test_true_swaps_on_toydomains(tmp_path, model):
+    from clip_icm.toydomains import generate_toydomains
+
+    root = generate_toydomains(tmp_path / "toy", n_per_class_per_domain=2, image_size=32)
+    cfg = InterventionConfig(image=(), text_banks=(), true_swaps=("colour", "style"), templates="single")
+    emb = build_embedding_set(DataConfig(str(root)), model, cfg, EmbeddingStore(tmp_path / "c"))
+    assert [p.name for p in emb.pairs] == ["true:colour", "true:style"]
+    style = emb.pair_set("true:style")
+    assert style.kind == "true" and len(style.z) == emb.is_train.sum()
+    assert np.abs(style.z - style.z_do).max() > 1e-3
+
+
+def test_build_embedding_set_is_the_run_embeddings(tmp_path, messy, model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        emb = build_embedding_set(DataConfig(str(messy.root)), model, FEW, EmbeddingStore(tmp_path))
+    assert emb.features.shape[1] == 32 and set(emb.domain_names) == set(messy.domains)
