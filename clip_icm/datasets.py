@@ -94,6 +94,13 @@ for _info in (
         None,
         ("domain_net", "DomainNet"),
     ),
+    # The bundled synthetic world (clip_icm.toydomains; generated into data/toydomains/).
+    DatasetInfo(
+        "ToyDomains",
+        ("art_painting", "cartoon", "photo", "sketch"),
+        ("arrow", "circle", "crescent", "cross", "heart", "square", "star", "triangle"),
+        ("toydomains", "ToyDomains"),
+    ),
 ):
     DATASETS.register(_info.name, _info)
 
