@@ -20,11 +20,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from clip_icm.embeddings import EmbeddingSet
-from clip_icm.projection import make_projection, stack_pairs
+from clip_icm.projection import LinearProjection, make_projection, stack_pairs
 
 ALL_METHODS = ("icm", "icm_as_released", "pca", "null_space", "orth_cali")
 FULL_SPACE = "CLIP"
@@ -125,7 +125,9 @@ def _check_target(emb: EmbeddingSet, target: str | None) -> None:
         raise ValueError(f"unknown target domain {target!r}; domains: {', '.join(emb.domain_names)}")
 
 
-def fit_projection(emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig = EvalConfig()):
+def fit_projection(
+    emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig = EvalConfig()
+) -> LinearProjection:
     """The projection of ``method`` fitted on pairs whose image is not from ``target``
     (None = all pairs). Used by evaluation and by the dashboard (spectrum, UMAP)."""
     _check_target(emb, target)

@@ -104,12 +104,12 @@ def relative_lam_scale(Z: np.ndarray, Z_do: np.ndarray) -> float:
     return float(np.sum(Z**2)) / delta_energy
 
 
-class _LinearProjection(TransformerMixin, BaseEstimator):
+class LinearProjection(TransformerMixin, BaseEstimator):
     """Shared contract: ``components_`` (rows) map D-dim inputs to the projected space."""
 
     _orthonormal = True
 
-    def fit(self, Z: object, Z_do: object) -> "_LinearProjection":
+    def fit(self, Z: object, Z_do: object) -> "LinearProjection":
         Z, Z_do = _check_pairs(Z, Z_do)
         self._fit_pairs(Z, Z_do)
         self.n_features_in_ = Z.shape[1]
@@ -150,7 +150,7 @@ class _LinearProjection(TransformerMixin, BaseEstimator):
         return float(np.linalg.norm((Z - Z_do) @ self.components_.T) / denom) if denom > 0 else float("nan")
 
 
-class InvariantProjection(_LinearProjection):
+class InvariantProjection(LinearProjection):
     """The ICM projection: eigenvectors of ``M = Z^T Z/n - lam * Delta^T Delta/n``.
 
     ``selection="top"`` keeps the K largest eigenvalues: directions that carry the
@@ -192,7 +192,7 @@ class InvariantProjection(_LinearProjection):
         self.lam_effective_ = lam
 
 
-class PCAProjection(_LinearProjection):
+class PCAProjection(LinearProjection):
     """Top-K eigenvectors of the uncentred ``Z^T Z / n``: ICM with lam = 0.
 
     Uncentred on purpose, so that the only difference from ``icm`` is the intervention
@@ -209,7 +209,7 @@ class PCAProjection(_LinearProjection):
         self.eigenvalues_ = values[::-1].copy()
 
 
-class NullSpaceProjection(_LinearProjection):
+class NullSpaceProjection(LinearProjection):
     """Remove the top-r eigenvectors of the intervention covariance ``Delta^T Delta / n``.
 
     Give exactly one of ``n_removed`` (r) or ``n_components`` (keep K = D - r). The
@@ -238,7 +238,7 @@ class NullSpaceProjection(_LinearProjection):
         self.eigenvalues_ = values[::-1].copy()
 
 
-class OrthCaliProjection(_LinearProjection):
+class OrthCaliProjection(LinearProjection):
     """Orth-Cali (Chuang et al. 2023): ``P = P0 (I + lam S)^-1``, applied as ``x -> P x``.
 
     ``S = Delta^T Delta / n`` is the mean outer product of the pair differences. In the
@@ -286,7 +286,7 @@ METHOD_LABELS: dict[str, str] = {
 
 # Factories (n_components, lam, lam_mode) -> unfitted estimator. orth_cali keeps all D
 # dims (lam is its knob) and ignores n_components; pca ignores lam.
-METHODS: Registry[Callable[[int, float, str], _LinearProjection]] = Registry("projection method")
+METHODS: Registry[Callable[[int, float, str], LinearProjection]] = Registry("projection method")
 METHODS.register("icm", lambda k, lam, mode: InvariantProjection(k, lam, "top", mode))
 METHODS.register("icm_as_released", lambda k, lam, mode: InvariantProjection(k, lam, "as_released", mode))
 METHODS.register("pca", lambda k, lam, mode: PCAProjection(k))
@@ -294,7 +294,7 @@ METHODS.register("null_space", lambda k, lam, mode: NullSpaceProjection(n_compon
 METHODS.register("orth_cali", lambda k, lam, mode: OrthCaliProjection(lam, lam_mode=mode))
 
 
-def make_projection(method: str, n_components: int, lam: float, lam_mode: str = "absolute") -> _LinearProjection:
+def make_projection(method: str, n_components: int, lam: float, lam_mode: str = "absolute") -> LinearProjection:
     """An unfitted estimator for a registered method name (KeyError lists the valid ones)."""
     return METHODS.get(method)(n_components, lam, lam_mode)
 
