@@ -10,6 +10,8 @@ seconds and its first call pays numba compilation.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 # Few epochs are enough for a few thousand points and keep a layout at a second or two.
@@ -46,6 +48,13 @@ def procrustes_align(xy: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (a @ rotation * scale + reference.mean(axis=0)).astype(np.float32)
 
 
+def warm_up() -> None:
+    """Run a tiny layout so that numba compiles UMAP's kernels (10-20 s on first use); the
+    dashboard does this in a background thread while the embeddings are being computed."""
+    layout_2d(np.random.default_rng(0).normal(size=(64, 8)))
+    layout_2d(np.random.default_rng(1).normal(size=(64, 8)), init=np.random.default_rng(2).normal(size=(64, 2)))
+
+
 def layout_2d(
     X: np.ndarray,
     *,
@@ -61,23 +70,30 @@ def layout_2d(
     invariant space to get comparable pictures. Fewer than 5 rows fall back to PCA
     (UMAP needs a neighbourhood). The seed makes it reproducible (and single-threaded).
     """
-    X = _normalise(X)
+    X = np.asarray(X)
     if X.ndim != 2 or len(X) == 0:
         raise ValueError(f"layout_2d needs a non-empty 2-D array, got shape {X.shape}")
+    X = _normalise(X)
     if init is not None and init.shape != (len(X), 2):
         raise ValueError(f"init must have shape ({len(X)}, 2), got {init.shape}")
     if len(X) < 5:
         xy = _pca_2d(X)
     else:
-        import umap  # lazy: seconds to import, numba compilation on first use
-
-        reducer = umap.UMAP(
-            n_components=2,
-            n_neighbors=min(n_neighbors, len(X) - 1),
-            metric="cosine",
-            n_epochs=n_epochs,
-            init=_standardise(init) if init is not None else "spectral",
-            random_state=seed,
-        )
-        xy = reducer.fit_transform(X).astype(np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Tensorflow absent; "n_jobs overridden by random_state"
+            xy = _umap(X, init, seed, n_neighbors, n_epochs)
     return procrustes_align(xy, init) if init is not None else xy
+
+
+def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n_epochs: int) -> np.ndarray:
+    import umap  # lazy: seconds to import, numba compilation on first use
+
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=min(n_neighbors, len(X) - 1),
+        metric="cosine",
+        n_epochs=n_epochs,
+        init=_standardise(init) if init is not None else "spectral",
+        random_state=seed,
+    )
+    return reducer.fit_transform(X).astype(np.float32)

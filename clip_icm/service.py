@@ -50,7 +50,8 @@ class InterventionChoice:
     true_swaps: factors to re-render (bundled world only); n_pairs: image pairs (0 = one per image).
     """
 
-    image_ops: tuple[str, ...] = ("random",)
+    image_ops: tuple[str, ...] = ("colour_jitter", "grayscale", "gaussian_blur", "invert", "posterize", "solarize",
+                                  "equalize")
     strengths: tuple = ()
     text_banks: tuple = ()
     true_swaps: tuple[str, ...] = ()
@@ -101,6 +102,30 @@ def load_embeddings(request: EmbeddingRequest, progress: Progress | None = None)
         raise
     except USER_ERRORS as e:
         raise ServiceError(f"Could not build the embeddings: {_message(e)}") from e
+
+
+def _pipeline_embeddings(request: EmbeddingRequest, progress: Progress | None) -> EmbeddingSet:
+    from clip_icm import backend, pipeline  # lazy: pulls in torch
+
+    data = pipeline.DataConfig(root=request.root or None if request.source == "folder" else None,
+                               dataset=request.dataset, max_per_domain=request.max_per_domain)
+    model = backend.ModelConfig(request.model, request.pretrained, request.device, request.precision)
+    return pipeline.build_embedding_set(data, model, intervention_config(request.interventions), progress=progress)
+
+
+def intervention_config(choice: InterventionChoice):
+    from clip_icm.interventions import TEXT_BANKS, TextBank
+
+    banks = []
+    for name, templates in choice.text_banks:
+        registered = TEXT_BANKS.get(name) if name in TEXT_BANKS else None
+        same = registered is not None and tuple(templates) == registered.variants
+        banks.append(name if same else TextBank.from_strings(name, templates))
+    from clip_icm.pipeline import InterventionConfig
+
+    return InterventionConfig(image=tuple(choice.image_ops), text_banks=tuple(banks), true_swaps=choice.true_swaps,
+                              cross_modal=choice.cross_modal, n_pairs=choice.n_pairs or None, seed=choice.seed,
+                              strengths=choice.strengths)
 
 
 def _synthetic(request: EmbeddingRequest) -> EmbeddingSet:

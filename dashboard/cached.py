@@ -8,12 +8,22 @@ pickle and copy its arrays on every rerun.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clip_icm import evaluation, service
+from clip_icm import evaluation, reduce, service
 from clip_icm.embeddings import EmbeddingSet
+
+
+@st.cache_resource(show_spinner=False)
+def umap_warm_up() -> threading.Thread:
+    """Once per process: compile UMAP's numba kernels in the background while embeddings are computed."""
+    thread = threading.Thread(target=reduce.warm_up, name="umap-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

@@ -101,6 +101,7 @@ def _fit_key(ctx: Context, K: int, lam: float) -> str:
 
 def explorer_page() -> None:
     st.title("CLIP-ICM Explorer")
+    cached.umap_warm_up()
     ctx = settings_context()
     if ctx is None:
         return

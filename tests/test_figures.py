@@ -1,0 +1,101 @@
+"""figures: point ids in customdata, markers and colours, target marking, honest labels."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from clip_icm import figures
+
+
+def _points(n: int = 12) -> tuple[np.ndarray, pd.DataFrame]:
+    g = np.random.default_rng(0)
+    points = pd.DataFrame({
+        "id": np.arange(100, 100 + n),
+        "class": np.array(["cat", "dog", "cow"])[np.arange(n) % 3],
+        "domain": np.array(["photo", "sketch"])[np.arange(n) % 2],
+        "role": np.where(np.arange(n) % 2 == 1, "target", "source"),
+        "prediction": "cat",
+        "correct": np.arange(n) % 3 == 0,
+    })
+    return g.normal(size=(n, 2)), points
+
+
+@pytest.mark.parametrize("colour_by", ["class", "domain"])
+def test_scatter_carries_every_id_once_with_role_markers(colour_by):
+    xy, points = _points()
+    fig = figures.scatter_layout(xy, points, colour_by, "t")
+    ids = [int(row[0]) for trace in fig.data for row in trace.customdata]
+    assert sorted(ids) == points["id"].tolist()
+    for trace in fig.data:
+        role = "target" if "(target)" in trace.name else "source"
+        assert trace.marker.symbol == figures.ROLE_SYMBOLS[role]
+    groups = {trace.name.split(" (")[0] for trace in fig.data}
+    assert groups == set(points[colour_by])
+    # the hover shows class, domain, prediction and correctness
+    assert all(k in fig.data[0].hovertemplate for k in ("class", "domain", "prediction"))
+    assert {row[4] for trace in fig.data for row in trace.customdata} == {"correct", "wrong"}
+
+
+def test_scatter_rejects_bad_input():
+    xy, points = _points()
+    with pytest.raises(ValueError, match="colour_by"):
+        figures.scatter_layout(xy, points, "shape")
+    with pytest.raises(ValueError, match="needs columns prediction"):
+        figures.scatter_layout(xy, points.drop(columns="prediction"))
+    with pytest.raises(ValueError, match="layout rows"):
+        figures.scatter_layout(xy[:-1], points)
+
+
+def test_selected_ids_reads_customdata_from_a_selection():
+    selection = {"selection": {"points": [{"customdata": [105, "cat"]}, {"customdata": [101, "dog"]},
+                                          {"customdata": [105, "cat"]}, {"x": 1}]}}
+    assert figures.selected_ids(selection) == [101, 105]
+    assert figures.selected_ids(None) == []
+    assert figures.selected_ids({"selection": {"points": []}}) == []
+
+
+def _accuracy() -> pd.DataFrame:
+    rows = [dict(domain=d, label=lab, accuracy=a) for lab, a in (("CLIP linear probe", 0.5), ("ICM linear probe", 0.7))
+            for d in ("photo", "sketch", "cartoon")]
+    return pd.DataFrame(rows)
+
+
+def test_accuracy_bars_mark_the_target():
+    fig = figures.accuracy_bars(_accuracy(), "sketch")
+    assert [t.name for t in fig.data] == ["CLIP linear probe", "ICM linear probe"]
+    ticks = list(fig.data[0].x)
+    assert ticks[1] == "<b>sketch (target)</b>" and ticks[0] == "photo"
+    assert len(fig.layout.shapes) == 1  # the highlighted band behind the target
+
+
+def test_spectrum_highlights_the_kept_eigenvalues():
+    ev = np.linspace(5, -5, 10)
+    top = figures.spectrum_figure(ev, 3, "top")
+    assert list(top.data[0].y) == list(ev[:3])
+    released = figures.spectrum_figure(ev, 3, "as_released")
+    assert list(released.data[0].y) == list(ev[-3:])
+
+
+def test_sweep_heatmaps_are_labelled_honest_and_peeking():
+    sweep = pd.DataFrame([dict(K=k, lam=l, source_val_accuracy=0.5, target_accuracy=0.4)
+                          for k in (4, 8) for l in (1.0, 10.0)])
+    fig = figures.sweep_heatmaps(sweep, chosen=(8, 10.0))
+    titles = [a.text for a in fig.layout.annotations]
+    assert figures.HONEST_TITLE in titles and figures.PEEKING_TITLE in titles
+    assert fig.data[0].z.shape == (2, 2)
+    with pytest.raises(ValueError, match="target_accuracy"):
+        figures.sweep_heatmaps(sweep.drop(columns="target_accuracy"))
+
+
+def test_playground_figures():
+    table = pd.DataFrame([dict(shift=s, method=m, ood_accuracy=0.5, r2_inv=0.9, r2_var=-0.1)
+                          for s in (0.0, 1.0) for m in ("full", "icm")])
+    acc = figures.playground_accuracy(table, "shift", "ood_accuracy", "method")
+    assert [t.name for t in acc.data] == ["full", "icm"]
+    rec = figures.playground_recovery(table)
+    assert list(rec.data[1].y) == [0.0, 0.0]  # negative R^2 shown as 0 (no information)
+
+
+def test_html_export_is_self_contained():
+    html = figures.figure_html(figures.accuracy_bars(_accuracy(), "photo")).decode()
+    assert "<html>" in html and "Plotly.newPlot" in html
+    assert '<script src="http' not in html and len(html) > 1_000_000  # plotly.js inlined, no CDN fetch

@@ -1,0 +1,59 @@
+"""reduce: UMAP layouts, shared initialisation, Procrustes alignment, bad input."""
+import numpy as np
+import pytest
+
+from clip_icm.reduce import layout_2d, procrustes_align
+
+
+def _blobs(n_per: int = 30, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    g = np.random.default_rng(seed)
+    centres = g.normal(size=(3, dim)) * 4
+    labels = np.repeat(np.arange(3), n_per)
+    return centres[labels] + g.normal(size=(len(labels), dim)), labels
+
+
+def test_layout_is_2d_seeded_and_keeps_clusters():
+    X, labels = _blobs()
+    a, b = layout_2d(X, seed=3), layout_2d(X, seed=3)
+    assert a.shape == (len(X), 2) and np.isfinite(a).all()
+    np.testing.assert_allclose(a, b)
+    centroids = np.stack([a[labels == k].mean(axis=0) for k in range(3)])
+    spread = max(np.linalg.norm(a[labels == k] - centroids[k], axis=1).mean() for k in range(3))
+    gaps = [np.linalg.norm(centroids[i] - centroids[j]) for i in range(3) for j in range(i + 1, 3)]
+    assert min(gaps) > 2 * spread  # the three blobs stay apart
+
+
+def test_shared_init_gives_a_layout_aligned_to_the_reference():
+    X, _ = _blobs()
+    full = layout_2d(X)
+    again = layout_2d(X[:, :12], init=full)  # a "projected" space that keeps the blobs
+    # aligned to the reference: same centre, no flip or rotation away from it
+    assert np.allclose(again.mean(axis=0), full.mean(axis=0), atol=1e-3)
+    corr = [np.corrcoef(again[:, d], full[:, d])[0, 1] for d in range(2)]
+    assert min(corr) > 0.8
+
+
+def test_procrustes_undoes_rotation_reflection_and_scale():
+    g = np.random.default_rng(0)
+    ref = g.normal(size=(40, 2))
+    theta = 1.1
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]) @ np.diag([1, -1])
+    moved = 3.0 * ref @ rot + np.array([5.0, -2.0])
+    np.testing.assert_allclose(procrustes_align(moved, ref), ref, atol=1e-4)
+
+
+def test_few_points_fall_back_to_pca():
+    out = layout_2d(np.eye(4, 6))
+    assert out.shape == (4, 2) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("X", [np.zeros(5), np.zeros((0, 3))])
+def test_bad_input_is_a_value_error(X):
+    with pytest.raises(ValueError, match="non-empty 2-D"):
+        layout_2d(X)
+
+
+def test_init_of_the_wrong_shape_is_rejected():
+    X, _ = _blobs(n_per=4)
+    with pytest.raises(ValueError, match="init must have shape"):
+        layout_2d(X, init=np.zeros((3, 2)))

@@ -1,0 +1,180 @@
+"""service: the layer the dashboard calls (synthetic embeddings, so no model is needed)."""
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clip_icm import evaluation, service
+from clip_icm.scm import SCMConfig
+
+SYNTH = service.EmbeddingRequest(source="synthetic", synthetic=SCMConfig(n_invariant=4, n_variant=4, dim=16),
+                                 n_per_domain=60)
+
+
+@pytest.fixture(scope="module")
+def emb():
+    return service.load_embeddings(SYNTH)
+
+
+def _config(K=4, lam=1000.0, methods=("icm",)):
+    return service.eval_config(K, lam, "absolute", methods)
+
+
+def test_synthetic_request_loads_and_its_key_follows_its_content(emb):
+    assert emb.features.shape == (240, 16) and emb.domain_names[-1] == "sketch"
+    assert service.default_target(emb, "synthetic") == "sketch"
+    other = service.EmbeddingRequest(source="synthetic", n_per_domain=61)
+    assert SYNTH.key == service.EmbeddingRequest(**{**SYNTH.__dict__}).key != other.key
+
+
+@pytest.mark.parametrize("request_, message", [
+    (service.EmbeddingRequest(source="nowhere"), "unknown data source"),
+    (service.EmbeddingRequest(source="folder", root=""), "Enter the folder"),
+    (service.EmbeddingRequest(source="folder", root="/no/such/folder"), "Could not build the embeddings"),
+])
+def test_user_errors_become_service_errors(request_, message):
+    with pytest.raises(service.ServiceError, match=message):
+        service.load_embeddings(request_)
+
+
+def test_missing_weights_offline_is_a_service_error_naming_the_model(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-hf-cache")
+    request = service.EmbeddingRequest(source="demo", model="ViT-B-32", pretrained="laion2b_s34b_b79k",
+                                       max_per_domain=2)
+    with pytest.raises(service.ServiceError, match="ViT-B-32"):
+        service.load_embeddings(request)
+
+
+def test_detect_folder(tmp_path):
+    from tests.folders import make_messy_domainbed
+
+    messy = make_messy_domainbed(tmp_path / "messy")
+    assert service.detect_folder(str(messy.root))["is_dataset"] is True
+    with pytest.raises(service.ServiceError, match="Folder not found"):
+        service.detect_folder(str(tmp_path / "absent"))
+
+
+def test_fit_measures_invariance_on_held_out_pairs(emb):
+    good = service.fit(emb, "sketch", "icm", _config())
+    bad = service.fit(emb, "sketch", "icm_as_released", _config(methods=("icm_as_released",)))
+    assert good.ratio_pairs.startswith("held-out target-domain")
+    assert good.invariance_ratio < 0.5 * good.full_ratio  # the kept directions ignore interventions
+    assert bad.invariance_ratio > good.invariance_ratio
+    assert good.transform(emb.features).shape == (len(emb.labels), 4)
+    with pytest.raises(service.ServiceError, match="Could not fit"):
+        service.fit(emb, "sketch", "icm", _config(K=99))
+
+
+def test_accuracy_table_merges_methods_and_measures_change_vs_clip(emb):
+    frames = [service.evaluate(emb, "sketch", _config(methods=(m,))) for m in ("icm", "pca")]
+    table = service.accuracy_table(frames)
+    assert not table.duplicated(["domain", "method", "protocol"]).any()
+    assert list(dict.fromkeys(table["method"])) == ["CLIP", "icm", "pca"]
+    assert (table.loc[table.method == "CLIP", "change_vs_clip"] == 0).all()
+    row = table[(table.method == "icm") & (table.domain == "sketch") & (table.protocol == "linear probe")].iloc[0]
+    clip = table[(table.method == "CLIP") & (table.domain == "sketch") & (table.protocol == "linear probe")].iloc[0]
+    assert row.change_vs_clip == pytest.approx(row.accuracy - clip.accuracy)
+    wide = service.accuracy_wide(table, "sketch")
+    assert "sketch (target)" in wide.columns and "ICM linear probe" in wide.index
+    assert wide.loc["CLIP zero-shot", "target change vs CLIP"] == 0
+
+
+def test_evaluate_rejects_an_unknown_target(emb):
+    with pytest.raises(service.ServiceError, match="unknown target domain"):
+        service.evaluate(emb, "mars", _config())
+
+
+def test_choose_hyperparameters_uses_the_grid(emb):
+    K, lam, scores = service.choose_hyperparameters(emb, "sketch", "icm", _config(), (2, 4), (1.0, 1000.0))
+    assert (K, lam) in set(zip(scores.K, scores.lam)) and len(scores) == 4
+
+
+def test_sweep_has_honest_and_peeking_columns(emb):
+    frame = service.sweep(emb, "sketch", "icm", _config(), (2, 4), (10.0,))
+    assert list(frame.K) == [2, 4]
+    assert {"source_val_accuracy", "target_accuracy"} <= set(frame.columns)
+
+
+def test_grid_fits_the_dimension():
+    Ks, lams = service.grid(16)
+    assert Ks and all(1 <= k < 16 for k in Ks) and len(lams) == 5
+    assert service.grid(512, "relative")[1][2] == 1.0
+
+
+def test_restrict_domains_drops_rows_and_pairs(emb):
+    small = service.restrict_domains(emb, ("photo", "sketch"))
+    assert small.domain_names == ["photo", "sketch"]
+    assert all(p.domains is None or set(p.domains) <= {"photo", "sketch"} for p in small.pairs)
+    assert small.key != emb.key
+
+
+def test_points_predictions_and_neighbours(emb):
+    ids = service.plot_ids(emb, max_points=50)
+    assert len(ids) == 50 and np.all(np.diff(ids) > 0)
+    predicted = service.predictions(emb)
+    points = service.point_table(emb, ids, "sketch", predicted)
+    assert (points["role"] == np.where(emb.domains[ids] == "sketch", "target", "source")).all()
+    assert (points["correct"] == (predicted[ids] == emb.labels[ids])).all()
+    nn = service.nearest_neighbours(emb.features, ids, [int(ids[0])], k=3)[int(ids[0])]
+    assert len(nn) == 3 and int(ids[0]) not in nn and set(nn) <= set(ids.tolist())
+    X = emb.features / np.linalg.norm(emb.features, axis=1, keepdims=True)
+    sims = [X[int(ids[0])] @ X[j] for j in nn]
+    assert sims == sorted(sims, reverse=True)
+    with pytest.raises(ValueError, match="k must be"):
+        service.nearest_neighbours(emb.features, ids, [0], k=0)
+
+
+def test_synthetic_rows_have_no_thumbnail(emb):
+    assert service.thumbnail(emb, 0) is None
+
+
+def test_layouts_share_rows_and_init(emb):
+    ids = service.plot_ids(emb, max_points=40)
+    full = service.full_layout(emb, ids)
+    inv = service.invariant_layout(emb, ids, service.fit(emb, "sketch", "icm", _config()), full)
+    assert full.shape == inv.shape == (40, 2)
+
+
+def test_projection_npz_round_trip(emb):
+    fitted = service.fit(emb, "sketch", "icm", _config())
+    data = np.load(io.BytesIO(service.projection_npz(fitted, emb, "toy-clip")))
+    assert data["components"].shape == (4, 16)
+    assert int(data["K"]) == 4 and float(data["lam"]) == 1000.0 and str(data["method"]) == "icm"
+    assert str(data["model"]) == "toy-clip" and str(data["data_key"]) == emb.key
+    assert list(data["domains"]) == emb.domain_names
+
+
+def test_accuracy_csv_and_png(emb):
+    table = service.accuracy_table([service.evaluate(emb, "sketch", _config())])
+    back = pd.read_csv(io.BytesIO(service.accuracy_csv(table)))
+    assert list(back.columns) == list(table.columns) and len(back) == len(table)
+    from clip_icm.figures import accuracy_bars
+
+    png = service.figure_png(accuracy_bars(table, "sketch"))
+    assert png is None if not service.png_available() else png[:4] == b"\x89PNG"
+
+
+def test_intervention_config_keeps_registered_banks_by_name_and_builds_edited_ones():
+    from clip_icm.interventions import TEXT_BANKS, TextBank
+
+    styles = TEXT_BANKS.get("styles").variants
+    choice = service.InterventionChoice(image_ops=("grayscale",), text_banks=(("styles", styles),
+                                        ("contexts", ("a photo of a {} on the moon.",))), n_pairs=0)
+    cfg = service.intervention_config(choice)
+    assert cfg.text_banks[0] == "styles" and isinstance(cfg.text_banks[1], TextBank)
+    assert cfg.text_banks[1].variants == ("a photo of a {} on the moon.",) and cfg.n_pairs is None
+    with pytest.raises(ValueError, match="placeholder"):
+        service.intervention_config(service.InterventionChoice(text_banks=(("mine", ("no class here",)),)))
+
+
+def test_playground_runs_small(emb):
+    table = service.playground(SCMConfig(n_invariant=2, n_variant=2), (0.0, 1.0), 1e4, n_train=300, n_test=200)
+    assert set(table["method"]) == {"full", "icm", "icm_as_released"}
+    with pytest.raises(service.ServiceError, match="shifts"):
+        service.playground(SCMConfig(), (2.0,), 1e4)
+
+
+def test_eval_config_is_hashable_for_caches():
+    assert hash(_config()) == hash(_config()) and isinstance(_config(), evaluation.EvalConfig)
