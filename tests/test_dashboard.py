@@ -1,0 +1,163 @@
+"""Every dashboard page under streamlit.testing.v1.AppTest, caches cleared between tests.
+
+UI tests run on the synthetic source (fast, no model); one test runs the real default demo
+(ToyDomains + toy-clip) when its checkpoint is in the checkout.
+"""
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard import cached
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "dashboard" / "app.py")
+TIMEOUT = 240
+TOY_CLIP = ROOT / "data" / "toy-clip" / "open_clip_config.json"
+
+
+@pytest.fixture(autouse=True)
+def clean_caches():
+    cached.clear()
+    yield
+    cached.clear()
+
+
+def _app(**state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in {"ctl_source": "synthetic", "ctl_n_synth": 100, **state}.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def _page(call: str, **state) -> AppTest:
+    """One page function on its own (AppTest.switch_page only knows file pages)."""
+    script = f"import sys; sys.path.insert(0, {str(ROOT)!r})\nfrom dashboard import pages\npages.{call}()\n"
+    at = AppTest.from_string(script, default_timeout=TIMEOUT)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _table(at: AppTest):
+    return at.dataframe[0].value
+
+
+def test_explorer_opens_with_both_layouts_and_the_accuracy_chart():
+    at = _app()
+    _ok(at)
+    assert at.title[0].value == "CLIP-ICM Explorer"
+    assert len(at.get("plotly_chart")) == 3  # accuracy bars + two UMAP panels
+    table = _table(at)
+    assert "sketch (target)" in table.columns and "ICM linear probe" in table.index
+    assert [m.label for m in at.metric][0] == "ICM linear probe on sketch"
+
+
+def test_changing_target_k_lam_and_method_updates_the_accuracy_table():
+    at = _app()
+    before = _table(at)
+    at.sidebar.slider(key="ctl_K").set_value(2).run()
+    _ok(at)
+    after_k = _table(at)
+    assert not after_k.loc["ICM linear probe"].equals(before.loc["ICM linear probe"])
+    assert after_k.loc["CLIP linear probe"].equals(before.loc["CLIP linear probe"])  # CLIP ignores K
+    at.sidebar.select_slider(key="ctl_lam").set_value(1.0).run()
+    _ok(at)
+    assert not _table(at).loc["ICM linear probe"].equals(after_k.loc["ICM linear probe"])
+    at.sidebar.selectbox(key="ctl_target").set_value("photo").run()
+    _ok(at)
+    assert "photo (target)" in _table(at).columns and at.metric[0].label.endswith("on photo")
+    at.sidebar.multiselect(key="ctl_baselines").set_value(["pca"]).run()
+    _ok(at)
+    assert "PCA linear probe" in _table(at).index
+
+
+def test_choose_on_source_validation_reports_its_choice():
+    at = _app(ctl_auto=True)
+    _ok(at)
+    assert any("Chosen on source-domain validation only" in i.value for i in at.info)
+
+
+def test_sources_can_be_narrowed():
+    at = _app()
+    at.sidebar.multiselect(key="ctl_sources").set_value(["photo"]).run()
+    _ok(at)
+    assert list(_table(at).columns) == ["photo", "sketch (target)", "target change vs CLIP"]
+
+
+def test_missing_folder_is_an_error_message_not_an_exception():
+    at = _app(ctl_source="folder", ctl_root="/no/such/folder")
+    assert not at.exception
+    assert any("Folder not found" in e.value for e in at.error)
+    assert at.title[0].value == "CLIP-ICM Explorer"  # the page itself still renders
+
+
+def test_missing_weights_is_an_error_message(tmp_path):
+    at = _app(ctl_source="demo", ctl_model_kind="local", ctl_local_arch="ViT-B-32",
+              ctl_ckpt=str(tmp_path / "absent.pt"), ctl_cap=2)
+    assert not at.exception
+    assert at.error and "Could not build the embeddings" in at.error[0].value
+
+
+def test_diagnostics_page_shows_spectrum_ratio_and_sweep():
+    at = _page("diagnostics_page", ctl_source="synthetic", ctl_n_synth=60)
+    _ok(at)
+    assert at.metric[0].label.startswith("Invariance ratio")
+    assert len(at.get("plotly_chart")) == 1  # the spectrum; the sweep waits for its toggle
+    at.toggle(key="ctl_sweep").set_value(True).run()
+    _ok(at)
+    assert len(at.get("plotly_chart")) == 2
+    assert any("best on source validation" in c.value for c in at.caption)
+
+
+def test_playground_page_reacts_to_its_sliders():
+    at = _page("playground_page")
+    _ok(at)
+    assert len(at.get("plotly_chart")) == 2
+    before = at.dataframe[0].value
+    at.slider(key="pg_noise").set_value(1.0).run()
+    _ok(at)
+    assert not at.dataframe[0].value.equals(before)
+    assert "Largest principal angle" in at.markdown[-1].value
+
+
+def test_about_page_explains_the_released_slice():
+    at = _page("about_page")
+    _ok(at)
+    text = " ".join(m.value for m in at.markdown)
+    assert "eigh" in text and "K largest" in text and "as released" in text
+
+
+def test_selection_shows_images_and_neighbours_in_both_spaces():
+    script = f"""
+import sys; sys.path.insert(0, {str(ROOT)!r})
+from clip_icm import service
+from clip_icm.scm import SCMConfig
+from dashboard import pages
+emb = service.load_embeddings(service.EmbeddingRequest(source="synthetic", n_per_domain=30))
+fit = service.fit(emb, "sketch", "icm", service.eval_config(8, 100.0))
+pages._selection_view(emb, service.plot_ids(emb), [3, 40], fit)
+"""
+    at = AppTest.from_string(script, default_timeout=TIMEOUT).run()
+    _ok(at)
+    text = " ".join(m.value for m in at.markdown)
+    assert "2 selected" in text and "full space" in text and "invariant space" in text
+
+
+@pytest.mark.skipif(not TOY_CLIP.is_file(), reason="toy-clip checkpoint not in the checkout")
+def test_default_demo_runs_and_follows_interventions():
+    at = AppTest.from_file(APP, default_timeout=600).run()
+    _ok(at)
+    assert len(at.get("plotly_chart")) == 3
+    table = _table(at)
+    assert "cartoon (target)" in table.columns  # the demo's shifted domain is the default target
+    at.sidebar.multiselect(key="ctl_ops").set_value(["grayscale"])
+    at.sidebar.number_input(key="ctl_n_pairs").set_value(64)
+    at.run()
+    _ok(at)
+    assert not _table(at).loc["ICM linear probe"].equals(table.loc["ICM linear probe"])
