@@ -12,10 +12,12 @@ cache hit in the embedding store never builds the model.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
 import socket
+import sys
 import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
@@ -35,8 +37,10 @@ ProgressFn = Callable[[int, int], None]
 Intervention = Callable[..., object]  # (PIL.Image, seed) -> PIL.Image
 
 
-class ModelUnavailableError(RuntimeError):
-    """The model name is unknown, or its weights are not on disk and cannot be fetched."""
+class ModelUnavailableError(ValueError):
+    """The model name is unknown, or its weights are not on disk and cannot be fetched.
+
+    A ValueError: it is always about what the user asked for (the CLI answers in one line)."""
 
 
 @dataclass(frozen=True)
@@ -319,9 +323,61 @@ def _checkpoint_file(pretrained: str, display: str, arch: str | None = None) -> 
     raise ModelUnavailableError(f"model {display}: pretrained {pretrained!r} is neither a known tag nor a file{hint}")
 
 
-def model_key(cfg: ModelConfig) -> str:
-    """Stable key of (architecture, weights, preprocessing, precision); builds nothing."""
-    return resolve_model(cfg).key
+def model_key(cfg: ModelConfig, memo_dir: str | Path | None = None) -> str:
+    """Stable key of (architecture, weights, preprocessing, precision); builds nothing.
+
+    With ``memo_dir``, the answer is remembered there together with the size and mtime
+    of the files that determined it, so a later call whose files are unchanged returns
+    without importing torch or open_clip (seconds saved on every fully cached run).
+    """
+    if memo_dir is None:
+        return resolve_model(cfg).key
+    memo_file = Path(memo_dir) / f"{_memo_name(cfg)}.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+        if all(_stat(path) == stat for path, stat in memo["files"].items()):
+            return memo["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no memo yet, or a stale or broken one: resolve again
+    resolved = resolve_model(cfg)
+    sources = _memo_sources(cfg, resolved)
+    if sources is not None:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_name(f".{memo_file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({"key": resolved.key, "files": {p: _stat(p) for p in sources}}))
+        os.replace(tmp, memo_file)
+    return resolved.key
+
+
+def _stat(path: str) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _memo_name(cfg: ModelConfig) -> str:
+    from importlib.metadata import version
+
+    # What "auto" would pick, approximated without importing torch.
+    hint = [sys.platform, os.path.exists("/dev/nvidiactl"), os.environ.get("CUDA_VISIBLE_DEVICES")]
+    parts = [cfg.name, cfg.pretrained, cfg.device, cfg.precision, hint if cfg.device == "auto" else None,
+             version("open_clip_torch"), str(hf_cache_dir())]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:32]
+
+
+def _memo_sources(cfg: ModelConfig, resolved: ResolvedModel) -> list[str] | None:
+    """Files whose size and mtime pin the resolution; None = do not memoise."""
+    if cfg.name.startswith(HF_PREFIX):
+        return None  # a new revision may arrive in the hub cache under the same name
+    if resolved.arch.startswith(LOCAL_PREFIX):
+        folder = resolved.arch[len(LOCAL_PREFIX):]
+        files = [folder, os.path.join(folder, "open_clip_config.json")]  # folder mtime: files added/removed
+    else:
+        spec = importlib.util.find_spec("open_clip")
+        packaged = Path(spec.submodule_search_locations[0]) / "model_configs" / f"{resolved.arch}.json"
+        if not packaged.is_file():
+            return None  # registered at run time (add_model_config): nothing on disk to watch
+        files = [str(packaged)]
+    return files + ([resolved.checkpoint] if resolved.checkpoint else [])
 
 
 # ---------------------------------------------------------------- the loaded model

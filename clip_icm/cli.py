@@ -8,7 +8,11 @@ non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
+import warnings
 from typing import Callable
 
 import pandas as pd
@@ -105,8 +109,274 @@ def _playground_text(table: pd.DataFrame, config, args: argparse.Namespace) -> s
     return "\n".join([header, "", body, "", summary])
 
 
+# ---------------------------------------------------------------- embed / evaluate
+# Shared flags: which images, which model, which interventional pairs, where the cache is.
+
+def _csv_names(text: str) -> tuple[str, ...]:
+    """Comma-separated names; "none" (or empty) is the empty tuple."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    return () if names in ((), ("none",)) else names
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    data = p.add_argument_group("data (default: the bundled ToyDomains demo, generated on first use)")
+    data.add_argument("--root", default=None,
+                      help="DomainBed-layout folder: <root>/<domain>/<class>/<image>, or a folder holding <dataset>/")
+    data.add_argument("--dataset", default=None, help="PACS, VLCS, OfficeHome, TerraIncognita or DomainNet under --root")
+    data.add_argument("--max-per-domain", type=int, default=None, help="at most N images per domain (a quick look)")
+    data.add_argument("--val-fraction", type=float, default=0.2, help="per-domain validation split (default %(default)s)")
+    data.add_argument("--seed", type=int, default=0, help="seed of the split and subsampling (default %(default)s)")
+    model = p.add_argument_group("model (default: toy-clip, the tiny CLIP trained on ToyDomains)")
+    model.add_argument("--model", default="toy-clip",
+                       help="toy-clip, an open_clip architecture (e.g. ViT-B-16-quickgelu, ViT-B-32), "
+                       "hf-hub:org/repo or local-dir:/folder")
+    model.add_argument("--pretrained", default=None,
+                       help="open_clip tag (openai, laion2b_s34b_b79k, ...), a checkpoint file, or 'none' for random "
+                       "weights. Weights are never downloaded when offline: put them in $HF_HUB_CACHE")
+    model.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
+    model.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                       help="auto = bf16/fp16 autocast on GPU, fp32 on CPU")
+    model.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default %(default)s)")
+    model.add_argument("--workers", type=int, default=None, help="decode worker processes (default: spare cores)")
+    pairs = p.add_argument_group("interventional pairs")
+    pairs.add_argument("--interventions", type=_csv_names, default=None,
+                       help="image ops, comma-separated, or 'none' (default: all seven: colour_jitter, grayscale, "
+                       "gaussian_blur, invert, posterize, solarize, equalize; one drawn at random per pair)")
+    pairs.add_argument("--per-op", action="store_true", help="one pair set per image op instead of a random op per pair")
+    pairs.add_argument("--text-banks", type=_csv_names, default=("styles", "contexts"),
+                       help="prompt template banks (styles, contexts, conditions) or 'none' (default styles,contexts)")
+    pairs.add_argument("--true-swaps", type=_csv_names, default=(),
+                       help="ToyDomains only: re-render with another colour, background and/or style")
+    pairs.add_argument("--cross-modal", action="store_true",
+                       help="also pair each image with a variant prompt (mixes in CLIP's modality gap)")
+    pairs.add_argument("--n-pairs", type=int, default=None, help="image pairs per set (default: one per training image)")
+    pairs.add_argument("--templates", default="ensemble", help="zero-shot prompt set: single or ensemble (default)")
+    p.add_argument("--cache", default=None, help="embedding cache folder (default $CLIP_ICM_CACHE or data/cache)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _configs(args: argparse.Namespace):
+    from clip_icm.backend import ModelConfig
+    from clip_icm.pipeline import DEFAULT_OPS, DataConfig, InterventionConfig
+
+    for flag in ("max_per_domain", "batch_size", "n_pairs"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.root is not None and not os.path.isdir(args.root):
+        raise ValueError(f"--root {args.root!r} is not a folder")
+    data = DataConfig(args.root, args.dataset, args.max_per_domain, args.val_fraction, args.seed)
+    model = ModelConfig(args.model, args.pretrained, args.device, args.precision, args.batch_size, args.workers)
+    pairs = InterventionConfig(
+        image=DEFAULT_OPS if args.interventions is None else args.interventions, random_choice=not args.per_op,
+        text_banks=args.text_banks, true_swaps=args.true_swaps, cross_modal=args.cross_modal,
+        n_pairs=args.n_pairs, templates=args.templates, seed=args.seed,
+    )
+    return data, model, pairs
+
+
+class _Bars:
+    """tqdm progress bars on stderr, one per pipeline stage."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.stage, self.bar = enabled, None, None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage, self.bar = stage, tqdm(total=total, desc=stage, file=sys.stderr, unit="item", leave=False)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.stage, self.bar = None, None
+
+
+def _embed(args: argparse.Namespace, check_target: str | None = None):
+    """Scan (checking the target domain before any embedding), then embed through the store."""
+    from clip_icm.backend import model_key
+    from clip_icm.pipeline import embed_dataset
+    from clip_icm.store import EmbeddingStore
+
+    data, model, pairs = _configs(args)
+    store = EmbeddingStore(args.cache)
+    model_key(model, store.root / "models")  # an unknown model or missing weights fail here, before the scan
+    scan = _scan_quietly(data)
+    if check_target not in (None, "all") and check_target not in scan.domain_names:
+        raise ValueError(f"unknown domain {check_target!r}; domains: {', '.join(scan.domain_names)}")
+    bars = _Bars(not args.quiet)
+    try:
+        return embed_dataset(data, model, pairs, store, bars, scan=scan)
+    finally:
+        bars.close()
+
+
+def _scan_quietly(data):
+    """The folder scan, its warnings (a domain lacking a class, ...) as one line each."""
+    from clip_icm.pipeline import scan_data
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scan = scan_data(data)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    return scan
+
+
+def _skipped_text(skipped: list[tuple[str, str]], limit: int = 20) -> str:
+    if not skipped:
+        return "Skipped files: none"
+    counts: dict[str, int] = {}
+    for _, reason in skipped:
+        counts[reason.split(":")[0]] = counts.get(reason.split(":")[0], 0) + 1
+    lines = [f"Skipped files: {len(skipped)} (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")"]
+    lines += [f"  {path}: {reason}" for path, reason in skipped[:limit]]
+    if len(skipped) > limit:
+        lines.append(f"  ... and {len(skipped) - limit} more (all of them are in the --out JSON)")
+    return "\n".join(lines)
+
+
+def _run_summary(run, seconds: float) -> str:
+    emb = run.embeddings
+    counts = ", ".join(f"{d} {int((emb.domains == d).sum())}" for d in emb.domain_names)
+    pairs = ", ".join(f"{p.name} ({len(p.z)})" for p in emb.pairs) or "none"
+    source = "all from the cache, model not loaded" if not run.model_loaded else "model loaded"
+    return "\n".join([
+        f"Data: {run.scan.root}: {len(emb.labels)} images, {len(emb.class_names)} classes; per domain: {counts}",
+        f"Embeddings: D={emb.features.shape[1]}; pair sets: {pairs}",
+        f"Cache: {run.computed} entries computed, {run.reused} reused ({source}); {seconds:.1f} s",
+    ])
+
+
+def _add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "embed", help="embed a DomainBed-layout folder (and its interventional pairs) into the cache",
+        description="Embed every image of a DomainBed-layout folder, its interventional pairs and the class "
+        "prompts, and store them in the embedding cache. Interrupted runs resume where they stopped; a "
+        "second run reads everything from the cache without loading the model.",
+        epilog="examples:\n  python -m clip_icm embed\n"
+        "  python -m clip_icm embed --root ~/data --dataset PACS --model ViT-B-16-quickgelu --pretrained openai\n"
+        "  python -m clip_icm embed --root ./my_folder --model ViT-B-32 --pretrained none --device cpu",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_source_args(p)
+    p.set_defaults(run=_run_embed)
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    run = _embed(args)
+    print(_run_summary(run, time.perf_counter() - start))
+    print(_skipped_text(run.skipped))
+    return 0
+
+
+def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="leave-one-domain-out accuracy: CLIP vs ICM vs baselines, per domain",
+        description="For each target domain: fit the projections on the other domains' interventional pairs, "
+        "train the linear probe on their training split (C chosen on their validation split), and score "
+        "the whole target domain. Prints target-domain accuracy for CLIP and ICM, zero-shot and linear "
+        "probe, and the baselines; embeds first (through the cache) when needed.",
+        epilog="examples:\n  python -m clip_icm evaluate\n"
+        "  python -m clip_icm evaluate --root ~/data --dataset PACS --model ViT-B-16-quickgelu "
+        "--pretrained openai --target sketch --k 256 --lam 1000 --out pacs.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_source_args(p)
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument("--target", default="all", help="held-out domain, or 'all' for each in turn (default)")
+    ev.add_argument("--k", type=int, default=None, help="invariant dimension K (default min(64, D/2))")
+    ev.add_argument("--lam", type=float, default=1000.0, help="intervention weight lambda (default %(default)g)")
+    ev.add_argument("--lam-mode", default="absolute", choices=("absolute", "relative"),
+                    help="absolute (as released) or relative to ||Delta||^2/||Z||^2")
+    ev.add_argument("--methods", type=_csv_names, default=None,
+                    help="projections: icm, icm_as_released, pca, null_space, orth_cali (default all)")
+    ev.add_argument("--pair-sets", type=_csv_names, default=None,
+                    help="pair sets used to fit, e.g. image:random,text:styles (default all built)")
+    ev.add_argument("--out", default=None, help="write the tidy rows to a .csv or .json file")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _eval_config(args: argparse.Namespace, dim: int):
+    from clip_icm.evaluation import ALL_METHODS, EvalConfig
+
+    k = min(64, dim // 2) if args.k is None else args.k
+    if not 1 <= k <= dim:
+        raise ValueError(f"--k must be between 1 and the embedding dimension {dim}, got {k}")
+    methods = ALL_METHODS if args.methods is None else args.methods
+    unknown = sorted(set(methods) - set(ALL_METHODS))
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(ALL_METHODS)}")
+    return EvalConfig(n_components=k, lam=args.lam, lam_mode=args.lam_mode, methods=tuple(methods),
+                      pair_sets=args.pair_sets, seed=args.seed)
+
+
+def _accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Target-domain accuracy: one row per held-out domain, columns (method, protocol)."""
+    from clip_icm.evaluation import LINEAR_PROBE
+    from clip_icm.projection import METHOD_LABELS
+
+    rows = frame[frame.role == "target"].copy()
+    rows["method"] = rows.method.map(lambda m: METHOD_LABELS.get(m, m))
+    rows["protocol"] = rows.protocol.map(lambda p: "probe" if p == LINEAR_PROBE else p)
+    order = list(dict.fromkeys(zip(rows.method, rows.protocol)))
+    table = rows.pivot_table(index="domain", columns=["method", "protocol"], values="accuracy", sort=False)[order]
+    table.index.name = "target"
+    table.insert(0, ("", "n"), rows.groupby("domain", sort=False).n.first())
+    if len(table) > 1:
+        table.loc["mean"] = table.mean(numeric_only=True)
+        table.loc["mean", ("", "n")] = table[("", "n")].iloc[:-1].sum()
+    return table
+
+
+def _write_results(path: str, frame: pd.DataFrame, run, config) -> None:
+    from dataclasses import asdict
+
+    if path.endswith(".json"):
+        payload = {"config": asdict(config), "embedding_key": run.embeddings.key,
+                   "rows": frame.to_dict("records"), "skipped": [list(s) for s in run.skipped]}
+        with open(path, "w") as fh:
+            json.dump(payload, fh, indent=1, default=str)
+    elif path.endswith(".csv"):
+        frame.to_csv(path, index=False)
+    else:
+        raise ValueError(f"--out must end in .csv or .json, got {path!r}")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from clip_icm.evaluation import leave_one_domain_out
+
+    if args.out is not None and not args.out.endswith((".csv", ".json")):
+        raise ValueError(f"--out must end in .csv or .json, got {args.out!r}")
+    start = time.perf_counter()
+    run = _embed(args, check_target=args.target)
+    emb = run.embeddings
+    config = _eval_config(args, emb.features.shape[1])
+    targets = None if args.target == "all" else [args.target]
+    frame = leave_one_domain_out(emb, targets, config)
+    print(_run_summary(run, time.perf_counter() - start))
+    print(f"Leave-one-domain-out, target accuracy (whole target domain); K={config.n_components}, "
+          f"lam={config.lam:g} ({config.lam_mode}); probe C chosen on source validation rows\n")
+    print(_accuracy_table(frame).to_string(float_format=lambda v: f"{v:.3f}"))
+    print()
+    print(_skipped_text(run.skipped))
+    if args.out:
+        _write_results(args.out, frame, run, config)
+        print(f"Rows written to {args.out}")
+    return 0
+
+
 # ---------------------------------------------------------------- main
-PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_playground_parser]
+PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_playground_parser, _add_embed_parser, _add_evaluate_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,8 +32,8 @@ import numpy as np
 from clip_icm.backend import ClipBackend, ModelConfig, load_model, model_key
 from clip_icm.datasets import DomainScan, scan_domain_folder, split_mask
 from clip_icm.embeddings import EmbeddingSet, PairSet
-from clip_icm.interventions import (IMAGE_INTERVENTIONS, ZERO_SHOT_TEMPLATES, TextBank, cross_modal_texts,
-                                    make_image_intervention, make_text_pairs, resolve_banks)
+from clip_icm.interventions import (IMAGE_INTERVENTIONS, ZERO_SHOT_TEMPLATES, RandomIntervention, TextBank,
+                                    cross_modal_texts, make_image_intervention, make_text_pairs, resolve_banks)
 from clip_icm.seeding import rng, seed_hash
 from clip_icm.store import EmbeddingStore, make_key
 
@@ -57,6 +57,8 @@ class InterventionConfig:
     """Which interventional pairs to build (see the module docstring for the pair sets).
 
     image:          image ops (names in IMAGE_INTERVENTIONS); () for none
+    strengths:      overrides of the ops' default strengths, hashable:
+                    ``(("posterize", (("bits", (3, 3)),)), ...)``
     random_choice:  True = one pair set, a random op per pair (the paper); False = a set per op
     text_banks:     names in TEXT_BANKS or TextBank objects (user templates); () for none
     true_swaps:     ToyDomains factors to re-render ("colour", "background", "style")
@@ -67,6 +69,7 @@ class InterventionConfig:
     """
 
     image: tuple[str, ...] = DEFAULT_OPS
+    strengths: tuple = ()
     random_choice: bool = True
     text_banks: tuple[str | TextBank, ...] = ("styles", "contexts")
     true_swaps: tuple[str, ...] = ()
@@ -75,8 +78,6 @@ class InterventionConfig:
     text_pairs_per_class: int = 8
     templates: str = "ensemble"
     seed: int = 0
-    # Overrides of the image ops' default strengths: ((op, ((parameter, value), ...)), ...).
-    strengths: tuple = ()
 
 
 @dataclass
@@ -120,7 +121,7 @@ class _Embedder:
 
     def __init__(self, model: ModelConfig, store: EmbeddingStore, progress: Progress | None, chunk_size: int):
         self.config, self.store, self.progress, self.chunk_size = model, store, progress, chunk_size
-        self.key = model_key(model)
+        self.key = model_key(model, memo_dir=store.root / "models")
         self._backend: ClipBackend | None = None
         self.computed = self.reused = 0
 
@@ -223,7 +224,8 @@ class _Subset:
         return self.items[int(self.rows[i])]
 
 
-def _scan(data: DataConfig) -> DomainScan:
+def scan_data(data: DataConfig) -> DomainScan:
+    """The folder scan of ``data`` (the bundled demo, generated on first use, when ``root`` is None)."""
     root = data.root
     if root is None:
         from clip_icm.toydomains import ensure_demo_data
@@ -244,11 +246,10 @@ def _image_interventions(cfg: InterventionConfig) -> list[tuple[str, object]]:
         return []
     for name in cfg.image:
         IMAGE_INTERVENTIONS.get(name)  # unknown names fail here, listing the valid ones
-    strengths = {op: dict(params) for op, params in cfg.strengths if op in cfg.image}
     if cfg.random_choice:
-        return [("image:random", make_image_intervention(list(cfg.image), **strengths) if len(cfg.image) > 1
-                 else make_image_intervention(cfg.image[0], **strengths.get(cfg.image[0], {})))]
-    return [(f"image:{name}", make_image_intervention(name, **strengths.get(name, {}))) for name in cfg.image]
+        return [("image:random", make_image_intervention(list(cfg.image)) if len(cfg.image) > 1
+                 else make_image_intervention(cfg.image[0]))]
+    return [(f"image:{name}", make_image_intervention(name)) for name in cfg.image]
 
 
 class _Counterfactuals:
@@ -287,13 +288,15 @@ def embed_dataset(
     store: EmbeddingStore | None = None,
     progress: Progress | None = None,
     chunk_size: int = 256,
+    scan: DomainScan | None = None,
 ) -> EmbeddingRun:
     """Scan, split, embed (through ``store``) and pair; see the module docstring.
 
-    ``progress(stage, done, total)`` is called as work advances, per stage.
+    ``progress(stage, done, total)`` is called as work advances, per stage. ``scan``: the
+    result of :func:`scan_data` for ``data`` when the caller already has it.
     """
     store = store if store is not None else EmbeddingStore()
-    scan = _scan(data)
+    scan = scan if scan is not None else scan_data(data)
     embedder = _Embedder(model, store, progress, chunk_size)
     hashes = _hashes(scan.paths, progress)
     features, failed = embedder.images("images", scan.paths, hashes, scan.domains)

@@ -209,3 +209,22 @@ def test_undecodable_file_is_named_not_fatal_to_the_batch(tmp_path, random_backe
     assert not z[1].any()
     with pytest.raises(OSError, match="cut2.jpg"):
         random_backend.encode_images(items)
+
+
+def test_model_key_memo_skips_resolution_until_files_change(tmp_path, monkeypatch):
+    import clip_icm.backend as backend
+
+    folder = write_local_dir(tmp_path / "m", weights_seed=1)
+    cfg = ModelConfig(f"local-dir:{folder}")
+    key = model_key(cfg, memo_dir=tmp_path / "memo")
+    assert key == model_key(cfg)
+
+    def no_resolve(cfg):
+        raise AssertionError("resolved again")
+
+    monkeypatch.setattr(backend, "resolve_model", no_resolve)
+    assert model_key(cfg, memo_dir=tmp_path / "memo") == key
+    monkeypatch.undo()
+    save_checkpoint(folder / "open_clip_pytorch_model.bin", seed=2)  # new weights: memo is stale
+    assert model_key(cfg, memo_dir=tmp_path / "memo") not in (key, None)
+    assert model_key(cfg, memo_dir=tmp_path / "memo") == model_key(cfg)

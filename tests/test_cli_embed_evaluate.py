@@ -1,0 +1,142 @@
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from clip_icm.cli import main
+from tests.folders import make_messy_domainbed
+from tests.tiny_clip import write_local_dir
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = ["--pretrained", "none", "--quiet", "--text-banks", "styles", "--templates", "single", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    messy = make_messy_domainbed(base / "data", n_per_class=4, truncated=True)
+    model = write_local_dir(base / "tiny")
+    return messy, f"local-dir:{model}", base
+
+
+def _args(setup, cache, *extra):
+    messy, model, _ = setup
+    return ["--root", str(messy.root), "--model", model, "--cache", str(cache), *FAST, *extra]
+
+
+def _counts(stdout):
+    computed, reused = re.search(r"Cache: (\d+) entries computed, (\d+) reused", stdout).groups()
+    return int(computed), int(reused)
+
+
+def test_evaluate_messy_folder_is_complete_and_reproducible(setup, tmp_path, capsys):
+    messy, _, _ = setup
+    out1, out2 = tmp_path / "a.csv", tmp_path / "b.json"
+    assert main(["evaluate", *_args(setup, tmp_path / "c"), "--out", str(out1)]) == 0
+    first = capsys.readouterr()
+    for domain in messy.domains:
+        assert domain in first.out
+    for name in ("corrupt.jpg", "empty.jpg", "notes.txt", ".hidden.jpg", "truncated.jpg"):
+        assert name in first.out
+    assert "CLIP" in first.out and "ICM" in first.out and "Orth-Cali" in first.out
+    assert "guitar_case" in first.err  # the class missing from one domain is a warning line
+    assert main(["evaluate", *_args(setup, tmp_path / "c"), "--out", str(out2)]) == 0
+    second = capsys.readouterr().out
+    assert "model not loaded" in second and _counts(second)[0] == 0
+    rows = pd.read_csv(out1)
+    again = pd.DataFrame(json.loads(out2.read_text())["rows"])
+    pd.testing.assert_frame_equal(rows, again[rows.columns], check_dtype=False)
+    assert set(rows.target) == set(messy.domains)
+    assert {"CLIP", "icm", "pca", "null_space", "orth_cali", "icm_as_released"} == set(rows.method)
+    skipped = json.loads(out2.read_text())["skipped"]
+    assert any(path.endswith("truncated.jpg") for path, _ in skipped)
+
+
+def test_single_target_and_options(setup, tmp_path, capsys):
+    code = main(["evaluate", *_args(setup, tmp_path / "c"), "--target", "Real World", "--k", "8", "--lam", "10",
+                 "--methods", "icm", "--interventions", "grayscale,invert", "--per-op", "--out", str(tmp_path / "r.csv")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "K=8, lam=10" in out and "image:grayscale" in out and "image:invert" in out
+    rows = pd.read_csv(tmp_path / "r.csv")
+    assert set(rows.target) == {"Real World"} and set(rows.method) == {"CLIP", "icm"}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "ViT-Nope"], "unknown model 'ViT-Nope'"),
+    (["--root", "/no/such/folder"], "is not a folder"),
+    (["--target", "moon"], "unknown domain 'moon'"),
+    (["--k", "999"], "--k must be between"),
+    (["--methods", "magic"], "unknown method"),
+    (["--out", "r.txt"], "--out must end in .csv or .json"),
+    (["--interventions", "greyscale"], "greyscale"),
+])
+def test_bad_input_is_one_line_and_nonzero(setup, tmp_path, capsys, extra, message):
+    assert main(["evaluate", *_args(setup, tmp_path / "c"), *extra]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error:") and message in err[-1]
+
+
+def test_missing_weights_offline_is_one_line(setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    messy, _, _ = setup
+    code = main(["embed", "--root", str(messy.root), "--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k",
+                 "--cache", str(tmp_path / "c"), "--quiet"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "ViT-B-32" in err and str(tmp_path / "hub") in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_explains_the_defaults(capsys):
+    assert main(["embed", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--root" in text and "ToyDomains" in text and "--pretrained" in text and "examples" in text
+    assert main(["evaluate", "--help"]) == 0
+    assert "--target" in capsys.readouterr().out
+
+
+KILLER = """
+import os, signal, sys
+import clip_icm.store as store
+published = []
+real_replace = os.replace
+def replace(src, dst):
+    if str(dst).endswith(".json") and "/models/" not in str(dst):
+        if len(published) == {after}:
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 just before publishing an entry
+        published.append(dst)
+    real_replace(src, dst)
+store.os.replace = replace
+from clip_icm.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_embed_killed_then_rerun_recomputes_only_what_is_missing(setup, tmp_path, capsys):
+    args = ["embed", *_args(setup, tmp_path / "c")]
+    killed = subprocess.run([sys.executable, "-c", KILLER.replace("{after}", "2"), *args], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    assert main(args) == 0
+    computed, reused = _counts(capsys.readouterr().out)
+    assert reused == 2  # the two entries published before the kill
+    assert main(["embed", *_args(setup, tmp_path / "fresh")]) == 0
+    assert _counts(capsys.readouterr().out) == (computed + reused, 0)
+    # the resumed cache gives the same numbers as a clean one
+    assert main(["evaluate", *_args(setup, tmp_path / "c"), "--out", str(tmp_path / "resumed.csv")]) == 0
+    assert main(["evaluate", *_args(setup, tmp_path / "fresh"), "--out", str(tmp_path / "clean.csv")]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "resumed.csv"), pd.read_csv(tmp_path / "clean.csv"))
+
+
+def test_fully_cached_run_does_not_import_torch(setup, tmp_path):
+    args = ["embed", *_args(setup, tmp_path / "c")]
+    assert main(args) == 0
+    probe = "import sys; from clip_icm.cli import main; code = main(sys.argv[1:]); print('torch' in sys.modules); sys.exit(code)"
+    done = subprocess.run([sys.executable, "-c", probe, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
+    assert "model not loaded" in done.stdout
