@@ -81,17 +81,22 @@ def selected_ids(selection: object) -> list[int]:
     return sorted(set(ids))
 
 
+METHOD_COLOURS = {"CLIP": "#7f7f7f", "icm": "#1f77b4", "icm_as_released": "#d62728", "pca": "#2ca02c",
+                  "null_space": "#9467bd", "orth_cali": "#ff7f0e"}
+
+
 def accuracy_bars(table: pd.DataFrame, target: str, title: str = "Accuracy per domain") -> go.Figure:
-    """Grouped bars: x = domain (target marked), one bar per method/protocol."""
-    _check_columns(table, ("domain", "label", "accuracy"), "accuracy_bars")
+    """Grouped bars: x = domain (target marked); one colour per method, zero-shot hatched."""
+    _check_columns(table, ("domain", "method", "protocol", "label", "accuracy"), "accuracy_bars")
     domains = list(dict.fromkeys(table["domain"].tolist()))
     ticks = {d: (f"<b>{d} (target)</b>" if d == target else d) for d in domains}
     fig = go.Figure()
-    for i, (label, rows) in enumerate(table.groupby("label", sort=False)):
+    for i, ((method, protocol, label), rows) in enumerate(table.groupby(["method", "protocol", "label"], sort=False)):
         rows = rows.set_index("domain").reindex(domains)
         fig.add_trace(go.Bar(
             x=[ticks[d] for d in domains], y=rows["accuracy"], name=str(label),
-            marker_color=PALETTE[i % len(PALETTE)],
+            marker=dict(color=METHOD_COLOURS.get(method, PALETTE[i % len(PALETTE)]),
+                        pattern_shape="/" if protocol == "zero-shot" else "", pattern_fgcolor="white"),
             hovertemplate=f"{label}<br>%{{x}}: %{{y:.1%}}<extra></extra>",
         ))
     if target in ticks:

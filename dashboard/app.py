@@ -10,6 +10,11 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import streamlit as st  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+# The fits are small LAPACK calls; on a busy machine OpenBLAS's spinning threads make them up to
+# ~100x slower (bench/RESULTS.md), so one BLAS thread keeps K/lam updates interactive.
+threadpool_limits(1, user_api="blas")
 
 from dashboard import pages  # noqa: E402
 

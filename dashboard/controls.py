@@ -36,8 +36,9 @@ def _valid(key: str, options: list, fallback: object) -> str:
 
 def data_ui() -> dict:
     """Data source, folder and per-domain cap. Returns a dict of EmbeddingRequest fields."""
+    first = st.query_params.get("source", "demo")  # ?source=synthetic opens without images or model
     source = st.radio("Data", list(service.SOURCES), format_func=service.SOURCES.get,
-                      key=_default("ctl_source", "demo"))
+                      key=_default("ctl_source", first if first in service.SOURCES else "demo"))
     out: dict = {"source": source}
     if source == "folder":
         out.update(_folder_ui())

@@ -54,14 +54,17 @@ def test_selected_ids_reads_customdata_from_a_selection():
 
 
 def _accuracy() -> pd.DataFrame:
-    rows = [dict(domain=d, label=lab, accuracy=a) for lab, a in (("CLIP linear probe", 0.5), ("ICM linear probe", 0.7))
+    rows = [dict(domain=d, method=m, protocol=p, label=f"{m} {p}", accuracy=a)
+            for m, a in (("CLIP", 0.5), ("icm", 0.7)) for p in ("linear probe", "zero-shot")
             for d in ("photo", "sketch", "cartoon")]
     return pd.DataFrame(rows)
 
 
 def test_accuracy_bars_mark_the_target():
     fig = figures.accuracy_bars(_accuracy(), "sketch")
-    assert [t.name for t in fig.data] == ["CLIP linear probe", "ICM linear probe"]
+    assert [t.name for t in fig.data] == ["CLIP linear probe", "CLIP zero-shot", "icm linear probe", "icm zero-shot"]
+    assert fig.data[0].marker.color == fig.data[1].marker.color != fig.data[2].marker.color
+    assert fig.data[1].marker.pattern.shape == "/" and fig.data[0].marker.pattern.shape == ""
     ticks = list(fig.data[0].x)
     assert ticks[1] == "<b>sketch (target)</b>" and ticks[0] == "photo"
     assert len(fig.layout.shapes) == 1  # the highlighted band behind the target

@@ -1,0 +1,89 @@
+"""End to end: `streamlit run dashboard/app.py` in a real headless Chromium (Debian's, via Playwright).
+
+Waits for both UMAP panels and the accuracy chart, saves a screenshot under the test's tmp dir
+(and copies it to $CLIP_ICM_SCREENSHOT when that is set: that is how docs/dashboard.png is made)
+and asserts that no error box is shown. Runs the default demo when toy-clip is in the checkout,
+else the synthetic source (set through the app's ?source= query parameter).
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+TOY_CLIP = ROOT / "data" / "toy-clip" / "open_clip_config.json"
+PLOT_TITLES = ("Full CLIP space", "Invariant space", "Accuracy per domain")
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="Debian chromium not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited early:\n{proc.stdout.read()}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"streamlit did not answer at {url}")
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_dashboard_in_chromium_shows_both_layouts_and_the_accuracy_chart(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    query = "" if TOY_CLIP.is_file() else "?source=synthetic"
+    shot = tmp_path / "dashboard.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1600, "height": 2000})
+        page.goto(server + "/" + query)
+        for title in PLOT_TITLES:
+            page.locator(".js-plotly-plot .gtitle", has_text=title).first.wait_for(timeout=300_000)
+        page.wait_for_function("document.querySelectorAll('[data-testid=\"stSpinner\"]').length === 0",
+                               timeout=120_000)
+        page.wait_for_timeout(1500)  # let plotly finish drawing the markers
+        errors = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
+        assert errors.count() == 0, errors.all_inner_texts()
+        assert page.locator(".js-plotly-plot").count() >= 3
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("CLIP_ICM_SCREENSHOT"):
+        shutil.copy(shot, os.environ["CLIP_ICM_SCREENSHOT"])
