@@ -469,5 +469,23 @@ def ensure_demo_data(root: str | os.PathLike | None = None) -> Path:
 __all__ = [
     "CLASSES", "STYLES", "COLOURS", "BACKGROUNDS", "CHANGEABLE", "Factors", "render", "render_counterfactual",
     "counterfactual_factors", "generate_toydomains", "toydomains_factors", "load_factors", "ensure_demo_data",
-    "sample_factors", "DEMO_RECIPE", "DEMO_ROOT",
+    "sample_factors", "text_bank", "DEMO_RECIPE", "DEMO_ROOT",
 ]
+
+
+def text_bank() -> "TextBank":  # noqa: F821 (lazy import: interventions pulls in torchvision on use)
+    """Text interventions in toy-clip's own caption vocabulary (style, scene and colour words).
+
+    The generic banks ("styles", "contexts") use words toy-clip never read in pretraining
+    ("sculpture", "city street"), whose embeddings are close to noise; this bank's pairs differ
+    only in words it did read. Anchor: "a photo of a {}." as for the other banks.
+    """
+    from clip_icm.interventions import TextBank
+    from clip_icm.toyclip import BACKGROUND_WORDS, STYLE_WORDS
+
+    styles = [f"{'an' if w[0] in 'aeiou' else 'a'} {w} of a {{}}." for w in
+              (words[0] for s, words in STYLE_WORDS.items() if s != "photo")]
+    scenes = [f"a photo of a {{}} {words[0]}." for words in BACKGROUND_WORDS.values()]
+    colours = [f"a photo of {'an' if c[0] in 'aeiou' else 'a'} {c} {{}}." for c in COLOURS]
+    return TextBank("toydomains", "a photo of a {}.", tuple(styles + scenes + colours),
+                    "ToyDomains style, scene and colour words (toy-clip's caption vocabulary)")
