@@ -96,7 +96,8 @@ def accuracy_bars(table: pd.DataFrame, target: str, title: str = "Accuracy per d
         fig.add_trace(go.Bar(
             x=[ticks[d] for d in domains], y=rows["accuracy"], name=str(label),
             marker=dict(color=METHOD_COLOURS.get(method, PALETTE[i % len(PALETTE)]),
-                        pattern_shape="/" if protocol == "zero-shot" else "", pattern_fgcolor="white"),
+                        pattern=dict(shape="/" if protocol == "zero-shot" else "", fillmode="overlay",
+                                     fgcolor="white", fgopacity=0.6)),
             hovertemplate=f"{label}<br>%{{x}}: %{{y:.1%}}<extra></extra>",
         ))
     if target in ticks:

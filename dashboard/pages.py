@@ -75,19 +75,28 @@ def _build(request: service.EmbeddingRequest, status) -> EmbeddingSet | None:
         return None
 
 
-def fitted(ctx: Context) -> tuple[service.Fit, int, float] | None:
-    """The fit for the chosen (or source-validated) K and lam; None after an error message."""
+def chosen_k_lam(ctx: Context) -> tuple[int, float] | None:
+    """The sliders' K and lam, or the pair chosen on source-domain validation; None after an error."""
     c, emb = ctx.choice, ctx.emb
-    K, lam = c.K, c.lam
+    if not c.auto:
+        return c.K, c.lam
+    Ks, lams = service.grid(emb.features.shape[1], c.lam_mode)
     try:
-        if c.auto:
-            Ks, lams = service.grid(emb.features.shape[1], c.lam_mode)
-            with st.spinner(f"Choosing K and lam on source validation ({len(Ks) * len(lams)} fits)…"):
-                K, lam, _ = cached.choose(emb.key, c.target, c.method, controls.eval_config(c, K, lam, (c.method,)),
-                                          Ks, lams, emb)
-            st.info(f"Chosen on source-domain validation only: K = {K}, lam = {lam:g}")
-        config = controls.eval_config(c, K, lam, (c.method,))
-        return cached.fit(emb.key, c.target, c.method, config, emb), K, lam
+        with st.spinner(f"Choosing K and lam on source validation ({len(Ks) * len(lams)} fits)…"):
+            K, lam, _ = cached.choose(emb.key, c.target, c.method, controls.eval_config(c, c.K, c.lam, (c.method,)),
+                                      Ks, lams, emb)
+    except service.ServiceError as e:
+        st.error(str(e))
+        return None
+    st.info(f"Chosen on source-domain validation only: K = {K}, lam = {lam:g}")
+    return K, lam
+
+
+def fitted(ctx: Context, K: int, lam: float) -> service.Fit | None:
+    """The fitted projection (cached); None after an error message."""
+    c = ctx.choice
+    try:
+        return cached.fit(ctx.emb.key, c.target, c.method, controls.eval_config(c, K, lam, (c.method,)), ctx.emb)
     except service.ServiceError as e:
         st.error(str(e))
         return None
@@ -106,11 +115,14 @@ def explorer_page() -> None:
     if ctx is None:
         return
     _summary(ctx)
-    result = fitted(ctx)
-    if result is None:
+    k_lam = chosen_k_lam(ctx)
+    if k_lam is None:
         return
-    fit, K, lam = result
-    table = _accuracy_section(ctx, K, lam)
+    K, lam = k_lam
+    table = _accuracy_section(ctx, K, lam)  # first: it is what a K or lam change must update quickly
+    fit = fitted(ctx, K, lam)
+    if fit is None:
+        return
     _umap_section(ctx, fit, K, lam)
     if table is not None:
         _export_section(ctx, fit, table)
@@ -136,7 +148,8 @@ def _accuracy_section(ctx: Context, K: int, lam: float):
     table = service.accuracy_table(frames)
     _headline(table, c)
     chart, numbers = st.tabs(["Chart", "Table"])
-    chart.plotly_chart(figures.accuracy_bars(table, c.target), key="accuracy_chart")
+    title = f"Accuracy per domain ({service.METHOD_LABELS.get(c.method, c.method)}, K = {K}, lam = {lam:g})"
+    chart.plotly_chart(figures.accuracy_bars(table, c.target, title), key="accuracy_chart")
     wide = service.accuracy_wide(table, c.target)
     change = "target change vs CLIP"
     numbers.dataframe(wide.style.format("{:.1%}", subset=[col for col in wide.columns if col != change])
@@ -232,10 +245,11 @@ def diagnostics_page() -> None:
     ctx = settings_context()
     if ctx is None:
         return
-    result = fitted(ctx)
-    if result is None:
+    k_lam = chosen_k_lam(ctx)
+    fit = fitted(ctx, *k_lam) if k_lam else None
+    if fit is None:
         return
-    fit, K, lam = result
+    K, lam = k_lam
     c1, c2 = st.columns(2)
     c1.metric("Invariance ratio ||ΔA|| / ||ZA||", f"{fit.invariance_ratio:.3f}",
               f"{fit.invariance_ratio - fit.full_ratio:+.3f} vs full space ({fit.full_ratio:.3f})", delta_color="inverse")

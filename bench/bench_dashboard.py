@@ -1,0 +1,90 @@
+"""Dashboard timings in a real browser: first full page from a cold start, then a K change.
+
+    python -m bench.bench_dashboard [--source demo|synthetic]
+
+Starts `streamlit run dashboard/app.py` with an EMPTY embedding store (CLIP_ICM_CACHE in a temp
+dir, so embeddings are computed as on a fresh clone) in a fresh process (so UMAP pays numba
+compilation), opens it in headless Chromium and prints:
+- first page: seconds from opening the URL to both UMAP panels and the accuracy chart drawn;
+- K change: seconds from pressing the K slider's arrow key to the accuracy chart showing the
+  new K, and to the invariant-space UMAP showing it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.test_browser import CHROMIUM, PLOT_TITLES, _free_port, _wait_http  # noqa: E402
+
+
+def _title(page, prefix: str) -> str:
+    return page.locator(".js-plotly-plot .gtitle", has_text=prefix).first.text_content()
+
+
+def _wait_title(page, prefix: str, pattern: str, timeout_s: float = 120) -> float:
+    start = time.monotonic()
+    page.wait_for_function(
+        "([p, r]) => [...document.querySelectorAll('.js-plotly-plot .gtitle')]"
+        ".some(t => t.textContent.startsWith(p) && new RegExp(r).test(t.textContent))",
+        arg=[prefix, pattern], timeout=timeout_s * 1000, polling=50)
+    return time.monotonic() - start
+
+
+def run(source: str) -> dict[str, float]:
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "CLIP_ICM_CACHE": cache, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port",
+                                 str(port), "--server.address", "127.0.0.1"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_http(url, proc)
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                    "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+                page = browser.new_page(viewport={"width": 1600, "height": 2000})
+                start = time.monotonic()
+                page.goto(url + ("/?source=synthetic" if source == "synthetic" else "/"))
+                for title in PLOT_TITLES:
+                    page.locator(".js-plotly-plot .gtitle", has_text=title).first.wait_for(timeout=600_000)
+                first = time.monotonic() - start
+                page.wait_for_timeout(3000)
+                k = int(re.search(r"K = (\d+)", _title(page, "Accuracy per domain")).group(1))
+                slider = page.locator('[data-testid="stSlider"]', has_text="K (invariant").get_by_role("slider")
+                slider.focus()
+                page.keyboard.press("ArrowRight")
+                t0 = time.monotonic()
+                accuracy = _wait_title(page, "Accuracy per domain", f"K = {k + 1},")
+                umap = time.monotonic() - t0 + _wait_title(page, "Invariant space", f"K = {k + 1},")
+                browser.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    return {"first page (cold store, fresh process)": first, "K change -> accuracy chart": accuracy,
+            "K change -> invariant UMAP": umap}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", choices=["demo", "synthetic"], default="demo")
+    args = parser.parse_args()
+    print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    for name, seconds in run(args.source).items():
+        print(f"{args.source}: {name}: {seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
