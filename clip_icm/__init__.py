@@ -1,4 +1,5 @@
 """CLIP-ICM Explorer: the Invariant Causal Mechanism of CLIP, as a library."""
+from clip_icm.backend import MODELS, ClipBackend, ModelConfig, load_model, model_key
 from clip_icm.datasets import (
     DATASETS,
     DatasetInfo,
@@ -43,6 +44,7 @@ from clip_icm.projection import (
     make_projection,
     stack_pairs,
 )
+from clip_icm.pipeline import DataConfig, EmbeddingRun, InterventionConfig, build_embedding_set, embed_dataset
 from clip_icm.registry import Registry
 from clip_icm.scm import (
     LinearSCM,
@@ -53,6 +55,7 @@ from clip_icm.scm import (
     run_playground,
     subspace_distance,
 )
+from clip_icm.store import EmbeddingStore
 
 __all__ = [
     "EmbeddingSet",
@@ -105,4 +108,16 @@ __all__ = [
     "cross_modal_texts",
     "make_image_intervention",
     "make_text_pairs",
+    # backend, store, pipeline
+    "MODELS",
+    "ClipBackend",
+    "ModelConfig",
+    "load_model",
+    "model_key",
+    "EmbeddingStore",
+    "DataConfig",
+    "InterventionConfig",
+    "EmbeddingRun",
+    "build_embedding_set",
+    "embed_dataset",
 ]

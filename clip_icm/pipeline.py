@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from clip_icm.backend import ClipBackend, ModelConfig, load_model, model_key
+from clip_icm.backend import ClipBackend, ImageDecodeError, ModelConfig, load_model, model_key
 from clip_icm.datasets import DomainScan, scan_domain_folder, split_mask
 from clip_icm.embeddings import EmbeddingSet, PairSet
 from clip_icm.interventions import (IMAGE_INTERVENTIONS, ZERO_SHOT_TEMPLATES, RandomIntervention, TextBank,
@@ -246,10 +246,12 @@ def _image_interventions(cfg: InterventionConfig) -> list[tuple[str, object]]:
         return []
     for name in cfg.image:
         IMAGE_INTERVENTIONS.get(name)  # unknown names fail here, listing the valid ones
+    strengths = {op: dict(params) for op, params in cfg.strengths}
+    if cfg.random_choice and len(cfg.image) > 1:
+        return [("image:random", RandomIntervention(cfg.image, strengths))]
     if cfg.random_choice:
-        return [("image:random", make_image_intervention(list(cfg.image)) if len(cfg.image) > 1
-                 else make_image_intervention(cfg.image[0]))]
-    return [(f"image:{name}", make_image_intervention(name)) for name in cfg.image]
+        return [("image:random", make_image_intervention(cfg.image[0], **strengths.get(cfg.image[0], {})))]
+    return [(f"image:{name}", make_image_intervention(name, **strengths.get(name, {}))) for name in cfg.image]
 
 
 class _Counterfactuals:
@@ -357,11 +359,11 @@ def _image_pairs(embedder, cfg, paths, hashes, domains, features, is_train) -> l
     out = []
     for name, op in _image_interventions(cfg):
         rows = _pair_rows(is_train, cfg.n_pairs, cfg.seed, name)
-        what = {"intervention": op.params(), "seed": cfg.seed}
+        what = {"pair set": name, "intervention": op.params(), "seed": cfg.seed}  # name: it seeds the pairs
         z_do, failed = embedder.images(name, paths[rows], hashes[rows], domains[rows], what, op,
                                        _pair_seeds(cfg.seed, name, hashes[rows]))
-        if failed:
-            raise RuntimeError(f"{len(failed)} image(s) decoded once and then failed: {list(failed.values())[:3]}")
+        if failed:  # they decoded a moment ago: the files changed under us
+            raise ImageDecodeError(failed, paths[rows])
         out.append(PairSet(name, "image", features[rows], z_do, domains[rows]))
     return out
 

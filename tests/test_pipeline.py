@@ -157,3 +157,17 @@ def test_build_embedding_set_is_the_run_embeddings(tmp_path, messy, model):
         warnings.simplefilter("ignore")
         emb = build_embedding_set(DataConfig(str(messy.root)), model, FEW, EmbeddingStore(tmp_path))
     assert emb.features.shape[1] == 32 and set(emb.domain_names) == set(messy.domains)
+
+
+def test_strengths_change_the_pairs_and_their_key(tmp_path, messy, model, count_encoded):
+    base = InterventionConfig(image=("posterize",), text_banks=(), templates="single", n_pairs=4)
+    first = _run(messy, model, EmbeddingStore(tmp_path), base).embeddings
+    count_encoded.clear()
+    strong = InterventionConfig(image=("posterize",), strengths=(("posterize", (("bits", (1, 1)),)),),
+                                text_banks=(), templates="single", n_pairs=4)
+    second = _run(messy, model, EmbeddingStore(tmp_path), strong).embeddings
+    assert count_encoded == [4]  # only the new pairs are computed
+    assert not np.allclose(first.pairs[0].z_do, second.pairs[0].z_do)
+    with pytest.raises(ValueError, match="bits"):
+        _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(
+            image=("posterize",), strengths=(("posterize", (("bits", (0, 9)),)),)))
