@@ -50,13 +50,15 @@ class ModelPreset:
     model: str
     pretrained: str | None = None
     description: str = ""
+    missing_hint: str = ""  # what to do when its files are absent
 
 
 MODELS: Registry[ModelPreset] = Registry("model")
 MODELS.register(
     "toy-clip",
     ModelPreset(f"{LOCAL_PREFIX}{REPO_ROOT / 'data' / 'toy-clip'}", None,
-                "tiny CLIP trained on the bundled ToyDomains world (ships with the repo)"),
+                "tiny CLIP trained on the bundled ToyDomains world (ships with the repo)",
+                "it ships with the repository; rebuild it with: python -m clip_icm.toyclip"),
 )
 
 
@@ -253,12 +255,14 @@ def pick_precision(precision: str, device: str) -> str:
 
 def _arch_and_weights(cfg: ModelConfig) -> tuple[str, str | None, str]:
     """(open_clip name, pretrained request, display name)."""
-    import open_clip
-
     if cfg.name in MODELS:
         preset = MODELS.get(cfg.name)
         return preset.model, cfg.pretrained if cfg.pretrained is not None else preset.pretrained, cfg.name
-    if cfg.name.startswith((HF_PREFIX, LOCAL_PREFIX)) or cfg.name in open_clip.list_models():
+    if cfg.name.startswith((HF_PREFIX, LOCAL_PREFIX)):
+        return cfg.name, cfg.pretrained, cfg.name
+    import open_clip
+
+    if cfg.name in open_clip.list_models():
         return cfg.name, cfg.pretrained, cfg.name
     raise ModelUnavailableError(
         f"unknown model {cfg.name!r}; use a preset ({', '.join(MODELS.available())}), an open_clip "
@@ -269,18 +273,20 @@ def _arch_and_weights(cfg: ModelConfig) -> tuple[str, str | None, str]:
 
 def resolve_model(cfg: ModelConfig) -> ResolvedModel:
     """Find config, weights and preprocessing for ``cfg`` without building the model."""
-    import open_clip
+    arch, pretrained, display = _arch_and_weights(cfg)
+    if arch.startswith(LOCAL_PREFIX) and not Path(arch[len(LOCAL_PREFIX):], "open_clip_config.json").is_file():
+        hint = MODELS.get(cfg.name).missing_hint if cfg.name in MODELS else ""
+        raise ModelUnavailableError(f"model {display}: no open_clip_config.json in {arch[len(LOCAL_PREFIX):]}"
+                                    + (f"; {hint}" if hint else ""))
+    import open_clip  # after the cheap checks: importing it takes seconds
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
-    arch, pretrained, display = _arch_and_weights(cfg)
     if arch.startswith(HF_PREFIX):
         arch = LOCAL_PREFIX + _hf_hub_folder(arch[len(HF_PREFIX):], display)
     preprocess, tag_cfg, checkpoint = asdict(PreprocessCfg()), {}, None
     if arch.startswith(LOCAL_PREFIX):
         folder = Path(arch[len(LOCAL_PREFIX):])
         config_file = folder / "open_clip_config.json"
-        if not config_file.is_file():
-            raise ModelUnavailableError(f"model {display}: no open_clip_config.json in {folder}")
         local = json.loads(config_file.read_text())
         model_cfg = local.get("model_cfg", local)
         preprocess = merge_preprocess_dict(preprocess, local.get("preprocess_cfg", {}))
