@@ -146,7 +146,7 @@ def sweep_heatmaps(sweep: pd.DataFrame, chosen: tuple[int, float] | None = None)
     if chosen is not None:
         for col in (1, 2):
             fig.add_trace(go.Scatter(x=[f"{chosen[1]:g}"], y=[str(chosen[0])], mode="markers", showlegend=False,
-                                     marker=dict(symbol="star", size=14, color="red"),
+                                     marker=dict(symbol="star-open", size=22, color="red", line_width=2),
                                      hovertemplate="chosen on source validation<extra></extra>"), row=1, col=col)
     fig.update_layout(height=380, margin=dict(l=10, r=10, t=50, b=10))
     return fig
@@ -161,7 +161,8 @@ def playground_accuracy(frame: pd.DataFrame, x: str = "shift", y: str = "accurac
         rows = rows.sort_values(x)
         fig.add_trace(go.Scatter(x=rows[x], y=rows[y], mode="lines+markers", name=str(name),
                                  line=dict(color=PALETTE[i % len(PALETTE)])))
-    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, margin=dict(l=10, r=10, t=40, b=10), height=380)
+    fig.update_layout(title=title, xaxis_title=x.replace("_", " "), yaxis=dict(title=y.replace("_", " "), range=[0, 1.02]),
+                      margin=dict(l=10, r=10, t=40, b=10), height=380, legend=dict(orientation="h", y=-0.25))
     return fig
 
 

@@ -59,6 +59,8 @@ factors), and one on the **as-released** slice (the K smallest). Move the slider
 full-space predictor fall as the shift grows while the invariant one stays put.
 """
 
+PLAYGROUND_NAMES = {"full": "full space", "icm": "ICM (top K)", "icm_as_released": "ICM as released (smallest K)"}
+
 SWEEP_NOTE = """
 Left: accuracy on the **source domains' validation rows** (honest: this is how K and λ should be
 chosen). Right: accuracy on the **held-out target** (peeking: for illustration only; choosing from it
