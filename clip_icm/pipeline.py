@@ -23,6 +23,8 @@ the validation rows that choose K, lam and C never shaped the projection:
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -300,7 +302,7 @@ def embed_dataset(
     store = store if store is not None else EmbeddingStore()
     scan = scan if scan is not None else scan_data(data)
     embedder = _Embedder(model, store, progress, chunk_size)
-    hashes = _hashes(scan.paths, progress)
+    hashes = _hashes(scan.paths, progress, store.root / "hashes" / f"{make_key(scan.root)}.json")
     features, failed = embedder.images("images", scan.paths, hashes, scan.domains)
     keep = np.setdiff1d(np.arange(len(scan.paths)), list(failed))
     skipped = list(scan.skipped) + [(str(scan.paths[i]), f"unreadable image: {why}") for i, why in failed.items()]
@@ -339,14 +341,30 @@ def _config_id(cfg: InterventionConfig) -> dict:
     return out
 
 
-def _hashes(paths: np.ndarray, progress: Progress | None) -> np.ndarray:
-    out = []
-    for i, path in enumerate(paths):
-        out.append(file_hash(path))
-        if progress is not None and (i + 1) % 500 == 0:
+def _hashes(paths: np.ndarray, progress: Progress | None, memo_file: Path) -> np.ndarray:
+    """Content hashes of the images; a file whose size and mtime are unchanged since the
+    last run keeps its remembered hash (reading a large dataset every run would cost more
+    than the cache saves)."""
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    out, fresh = [], {}
+    for i, path in enumerate(paths.tolist()):
+        st = os.stat(path)
+        known = memo.get(path)
+        digest = known[2] if known and known[:2] == [st.st_size, st.st_mtime_ns] else file_hash(path)
+        fresh[path] = [st.st_size, st.st_mtime_ns, digest]
+        out.append(digest)
+        if progress is not None and (i + 1) % 1000 == 0:
             progress("hash images", i + 1, len(paths))
     if progress is not None:
         progress("hash images", len(paths), len(paths))
+    if fresh != memo:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_name(f".{memo_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(fresh))
+        os.replace(tmp, memo_file)
     return np.array(out)
 
 

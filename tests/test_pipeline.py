@@ -171,3 +171,22 @@ def test_strengths_change_the_pairs_and_their_key(tmp_path, messy, model, count_
     with pytest.raises(ValueError, match="bits"):
         _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(
             image=("posterize",), strengths=(("posterize", (("bits", (0, 9)),)),)))
+
+
+def test_content_hashes_are_remembered_until_a_file_changes(tmp_path, model, monkeypatch):
+    folder = make_messy_domainbed(tmp_path / "data", n_per_class=2)
+    cfg = InterventionConfig(image=(), text_banks=(), templates="single")
+    first = _run(folder, model, EmbeddingStore(tmp_path / "c"), cfg)
+    hashed = []
+    real = pipeline.file_hash
+    monkeypatch.setattr(pipeline, "file_hash", lambda p: hashed.append(p) or real(p))
+    _run(folder, model, EmbeddingStore(tmp_path / "c"), cfg)
+    assert hashed == []  # sizes and mtimes unchanged: no file read again
+    victim = next(p for p in first.embeddings.paths if p.endswith(".jpg"))
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(victim)
+    changed = _run(folder, model, EmbeddingStore(tmp_path / "c"), cfg)
+    assert hashed == [victim] and changed.computed == 1
+    row = list(changed.embeddings.paths).index(victim)
+    assert not np.allclose(changed.embeddings.features[row], first.embeddings.features[row])
