@@ -113,15 +113,29 @@ def _pipeline_embeddings(request: EmbeddingRequest, progress: Progress | None) -
     return pipeline.build_embedding_set(data, model, intervention_config(request.interventions), progress=progress)
 
 
-def intervention_config(choice: InterventionChoice):
-    from clip_icm.interventions import TEXT_BANKS, TextBank
+def text_banks(bundled_world: bool = False) -> dict:
+    """The text banks a user can pick: the registered ones, plus the bundled world's own
+    vocabulary (toy-clip never read the generic banks' words) when that is the data."""
+    from clip_icm.interventions import TEXT_BANKS
 
+    banks = {name: TEXT_BANKS.get(name) for name in TEXT_BANKS.available()}
+    if bundled_world:
+        from clip_icm.toydomains import text_bank
+
+        banks["toydomains"] = text_bank()
+    return banks
+
+
+def intervention_config(choice: InterventionChoice):
+    """The pipeline's InterventionConfig; an edited bank becomes a user bank (anchor "a photo of a {}.")."""
+    from clip_icm.interventions import TextBank
+    from clip_icm.pipeline import InterventionConfig
+
+    known = text_banks(bundled_world=True)
     banks = []
     for name, templates in choice.text_banks:
-        registered = TEXT_BANKS.get(name) if name in TEXT_BANKS else None
-        same = registered is not None and tuple(templates) == registered.variants
-        banks.append(name if same else TextBank.from_strings(name, templates))
-    from clip_icm.pipeline import InterventionConfig
+        same = name in known and tuple(templates) == known[name].variants
+        banks.append(known[name] if same else TextBank.from_strings(name, templates))
 
     return InterventionConfig(image=tuple(choice.image_ops), text_banks=tuple(banks), true_swaps=choice.true_swaps,
                               cross_modal=choice.cross_modal, n_pairs=choice.n_pairs or None, seed=choice.seed,
@@ -265,6 +279,15 @@ def sweep(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalCo
           lams: tuple[float, ...]) -> pd.DataFrame:
     """K x lam grid of source-validation and (peeking, for illustration) target accuracy."""
     return _guard("Sweep failed", evaluation.sweep, emb, target, Ks, lams, method, config)
+
+
+def projection_defaults(source: str, dim: int) -> dict:
+    """Starting K and lam: for the demo, the setting its benchmark declared before looking
+    (K = 32, lam = 1 relative to the pairs' energy, bench/toy_demo_results.py); elsewhere half
+    the dimensions and an absolute lam of 100."""
+    if source == "demo":
+        return {"K": min(32, dim), "lam": 1.0, "lam_mode": "relative"}
+    return {"K": max(1, dim // 2), "lam": 100.0, "lam_mode": "absolute"}
 
 
 def grid(dim: int, lam_mode: str = "absolute") -> tuple[tuple[int, ...], tuple[float, ...]]:

@@ -110,21 +110,23 @@ def _safe_list(fn, *args) -> list[str]:
 
 def interventions_ui(bundled_world: bool) -> service.InterventionChoice:
     """Image operations with strengths, editable text banks, true swaps, number of pairs."""
-    from clip_icm.interventions import IMAGE_INTERVENTIONS, TEXT_BANKS
+    from clip_icm.interventions import IMAGE_INTERVENTIONS
 
     ops = st.multiselect("Image interventions (one drawn at random per pair)", IMAGE_INTERVENTIONS.available(),
                          key=_default("ctl_ops", IMAGE_INTERVENTIONS.available()))
     strengths = _strengths_ui(ops, IMAGE_INTERVENTIONS)
-    banks = st.multiselect("Text template banks", TEXT_BANKS.available(), key=_default("ctl_banks", []))
-    edited = _banks_ui(banks, TEXT_BANKS)
+    known = service.text_banks(bundled_world)
+    banks = st.multiselect("Text template banks", list(known),
+                           key=_valid_multi("ctl_banks", list(known), ["toydomains"] if bundled_world else []))
+    edited = _banks_ui(banks, known)
     swaps: tuple = ()
     if bundled_world:
         swaps = tuple(st.multiselect("True swaps (re-render the same object)", ["colour", "background", "style"],
                                      key=_default("ctl_swaps", ["colour", "background", "style"])))
     cross = st.checkbox("Cross-modal pairs (image vs varied caption)", key=_default("ctl_cross", False),
                         help="Their differences also carry CLIP's image/text modality gap.")
-    n_pairs = st.number_input("Image pairs (0 = one per source image)", 0, 1_000_000, step=100,
-                              key=_default("ctl_n_pairs", 0))
+    n_pairs = st.number_input("Image pairs per set (0 = one per training image)", 0, 1_000_000, step=64,
+                              key=_default("ctl_n_pairs", 256), help="Each pair set embeds this many edited images.")
     return service.InterventionChoice(tuple(ops), strengths, edited, swaps, bool(cross), int(n_pairs))
 
 
@@ -152,10 +154,10 @@ def _param_widget(op: str, name: str, default: object) -> object:
     return st.number_input(label, key=key, step=0.05 if isinstance(default, float) else 1)
 
 
-def _banks_ui(banks: list[str], registry) -> tuple:
+def _banks_ui(banks: list[str], known: dict) -> tuple:
     out = []
     for name in banks:
-        bank = registry.get(name)
+        bank = known[name]
         text = st.text_area(f"Bank '{name}' (one template per line, '{{}}' = class)",
                             key=_default(f"ctl_bank_{name}", "\n".join(bank.variants)), height=120)
         out.append((name, tuple(line.strip() for line in text.splitlines() if line.strip())))
@@ -187,7 +189,7 @@ def domains_ui(emb: EmbeddingSet, default_target: str) -> tuple[str, tuple[str, 
     return target, tuple(sources)
 
 
-def projection_ui(emb: EmbeddingSet, default_target: str) -> ProjectionChoice:
+def projection_ui(emb: EmbeddingSet, default_target: str, defaults: dict) -> ProjectionChoice:
     """Method, baselines, pair sets, K and lam (or: choose them on source validation)."""
     target, sources = domains_ui(emb, default_target)
     methods = METHODS.available()
@@ -198,12 +200,13 @@ def projection_ui(emb: EmbeddingSet, default_target: str) -> ProjectionChoice:
     pair_names = [p.name for p in emb.pairs]
     pairs = st.multiselect("Fit on pair sets", pair_names, key=_valid_multi("ctl_pairs", pair_names))
     dim = emb.features.shape[1]
-    lam_mode = st.radio("lam scale", ["absolute", "relative"], horizontal=True, key=_default("ctl_lam_mode", "absolute"),
+    lam_mode = st.radio("lam scale", ["absolute", "relative"], horizontal=True,
+                        key=_default("ctl_lam_mode", defaults["lam_mode"]),
                         help="relative: lam = 1 weighs embedding energy and intervention energy equally")
     auto = st.toggle("Choose K and lam on source validation", key=_default("ctl_auto", False))
-    st.session_state["ctl_K"] = min(max(1, st.session_state.get("ctl_K", min(dim // 2, 64) or 1)), dim)
+    st.session_state["ctl_K"] = min(max(1, st.session_state.get("ctl_K", defaults["K"])), dim)
     K = st.slider("K (invariant dimensions)", 1, dim, key="ctl_K", disabled=auto)
-    lam = st.select_slider("lam (intervention weight)", LAMS, key=_valid("ctl_lam", list(LAMS), 100.0),
+    lam = st.select_slider("lam (intervention weight)", LAMS, key=_valid("ctl_lam", list(LAMS), defaults["lam"]),
                            disabled=auto)
     return ProjectionChoice(target, sources, method, tuple(baselines), int(K), float(lam), lam_mode, bool(auto),
                             tuple(pairs))

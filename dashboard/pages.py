@@ -40,7 +40,8 @@ def settings_context() -> Context | None:
     if emb is None:
         return None
     with st.sidebar, st.expander("Domains and projection", expanded=True):
-        choice = controls.projection_ui(emb, service.default_target(emb, request.source))
+        choice = controls.projection_ui(emb, service.default_target(emb, request.source),
+                                        service.projection_defaults(request.source, emb.features.shape[1]))
     return Context(request, service.restrict_domains(emb, (choice.target, *choice.sources)), choice)
 
 

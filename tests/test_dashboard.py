@@ -104,6 +104,16 @@ def test_missing_weights_is_an_error_message(tmp_path):
     assert at.error and "Could not build the embeddings" in at.error[0].value
 
 
+def test_intervention_controls_and_a_bad_template_give_an_error_message(tmp_path):
+    at = _app(ctl_source="demo", ctl_model_kind="local", ctl_local_arch="ViT-B-32",
+              ctl_ckpt=str(tmp_path / "absent.pt"), ctl_banks=["styles"], ctl_bank_styles="a sketch without a slot")
+    assert not at.exception
+    assert at.sidebar.multiselect(key="ctl_ops").value  # image operations offered, all selected
+    assert at.sidebar.slider(key="ctl_p_posterize_bits").value == (2, 4)  # a strength, as a range
+    assert at.sidebar.multiselect(key="ctl_swaps").value == ["colour", "background", "style"]
+    assert at.error and "placeholder" in at.error[0].value
+
+
 def test_diagnostics_page_shows_spectrum_ratio_and_sweep():
     at = _page("diagnostics_page", ctl_source="synthetic", ctl_n_synth=60)
     _ok(at)

@@ -97,6 +97,11 @@ def test_sweep_has_honest_and_peeking_columns(emb):
     assert {"source_val_accuracy", "target_accuracy"} <= set(frame.columns)
 
 
+def test_projection_defaults():
+    assert service.projection_defaults("demo", 128) == {"K": 32, "lam": 1.0, "lam_mode": "relative"}
+    assert service.projection_defaults("synthetic", 16)["K"] == 8
+
+
 def test_grid_fits_the_dimension():
     Ks, lams = service.grid(16)
     assert Ks and all(1 <= k < 16 for k in Ks) and len(lams) == 5
@@ -156,15 +161,19 @@ def test_accuracy_csv_and_png(emb):
     assert png is None if not service.png_available() else png[:4] == b"\x89PNG"
 
 
-def test_intervention_config_keeps_registered_banks_by_name_and_builds_edited_ones():
-    from clip_icm.interventions import TEXT_BANKS, TextBank
+def test_intervention_config_keeps_known_banks_and_builds_edited_ones():
+    from clip_icm.interventions import TEXT_BANKS
 
     styles = TEXT_BANKS.get("styles").variants
-    choice = service.InterventionChoice(image_ops=("grayscale",), text_banks=(("styles", styles),
-                                        ("contexts", ("a photo of a {} on the moon.",))), n_pairs=0)
+    toy = service.text_banks(bundled_world=True)["toydomains"]
+    assert "toydomains" not in service.text_banks(bundled_world=False)
+    choice = service.InterventionChoice(image_ops=("grayscale",), text_banks=(
+        ("styles", styles), ("contexts", ("a photo of a {} on the moon.",)), ("toydomains", toy.variants)),
+        strengths=(("grayscale", ()),), n_pairs=0)
     cfg = service.intervention_config(choice)
-    assert cfg.text_banks[0] == "styles" and isinstance(cfg.text_banks[1], TextBank)
+    assert cfg.text_banks[0] == TEXT_BANKS.get("styles") and cfg.text_banks[2] == toy
     assert cfg.text_banks[1].variants == ("a photo of a {} on the moon.",) and cfg.n_pairs is None
+    assert cfg.image == ("grayscale",) and cfg.strengths == (("grayscale", ()),)
     with pytest.raises(ValueError, match="placeholder"):
         service.intervention_config(service.InterventionChoice(text_banks=(("mine", ("no class here",)),)))
 
