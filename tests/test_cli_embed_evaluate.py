@@ -105,7 +105,7 @@ import clip_icm.store as store
 published = []
 real_replace = os.replace
 def replace(src, dst):
-    if str(dst).endswith(".json") and "/models/" not in str(dst):
+    if str(dst).endswith(".json") and len(os.path.basename(os.path.dirname(dst))) == 2:  # a store manifest
         if len(published) == {after}:
             os.kill(os.getpid(), signal.SIGKILL)  # kill -9 just before publishing an entry
         published.append(dst)
