@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -88,8 +89,20 @@ class EmbeddingRequest:
         return self.model + (f" / {self.pretrained}" if self.pretrained else "")
 
 
-def load_embeddings(request: EmbeddingRequest, progress: Progress | None = None) -> EmbeddingSet:
-    """Embeddings for a request; user errors become :class:`ServiceError`."""
+def load_embeddings(request: EmbeddingRequest, progress: Progress | None = None,
+                    notes: list[str] | None = None) -> EmbeddingSet:
+    """Embeddings for a request; user errors become :class:`ServiceError`. Warnings raised on
+    the way (a domain without readable images, a class missing from a domain) are appended
+    to ``notes`` when given, so that the page can show them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        emb = _load(request, progress)
+    if notes is not None:
+        notes.extend(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
+    return emb
+
+
+def _load(request: EmbeddingRequest, progress: Progress | None) -> EmbeddingSet:
     if request.source not in SOURCES:
         raise ServiceError(f"unknown data source {request.source!r}; choose one of {', '.join(SOURCES)}")
     if request.source == "folder" and not request.root:

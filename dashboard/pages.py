@@ -48,19 +48,20 @@ def settings_context() -> Context | None:
 def load_embeddings(request: service.EmbeddingRequest) -> EmbeddingSet | None:
     """From the resource cache, or built here with a progress bar (counts and time left)."""
     slot = cached.embedding_slot(request.key)
-    if "emb" in slot:
-        return slot["emb"]
-    box = st.empty()
-    with box.status("Preparing embeddings…", expanded=True) as status:
-        slot["emb"] = _build(request, status)
-    if slot["emb"] is None:
-        del slot["emb"]
-        return None
-    box.empty()
+    if "emb" not in slot:
+        box, notes = st.empty(), []
+        with box.status("Preparing embeddings…", expanded=True) as status:
+            emb = _build(request, status, notes)
+        if emb is None:
+            return None
+        box.empty()
+        slot.update(emb=emb, notes=notes)
+    for note in slot["notes"]:
+        st.warning(note)
     return slot["emb"]
 
 
-def _build(request: service.EmbeddingRequest, status) -> EmbeddingSet | None:
+def _build(request: service.EmbeddingRequest, status, notes: list[str]) -> EmbeddingSet | None:
     bar, start = st.progress(0.0, text="starting"), time.monotonic()
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -69,7 +70,7 @@ def _build(request: service.EmbeddingRequest, status) -> EmbeddingSet | None:
         bar.progress(min(done / total, 1.0) if total else 1.0, text=f"{stage}: {done}/{total}{eta}")
 
     try:
-        return service.load_embeddings(request, progress)
+        return service.load_embeddings(request, progress, notes)
     except service.ServiceError as e:
         status.update(label="Could not prepare the embeddings", state="error")
         st.error(str(e))

@@ -97,11 +97,17 @@ def test_missing_folder_is_an_error_message_not_an_exception():
     assert at.title[0].value == "CLIP-ICM Explorer"  # the page itself still renders
 
 
-def test_missing_weights_is_an_error_message(tmp_path):
-    at = _app(ctl_source="demo", ctl_model_kind="local", ctl_local_arch="ViT-B-32",
-              ctl_ckpt=str(tmp_path / "absent.pt"), ctl_cap=2)
+def test_open_clip_models_are_listed_and_missing_weights_are_an_error_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    at = _app(ctl_source="demo", ctl_model_kind="open_clip", ctl_arch="ViT-B-32", ctl_cap=2)
     assert not at.exception
-    assert at.error and "Could not build the embeddings" in at.error[0].value
+    assert "ViT-B-16-quickgelu" in at.sidebar.selectbox(key="ctl_arch").options
+    tags = at.sidebar.selectbox(key="ctl_tag").options
+    assert "laion2b_s34b_b79k" in tags and "none" in tags
+    assert any("Runs on" in c.value for c in at.sidebar.caption)  # device and precision shown
+    at.sidebar.selectbox(key="ctl_tag").set_value("laion2b_s34b_b79k").run()
+    assert not at.exception
+    assert at.error and "Could not build the embeddings" in at.error[0].value and "ViT-B-32" in at.error[0].value
 
 
 def test_intervention_controls_and_a_bad_template_give_an_error_message(tmp_path):

@@ -47,6 +47,28 @@ def test_missing_weights_offline_is_a_service_error_naming_the_model(monkeypatch
         service.load_embeddings(request)
 
 
+def test_a_domain_without_images_is_reported_in_notes(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from tests.tiny_clip import write_local_dir
+
+    monkeypatch.setenv("CLIP_ICM_CACHE", str(tmp_path / "store"))
+    for domain in ("photo", "art"):
+        for cls in ("dog", "cat"):
+            (tmp_path / "data" / domain / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (16, 16), (40 * i, 100, 200)).save(tmp_path / "data" / domain / cls / f"{i}.png")
+    (tmp_path / "data" / "sketch" / "dog").mkdir(parents=True)
+    model = write_local_dir(tmp_path / "tiny")
+    request = service.EmbeddingRequest(source="folder", root=str(tmp_path / "data"), model=f"local-dir:{model}",
+                                       pretrained="none", interventions=service.InterventionChoice(
+                                           image_ops=("grayscale",), n_pairs=2))
+    notes: list[str] = []
+    emb = service.load_embeddings(request, notes=notes)
+    assert emb.domain_names == ["art", "photo"]
+    assert any("sketch" in n and "no readable images" in n for n in notes)
+
+
 def test_detect_folder(tmp_path):
     from tests.folders import make_messy_domainbed
 
