@@ -45,6 +45,7 @@ from clip_icm.projection import (
     stack_pairs,
 )
 from clip_icm.pipeline import DataConfig, EmbeddingRun, InterventionConfig, build_embedding_set, embed_dataset
+from clip_icm.reduce import layout_2d
 from clip_icm.registry import Registry
 from clip_icm.scm import (
     LinearSCM,
@@ -120,4 +121,6 @@ __all__ = [
     "EmbeddingRun",
     "build_embedding_set",
     "embed_dataset",
+    # 2-D layouts (the dashboard's service layer is clip_icm.service)
+    "layout_2d",
 ]
