@@ -15,6 +15,7 @@ import streamlit as st
 from clip_icm import evaluation, service
 from clip_icm.embeddings import EmbeddingSet
 from clip_icm.projection import METHOD_LABELS, METHODS
+from dashboard import cached
 
 LAMS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 100000.0)
 
@@ -76,11 +77,11 @@ def model_ui() -> dict:
     kind = st.radio("Model", list(kinds), format_func=kinds.get, key=_default("ctl_model_kind", "toy"))
     out: dict = {"model": "toy-clip", "pretrained": None}
     if kind == "open_clip":
-        archs = _safe_list(service.open_clip_architectures)
+        archs = _safe_list(cached.open_clip_architectures)
         if archs:
             arch = st.selectbox("Architecture", archs, key=_valid("ctl_arch", archs, "ViT-B-16-quickgelu"
                                                                    if "ViT-B-16-quickgelu" in archs else archs[0]))
-            tags = _safe_list(service.open_clip_tags, arch) + ["none"]
+            tags = _safe_list(cached.open_clip_tags, arch) + ["none"]
             tag = st.selectbox("Pretrained tag", tags, key=_valid("ctl_tag", tags, tags[0]),
                                help="'none' = random weights (tests the pipeline without downloads)")
             out = {"model": arch, "pretrained": tag}

@@ -125,9 +125,9 @@ def explorer_page() -> None:
     fit = fitted(ctx, K, lam)
     if fit is None:
         return
-    _umap_section(ctx, fit, K, lam)
+    layouts = _umap_section(ctx, fit, K, lam)
     if table is not None:
-        _export_section(ctx, fit, table)
+        _export_section(ctx, fit, table, layouts)
 
 
 def _summary(ctx: Context) -> None:
@@ -171,7 +171,8 @@ def _headline(table, choice: controls.ProjectionChoice) -> None:
         col.metric(f"{label} {protocol} on {choice.target}", f"{ours:.1%}", f"{ours - clip:+.1%} vs CLIP")
 
 
-def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> None:
+def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
+    """The two layouts side by side, then the selection; returns the figures (for export)."""
     emb = ctx.emb
     st.subheader("Full CLIP space vs invariant space (UMAP)")
     colour = controls.colour_ui()
@@ -192,10 +193,10 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> None:
     st.caption("Circles: source domains, crosses: the target domain. Hover shows the zero-shot prediction in that "
                "space. Layouts share an initialisation so that the two pictures are comparable. Select points "
                "(box or lasso) to see their images and nearest neighbours.")
-    st.session_state["figures"] = {"umap_full": full_fig, "umap_invariant": inv_fig}
     picked = sorted(set(figures.selected_ids(selection)) | set(figures.selected_ids(selection_inv)))
     if picked:
         _selection_view(emb, ids, picked, fit)
+    return {"umap_full": full_fig, "umap_invariant": inv_fig}
 
 
 def _selection_view(emb: EmbeddingSet, ids: np.ndarray, picked: list[int], fit: service.Fit) -> None:
@@ -219,14 +220,14 @@ def _thumbs(emb: EmbeddingSet, rows: list[int]) -> None:
         st.write(", ".join(_caption(emb, r) for r in rows))
 
 
-def _export_section(ctx: Context, fit: service.Fit, table) -> None:
+def _export_section(ctx: Context, fit: service.Fit, table, layouts: dict) -> None:
     with st.expander("Export"):
         c1, c2 = st.columns(2)
         c1.download_button("Projection (.npz)", service.projection_npz(fit, ctx.emb, ctx.request.model_label),
                            file_name=f"projection_{fit.method}_K{fit.K}_lam{fit.lam:g}.npz", key="dl_npz")
         c2.download_button("Accuracy table (.csv)", service.accuracy_csv(table), file_name="accuracy.csv",
                            key="dl_csv")
-        figs = {"accuracy": figures.accuracy_bars(table, ctx.choice.target), **st.session_state.get("figures", {})}
+        figs = {"accuracy": figures.accuracy_bars(table, ctx.choice.target), **layouts}
         cols = st.columns(len(figs))
         for col, (name, fig) in zip(cols, figs.items()):
             col.download_button(f"{name} (.html)", lambda fig=fig: figures.figure_html(fig),
