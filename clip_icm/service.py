@@ -11,6 +11,7 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -94,15 +95,17 @@ def load_embeddings(request: EmbeddingRequest, progress: Progress | None = None,
     """Embeddings for a request; user errors become :class:`ServiceError`. Warnings raised on
     the way (a domain without readable images, a class missing from a domain) are appended
     to ``notes`` when given, so that the page can show them."""
+    found: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        emb = _load(request, progress)
+        emb = _load(request, progress, found)
     if notes is not None:
         notes.extend(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
+        notes.extend(found)
     return emb
 
 
-def _load(request: EmbeddingRequest, progress: Progress | None) -> EmbeddingSet:
+def _load(request: EmbeddingRequest, progress: Progress | None, notes: list[str]) -> EmbeddingSet:
     if request.source not in SOURCES:
         raise ServiceError(f"unknown data source {request.source!r}; choose one of {', '.join(SOURCES)}")
     if request.source == "folder" and not request.root:
@@ -110,20 +113,24 @@ def _load(request: EmbeddingRequest, progress: Progress | None) -> EmbeddingSet:
     try:
         if request.source == "synthetic":
             return _synthetic(request)
-        return _pipeline_embeddings(request, progress)
+        return _pipeline_embeddings(request, progress, notes)
     except ServiceError:
         raise
     except USER_ERRORS as e:
         raise ServiceError(f"Could not build the embeddings: {_message(e)}") from e
 
 
-def _pipeline_embeddings(request: EmbeddingRequest, progress: Progress | None) -> EmbeddingSet:
+def _pipeline_embeddings(request: EmbeddingRequest, progress: Progress | None, notes: list[str]) -> EmbeddingSet:
     from clip_icm import backend, pipeline  # lazy: pulls in torch
 
     data = pipeline.DataConfig(root=request.root or None if request.source == "folder" else None,
                                dataset=request.dataset, max_per_domain=request.max_per_domain)
     model = backend.ModelConfig(request.model, request.pretrained, request.device, request.precision)
-    return pipeline.build_embedding_set(data, model, intervention_config(request.interventions), progress=progress)
+    run = pipeline.embed_dataset(data, model, intervention_config(request.interventions), progress=progress)
+    if run.skipped:
+        examples = "; ".join(f"{Path(p).name}: {why}" for p, why in run.skipped[:3])
+        notes.append(f"{len(run.skipped)} file(s) skipped (e.g. {examples}).")
+    return run.embeddings
 
 
 def text_banks(bundled_world: bool = False) -> dict:
@@ -438,8 +445,6 @@ def device_and_precision(device: str = "auto", precision: str = "auto") -> tuple
 
 def detect_folder(root: str) -> dict[str, object]:
     """What a folder holds: known DomainBed datasets, or a DomainBed-shaped folder itself."""
-    from pathlib import Path
-
     from clip_icm import datasets
 
     path = Path(root).expanduser()

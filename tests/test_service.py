@@ -67,6 +67,10 @@ def test_a_domain_without_images_is_reported_in_notes(tmp_path, monkeypatch):
     emb = service.load_embeddings(request, notes=notes)
     assert emb.domain_names == ["art", "photo"]
     assert any("sketch" in n and "no readable images" in n for n in notes)
+    (tmp_path / "data" / "art" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    notes.clear()
+    service.load_embeddings(request, notes=notes)
+    assert any("1 file(s) skipped" in n and "broken.jpg" in n for n in notes)
 
 
 def test_detect_folder(tmp_path):
