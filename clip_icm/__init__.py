@@ -57,6 +57,7 @@ from clip_icm.scm import (
     subspace_distance,
 )
 from clip_icm.store import EmbeddingStore
+from clip_icm.toydomains import Factors, ensure_demo_data, generate_toydomains, render, render_counterfactual
 
 __all__ = [
     "EmbeddingSet",
@@ -123,4 +124,10 @@ __all__ = [
     "embed_dataset",
     # 2-D layouts (the dashboard's service layer is clip_icm.service)
     "layout_2d",
+    # the bundled ToyDomains world (toy-clip's training script: python -m clip_icm.toyclip)
+    "Factors",
+    "ensure_demo_data",
+    "generate_toydomains",
+    "render",
+    "render_counterfactual",
 ]
