@@ -1,19 +1,24 @@
 """CLIP-ICM Explorer: `streamlit run dashboard/app.py` (opens on the bundled demo, offline)."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# The fits are small LAPACK calls; OpenBLAS's threads make them up to ~100x slower here (a 128 x 128
+# eigh: 0.5 s vs 6 ms, bench/RESULTS.md). The variable reaches BLAS builds loaded from now on
+# (scipy's own); threadpool_limits below reaches those already loaded (numpy's).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # `streamlit run` puts dashboard/ on the path, not the repository root.
 ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import scipy.linalg  # noqa: E402,F401  (loads scipy's BLAS build so that the limit covers it)
 import streamlit as st  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-# The fits are small LAPACK calls; on a busy machine OpenBLAS's spinning threads make them up to
-# ~100x slower (bench/RESULTS.md), so one BLAS thread keeps K/lam updates interactive.
 threadpool_limits(1, user_api="blas")
 
 from dashboard import pages  # noqa: E402
