@@ -233,7 +233,7 @@ def train(cfg: TrainConfig, out_dir: Path = OUT_DIR, log=print) -> dict:
         losses.append(loss.item())
         if step % 25 == 0 or step == cfg.steps - 1:
             log(f"step {step:4d}/{cfg.steps} loss {np.mean(losses[-25:]):.4f} "
-                f"scale {float(scale):.1f} lr {_lr(step, cfg):.2e} t {time.time() - t_start:.0f}s")
+                f"scale {scale.item():.1f} lr {_lr(step, cfg):.2e} t {time.time() - t_start:.0f}s")
     record = {
         "train_config": asdict(cfg),
         "model_cfg": model_cfg(cfg.image_size),
