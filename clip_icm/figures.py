@@ -54,13 +54,13 @@ def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class
     return fig
 
 
-def _scatter_trace(xy: np.ndarray, pts: pd.DataFrame, name: str, colour: str, symbol: str) -> go.Scattergl:
+def _scatter_trace(xy: np.ndarray, pts: pd.DataFrame, name: str, colour: str, symbol: str) -> go.Scatter:
     custom = np.stack(
         [pts["id"].to_numpy(), pts["class"], pts["domain"], pts["prediction"],
          np.where(pts["correct"].to_numpy(dtype=bool), "correct", "wrong")],
         axis=1,
     )
-    return go.Scattergl(
+    return go.Scatter(
         x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, customdata=custom,
         marker=dict(color=colour, symbol=symbol, size=7 if symbol == "x" else 6, opacity=0.8),
         hovertemplate="class: %{customdata[1]}<br>domain: %{customdata[2]}<br>"
