@@ -144,6 +144,8 @@ def pretraining_factors(cfg: TrainConfig) -> list[td.Factors]:
 def render_pool(factors: list[td.Factors], image_size: int, workers: int = 2) -> np.ndarray:
     """(N, H, W, 3) uint8 images, rendered in ``workers`` processes (rendering is deterministic)."""
     chunks = [(factors[i:i + 1000], image_size) for i in range(0, len(factors), 1000)]
+    if workers <= 1 or len(chunks) == 1:  # starting processes would cost more than it saves
+        return np.concatenate([_render_chunk(c) for c in chunks])
     with get_context("spawn").Pool(workers) as pool:
         return np.concatenate(pool.map(_render_chunk, chunks))
 
