@@ -173,6 +173,7 @@ pages._selection_view(emb, service.plot_ids(emb), [3, 40], fit)
 def test_default_demo_runs_and_follows_interventions():
     at = AppTest.from_file(APP, default_timeout=600).run()
     _ok(at)
+    assert not at.warning, [w.value for w in at.warning]  # the demo's metadata files are not "skipped images"
     assert len(at.get("plotly_chart")) == 3
     table = _table(at)
     assert "cartoon (target)" in table.columns  # the demo's shifted domain is the default target
