@@ -299,12 +299,10 @@ def counterfactual_factors(factors: Factors, change: str, seed: int = 0) -> Fact
     """The same image with factor ``change`` set to another value (drawn with ``seed``)."""
     if change not in CHANGEABLE:
         raise ValueError(f"unknown change {change!r}; valid: {', '.join(CHANGEABLE)}")
-    field_name = {"colour": "colour", "background": "background", "style": "style"}[change]
     options = {"colour": list(COLOURS), "background": list(BACKGROUNDS), "style": list(STYLES)}[change]
-    current = getattr(factors, field_name)
-    others = [o for o in options if o != current]
+    others = [o for o in options if o != getattr(factors, change)]  # factor names are field names
     gen = rng("toydomains-counterfactual", change, seed, asdict(factors))
-    return replace(factors, **{field_name: others[int(gen.integers(len(others)))]})
+    return replace(factors, **{change: others[int(gen.integers(len(others)))]})
 
 
 def render_counterfactual(
@@ -458,12 +456,22 @@ DEMO_RECIPE = {
 def ensure_demo_data(root: str | os.PathLike | None = None) -> Path:
     """The demo data set, generated on first use (a few seconds) and reused while its recipe matches."""
     root = Path(root) if root is not None else DEMO_ROOT
-    recipe_file = root / "recipe.json"
-    if recipe_file.is_file() and (root / "factors.csv").is_file():
-        if json.loads(recipe_file.read_text()) == DEMO_RECIPE:
-            return root
+    if _has_demo(root):
+        return root
     args = dict(DEMO_RECIPE, spurious_factors=tuple(DEMO_RECIPE["spurious_factors"]))
-    return generate_toydomains(root, **args)
+    try:
+        return generate_toydomains(root, **args)
+    except OSError:
+        # another process (dashboard + CLI) finished the same deterministic data set first
+        if _has_demo(root):
+            return root
+        raise
+
+
+def _has_demo(root: Path) -> bool:
+    recipe_file = root / "recipe.json"
+    return (recipe_file.is_file() and (root / "factors.csv").is_file()
+            and json.loads(recipe_file.read_text()) == DEMO_RECIPE)
 
 
 __all__ = [

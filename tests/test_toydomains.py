@@ -151,3 +151,15 @@ def test_ensure_demo_data_reuses_a_matching_folder(tmp_path, monkeypatch):
     (tmp_path / "recipe.json").write_text(json.dumps({**td.DEMO_RECIPE, "seed": 99}))
     td.ensure_demo_data(tmp_path)
     assert calls and calls[0]["seed"] == td.DEMO_RECIPE["seed"]
+
+
+def test_ensure_demo_data_accepts_a_concurrent_writer(tmp_path, monkeypatch):
+    def other_process_won(root, **kw):
+        (root / "factors.csv").write_text("path\n")
+        (root / "recipe.json").write_text(json.dumps(td.DEMO_RECIPE))
+        raise OSError("Directory not empty")
+
+    monkeypatch.setattr(td, "generate_toydomains", other_process_won)
+    assert td.ensure_demo_data(tmp_path) == tmp_path
+    with pytest.raises(OSError):  # a failure that left no data set behind is not swallowed
+        td.ensure_demo_data(tmp_path / "missing")
