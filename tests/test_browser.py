@@ -30,11 +30,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited early:\n{proc.stdout.read()}")
+            output = log.read_text() if log is not None else ""
+            raise RuntimeError(f"streamlit exited early with code {proc.returncode}\n{output}")
         try:
             with urllib.request.urlopen(url + "/_stcore/health", timeout=2):
                 return
@@ -50,11 +51,12 @@ def server(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # A file, not a pipe: nobody reads a pipe while the test runs, and a full one blocks the server.
+        cwd=ROOT, env=env, stdout=(tmp_path / "streamlit.log").open("w"), stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(url, proc)
+        _wait_http(url, proc, log=tmp_path / "streamlit.log")
         yield url
     finally:
         proc.terminate()
