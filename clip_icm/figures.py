@@ -41,7 +41,8 @@ def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class
         for role, symbol in ROLE_SYMBOLS.items():
             mask = ((points[colour_by] == group) & (points["role"] == role)).to_numpy()
             if mask.any():
-                fig.add_trace(_scatter_trace(xy[mask], points[mask], f"{group} ({role})", PALETTE[g_index % len(PALETTE)], symbol))
+                trace = _scatter_trace(xy[mask], points[mask], f"{group} ({role})", PALETTE[g_index % len(PALETTE)], symbol)
+                fig.add_trace(trace.update(legendgroup=str(group)))  # a legend click hides both roles
     fig.update_layout(
         title=title,
         xaxis=dict(showticklabels=False, title=None),

@@ -445,6 +445,19 @@ def device_and_precision(device: str = "auto", precision: str = "auto") -> tuple
     return chosen, backend.pick_precision(precision, chosen)
 
 
+def has_true_factors(source: str, root: str = "", dataset: str | None = None) -> bool:
+    """True do-interventions need the generator's factors.csv: the demo, or a ToyDomains folder."""
+    if source == "demo":
+        return True
+    if source != "folder" or not root:
+        return False
+    from clip_icm import datasets
+
+    base = Path(root).expanduser()
+    folder = datasets.DATASETS.get(dataset).locate(base) if dataset in datasets.DATASETS else base
+    return folder is not None and (folder / "factors.csv").is_file()
+
+
 def detect_folder(root: str) -> dict[str, object]:
     """What a folder holds: known DomainBed datasets, or a DomainBed-shaped folder itself."""
     from clip_icm import datasets

@@ -34,7 +34,8 @@ def settings_context() -> Context | None:
         interventions = service.InterventionChoice()
         if data["source"] != "synthetic":
             with st.expander("Interventions"):
-                interventions = controls.interventions_ui(bundled_world=data["source"] == "demo")
+                world = service.has_true_factors(data["source"], data.get("root", ""), data.get("dataset"))
+                interventions = controls.interventions_ui(bundled_world=world)
     request = service.EmbeddingRequest(**data, **model, interventions=interventions)
     emb = load_embeddings(request)
     if emb is None:

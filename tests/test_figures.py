@@ -30,6 +30,7 @@ def test_scatter_carries_every_id_once_with_role_markers(colour_by):
         assert trace.marker.symbol == figures.ROLE_SYMBOLS[role]
     groups = {trace.name.split(" (")[0] for trace in fig.data}
     assert groups == set(points[colour_by])
+    assert all(trace.legendgroup == trace.name.split(" (")[0] for trace in fig.data)
     # the hover shows class, domain, prediction and correctness
     assert all(k in fig.data[0].hovertemplate for k in ("class", "domain", "prediction"))
     assert {row[4] for trace in fig.data for row in trace.customdata} == {"correct", "wrong"}

@@ -73,6 +73,16 @@ def test_a_domain_without_images_is_reported_in_notes(tmp_path, monkeypatch):
     assert any("1 file(s) skipped" in n and "broken.jpg" in n for n in notes)
 
 
+def test_true_factors_are_found_for_the_demo_and_toydomains_folders(tmp_path):
+    assert service.has_true_factors("demo") and not service.has_true_factors("synthetic")
+    (tmp_path / "ToyDomains").mkdir()
+    assert not service.has_true_factors("folder", str(tmp_path), "ToyDomains")
+    (tmp_path / "ToyDomains" / "factors.csv").write_text("path\n")
+    assert service.has_true_factors("folder", str(tmp_path), "ToyDomains")
+    assert service.has_true_factors("folder", str(tmp_path / "ToyDomains"), None)
+    assert not service.has_true_factors("folder", str(tmp_path / "absent"), None)
+
+
 def test_detect_folder(tmp_path):
     from tests.folders import make_messy_domainbed
 
