@@ -13,7 +13,6 @@ from dashboard import cached
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "dashboard" / "app.py")
 TIMEOUT = 240
-TOY_CLIP = ROOT / "data" / "toy-clip" / "open_clip_config.json"
 
 
 @pytest.fixture(autouse=True)
@@ -169,7 +168,6 @@ pages._selection_view(emb, service.plot_ids(emb), [3, 40], fit)
     assert "2 selected" in text and "full space" in text and "invariant space" in text
 
 
-@pytest.mark.skipif(not TOY_CLIP.is_file(), reason="toy-clip checkpoint not in the checkout")
 def test_default_demo_runs_and_follows_interventions():
     at = AppTest.from_file(APP, default_timeout=600).run()
     _ok(at)
