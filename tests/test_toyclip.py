@@ -56,7 +56,7 @@ def test_training_script_writes_a_loadable_local_dir(tmp_path):
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path}")
     image = preprocess(td.render(td.sample_factors(rng("one image")))).unsqueeze(0)
     assert image.shape[-1] == cfg.image_size
-    assert model.encode_image(image).shape == (1, tc.model_cfg()["embed_dim"])
+    assert model.eval().encode_image(image).shape == (1, tc.model_cfg()["embed_dim"])
 
 
 class TestShippedCheckpoint:  # committed to the repo: a missing file is a failure, not a skip
