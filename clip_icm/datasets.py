@@ -219,11 +219,17 @@ def _class_files(class_dir: Path, skipped: list[tuple[str, str]]) -> list[Path]:
     return files
 
 
-def _stray_files(folder: Path, where: str, skipped: list[tuple[str, str]]) -> None:
-    """Report files and hidden folders that sit where only folders belong."""
+def _stray_files(folder: Path, where: str, skipped: list[tuple[str, str]], metadata_ok: bool = False) -> None:
+    """Report files and hidden folders that sit where only folders belong.
+
+    With ``metadata_ok`` (the dataset root) visible non-image files are the data set's own
+    metadata (a README, ToyDomains' factors.csv), not lost images, so they are not reported.
+    """
     for p in sorted(folder.iterdir()):
         if p.is_dir() and _is_hidden(p.name):
             skipped.append((str(p), "hidden folder"))
+        elif metadata_ok and not _is_hidden(p.name) and p.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
         elif not p.is_dir():
             skipped.append((str(p), "hidden file" if _is_hidden(p.name) else f"not inside a class folder ({where})"))
 
@@ -280,7 +286,7 @@ def scan_domain_folder(
         raise ValueError(f"max_per_domain must be at least 1, got {max_per_domain}")
     base = _resolve_root(Path(root), dataset)
     skipped: list[tuple[str, str]] = []
-    _stray_files(base, "at the dataset root", skipped)
+    _stray_files(base, "at the dataset root", skipped, metadata_ok=True)
     per_domain: dict[str, dict[str, list[Path]]] = {}
     for domain_dir in _visible_subdirs(base):
         try:

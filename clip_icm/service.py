@@ -127,11 +127,9 @@ def _pipeline_embeddings(request: EmbeddingRequest, progress: Progress | None, n
                                dataset=request.dataset, max_per_domain=request.max_per_domain)
     model = backend.ModelConfig(request.model, request.pretrained, request.device, request.precision)
     run = pipeline.embed_dataset(data, model, intervention_config(request.interventions), progress=progress)
-    # Files beside the domain folders (factors.csv, a README) are metadata, not lost images.
-    lost = [(p, why) for p, why in run.skipped if "dataset root" not in why]
-    if lost:
-        examples = "; ".join(f"{Path(p).name}: {why}" for p, why in lost[:3])
-        notes.append(f"{len(lost)} file(s) skipped (e.g. {examples}).")
+    if run.skipped:
+        examples = "; ".join(f"{Path(p).name}: {why}" for p, why in run.skipped[:3])
+        notes.append(f"{len(run.skipped)} file(s) skipped (e.g. {examples}).")
     return run.embeddings
 
 

@@ -2,7 +2,7 @@
 
 ``make_messy_domainbed(tmp_path)`` writes::
 
-    <root>/.DS_Store, README.txt                    stray files at the top
+    <root>/.DS_Store, stray.png                     stray files at the top (README.txt there is metadata)
     <root>/photo/{dog,giraffe,guitar_case}/         image 0 of each class is an RGBA PNG
     <root>/Real World/{dog,giraffe,guitar_case}/    domain with a space; image 0 is a CMYK JPEG
     <root>/sketch/{dog,giraffe}/                    lacks guitar_case; image 0 is a grey PNG
@@ -80,7 +80,8 @@ def make_messy_domainbed(
                 _save(class_image(label, domain, i, size, seed), folder / f"{cls}_{i:03d}", _FIRST_FORMAT[domain] if i == 0 else "RGB")
                 count += 1
     (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
-    (root / "README.txt").write_text("not part of any domain\n")
+    (root / "README.txt").write_text("not part of any domain\n")  # metadata: not reported
+    Image.fromarray(class_image(0, "photo", 97, size, seed)).save(root / "stray.png")  # an image outside any domain
     (root / "photo" / "dog" / "corrupt.jpg").write_bytes(np.random.default_rng(seed).bytes(500))
     (root / "Real World" / "giraffe" / "empty.jpg").write_bytes(b"")
     (root / "Real World" / "dog" / "notes.txt").write_text("labelling notes\n")
@@ -93,7 +94,7 @@ def make_messy_domainbed(
         count += 1  # a header check keeps it
     skipped = {
         ".DS_Store": "hidden file",
-        "README.txt": "not inside a class folder",
+        "stray.png": "not inside a class folder",
         "corrupt.jpg": "unreadable image",
         "empty.jpg": "empty file",
         "notes.txt": "not an image file",
