@@ -293,9 +293,12 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--target", default="all", help="held-out domain, or 'all' for each in turn (default)")
     ev.add_argument("--k", type=int, default=None, help="invariant dimension K (default min(64, D/2))")
-    ev.add_argument("--lam", type=float, default=1000.0, help="intervention weight lambda (default %(default)g)")
-    ev.add_argument("--lam-mode", default="absolute", choices=("absolute", "relative"),
-                    help="absolute (as released) or relative to ||Delta||^2/||Z||^2")
+    # Relative by default: the useful absolute lam depends on ||Delta|| / ||Z||, which differs per
+    # model and intervention (on toy-clip the released default of 1000 erases the classes).
+    ev.add_argument("--lam", type=float, default=1.0, help="intervention weight lambda (default %(default)g)")
+    ev.add_argument("--lam-mode", default="relative", choices=("absolute", "relative"),
+                    help="relative (default): lam x tr(Z'Z)/tr(Delta'Delta), so 1 weighs both terms equally; "
+                         "absolute: the released code's scale (it used 1000)")
     ev.add_argument("--methods", type=_csv_names, default=None,
                     help="projections: icm, icm_as_released, pca, null_space, orth_cali (default all)")
     ev.add_argument("--pair-sets", type=_csv_names, default=None,
