@@ -31,8 +31,8 @@ def test_layout_matches_domainbed_and_registry(small_set):
     assert set(scan.domain_names) == set(info.domains) == set(td.STYLES)
     assert scan.class_folders == info.classes == tuple(sorted(td.CLASSES))
     assert len(scan) == 3 * len(td.CLASSES) * len(td.STYLES)
-    # only the two metadata files sit outside the class folders
-    assert {p.rsplit("/", 1)[-1] for p, _ in scan.skipped} == {"factors.csv", "recipe.json"}
+    # factors.csv and recipe.json sit at the dataset root: metadata, not skipped images
+    assert scan.skipped == []
     assert DATASETS.get("ToyDomains").locate(small_set.parent) == small_set
 
 
