@@ -32,7 +32,7 @@ def test_layout_matches_domainbed_and_registry(small_set):
     assert scan.class_folders == info.classes == tuple(sorted(td.CLASSES))
     assert len(scan) == 3 * len(td.CLASSES) * len(td.STYLES)
     # factors.csv and recipe.json sit at the dataset root: metadata, not skipped images
-    assert scan.skipped == []
+    assert not scan.skipped
     assert DATASETS.get("ToyDomains").locate(small_set.parent) == small_set
 
 
