@@ -213,6 +213,15 @@ def _dir_checkpoint(folder: Path) -> str | None:
     return _find_checkpoint_in_dir(folder)
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in blocks (weights, images and store entries alike)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 _HASHES: dict[tuple, str] = {}
 
 
@@ -221,11 +230,7 @@ def file_identity(path: str | Path) -> str:
     stat = os.stat(path)
     memo = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
     if memo not in _HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(block)
-        _HASHES[memo] = "sha256:" + digest.hexdigest()
+        _HASHES[memo] = "sha256:" + sha256_file(path)
     return _HASHES[memo]
 
 

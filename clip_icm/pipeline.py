@@ -22,7 +22,6 @@ the validation rows that choose K, lam and C never shaped the projection:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -31,7 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from clip_icm.backend import ClipBackend, ImageDecodeError, ModelConfig, load_model, model_key
+from clip_icm.backend import ClipBackend, ImageDecodeError, ModelConfig, load_model, model_key, sha256_file
 from clip_icm.datasets import DomainScan, scan_domain_folder, split_mask
 from clip_icm.embeddings import EmbeddingSet, PairSet
 from clip_icm.interventions import (IMAGE_INTERVENTIONS, ZERO_SHOT_TEMPLATES, RandomIntervention, TextBank,
@@ -102,11 +101,7 @@ class EmbeddingRun:
 
 def file_hash(path: str | Path) -> str:
     """Content hash of an image file (the cache key covers content, not names)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:32]
+    return sha256_file(path)[:32]
 
 
 def chunk_indices(domains: np.ndarray, chunk_size: int) -> list[np.ndarray]:

@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from clip_icm.backend import REPO_ROOT
+from clip_icm.backend import REPO_ROOT, sha256_file
 
 DEFAULT_ROOT = REPO_ROOT / "data" / "cache"
 ENV_VAR = "CLIP_ICM_CACHE"
@@ -44,14 +44,6 @@ def default_root() -> Path:
 def make_key(*parts: object) -> str:
     """A stable content key of JSON-able parts (order matters)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:40]
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
@@ -100,7 +92,7 @@ class EmbeddingStore:
         try:
             manifest = json.loads(manifest_path.read_text())
             data_path = manifest_path.parent / manifest["data"]
-            if manifest["format"] != FORMAT or _sha256_file(data_path) != manifest["sha256"]:
+            if manifest["format"] != FORMAT or sha256_file(data_path) != manifest["sha256"]:
                 raise ValueError("checksum mismatch")
             array = np.load(data_path, mmap_mode="r")
             if list(array.shape) != manifest["shape"] or array.dtype != np.float16:
