@@ -24,7 +24,7 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
-        raise UsageError(f"{self.prog}: error: {message}")
+        raise UsageError(f"{self.prog}: error: {message} (see: {self.prog} --help)")
 
 
 def _float_list(text: str) -> tuple[float, ...]:
@@ -257,9 +257,10 @@ def _run_summary(run, seconds: float) -> str:
 def _add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "embed", help="embed a DomainBed-layout folder (and its interventional pairs) into the cache",
-        description="Embed every image of a DomainBed-layout folder, its interventional pairs and the class "
-        "prompts, and store them in the embedding cache. Interrupted runs resume where they stopped; a "
-        "second run reads everything from the cache without loading the model.",
+        # Raw formatting keeps the examples' lines, so the description carries its own line breaks.
+        description="Embed every image of a DomainBed-layout folder, its interventional pairs and the class\n"
+        "prompts, and store them in the embedding cache. Interrupted runs resume where they stopped;\n"
+        "a second run reads everything from the cache without loading the model.",
         epilog="examples:\n  python -m clip_icm embed\n"
         "  python -m clip_icm embed --root ~/data --dataset PACS --model ViT-B-16-quickgelu --pretrained openai\n"
         "  python -m clip_icm embed --root ./my_folder --model ViT-B-32 --pretrained none --device cpu",
@@ -280,13 +281,13 @@ def _run_embed(args: argparse.Namespace) -> int:
 def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate", help="leave-one-domain-out accuracy: CLIP vs ICM vs baselines, per domain",
-        description="For each target domain: fit the projections on the other domains' interventional pairs, "
-        "train the linear probe on their training split (C chosen on their validation split), and score "
-        "the whole target domain. Prints target-domain accuracy for CLIP and ICM, zero-shot and linear "
+        description="For each target domain: fit the projections on the other domains' interventional pairs,\n"
+        "train the linear probe on their training split (C chosen on their validation split), and score\n"
+        "the whole target domain. Prints target-domain accuracy for CLIP and ICM, zero-shot and linear\n"
         "probe, and the baselines; embeds first (through the cache) when needed.",
         epilog="examples:\n  python -m clip_icm evaluate\n"
-        "  python -m clip_icm evaluate --root ~/data --dataset PACS --model ViT-B-16-quickgelu "
-        "--pretrained openai --target sketch --k 256 --lam 1000 --out pacs.csv",
+        "  python -m clip_icm evaluate --root ~/data --dataset PACS --model ViT-B-16-quickgelu \\\n"
+        "      --pretrained openai --target sketch --k 256 --lam 1000 --lam-mode absolute --out pacs.csv",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_source_args(p)
@@ -307,17 +308,23 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_evaluate)
 
 
-def _eval_config(args: argparse.Namespace, dim: int):
-    from clip_icm.evaluation import ALL_METHODS, EvalConfig
+def _methods(args: argparse.Namespace) -> tuple[str, ...]:
+    from clip_icm.evaluation import ALL_METHODS
 
-    k = min(64, dim // 2) if args.k is None else args.k
-    if not 1 <= k <= dim:
-        raise ValueError(f"--k must be between 1 and the embedding dimension {dim}, got {k}")
     methods = ALL_METHODS if args.methods is None else args.methods
     unknown = sorted(set(methods) - set(ALL_METHODS))
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(ALL_METHODS)}")
-    return EvalConfig(n_components=k, lam=args.lam, lam_mode=args.lam_mode, methods=tuple(methods),
+    return tuple(methods)
+
+
+def _eval_config(args: argparse.Namespace, dim: int, methods: tuple[str, ...]):
+    from clip_icm.evaluation import EvalConfig
+
+    k = min(64, dim // 2) if args.k is None else args.k
+    if not 1 <= k <= dim:
+        raise ValueError(f"--k must be between 1 and the embedding dimension {dim}, got {k}")
+    return EvalConfig(n_components=k, lam=args.lam, lam_mode=args.lam_mode, methods=methods,
                       pair_sets=args.pair_sets, seed=args.seed)
 
 
@@ -347,10 +354,8 @@ def _write_results(path: str, frame: pd.DataFrame, run, config) -> None:
                    "rows": frame.to_dict("records"), "skipped": [list(s) for s in run.skipped]}
         with open(path, "w") as fh:
             json.dump(payload, fh, indent=1, default=str)
-    elif path.endswith(".csv"):
+    else:  # .csv: _run_evaluate checked the suffix before embedding
         frame.to_csv(path, index=False)
-    else:
-        raise ValueError(f"--out must end in .csv or .json, got {path!r}")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -358,10 +363,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     if args.out is not None and not args.out.endswith((".csv", ".json")):
         raise ValueError(f"--out must end in .csv or .json, got {args.out!r}")
+    methods = _methods(args)  # before embedding: a typo must not cost an embedding run
     start = time.perf_counter()
     run = _embed(args, check_target=args.target)
     emb = run.embeddings
-    config = _eval_config(args, emb.features.shape[1])
+    config = _eval_config(args, emb.features.shape[1], methods)
     targets = None if args.target == "all" else [args.target]
     frame = leave_one_domain_out(emb, targets, config)
     print(_run_summary(run, time.perf_counter() - start))
@@ -383,7 +389,15 @@ PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m clip_icm", description="CLIP-ICM Explorer")
+    parser = _Parser(
+        prog="python -m clip_icm",
+        description="CLIP-ICM Explorer: find the directions of CLIP embeddings that interventions do not move "
+        "(the Invariant Causal Mechanism) and measure what they do to out-of-domain accuracy. playground needs "
+        "no data; embed and evaluate default to the bundled ToyDomains demo and its tiny toy-clip model, "
+        "so every command runs offline as it is.",
+        epilog="start with: python -m clip_icm playground, then python -m clip_icm evaluate; "
+        "COMMAND --help lists a command's options",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in PARSERS:
         add(subparsers)

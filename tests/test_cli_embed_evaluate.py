@@ -81,6 +81,13 @@ def test_bad_input_is_one_line_and_nonzero(setup, tmp_path, capsys, extra, messa
     assert err[-1].startswith("error:") and message in err[-1]
 
 
+def test_unknown_method_fails_before_embedding(setup, tmp_path, capsys):
+    cache = tmp_path / "c"
+    assert main(["evaluate", *_args(setup, cache), "--methods", "icm,magic"]) == 1
+    assert "unknown method(s) magic" in capsys.readouterr().err
+    assert not cache.exists() or not any(cache.rglob("*"))  # nothing was embedded
+
+
 def test_missing_weights_offline_is_one_line(setup, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     messy, _, _ = setup
