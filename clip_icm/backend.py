@@ -353,10 +353,11 @@ def model_key(cfg: ModelConfig, memo_dir: str | Path | None = None) -> str:
     resolved = resolve_model(cfg)
     sources = _memo_sources(cfg, resolved)
     if sources is not None:
+        from clip_icm.store import atomic_write  # store imports this module
+
+        memo = {"key": resolved.key, "files": {p: _stat(p) for p in sources}}
         memo_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_file.with_name(f".{memo_file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps({"key": resolved.key, "files": {p: _stat(p) for p in sources}}))
-        os.replace(tmp, memo_file)
+        atomic_write(memo_file, lambda fh: fh.write(json.dumps(memo).encode()))
     return resolved.key
 
 

@@ -36,7 +36,7 @@ from clip_icm.embeddings import EmbeddingSet, PairSet
 from clip_icm.interventions import (IMAGE_INTERVENTIONS, ZERO_SHOT_TEMPLATES, RandomIntervention, TextBank,
                                     cross_modal_texts, make_image_intervention, make_text_pairs, resolve_banks)
 from clip_icm.seeding import rng, seed_hash
-from clip_icm.store import EmbeddingStore, make_key
+from clip_icm.store import EmbeddingStore, atomic_write, make_key
 
 Progress = Callable[[str, int, int], None]
 DEFAULT_OPS = ("colour_jitter", "grayscale", "gaussian_blur", "invert", "posterize", "solarize", "equalize")
@@ -357,9 +357,7 @@ def _hashes(paths: np.ndarray, progress: Progress | None, memo_file: Path) -> np
         progress("hash images", len(paths), len(paths))
     if fresh != memo:
         memo_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_file.with_name(f".{memo_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(fresh))
-        os.replace(tmp, memo_file)
+        atomic_write(memo_file, lambda fh: fh.write(json.dumps(fresh).encode()))
     return np.array(out)
 
 

@@ -46,8 +46,11 @@ def make_key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:40]
 
 
-def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
-    """Write via a private temp file in the same folder, fsync, then rename over ``path``."""
+def atomic_write(path: Path, write: Callable[[object], None]) -> None:
+    """Write via a private temp file in the same folder, fsync, then rename over ``path``.
+
+    Also used for the pipeline's and backend's JSON memos: readers never see half a file.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -114,10 +117,10 @@ class EmbeddingStore:
         payload = _npy_bytes(data)
         sha = hashlib.sha256(payload).hexdigest()
         data_name = f"{key}.{sha[:16]}.npy"
-        _atomic_write(folder / data_name, lambda fh: fh.write(payload))
+        atomic_write(folder / data_name, lambda fh: fh.write(payload))
         manifest = {"format": FORMAT, "key": key, "data": data_name, "sha256": sha,
                     "shape": list(data.shape), "dtype": "float16", "meta": meta or {}}
-        _atomic_write(self._manifest(key), lambda fh: fh.write(json.dumps(manifest, indent=1).encode()))
+        atomic_write(self._manifest(key), lambda fh: fh.write(json.dumps(manifest, indent=1).encode()))
 
     def get_or_compute(self, key: str, compute: Callable[[], np.ndarray], meta: dict | None = None) -> np.ndarray:
         """The stored array, computing and storing it first when missing or corrupt."""
