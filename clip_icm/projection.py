@@ -71,9 +71,9 @@ def _check_choice(value: str, name: str, valid: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(valid)}; got {value!r}")
 
 
-def _check_n_components(k: object, dim: int, name: str = "n_components") -> int:
+def _check_n_components(k: object, dim: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= dim:
-        raise ValueError(f"{name}={k!r} must be an integer between 1 and D={dim}")
+        raise ValueError(f"n_components={k!r} must be an integer between 1 and D={dim}")
     return int(k)
 
 
@@ -266,7 +266,7 @@ class OrthCaliProjection(LinearProjection):
         if self.lam_mode == "relative":
             trace = float(np.trace(S))
             if trace == 0.0:
-                raise ValueError("all pairs are identical (Delta = 0): a relative lam is undefined")
+                raise ValueError("all pairs are identical (Delta = 0): a relative lam is undefined; use lam_mode='absolute'")
             lam *= dim / trace
         values, vectors = scipy.linalg.eigh(S)
         top = vectors[:, dim - r :]
