@@ -24,7 +24,7 @@ from clip_icm import toydomains as td
 from clip_icm.backend import ModelConfig
 from clip_icm.pipeline import DataConfig, InterventionConfig, build_embedding_set
 
-TARGET = td.DEMO_RECIPE["target_domain"]
+TARGET = td.DEMO_RECIPE.target_domain
 FAMILIES = {
     "photometric (7 ops, one at random per pair)": ("image:random",),
     "true swaps: colour + background + style": ("true:colour", "true:background", "true:style"),

@@ -179,8 +179,8 @@ def default_target(emb: EmbeddingSet, source: str) -> str:
     if source == "demo":
         from clip_icm.toydomains import DEMO_RECIPE
 
-        if DEMO_RECIPE["target_domain"] in emb.domain_names:
-            return DEMO_RECIPE["target_domain"]
+        if DEMO_RECIPE.target_domain in emb.domain_names:
+            return DEMO_RECIPE.target_domain
     return emb.domain_names[-1]
 
 

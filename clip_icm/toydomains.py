@@ -348,86 +348,90 @@ def _spurious_value(gen: np.random.Generator, cls: str, table: dict[str, str], o
     return others[int(gen.integers(len(others)))]
 
 
-def toydomains_factors(
-    n_per_class_per_domain: int,
-    spurious_correlation: float = 0.9,
-    image_size: int = DEFAULT_IMAGE_SIZE,
-    seed: int = 0,
-    target_domain: str = "cartoon",
-    target_mode: str = "reversed",
-    spurious_factors: tuple[str, ...] = ("colour", "background"),
-) -> list[dict[str, object]]:
+@dataclass(frozen=True)
+class ToyDomainsRecipe:
+    """What a downstream ToyDomains data set is drawn from (written to ``recipe.json``).
+
+    In source domains the object colour (and background) of class k is its spurious partner
+    (``SPURIOUS_COLOUR`` / ``SPURIOUS_BACKGROUND``) with probability ``spurious_correlation``;
+    in ``target_domain`` the partner is the next class's (``target_mode="reversed"``) or the
+    value is uniform (``"broken"``). Factors not in ``spurious_factors`` are uniform everywhere.
+    """
+
+    n_per_class_per_domain: int = 40
+    spurious_correlation: float = 0.9
+    image_size: int = DEFAULT_IMAGE_SIZE
+    seed: int = 0
+    target_domain: str = "cartoon"
+    target_mode: str = "reversed"
+    spurious_factors: tuple[str, ...] = ("colour", "background")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.spurious_correlation <= 1.0:
+            raise ValueError(f"spurious_correlation must be in [0, 1], got {self.spurious_correlation}")
+        if self.target_domain not in STYLES:
+            raise ValueError(f"unknown target_domain {self.target_domain!r}; valid: {', '.join(STYLES)}")
+        if self.target_mode not in ("reversed", "broken"):
+            raise ValueError(f"target_mode must be 'reversed' or 'broken', got {self.target_mode!r}")
+        bad = set(self.spurious_factors) - {"colour", "background"}
+        if bad:
+            raise ValueError(f"spurious_factors may hold 'colour' and 'background', got {sorted(bad)}")
+        if self.n_per_class_per_domain < 1:
+            raise ValueError(f"n_per_class_per_domain must be >= 1, got {self.n_per_class_per_domain}")
+
+    def to_json(self) -> dict[str, object]:
+        """The ``recipe.json`` form (``spurious_factors`` as a list, as JSON reads it back)."""
+        return {**asdict(self), "spurious_factors": list(self.spurious_factors)}
+
+
+def toydomains_factors(recipe: ToyDomainsRecipe) -> list[dict[str, object]]:
     """The factor table of the downstream data set, without rendering (see generate_toydomains)."""
-    if not 0.0 <= spurious_correlation <= 1.0:
-        raise ValueError(f"spurious_correlation must be in [0, 1], got {spurious_correlation}")
-    if target_domain not in STYLES:
-        raise ValueError(f"unknown target_domain {target_domain!r}; valid: {', '.join(STYLES)}")
-    if target_mode not in ("reversed", "broken"):
-        raise ValueError(f"target_mode must be 'reversed' or 'broken', got {target_mode!r}")
-    bad = set(spurious_factors) - {"colour", "background"}
-    if bad:
-        raise ValueError(f"spurious_factors may hold 'colour' and 'background', got {sorted(bad)}")
-    if n_per_class_per_domain < 1:
-        raise ValueError(f"n_per_class_per_domain must be >= 1, got {n_per_class_per_domain}")
     rows = []
     for domain in STYLES:
-        role = "target" if domain == target_domain else "source"
-        mode = target_mode if role == "target" else "aligned"
+        role = "target" if domain == recipe.target_domain else "source"
+        mode = recipe.target_mode if role == "target" else "aligned"
         for cls in CLASSES:
-            gen = rng("toydomains", seed, domain, cls)
-            for i in range(n_per_class_per_domain):
-                colour = (_spurious_value(gen, cls, SPURIOUS_COLOUR, list(COLOURS), spurious_correlation, mode)
-                          if "colour" in spurious_factors else str(gen.choice(list(COLOURS))))
-                background = (_spurious_value(gen, cls, SPURIOUS_BACKGROUND, list(BACKGROUNDS), spurious_correlation, mode)
-                              if "background" in spurious_factors else str(gen.choice(list(BACKGROUNDS))))
+            gen = rng("toydomains", recipe.seed, domain, cls)
+            for i in range(recipe.n_per_class_per_domain):
+                colour = (_spurious_value(gen, cls, SPURIOUS_COLOUR, list(COLOURS), recipe.spurious_correlation, mode)
+                          if "colour" in recipe.spurious_factors else str(gen.choice(list(COLOURS))))
+                background = (_spurious_value(gen, cls, SPURIOUS_BACKGROUND, list(BACKGROUNDS),
+                                              recipe.spurious_correlation, mode)
+                              if "background" in recipe.spurious_factors else str(gen.choice(list(BACKGROUNDS))))
                 rows.append({
                     "path": f"{domain}/{cls}/{cls}_{i:04d}.png", "domain": domain, "cls": cls, "style": domain,
                     "colour": colour, "background": background, **sample_pose(gen),
-                    "seed": int(gen.integers(2**31 - 1)), "image_size": image_size, "role": role,
+                    "seed": int(gen.integers(2**31 - 1)), "image_size": recipe.image_size, "role": role,
                 })
     return rows
 
 
 def generate_toydomains(
-    root: str | os.PathLike,
-    n_per_class_per_domain: int = 40,
-    spurious_correlation: float = 0.9,
-    image_size: int = DEFAULT_IMAGE_SIZE,
-    seed: int = 0,
-    target_domain: str = "cartoon",
-    target_mode: str = "reversed",
-    spurious_factors: tuple[str, ...] = ("colour", "background"),
+    root: str | os.PathLike, recipe: ToyDomainsRecipe = ToyDomainsRecipe(), **changes: object
 ) -> Path:
-    """Render the data set into the DomainBed layout ``root/<domain>/<class>/*.png``.
+    """Render the data set of ``recipe`` (with ``changes`` to its fields, e.g. ``seed=1``) into
+    the DomainBed layout ``root/<domain>/<class>/*.png``.
 
     Also writes ``root/factors.csv`` (one row per image: relative ``path``, ``domain``, the true
-    factors, ``image_size`` and ``role`` = source/target) and ``root/recipe.json`` (the
-    arguments). In source domains the object colour (and background) of class k is its
-    spurious partner (``SPURIOUS_COLOUR`` / ``SPURIOUS_BACKGROUND``) with probability
-    ``spurious_correlation``; in ``target_domain`` the partner is the next class's
-    (``target_mode="reversed"``) or the value is uniform (``"broken"``). Deterministic by seed.
-    Writes into a temporary sibling folder and renames it, so readers never see half a data set.
+    factors, ``image_size`` and ``role`` = source/target) and ``root/recipe.json`` (the recipe).
+    Deterministic by the recipe's seed. Writes into a temporary sibling folder and renames it,
+    so readers never see half a data set.
     """
     root = Path(root)
-    recipe = {
-        "n_per_class_per_domain": n_per_class_per_domain, "spurious_correlation": spurious_correlation,
-        "image_size": image_size, "seed": seed, "target_domain": target_domain, "target_mode": target_mode,
-        "spurious_factors": list(spurious_factors),
-    }
-    rows = toydomains_factors(n_per_class_per_domain, spurious_correlation, image_size, seed,
-                              target_domain, target_mode, tuple(spurious_factors))
+    recipe = replace(recipe, **changes)
+    rows = toydomains_factors(recipe)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
         for row in rows:
             out = tmp / str(row["path"])
             out.parent.mkdir(parents=True, exist_ok=True)
-            render(Factors.from_row(row), image_size).save(out, optimize=False)
+            render(Factors.from_row(row), recipe.image_size).save(out, optimize=False)
         with open(tmp / "factors.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=FACTOR_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        (tmp / "recipe.json").write_text(json.dumps(recipe.to_json(), indent=2) + "\n")
         if root.exists():
             shutil.rmtree(root)
         tmp.rename(root)
@@ -447,10 +451,10 @@ def load_factors(root: str | os.PathLike) -> "pandas.DataFrame":  # noqa: F821 (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_ROOT = REPO_ROOT / "data" / "toydomains"
 # The bundled demo: what `python -m clip_icm evaluate` and the dashboard use by default.
-DEMO_RECIPE = {
-    "n_per_class_per_domain": 40, "spurious_correlation": 0.9, "image_size": DEFAULT_IMAGE_SIZE, "seed": 0,
-    "target_domain": "cartoon", "target_mode": "reversed", "spurious_factors": ["colour", "background"],
-}
+DEMO_RECIPE = ToyDomainsRecipe(
+    n_per_class_per_domain=40, spurious_correlation=0.9, image_size=DEFAULT_IMAGE_SIZE, seed=0,
+    target_domain="cartoon", target_mode="reversed", spurious_factors=("colour", "background"),
+)
 
 
 def ensure_demo_data(root: str | os.PathLike | None = None) -> Path:
@@ -458,9 +462,8 @@ def ensure_demo_data(root: str | os.PathLike | None = None) -> Path:
     root = Path(root) if root is not None else DEMO_ROOT
     if _has_demo(root):
         return root
-    args = dict(DEMO_RECIPE, spurious_factors=tuple(DEMO_RECIPE["spurious_factors"]))
     try:
-        return generate_toydomains(root, **args)
+        return generate_toydomains(root, DEMO_RECIPE)
     except OSError:
         # another process (dashboard + CLI) finished the same deterministic data set first
         if _has_demo(root):
@@ -471,13 +474,13 @@ def ensure_demo_data(root: str | os.PathLike | None = None) -> Path:
 def _has_demo(root: Path) -> bool:
     recipe_file = root / "recipe.json"
     return (recipe_file.is_file() and (root / "factors.csv").is_file()
-            and json.loads(recipe_file.read_text()) == DEMO_RECIPE)
+            and json.loads(recipe_file.read_text()) == DEMO_RECIPE.to_json())
 
 
 __all__ = [
     "CLASSES", "STYLES", "COLOURS", "BACKGROUNDS", "CHANGEABLE", "Factors", "render", "render_counterfactual",
     "counterfactual_factors", "generate_toydomains", "toydomains_factors", "load_factors", "ensure_demo_data",
-    "sample_factors", "text_bank", "DEMO_RECIPE", "DEMO_ROOT",
+    "sample_factors", "text_bank", "ToyDomainsRecipe", "DEMO_RECIPE", "DEMO_ROOT",
 ]
 
 

@@ -126,7 +126,7 @@ def interventions_ui(bundled_world: bool) -> service.InterventionChoice:
 
         # Default: the factors the demo's recipe makes spurious (known about the world, not tuned).
         swaps = tuple(st.multiselect("True swaps (re-render the same object)", list(CHANGEABLE),
-                                     key=_default("ctl_swaps", list(DEMO_RECIPE["spurious_factors"]))))
+                                     key=_default("ctl_swaps", list(DEMO_RECIPE.spurious_factors))))
     cross = st.checkbox("Cross-modal pairs (image vs varied caption)", key=_default("ctl_cross", False),
                         help="Their differences also carry CLIP's image/text modality gap.")
     n_pairs = st.number_input("Image pairs per set (0 = one per training image)", 0, 1_000_000, step=64,

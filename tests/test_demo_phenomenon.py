@@ -29,7 +29,7 @@ def accuracies(tmp_path_factory):
         DataConfig(root=str(root)), ModelConfig(name="toy-clip", device="cpu"),
         InterventionConfig(image=(), text_banks=(), true_swaps=td.CHANGEABLE), store=EmbeddingStore(tmp / "cache"),
     )
-    target = td.DEMO_RECIPE["target_domain"]
+    target = td.DEMO_RECIPE.target_domain
     frame = evaluate_split(emb, target, EvalConfig(n_components=K, lam=LAM, lam_mode="relative", methods=("icm",)))
     probe = frame[frame.protocol == LINEAR_PROBE]
     return {(m, r): float(probe[(probe.method == m) & (probe.role == r)].accuracy.mean())

@@ -50,9 +50,9 @@ def test_factors_csv_describes_every_image(small_set):
 
 
 def test_generation_is_deterministic_by_seed(tmp_path):
-    a = td.generate_toydomains(tmp_path / "a", 2, image_size=24, seed=1)
-    b = td.generate_toydomains(tmp_path / "b", 2, image_size=24, seed=1)
-    c = td.generate_toydomains(tmp_path / "c", 2, image_size=24, seed=2)
+    a = td.generate_toydomains(tmp_path / "a", n_per_class_per_domain=2, image_size=24, seed=1)
+    b = td.generate_toydomains(tmp_path / "b", n_per_class_per_domain=2, image_size=24, seed=1)
+    c = td.generate_toydomains(tmp_path / "c", n_per_class_per_domain=2, image_size=24, seed=2)
     files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
     assert files and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     assert (a / "factors.csv").read_text() == (b / "factors.csv").read_text()
@@ -113,7 +113,8 @@ def test_counterfactual_accepts_csv_rows(small_set):
 
 
 def test_spurious_split_strength_and_reversal():
-    rows = td.toydomains_factors(60, spurious_correlation=0.9, target_domain="cartoon", target_mode="reversed")
+    rows = td.toydomains_factors(td.ToyDomainsRecipe(60, spurious_correlation=0.9, target_domain="cartoon",
+                                                      target_mode="reversed"))
     src = [r for r in rows if r["role"] == "source"]
     tgt = [r for r in rows if r["role"] == "target"]
     agree_src = np.mean([r["colour"] == td.SPURIOUS_COLOUR[r["cls"]] for r in src])
@@ -121,7 +122,7 @@ def test_spurious_split_strength_and_reversal():
     assert 0.85 < agree_src < 0.95 and agree_tgt < 0.05
     nxt = {c: td.CLASSES[(k + 1) % len(td.CLASSES)] for k, c in enumerate(td.CLASSES)}
     assert np.mean([r["background"] == td.SPURIOUS_BACKGROUND[nxt[r["cls"]]] for r in tgt]) > 0.85
-    broken = td.toydomains_factors(60, target_mode="broken")
+    broken = td.toydomains_factors(td.ToyDomainsRecipe(60, target_mode="broken"))
     assert np.mean([r["colour"] == td.SPURIOUS_COLOUR[r["cls"]] for r in broken if r["role"] == "target"]) < 0.3
 
 
@@ -129,10 +130,12 @@ def test_spurious_split_strength_and_reversal():
     dict(spurious_correlation=1.5), dict(target_domain="clipart"), dict(target_mode="flipped"),
     dict(spurious_factors=("shape",)), dict(n_per_class_per_domain=0),
 ])
-def test_bad_arguments_are_rejected(bad):
-    args = dict(n_per_class_per_domain=2, **bad) if "n_per_class_per_domain" not in bad else bad
+def test_bad_arguments_are_rejected(bad, tmp_path):
     with pytest.raises(ValueError):
-        td.toydomains_factors(**args)
+        td.ToyDomainsRecipe(**bad)
+    with pytest.raises(ValueError):  # a change passed to generate_toydomains is checked the same way
+        td.generate_toydomains(tmp_path / "toy", **bad)
+    assert not list(tmp_path.iterdir())
 
 
 def test_bad_factor_values_are_rejected():
@@ -144,19 +147,19 @@ def test_bad_factor_values_are_rejected():
 
 def test_ensure_demo_data_reuses_a_matching_folder(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(td, "generate_toydomains", lambda root, **kw: calls.append(kw) or root)
+    monkeypatch.setattr(td, "generate_toydomains", lambda root, recipe: calls.append(recipe) or root)
     (tmp_path / "factors.csv").write_text("path\n")
-    (tmp_path / "recipe.json").write_text(json.dumps(td.DEMO_RECIPE))
+    (tmp_path / "recipe.json").write_text(json.dumps(td.DEMO_RECIPE.to_json()))
     assert td.ensure_demo_data(tmp_path) == tmp_path and not calls
-    (tmp_path / "recipe.json").write_text(json.dumps({**td.DEMO_RECIPE, "seed": 99}))
+    (tmp_path / "recipe.json").write_text(json.dumps({**td.DEMO_RECIPE.to_json(), "seed": 99}))
     td.ensure_demo_data(tmp_path)
-    assert calls and calls[0]["seed"] == td.DEMO_RECIPE["seed"]
+    assert calls == [td.DEMO_RECIPE]
 
 
 def test_ensure_demo_data_accepts_a_concurrent_writer(tmp_path, monkeypatch):
-    def other_process_won(root, **kw):
+    def other_process_won(root, recipe):
         (root / "factors.csv").write_text("path\n")
-        (root / "recipe.json").write_text(json.dumps(td.DEMO_RECIPE))
+        (root / "recipe.json").write_text(json.dumps(recipe.to_json()))
         raise OSError("Directory not empty")
 
     monkeypatch.setattr(td, "generate_toydomains", other_process_won)
