@@ -250,9 +250,9 @@ def _resolve_root(root: Path, dataset: str | None) -> Path:
         return root
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS.available())}")
-    found = DATASETS.get(dataset).locate(root)
+    info = DATASETS.get(dataset)
+    found = info.locate(root)
     if found is None:
-        info = DATASETS.get(dataset)
         raise ValueError(
             f"dataset {dataset!r} not found under {str(root)!r}: expected a folder named "
             f"{' or '.join(info.folders)} holding the domain folders {', '.join(info.domains)}"
