@@ -1,7 +1,7 @@
 """Evaluation on embeddings: zero-shot, linear probe, leave-one-domain-out, honest K/lam choice.
 
 Pure functions over an :class:`EmbeddingSet`; results are tidy pandas rows
-(target, domain, role, method, protocol, accuracy, n).
+(target, domain, role, method, protocol, accuracy, n; evaluate_split adds K, lam, lam_mode).
 
 Protocol (DomainBed's leave-one-domain-out, training-domain validation):
 - projections are fitted on pairs whose source image is not from the target;
@@ -166,6 +166,11 @@ def _score_method(emb, target, method, projection, config) -> list[dict]:
     return rows
 
 
+def _fit_and_score(emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig) -> list[dict]:
+    """_score_method for ``method`` fitted on the pairs whose image is not from ``target``."""
+    return _score_method(emb, target, method, fit_projection(emb, target, method, config), config)
+
+
 def evaluate_split(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConfig()) -> pd.DataFrame:
     """Per-domain accuracy for CLIP (full space) and every configured method, both protocols."""
     if target is None:
@@ -173,7 +178,7 @@ def evaluate_split(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConf
     _check_target(emb, target)
     rows = _score_method(emb, target, FULL_SPACE, None, config)
     for method in config.methods:
-        rows += _score_method(emb, target, method, fit_projection(emb, target, method, config), config)
+        rows += _fit_and_score(emb, target, method, config)
     frame = pd.DataFrame(rows)
     frame["K"], frame["lam"], frame["lam_mode"] = config.n_components, config.lam, config.lam_mode
     return frame
@@ -204,7 +209,7 @@ def without_domain(emb: EmbeddingSet, domain: str) -> EmbeddingSet:
 
 def _source_val_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig, protocol: str) -> float:
     """Mean validation accuracy over the domains of ``emb`` (which holds no target rows)."""
-    rows = pd.DataFrame(_score_method(emb, None, method, fit_projection(emb, None, method, config), config))
+    rows = pd.DataFrame(_fit_and_score(emb, None, method, config))
     return float(rows.loc[rows.protocol == protocol, "accuracy"].mean())
 
 
@@ -212,7 +217,7 @@ def _held_out_source_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig
     """Leave-one-SOURCE-domain-out: mean accuracy on each source domain held out in turn."""
     scores = []
     for held in emb.domain_names:
-        frame = pd.DataFrame(_score_method(emb, held, method, fit_projection(emb, held, method, config), config))
+        frame = pd.DataFrame(_fit_and_score(emb, held, method, config))
         scores.append(frame.loc[(frame.role == "target") & (frame.protocol == protocol), "accuracy"].item())
     return float(np.mean(scores))
 
@@ -274,7 +279,7 @@ def sweep(
     for K in Ks:
         for lam in lams:
             cfg = replace(config, n_components=K, lam=lam)
-            frame = pd.DataFrame(_score_method(emb, target, method, fit_projection(emb, target, method, cfg), cfg))
+            frame = pd.DataFrame(_fit_and_score(emb, target, method, cfg))
             frame = frame[frame.protocol == protocol]
             rows.append(dict(
                 K=K, lam=lam, protocol=protocol,
