@@ -159,7 +159,8 @@ class _Embedder:
     def _compute(self, stage, items, chunks, keys, missing, intervention, seeds, results, done, total) -> int:
         rows = np.concatenate([chunks[j] for j in missing])
         owner = np.concatenate([[j] * len(chunks[j]) for j in missing])
-        buffers = {j: np.zeros((len(chunks[j]), 0), np.float32) for j in missing}
+        dim = self.backend.embed_dim  # builds the model: this is the first miss
+        buffers = {j: np.zeros((len(chunks[j]), dim), np.float32) for j in missing}
         failed: dict[int, dict[int, str]] = {j: {} for j in missing}
         pending = {j: len(chunks[j]) for j in missing}
         sub_items = _Subset(items, rows)
@@ -167,8 +168,6 @@ class _Embedder:
         for offset, batch, errors in self.backend.iter_encode(sub_items, intervention, sub_seeds):
             for i in range(len(batch)):
                 j = int(owner[offset + i])
-                if buffers[j].shape[1] == 0:
-                    buffers[j] = np.zeros((len(chunks[j]), batch.shape[1]), np.float32)
                 local = len(chunks[j]) - pending[j]
                 buffers[j][local] = batch[i]
                 if offset + i in errors:
