@@ -492,11 +492,10 @@ def text_bank() -> "TextBank":  # noqa: F821 (lazy import: interventions pulls i
     only in words it did read. Anchor: "a photo of a {}." as for the other banks.
     """
     from clip_icm.interventions import TextBank
-    from clip_icm.toyclip import BACKGROUND_WORDS, STYLE_WORDS
+    from clip_icm.toyclip import BACKGROUND_WORDS, STYLE_WORDS, _a
 
-    styles = [f"{'an' if w[0] in 'aeiou' else 'a'} {w} of a {{}}." for w in
-              (words[0] for s, words in STYLE_WORDS.items() if s != "photo")]
+    styles = [f"{_a(words[0])} of a {{}}." for s, words in STYLE_WORDS.items() if s != "photo"]
     scenes = [f"a photo of a {{}} {words[0]}." for words in BACKGROUND_WORDS.values()]
-    colours = [f"a photo of {'an' if c[0] in 'aeiou' else 'a'} {c} {{}}." for c in COLOURS]
+    colours = [f"a photo of {_a(c)} {{}}." for c in COLOURS]
     return TextBank("toydomains", "a photo of a {}.", tuple(styles + scenes + colours),
                     "ToyDomains style, scene and colour words (toy-clip's caption vocabulary)")
