@@ -89,4 +89,4 @@ class EmbeddingSet:
         for pairs in self.pairs:
             if pairs.name == name:
                 return pairs
-        raise KeyError(f"no pair set {name!r}; available: {', '.join(p.name for p in self.pairs)}")
+        raise KeyError(f"no pair set {name!r}; available: {', '.join(p.name for p in self.pairs) or '(none)'}")

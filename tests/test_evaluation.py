@@ -154,8 +154,10 @@ def test_bad_input(emb):
         evaluate_split(emb, "nope", CONFIG)
     with pytest.raises(ValueError, match="n_components"):
         evaluate_split(emb, TARGET, replace(CONFIG, n_components=999))
-    with pytest.raises(KeyError, match="no pair set"):
+    with pytest.raises(KeyError, match="no pair set 'missing'; available: true, text"):
         fit_projection(emb, TARGET, "icm", replace(CONFIG, pair_sets=("missing",)))
+    with pytest.raises(KeyError, match=r"available: \(none\)"):
+        replace(emb, pairs=[]).pair_set("true")
     with pytest.raises(ValueError, match="scoring"):
         select_hyperparameters(emb, TARGET, scoring="target")
     with pytest.raises(ValueError, match="no K"):
