@@ -68,7 +68,7 @@ def atomic_write(path: Path, write: Callable[[object], None]) -> None:
 class StoreStats:
     hits: int = 0
     misses: int = 0
-    corrupt: int = 0   # entries found broken (and recomputed by get_or_compute)
+    corrupt: int = 0   # entries found broken (reported as missing, so the caller recomputes them)
 
 
 class EmbeddingStore:
