@@ -74,8 +74,6 @@ def _add_playground_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run_playground(args: argparse.Namespace) -> int:
     from clip_icm.scm import SCMConfig, run_playground
 
-    if args.n_train < 2 or args.n_test < 4:
-        raise ValueError("--n-train must be >= 2 and --n-test >= 4")
     config = SCMConfig(
         n_invariant=args.n_invariant, n_variant=args.n_variant, dim=args.dim, n_classes=args.classes,
         spurious_correlation=args.spurious, noise=args.noise, mixing_condition=args.condition, seed=args.seed,

@@ -241,6 +241,8 @@ def run_playground(
     """
     if not shifts or any(not 0.0 <= s <= 1.0 for s in shifts):
         raise ValueError(f"shifts must be a non-empty list of values in [0, 1], got {list(shifts)}")
+    if n_train < 2 or n_test < 4:  # r2_recovery fits on half the test rows and scores the other half
+        raise ValueError(f"n_train must be >= 2 and n_test >= 4, got n_train={n_train}, n_test={n_test}")
     scm = LinearSCM(config)
     gen = rng("playground", config.seed)
     train_envs = scm.train_environments()

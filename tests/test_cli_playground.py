@@ -46,6 +46,7 @@ def test_playground_flags_reach_the_model(capsys):
         (["playground", "--shifts", "a,b"], "comma-separated numbers", 2),
         (["playground", "--n-invariant", "x"], "--n-invariant", 2),
         (["playground", "--dim", "4"], "dim=4", 1),
+        (["playground", "--n-train", "1"], "n_train must be >= 2", 1),
         (["nope"], "invalid choice", 2),
         ([], "required", 2),
     ],

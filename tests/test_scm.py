@@ -126,9 +126,11 @@ def test_bad_config(kwargs, message):
         LinearSCM(SCMConfig(**kwargs))
 
 
-def test_bad_shifts():
+def test_bad_shifts_and_sizes():
     with pytest.raises(ValueError, match="shifts"):
         run_playground(SCMConfig(), shifts=(1.5,))
+    with pytest.raises(ValueError, match="n_test >= 4, got n_train=100, n_test=3"):
+        run_playground(SCMConfig(), n_train=100, n_test=3)
 
 
 def test_make_embedding_set_contract():
