@@ -303,9 +303,9 @@ def resolve_model(cfg: ModelConfig) -> ResolvedModel:
     else:
         model_cfg = open_clip.get_model_config(arch)
         if pretrained is None:
-            tags = ", ".join(t for m, t in open_clip.list_pretrained() if m == arch) or "(none)"
             raise ModelUnavailableError(
-                f"model {display}: pass a pretrained tag ({tags}), a checkpoint file, or 'none' for random weights"
+                f"model {display}: pass a pretrained tag ({_known_tags(arch)}), a checkpoint file, "
+                "or 'none' for random weights"
             )
         if pretrained != "none":
             tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained)
@@ -322,15 +322,16 @@ def resolve_model(cfg: ModelConfig) -> ResolvedModel:
                          quick_gelu, device, pick_precision(cfg.precision, device), display)
 
 
+def _known_tags(arch: str) -> str:
+    import open_clip
+
+    return ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+
+
 def _checkpoint_file(pretrained: str, display: str, arch: str | None = None) -> str:
     if os.path.isfile(pretrained):
         return pretrained
-    hint = ""
-    if arch is not None:
-        import open_clip
-
-        tags = [t for m, t in open_clip.list_pretrained() if m == arch]
-        hint = f" (known tags for {arch}: {', '.join(tags) or 'none'})"
+    hint = f" (known tags for {arch}: {_known_tags(arch)})" if arch is not None else ""
     raise ModelUnavailableError(f"model {display}: pretrained {pretrained!r} is neither a known tag nor a file{hint}")
 
 
