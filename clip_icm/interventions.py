@@ -281,8 +281,8 @@ def make_image_intervention(
 ) -> ImageIntervention | RandomIntervention:
     """An intervention from a name, a list of names (random one of them), or "random" (all).
 
-    For one name, ``strengths`` are its parameters (``posterize, bits=(3, 3)``); for several,
-    they are per-op dicts (``gaussian_blur={"sigma": (1.0, 1.0)}``).
+    For one op name, ``strengths`` are its parameters (``posterize, bits=(3, 3)``); for several
+    names or "random", they are per-op dicts (``gaussian_blur={"sigma": (1.0, 1.0)}``).
     """
     names = [name_or_names] if isinstance(name_or_names, str) else list(name_or_names)
     if names == ["random"]:
