@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import warnings
+from collections import Counter
 from typing import Callable
 
 import pandas as pd
@@ -230,9 +231,7 @@ def _scan_quietly(data):
 def _skipped_text(skipped: list[tuple[str, str]], limit: int = 20) -> str:
     if not skipped:
         return "Skipped files: none"
-    counts: dict[str, int] = {}
-    for _, reason in skipped:
-        counts[reason.split(":")[0]] = counts.get(reason.split(":")[0], 0) + 1
+    counts = Counter(reason.split(":")[0] for _, reason in skipped)
     lines = [f"Skipped files: {len(skipped)} (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")"]
     lines += [f"  {path}: {reason}" for path, reason in skipped[:limit]]
     if len(skipped) > limit:
@@ -410,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(err, file=sys.stderr)
         return 2
-    except SystemExit as exit_:  # --help and --version end here
+    except SystemExit as exit_:  # --help ends here
         return exit_.code if isinstance(exit_.code, int) else 0
     except (ValueError, KeyError, OSError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

@@ -147,3 +147,13 @@ def test_fully_cached_run_does_not_import_torch(setup, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False"
     assert "model not loaded" in done.stdout
+
+
+def test_skipped_summary_counts_reasons_and_truncates():
+    from clip_icm.cli import _skipped_text
+
+    assert _skipped_text([]) == "Skipped files: none"
+    skipped = [("a", "unreadable: x"), ("b", "unreadable: y"), ("c", "not an image")]
+    lines = _skipped_text(skipped, limit=2).splitlines()
+    assert lines[0] == "Skipped files: 3 (1 not an image, 2 unreadable)"
+    assert lines[1:3] == ["  a: unreadable: x", "  b: unreadable: y"] and "1 more" in lines[3]
