@@ -24,9 +24,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from clip_icm.embeddings import EmbeddingSet
-from clip_icm.projection import LinearProjection, make_projection, stack_pairs
+from clip_icm.projection import METHOD_LABELS, LinearProjection, make_projection, stack_pairs
 
-ALL_METHODS = ("icm", "icm_as_released", "pca", "null_space", "orth_cali")
+ALL_METHODS = tuple(METHOD_LABELS)  # every registered method (one label each), in display order
 FULL_SPACE = "CLIP"
 ZERO_SHOT, LINEAR_PROBE = "zero-shot", "linear probe"
 # The released code scores zero-shot with a plain dot product after projection (no
