@@ -106,7 +106,10 @@ def fitted(ctx: Context, K: int, lam: float) -> service.Fit | None:
 
 
 def _fit_key(ctx: Context, K: int, lam: float) -> str:
-    return service.content_key(ctx.emb.key, ctx.choice, K, lam)
+    """What the fit depends on (cached.fit's arguments), so that picking a baseline keeps the
+    invariant layout and predictions cached."""
+    c = ctx.choice
+    return service.content_key(ctx.emb.key, c.target, c.method, controls.eval_config(c, K, lam, (c.method,)))
 
 
 # ---------------------------------------------------------------- Explorer

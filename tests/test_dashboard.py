@@ -79,6 +79,22 @@ def test_changing_target_k_lam_and_method_updates_the_accuracy_table():
     assert "PCA linear probe" in _table(at).index
 
 
+def test_picking_a_baseline_keeps_the_invariant_layout(monkeypatch):
+    from clip_icm import service
+
+    calls = []
+    layout = service.invariant_layout
+    monkeypatch.setattr(service, "invariant_layout", lambda *a, **kw: calls.append(1) or layout(*a, **kw))
+    at = _app()
+    assert len(calls) == 1
+    at.sidebar.multiselect(key="ctl_baselines").set_value(["pca"]).run()
+    _ok(at)
+    assert "PCA linear probe" in _table(at).index
+    assert len(calls) == 1  # the fit did not change, so neither does its layout
+    at.sidebar.slider(key="ctl_K").set_value(2).run()
+    assert len(calls) == 2
+
+
 def test_choose_on_source_validation_reports_its_choice():
     at = _app(ctl_auto=True)
     _ok(at)
