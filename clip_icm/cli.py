@@ -52,23 +52,30 @@ def _add_playground_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Fit ICM on true interventions in a linear SCM and show, as the test-time shift grows, "
         "ID/OOD accuracy, subspace recovery (largest principal angle) and R^2 of the factors.",
     )
-    p.add_argument("--n-invariant", type=int, default=d.n_invariant, help="invariant factors (default %(default)s)")
-    p.add_argument("--n-variant", type=int, default=d.n_variant, help="variant factors (default %(default)s)")
-    p.add_argument("--dim", type=int, default=None, help="embedding dimension (default n-invariant + n-variant)")
-    p.add_argument("--classes", type=int, default=d.n_classes, help="number of classes (default %(default)s)")
-    p.add_argument("--spurious", type=float, default=d.spurious_correlation,
+    p.add_argument("--n-invariant", metavar="N", type=int, default=d.n_invariant,
+                   help="invariant factors (default %(default)s)")
+    p.add_argument("--n-variant", metavar="N", type=int, default=d.n_variant,
+                   help="variant factors (default %(default)s)")
+    p.add_argument("--dim", metavar="D", type=int, default=None,
+                   help="embedding dimension (default n-invariant + n-variant)")
+    p.add_argument("--classes", metavar="N", type=int, default=d.n_classes,
+                   help="number of classes (default %(default)s)")
+    p.add_argument("--spurious", metavar="P", type=float, default=d.spurious_correlation,
                    help="P(variant factors follow the class) in training (default %(default)s)")
-    p.add_argument("--noise", type=float, default=d.noise, help="observation noise std (default %(default)s)")
-    p.add_argument("--condition", type=float, default=d.mixing_condition,
+    p.add_argument("--noise", metavar="STD", type=float, default=d.noise,
+                   help="observation noise std (default %(default)s)")
+    p.add_argument("--condition", metavar="KAPPA", type=float, default=d.mixing_condition,
                    help="condition number of the mixing (default %(default)s)")
-    p.add_argument("--shifts", type=_float_list, default=(0.0, 0.25, 0.5, 0.75, 1.0),
+    p.add_argument("--shifts", metavar="LIST", type=_float_list, default=(0.0, 0.25, 0.5, 0.75, 1.0),
                    help="comma-separated test-time shifts in [0, 1] (default 0,0.25,0.5,0.75,1)")
     p.add_argument("--lam", type=float, default=1e4, help="ICM lambda, absolute (default %(default)g)")
     p.add_argument("--k", type=int, default=None, help="ICM dimension K (default: the true n-invariant)")
-    p.add_argument("--n-train", type=int, default=4000, help="training samples = pairs (default %(default)s)")
-    p.add_argument("--n-test", type=int, default=2000, help="samples per test set (default %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the world and the samples (default %(default)s)")
-    p.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    p.add_argument("--n-train", metavar="N", type=int, default=4000,
+                   help="training samples = pairs (default %(default)s)")
+    p.add_argument("--n-test", metavar="N", type=int, default=2000, help="samples per test set (default %(default)s)")
+    p.add_argument("--seed", metavar="N", type=int, default=d.seed,
+                   help="seed of the world and the samples (default %(default)s)")
+    p.add_argument("--csv", metavar="FILE", default=None, help="also write the table to this CSV file")
     p.set_defaults(run=_run_playground)
 
 
@@ -119,38 +126,50 @@ def _csv_names(text: str) -> tuple[str, ...]:
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data (default: the bundled ToyDomains demo, generated on first use)")
-    data.add_argument("--root", default=None,
+    data.add_argument("--root", metavar="DIR", default=None,
                       help="DomainBed-layout folder: <root>/<domain>/<class>/<image>, or a folder holding <dataset>/")
-    data.add_argument("--dataset", default=None, help="PACS, VLCS, OfficeHome, TerraIncognita or DomainNet under --root")
-    data.add_argument("--max-per-domain", type=int, default=None, help="at most N images per domain (a quick look)")
-    data.add_argument("--val-fraction", type=float, default=0.2, help="per-domain validation split (default %(default)s)")
-    data.add_argument("--seed", type=int, default=0, help="seed of the split and subsampling (default %(default)s)")
+    data.add_argument("--dataset", metavar="NAME", default=None,
+                      help="PACS, VLCS, OfficeHome, TerraIncognita or DomainNet under --root")
+    data.add_argument("--max-per-domain", metavar="N", type=int, default=None,
+                      help="at most N images per domain (a quick look)")
+    data.add_argument("--val-fraction", metavar="F", type=float, default=0.2,
+                      help="per-domain validation split (default %(default)s)")
+    data.add_argument("--seed", metavar="N", type=int, default=0,
+                      help="seed of the split and subsampling (default %(default)s)")
     model = p.add_argument_group("model (default: toy-clip, the tiny CLIP trained on ToyDomains)")
-    model.add_argument("--model", default="toy-clip",
+    model.add_argument("--model", metavar="NAME", default="toy-clip",
                        help="toy-clip, an open_clip architecture (e.g. ViT-B-16-quickgelu, ViT-B-32), "
                        "hf-hub:org/repo or local-dir:/folder")
-    model.add_argument("--pretrained", default=None,
+    model.add_argument("--pretrained", metavar="TAG", default=None,
                        help="open_clip tag (openai, laion2b_s34b_b79k, ...), a checkpoint file, or 'none' for random "
                        "weights. Weights are never downloaded when offline: put them in $HF_HUB_CACHE")
-    model.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
+    model.add_argument("--device", metavar="DEVICE", default="auto",
+                       help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
     model.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                        help="auto = bf16/fp16 autocast on GPU, fp32 on CPU")
-    model.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default %(default)s)")
-    model.add_argument("--workers", type=int, default=None, help="decode worker processes (default: spare cores)")
+    model.add_argument("--batch-size", metavar="N", type=int, default=64,
+                       help="images per forward pass (default %(default)s)")
+    model.add_argument("--workers", metavar="N", type=int, default=None,
+                       help="decode worker processes (default: spare cores)")
     pairs = p.add_argument_group("interventional pairs")
-    pairs.add_argument("--interventions", type=_csv_names, default=None,
+    pairs.add_argument("--interventions", metavar="LIST", type=_csv_names, default=None,
                        help="image ops, comma-separated, or 'none' (default: all seven: colour_jitter, grayscale, "
                        "gaussian_blur, invert, posterize, solarize, equalize; one drawn at random per pair)")
-    pairs.add_argument("--per-op", action="store_true", help="one pair set per image op instead of a random op per pair")
-    pairs.add_argument("--text-banks", type=_csv_names, default=("styles", "contexts"),
+    pairs.add_argument("--per-op", action="store_true",
+                       help="one pair set per image op instead of a random op per pair")
+    pairs.add_argument("--text-banks", metavar="LIST", type=_csv_names, default=("styles", "contexts"),
                        help="prompt template banks (styles, contexts, conditions) or 'none' (default styles,contexts)")
-    pairs.add_argument("--true-swaps", type=_csv_names, default=(),
-                       help="ToyDomains only: re-render with another colour, background and/or style")
+    pairs.add_argument("--true-swaps", metavar="LIST", type=_csv_names, default=(),
+                       help="ToyDomains only: true pairs re-rendered with another colour, background and/or style "
+                       "(names: colour, background, style)")
     pairs.add_argument("--cross-modal", action="store_true",
                        help="also pair each image with a variant prompt (mixes in CLIP's modality gap)")
-    pairs.add_argument("--n-pairs", type=int, default=None, help="image pairs per set (default: one per training image)")
-    pairs.add_argument("--templates", default="ensemble", help="zero-shot prompt set: single or ensemble (default)")
-    p.add_argument("--cache", default=None, help="embedding cache folder (default $CLIP_ICM_CACHE or data/cache)")
+    pairs.add_argument("--n-pairs", metavar="N", type=int, default=None,
+                       help="image pairs per set (default: one per training image)")
+    pairs.add_argument("--templates", metavar="NAME", default="ensemble",
+                       help="zero-shot prompt set: single or ensemble (default)")
+    p.add_argument("--cache", metavar="DIR", default=None,
+                   help="embedding cache folder (default $CLIP_ICM_CACHE or data/cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -289,7 +308,8 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_source_args(p)
     ev = p.add_argument_group("evaluation")
-    ev.add_argument("--target", default="all", help="held-out domain, or 'all' for each in turn (default)")
+    ev.add_argument("--target", metavar="DOMAIN", default="all",
+                    help="held-out domain, or 'all' for each in turn (default)")
     ev.add_argument("--k", type=int, default=None, help="invariant dimension K (default min(64, D/2))")
     # Relative by default: the useful absolute lam depends on ||Delta|| / ||Z||, which differs per
     # model and intervention (on toy-clip the released default of 1000 erases the classes).
@@ -297,11 +317,11 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--lam-mode", default="relative", choices=("absolute", "relative"),
                     help="relative (default): lam x tr(Z'Z)/tr(Delta'Delta), so 1 weighs both terms equally; "
                          "absolute: the released code's scale (it used 1000)")
-    ev.add_argument("--methods", type=_csv_names, default=None,
+    ev.add_argument("--methods", metavar="LIST", type=_csv_names, default=None,
                     help="projections: icm, icm_as_released, pca, null_space, orth_cali (default all)")
-    ev.add_argument("--pair-sets", type=_csv_names, default=None,
+    ev.add_argument("--pair-sets", metavar="LIST", type=_csv_names, default=None,
                     help="pair sets used to fit, e.g. image:random,text:styles (default all built)")
-    ev.add_argument("--out", default=None, help="write the tidy rows to a .csv or .json file")
+    ev.add_argument("--out", metavar="FILE", default=None, help="write the tidy rows to a .csv or .json file")
     p.set_defaults(run=_run_evaluate)
 
 
