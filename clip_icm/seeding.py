@@ -7,7 +7,11 @@ import numpy as np
 
 
 def seed_hash(*parts: object) -> int:
-    """A stable 31-bit seed from any printable parts (unlike ``hash``, same in every process)."""
+    """A stable 31-bit seed from printable parts (unlike ``hash``, same in every process).
+
+    Parts are hashed through ``repr``: pass plain str/int/float, not numpy scalars
+    (``np.str_("a")`` and ``"a"`` give different seeds) and never arrays (their repr elides).
+    """
     digest = hashlib.sha256(repr(parts).encode()).hexdigest()
     return int(digest[:8], 16) & 0x7FFFFFFF
 
