@@ -264,11 +264,16 @@ def evaluate(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) -> p
     return _guard("Could not evaluate", evaluation.evaluate_split, emb, target, config)
 
 
+def method_label(method: str) -> str:
+    """A method's display name (its own name when it has none, as for "CLIP")."""
+    return METHOD_LABELS.get(method, method)
+
+
 def accuracy_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Merge per-method evaluation frames (each repeats the CLIP rows), label each
     method/protocol, and add the change vs CLIP with the same protocol on the same domain."""
     table = pd.concat(frames, ignore_index=True).drop_duplicates(["domain", "method", "protocol"])
-    table["label"] = [f"{METHOD_LABELS.get(m, m)} {p}" for m, p in zip(table["method"], table["protocol"])]
+    table["label"] = [f"{method_label(m)} {p}" for m, p in zip(table["method"], table["protocol"])]
     clip = table[table["method"] == evaluation.FULL_SPACE].set_index(["domain", "protocol"])["accuracy"]
     base = [clip.get((d, p), np.nan) for d, p in zip(table["domain"], table["protocol"])]
     table["change_vs_clip"] = table["accuracy"] - np.asarray(base, dtype=float)

@@ -154,7 +154,7 @@ def _accuracy_section(ctx: Context, K: int, lam: float):
     table = service.accuracy_table(frames)
     _headline(table, c)
     chart, numbers = st.tabs(["Chart", "Table"])
-    title = f"Accuracy per domain ({service.METHOD_LABELS.get(c.method, c.method)}, K = {K}, lam = {lam:g})"
+    title = f"Accuracy per domain ({service.method_label(c.method)}, K = {K}, lam = {lam:g})"
     chart.plotly_chart(figures.accuracy_bars(table, c.target, title), key="accuracy_chart")
     wide = service.accuracy_wide(table, c.target)
     change = "target change vs CLIP"
@@ -167,11 +167,10 @@ def _accuracy_section(ctx: Context, K: int, lam: float):
 
 def _headline(table, choice: controls.ProjectionChoice) -> None:
     target = table[table["role"] == "target"].set_index(["method", "protocol"])["accuracy"]
-    cols = st.columns(2)
-    for col, protocol in zip(cols, ("linear probe", "zero-shot")):
+    label = service.method_label(choice.method)
+    for col, protocol in zip(st.columns(2), ("linear probe", "zero-shot")):
         clip = target.get(("CLIP", protocol), np.nan)
         ours = target.get((choice.method, protocol), np.nan)
-        label = service.METHOD_LABELS.get(choice.method, choice.method)
         col.metric(f"{label} {protocol} on {choice.target}", f"{ours:.1%}", f"{ours - clip:+.1%} vs CLIP")
 
 
@@ -191,7 +190,7 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
     selection = left.plotly_chart(full_fig, key="umap_full", on_select="rerun", selection_mode=("box", "lasso"))
     with right, st.spinner("Laying out the invariant space…"):
         inv_xy = cached.invariant_layout(emb.key, fit_key, MAX_POINTS, emb, fit)
-    label = service.METHOD_LABELS.get(fit.method, fit.method)
+    label = service.method_label(fit.method)
     inv_fig = figures.scatter_layout(inv_xy, inv_points, colour, f"Invariant space ({label}, K = {K}, lam = {lam:g})")
     selection_inv = right.plotly_chart(inv_fig, key="umap_invariant", on_select="rerun", selection_mode=("box", "lasso"))
     st.caption("Circles: source domains, crosses: the target domain. Hover shows the zero-shot prediction in that "
@@ -266,7 +265,7 @@ def diagnostics_page() -> None:
         selection = "as_released" if fit.method == "icm_as_released" else "top"
         st.plotly_chart(figures.spectrum_figure(fit.eigenvalues, K, selection), key="spectrum")
     else:
-        st.caption(f"{service.METHOD_LABELS.get(fit.method, fit.method)} has no eigenvalue spectrum of M.")
+        st.caption(f"{service.method_label(fit.method)} has no eigenvalue spectrum of M.")
     _sweep_section(ctx, K, lam)
 
 
