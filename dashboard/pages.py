@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clip_icm import figures, service
+from clip_icm import evaluation, figures, service
 from clip_icm.embeddings import EmbeddingSet
 from dashboard import cached, controls, texts
 
@@ -169,7 +169,7 @@ def _headline(table, choice: controls.ProjectionChoice) -> None:
     target = table[table["role"] == "target"].set_index(["method", "protocol"])["accuracy"]
     label = service.method_label(choice.method)
     for col, protocol in zip(st.columns(2), ("linear probe", "zero-shot")):
-        clip = target.get(("CLIP", protocol), np.nan)
+        clip = target.get((evaluation.FULL_SPACE, protocol), np.nan)
         ours = target.get((choice.method, protocol), np.nan)
         col.metric(f"{label} {protocol} on {choice.target}", f"{ours:.1%}", f"{ours - clip:+.1%} vs CLIP")
 
@@ -183,7 +183,8 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
     with left, st.spinner("Laying out the full space (the first UMAP compiles numba: ~20 s)…"):
         ids, full_xy = cached.full_layout(emb.key, MAX_POINTS, emb)
     fit_key = _fit_key(ctx, K, lam)
-    full_points = service.point_table(emb, ids, ctx.choice.target, cached.predictions(emb.key, "", "CLIP", emb, None))
+    full_points = service.point_table(emb, ids, ctx.choice.target,
+                                      cached.predictions(emb.key, "", evaluation.FULL_SPACE, emb, None))
     inv_points = service.point_table(emb, ids, ctx.choice.target,
                                      cached.predictions(emb.key, fit_key, fit.method, emb, fit))
     full_fig = figures.scatter_layout(full_xy, full_points, colour, "Full CLIP space")
