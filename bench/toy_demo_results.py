@@ -13,6 +13,7 @@ ever used to score.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -81,11 +82,11 @@ def family_rows(emb, scorings: tuple[str, ...]) -> pd.DataFrame:
                                                                  methods=("icm",), pair_sets=pair_sets))
             rows.append({
                 "interventions": label, "K, lam chosen by": how, "K": k, "lam": f"{l:g}",
-                "probe CLIP": _pick(frame, "CLIP", ev.LINEAR_PROBE, "target"),
+                "probe CLIP": _pick(frame, ev.FULL_SPACE, ev.LINEAR_PROBE, "target"),
                 "probe ICM": _pick(frame, "icm", ev.LINEAR_PROBE, "target"),
-                "zero-shot CLIP": _pick(frame, "CLIP", ev.ZERO_SHOT, "target"),
+                "zero-shot CLIP": _pick(frame, ev.FULL_SPACE, ev.ZERO_SHOT, "target"),
                 "zero-shot ICM": _pick(frame, "icm", ev.ZERO_SHOT, "target"),
-                "src-val probe CLIP": _pick(frame, "CLIP", ev.LINEAR_PROBE, "source"),
+                "src-val probe CLIP": _pick(frame, ev.FULL_SPACE, ev.LINEAR_PROBE, "source"),
                 "src-val probe ICM": _pick(frame, "icm", ev.LINEAR_PROBE, "source"),
             })
     return pd.DataFrame(rows)
@@ -116,7 +117,7 @@ def main() -> None:
     t0 = time.time()
     emb = embeddings(args.model)
     t_embed = time.time() - t0
-    print(f"machine: {platform.machine()}, {__import__('os').cpu_count()} CPU cores; model {args.model}; "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores; model {args.model}; "
           f"{len(emb.labels)} images, D={emb.features.shape[1]}; embedding {t_embed:.0f} s "
           f"(cached vectors are reused on a rerun)\n")
     print("zero-shot accuracy per domain (CLIP, 'ensemble' templates):\n")
