@@ -348,10 +348,10 @@ def _eval_config(args: argparse.Namespace, dim: int, methods: tuple[str, ...]):
 def _accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Target-domain accuracy: one row per held-out domain, columns (method, protocol)."""
     from clip_icm.evaluation import LINEAR_PROBE
-    from clip_icm.projection import METHOD_LABELS
+    from clip_icm.service import method_label
 
     rows = frame[frame.role == "target"].copy()
-    rows["method"] = rows.method.map(lambda m: METHOD_LABELS.get(m, m))
+    rows["method"] = rows.method.map(method_label)
     rows["protocol"] = rows.protocol.map(lambda p: "probe" if p == LINEAR_PROBE else p)
     order = list(dict.fromkeys(zip(rows.method, rows.protocol)))
     table = rows.pivot_table(index="domain", columns=["method", "protocol"], values="accuracy", sort=False)[order]
