@@ -57,7 +57,14 @@ from clip_icm.scm import (
     subspace_distance,
 )
 from clip_icm.store import EmbeddingStore
-from clip_icm.toydomains import Factors, ensure_demo_data, generate_toydomains, render, render_counterfactual
+from clip_icm.toydomains import (
+    Factors,
+    ToyDomainsRecipe,
+    ensure_demo_data,
+    generate_toydomains,
+    render,
+    render_counterfactual,
+)
 
 __all__ = [
     "EmbeddingSet",
@@ -128,6 +135,7 @@ __all__ = [
     "Factors",
     "ensure_demo_data",
     "generate_toydomains",
+    "ToyDomainsRecipe",
     "render",
     "render_counterfactual",
 ]
