@@ -19,6 +19,9 @@ class PairSet:
     mixes in CLIP's modality gap) or "true" (a real do-intervention, synthetic worlds only).
     ``domains`` names the domain of each pair's source image so that leave-one-domain-out
     can drop target-domain pairs; it is None for pairs that touch no image (text pairs).
+    ``labels`` is the class of each pair's source image (an intervention keeps the class),
+    for the augmentation baseline and for scoring intervened validation rows; None where
+    unknown (text pairs).
     """
 
     name: str
@@ -26,6 +29,7 @@ class PairSet:
     z: np.ndarray
     z_do: np.ndarray
     domains: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.z.shape != self.z_do.shape or self.z.ndim != 2:
@@ -33,15 +37,18 @@ class PairSet:
                 f"pair set {self.name!r}: z {self.z.shape} and z_do {self.z_do.shape} "
                 "must be 2-D arrays of the same shape"
             )
-        if self.domains is not None and len(self.domains) != len(self.z):
-            raise ValueError(f"pair set {self.name!r}: {len(self.domains)} domains for {len(self.z)} pairs")
+        for name in ("domains", "labels"):
+            column = getattr(self, name)
+            if column is not None and len(column) != len(self.z):
+                raise ValueError(f"pair set {self.name!r}: {len(column)} {name} for {len(self.z)} pairs")
 
     def excluding(self, domain: str) -> "PairSet":
         """The pairs whose source image is not from ``domain`` (all of them for text pairs)."""
         if self.domains is None:
             return self
         keep = self.domains != domain
-        return PairSet(self.name, self.kind, self.z[keep], self.z_do[keep], self.domains[keep])
+        labels = None if self.labels is None else self.labels[keep]
+        return PairSet(self.name, self.kind, self.z[keep], self.z_do[keep], self.domains[keep], labels)
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,11 @@ class EmbeddingSet:
     pairs:         interventional pair sets available for fitting a projection
     paths:         (n,) image file paths, for thumbnails ("" where there is none)
     key:           content key of everything that produced the vectors (cache keys build on it)
+    intervened_val: counterfactual copies of the validation rows (``z`` the rows, ``z_do`` the
+                   copies with their variant factors changed, with domains and labels): scored
+                   by the "interventional" selection rule, never used to fit anything
+    look_prompts:  per held-out domain, (T, C, D) text embeddings of prompts that describe each
+                   class by its usual look in the other domains' training rows (ToyDomains)
     """
 
     features: np.ndarray
@@ -68,6 +80,8 @@ class EmbeddingSet:
     pairs: list[PairSet] = field(default_factory=list)
     paths: np.ndarray | None = None
     key: str = ""
+    intervened_val: list[PairSet] = field(default_factory=list)
+    look_prompts: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n, dim = self.features.shape

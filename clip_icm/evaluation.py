@@ -16,6 +16,7 @@ copy of the EmbeddingSet from which the target domain has been removed.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,11 @@ ZERO_SHOT, LINEAR_PROBE = "zero-shot", "linear probe"
 # The released code scores zero-shot with a plain dot product after projection (no
 # re-normalisation of the projected text); we keep that for its named variant only.
 RELEASED_SCORING = frozenset({"icm_as_released"})
+# Methods whose probe also trains on the intervened images of the pair sets (same labels).
+AUGMENTED_PROBE = frozenset({"augmentation"})
+# Zero-shot prompt sets: the class names in the template set the embeddings were built with,
+# or each class described by its usual look in the source training rows (EmbeddingSet.look_prompts).
+PROMPT_SETS = {"classes": "class names", "usual_look": "each class by its usual source look"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,12 @@ class EvalConfig:
     pair_sets: tuple[str, ...] | None = None
     pair_weights: tuple[tuple[str, float], ...] | dict[str, float] | None = None
     probe_Cs: tuple[float, ...] = (0.01, 0.1, 1.0)
+    prompts: str = "classes"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.prompts not in PROMPT_SETS:
+            raise ValueError(f"prompts must be one of {', '.join(PROMPT_SETS)}; got {self.prompts!r}")
 
 
 def _normalise(X: np.ndarray) -> np.ndarray:
@@ -125,18 +136,31 @@ def _check_target(emb: EmbeddingSet, target: str | None) -> None:
         raise ValueError(f"unknown target domain {target!r}; domains: {', '.join(emb.domain_names)}")
 
 
+def _pair_sets(emb: EmbeddingSet, target: str | None, config: EvalConfig) -> list:
+    """The configured pair sets without the pairs whose image is from ``target``."""
+    names = config.pair_sets if config.pair_sets is not None else [p.name for p in emb.pairs]
+    pair_sets = [emb.pair_set(name) for name in names]
+    return pair_sets if target is None else [p.excluding(target) for p in pair_sets]
+
+
 def fit_projection(
     emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig = EvalConfig()
 ) -> LinearProjection:
     """The projection of ``method`` fitted on pairs whose image is not from ``target``
     (None = all pairs). Used by evaluation and by the dashboard (spectrum, UMAP)."""
     _check_target(emb, target)
-    names = config.pair_sets if config.pair_sets is not None else [p.name for p in emb.pairs]
-    pair_sets = [emb.pair_set(name) for name in names]
-    if target is not None:
-        pair_sets = [p.excluding(target) for p in pair_sets]
-    Z, Z_do = stack_pairs(pair_sets, dict(config.pair_weights or {}))
+    Z, Z_do = stack_pairs(_pair_sets(emb, target, config), dict(config.pair_weights or {}))
     return make_projection(method, config.n_components, config.lam, config.lam_mode).fit(Z, Z_do)
+
+
+def with_prompts(emb: EmbeddingSet, target: str | None, prompts: str) -> EmbeddingSet:
+    """``emb`` whose class text embeddings are the prompt set ``prompts`` for held-out ``target``."""
+    if prompts == "classes":
+        return emb
+    if target not in emb.look_prompts:
+        raise ValueError(f"prompts={prompts!r} needs the usual-look prompts for target {target!r} "
+                         "(ToyDomains data embedded with InterventionConfig(look_prompts=True))")
+    return replace(emb, text_features=emb.look_prompts[target])
 
 
 def _rows_by_domain(emb: EmbeddingSet, target: str) -> dict[str, np.ndarray]:
@@ -146,19 +170,56 @@ def _rows_by_domain(emb: EmbeddingSet, target: str) -> dict[str, np.ndarray]:
     }
 
 
-def _score_method(emb, target, method, projection, config) -> list[dict]:
-    source = _source_mask(emb, target)
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+def _probe_training_rows(emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Source training rows; for an augmented method also the intervened images of the pair
+    sets (each with its source image's class), never anything from ``target``."""
+    train = _source_mask(emb, target) & emb.is_train
+    X, y = [emb.features[train]], [emb.labels[train]]
+    if method in AUGMENTED_PROBE:
+        images = [p for p in _pair_sets(emb, target, config) if p.kind in ("image", "true") and p.labels is not None]
+        if not images:
+            raise ValueError(f"{method} trains on intervened images: choose at least one image or true-swap pair set")
+        X += [p.z_do for p in images]
+        y += [p.labels for p in images]
+    return np.concatenate(X), np.concatenate(y)
+
+
+def _predictors(emb: EmbeddingSet, target: str | None, method: str, projection, config: EvalConfig
+                ) -> dict[str, Predict]:
+    """Zero-shot and linear-probe class predictions from raw features, fitted on source rows
+    (and pairs) only: what both scoring and selection apply to any rows."""
+    source_val = _source_mask(emb, target) & ~emb.is_train
     project = (lambda X: X) if projection is None else projection.transform
-    X = project(emb.features)
-    probe = fit_linear_probe(
-        X[source & emb.is_train], emb.labels[source & emb.is_train],
-        X[source & ~emb.is_train], emb.labels[source & ~emb.is_train], config.probe_Cs, config.seed,
-    )
-    zs = zero_shot_predict(emb.features, emb.text_features, projection, method not in RELEASED_SCORING)
-    predictions = {ZERO_SHOT: zs, LINEAR_PROBE: probe.predict(X)}
+    train_X, train_y = _probe_training_rows(emb, target, method, config)
+    probe = fit_linear_probe(project(train_X), train_y, project(emb.features[source_val]), emb.labels[source_val],
+                             config.probe_Cs, config.seed)
+    weights = zero_shot_classifier(emb.text_features, projection, method not in RELEASED_SCORING)
+    return {
+        ZERO_SHOT: lambda X: np.argmax(_normalise(project(np.asarray(X, dtype=np.float64))) @ weights.T, axis=1),
+        LINEAR_PROBE: lambda X: probe.predict(project(X)),
+    }
+
+
+def predict_all(emb: EmbeddingSet, target: str, method: str = FULL_SPACE, config: EvalConfig = EvalConfig()
+                ) -> dict[str, np.ndarray]:
+    """Class index of every row under each protocol, for ``method`` (FULL_SPACE = CLIP) fitted
+    with ``target`` held out, as evaluate_split scores them (for confusion matrices)."""
+    _check_target(emb, target)
+    emb = with_prompts(emb, target, config.prompts)
+    predictors = _predictors(emb, target, method, _fitted(emb, target, method, config), config)
+    return {protocol: predict(emb.features) for protocol, predict in predictors.items()}
+
+
+def _score_method(emb, target, method, projection, config) -> list[dict]:
+    predicted = {p: predict(emb.features) for p, predict in _predictors(emb, target, method, projection,
+                                                                         config).items()}
     rows = []
     for domain, mask in _rows_by_domain(emb, target).items():
-        for protocol, pred in predictions.items():
+        for protocol, pred in predicted.items():
             acc = float(np.mean(pred[mask] == emb.labels[mask])) if mask.any() else float("nan")
             role = "target" if domain == target else "source"
             rows.append(dict(target=target, domain=domain, role=role, method=method, protocol=protocol,
@@ -166,9 +227,14 @@ def _score_method(emb, target, method, projection, config) -> list[dict]:
     return rows
 
 
+def _fitted(emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig):
+    """The fitted projection of ``method``; None for the full space."""
+    return None if method == FULL_SPACE else fit_projection(emb, target, method, config)
+
+
 def _fit_and_score(emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig) -> list[dict]:
     """_score_method for ``method`` fitted on the pairs whose image is not from ``target``."""
-    return _score_method(emb, target, method, fit_projection(emb, target, method, config), config)
+    return _score_method(emb, target, method, _fitted(emb, target, method, config), config)
 
 
 def evaluate_split(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConfig()) -> pd.DataFrame:
@@ -176,6 +242,7 @@ def evaluate_split(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConf
     if target is None:
         raise ValueError("evaluate_split needs a target domain")
     _check_target(emb, target)
+    emb = with_prompts(emb, target, config.prompts)
     rows = _score_method(emb, target, FULL_SPACE, None, config)
     for method in config.methods:
         rows += _fit_and_score(emb, target, method, config)
@@ -204,6 +271,7 @@ def without_domain(emb: EmbeddingSet, domain: str) -> EmbeddingSet:
         pairs=[p.excluding(domain) for p in emb.pairs],
         paths=None if emb.paths is None else emb.paths[keep],
         key=f"{emb.key}-without-{domain}",
+        intervened_val=[c.excluding(domain) for c in emb.intervened_val],
     )
 
 
@@ -222,7 +290,61 @@ def _held_out_source_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig
     return float(np.mean(scores))
 
 
-SCORINGS = {"source_val": _source_val_accuracy, "source_domains": _held_out_source_accuracy}
+def _worst_case_validation(emb: EmbeddingSet, predict: Predict) -> float:
+    """Per domain the lowest of its validation accuracy and its accuracy on each intervened
+    copy of those rows, averaged over domains. A shortcut that is as predictive as the cause
+    on validation rows fails on rows where the variant factors were changed."""
+    predicted = predict(emb.features)
+    scores = []
+    for domain in emb.domain_names:
+        val = (emb.domains == domain) & ~emb.is_train
+        accuracies = [np.mean(predicted[val] == emb.labels[val])] if val.any() else []
+        for check in emb.intervened_val:
+            rows = check.domains == domain
+            if rows.any():
+                accuracies.append(np.mean(predict(check.z_do[rows]) == check.labels[rows]))
+        if accuracies:
+            scores.append(min(accuracies))
+    return float(np.mean(scores))
+
+
+def _interventional_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig, protocol: str) -> float:
+    """min(validation, intervened validation) accuracy per source domain, averaged (emb holds no target)."""
+    if not emb.intervened_val:
+        raise ValueError("scoring='interventional' needs intervened validation rows: embed with "
+                         "InterventionConfig(intervened_val=('counterfactual',)) on ToyDomains or ('image',) elsewhere")
+    predict = _predictors(emb, None, method, _fitted(emb, None, method, config), config)[protocol]
+    return _worst_case_validation(emb, predict)
+
+
+SCORINGS = {
+    "source_val": _source_val_accuracy,
+    "source_domains": _held_out_source_accuracy,
+    "interventional": _interventional_accuracy,
+}
+SCORING_LABELS = {
+    "source_val": "source validation",
+    "source_domains": "leave one source domain out",
+    "interventional": "source validation + intervened source validation",
+}
+
+
+def _selection_view(emb: EmbeddingSet, target: str, config: EvalConfig, scoring: str) -> EmbeddingSet:
+    """What selection may read: ``emb`` without the target domain (and with the target's prompts)."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
+    _check_target(emb, target)
+    sources = without_domain(with_prompts(emb, target, config.prompts), target)
+    if scoring == "source_domains" and len(sources.domain_names) < 2:
+        raise ValueError("scoring='source_domains' needs at least 2 source domains")
+    return sources
+
+
+def source_score(emb: EmbeddingSet, target: str, method: str = FULL_SPACE, config: EvalConfig = EvalConfig(),
+                 scoring: str = "source_val", protocol: str = LINEAR_PROBE) -> float:
+    """The score a selection rule gives one setting (``method`` with ``config``; FULL_SPACE =
+    CLIP): compare it with the chosen setting's to see what the source data prefer."""
+    return SCORINGS[scoring](_selection_view(emb, target, config, scoring), method, config, protocol)
 
 
 def select_hyperparameters(
@@ -239,16 +361,13 @@ def select_hyperparameters(
 
     ``scoring="source_val"``: mean accuracy on the source domains' validation rows
     (training-domain validation). ``"source_domains"``: leave one source domain out in
-    turn and score it whole (slower; less fooled by features that are spurious across
-    the target shift, since it rewards what transfers between domains). Ties keep the
-    first (K, lam) in grid order. Returns (best_K, best_lam, scores with columns K, lam, score).
+    turn and score it whole (slower). ``"interventional"``: per source domain the lower of
+    its validation accuracy and its accuracy on the intervened copies of those rows
+    (``EmbeddingSet.intervened_val``), averaged: it sees a shortcut that validation rows
+    cannot, when the interventions change the factors that shift. Ties keep the first
+    (K, lam) in grid order. Returns (best_K, best_lam, scores with columns K, lam, score).
     """
-    if scoring not in SCORINGS:
-        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
-    _check_target(emb, target)
-    sources = without_domain(emb, target)
-    if scoring == "source_domains" and len(sources.domain_names) < 2:
-        raise ValueError("scoring='source_domains' needs at least 2 source domains")
+    sources = _selection_view(emb, target, config, scoring)
     dim = emb.features.shape[1]
     rows = [
         dict(K=K, lam=lam, score=SCORINGS[scoring](sources, method, replace(config, n_components=K, lam=lam), protocol))
@@ -260,6 +379,27 @@ def select_hyperparameters(
     scores = pd.DataFrame(rows)
     best = scores.loc[scores.score.idxmax()]
     return int(best.K), float(best.lam), scores
+
+
+def select_and_evaluate(
+    emb: EmbeddingSet,
+    target: str,
+    config: EvalConfig = EvalConfig(),
+    scoring: str | None = None,
+    Ks: tuple[int, ...] = (16, 32, 64, 128),
+    lams: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0),
+    method: str = "icm",
+    protocol: str = LINEAR_PROBE,
+) -> pd.DataFrame:
+    """evaluate_split at the (K, lam) that ``scoring`` chooses for ``method`` on source data only
+    (``scoring=None``: the config's own K and lam); every configured method uses that K and lam.
+    Adds a ``selected_by`` column naming the rule ("fixed" when none)."""
+    if scoring is not None:
+        K, lam, _ = select_hyperparameters(emb, target, method, Ks, lams, config, scoring, protocol)
+        config = replace(config, n_components=K, lam=lam)
+    frame = evaluate_split(emb, target, config)
+    frame["selected_by"] = "fixed" if scoring is None else SCORING_LABELS[scoring]
+    return frame
 
 
 def sweep(

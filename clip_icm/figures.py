@@ -83,7 +83,7 @@ def selected_ids(selection: object) -> list[int]:
 
 
 METHOD_COLOURS = {"CLIP": "#7f7f7f", "icm": "#1f77b4", "icm_as_released": "#d62728", "pca": "#2ca02c",
-                  "null_space": "#9467bd", "orth_cali": "#ff7f0e"}
+                  "null_space": "#9467bd", "orth_cali": "#ff7f0e", "augmentation": "#8c564b"}
 
 
 def accuracy_bars(table: pd.DataFrame, target: str, title: str = "Accuracy per domain") -> go.Figure:
@@ -150,6 +150,30 @@ def sweep_heatmaps(sweep: pd.DataFrame, chosen: tuple[int, float] | None = None)
                                      marker=dict(symbol="star-open", size=22, color="red", line_width=2),
                                      hovertemplate="chosen on source validation<extra></extra>"), row=1, col=col)
     fig.update_layout(height=380, margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def confusion_heatmaps(matrices: dict[str, np.ndarray], class_names: list[str], titles: dict[str, str]) -> go.Figure:
+    """Side-by-side confusion matrices (rows: true class, columns: predicted), each row as a
+    share of that class, so a learner sees which class the shortcut turns into which."""
+    if not matrices:
+        raise ValueError("confusion_heatmaps needs at least one matrix")
+    names = list(matrices)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[titles.get(n, n) for n in names],
+                        horizontal_spacing=0.14)
+    for col, name in enumerate(names, 1):
+        counts = np.asarray(matrices[name], dtype=float)
+        if counts.shape != (len(class_names), len(class_names)):
+            raise ValueError(f"{name}: a {counts.shape} matrix for {len(class_names)} classes")
+        shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        fig.add_trace(go.Heatmap(
+            z=shares, x=class_names, y=class_names, zmin=0, zmax=1, colorscale="Blues", showscale=col == len(names),
+            text=counts.astype(int), texttemplate="%{text}", colorbar=dict(tickformat=".0%"),
+            hovertemplate="true %{y} → predicted %{x}: %{text} (%{z:.0%} of the class)<extra></extra>",
+        ), row=1, col=col)
+        fig.update_xaxes(title_text="predicted", tickangle=-45, row=1, col=col)
+        fig.update_yaxes(title_text="true class", autorange="reversed", row=1, col=col)
+    fig.update_layout(height=420, margin=dict(l=10, r=10, t=50, b=10))
     return fig
 
 

@@ -19,6 +19,14 @@ the validation rows that choose K, lam and C never shaped the projection:
 - ``cross-modal``: (f_I(x), f_T(variant prompt of x's class)); includes the modality gap;
 - ``true:<factor>``: ToyDomains only: the same object re-rendered with another colour,
   background or style.
+
+Intervened validation rows (``EmbeddingSet.intervened_val``, for the "interventional"
+selection rule; never fitted): every *validation* row with its variant factors changed:
+
+- ``counterfactual:colour+background``: ToyDomains only: re-rendered with both the colour and
+  the scene re-drawn;
+- ``image:<...>``: the chosen image interventions applied to the validation rows (the generic,
+  weaker check for folders whose factors are unknown).
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from clip_icm.backend import ClipBackend, ImageDecodeError, ModelConfig, load_model, model_key, sha256_file
-from clip_icm.datasets import DomainScan, scan_domain_folder, split_mask
+from clip_icm.datasets import DomainScan, load_image, scan_domain_folder, split_mask
 from clip_icm.embeddings import EmbeddingSet, PairSet
 from clip_icm.interventions import (IMAGE_INTERVENTIONS, ZERO_SHOT_TEMPLATES, RandomIntervention, TextBank,
                                     cross_modal_texts, make_image_intervention, make_text_pairs, resolve_banks)
@@ -67,6 +75,11 @@ class InterventionConfig:
     n_pairs:        image pairs per pair set, a seeded subset of the training rows; None = all
     text_pairs_per_class: prompt pairs per class and bank
     templates:      ZERO_SHOT_TEMPLATES entry for the class prompts (text_features)
+    intervened_val: which intervened validation sets to build: "counterfactual" (ToyDomains) and/or
+                    "image"; None = "counterfactual" where the folder has factors.csv, else "image"
+                    when image ops are chosen
+    look_prompts:   also embed, per held-out domain, prompts naming each class by its usual look
+                    in the other domains' training rows (ToyDomains only)
     """
 
     image: tuple[str, ...] = DEFAULT_OPS
@@ -78,7 +91,20 @@ class InterventionConfig:
     n_pairs: int | None = None
     text_pairs_per_class: int = 8
     templates: str = "ensemble"
+    intervened_val: tuple[str, ...] | None = None
+    look_prompts: bool = False
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.intervened_val or ()) - set(INTERVENED_VAL_KINDS)
+        if unknown:
+            raise ValueError(f"unknown intervened validation set(s) {', '.join(sorted(unknown))}; "
+                             f"available: {', '.join(INTERVENED_VAL_KINDS)}")
+
+
+# The two variant factors the ToyDomains recipe can make spurious, re-drawn together.
+COUNTERFACTUAL_CHANGE = ("colour", "background")
+INTERVENED_VAL_KINDS = ("counterfactual", "image")
 
 
 @dataclass
@@ -266,16 +292,20 @@ class _Counterfactuals:
 
 
 def _factor_rows(scan: DomainScan) -> list[dict]:
-    factors_file = Path(scan.root) / "factors.csv"
+    return _factor_rows_of(Path(scan.root), scan.paths)
+
+
+def _factor_rows_of(root: Path, paths: Sequence[str]) -> list[dict]:
+    factors_file = root / "factors.csv"
     if not factors_file.is_file():
-        raise ValueError(f"true swaps need the ToyDomains dataset (a folder with factors.csv); {scan.root} has none")
+        raise ValueError(f"true swaps need the ToyDomains dataset (a folder with factors.csv); {root} has none")
     from clip_icm.toydomains import load_factors
 
-    table = load_factors(scan.root)
-    relative = [str(Path(p).relative_to(scan.root)) for p in scan.paths]
+    table = load_factors(root)
+    relative = [str(Path(p).relative_to(root)) for p in paths]
     absent = [r for r in relative if r not in table.index]
     if absent:
-        raise ValueError(f"factors.csv in {scan.root} has no row for {len(absent)} image(s), e.g. {absent[0]}")
+        raise ValueError(f"factors.csv in {root} has no row for {len(absent)} image(s), e.g. {absent[0]}")
     return table.loc[relative].to_dict("records")
 
 
@@ -303,18 +333,24 @@ def embed_dataset(
     paths, labels, domains, hashes = scan.paths[keep], scan.labels[keep], scan.domains[keep], hashes[keep]
     features = features[keep]
     is_train = split_mask(labels, domains, data.val_fraction, data.seed)
-    pairs = _image_pairs(embedder, interventions, paths, hashes, domains, features, is_train)
+    rows = _Rows(paths, hashes, labels, domains, features, is_train)
+    checks = _intervened_val_kinds(interventions, scan)
+    factor_rows = None
+    if interventions.true_swaps or interventions.look_prompts or "counterfactual" in checks:
+        all_factor_rows = _factor_rows(scan)
+        factor_rows = [all_factor_rows[i] for i in keep]
+    pairs = _image_pairs(embedder, interventions, rows)
     if interventions.true_swaps:
-        factor_rows = _factor_rows(scan)
-        rows = [factor_rows[i] for i in keep]
-        pairs += _true_pairs(embedder, interventions, rows, hashes, domains, features, is_train)
+        pairs += _true_pairs(embedder, interventions, factor_rows, rows)
     class_names = list(scan.class_names)
-    pairs += _text_pairs(embedder, interventions, class_names, labels, domains, features, is_train)
+    pairs += _text_pairs(embedder, interventions, class_names, rows)
+    intervened_val = _intervened_val(embedder, interventions, checks, factor_rows, rows)
+    look = _look_prompts(embedder, factor_rows, class_names, rows) if interventions.look_prompts else {}
     templates = ZERO_SHOT_TEMPLATES.get(interventions.templates)
     prompts = [t.format(c) for t in templates for c in class_names]
     text = embedder.texts("class prompts", prompts).reshape(len(templates), len(class_names), -1)
     key = make_key("embedding set", embedder.key, hashes.tolist(), asdict(data), _config_id(interventions))
-    emb = EmbeddingSet(features, labels, domains, is_train, class_names, text, pairs, paths, key)
+    emb = EmbeddingSet(features, labels, domains, is_train, class_names, text, pairs, paths, key, intervened_val, look)
     return EmbeddingRun(emb, scan, skipped, embedder.loaded, embedder.computed, embedder.reused)
 
 
@@ -360,37 +396,112 @@ def _hashes(paths: np.ndarray, progress: Progress | None, memo_file: Path) -> np
     return np.array(out)
 
 
+def intervened_image(path: str, pair_set: str, cfg: InterventionConfig):
+    """The intervened version of the image at ``path`` as pair set ``pair_set`` (or an
+    intervened validation set) makes it: the same op and seed, or the same re-render. For
+    showing pairs (the dashboard's gallery); the embeddings never go through here."""
+    if pair_set.startswith(("true:", "counterfactual:")):
+        row = _factor_rows_of(Path(path).parents[2], [path])[0]  # <root>/<domain>/<class>/<image>
+        change = pair_set.split(":", 1)[1]
+        return _Counterfactuals([row], tuple(change.split("+")) if "+" in change else change, cfg.seed)[0]
+    ops = dict(_image_interventions(cfg))
+    op = ops.get(pair_set.removeprefix("val "))
+    if op is None:
+        raise ValueError(f"no image pair set {pair_set!r} in these interventions; available: {', '.join(ops) or '(none)'}")
+    seed = int(_pair_seeds(cfg.seed, pair_set, np.array([file_hash(path)]))[0])
+    return op(load_image(path), seed)
+
+
 def _pair_seeds(seed: int, name: str, hashes: np.ndarray) -> np.ndarray:
     """Per-image seeds from the image content: an image gets the same op wherever it sits."""
     return np.array([seed_hash("pair", seed, name, h) for h in hashes], dtype=np.int64)
 
 
-def _image_pairs(embedder, cfg, paths, hashes, domains, features, is_train) -> list[PairSet]:
+@dataclass(frozen=True)
+class _Rows:
+    """The embedded images, column by column (what every pair builder reads)."""
+
+    paths: np.ndarray
+    hashes: np.ndarray
+    labels: np.ndarray
+    domains: np.ndarray
+    features: np.ndarray
+    is_train: np.ndarray
+
+    def pair_set(self, name: str, kind: str, rows: np.ndarray, z_do: np.ndarray) -> PairSet:
+        return PairSet(name, kind, self.features[rows], z_do, self.domains[rows], self.labels[rows])
+
+
+def _image_pair_set(embedder, cfg, rows: _Rows, name: str, op, picked: np.ndarray, kind: str) -> PairSet:
+    what = {"pair set": name, "intervention": op.params(), "seed": cfg.seed}  # name: it seeds the pairs
+    z_do, failed = embedder.images(name, rows.paths[picked], rows.hashes[picked], rows.domains[picked], what, op,
+                                   _pair_seeds(cfg.seed, name, rows.hashes[picked]))
+    if failed:  # they decoded a moment ago: the files changed under us
+        raise ImageDecodeError(failed, rows.paths[picked])
+    return rows.pair_set(name, kind, picked, z_do)
+
+
+def _image_pairs(embedder, cfg, rows: _Rows) -> list[PairSet]:
+    return [_image_pair_set(embedder, cfg, rows, name, op, _pair_rows(rows.is_train, cfg.n_pairs, cfg.seed, name),
+                            "image")
+            for name, op in _image_interventions(cfg)]
+
+
+def _counterfactual_set(embedder, cfg, factor_rows, rows: _Rows, name: str, change, picked: np.ndarray,
+                        kind: str) -> PairSet:
+    items = _Counterfactuals([factor_rows[i] for i in picked], change, cfg.seed)
+    what = {"true swap": change, "seed": cfg.seed}
+    z_do, _ = embedder.images(name, items, rows.hashes[picked], rows.domains[picked], what)
+    return rows.pair_set(name, kind, picked, z_do)
+
+
+def _true_pairs(embedder, cfg, factor_rows, rows: _Rows) -> list[PairSet]:
+    return [_counterfactual_set(embedder, cfg, factor_rows, rows, f"true:{change}", change,
+                                _pair_rows(rows.is_train, cfg.n_pairs, cfg.seed, f"true:{change}"), "true")
+            for change in cfg.true_swaps]
+
+
+def _intervened_val_kinds(cfg: InterventionConfig, scan: DomainScan) -> tuple[str, ...]:
+    if cfg.intervened_val is not None:
+        return cfg.intervened_val
+    if (Path(scan.root) / "factors.csv").is_file():
+        return ("counterfactual",)
+    return ("image",) if cfg.image else ()
+
+
+def _intervened_val(embedder, cfg, kinds: tuple[str, ...], factor_rows, rows: _Rows) -> list[PairSet]:
+    """Every validation row, intervened on (kinds: see the module docstring). Only the scoring
+    of a K/lam choice reads them; they never reach a fit (EmbeddingSet keeps them apart)."""
+    val = np.flatnonzero(~rows.is_train)
     out = []
-    for name, op in _image_interventions(cfg):
-        rows = _pair_rows(is_train, cfg.n_pairs, cfg.seed, name)
-        what = {"pair set": name, "intervention": op.params(), "seed": cfg.seed}  # name: it seeds the pairs
-        z_do, failed = embedder.images(name, paths[rows], hashes[rows], domains[rows], what, op,
-                                       _pair_seeds(cfg.seed, name, hashes[rows]))
-        if failed:  # they decoded a moment ago: the files changed under us
-            raise ImageDecodeError(failed, paths[rows])
-        out.append(PairSet(name, "image", features[rows], z_do, domains[rows]))
+    if "counterfactual" in kinds:
+        name = "counterfactual:" + "+".join(COUNTERFACTUAL_CHANGE)
+        out.append(_counterfactual_set(embedder, cfg, factor_rows, rows, name, COUNTERFACTUAL_CHANGE, val,
+                                       "intervened validation"))
+    if "image" in kinds:
+        if not cfg.image:
+            raise ValueError("intervened validation 'image' needs at least one image intervention")
+        out += [_image_pair_set(embedder, cfg, rows, f"val {name}", op, val, "intervened validation")
+                for name, op in _image_interventions(cfg)]
     return out
 
 
-def _true_pairs(embedder, cfg, factor_rows, hashes, domains, features, is_train) -> list[PairSet]:
-    out = []
-    for change in cfg.true_swaps:
-        name = f"true:{change}"
-        rows = _pair_rows(is_train, cfg.n_pairs, cfg.seed, name)
-        items = _Counterfactuals([factor_rows[i] for i in rows], change, cfg.seed)
-        what = {"true swap": change, "seed": cfg.seed}
-        z_do, _ = embedder.images(name, items, hashes[rows], domains[rows], what)
-        out.append(PairSet(name, "true", features[rows], z_do, domains[rows]))
+def _look_prompts(embedder, factor_rows, class_names: list[str], rows: _Rows) -> dict[str, np.ndarray]:
+    """Per held-out domain: (T, C, D) embeddings of toydomains.usual_look_prompts over the
+    other domains' training rows (the held-out domain's rows and all labels of validation
+    rows stay unread)."""
+    from clip_icm.toydomains import usual_look_prompts
+
+    out = {}
+    for target in dict.fromkeys(rows.domains.tolist()):
+        source_train = np.flatnonzero(rows.is_train & (rows.domains != target))
+        prompts = usual_look_prompts([factor_rows[i] for i in source_train], class_names)
+        text = embedder.texts(f"usual-look prompts ({target} held out)", prompts)
+        out[target] = text.reshape(len(prompts) // len(class_names), len(class_names), -1)
     return out
 
 
-def _text_pairs(embedder, cfg, class_names, labels, domains, features, is_train) -> list[PairSet]:
+def _text_pairs(embedder, cfg, class_names, rows: _Rows) -> list[PairSet]:
     if not cfg.text_banks:
         return []
     out = []
@@ -399,8 +510,7 @@ def _text_pairs(embedder, cfg, class_names, labels, domains, features, is_train)
         both = embedder.texts(f"text:{bank.name}", texts + texts_do)
         out.append(PairSet(f"text:{bank.name}", "text", both[:len(texts)], both[len(texts):]))
     if cfg.cross_modal:
-        rows = _pair_rows(is_train, cfg.n_pairs, cfg.seed, "cross-modal")
-        texts_do = cross_modal_texts(labels[rows], class_names, cfg.text_banks, cfg.seed)
-        z_do = embedder.texts("cross-modal", texts_do)
-        out.append(PairSet("cross-modal", "cross-modal", features[rows], z_do, domains[rows]))
+        picked = _pair_rows(rows.is_train, cfg.n_pairs, cfg.seed, "cross-modal")
+        texts_do = cross_modal_texts(rows.labels[picked], class_names, cfg.text_banks, cfg.seed)
+        out.append(rows.pair_set("cross-modal", "cross-modal", picked, embedder.texts("cross-modal", texts_do)))
     return out

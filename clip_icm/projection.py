@@ -14,6 +14,8 @@ The methods (registry :data:`METHODS`, labels :data:`METHOD_LABELS`):
 - ``null_space``: the K directions that move least under intervention
   (ICM's lam -> infinity limit).
 - ``orth_cali``: Orth-Cali soft calibration (Chuang et al. 2023).
+- ``augmentation``: no projection (identity); evaluation trains its probe on the source rows
+  plus the intervened images (data augmentation with the same pairs).
 """
 from __future__ import annotations
 
@@ -276,12 +278,24 @@ class OrthCaliProjection(LinearProjection):
         self.lam_effective_ = lam
 
 
+class IdentityProjection(LinearProjection):
+    """The full space itself (``components_ = I``): for a method that changes what the probe is
+    trained on (the augmentation baseline), not the space it predicts in."""
+
+    def __init__(self) -> None:
+        pass
+
+    def _fit_pairs(self, Z: np.ndarray, Z_do: np.ndarray) -> None:
+        self.components_ = np.eye(Z.shape[1])
+
+
 METHOD_LABELS: dict[str, str] = {
     "icm": "ICM",
     "icm_as_released": "ICM (as released)",
     "pca": "PCA",
     "null_space": "Null space",
     "orth_cali": "Orth-Cali",
+    "augmentation": "Augmentation",
 }
 
 # Factories (n_components, lam, lam_mode) -> unfitted estimator. orth_cali keeps all D
@@ -292,6 +306,9 @@ METHODS.register("icm_as_released", lambda k, lam, mode: InvariantProjection(k, 
 METHODS.register("pca", lambda k, lam, mode: PCAProjection(k))
 METHODS.register("null_space", lambda k, lam, mode: NullSpaceProjection(n_components=k))
 METHODS.register("orth_cali", lambda k, lam, mode: OrthCaliProjection(lam, lam_mode=mode))
+# The full-space probe trained on the source rows plus the intervened images of the pair sets
+# (evaluation.AUGMENTED_PROBE): what a practitioner tries first.
+METHODS.register("augmentation", lambda k, lam, mode: IdentityProjection())
 
 
 def make_projection(method: str, n_components: int, lam: float, lam_mode: str = "absolute") -> LinearProjection:

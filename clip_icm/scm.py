@@ -306,14 +306,15 @@ def make_embedding_set(
     domain_col = np.repeat(np.array(domains), n_per_domain)
     is_train = np.concatenate([gen.permutation(n_per_domain) >= round(val_fraction * n_per_domain) for _ in domains])
     text = scm.text_features(gen)
+    labels = np.concatenate([s.y for s in samples])
     return EmbeddingSet(
         features=x,
-        labels=np.concatenate([s.y for s in samples]),
+        labels=labels,
         domains=domain_col,
         is_train=is_train,
         class_names=[f"class {c}" for c in range(config.n_classes)],
         text_features=text,
-        pairs=[PairSet("true", "true", x, x_do, domain_col)] + _text_pairs(text),
+        pairs=[PairSet("true", "true", x, x_do, domain_col, labels)] + _text_pairs(text),
         paths=np.full(len(x), ""),
         key=f"scm-{seed_hash(asdict(config), n_per_domain, domains, val_fraction):08x}",
     )

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from clip_icm import evaluation, reduce
+from clip_icm import defaults, evaluation, reduce
 from clip_icm.embeddings import EmbeddingSet
 from clip_icm.projection import METHOD_LABELS
 from clip_icm.seeding import rng
@@ -49,7 +49,8 @@ class InterventionChoice:
 
     image_ops: image operations, one drawn at random per pair when several (as in the paper);
     strengths: ((op, ((param, value), ...)), ...); text_banks: ((bank name, (template, ...)), ...);
-    true_swaps: factors to re-render (bundled world only); n_pairs: image pairs (0 = one per image).
+    true_swaps: factors to re-render (bundled world only); n_pairs: image pairs (0 = one per image);
+    look_prompts: also embed the "usual source look" zero-shot prompts (bundled world only).
     """
 
     image_ops: tuple[str, ...] = ("colour_jitter", "grayscale", "gaussian_blur", "invert", "posterize", "solarize",
@@ -59,6 +60,7 @@ class InterventionChoice:
     true_swaps: tuple[str, ...] = ()
     cross_modal: bool = False
     n_pairs: int = 0
+    look_prompts: bool = False
     seed: int = 0
 
 
@@ -159,7 +161,7 @@ def intervention_config(choice: InterventionChoice):
 
     return InterventionConfig(image=tuple(choice.image_ops), text_banks=tuple(banks), true_swaps=choice.true_swaps,
                               cross_modal=choice.cross_modal, n_pairs=choice.n_pairs or None, seed=choice.seed,
-                              strengths=choice.strengths)
+                              strengths=choice.strengths, look_prompts=choice.look_prompts)
 
 
 def _synthetic(request: EmbeddingRequest) -> EmbeddingSet:
@@ -225,9 +227,9 @@ class Fit:
 
 
 def eval_config(K: int, lam: float, lam_mode: str = "absolute", methods: tuple[str, ...] = ("icm",),
-                pair_sets: tuple[str, ...] | None = None) -> evaluation.EvalConfig:
+                pair_sets: tuple[str, ...] | None = None, prompts: str = "classes") -> evaluation.EvalConfig:
     return evaluation.EvalConfig(n_components=int(K), lam=float(lam), lam_mode=lam_mode, methods=tuple(methods),
-                                 pair_sets=tuple(pair_sets) if pair_sets is not None else None)
+                                 pair_sets=tuple(pair_sets) if pair_sets is not None else None, prompts=prompts)
 
 
 def _guard(what: str, call: Callable, *args, **kwargs):
@@ -294,10 +296,18 @@ def accuracy_wide(table: pd.DataFrame, target: str) -> pd.DataFrame:
 
 
 def choose_hyperparameters(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConfig,
-                           Ks: tuple[int, ...], lams: tuple[float, ...]) -> tuple[int, float, pd.DataFrame]:
-    """(K, lam) chosen on source-domain validation only (the target is removed first)."""
+                           Ks: tuple[int, ...], lams: tuple[float, ...], scoring: str = "source_val",
+                           protocol: str = evaluation.LINEAR_PROBE) -> tuple[int, float, pd.DataFrame]:
+    """(K, lam) chosen by ``scoring`` on source data only (the target is removed first)."""
     return _guard("Could not choose K and lam", evaluation.select_hyperparameters,
-                  emb, target, method, Ks, lams, config)
+                  emb, target, method, Ks, lams, config, scoring, protocol)
+
+
+def full_space_score(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, scoring: str,
+                     protocol: str = evaluation.LINEAR_PROBE) -> float:
+    """The selection rule's score for CLIP in the full space (to compare with the chosen setting's)."""
+    return _guard("Could not score the full space", evaluation.source_score,
+                  emb, target, evaluation.FULL_SPACE, config, scoring, protocol)
 
 
 def sweep(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConfig, Ks: tuple[int, ...],
@@ -307,19 +317,71 @@ def sweep(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalCo
 
 
 def projection_defaults(source: str, dim: int) -> dict:
-    """Starting K and lam: for the demo, the setting its benchmark declared before looking
-    (K = 32, lam = 1 relative to the pairs' energy, bench/toy_demo_results.py); elsewhere half
-    the dimensions and an absolute lam of 100."""
+    """Starting settings. The demo opens on its story (clip_icm.defaults): K and lam chosen by
+    the interventional rule, fitted on the true colour and scene swaps, PCA and augmentation
+    beside ICM. Elsewhere: half the dimensions, an absolute lam of 100, no selection."""
     if source == "demo":
-        return {"K": min(32, dim), "lam": 1.0, "lam_mode": "relative"}
-    return {"K": max(1, dim // 2), "lam": 100.0, "lam_mode": "absolute"}
+        return {"K": min(32, dim), "lam": 1.0, "lam_mode": "relative", "selection": defaults.DEMO_SELECTION,
+                "pair_sets": defaults.DEMO_PAIR_SETS, "baselines": defaults.DEMO_BASELINES}
+    return {"K": max(1, dim // 2), "lam": 100.0, "lam_mode": "absolute", "selection": None, "pair_sets": None,
+            "baselines": ()}
 
 
-def grid(dim: int, lam_mode: str = "absolute") -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """A small default K x lam grid for a D-dim embedding."""
-    Ks = tuple(k for k in (4, 8, 16, 32, 64, 128, 256) if dim // 16 <= k < dim)[:5] or (max(1, dim // 2),)
-    lams = (0.1, 0.3, 1.0, 3.0, 10.0) if lam_mode == "relative" else (1.0, 10.0, 100.0, 1000.0, 10000.0)
-    return Ks, lams
+def confusion(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """(true class, predicted class) counts."""
+    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(counts, (labels, predicted), 1)
+    return counts
+
+
+def target_confusions(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConfig,
+                      protocol: str = evaluation.LINEAR_PROBE) -> dict[str, np.ndarray]:
+    """Confusion matrices on the target domain: CLIP's full space and ``method``'s, one protocol."""
+    rows = emb.domains == target
+    out = {}
+    for name in (evaluation.FULL_SPACE, method):
+        predicted = _guard("Could not predict", evaluation.predict_all, emb, target, name, config)[protocol]
+        out[name] = confusion(emb.labels[rows], predicted[rows], len(emb.class_names))
+    return out
+
+
+@dataclass(frozen=True)
+class PairExample:
+    """One interventional pair to show: two images (PIL) or two captions."""
+
+    caption: str
+    before: object
+    after: object
+
+
+def pair_examples(request: EmbeddingRequest, emb: EmbeddingSet, pair_set: str, n: int = 4) -> list[PairExample]:
+    """A few pairs of ``pair_set`` (or of an intervened validation set) as the pipeline makes
+    them: images of different classes with their intervened versions, or prompt pairs."""
+    from clip_icm.pipeline import intervened_image
+
+    cfg = intervention_config(request.interventions)
+    if pair_set.startswith("text:"):
+        return _text_examples(cfg, emb, pair_set, n)
+    if emb.paths is None or not str(emb.paths[0]):
+        raise ServiceError(f"{pair_set}: these embeddings have no image files to show")
+    pool = ~emb.is_train if any(c.name == pair_set for c in emb.intervened_val) else emb.is_train
+    rows = [int(np.flatnonzero(pool & (emb.labels == c))[0]) for c in np.unique(emb.labels[pool])][:n]
+    return [PairExample(f"{emb.class_names[emb.labels[r]]} / {emb.domains[r]}",
+                        thumbnail(emb, r, size=112),
+                        _guard(f"Could not show {pair_set}", intervened_image, str(emb.paths[r]), pair_set, cfg)
+                        .resize((112, 112)))
+            for r in rows]
+
+
+def _text_examples(cfg, emb: EmbeddingSet, pair_set: str, n: int) -> list[PairExample]:
+    from clip_icm.interventions import make_text_pairs, resolve_banks
+
+    banks = [b for b in resolve_banks(cfg.text_banks) if f"text:{b.name}" == pair_set]
+    if not banks:
+        raise ServiceError(f"no text pair set {pair_set!r} in these interventions")
+    texts, texts_do, index = make_text_pairs(emb.class_names, banks, cfg.text_pairs_per_class, cfg.seed)
+    first = [int(np.flatnonzero(index == c)[0]) for c in range(len(emb.class_names))][:n]  # one pair per class
+    return [PairExample(emb.class_names[index[i]], texts[i], texts_do[i]) for i in first]
 
 
 # ---------------------------------------------------------------- points, layouts, neighbours

@@ -295,8 +295,13 @@ def render(factors: Factors, image_size: int = DEFAULT_IMAGE_SIZE) -> Image.Imag
     return img.resize((image_size, image_size), Image.LANCZOS)
 
 
-def counterfactual_factors(factors: Factors, change: str, seed: int = 0) -> Factors:
-    """The same image with factor ``change`` set to another value (drawn with ``seed``)."""
+def counterfactual_factors(factors: Factors, change: str | tuple[str, ...], seed: int = 0) -> Factors:
+    """The same image with factor ``change`` set to another value (drawn with ``seed``); a tuple
+    of factors changes each in turn (``("colour", "background")``: both re-drawn)."""
+    if isinstance(change, tuple):
+        for one in change:
+            factors = counterfactual_factors(factors, one, seed)
+        return factors
     if change not in CHANGEABLE:
         raise ValueError(f"unknown change {change!r}; valid: {', '.join(CHANGEABLE)}")
     options = {"colour": list(COLOURS), "background": list(BACKGROUNDS), "style": list(STYLES)}[change]
@@ -306,7 +311,7 @@ def counterfactual_factors(factors: Factors, change: str, seed: int = 0) -> Fact
 
 
 def render_counterfactual(
-    row: Factors | Mapping[str, object], change: str, seed: int = 0, image_size: int | None = None
+    row: Factors | Mapping[str, object], change: str | tuple[str, ...], seed: int = 0, image_size: int | None = None
 ) -> Image.Image:
     """A true do-intervention: the same object and pose, with one variant factor changed.
 
@@ -314,7 +319,8 @@ def render_counterfactual(
     for each image i with factors ``row_i`` (a row of ``factors.csv``, see :func:`load_factors`,
     or a :class:`Factors`), x_i is the image on disk and
     ``x_do_i = render_counterfactual(row_i, change, seed)``, then both go through the same
-    encoder. ``change`` is one of ``CHANGEABLE`` = ("colour", "background", "style"); the new
+    encoder. ``change`` is one of ``CHANGEABLE`` = ("colour", "background", "style"), or a tuple
+    of them (each changed in turn); the new
     value is drawn uniformly from the *other* values with a seed derived from ``seed`` and the
     factors, so it is reproducible. Class, position, size, rotation and texture noise are kept.
     ``image_size`` defaults to the row's ``image_size`` column, else ``DEFAULT_IMAGE_SIZE``.
@@ -480,8 +486,33 @@ def _has_demo(root: Path) -> bool:
 __all__ = [
     "CLASSES", "STYLES", "COLOURS", "BACKGROUNDS", "CHANGEABLE", "Factors", "render", "render_counterfactual",
     "counterfactual_factors", "generate_toydomains", "toydomains_factors", "load_factors", "ensure_demo_data",
-    "sample_factors", "text_bank", "ToyDomainsRecipe", "DEMO_RECIPE", "DEMO_ROOT",
+    "sample_factors", "text_bank", "usual_look_prompts", "ToyDomainsRecipe", "DEMO_RECIPE", "DEMO_ROOT",
 ]
+
+
+def usual_look_prompts(factor_rows: list[Mapping[str, object]], class_names: list[str]) -> list[str]:
+    """Zero-shot prompts that name each class with its usual look: its most frequent colour and
+    scene among ``factor_rows`` (the caller passes source *training* rows only), one prompt per
+    class and per style seen in those rows, in toy-clip's caption words:
+    "a photo of a red circle in the snow.". Returns T x C prompts, style-major (as
+    ``ZERO_SHOT_TEMPLATES`` are laid out); a class absent from the rows is named plainly."""
+    from collections import Counter
+
+    from clip_icm.toyclip import BACKGROUND_WORDS, STYLE_WORDS, _a
+
+    styles = [s for s in STYLES if any(r["style"] == s for r in factor_rows)]
+    if not styles:
+        raise ValueError("usual_look_prompts needs at least one factor row")
+    looks = {}
+    for cls in class_names:
+        rows = [r for r in factor_rows if r["cls"] == cls]
+        if rows:
+            colour = Counter(str(r["colour"]) for r in rows).most_common(1)[0][0]
+            scene = Counter(str(r["background"]) for r in rows).most_common(1)[0][0]
+            looks[cls] = f"{_a(colour)} {cls} {BACKGROUND_WORDS[scene][0]}"
+        else:
+            looks[cls] = _a(cls)
+    return [f"{_a(STYLE_WORDS[s][0])} of {looks[c]}." for s in styles for c in class_names]
 
 
 def text_bank() -> "TextBank":  # noqa: F821 (lazy import: interventions pulls in torchvision on use)

@@ -45,8 +45,26 @@ def evaluate(emb_key: str, target: str, config: evaluation.EvalConfig, _emb: Emb
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def choose(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, Ks: tuple, lams: tuple,
-           _emb: EmbeddingSet) -> tuple[int, float, pd.DataFrame]:
-    return service.choose_hyperparameters(_emb, target, method, config, Ks, lams)
+           scoring: str, protocol: str, _emb: EmbeddingSet) -> tuple[int, float, pd.DataFrame]:
+    return service.choose_hyperparameters(_emb, target, method, config, Ks, lams, scoring, protocol)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def full_space_score(emb_key: str, target: str, config: evaluation.EvalConfig, scoring: str, protocol: str,
+                     _emb: EmbeddingSet) -> float:
+    return service.full_space_score(_emb, target, config, scoring, protocol)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def target_confusions(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, protocol: str,
+                      _emb: EmbeddingSet) -> dict[str, np.ndarray]:
+    return service.target_confusions(_emb, target, method, config, protocol)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def pair_examples(emb_key: str, request_key: str, pair_set: str, _request: service.EmbeddingRequest,
+                  _emb: EmbeddingSet) -> list[service.PairExample]:
+    return service.pair_examples(_request, _emb, pair_set)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

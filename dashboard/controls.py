@@ -131,7 +131,8 @@ def interventions_ui(bundled_world: bool) -> service.InterventionChoice:
                         help="Their differences also carry CLIP's image/text modality gap.")
     n_pairs = st.number_input("Image pairs per set (0 = one per training image)", 0, 1_000_000, step=64,
                               key=_default("ctl_n_pairs", 256), help="Each pair set embeds this many edited images.")
-    return service.InterventionChoice(tuple(ops), strengths, edited, swaps, bool(cross), int(n_pairs))
+    return service.InterventionChoice(tuple(ops), strengths, edited, swaps, bool(cross), int(n_pairs),
+                                      look_prompts=bundled_world)
 
 
 def _strengths_ui(ops: list[str], registry) -> tuple:
@@ -170,16 +171,19 @@ def _banks_ui(banks: list[str], known: dict) -> tuple:
 
 # ---------------------------------------------------------------- domains and projection
 
+SELECTIONS = {**evaluation.SCORING_LABELS, "off": "off: K and λ from the sliders"}
+
+
 @dataclass(frozen=True)
 class ProjectionChoice:
     target: str
     sources: tuple[str, ...]
     method: str
     baselines: tuple[str, ...]
-    K: int
-    lam: float
     lam_mode: str
-    auto: bool
+    selection: str  # a key of evaluation.SCORINGS, or "off"
+    protocol: str  # what the selection rule scores: evaluation.LINEAR_PROBE or ZERO_SHOT
+    prompts: str  # a key of evaluation.PROMPT_SETS
     pair_sets: tuple[str, ...]
 
 
@@ -194,26 +198,48 @@ def domains_ui(emb: EmbeddingSet, default_target: str) -> tuple[str, tuple[str, 
 
 
 def projection_ui(emb: EmbeddingSet, default_target: str, defaults: dict) -> ProjectionChoice:
-    """Method, baselines, pair sets, K and lam (or: choose them on source validation)."""
+    """Method, baselines, pair sets, prompts and how K and lam are chosen (sliders: k_lam_ui)."""
     target, sources = domains_ui(emb, default_target)
     methods = METHODS.available()
     method = st.selectbox("Method", methods, format_func=METHOD_LABELS.get, key=_valid("ctl_method", methods, "icm"))
     rest = [m for m in methods if m != method]
     baselines = st.multiselect("Baselines to compare", rest, format_func=METHOD_LABELS.get,
-                               key=_valid_multi("ctl_baselines", rest, []))
+                               key=_valid_multi("ctl_baselines", rest, [m for m in defaults["baselines"] if m in rest]))
     pair_names = [p.name for p in emb.pairs]
-    pairs = st.multiselect("Fit on pair sets", pair_names, key=_valid_multi("ctl_pairs", pair_names))
-    dim = emb.features.shape[1]
+    wanted = [p for p in defaults["pair_sets"] or pair_names if p in pair_names]
+    pairs = st.multiselect("Fit on pair sets", pair_names, key=_valid_multi("ctl_pairs", pair_names, wanted or None))
+    prompt_sets = [p for p in evaluation.PROMPT_SETS if p == "classes" or emb.look_prompts]
+    prompts = st.radio("Zero-shot prompts", prompt_sets, format_func=evaluation.PROMPT_SETS.get,
+                       key=_valid("ctl_prompts", prompt_sets, "classes"),
+                       help="'usual source look' names each class with its most frequent colour and scene in the "
+                            "source training rows ('a photo of a red circle in the snow.'): a shortcut in words")
     lam_mode = st.radio("lam scale", ["absolute", "relative"], horizontal=True,
                         key=_default("ctl_lam_mode", defaults["lam_mode"]),
                         help="relative: lam = 1 weighs embedding energy and intervention energy equally")
-    auto = st.toggle("Choose K and lam on source validation", key=_default("ctl_auto", False))
-    st.session_state["ctl_K"] = min(max(1, st.session_state.get("ctl_K", defaults["K"])), dim)
-    K = st.slider("K (invariant dimensions)", 1, dim, key="ctl_K", disabled=auto)
-    lam = st.select_slider("lam (intervention weight)", LAMS, key=_valid("ctl_lam", list(LAMS), defaults["lam"]),
-                           disabled=auto)
-    return ProjectionChoice(target, sources, method, tuple(baselines), int(K), float(lam), lam_mode, bool(auto),
+    rules = list(SELECTIONS)
+    selection = st.selectbox("Choose K and λ by", rules, format_func=SELECTIONS.get,
+                             key=_valid("ctl_selection", rules, defaults["selection"] or "off"),
+                             help="Every rule reads source domains only; moving a slider turns selection off.")
+    protocols = [evaluation.LINEAR_PROBE, evaluation.ZERO_SHOT]
+    protocol = st.radio("Selection scores the", protocols, horizontal=True, disabled=selection == "off",
+                        key=_valid("ctl_select_protocol", protocols, evaluation.LINEAR_PROBE))
+    return ProjectionChoice(target, sources, method, tuple(baselines), lam_mode, selection, protocol, prompts,
                             tuple(pairs))
+
+
+def _selection_off() -> None:
+    st.session_state["ctl_selection"] = "off"
+
+
+def k_lam_ui(dim: int, defaults: dict, chosen: tuple[int, float] | None) -> tuple[int, float]:
+    """K and lam sliders; they show the chosen pair while a rule chooses, and moving one turns the rule off."""
+    if chosen is not None:
+        st.session_state["ctl_K"], st.session_state["ctl_lam"] = chosen
+    st.session_state["ctl_K"] = min(max(1, st.session_state.get("ctl_K", defaults["K"])), dim)
+    K = st.slider("K (invariant dimensions)", 1, dim, key="ctl_K", on_change=_selection_off)
+    lam = st.select_slider("lam (intervention weight)", LAMS, key=_valid("ctl_lam", list(LAMS), defaults["lam"]),
+                           on_change=_selection_off)
+    return int(K), float(lam)
 
 
 def _valid_multi(key: str, options: list[str], default: list[str] | None = None) -> str:
@@ -228,7 +254,7 @@ def _valid_multi(key: str, options: list[str], default: list[str] | None = None)
 
 
 def eval_config(choice: ProjectionChoice, K: int, lam: float, methods: tuple[str, ...]) -> evaluation.EvalConfig:
-    return service.eval_config(K, lam, choice.lam_mode, methods, choice.pair_sets or None)
+    return service.eval_config(K, lam, choice.lam_mode, methods, choice.pair_sets or None, choice.prompts)
 
 
 def colour_ui() -> str:

@@ -17,10 +17,25 @@ THUMBS = 12
 
 
 @dataclass(frozen=True)
+class Selection:
+    """What a selection rule chose, and its score for the chosen setting and for CLIP."""
+
+    K: int
+    lam: float
+    rule: str
+    protocol: str
+    score: float
+    full_space_score: float
+
+
+@dataclass(frozen=True)
 class Context:
     request: service.EmbeddingRequest
     emb: EmbeddingSet
     choice: controls.ProjectionChoice
+    K: int
+    lam: float
+    selection: Selection | None
 
 
 # ---------------------------------------------------------------- shared: settings and embeddings
@@ -40,10 +55,14 @@ def settings_context() -> Context | None:
     emb = load_embeddings(request)
     if emb is None:
         return None
+    defaults = service.projection_defaults(request.source, emb.features.shape[1])
     with st.sidebar, st.expander("Domains and projection", expanded=True):
-        choice = controls.projection_ui(emb, service.default_target(emb, request.source),
-                                        service.projection_defaults(request.source, emb.features.shape[1]))
-    return Context(request, service.restrict_domains(emb, (choice.target, *choice.sources)), choice)
+        choice = controls.projection_ui(emb, service.default_target(emb, request.source), defaults)
+        emb = service.restrict_domains(emb, (choice.target, *choice.sources))
+        selection = select_k_lam(emb, choice, defaults)
+        K, lam = controls.k_lam_ui(emb.features.shape[1], defaults,
+                                   None if selection is None else (selection.K, selection.lam))
+    return Context(request, emb, choice, K, lam, selection)
 
 
 def load_embeddings(request: service.EmbeddingRequest) -> EmbeddingSet | None:
@@ -78,21 +97,42 @@ def _build(request: service.EmbeddingRequest, status, notes: list[str]) -> Embed
         return None
 
 
-def chosen_k_lam(ctx: Context) -> tuple[int, float] | None:
-    """The sliders' K and lam, or the pair chosen on source-domain validation; None after an error."""
-    c, emb = ctx.choice, ctx.emb
-    if not c.auto:
-        return c.K, c.lam
-    Ks, lams = service.grid(emb.features.shape[1], c.lam_mode)
-    try:
-        with st.spinner(f"Choosing K and lam on source validation ({len(Ks) * len(lams)} fits)…"):
-            K, lam, _ = cached.choose(emb.key, c.target, c.method, controls.eval_config(c, c.K, c.lam, (c.method,)),
-                                      Ks, lams, emb)
-    except service.ServiceError as e:
-        st.error(str(e))
+def select_k_lam(emb: EmbeddingSet, c: controls.ProjectionChoice, defaults: dict) -> Selection | None:
+    """Run the chosen selection rule on source data (cached); None when it is off or fails
+    (after an error message: the sliders then decide)."""
+    if c.selection == "off":
         return None
-    st.info(f"Chosen on source-domain validation only: K = {K}, lam = {lam:g}")
-    return K, lam
+    Ks, lams = service.defaults.grid(emb.features.shape[1], c.lam_mode)
+    config = controls.eval_config(c, defaults["K"], defaults["lam"], (c.method,))
+    try:
+        with st.spinner(f"Choosing K and λ ({len(Ks) * len(lams)} settings, source data only)…"):
+            K, lam, scores = cached.choose(emb.key, c.target, c.method, config, Ks, lams, c.selection, c.protocol, emb)
+            full = cached.full_space_score(emb.key, c.target, config, c.selection, c.protocol, emb)
+    except service.ServiceError as e:
+        st.error(f"{e} Selection is off; the sliders decide.")
+        return None
+    return Selection(K, lam, c.selection, c.protocol, float(scores.score.max()), full)
+
+
+def _selection_note(ctx: Context) -> None:
+    """Says in words what chose K and lam, and whether the source data prefer the method over CLIP."""
+    s, c = ctx.selection, ctx.choice
+    if s is None:
+        st.caption(f"K = {ctx.K} and λ = {ctx.lam:g} are set by hand (sliders).")
+        return
+    label = service.method_label(c.method)
+    verdict = (f"the source data prefer {label} to CLIP" if s.score > s.full_space_score
+               else f"the source data do not prefer {label} to CLIP")
+    text = (f"K = {s.K} and λ = {s.lam:g} chosen by **{evaluation.SCORING_LABELS[s.rule]}** ({s.protocol}); "
+            f"no target label. Score {s.score:.1%} vs {s.full_space_score:.1%} for CLIP: {verdict}.")
+    if s.rule == "interventional":
+        checks = ", ".join(chk.name for chk in ctx.emb.intervened_val) or "none"
+        generic = not any(chk.name.startswith("counterfactual:") for chk in ctx.emb.intervened_val)
+        text += f" Intervened validation: {checks}."
+        if generic:
+            text += (" These are photometric edits, the generic and weaker check: it only sees a shortcut that "
+                     "those edits change.")
+    st.info(text)
 
 
 def fitted(ctx: Context, K: int, lam: float) -> service.Fit | None:
@@ -121,15 +161,14 @@ def explorer_page() -> None:
     if ctx is None:
         return
     _summary(ctx)
-    k_lam = chosen_k_lam(ctx)
-    if k_lam is None:
-        return
-    K, lam = k_lam
+    K, lam = ctx.K, ctx.lam
     table = _accuracy_section(ctx, K, lam)  # first: it is what a K or lam change must update quickly
     fit = fitted(ctx, K, lam)
     if fit is None:
         return
     layouts = _umap_section(ctx, fit, K, lam)
+    _confusion_section(ctx, K, lam)
+    _gallery_section(ctx)
     if table is not None:
         _export_section(ctx, fit, table, layouts)
 
@@ -153,6 +192,7 @@ def _accuracy_section(ctx: Context, K: int, lam: float):
         return None
     table = service.accuracy_table(frames)
     _headline(table, c)
+    _selection_note(ctx)
     chart, numbers = st.tabs(["Chart", "Table"])
     title = f"Accuracy per domain ({service.method_label(c.method)}, K = {K}, lam = {lam:g})"
     chart.plotly_chart(figures.accuracy_bars(table, c.target, title), key="accuracy_chart")
@@ -224,6 +264,50 @@ def _thumbs(emb: EmbeddingSet, rows: list[int]) -> None:
         st.write(", ".join(_caption(emb, r) for r in rows))
 
 
+def _confusion_section(ctx: Context, K: int, lam: float) -> None:
+    c, emb = ctx.choice, ctx.emb
+    st.subheader(f"Which class becomes which on {c.target}")
+    protocol = st.radio("Predictions of the", [evaluation.LINEAR_PROBE, evaluation.ZERO_SHOT], horizontal=True,
+                        key="confusion_protocol")
+    try:
+        matrices = cached.target_confusions(emb.key, c.target, c.method, controls.eval_config(c, K, lam, (c.method,)),
+                                            protocol, emb)
+    except service.ServiceError as e:
+        st.error(str(e))
+        return
+    titles = {evaluation.FULL_SPACE: f"CLIP, full space ({protocol})",
+              c.method: f"{service.method_label(c.method)}, K = {K} ({protocol})"}
+    st.plotly_chart(figures.confusion_heatmaps(matrices, emb.class_names, titles), key="confusions")
+    st.caption("Rows: the true class; columns: the predicted one; each row in shares of its class. Off the "
+               "diagonal is where a shortcut sends a class: on the bundled world, to the class whose usual colour "
+               "and scene it has in the target.")
+
+
+def _gallery_section(ctx: Context) -> None:
+    emb = ctx.emb
+    names = list(ctx.choice.pair_sets) + [chk.name for chk in emb.intervened_val]
+    with st.expander("Interventions gallery: what the pairs change"):
+        if not names:
+            st.caption("No pair sets chosen.")
+            return
+        name = st.selectbox("Pair set", names, key="gallery_set",
+                            format_func=lambda n: n + (" (intervened validation: scored, never fitted)"
+                                                       if n not in ctx.choice.pair_sets else ""))
+        try:
+            examples = cached.pair_examples(emb.key, ctx.request.key, name, ctx.request, emb)
+        except service.ServiceError as e:
+            st.error(str(e))
+            return
+        for example in examples:
+            left, right = st.columns(2)
+            if isinstance(example.before, str):
+                left.markdown(f"`{example.before}`")
+                right.markdown(f"`{example.after}`")
+            else:
+                left.image(example.before, caption=f"{example.caption}: as on disk", width=112)
+                right.image(example.after, caption="intervened", width=112)
+
+
 def _export_section(ctx: Context, fit: service.Fit, table, layouts: dict) -> None:
     with st.expander("Export"):
         c1, c2 = st.columns(2)
@@ -252,11 +336,10 @@ def diagnostics_page() -> None:
     ctx = settings_context()
     if ctx is None:
         return
-    k_lam = chosen_k_lam(ctx)
-    fit = fitted(ctx, *k_lam) if k_lam else None
+    K, lam = ctx.K, ctx.lam
+    fit = fitted(ctx, K, lam)
     if fit is None:
         return
-    K, lam = k_lam
     c1, c2 = st.columns(2)
     c1.metric("Invariance ratio ||ΔA|| / ||ZA||", f"{fit.invariance_ratio:.3f}",
               f"{fit.invariance_ratio - fit.full_ratio:+.3f} vs full space ({fit.full_ratio:.3f})", delta_color="inverse")
@@ -276,7 +359,7 @@ def _sweep_section(ctx: Context, K: int, lam: float) -> None:
     if not controls.sweep_ui():
         return
     c, emb = ctx.choice, ctx.emb
-    Ks, lams = service.grid(emb.features.shape[1], c.lam_mode)
+    Ks, lams = service.defaults.grid(emb.features.shape[1], c.lam_mode)
     config = controls.eval_config(c, K, lam, (c.method,))
     bar, frames = st.progress(0.0, text="sweep"), []
     try:

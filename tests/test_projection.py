@@ -36,9 +36,9 @@ def pairs():
 
 
 def test_registry_names_and_labels():
-    assert METHODS.available() == sorted(["icm", "icm_as_released", "pca", "null_space", "orth_cali"])
+    assert METHODS.available() == sorted(["icm", "icm_as_released", "pca", "null_space", "orth_cali", "augmentation"])
     assert set(METHOD_LABELS) == set(METHODS.available())
-    with pytest.raises(KeyError, match="available: icm"):
+    with pytest.raises(KeyError, match="available: augmentation, icm"):
         make_projection("icn", 3, 1.0)
 
 
@@ -50,6 +50,9 @@ def test_fit_transform_matches_fit_then_transform(method, pairs):
     np.testing.assert_allclose(Y, make_projection(method, K_INV, 10.0).fit(Z, Z_do).transform(Z), atol=1e-10)
     np.testing.assert_allclose(Y, Z @ est.components_.T, atol=1e-10)
     assert est.n_features_in_ == D
+    if method == "augmentation":  # the identity: the full space, no spectrum
+        np.testing.assert_array_equal(est.components_, np.eye(D))
+        return
     assert est.eigenvalues_.shape == (D,)
     assert np.all(np.diff(est.eigenvalues_) <= 1e-9)  # descending
 
