@@ -116,6 +116,8 @@ def _playground_text(table: pd.DataFrame, config, args: argparse.Namespace) -> s
 
 
 # ---------------------------------------------------------------- embed / evaluate
+# evaluation.SCORINGS' names, written here so that --help does not import the maths (a test pins them).
+SCORING_NAMES = ("source_val", "source_domains", "interventional")
 # Shared flags: which images, which model, which interventional pairs, where the cache is.
 
 def _csv_names(text: str) -> tuple[str, ...]:
@@ -159,15 +161,18 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
                        help="one pair set per image op instead of a random op per pair")
     pairs.add_argument("--text-banks", metavar="LIST", type=_csv_names, default=("styles", "contexts"),
                        help="prompt template banks (styles, contexts, conditions) or 'none' (default styles,contexts)")
-    pairs.add_argument("--true-swaps", metavar="LIST", type=_csv_names, default=(),
+    pairs.add_argument("--true-swaps", metavar="LIST", type=_csv_names, default=None,
                        help="ToyDomains only: true pairs re-rendered with another colour, background and/or style "
-                       "(names: colour, background, style)")
+                       "(names: colour, background, style; default colour,background on the demo, none elsewhere)")
     pairs.add_argument("--cross-modal", action="store_true",
                        help="also pair each image with a variant prompt (mixes in CLIP's modality gap)")
     pairs.add_argument("--n-pairs", metavar="N", type=int, default=None,
                        help="image pairs per set (default: one per training image)")
     pairs.add_argument("--templates", metavar="NAME", default="ensemble",
                        help="zero-shot prompt set: single or ensemble (default)")
+    pairs.add_argument("--prompts", default="classes", choices=("classes", "usual_look"),
+                       help="zero-shot prompts: the class names (default), or ToyDomains only: each class named "
+                       "with its usual colour and scene in the source training rows")
     p.add_argument("--cache", metavar="DIR", default=None,
                    help="embedding cache folder (default $CLIP_ICM_CACHE or data/cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -187,10 +192,22 @@ def _configs(args: argparse.Namespace):
     model = ModelConfig(args.model, args.pretrained, args.device, args.precision, args.batch_size, args.workers)
     pairs = InterventionConfig(
         image=DEFAULT_OPS if args.interventions is None else args.interventions, random_choice=not args.per_op,
-        text_banks=args.text_banks, true_swaps=args.true_swaps, cross_modal=args.cross_modal,
-        n_pairs=args.n_pairs, templates=args.templates, seed=args.seed,
+        text_banks=args.text_banks, true_swaps=_true_swaps(args), cross_modal=args.cross_modal,
+        n_pairs=args.n_pairs, templates=args.templates, look_prompts=args.prompts == "usual_look", seed=args.seed,
     )
     return data, model, pairs
+
+
+def _on_demo(args: argparse.Namespace) -> bool:
+    return args.root is None
+
+
+def _true_swaps(args: argparse.Namespace) -> tuple[str, ...]:
+    from clip_icm.defaults import DEMO_TRUE_SWAPS
+
+    if args.true_swaps is not None:
+        return args.true_swaps
+    return DEMO_TRUE_SWAPS if _on_demo(args) else ()
 
 
 class _Bars:
@@ -320,7 +337,14 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--methods", metavar="LIST", type=_csv_names, default=None,
                     help="projections: icm, icm_as_released, pca, null_space, orth_cali (default all)")
     ev.add_argument("--pair-sets", metavar="LIST", type=_csv_names, default=None,
-                    help="pair sets used to fit, e.g. image:random,text:styles (default all built)")
+                    help="pair sets used to fit, e.g. image:random,text:styles (default: true:colour,true:background "
+                    "on the demo, all built elsewhere)")
+    ev.add_argument("--select", default=None, choices=("none", *SCORING_NAMES),
+                    help="choose K and lam per target on source data only: source_val, source_domains (leave one "
+                    "source domain out) or interventional (validation + intervened validation); none = --k/--lam "
+                    "(default: interventional on the demo, none elsewhere)")
+    ev.add_argument("--select-for", default="probe", choices=("probe", "zero-shot"),
+                    help="which predictor the selection rule scores (default %(default)s)")
     ev.add_argument("--out", metavar="FILE", default=None, help="write the tidy rows to a .csv or .json file")
     p.set_defaults(run=_run_evaluate)
 
@@ -336,17 +360,39 @@ def _methods(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _eval_config(args: argparse.Namespace, dim: int, methods: tuple[str, ...]):
+    from clip_icm.defaults import DEMO_PAIR_SETS
     from clip_icm.evaluation import EvalConfig
 
     k = min(64, dim // 2) if args.k is None else args.k
     if not 1 <= k <= dim:
         raise ValueError(f"--k must be between 1 and the embedding dimension {dim}, got {k}")
+    pair_sets = args.pair_sets
+    if pair_sets is None and _on_demo(args) and args.true_swaps is None:
+        pair_sets = DEMO_PAIR_SETS
     return EvalConfig(n_components=k, lam=args.lam, lam_mode=args.lam_mode, methods=methods,
-                      pair_sets=args.pair_sets, seed=args.seed)
+                      pair_sets=pair_sets, prompts=args.prompts, seed=args.seed)
+
+
+def _selection(args: argparse.Namespace) -> str | None:
+    """The selection rule's name, or None for the fixed --k / --lam."""
+    from clip_icm.defaults import DEMO_SELECTION
+
+    rule = args.select if args.select is not None else (DEMO_SELECTION if _on_demo(args) else "none")
+    return None if rule == "none" else rule
+
+
+def _evaluate_targets(emb, targets: list[str], config, rule: str | None, protocol: str) -> pd.DataFrame:
+    """select_and_evaluate per target: K and lam are chosen for each split on its sources."""
+    from clip_icm.defaults import grid
+    from clip_icm.evaluation import select_and_evaluate
+
+    Ks, lams = grid(emb.features.shape[1], config.lam_mode)
+    return pd.concat([select_and_evaluate(emb, t, config, rule, Ks, lams, protocol=protocol) for t in targets],
+                     ignore_index=True)
 
 
 def _accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Target-domain accuracy: one row per held-out domain, columns (method, protocol)."""
+    """Target-domain accuracy: one row per held-out domain (its K and lam), columns (method, protocol)."""
     from clip_icm.evaluation import LINEAR_PROBE
     from clip_icm.service import method_label
 
@@ -356,10 +402,14 @@ def _accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
     order = list(dict.fromkeys(zip(rows.method, rows.protocol)))
     table = rows.pivot_table(index="domain", columns=["method", "protocol"], values="accuracy", sort=False)[order]
     table.index.name = "target"
-    table.insert(0, ("", "n"), rows.groupby("domain", sort=False).n.first())
+    first = rows.groupby("domain", sort=False).first()
+    table.insert(0, ("", "n"), first.n)
+    table.insert(1, ("", "K"), first.K.astype(str))
+    table.insert(2, ("", "lam"), first.lam.map(lambda v: f"{v:g}"))
     if len(table) > 1:
         table.loc["mean"] = table.mean(numeric_only=True)
         table.loc["mean", ("", "n")] = table[("", "n")].iloc[:-1].sum()
+        table.loc["mean", [("", "K"), ("", "lam")]] = ""
     return table
 
 
@@ -376,7 +426,7 @@ def _write_results(path: str, frame: pd.DataFrame, run, config) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from clip_icm.evaluation import leave_one_domain_out
+    from clip_icm.evaluation import LINEAR_PROBE, PROMPT_SETS, SCORING_LABELS, ZERO_SHOT
 
     if args.out is not None and not args.out.endswith((".csv", ".json")):
         raise ValueError(f"--out must end in .csv or .json, got {args.out!r}")
@@ -385,11 +435,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     run = _embed(args, check_target=args.target)
     emb = run.embeddings
     config = _eval_config(args, emb.features.shape[1], methods)
-    targets = None if args.target == "all" else [args.target]
-    frame = leave_one_domain_out(emb, targets, config)
+    targets = emb.domain_names if args.target == "all" else [args.target]
+    rule = _selection(args)
+    protocol = LINEAR_PROBE if args.select_for == "probe" else ZERO_SHOT
+    frame = _evaluate_targets(emb, targets, config, rule, protocol)
     print(_run_summary(run, time.perf_counter() - start))
-    print(f"Leave-one-domain-out, target accuracy (whole target domain); K={config.n_components}, "
-          f"lam={config.lam:g} ({config.lam_mode}); probe C chosen on source validation rows\n")
+    chosen = (f"K, lam chosen per target by {SCORING_LABELS[rule]} ({protocol}), source data only, no target label"
+              if rule else f"K={config.n_components}, lam={config.lam:g} fixed")
+    pairs = ",".join(config.pair_sets) if config.pair_sets else "all built"
+    print(f"Leave-one-domain-out, target accuracy (whole target domain); {chosen}; lam {config.lam_mode}; "
+          f"fitted on pair sets: {pairs}; zero-shot prompts: {PROMPT_SETS[config.prompts]}; probe C chosen on "
+          "source validation rows\n")
     print(_accuracy_table(frame).to_string(float_format=lambda v: f"{v:.3f}"))
     print()
     print(_skipped_text(run.skipped))

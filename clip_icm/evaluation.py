@@ -344,7 +344,8 @@ def source_score(emb: EmbeddingSet, target: str, method: str = FULL_SPACE, confi
                  scoring: str = "source_val", protocol: str = LINEAR_PROBE) -> float:
     """The score a selection rule gives one setting (``method`` with ``config``; FULL_SPACE =
     CLIP): compare it with the chosen setting's to see what the source data prefer."""
-    return SCORINGS[scoring](_selection_view(emb, target, config, scoring), method, config, protocol)
+    sources = _selection_view(emb, target, config, scoring)  # checks the scoring name first
+    return SCORINGS[scoring](sources, method, config, protocol)
 
 
 def select_hyperparameters(

@@ -51,7 +51,7 @@ def test_explorer_opens_with_both_layouts_and_the_accuracy_chart():
     at = _app()
     _ok(at)
     assert at.title[0].value == "CLIP-ICM Explorer"
-    assert len(at.get("plotly_chart")) == 3  # accuracy bars + two UMAP panels
+    assert len(at.get("plotly_chart")) == 4  # accuracy bars + two UMAP panels + confusion matrices
     table = _table(at)
     assert "sketch (target)" in table.columns and "ICM linear probe" in table.index
     assert [m.label for m in at.metric][0] == "ICM linear probe on sketch"
@@ -95,10 +95,24 @@ def test_picking_a_baseline_keeps_the_invariant_layout(monkeypatch):
     assert len(calls) == 2
 
 
-def test_choose_on_source_validation_reports_its_choice():
-    at = _app(ctl_auto=True)
+def test_choose_on_source_validation_reports_its_choice_and_a_slider_turns_it_off():
+    at = _app(ctl_selection="source_val")
     _ok(at)
-    assert any("Chosen on source-domain validation only" in i.value for i in at.info)
+    note = next(i.value for i in at.info if "chosen by" in i.value)
+    assert "**source validation**" in note and "no target label" in note
+    K, lam = at.sidebar.slider(key="ctl_K").value, at.sidebar.select_slider(key="ctl_lam").value
+    assert f"K = {K} and λ = {lam:g} chosen" in note  # the sliders show the chosen pair
+    at.sidebar.slider(key="ctl_K").set_value(2).run()
+    _ok(at)
+    assert at.sidebar.selectbox(key="ctl_selection").value == "off"
+    assert any("set by hand" in c.value for c in at.caption) and not any("chosen by" in i.value for i in at.info)
+
+
+def test_interventional_selection_without_intervened_rows_is_a_message():
+    at = _app(ctl_selection="interventional")
+    assert not at.exception
+    assert any("needs intervened validation rows" in e.value for e in at.error)
+    assert len(at.get("plotly_chart")) >= 3  # the sliders decide; the page still draws
 
 
 def test_sources_can_be_narrowed():
@@ -184,15 +198,33 @@ pages._selection_view(emb, service.plot_ids(emb), [3, 40], fit)
     assert "2 selected" in text and "full space" in text and "invariant space" in text
 
 
-def test_default_demo_runs_and_follows_interventions():
+def test_default_demo_opens_on_the_honest_story_with_gallery_confusions_and_prompts():
     at = AppTest.from_file(APP, default_timeout=600).run()
     _ok(at)
     assert not at.warning, [w.value for w in at.warning]  # the demo's metadata files are not "skipped images"
-    assert len(at.get("plotly_chart")) == 3
+    assert len(at.get("plotly_chart")) == 4  # accuracy, two UMAP panels, confusion matrices
     table = _table(at)
     assert "cartoon (target)" in table.columns  # the demo's shifted domain is the default target
-    at.sidebar.multiselect(key="ctl_ops").set_value(["grayscale"])
-    at.sidebar.number_input(key="ctl_n_pairs").set_value(64)
-    at.run()
+    change = table["target change vs CLIP"]
+    assert change["ICM linear probe"] >= 0.10  # chosen honestly, ICM beats the full-space probe
+    assert {"PCA linear probe", "Augmentation linear probe"} <= set(table.index)
+    note = next(i.value for i in at.info if "chosen by" in i.value)
+    assert "intervened source validation" in note and "no target label" in note
+    assert at.sidebar.multiselect(key="ctl_pairs").value == ["true:colour", "true:background"]
+    # the gallery shows image pairs, and intervened validation rows are named as such
+    gallery = at.selectbox(key="gallery_set")
+    assert "counterfactual:colour+background (intervened validation: scored, never fitted)" in gallery.options
+    assert len(at.get("image")) >= 8  # four pairs: the image and its intervened version
+    gallery.set_value("counterfactual:colour+background").run()
     _ok(at)
-    assert not _table(at).loc["ICM linear probe"].equals(table.loc["ICM linear probe"])
+    assert len(at.get("image")) >= 8
+    # the prompt choice: the usual-look prompts trap CLIP's zero-shot on the target
+    zero_shot = _table(at).loc["CLIP zero-shot", "cartoon (target)"]
+    at.sidebar.radio(key="ctl_prompts").set_value("usual_look").run()
+    _ok(at)
+    assert _table(at).loc["CLIP zero-shot", "cartoon (target)"] < zero_shot - 0.3
+    # another set of image interventions changes the augmentation baseline (it trains on them)
+    before = _table(at)
+    at.sidebar.multiselect(key="ctl_pairs").set_value(["image:random"]).run()
+    _ok(at)
+    assert not _table(at).loc["Augmentation linear probe"].equals(before.loc["Augmentation linear probe"])

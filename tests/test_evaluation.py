@@ -18,6 +18,8 @@ from clip_icm.evaluation import (
     zero_shot_classifier,
     zero_shot_predict,
 )
+from clip_icm.embeddings import PairSet
+from clip_icm.evaluation import FULL_SPACE, LINEAR_PROBE, ZERO_SHOT, predict_all, select_and_evaluate, source_score
 from clip_icm.projection import InvariantProjection
 from clip_icm.scm import SCMConfig, make_embedding_set
 
@@ -29,7 +31,12 @@ CONFIG = EvalConfig(n_components=6, lam=1e4)
 @pytest.fixture(scope="module")
 def emb():
     scm = SCMConfig(n_invariant=6, n_variant=10, n_classes=3, seed=2)
-    return make_embedding_set(scm, n_per_domain=150, domains=DOMAINS)
+    emb = make_embedding_set(scm, n_per_domain=150, domains=DOMAINS)
+    # The SCM's true do-intervention of every row, on the validation rows: intervened validation.
+    true, val = emb.pair_set("true"), ~emb.is_train
+    check = PairSet("do(z_var) of validation rows", "intervened validation", true.z[val], true.z_do[val],
+                    emb.domains[val], emb.labels[val])
+    return replace(emb, intervened_val=[check])
 
 
 def _with_target_labels_permuted(emb, seed=0):
@@ -37,7 +44,13 @@ def _with_target_labels_permuted(emb, seed=0):
     target = emb.domains == TARGET
     labels[target] = np.random.default_rng(seed).permutation(labels[target])
     assert (labels != emb.labels).any()
-    return replace(emb, labels=labels)
+    checks = []
+    for check in emb.intervened_val:
+        check_labels = check.labels.copy()
+        in_target = check.domains == TARGET
+        check_labels[in_target] = np.random.default_rng(seed).permutation(check_labels[in_target])
+        checks.append(replace(check, labels=check_labels))
+    return replace(emb, labels=labels, intervened_val=checks)
 
 
 def test_zero_shot_classifier_convention():
@@ -118,7 +131,7 @@ def test_projection_ignores_target_pairs(emb):
         )
 
 
-@pytest.mark.parametrize("scoring", ["source_val", "source_domains"])
+@pytest.mark.parametrize("scoring", ["source_val", "source_domains", "interventional"])
 def test_selection_never_reads_target_labels(emb, scoring):
     grid = dict(Ks=(2, 6, 10), lams=(0.0, 1e4), config=CONFIG, scoring=scoring)
     K, lam, scores = select_hyperparameters(emb, TARGET, "icm", **grid)
@@ -162,3 +175,75 @@ def test_bad_input(emb):
         select_hyperparameters(emb, TARGET, scoring="target")
     with pytest.raises(ValueError, match="no K"):
         select_hyperparameters(emb, TARGET, Ks=(999,), lams=(1.0,), config=CONFIG)
+
+
+def _poisoned_checks(emb):
+    return replace(emb, intervened_val=[replace(c, z=np.full_like(c.z, np.nan), z_do=np.full_like(c.z_do, np.nan))
+                                        for c in emb.intervened_val])
+
+
+def test_intervened_validation_rows_never_enter_a_fit(emb):
+    """NaN in every intervened validation row: every fit and every evaluation is unchanged
+    (a NaN reaching a projection or a probe would raise or spread)."""
+    poisoned = _poisoned_checks(emb)
+    config = replace(CONFIG, methods=ALL_METHODS)
+    pd.testing.assert_frame_equal(evaluate_split(poisoned, TARGET, config), evaluate_split(emb, TARGET, config))
+    for method in ALL_METHODS:
+        np.testing.assert_array_equal(fit_projection(poisoned, TARGET, method, CONFIG).components_,
+                                      fit_projection(emb, TARGET, method, CONFIG).components_)
+    for protocol, predicted in predict_all(poisoned, TARGET, "icm", CONFIG).items():
+        np.testing.assert_array_equal(predicted, predict_all(emb, TARGET, "icm", CONFIG)[protocol])
+    # only the interventional score reads them, and it cannot score NaN rows
+    with pytest.raises(ValueError, match="NaN"):
+        source_score(poisoned, TARGET, "icm", CONFIG, "interventional")
+
+
+@pytest.mark.parametrize("protocol", [LINEAR_PROBE, ZERO_SHOT])
+def test_interventional_score_is_the_worst_of_validation_and_intervened_validation(emb, protocol):
+    interventional = source_score(emb, TARGET, FULL_SPACE, CONFIG, "interventional", protocol)
+    validation = source_score(emb, TARGET, FULL_SPACE, CONFIG, "source_val", protocol)
+    assert 0.0 <= interventional <= validation
+    # the full-space shortcut works on validation rows and fails where z_var was re-drawn
+    if protocol == LINEAR_PROBE:
+        assert validation - interventional > 0.05
+
+
+def test_interventional_scoring_needs_intervened_rows(emb):
+    with pytest.raises(ValueError, match="needs intervened validation rows"):
+        select_hyperparameters(replace(emb, intervened_val=[]), TARGET, "icm", (2,), (1.0,), CONFIG,
+                               scoring="interventional")
+    with pytest.raises(ValueError, match="scoring must be one of"):
+        source_score(emb, TARGET, "icm", CONFIG, "target_peek")
+
+
+def test_select_and_evaluate_names_its_rule_and_uses_the_chosen_setting(emb):
+    frame = select_and_evaluate(emb, TARGET, replace(CONFIG, methods=("icm", "pca")), "interventional",
+                                Ks=(2, 6), lams=(0.0, 1e4))
+    K, lam, _ = select_hyperparameters(emb, TARGET, "icm", (2, 6), (0.0, 1e4), CONFIG, scoring="interventional")
+    assert set(frame.selected_by) == {"source validation + intervened source validation"}
+    assert set(frame.K) == {K} and set(frame.lam) == {lam}
+    assert set(select_and_evaluate(emb, TARGET, CONFIG).selected_by) == {"fixed"}
+
+
+def test_augmentation_trains_on_intervened_source_images_only(emb):
+    """The augmentation probe changes with the source pairs' intervened images and ignores the
+    target's; without image pairs it says what it needs."""
+    config = replace(CONFIG, methods=("augmentation",))
+    frame = evaluate_split(emb, TARGET, config)
+    full = frame[frame.method == FULL_SPACE].set_index(["domain", "protocol"]).accuracy
+    aug = frame[frame.method == "augmentation"].set_index(["domain", "protocol"]).accuracy
+    assert (full.xs(ZERO_SHOT, level="protocol") == aug.xs(ZERO_SHOT, level="protocol")).all()  # same space
+    assert not full.xs(LINEAR_PROBE, level="protocol").equals(aug.xs(LINEAR_PROBE, level="protocol"))
+    true = emb.pair_set("true")
+    in_target = (true.domains == TARGET)[:, None]
+    poisoned = replace(emb, pairs=[replace(true, z_do=np.where(in_target, np.nan, true.z_do)), emb.pair_set("text")])
+    pd.testing.assert_frame_equal(evaluate_split(poisoned, TARGET, config), frame)
+    with pytest.raises(ValueError, match="augmentation trains on intervened images"):
+        evaluate_split(emb, TARGET, replace(config, pair_sets=("text",)))
+
+
+def test_unknown_prompt_set_and_missing_look_prompts(emb):
+    with pytest.raises(ValueError, match="prompts must be one of classes, usual_look"):
+        EvalConfig(prompts="captions")
+    with pytest.raises(ValueError, match="usual-look prompts for target 'sketch'"):
+        evaluate_split(emb, TARGET, EvalConfig(prompts="usual_look"))

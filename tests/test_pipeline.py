@@ -128,7 +128,7 @@ def test_pair_set_per_op_subsampled_and_keyed_by_seed(tmp_path, messy, model, co
     assert all(len(p.z) == 5 and p.kind == "image" for p in emb.pairs)
     count_encoded.clear()
     reseeded = _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(
-        image=("colour_jitter",), text_banks=(), n_pairs=5, templates="single", seed=1))
+        image=("colour_jitter",), text_banks=(), n_pairs=5, templates="single", seed=1, intervened_val=()))
     assert count_encoded == [5]  # new intervention + seed: new pairs; the plain images are reused
     assert reseeded.embeddings.pairs[0].name == "image:random"
 
@@ -150,6 +150,40 @@ def test_true_swaps_on_toydomains(tmp_path, model):
     style = emb.pair_set("true:style")
     assert style.kind == "true" and len(style.z) == emb.is_train.sum()
     assert np.abs(style.z - style.z_do).max() > 1e-3
+    np.testing.assert_array_equal(style.labels, emb.labels[emb.is_train])  # the class survives the swap
+    # a folder with factors gets counterfactual validation rows by default: every validation row,
+    # re-rendered with colour and scene re-drawn, kept apart from the pairs
+    (check,) = emb.intervened_val
+    val = ~emb.is_train
+    assert check.name == "counterfactual:colour+background" and check.name not in [p.name for p in emb.pairs]
+    np.testing.assert_array_equal(check.z, emb.features[val])
+    np.testing.assert_array_equal(check.labels, emb.labels[val])
+    np.testing.assert_array_equal(check.domains, emb.domains[val])
+    assert np.abs(check.z - check.z_do).max() > 1e-3
+
+
+def test_intervened_validation_and_usual_look_prompts(tmp_path, messy, model):
+    from clip_icm.toydomains import generate_toydomains
+
+    plain = _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(image=("invert",), text_banks=(),
+                                                                              templates="single")).embeddings
+    assert [c.name for c in plain.intervened_val] == ["val image:random"]  # no factors: the image ops
+    assert len(plain.intervened_val[0].z) == int((~plain.is_train).sum())
+    none = _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(image=(), text_banks=(),
+                                                                             templates="single")).embeddings
+    assert none.intervened_val == []
+    with pytest.raises(ValueError, match="unknown intervened validation set.*available: counterfactual, image"):
+        InterventionConfig(intervened_val=("double",))
+    with pytest.raises(ValueError, match="needs at least one image intervention"):
+        _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(image=(), intervened_val=("image",)))
+    root = generate_toydomains(tmp_path / "toy", n_per_class_per_domain=2, image_size=32)
+    emb = build_embedding_set(DataConfig(str(root)), model, InterventionConfig(
+        image=(), text_banks=(), templates="single", look_prompts=True), EmbeddingStore(tmp_path / "c"))
+    assert set(emb.look_prompts) == set(emb.domain_names)
+    for target, text in emb.look_prompts.items():
+        assert text.shape == (len(emb.domain_names) - 1, len(emb.class_names), emb.features.shape[1])
+    with pytest.raises(ValueError, match="factors.csv"):
+        _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(look_prompts=True))
 
 
 def test_build_embedding_set_is_the_run_embeddings(tmp_path, messy, model):
@@ -166,7 +200,8 @@ def test_strengths_change_the_pairs_and_their_key(tmp_path, messy, model, count_
     strong = InterventionConfig(image=("posterize",), strengths=(("posterize", (("bits", (1, 1)),)),),
                                 text_banks=(), templates="single", n_pairs=4)
     second = _run(messy, model, EmbeddingStore(tmp_path), strong).embeddings
-    assert count_encoded == [4]  # only the new pairs are computed
+    n_val = int((~second.is_train).sum())
+    assert count_encoded == [4, n_val]  # only the new pairs and the new intervened validation rows
     assert not np.allclose(first.pairs[0].z_do, second.pairs[0].z_do)
     with pytest.raises(ValueError, match="bits"):
         _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(

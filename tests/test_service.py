@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clip_icm import evaluation, service
+from clip_icm import defaults, evaluation, service
 from clip_icm.scm import SCMConfig
 
 SYNTH = service.EmbeddingRequest(source="synthetic", synthetic=SCMConfig(n_invariant=4, n_variant=4, dim=16),
@@ -134,14 +134,37 @@ def test_sweep_has_honest_and_peeking_columns(emb):
 
 
 def test_projection_defaults():
-    assert service.projection_defaults("demo", 128) == {"K": 32, "lam": 1.0, "lam_mode": "relative"}
-    assert service.projection_defaults("synthetic", 16)["K"] == 8
+    demo = service.projection_defaults("demo", 128)
+    assert (demo["K"], demo["lam"], demo["lam_mode"]) == (32, 1.0, "relative")
+    assert demo["selection"] == "interventional" and demo["pair_sets"] == ("true:colour", "true:background")
+    assert demo["baselines"] == ("pca", "augmentation")
+    synthetic = service.projection_defaults("synthetic", 16)
+    assert synthetic["K"] == 8 and synthetic["selection"] is None
 
 
-def test_grid_fits_the_dimension():
-    Ks, lams = service.grid(16)
-    assert Ks and all(1 <= k < 16 for k in Ks) and len(lams) == 5
-    assert service.grid(512, "relative")[1][2] == 1.0
+def test_grid_fits_the_dimension_and_never_goes_below_k_8():
+    Ks, lams = defaults.grid(16)
+    assert Ks == (8,) and len(lams) == 5
+    assert defaults.grid(128, "relative") == ((8, 16, 32, 64), (0.1, 0.3, 1.0, 3.0, 10.0))
+    assert defaults.grid(512)[0] == (32, 64, 128, 256)
+    assert defaults.grid(6)[0] == (3,)  # too small for K >= 8: half the dimensions
+
+
+def test_confusion_counts_true_against_predicted():
+    counts = service.confusion(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), 3)
+    np.testing.assert_array_equal(counts, [[1, 1, 0], [0, 1, 0], [0, 1, 0]])
+
+
+def test_target_confusions_cover_the_target_rows(emb):
+    matrices = service.target_confusions(emb, "sketch", "icm", _config())
+    assert set(matrices) == {"CLIP", "icm"}
+    for counts in matrices.values():
+        assert counts.sum() == int((emb.domains == "sketch").sum())
+
+
+def test_pair_examples_without_images_is_a_clear_error(emb):
+    with pytest.raises(service.ServiceError, match="no image files to show"):
+        service.pair_examples(service.EmbeddingRequest(source="synthetic"), emb, "true")
 
 
 def test_restrict_domains_drops_rows_and_pairs(emb):

@@ -166,3 +166,25 @@ def test_ensure_demo_data_accepts_a_concurrent_writer(tmp_path, monkeypatch):
     assert td.ensure_demo_data(tmp_path) == tmp_path
     with pytest.raises(OSError):  # a failure that left no data set behind is not swallowed
         td.ensure_demo_data(tmp_path / "missing")
+
+
+def test_usual_look_prompts_name_each_class_by_its_majority_colour_and_scene():
+    rows = [dict(cls="circle", style="photo", colour="red", background="snow"),
+            dict(cls="circle", style="photo", colour="red", background="sky"),
+            dict(cls="circle", style="sketch", colour="blue", background="snow"),
+            dict(cls="square", style="photo", colour="orange", background="night")]
+    prompts = td.usual_look_prompts(rows, ["circle", "square", "star"])
+    assert prompts == [
+        "a photo of a red circle in the snow.", "a photo of an orange square at night.", "a photo of a star.",
+        "a sketch of a red circle in the snow.", "a sketch of an orange square at night.", "a sketch of a star.",
+    ]
+    with pytest.raises(ValueError, match="at least one factor row"):
+        td.usual_look_prompts([], ["circle"])
+
+
+def test_a_tuple_of_changes_redraws_each_factor():
+    f = td.sample_factors(np.random.default_rng(0), cls="star", style="photo")
+    both = td.counterfactual_factors(f, ("colour", "background"), seed=3)
+    assert both.colour != f.colour and both.background != f.background
+    assert (both.cls, both.style, both.seed) == (f.cls, f.style, f.seed)
+    assert both == td.counterfactual_factors(td.counterfactual_factors(f, "colour", 3), "background", 3)
