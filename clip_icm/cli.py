@@ -386,9 +386,14 @@ def _evaluate_targets(emb, targets: list[str], config, rule: str | None, protoco
     from clip_icm.defaults import grid
     from clip_icm.evaluation import select_and_evaluate
 
+    from threadpoolctl import threadpool_limits
+
     Ks, lams = grid(emb.features.shape[1], config.lam_mode)
-    return pd.concat([select_and_evaluate(emb, t, config, rule, Ks, lams, protocol=protocol) for t in targets],
-                     ignore_index=True)
+    # Many small LAPACK calls: OpenBLAS's threads make them several times slower on a busy 2-core
+    # machine (the default evaluate: 98 s with them, 21 s without, measured under load).
+    with threadpool_limits(1, user_api="blas"):
+        return pd.concat([select_and_evaluate(emb, t, config, rule, Ks, lams, protocol=protocol) for t in targets],
+                         ignore_index=True)
 
 
 def _accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:

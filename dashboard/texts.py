@@ -24,7 +24,10 @@ the same object with another colour, background or style.
   M = ZᵀZ/n − λ ΔᵀΔ/n, and A_inv = the eigenvectors of M with the **K largest** eigenvalues.
 
 These directions carry much of the embedding's energy and move little under intervention
-("reconstruct" + "consistent"). K and λ are the knobs; choose them on source-domain validation only.
+("reconstruct" + "consistent"). K and λ are the knobs; choose them on source data only. Plain
+source validation cannot see a shortcut that is as predictive as the cause in every source
+domain; the *interventional* rule also scores each setting on the source validation rows with
+their variant factors changed, and keeps the worst of the two per domain.
 
 **3. Predict in the invariant subspace.** Project image embeddings and the class prompts' text
 embeddings with A_inv, re-normalise both, classify by cosine (zero-shot), or train a linear probe on

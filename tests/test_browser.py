@@ -75,12 +75,14 @@ def test_dashboard_in_chromium_shows_both_layouts_and_the_accuracy_chart(server,
         page.goto(server + "/")
         for title in PLOT_TITLES:
             page.locator(".js-plotly-plot .gtitle", has_text=title).first.wait_for(timeout=300_000)
+        page.get_by_text("Which class becomes which").first.wait_for(timeout=120_000)
         page.wait_for_function("document.querySelectorAll('[data-testid=\"stSpinner\"]').length === 0",
                                timeout=120_000)
         page.wait_for_timeout(1500)  # let plotly finish drawing the markers
         errors = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
         assert errors.count() == 0, errors.all_inner_texts()
-        assert page.locator(".js-plotly-plot").count() >= 3
+        assert page.locator(".js-plotly-plot").count() >= 4
+        assert page.get_by_text("no target label").count() >= 1  # the first screen says what chose K and lam
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert shot.stat().st_size > 10_000

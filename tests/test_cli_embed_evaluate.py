@@ -51,7 +51,8 @@ def test_evaluate_messy_folder_is_complete_and_reproducible(setup, tmp_path, cap
     again = pd.DataFrame(json.loads(out2.read_text())["rows"])
     pd.testing.assert_frame_equal(rows, again[rows.columns], check_dtype=False)
     assert set(rows.target) == set(messy.domains)
-    assert {"CLIP", "icm", "pca", "null_space", "orth_cali", "icm_as_released"} == set(rows.method)
+    assert {"CLIP", "icm", "pca", "null_space", "orth_cali", "icm_as_released", "augmentation"} == set(rows.method)
+    assert set(rows.selected_by) == {"fixed"}  # a folder: no selection unless asked
     skipped = json.loads(out2.read_text())["skipped"]
     assert any(path.endswith("truncated.jpg") for path, _ in skipped)
 
@@ -66,7 +67,25 @@ def test_single_target_and_options(setup, tmp_path, capsys):
     assert set(rows.target) == {"Real World"} and set(rows.method) == {"CLIP", "icm"}
 
 
+def test_select_chooses_k_and_lam_per_target_and_names_the_rule(setup, tmp_path, capsys):
+    from clip_icm.cli import SCORING_NAMES
+    from clip_icm.evaluation import SCORINGS
+
+    assert SCORING_NAMES == tuple(SCORINGS)
+    code = main(["evaluate", *_args(setup, tmp_path / "c"), "--methods", "icm,pca", "--interventions", "invert",
+                 "--select", "interventional", "--out", str(tmp_path / "s.csv")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "chosen per target by source validation + intervened source validation" in out
+    assert "no target label" in out
+    rows = pd.read_csv(tmp_path / "s.csv")
+    assert set(rows.selected_by) == {"source validation + intervened source validation"}
+    per_target = rows.groupby("target")[["K", "lam"]].nunique()
+    assert (per_target == 1).all().all()  # one chosen pair per split, used by every method
+
+
 @pytest.mark.parametrize("extra, message", [
+    (["--prompts", "usual_look"], "factors.csv"),
     (["--model", "ViT-Nope"], "unknown model 'ViT-Nope'"),
     (["--root", "/no/such/folder"], "is not a folder"),
     (["--target", "moon"], "unknown domain 'moon'"),
