@@ -1,141 +1,104 @@
-"""CLIP-ICM Explorer: the Invariant Causal Mechanism of CLIP, as a library."""
-from clip_icm.backend import MODELS, ClipBackend, ModelConfig, load_model, model_key
-from clip_icm.datasets import (
-    DATASETS,
-    DatasetInfo,
-    DomainScan,
-    detect_datasets,
-    is_domainbed_folder,
-    load_image,
-    readable_name,
-    scan_domain_folder,
-    split_mask,
-)
-from clip_icm.embeddings import EmbeddingSet, PairSet
-from clip_icm.evaluation import (
-    EvalConfig,
-    evaluate_split,
-    fit_linear_probe,
-    fit_projection,
-    leave_one_domain_out,
-    select_hyperparameters,
-    sweep,
-    zero_shot_classifier,
-    zero_shot_predict,
-)
-from clip_icm.interventions import (
-    IMAGE_INTERVENTIONS,
-    TEXT_BANKS,
-    ZERO_SHOT_TEMPLATES,
-    ImageIntervention,
-    RandomIntervention,
-    TextBank,
-    cross_modal_texts,
-    make_image_intervention,
-    make_text_pairs,
-)
-from clip_icm.projection import (
-    METHOD_LABELS,
-    METHODS,
-    InvariantProjection,
-    NullSpaceProjection,
-    OrthCaliProjection,
-    PCAProjection,
-    make_projection,
-    stack_pairs,
-)
-from clip_icm.pipeline import DataConfig, EmbeddingRun, InterventionConfig, build_embedding_set, embed_dataset
-from clip_icm.reduce import layout_2d
-from clip_icm.registry import Registry
-from clip_icm.scm import (
-    LinearSCM,
-    SCMConfig,
-    make_embedding_set,
-    principal_angles,
-    r2_recovery,
-    run_playground,
-    subspace_distance,
-)
-from clip_icm.store import EmbeddingStore
-from clip_icm.toydomains import (
-    Factors,
-    ToyDomainsRecipe,
-    ensure_demo_data,
-    generate_toydomains,
-    render,
-    render_counterfactual,
-)
+"""CLIP-ICM Explorer: the Invariant Causal Mechanism of CLIP, as a library.
 
-__all__ = [
-    "EmbeddingSet",
-    "PairSet",
-    "Registry",
+The public API, read at a glance below. Submodules are imported on first use (scikit-learn's
+lazy ``__getattr__``), so ``import clip_icm`` and ``python -m clip_icm --help`` stay instant:
+importing scikit-learn, pandas or torch costs seconds.
+"""
+from __future__ import annotations
+
+import importlib
+
+# public name -> the submodule that defines it
+_API: dict[str, str] = {
+    # embeddings
+    "EmbeddingSet": "embeddings",
+    "PairSet": "embeddings",
+    # registry
+    "Registry": "registry",
     # projection
-    "InvariantProjection",
-    "PCAProjection",
-    "NullSpaceProjection",
-    "OrthCaliProjection",
-    "METHODS",
-    "METHOD_LABELS",
-    "make_projection",
-    "stack_pairs",
+    "InvariantProjection": "projection",
+    "PCAProjection": "projection",
+    "NullSpaceProjection": "projection",
+    "OrthCaliProjection": "projection",
+    "IdentityProjection": "projection",
+    "METHODS": "projection",
+    "METHOD_LABELS": "projection",
+    "make_projection": "projection",
+    "stack_pairs": "projection",
     # evaluation
-    "EvalConfig",
-    "evaluate_split",
-    "fit_linear_probe",
-    "fit_projection",
-    "leave_one_domain_out",
-    "select_hyperparameters",
-    "sweep",
-    "zero_shot_classifier",
-    "zero_shot_predict",
-    # causal playground
-    "LinearSCM",
-    "SCMConfig",
-    "make_embedding_set",
-    "principal_angles",
-    "r2_recovery",
-    "run_playground",
-    "subspace_distance",
+    "EvalConfig": "evaluation",
+    "evaluate_split": "evaluation",
+    "fit_linear_probe": "evaluation",
+    "fit_projection": "evaluation",
+    "leave_one_domain_out": "evaluation",
+    "select_hyperparameters": "evaluation",
+    "select_and_evaluate": "evaluation",
+    "source_score": "evaluation",
+    "sweep": "evaluation",
+    "zero_shot_classifier": "evaluation",
+    "zero_shot_predict": "evaluation",
+    # scm
+    "LinearSCM": "scm",
+    "SCMConfig": "scm",
+    "make_embedding_set": "scm",
+    "principal_angles": "scm",
+    "r2_recovery": "scm",
+    "run_playground": "scm",
+    "subspace_distance": "scm",
     # datasets
-    "DATASETS",
-    "DatasetInfo",
-    "DomainScan",
-    "detect_datasets",
-    "is_domainbed_folder",
-    "load_image",
-    "readable_name",
-    "scan_domain_folder",
-    "split_mask",
+    "DATASETS": "datasets",
+    "DatasetInfo": "datasets",
+    "DomainScan": "datasets",
+    "detect_datasets": "datasets",
+    "is_domainbed_folder": "datasets",
+    "load_image": "datasets",
+    "readable_name": "datasets",
+    "scan_domain_folder": "datasets",
+    "split_mask": "datasets",
     # interventions
-    "IMAGE_INTERVENTIONS",
-    "TEXT_BANKS",
-    "ZERO_SHOT_TEMPLATES",
-    "ImageIntervention",
-    "RandomIntervention",
-    "TextBank",
-    "cross_modal_texts",
-    "make_image_intervention",
-    "make_text_pairs",
-    # backend, store, pipeline
-    "MODELS",
-    "ClipBackend",
-    "ModelConfig",
-    "load_model",
-    "model_key",
-    "EmbeddingStore",
-    "DataConfig",
-    "InterventionConfig",
-    "EmbeddingRun",
-    "build_embedding_set",
-    "embed_dataset",
-    # 2-D layouts (the dashboard's service layer is clip_icm.service)
-    "layout_2d",
-    # the bundled ToyDomains world (toy-clip's training script: python -m clip_icm.toyclip)
-    "Factors",
-    "ensure_demo_data",
-    "generate_toydomains",
-    "ToyDomainsRecipe",
-    "render",
-    "render_counterfactual",
-]
+    "IMAGE_INTERVENTIONS": "interventions",
+    "TEXT_BANKS": "interventions",
+    "ZERO_SHOT_TEMPLATES": "interventions",
+    "ImageIntervention": "interventions",
+    "RandomIntervention": "interventions",
+    "TextBank": "interventions",
+    "cross_modal_texts": "interventions",
+    "make_image_intervention": "interventions",
+    "make_text_pairs": "interventions",
+    # backend
+    "MODELS": "backend",
+    "ClipBackend": "backend",
+    "ModelConfig": "backend",
+    "load_model": "backend",
+    "model_key": "backend",
+    # store
+    "EmbeddingStore": "store",
+    # pipeline
+    "DataConfig": "pipeline",
+    "InterventionConfig": "pipeline",
+    "EmbeddingRun": "pipeline",
+    "build_embedding_set": "pipeline",
+    "embed_dataset": "pipeline",
+    # reduce
+    "layout_2d": "reduce",
+    # toydomains
+    "Factors": "toydomains",
+    "ensure_demo_data": "toydomains",
+    "generate_toydomains": "toydomains",
+    "ToyDomainsRecipe": "toydomains",
+    "render": "toydomains",
+    "render_counterfactual": "toydomains",
+}
+__all__ = list(_API)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"clip_icm.{_API[name]}"), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

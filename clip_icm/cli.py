@@ -14,9 +14,10 @@ import sys
 import time
 import warnings
 from collections import Counter
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas costs half a second to import: --help must not pay it
+    import pandas as pd
 
 
 class UsageError(Exception):
@@ -94,6 +95,8 @@ def _run_playground(args: argparse.Namespace) -> int:
 
 
 def _playground_text(table: pd.DataFrame, config, args: argparse.Namespace) -> str:
+    import pandas as pd
+
     shown = table.assign(method=table.method.map(PLAYGROUND_LABELS)).rename(columns={
         "id_accuracy": "ID acc", "ood_accuracy": "OOD acc", "ood_gap": "OOD gap",
         "max_angle": "max angle (rad)", "r2_inv": "R2 z_inv", "r2_var": "R2 z_var",
@@ -386,6 +389,7 @@ def _evaluate_targets(emb, targets: list[str], config, rule: str | None, protoco
     from clip_icm.defaults import grid
     from clip_icm.evaluation import select_and_evaluate
 
+    import pandas as pd
     from threadpoolctl import threadpool_limits
 
     Ks, lams = grid(emb.features.shape[1], config.lam_mode)

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from clip_icm.embeddings import EmbeddingSet, PairSet
-from clip_icm.projection import InvariantProjection
 from clip_icm.seeding import rng, seed_hash
+
+# pandas and scikit-learn (through projection) are imported where they are used: the CLI reads
+# SCMConfig's defaults for its --help, which must not pay their import (about 2 s).
+if TYPE_CHECKING:
+    import pandas as pd
 
 PLAYGROUND_METHODS = ("full", "icm", "icm_as_released")
 
@@ -221,6 +223,10 @@ def r2_recovery(features: np.ndarray, factors: np.ndarray) -> float:
 
 
 def _classifier(X: np.ndarray, y: np.ndarray) -> object:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=500)).fit(X, y)
 
 
@@ -239,6 +245,10 @@ def run_playground(
     is drawn independently of the class, so that R^2(z_var) = 0 means "no variant
     information" rather than "no class information".
     """
+    import pandas as pd
+
+    from clip_icm.projection import InvariantProjection
+
     if not shifts or any(not 0.0 <= s <= 1.0 for s in shifts):
         raise ValueError(f"shifts must be a non-empty list of values in [0, 1], got {list(shifts)}")
     if n_train < 2 or n_test < 4:  # r2_recovery fits on half the test rows and scores the other half
