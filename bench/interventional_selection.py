@@ -39,8 +39,8 @@ def world(seed: int, target: str = TARGET):
     else:
         root = td.generate_toydomains(td.DEMO_ROOT.parent / f"toydomains-seed{seed}-{target}", td.DEMO_RECIPE,
                                       seed=seed, target_domain=target)
-    cfg = InterventionConfig(text_banks=(), true_swaps=defaults.DEMO_TRUE_SWAPS, intervened_val=("counterfactual", "image"),
-                             look_prompts=True)
+    cfg = InterventionConfig(text_banks=(), true_swaps=defaults.DEMO_TRUE_SWAPS,
+                             intervened_val=("counterfactual", "conflict", "image"), look_prompts=True)
     return build_embedding_set(DataConfig(root=str(root)), ModelConfig(name="toy-clip"), cfg)
 
 
@@ -116,6 +116,8 @@ def worlds_table(seeds: list[int]) -> None:
         emb = world(seed)
         rows += rows_for(emb, seed, "true colour + background", defaults.DEMO_PAIR_SETS,
                          ("counterfactual:colour+background",))
+        rows += rows_for(emb, seed, "true colour + background, conflict check (another class's usual look)",
+                         defaults.DEMO_PAIR_SETS, (f"conflict@{TARGET}",), rules=("interventional",))
         rows += rows_for(emb, seed, "photometric (image:random)", ("image:random",), ("val image:random",))
     table = pd.DataFrame(rows)
     for label in table.pairs.unique():

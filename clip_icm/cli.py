@@ -173,6 +173,11 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
                        help="image pairs per set (default: one per training image)")
     pairs.add_argument("--templates", metavar="NAME", default="ensemble",
                        help="zero-shot prompt set: single or ensemble (default)")
+    pairs.add_argument("--intervened-val", metavar="LIST", type=_csv_names, default=None,
+                       help="intervened validation rows for --select interventional (scored, never fitted): "
+                       "counterfactual (ToyDomains: colour and scene re-drawn), conflict (ToyDomains: another "
+                       "class's usual colour and scene), image (the image interventions), or 'none' (default: "
+                       "counterfactual where the folder has factors.csv, else image)")
     pairs.add_argument("--prompts", default="classes", choices=("classes", "usual_look"),
                        help="zero-shot prompts: the class names (default), or ToyDomains only: each class named "
                        "with its usual colour and scene in the source training rows")
@@ -197,6 +202,7 @@ def _configs(args: argparse.Namespace):
         image=DEFAULT_OPS if args.interventions is None else args.interventions, random_choice=not args.per_op,
         text_banks=args.text_banks, true_swaps=_true_swaps(args), cross_modal=args.cross_modal,
         n_pairs=args.n_pairs, templates=args.templates, look_prompts=args.prompts == "usual_look", seed=args.seed,
+        intervened_val=args.intervened_val,
     )
     return data, model, pairs
 

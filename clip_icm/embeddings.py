@@ -6,7 +6,7 @@ so the core can be tested without any model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -21,7 +21,8 @@ class PairSet:
     can drop target-domain pairs; it is None for pairs that touch no image (text pairs).
     ``labels`` is the class of each pair's source image (an intervention keeps the class),
     for the augmentation baseline and for scoring intervened validation rows; None where
-    unknown (text pairs).
+    unknown (text pairs). ``held_out`` names the target domain an intervened validation set was
+    built for (it read the other domains' training rows); None when it serves every target.
     """
 
     name: str
@@ -30,6 +31,7 @@ class PairSet:
     z_do: np.ndarray
     domains: np.ndarray | None = None
     labels: np.ndarray | None = None
+    held_out: str | None = None
 
     def __post_init__(self) -> None:
         if self.z.shape != self.z_do.shape or self.z.ndim != 2:
@@ -48,7 +50,7 @@ class PairSet:
             return self
         keep = self.domains != domain
         labels = None if self.labels is None else self.labels[keep]
-        return PairSet(self.name, self.kind, self.z[keep], self.z_do[keep], self.domains[keep], labels)
+        return replace(self, z=self.z[keep], z_do=self.z_do[keep], domains=self.domains[keep], labels=labels)
 
 
 @dataclass(frozen=True)

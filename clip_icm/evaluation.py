@@ -335,6 +335,8 @@ def _selection_view(emb: EmbeddingSet, target: str, config: EvalConfig, scoring:
         raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
     _check_target(emb, target)
     sources = without_domain(with_prompts(emb, target, config.prompts), target)
+    # a check built for another held-out target read that target's training rows: not ours to use
+    sources = replace(sources, intervened_val=[c for c in sources.intervened_val if c.held_out in (None, target)])
     if scoring == "source_domains" and len(sources.domain_names) < 2:
         raise ValueError("scoring='source_domains' needs at least 2 source domains")
     return sources

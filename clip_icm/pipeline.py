@@ -25,6 +25,9 @@ selection rule; never fitted): every *validation* row with its variant factors c
 
 - ``counterfactual:colour+background``: ToyDomains only: re-rendered with both the colour and
   the scene re-drawn;
+- ``conflict@<target>``: ToyDomains only, one set per held-out target: re-rendered with the
+  usual colour and scene of another class, that table read from the other domains' *training*
+  rows (so a shortcut would point to that class);
 - ``image:<...>``: the chosen image interventions applied to the validation rows (the generic,
   weaker check for folders whose factors are unknown).
 """
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -75,9 +78,9 @@ class InterventionConfig:
     n_pairs:        image pairs per pair set, a seeded subset of the training rows; None = all
     text_pairs_per_class: prompt pairs per class and bank
     templates:      ZERO_SHOT_TEMPLATES entry for the class prompts (text_features)
-    intervened_val: which intervened validation sets to build: "counterfactual" (ToyDomains) and/or
-                    "image"; None = "counterfactual" where the folder has factors.csv, else "image"
-                    when image ops are chosen
+    intervened_val: which intervened validation sets to build: "counterfactual", "conflict"
+                    (ToyDomains) and/or "image"; None = "counterfactual" where the folder has
+                    factors.csv, else "image" when image ops are chosen
     look_prompts:   also embed, per held-out domain, prompts naming each class by its usual look
                     in the other domains' training rows (ToyDomains only)
     """
@@ -104,7 +107,7 @@ class InterventionConfig:
 
 # The two variant factors the ToyDomains recipe can make spurious, re-drawn together.
 COUNTERFACTUAL_CHANGE = ("colour", "background")
-INTERVENED_VAL_KINDS = ("counterfactual", "image")
+INTERVENED_VAL_KINDS = ("counterfactual", "conflict", "image")
 
 
 @dataclass
@@ -336,7 +339,7 @@ def embed_dataset(
     rows = _Rows(paths, hashes, labels, domains, features, is_train)
     checks = _intervened_val_kinds(interventions, scan)
     factor_rows = None
-    if interventions.true_swaps or interventions.look_prompts or "counterfactual" in checks:
+    if interventions.true_swaps or interventions.look_prompts or {"counterfactual", "conflict"} & set(checks):
         all_factor_rows = _factor_rows(scan)
         factor_rows = [all_factor_rows[i] for i in keep]
     pairs = _image_pairs(embedder, interventions, rows)
@@ -478,11 +481,51 @@ def _intervened_val(embedder, cfg, kinds: tuple[str, ...], factor_rows, rows: _R
         name = "counterfactual:" + "+".join(COUNTERFACTUAL_CHANGE)
         out.append(_counterfactual_set(embedder, cfg, factor_rows, rows, name, COUNTERFACTUAL_CHANGE, val,
                                        "intervened validation"))
+    if "conflict" in kinds:
+        out += _conflict_sets(embedder, cfg, factor_rows, rows, val)
     if "image" in kinds:
         if not cfg.image:
             raise ValueError("intervened validation 'image' needs at least one image intervention")
         out += [_image_pair_set(embedder, cfg, rows, f"val {name}", op, val, "intervened validation")
                 for name, op in _image_interventions(cfg)]
+    return out
+
+
+class _Restyled:
+    """ToyDomains rows re-rendered with given factor values (lazily, in the DataLoader workers)."""
+
+    def __init__(self, rows: list[dict], changes: list[dict]) -> None:
+        self.rows, self.changes = rows, changes
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        from clip_icm.toydomains import Factors, render
+
+        return render(replace(Factors.from_row(self.rows[i]), **self.changes[i]), int(self.rows[i]["image_size"]))
+
+
+def _conflict_sets(embedder, cfg, factor_rows, rows: _Rows, val: np.ndarray) -> list[PairSet]:
+    """Per held-out target: every validation row re-rendered with the usual colour and scene of
+    one other class (drawn per row), that table read from the other domains' training rows."""
+    from clip_icm.toydomains import usual_looks
+
+    classes = sorted({str(r["cls"]) for r in factor_rows})
+    out = []
+    for target in dict.fromkeys(rows.domains.tolist()):
+        source_train = np.flatnonzero(rows.is_train & (rows.domains != target))
+        looks = usual_looks([factor_rows[i] for i in source_train], classes)
+        changes = []
+        for i in val:
+            others = [c for c in looks if c != factor_rows[i]["cls"]]
+            partner = others[rng("conflict partner", cfg.seed, target, rows.hashes[i]).integers(len(others))]
+            changes.append({"colour": looks[partner][0], "background": looks[partner][1]})
+        name = f"conflict@{target}"
+        what = {"intervened validation": name, "changes": changes, "seed": cfg.seed}
+        items = _Restyled([factor_rows[i] for i in val], changes)
+        z_do, _ = embedder.images(name, items, rows.hashes[val], rows.domains[val], what)
+        out.append(replace(rows.pair_set(name, "intervened validation", val, z_do), held_out=target))
     return out
 
 

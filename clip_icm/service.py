@@ -50,7 +50,8 @@ class InterventionChoice:
     image_ops: image operations, one drawn at random per pair when several (as in the paper);
     strengths: ((op, ((param, value), ...)), ...); text_banks: ((bank name, (template, ...)), ...);
     true_swaps: factors to re-render (bundled world only); n_pairs: image pairs (0 = one per image);
-    look_prompts: also embed the "usual source look" zero-shot prompts (bundled world only).
+    look_prompts: also embed the "usual source look" zero-shot prompts (bundled world only);
+    intervened_val: which intervened validation sets (pipeline.INTERVENED_VAL_KINDS; None = automatic).
     """
 
     image_ops: tuple[str, ...] = ("colour_jitter", "grayscale", "gaussian_blur", "invert", "posterize", "solarize",
@@ -61,6 +62,7 @@ class InterventionChoice:
     cross_modal: bool = False
     n_pairs: int = 0
     look_prompts: bool = False
+    intervened_val: tuple[str, ...] | None = None
     seed: int = 0
 
 
@@ -161,7 +163,8 @@ def intervention_config(choice: InterventionChoice):
 
     return InterventionConfig(image=tuple(choice.image_ops), text_banks=tuple(banks), true_swaps=choice.true_swaps,
                               cross_modal=choice.cross_modal, n_pairs=choice.n_pairs or None, seed=choice.seed,
-                              strengths=choice.strengths, look_prompts=choice.look_prompts)
+                              strengths=choice.strengths, look_prompts=choice.look_prompts,
+                              intervened_val=choice.intervened_val)
 
 
 def _synthetic(request: EmbeddingRequest) -> EmbeddingSet:

@@ -486,7 +486,7 @@ def _has_demo(root: Path) -> bool:
 __all__ = [
     "CLASSES", "STYLES", "COLOURS", "BACKGROUNDS", "CHANGEABLE", "Factors", "render", "render_counterfactual",
     "counterfactual_factors", "generate_toydomains", "toydomains_factors", "load_factors", "ensure_demo_data",
-    "sample_factors", "text_bank", "usual_look_prompts", "ToyDomainsRecipe", "DEMO_RECIPE", "DEMO_ROOT",
+    "sample_factors", "text_bank", "usual_look_prompts", "usual_looks", "ToyDomainsRecipe", "DEMO_RECIPE", "DEMO_ROOT",
 ]
 
 
@@ -496,23 +496,29 @@ def usual_look_prompts(factor_rows: list[Mapping[str, object]], class_names: lis
     class and per style seen in those rows, in toy-clip's caption words:
     "a photo of a red circle in the snow.". Returns T x C prompts, style-major (as
     ``ZERO_SHOT_TEMPLATES`` are laid out); a class absent from the rows is named plainly."""
-    from collections import Counter
-
     from clip_icm.toyclip import BACKGROUND_WORDS, STYLE_WORDS, _a
 
     styles = [s for s in STYLES if any(r["style"] == s for r in factor_rows)]
     if not styles:
         raise ValueError("usual_look_prompts needs at least one factor row")
+    looks = usual_looks(factor_rows, class_names)
+    named = {c: f"{_a(looks[c][0])} {c} {BACKGROUND_WORDS[looks[c][1]][0]}" if c in looks else _a(c)
+             for c in class_names}
+    return [f"{_a(STYLE_WORDS[s][0])} of {named[c]}." for s in styles for c in class_names]
+
+
+def usual_looks(factor_rows: list[Mapping[str, object]], class_names: list[str]) -> dict[str, tuple[str, str]]:
+    """Each class's most frequent (colour, background) among ``factor_rows`` (ties: first seen);
+    classes absent from the rows are left out."""
+    from collections import Counter
+
     looks = {}
     for cls in class_names:
         rows = [r for r in factor_rows if r["cls"] == cls]
         if rows:
-            colour = Counter(str(r["colour"]) for r in rows).most_common(1)[0][0]
-            scene = Counter(str(r["background"]) for r in rows).most_common(1)[0][0]
-            looks[cls] = f"{_a(colour)} {cls} {BACKGROUND_WORDS[scene][0]}"
-        else:
-            looks[cls] = _a(cls)
-    return [f"{_a(STYLE_WORDS[s][0])} of {looks[c]}." for s in styles for c in class_names]
+            looks[cls] = (Counter(str(r["colour"]) for r in rows).most_common(1)[0][0],
+                          Counter(str(r["background"]) for r in rows).most_common(1)[0][0])
+    return looks
 
 
 def text_bank() -> "TextBank":  # noqa: F821 (lazy import: interventions pulls in torchvision on use)

@@ -131,8 +131,14 @@ def interventions_ui(bundled_world: bool) -> service.InterventionChoice:
                         help="Their differences also carry CLIP's image/text modality gap.")
     n_pairs = st.number_input("Image pairs per set (0 = one per training image)", 0, 1_000_000, step=64,
                               key=_default("ctl_n_pairs", 256), help="Each pair set embeds this many edited images.")
+    kinds = ["counterfactual", "conflict"] if bundled_world else ["image"] if ops else []
+    checks = st.multiselect("Intervened validation rows (scored by the interventional rule, never fitted)", kinds,
+                            key=_valid_multi("ctl_checks", kinds, kinds[:1]),
+                            help="counterfactual: colour and scene re-drawn; conflict: set to another class's usual "
+                                 "colour and scene (read from source training rows); image: the image interventions "
+                                 "above, applied to the validation rows (the generic, weaker check)")
     return service.InterventionChoice(tuple(ops), strengths, edited, swaps, bool(cross), int(n_pairs),
-                                      look_prompts=bundled_world)
+                                      look_prompts=bundled_world, intervened_val=tuple(checks))
 
 
 def _strengths_ui(ops: list[str], registry) -> tuple:

@@ -126,8 +126,9 @@ def _selection_note(ctx: Context) -> None:
     text = (f"K = {s.K} and λ = {s.lam:g} chosen by **{evaluation.SCORING_LABELS[s.rule]}** ({s.protocol}); "
             f"no target label. Score {s.score:.1%} vs {s.full_space_score:.1%} for CLIP: {verdict}.")
     if s.rule == "interventional":
-        checks = ", ".join(chk.name for chk in ctx.emb.intervened_val) or "none"
-        generic = not any(chk.name.startswith("counterfactual:") for chk in ctx.emb.intervened_val)
+        used = [chk for chk in ctx.emb.intervened_val if chk.held_out in (None, c.target)]
+        checks = ", ".join(chk.name for chk in used) or "none"
+        generic = all(chk.name.startswith("val image:") for chk in used)
         text += f" Intervened validation: {checks}."
         if generic:
             text += (" These are photometric edits, the generic and weaker check: it only sees a shortcut that "
@@ -285,7 +286,8 @@ def _confusion_section(ctx: Context, K: int, lam: float) -> None:
 
 def _gallery_section(ctx: Context) -> None:
     emb = ctx.emb
-    names = list(ctx.choice.pair_sets) + [chk.name for chk in emb.intervened_val]
+    # a conflict set's re-render depends on its held-out target's table: the gallery shows the others
+    names = list(ctx.choice.pair_sets) + [chk.name for chk in emb.intervened_val if chk.held_out is None]
     with st.expander("Interventions gallery: what the pairs change"):
         if not names:
             st.caption("No pair sets chosen.")

@@ -247,3 +247,17 @@ def test_unknown_prompt_set_and_missing_look_prompts(emb):
         EvalConfig(prompts="captions")
     with pytest.raises(ValueError, match="usual-look prompts for target 'sketch'"):
         evaluate_split(emb, TARGET, EvalConfig(prompts="usual_look"))
+
+
+def test_selection_reads_only_the_checks_built_for_its_target(emb):
+    """A check built for another held-out target (it read that target's training rows) is left
+    out: poisoning it changes nothing; the one built for this target is used."""
+    (check,) = emb.intervened_val
+    other = replace(check, name="conflict@photo", held_out="photo", z_do=np.full_like(check.z_do, np.nan))
+    grid = dict(Ks=(2, 6), lams=(0.0, 1e4), config=CONFIG, scoring="interventional")
+    base = select_hyperparameters(emb, TARGET, "icm", **grid)
+    with_other = select_hyperparameters(replace(emb, intervened_val=[check, other]), TARGET, "icm", **grid)
+    pd.testing.assert_frame_equal(base[2], with_other[2])
+    ours = replace(check, name=f"conflict@{TARGET}", held_out=TARGET, z_do=np.full_like(check.z_do, np.nan))
+    with pytest.raises(ValueError, match="NaN"):
+        select_hyperparameters(replace(emb, intervened_val=[check, ours]), TARGET, "icm", **grid)

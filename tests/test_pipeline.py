@@ -1,5 +1,7 @@
 import warnings
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -184,6 +186,32 @@ def test_intervened_validation_and_usual_look_prompts(tmp_path, messy, model):
         assert text.shape == (len(emb.domain_names) - 1, len(emb.class_names), emb.features.shape[1])
     with pytest.raises(ValueError, match="factors.csv"):
         _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(look_prompts=True))
+
+
+def test_conflict_sets_take_another_class_usual_look_per_held_out_target(tmp_path, model, monkeypatch):
+    from clip_icm import toydomains
+    from clip_icm.toydomains import generate_toydomains, load_factors
+
+    root = generate_toydomains(tmp_path / "toy", n_per_class_per_domain=3, image_size=32)
+    rendered = []
+    real = toydomains.render
+    monkeypatch.setattr(toydomains, "render", lambda f, size=32: rendered.append(f) or real(f, size))
+    emb = build_embedding_set(DataConfig(str(root)), model, InterventionConfig(
+        image=(), text_banks=(), templates="single", intervened_val=("conflict",)), EmbeddingStore(tmp_path / "c"))
+    assert [c.name for c in emb.intervened_val] == [f"conflict@{d}" for d in emb.domain_names]
+    assert [c.held_out for c in emb.intervened_val] == emb.domain_names
+    factors = load_factors(root)
+    val = np.flatnonzero(~emb.is_train)
+    n_val = len(val)
+    for check, target in zip(emb.intervened_val, emb.domain_names):
+        np.testing.assert_array_equal(check.labels, emb.labels[val])
+        source_train = [factors.loc[str(Path(p).relative_to(root))] for p in emb.paths[emb.is_train & (emb.domains != target)]]
+        looks = toydomains.usual_looks(source_train, list(emb.class_names))
+        batch = rendered[:n_val]
+        del rendered[:n_val]
+        assert len(batch) == n_val
+        for f in batch:  # every re-render wears the usual look of a class other than its own
+            assert any(look == (f.colour, f.background) for c, look in looks.items() if c != f.cls), f
 
 
 def test_build_embedding_set_is_the_run_embeddings(tmp_path, messy, model):
