@@ -7,9 +7,11 @@ seed, never tuned on), target = the demo's shifted domain (cartoon): K and lam a
 source data only by each rule (source_val, source_domains, interventional), and the target is
 scored for CLIP (full space), PCA and augmentation at the chosen K, and ICM; linear probe with
 the class-name prompts, zero-shot with the "usual source look" prompts (chosen by the zero-shot
-form of the rule). Then the photometric-only variant (image:random pairs, photometric
-intervened validation), as on data without known factors. Last: the selection time on the demo
-from a warm cache. Target labels are only ever used to score.
+form of the rule). Then the interventional rule with the "conflict" check (validation rows wearing
+another class's usual colour and scene) instead of re-drawn ones, and the photometric-only
+variant (image:random pairs, photometric intervened validation), as on data without known
+factors. Then the other styles as the shifted target; last, the selection time on the demo from
+a warm cache. Target labels are only ever used to score.
 """
 from __future__ import annotations
 
