@@ -15,8 +15,8 @@ copy of the EmbeddingSet from which the target domain has been removed.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from clip_icm.embeddings import EmbeddingSet
-from clip_icm.projection import METHOD_LABELS, LinearProjection, make_projection, stack_pairs
+from clip_icm.projection import METHOD_LABELS, LinearProjection, PairMoments, make_projection, stack_pairs
 
 ALL_METHODS = tuple(METHOD_LABELS)  # every registered method (one label each), in display order
 FULL_SPACE = "CLIP"
@@ -143,14 +143,45 @@ def _pair_sets(emb: EmbeddingSet, target: str | None, config: EvalConfig) -> lis
     return pair_sets if target is None else [p.excluding(target) for p in pair_sets]
 
 
+class _Memo:
+    """What a K or lam change does not change, kept per EmbeddingSet *object* (its arrays are
+    read-only by contract) and dropped with it: the pair moments of each (target, pair sets)
+    and the full-space rows of each (target, evaluation setting). A refit then costs one
+    eigendecomposition (or a slice of a kept one) and the probe in K dimensions."""
+
+    _by_object: dict[int, tuple[weakref.ref, dict]] = {}
+
+    @classmethod
+    def of(cls, emb: EmbeddingSet) -> dict:
+        key = id(emb)
+        entry = cls._by_object.get(key)
+        if entry is None or entry[0]() is not emb:
+            entry = (weakref.ref(emb, lambda _, key=key: cls._by_object.pop(key, None)), {})
+            cls._by_object[key] = entry
+        return entry[1]
+
+    @classmethod
+    def clear(cls) -> None:
+        cls._by_object.clear()
+
+
+def _moments(emb: EmbeddingSet, target: str | None, config: EvalConfig) -> PairMoments:
+    weights = dict(config.pair_weights or {})
+    key = ("moments", target, config.pair_sets, tuple(sorted(weights.items())))
+    memo = _Memo.of(emb)
+    if key not in memo:
+        memo[key] = PairMoments.of(*stack_pairs(_pair_sets(emb, target, config), weights))
+    return memo[key]
+
+
 def fit_projection(
     emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig = EvalConfig()
 ) -> LinearProjection:
     """The projection of ``method`` fitted on pairs whose image is not from ``target``
     (None = all pairs). Used by evaluation and by the dashboard (spectrum, UMAP)."""
     _check_target(emb, target)
-    Z, Z_do = stack_pairs(_pair_sets(emb, target, config), dict(config.pair_weights or {}))
-    return make_projection(method, config.n_components, config.lam, config.lam_mode).fit(Z, Z_do)
+    return make_projection(method, config.n_components, config.lam, config.lam_mode).fit_moments(
+        _moments(emb, target, config))
 
 
 def with_prompts(emb: EmbeddingSet, target: str | None, prompts: str) -> EmbeddingSet:
@@ -170,38 +201,51 @@ def _rows_by_domain(emb: EmbeddingSet, target: str) -> dict[str, np.ndarray]:
     }
 
 
-Predict = Callable[[np.ndarray], np.ndarray]
+def _augmented_rows(emb: EmbeddingSet, target: str | None, config: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The intervened images of the configured image and true-swap pair sets, each with its
+    source image's class, none from ``target``: what an augmented probe also trains on."""
+    images = [p for p in _pair_sets(emb, target, config) if p.kind in ("image", "true") and p.labels is not None]
+    if not images:
+        raise ValueError(f"{', '.join(sorted(AUGMENTED_PROBE))} trains on intervened images: choose at least one "
+                         "image or true-swap pair set")
+    return np.concatenate([p.z_do for p in images]), np.concatenate([p.labels for p in images])
 
 
-def _probe_training_rows(emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig
-                         ) -> tuple[np.ndarray, np.ndarray]:
-    """Source training rows; for an augmented method also the intervened images of the pair
-    sets (each with its source image's class), never anything from ``target``."""
-    train = _source_mask(emb, target) & emb.is_train
-    X, y = [emb.features[train]], [emb.labels[train]]
+class _Predictor:
+    """One method's fitted predictors (zero-shot weights and linear probe) over its projection.
+    ``projected`` holds the EmbeddingSet's own rows, projected once for both protocols."""
+
+    def __init__(self, projection, probe: Pipeline, weights: np.ndarray, projected: np.ndarray) -> None:
+        self.projection, self.probe, self.weights, self.projected = projection, probe, weights, projected
+
+    def project(self, X: np.ndarray) -> np.ndarray:
+        return X if self.projection is None else self.projection.transform(X)
+
+    def predict(self, projected: np.ndarray, protocol: str) -> np.ndarray:
+        if protocol == ZERO_SHOT:
+            return np.argmax(_normalise(np.asarray(projected, dtype=np.float64)) @ self.weights.T, axis=1)
+        return self.probe.predict(projected)
+
+    def predict_rows(self) -> dict[str, np.ndarray]:
+        """Both protocols' class index of every row of the EmbeddingSet it was fitted on."""
+        return {protocol: self.predict(self.projected, protocol) for protocol in (ZERO_SHOT, LINEAR_PROBE)}
+
+
+def _fit_predictor(emb: EmbeddingSet, target: str | None, method: str, projection, config: EvalConfig
+                   ) -> _Predictor:
+    """Zero-shot weights and a linear probe over ``projection``, fitted on source rows (and, for an
+    augmented method, source pairs) only: what scoring and selection apply to any rows."""
+    source = _source_mask(emb, target)
+    projected = emb.features if projection is None else projection.transform(emb.features)
+    train_X, train_y = projected[source & emb.is_train], emb.labels[source & emb.is_train]
     if method in AUGMENTED_PROBE:
-        images = [p for p in _pair_sets(emb, target, config) if p.kind in ("image", "true") and p.labels is not None]
-        if not images:
-            raise ValueError(f"{method} trains on intervened images: choose at least one image or true-swap pair set")
-        X += [p.z_do for p in images]
-        y += [p.labels for p in images]
-    return np.concatenate(X), np.concatenate(y)
-
-
-def _predictors(emb: EmbeddingSet, target: str | None, method: str, projection, config: EvalConfig
-                ) -> dict[str, Predict]:
-    """Zero-shot and linear-probe class predictions from raw features, fitted on source rows
-    (and pairs) only: what both scoring and selection apply to any rows."""
-    source_val = _source_mask(emb, target) & ~emb.is_train
-    project = (lambda X: X) if projection is None else projection.transform
-    train_X, train_y = _probe_training_rows(emb, target, method, config)
-    probe = fit_linear_probe(project(train_X), train_y, project(emb.features[source_val]), emb.labels[source_val],
-                             config.probe_Cs, config.seed)
+        extra_X, extra_y = _augmented_rows(emb, target, config)
+        train_X = np.concatenate([train_X, extra_X if projection is None else projection.transform(extra_X)])
+        train_y = np.concatenate([train_y, extra_y])
+    val = source & ~emb.is_train
+    probe = fit_linear_probe(train_X, train_y, projected[val], emb.labels[val], config.probe_Cs, config.seed)
     weights = zero_shot_classifier(emb.text_features, projection, method not in RELEASED_SCORING)
-    return {
-        ZERO_SHOT: lambda X: np.argmax(_normalise(project(np.asarray(X, dtype=np.float64))) @ weights.T, axis=1),
-        LINEAR_PROBE: lambda X: probe.predict(project(X)),
-    }
+    return _Predictor(projection, probe, weights, projected)
 
 
 def predict_all(emb: EmbeddingSet, target: str, method: str = FULL_SPACE, config: EvalConfig = EvalConfig()
@@ -210,13 +254,11 @@ def predict_all(emb: EmbeddingSet, target: str, method: str = FULL_SPACE, config
     with ``target`` held out, as evaluate_split scores them (for confusion matrices)."""
     _check_target(emb, target)
     emb = with_prompts(emb, target, config.prompts)
-    predictors = _predictors(emb, target, method, _fitted(emb, target, method, config), config)
-    return {protocol: predict(emb.features) for protocol, predict in predictors.items()}
+    return _fit_predictor(emb, target, method, _fitted(emb, target, method, config), config).predict_rows()
 
 
 def _score_method(emb, target, method, projection, config) -> list[dict]:
-    predicted = {p: predict(emb.features) for p, predict in _predictors(emb, target, method, projection,
-                                                                         config).items()}
+    predicted = _fit_predictor(emb, target, method, projection, config).predict_rows()
     rows = []
     for domain, mask in _rows_by_domain(emb, target).items():
         for protocol, pred in predicted.items():
@@ -225,6 +267,17 @@ def _score_method(emb, target, method, projection, config) -> list[dict]:
             rows.append(dict(target=target, domain=domain, role=role, method=method, protocol=protocol,
                              accuracy=acc, n=int(mask.sum())))
     return rows
+
+
+def _full_space_rows(emb: EmbeddingSet, target: str, config: EvalConfig) -> tuple[dict, ...]:
+    """CLIP's rows: they depend on no K, lam, method or pair set, so every refit reuses them."""
+    setting = replace(config, n_components=1, lam=0.0, lam_mode="absolute", methods=(), pair_sets=None,
+                      pair_weights=None)
+    memo = _Memo.of(emb)
+    key = ("full space", target, setting)
+    if key not in memo:
+        memo[key] = tuple(_score_method(emb, target, FULL_SPACE, None, config))
+    return memo[key]
 
 
 def _fitted(emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig):
@@ -243,7 +296,7 @@ def evaluate_split(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConf
         raise ValueError("evaluate_split needs a target domain")
     _check_target(emb, target)
     emb = with_prompts(emb, target, config.prompts)
-    rows = _score_method(emb, target, FULL_SPACE, None, config)
+    rows = list(_full_space_rows(emb, target, config))
     for method in config.methods:
         rows += _fit_and_score(emb, target, method, config)
     frame = pd.DataFrame(rows)
@@ -290,11 +343,11 @@ def _held_out_source_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig
     return float(np.mean(scores))
 
 
-def _worst_case_validation(emb: EmbeddingSet, predict: Predict) -> float:
+def _worst_case_validation(emb: EmbeddingSet, predictor: _Predictor, protocol: str) -> float:
     """Per domain the lowest of its validation accuracy and its accuracy on each intervened
     copy of those rows, averaged over domains. A shortcut that is as predictive as the cause
     on validation rows fails on rows where the variant factors were changed."""
-    predicted = predict(emb.features)
+    predicted = predictor.predict(predictor.projected, protocol)
     scores = []
     for domain in emb.domain_names:
         val = (emb.domains == domain) & ~emb.is_train
@@ -302,7 +355,8 @@ def _worst_case_validation(emb: EmbeddingSet, predict: Predict) -> float:
         for check in emb.intervened_val:
             rows = check.domains == domain
             if rows.any():
-                accuracies.append(np.mean(predict(check.z_do[rows]) == check.labels[rows]))
+                intervened = predictor.predict(predictor.project(check.z_do[rows]), protocol)
+                accuracies.append(np.mean(intervened == check.labels[rows]))
         if accuracies:
             scores.append(min(accuracies))
     return float(np.mean(scores))
@@ -313,8 +367,8 @@ def _interventional_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig,
     if not emb.intervened_val:
         raise ValueError("scoring='interventional' needs intervened validation rows: embed with "
                          "InterventionConfig(intervened_val=('counterfactual',)) on ToyDomains or ('image',) elsewhere")
-    predict = _predictors(emb, None, method, _fitted(emb, None, method, config), config)[protocol]
-    return _worst_case_validation(emb, predict)
+    predictor = _fit_predictor(emb, None, method, _fitted(emb, None, method, config), config)
+    return _worst_case_validation(emb, predictor, protocol)
 
 
 SCORINGS = {

@@ -57,7 +57,7 @@ def _check_pairs(Z: object, Z_do: object) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"need at least 2 pairs to fit a projection, got {n}")
     if n < dim:
         warnings.warn(
-            f"only {n} pairs for {dim} dimensions: the estimate is rank-deficient", RankDeficientWarning, stacklevel=3
+            f"only {n} pairs for {dim} dimensions: the estimate is rank-deficient", RankDeficientWarning, stacklevel=4
         )
     return Z, Z_do
 
@@ -98,12 +98,48 @@ def _moment(X: np.ndarray) -> np.ndarray:
     return X.T @ X / len(X)
 
 
+class PairMoments:
+    """What every estimator here reads of a pair stack: ``zz = Z^T Z / n`` and
+    ``dd = Delta^T Delta / n`` (D x D) and ``n``. Computed once per stack, they serve every K
+    and lam: a lam change is one eigendecomposition (kept, a few per stack), a K change a slice.
+    """
+
+    _KEEP = 8  # eigendecompositions kept per stack (D = 1024: 8 MB each)
+
+    def __init__(self, zz: np.ndarray, dd: np.ndarray, n: int) -> None:
+        self.zz, self.dd, self.n = zz, dd, n
+        self._spectra: dict[object, tuple[np.ndarray, np.ndarray]] = {}
+
+    @classmethod
+    def of(cls, Z: object, Z_do: object) -> "PairMoments":
+        Z, Z_do = _check_pairs(Z, Z_do)
+        return cls(_moment(Z), _moment(Z - Z_do), len(Z))
+
+    @property
+    def dim(self) -> int:
+        return self.zz.shape[0]
+
+    def relative_lam_scale(self) -> float:
+        """trace(Z^T Z) / trace(Delta^T Delta): the factor that makes lam = 1 balance both energies."""
+        delta_energy = float(np.trace(self.dd))
+        if delta_energy == 0.0:
+            raise ValueError("all pairs are identical (Delta = 0): a relative lam is undefined; "
+                             "use lam_mode='absolute'")
+        return float(np.trace(self.zz)) / delta_energy
+
+    def eigh(self, lam: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenvalues (ascending) and eigenvectors of ``zz - lam * dd``; ``lam=None``: of ``dd``."""
+        if lam not in self._spectra:
+            if len(self._spectra) >= self._KEEP:
+                self._spectra.pop(next(iter(self._spectra)))
+            matrix = self.dd if lam is None else self.zz - lam * self.dd
+            self._spectra[lam] = scipy.linalg.eigh(matrix)
+        return self._spectra[lam]
+
+
 def relative_lam_scale(Z: np.ndarray, Z_do: np.ndarray) -> float:
-    """trace(Z^T Z) / trace(Delta^T Delta): the factor that makes lam = 1 balance both energies."""
-    delta_energy = float(np.sum((Z - Z_do) ** 2))
-    if delta_energy == 0.0:
-        raise ValueError("all pairs are identical (Delta = 0): a relative lam is undefined; use lam_mode='absolute'")
-    return float(np.sum(Z**2)) / delta_energy
+    """trace(Z^T Z) / trace(Delta^T Delta) of a pair stack (see PairMoments.relative_lam_scale)."""
+    return PairMoments.of(Z, Z_do).relative_lam_scale()
 
 
 class LinearProjection(TransformerMixin, BaseEstimator):
@@ -112,12 +148,15 @@ class LinearProjection(TransformerMixin, BaseEstimator):
     _orthonormal = True
 
     def fit(self, Z: object, Z_do: object) -> "LinearProjection":
-        Z, Z_do = _check_pairs(Z, Z_do)
-        self._fit_pairs(Z, Z_do)
-        self.n_features_in_ = Z.shape[1]
+        return self.fit_moments(PairMoments.of(Z, Z_do))
+
+    def fit_moments(self, moments: PairMoments) -> "LinearProjection":
+        """Fit from a pair stack's moments (the same result as ``fit`` on that stack)."""
+        self._fit_moments(moments)
+        self.n_features_in_ = moments.dim
         return self
 
-    def _fit_pairs(self, Z: np.ndarray, Z_do: np.ndarray) -> None:
+    def _fit_moments(self, moments: PairMoments) -> None:
         raise NotImplementedError
 
     def fit_transform(self, Z: object, Z_do: object) -> np.ndarray:
@@ -180,14 +219,14 @@ class InvariantProjection(LinearProjection):
         self.selection = selection
         self.lam_mode = lam_mode
 
-    def _fit_pairs(self, Z: np.ndarray, Z_do: np.ndarray) -> None:
-        k = _check_n_components(self.n_components, Z.shape[1])
+    def _fit_moments(self, moments: PairMoments) -> None:
+        k = _check_n_components(self.n_components, moments.dim)
         lam = _check_lam(self.lam)
         _check_choice(self.selection, "selection", SELECTIONS)
         _check_choice(self.lam_mode, "lam_mode", LAM_MODES)
         if self.lam_mode == "relative":
-            lam *= relative_lam_scale(Z, Z_do)
-        values, vectors = scipy.linalg.eigh(_moment(Z) - lam * _moment(Z - Z_do))  # ascending
+            lam *= moments.relative_lam_scale()
+        values, vectors = moments.eigh(lam)  # ascending
         chosen = vectors[:, -k:][:, ::-1] if self.selection == "top" else vectors[:, :k]
         self.components_ = _flip_signs(chosen.T)
         self.eigenvalues_ = values[::-1].copy()
@@ -204,9 +243,9 @@ class PCAProjection(LinearProjection):
     def __init__(self, n_components: int = 64) -> None:
         self.n_components = n_components
 
-    def _fit_pairs(self, Z: np.ndarray, Z_do: np.ndarray) -> None:
-        k = _check_n_components(self.n_components, Z.shape[1])
-        values, vectors = scipy.linalg.eigh(_moment(Z))
+    def _fit_moments(self, moments: PairMoments) -> None:
+        k = _check_n_components(self.n_components, moments.dim)
+        values, vectors = moments.eigh(0.0)  # Z^T Z / n
         self.components_ = _flip_signs(vectors[:, -k:][:, ::-1].T)
         self.eigenvalues_ = values[::-1].copy()
 
@@ -233,9 +272,9 @@ class NullSpaceProjection(LinearProjection):
             return _check_n_components(self.n_components, dim)
         return dim - _check_n_removed(self.n_removed, dim)
 
-    def _fit_pairs(self, Z: np.ndarray, Z_do: np.ndarray) -> None:
-        k = self._kept(Z.shape[1])
-        values, vectors = scipy.linalg.eigh(_moment(Z - Z_do))
+    def _fit_moments(self, moments: PairMoments) -> None:
+        k = self._kept(moments.dim)
+        values, vectors = moments.eigh(None)  # Delta^T Delta / n
         self.components_ = _flip_signs(vectors[:, :k].T)
         self.eigenvalues_ = values[::-1].copy()
 
@@ -259,18 +298,18 @@ class OrthCaliProjection(LinearProjection):
         self.n_removed = n_removed
         self.lam_mode = lam_mode
 
-    def _fit_pairs(self, Z: np.ndarray, Z_do: np.ndarray) -> None:
-        dim = Z.shape[1]
+    def _fit_moments(self, moments: PairMoments) -> None:
+        dim = moments.dim
         lam = _check_lam(self.lam)
         _check_choice(self.lam_mode, "lam_mode", LAM_MODES)
         r = _check_n_removed(self.n_removed, dim)
-        S = _moment(Z - Z_do)
+        S = moments.dd
         if self.lam_mode == "relative":
             trace = float(np.trace(S))
             if trace == 0.0:
                 raise ValueError("all pairs are identical (Delta = 0): a relative lam is undefined; use lam_mode='absolute'")
             lam *= dim / trace
-        values, vectors = scipy.linalg.eigh(S)
+        values, vectors = moments.eigh(None)
         top = vectors[:, dim - r :]
         p0 = np.eye(dim) - top @ top.T
         self.components_ = p0 @ scipy.linalg.solve(np.eye(dim) + lam * S, np.eye(dim), assume_a="pos")
@@ -285,8 +324,8 @@ class IdentityProjection(LinearProjection):
     def __init__(self) -> None:
         pass
 
-    def _fit_pairs(self, Z: np.ndarray, Z_do: np.ndarray) -> None:
-        self.components_ = np.eye(Z.shape[1])
+    def _fit_moments(self, moments: PairMoments) -> None:
+        self.components_ = np.eye(moments.dim)
 
 
 METHOD_LABELS: dict[str, str] = {

@@ -261,3 +261,20 @@ def test_selection_reads_only_the_checks_built_for_its_target(emb):
     ours = replace(check, name=f"conflict@{TARGET}", held_out=TARGET, z_do=np.full_like(check.z_do, np.nan))
     with pytest.raises(ValueError, match="NaN"):
         select_hyperparameters(replace(emb, intervened_val=[check, ours]), TARGET, "icm", **grid)
+
+
+def test_refits_from_kept_moments_equal_fresh_fits(emb):
+    """K and lam changes reuse the pair moments and CLIP's rows kept for this EmbeddingSet; the
+    results equal a fit from scratch (memo cleared) and a projection fitted on the raw pairs."""
+    from clip_icm.evaluation import _Memo
+    from clip_icm.projection import make_projection, stack_pairs
+
+    configs = [replace(CONFIG, methods=ALL_METHODS, n_components=k, lam=lam) for k in (2, 6) for lam in (10.0, 1e4)]
+    warm = [evaluate_split(emb, TARGET, c) for c in configs]
+    for config, frame in zip(configs, warm):
+        _Memo.clear()
+        pd.testing.assert_frame_equal(frame, evaluate_split(emb, TARGET, config))
+    Z, Z_do = stack_pairs([p.excluding(TARGET) for p in emb.pairs])
+    for method in ALL_METHODS:
+        np.testing.assert_allclose(fit_projection(emb, TARGET, method, CONFIG).components_,
+                                   make_projection(method, 6, 1e4).fit(Z, Z_do).components_, atol=1e-10)
