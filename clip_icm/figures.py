@@ -41,7 +41,8 @@ def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class
         for role, symbol in ROLE_SYMBOLS.items():
             mask = ((points[colour_by] == group) & (points["role"] == role)).to_numpy()
             if mask.any():
-                trace = _scatter_trace(xy[mask], points[mask], f"{group} ({role})", PALETTE[g_index % len(PALETTE)], symbol)
+                trace = _scatter_trace(xy[mask], points[mask], f"{group} ({role})", PALETTE[g_index % len(PALETTE)],
+                                       symbol, webgl=len(xy) > WEBGL_ABOVE)
                 fig.add_trace(trace.update(legendgroup=str(group)))  # a legend click hides both roles
     fig.update_layout(
         title=title,
@@ -55,13 +56,17 @@ def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class
     return fig
 
 
-def _scatter_trace(xy: np.ndarray, pts: pd.DataFrame, name: str, colour: str, symbol: str) -> go.Scatter:
+WEBGL_ABOVE = 5000  # points; SVG scatter slows down past a few thousand, WebGL draws tens of thousands
+
+
+def _scatter_trace(xy: np.ndarray, pts: pd.DataFrame, name: str, colour: str, symbol: str,
+                   webgl: bool = False) -> go.Scatter | go.Scattergl:
     custom = np.stack(
         [pts["id"].to_numpy(), pts["class"], pts["domain"], pts["prediction"],
          np.where(pts["correct"].to_numpy(dtype=bool), "correct", "wrong")],
         axis=1,
     )
-    return go.Scatter(
+    return (go.Scattergl if webgl else go.Scatter)(
         x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, customdata=custom,
         marker=dict(color=colour, symbol=symbol, size=7 if symbol == "x" else 6, opacity=0.8),
         hovertemplate="class: %{customdata[1]}<br>domain: %{customdata[2]}<br>"

@@ -389,12 +389,28 @@ def _text_examples(cfg, emb: EmbeddingSet, pair_set: str, n: int) -> list[PairEx
 
 # ---------------------------------------------------------------- points, layouts, neighbours
 
-def plot_ids(emb: EmbeddingSet, max_points: int = 2000, seed: int = 0) -> np.ndarray:
-    """Row ids to plot: all of them, or a seeded sample of ``max_points`` (sorted)."""
+MAP_POINTS = 20_000  # every point on the maps up to this many; a stratified subsample above
+
+
+def plot_ids(emb: EmbeddingSet, max_points: int = MAP_POINTS, seed: int = 0) -> np.ndarray:
+    """Row ids to plot (sorted): all of them, or ``max_points`` drawn so that every (domain,
+    class) group keeps its share of the rows (largest remainders; seeded)."""
     n = len(emb.labels)
+    if max_points < 1:
+        raise ValueError(f"max_points must be at least 1, got {max_points}")
     if n <= max_points:
         return np.arange(n)
-    return np.sort(rng("plot sample", seed).choice(n, size=max_points, replace=False))
+    groups = {}
+    for i, key in enumerate(zip(emb.domains.tolist(), emb.labels.tolist())):
+        groups.setdefault(key, []).append(i)
+    shares = {key: len(rows) * max_points / n for key, rows in groups.items()}
+    counts = {key: int(share) for key, share in shares.items()}
+    by_remainder = sorted(groups, key=lambda key: counts[key] - shares[key])  # largest remainder first
+    for key in by_remainder[:max_points - sum(counts.values())]:
+        counts[key] += 1
+    gen = rng("plot sample", seed)
+    picked = [gen.choice(rows, size=counts[key], replace=False) for key, rows in groups.items() if counts[key]]
+    return np.sort(np.concatenate(picked))
 
 
 def predictions(emb: EmbeddingSet, projection: object = None, method: str = "icm") -> np.ndarray:
@@ -416,13 +432,29 @@ def point_table(emb: EmbeddingSet, ids: np.ndarray, target: str, predicted: np.n
     })
 
 
-def full_layout(emb: EmbeddingSet, ids: np.ndarray, seed: int = 0) -> np.ndarray:
-    return reduce.layout_2d(emb.features[ids], seed=seed)
+def _stored_layout(store, key_parts: tuple, compute: Callable[[], np.ndarray], emb: EmbeddingSet) -> np.ndarray:
+    """A layout from the on-disk store when ``store`` is given and the embeddings have a content
+    key (a restarted server redraws at once), else computed. Stored as float16, so a computed
+    layout is returned rounded the same way: both runs draw the same picture."""
+    if store is None or not emb.key:
+        return compute()
+    from clip_icm.store import make_key
+
+    return np.asarray(store.get_or_compute(make_key("layout", emb.key, *key_parts), compute), dtype=np.float32)
 
 
-def invariant_layout(emb: EmbeddingSet, ids: np.ndarray, fitted: Fit, full_xy: np.ndarray, seed: int = 0) -> np.ndarray:
+def full_layout(emb: EmbeddingSet, ids: np.ndarray, seed: int = 0, store=None) -> np.ndarray:
+    return _stored_layout(store, ("full", ids.tolist(), seed), lambda: reduce.layout_2d(emb.features[ids], seed=seed),
+                          emb)
+
+
+def invariant_layout(emb: EmbeddingSet, ids: np.ndarray, fitted: Fit, full_xy: np.ndarray, seed: int = 0,
+                     store=None) -> np.ndarray:
     """Layout of the projected rows, started from (and aligned to) the full-space layout."""
-    return reduce.layout_2d(fitted.transform(emb.features[ids]), init=full_xy, seed=seed)
+    components = hashlib.sha256(np.ascontiguousarray(fitted.projection.components_).tobytes()).hexdigest()
+    start = hashlib.sha256(np.ascontiguousarray(full_xy, dtype=np.float32).tobytes()).hexdigest()
+    return _stored_layout(store, ("invariant", ids.tolist(), components, start, seed),
+                          lambda: reduce.layout_2d(fitted.transform(emb.features[ids]), init=full_xy, seed=seed), emb)
 
 
 def nearest_neighbours(X: np.ndarray, ids: np.ndarray, query: list[int], k: int = 5) -> dict[int, list[int]]:

@@ -16,6 +16,7 @@ import streamlit as st
 
 from clip_icm import evaluation, reduce, service
 from clip_icm.embeddings import EmbeddingSet
+from clip_icm.store import EmbeddingStore
 
 
 @st.cache_resource(show_spinner=False)
@@ -78,17 +79,23 @@ def predictions(emb_key: str, fit_key: str, method: str, _emb: EmbeddingSet, _fi
     return service.predictions(_emb, None if _fit is None else _fit.projection, method)
 
 
+@st.cache_resource(show_spinner=False)
+def layout_store() -> EmbeddingStore:
+    """Layouts also go to the on-disk store, so that a restarted server redraws at once."""
+    return EmbeddingStore()
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def full_layout(emb_key: str, max_points: int, _emb: EmbeddingSet) -> tuple[np.ndarray, np.ndarray]:
     ids = service.plot_ids(_emb, max_points)
-    return ids, service.full_layout(_emb, ids)
+    return ids, service.full_layout(_emb, ids, store=layout_store())
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def invariant_layout(emb_key: str, fit_key: str, max_points: int, _emb: EmbeddingSet,
                      _fit: service.Fit) -> np.ndarray:
     ids, full_xy = full_layout(emb_key, max_points, _emb)
-    return service.invariant_layout(_emb, ids, _fit, full_xy)
+    return service.invariant_layout(_emb, ids, _fit, full_xy, store=layout_store())
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

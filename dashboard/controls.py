@@ -267,5 +267,18 @@ def colour_ui() -> str:
     return st.radio("Colour by", ["class", "domain"], horizontal=True, key=_default("ctl_colour", "class"))
 
 
+def map_points_ui(n_rows: int) -> int:
+    """Every point up to service.MAP_POINTS; above that a visible cap (a subsample stratified by
+    domain and class) that the user can raise."""
+    if n_rows <= service.MAP_POINTS:
+        return service.MAP_POINTS
+    cap = st.number_input("Points on the maps", min(1000, service.MAP_POINTS), n_rows, step=1000,
+                          key=_default("ctl_map_points", service.MAP_POINTS),
+                          help="UMAP's time grows with the number of points.")
+    st.caption(f"Showing {min(int(cap), n_rows):,} of {n_rows:,} images: a subsample stratified by domain and "
+               "class (every domain and class keeps its share).")
+    return int(cap)
+
+
 def sweep_ui() -> bool:
     return st.toggle("Run the sweep (a few seconds per grid point)", key=_default("ctl_sweep", False))

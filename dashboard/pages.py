@@ -12,7 +12,6 @@ from clip_icm import evaluation, figures, service
 from clip_icm.embeddings import EmbeddingSet
 from dashboard import cached, controls, texts
 
-MAX_POINTS = 2000
 THUMBS = 12
 
 
@@ -220,9 +219,10 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
     emb = ctx.emb
     st.subheader("Full CLIP space vs invariant space (UMAP)")
     colour = controls.colour_ui()
+    max_points = controls.map_points_ui(len(emb.labels))
     left, right = st.columns(2)
     with left, st.spinner("Laying out the full space (the first UMAP compiles numba: ~20 s)…"):
-        ids, full_xy = cached.full_layout(emb.key, MAX_POINTS, emb)
+        ids, full_xy = cached.full_layout(emb.key, max_points, emb)
     fit_key = _fit_key(ctx, K, lam)
     full_points = service.point_table(emb, ids, ctx.choice.target,
                                       cached.predictions(emb.key, "", evaluation.FULL_SPACE, emb, None))
@@ -231,7 +231,7 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
     full_fig = figures.scatter_layout(full_xy, full_points, colour, "Full CLIP space")
     selection = left.plotly_chart(full_fig, key="umap_full", on_select="rerun", selection_mode=("box", "lasso"))
     with right, st.spinner("Laying out the invariant space…"):
-        inv_xy = cached.invariant_layout(emb.key, fit_key, MAX_POINTS, emb, fit)
+        inv_xy = cached.invariant_layout(emb.key, fit_key, max_points, emb, fit)
     label = service.method_label(fit.method)
     inv_fig = figures.scatter_layout(inv_xy, inv_points, colour, f"Invariant space ({label}, K = {K}, lam = {lam:g})")
     selection_inv = right.plotly_chart(inv_fig, key="umap_invariant", on_select="rerun", selection_mode=("box", "lasso"))
@@ -289,6 +289,9 @@ def _gallery_section(ctx: Context) -> None:
     # a conflict set's re-render depends on its held-out target's table: the gallery shows the others
     names = list(ctx.choice.pair_sets) + [chk.name for chk in emb.intervened_val if chk.held_out is None]
     with st.expander("Interventions gallery: what the pairs change"):
+        if ctx.request.source == "synthetic":
+            st.caption("The synthetic SCM has no images or captions to show: its pairs are sampled vectors.")
+            return
         if not names:
             st.caption("No pair sets chosen.")
             return

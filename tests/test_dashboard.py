@@ -115,6 +115,19 @@ def test_interventional_selection_without_intervened_rows_is_a_message():
     assert len(at.get("plotly_chart")) >= 3  # the sliders decide; the page still draws
 
 
+def test_above_the_map_limit_a_visible_control_and_a_stratified_subsample(monkeypatch):
+    from clip_icm import service
+
+    monkeypatch.setattr(service, "MAP_POINTS", 120)
+    at = _app()
+    _ok(at)
+    assert at.number_input(key="ctl_map_points").value == 120
+    assert any("Showing 120 of 400 images" in c.value and "stratified" in c.value for c in at.caption)
+    at.number_input(key="ctl_map_points").set_value(200).run()
+    _ok(at)
+    assert any("Showing 200 of 400 images" in c.value for c in at.caption)
+
+
 def test_sources_can_be_narrowed():
     at = _app()
     at.sidebar.multiselect(key="ctl_sources").set_value(["photo"]).run()

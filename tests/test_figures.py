@@ -103,3 +103,13 @@ def test_html_export_is_self_contained():
     html = figures.figure_html(figures.accuracy_bars(_accuracy(), "photo")).decode()
     assert "<html>" in html and "Plotly.newPlot" in html
     assert '<script src="http' not in html and len(html) > 1_000_000  # plotly.js inlined, no CDN fetch
+
+
+def test_many_points_are_drawn_with_webgl():
+    def figure(n):
+        points = pd.DataFrame({"id": np.arange(n), "class": "a", "domain": "d", "role": "source",
+                               "prediction": "a", "correct": True})
+        return figures.scatter_layout(np.zeros((n, 2)), points)
+
+    assert figure(10).data[0].type == "scatter"
+    assert figure(figures.WEBGL_ABOVE + 1).data[0].type == "scattergl"

@@ -194,6 +194,43 @@ def test_synthetic_rows_have_no_thumbnail(emb):
     assert service.thumbnail(emb, 0) is None
 
 
+def test_plot_ids_keep_every_point_or_a_stratified_share():
+    from clip_icm.scm import make_embedding_set
+
+    emb = make_embedding_set(SCMConfig(n_classes=3), n_per_domain=200)  # 4 domains x 200, 3 classes
+    np.testing.assert_array_equal(service.plot_ids(emb, max_points=800), np.arange(800))
+    ids = service.plot_ids(emb, max_points=100)
+    assert len(ids) == 100 and np.all(np.diff(ids) > 0)
+    for domain in emb.domain_names:
+        for c in range(3):
+            group = (emb.domains == domain) & (emb.labels == c)
+            share = group.sum() * 100 / len(emb.labels)
+            assert abs(int(group[ids].sum()) - share) < 1  # each group's share, rounded
+    np.testing.assert_array_equal(ids, service.plot_ids(emb, max_points=100))  # seeded
+    with pytest.raises(ValueError, match="max_points"):
+        service.plot_ids(emb, max_points=0)
+
+
+def test_layouts_are_stored_by_content(emb, tmp_path, monkeypatch):
+    from clip_icm import reduce
+    from clip_icm.store import EmbeddingStore
+
+    store, calls = EmbeddingStore(tmp_path), []
+    layout = reduce.layout_2d
+    monkeypatch.setattr(reduce, "layout_2d", lambda *a, **kw: calls.append(1) or layout(*a, **kw))
+    ids = service.plot_ids(emb, max_points=40)
+    fit = service.fit(emb, "sketch", "icm", _config())
+    first = service.full_layout(emb, ids, store=store)
+    inv = service.invariant_layout(emb, ids, fit, first, store=store)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(service.full_layout(emb, ids, store=EmbeddingStore(tmp_path)), first)  # a restart
+    np.testing.assert_array_equal(service.invariant_layout(emb, ids, fit, first, store=store), inv)
+    assert len(calls) == 2  # both read back
+    other = service.fit(emb, "sketch", "icm", service.eval_config(4, 10.0))
+    service.invariant_layout(emb, ids, other, first, store=store)
+    assert len(calls) == 3  # another fit, another layout
+
+
 def test_layouts_share_rows_and_init(emb):
     ids = service.plot_ids(emb, max_points=40)
     full = service.full_layout(emb, ids)
