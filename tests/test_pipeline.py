@@ -174,7 +174,7 @@ def test_intervened_validation_and_usual_look_prompts(tmp_path, messy, model):
     none = _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(image=(), text_banks=(),
                                                                              templates="single")).embeddings
     assert none.intervened_val == []
-    with pytest.raises(ValueError, match="unknown intervened validation set.*available: counterfactual, image"):
+    with pytest.raises(ValueError, match="unknown intervened validation set.*available: counterfactual, conflict, image"):
         InterventionConfig(intervened_val=("double",))
     with pytest.raises(ValueError, match="needs at least one image intervention"):
         _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(image=(), intervened_val=("image",)))
