@@ -222,28 +222,54 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def file_stamp(path: str | Path) -> list[int]:
+    """What a memo of a file's hash trusts instead of reading the bytes again: size, mtime,
+    inode and ctime. Resetting the mtime of a rewritten file (``touch -r``, ``cp -p``,
+    ``rsync -t``) leaves size and mtime as they were, but the kernel moves ctime on every
+    write, rename or utime, and no user call can set it back."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
 _HASHES: dict[tuple, str] = {}
 
 
 def file_identity(path: str | Path) -> str:
-    """sha256 of a weights file (memoised per path, size and mtime within the process)."""
-    stat = os.stat(path)
-    memo = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    """sha256 of a weights file (memoised within the process per path and :func:`file_stamp`)."""
+    memo = (str(Path(path).resolve()), *file_stamp(path))
     if memo not in _HASHES:
         _HASHES[memo] = "sha256:" + sha256_file(path)
     return _HASHES[memo]
 
 
+DEVICE_KINDS = ("cpu", "cuda", "mps")
+
+
 def pick_device(device: str = "auto") -> str:
+    """The device to run on: ``auto`` picks one; an explicit one must exist on this machine
+    (torch would only fail at the first tensor moved there, with a driver traceback)."""
     import torch
 
     if device != "auto":
+        _check_device(device, torch)
         return device
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def _check_device(device: str, torch) -> None:
+    kind, colon, index = device.partition(":")
+    if kind not in DEVICE_KINDS or (colon and not index.isdigit()):
+        raise ValueError(f"unknown device {device!r}; use auto, {', '.join(DEVICE_KINDS)} or cuda:N")
+    if kind == "cuda" and int(index or 0) >= torch.cuda.device_count():
+        found = torch.cuda.device_count()
+        raise ValueError(f"device {device!r} is not available here ({found} CUDA device(s) found); "
+                         "use --device auto or cpu")
+    if kind == "mps" and (colon or not torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} is not available here (no Apple MPS); use --device auto or cpu")
 
 
 def pick_precision(precision: str, device: str) -> str:
@@ -338,7 +364,7 @@ def _checkpoint_file(pretrained: str, display: str, arch: str | None = None) -> 
 def model_key(cfg: ModelConfig, memo_dir: str | Path | None = None) -> str:
     """Stable key of (architecture, weights, preprocessing, precision); builds nothing.
 
-    With ``memo_dir``, the answer is remembered there together with the size and mtime
+    With ``memo_dir``, the answer is remembered there together with the :func:`file_stamp`
     of the files that determined it, so a later call whose files are unchanged returns
     without importing torch or open_clip (seconds saved on every fully cached run).
     """
@@ -347,24 +373,19 @@ def model_key(cfg: ModelConfig, memo_dir: str | Path | None = None) -> str:
     memo_file = Path(memo_dir) / f"{_memo_name(cfg)}.json"
     try:
         memo = json.loads(memo_file.read_text())
-        if all(_stat(path) == stat for path, stat in memo["files"].items()):
+        if all(file_stamp(path) == stat for path, stat in memo["files"].items()):
             return memo["key"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # no memo yet, or a stale or broken one: resolve again
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # no memo yet, or a stale or broken one (even valid JSON of another shape): resolve again
     resolved = resolve_model(cfg)
     sources = _memo_sources(cfg, resolved)
     if sources is not None:
         from clip_icm.store import atomic_write  # store imports this module
 
-        memo = {"key": resolved.key, "files": {p: _stat(p) for p in sources}}
+        memo = {"key": resolved.key, "files": {p: file_stamp(p) for p in sources}}
         memo_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(memo_file, lambda fh: fh.write(json.dumps(memo).encode()))
     return resolved.key
-
-
-def _stat(path: str) -> list[int]:
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns]
 
 
 def _memo_name(cfg: ModelConfig) -> str:
@@ -378,7 +399,7 @@ def _memo_name(cfg: ModelConfig) -> str:
 
 
 def _memo_sources(cfg: ModelConfig, resolved: ResolvedModel) -> list[str] | None:
-    """Files whose size and mtime pin the resolution; None = do not memoise."""
+    """Files whose :func:`file_stamp` pins the resolution; None = do not memoise."""
     if cfg.name.startswith(HF_PREFIX):
         return None  # a new revision may arrive in the hub cache under the same name
     if resolved.arch.startswith(LOCAL_PREFIX):
@@ -575,7 +596,22 @@ def load_model(cfg: ModelConfig) -> ClipBackend:
             image_resize_mode=resolved.preprocess["resize_mode"],
         )
     if resolved.checkpoint:
-        open_clip.load_checkpoint(model, resolved.checkpoint)
+        _load_weights(open_clip, model, resolved)
     model = model.to(resolved.device).eval()
     tokenizer = open_clip.get_tokenizer(resolved.arch)
     return ClipBackend(model, eval_transform, tokenizer, resolved, cfg.batch_size, cfg.num_workers)
+
+
+def _load_weights(open_clip, model, resolved: ResolvedModel) -> None:
+    """Load the checkpoint, any failure as one ModelUnavailableError naming the file. A file of
+    the wrong kind fails anywhere in torch, safetensors or open_clip's key conversion, each with
+    its own exception type (UnpicklingError, SafetensorError, KeyError, IndexError, an
+    AssertionError on a shape): all of them mean "this file is not weights for this model"."""
+    try:
+        open_clip.load_checkpoint(model, resolved.checkpoint)
+    except Exception as err:  # noqa: BLE001  (see the docstring: the file, not the code, is at fault)
+        reason = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:200] or "no message"
+        raise ModelUnavailableError(
+            f"model {resolved.display}: {resolved.checkpoint} is not a usable checkpoint for this architecture "
+            f"({type(err).__name__}: {reason})"
+        ) from err
