@@ -121,6 +121,15 @@ def is_domainbed_folder(root: str | os.PathLike) -> bool:
     return sum(bool(_visible_subdirs(d)) for d in _visible_subdirs(root)) >= 2
 
 
+def layout_problem(root: str | os.PathLike) -> str:
+    """Why ``root`` cannot be scanned as a data set (call it when :func:`is_domainbed_folder` says no)."""
+    domains = [d for d in _visible_subdirs(Path(root)) if _visible_subdirs(d)]
+    if len(domains) == 1:
+        return (f"it holds one domain folder with class folders ({domains[0].name!r}); domain generalisation "
+                "needs at least two domain folders")
+    return "it does not look like <domain>/<class>/images (no folder in it holds class folders)"
+
+
 def detect_datasets(root: str | os.PathLike) -> list[str]:
     """Names of the known datasets found at ``root`` (as ``root/<dataset>`` or ``root`` itself).
 
@@ -141,6 +150,8 @@ class DomainScan:
     (the same index in every domain); ``domains`` holds domain folder names.
     skipped: (path, reason) for every file or folder that was left out.
     missing: (domain, class folder) for each class a domain lacks.
+    notes: what the scan also warned about (empty domains, missing classes), as data, because
+    capturing warnings is not thread-safe (the dashboard runs UMAP in another thread).
     """
 
     root: str
@@ -153,6 +164,7 @@ class DomainScan:
     skipped: tuple[tuple[str, str], ...] = ()
     missing: tuple[tuple[str, str], ...] = ()
     dataset: str | None = None
+    notes: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -204,7 +216,11 @@ def _triage(path: Path) -> str | None:
 def _class_files(class_dir: Path, skipped: list[tuple[str, str]]) -> list[Path]:
     """Candidate image files under one class folder (recursively, like ImageFolder)."""
     files = []
-    for dirpath, dirnames, filenames in os.walk(class_dir):
+
+    def unreadable(err: OSError) -> None:  # os.walk drops a folder it cannot list unless told
+        skipped.append((err.filename or str(class_dir), f"unreadable folder: {type(err).__name__}: {err.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(class_dir, onerror=unreadable):
         for d in [d for d in dirnames if _is_hidden(d)]:
             skipped.append((str(Path(dirpath) / d), "hidden folder"))
             dirnames.remove(d)
@@ -324,9 +340,8 @@ def _verified(
 def _assemble(base: Path, per_domain: dict, skipped: list, dataset: str | None) -> DomainScan:
     """Fix one class index over all domains, warn about gaps, reject degenerate folders."""
     per_domain = {d: {c: f for c, f in fc.items() if f} for d, fc in per_domain.items()}
-    empty = [d for d, fc in per_domain.items() if not fc]
-    for d in empty:
-        warnings.warn(f"domain {d!r} in {str(base)!r} has no readable images; it is left out", stacklevel=3)
+    notes = [f"domain {d!r} in {str(base)!r} has no readable images; it is left out"
+             for d, fc in per_domain.items() if not fc]
     per_domain = {d: fc for d, fc in per_domain.items() if fc}
     if not per_domain:
         raise ValueError(f"no readable images found in {str(base)!r} (layout: <domain>/<class>/<image>)")
@@ -339,8 +354,13 @@ def _assemble(base: Path, per_domain: dict, skipped: list, dataset: str | None) 
     if len(classes) < 2:
         raise ValueError(f"only one class ({classes[0]!r}) in {str(base)!r}; classification needs at least two")
     missing = tuple((d, c) for d, fc in per_domain.items() for c in classes if c not in fc)
+    reasons = dict(skipped)
     for d, c in missing:
-        warnings.warn(f"domain {d!r} has no images of class {c!r}; other class indices are unchanged", stacklevel=3)
+        why = reasons.get(str(base / d / c))
+        because = f" ({why})" if why else ""
+        notes.append(f"domain {d!r} has no images of class {c!r}{because}; other class indices are unchanged")
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
     rows = [(str(p), classes.index(c), d) for d, fc in per_domain.items() for c, files in fc.items() for p in files]
     paths, labels, domains = zip(*rows)
     return DomainScan(
@@ -354,6 +374,7 @@ def _assemble(base: Path, per_domain: dict, skipped: list, dataset: str | None) 
         skipped=tuple(skipped),
         missing=missing,
         dataset=dataset,
+        notes=tuple(notes),
     )
 
 
