@@ -34,14 +34,14 @@ selection rule; never fitted): every *validation* row with its variant factors c
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from clip_icm.backend import ClipBackend, ImageDecodeError, ModelConfig, load_model, model_key, sha256_file
+from clip_icm.backend import (ClipBackend, ImageDecodeError, ModelConfig, file_stamp, load_model, model_key,
+                              sha256_file)
 from clip_icm.datasets import DomainScan, load_image, scan_domain_folder, split_mask
 from clip_icm.embeddings import EmbeddingSet, PairSet
 from clip_icm.interventions import (IMAGE_INTERVENTIONS, ZERO_SHOT_TEMPLATES, RandomIntervention, TextBank,
@@ -374,20 +374,27 @@ def _config_id(cfg: InterventionConfig) -> dict:
     return out
 
 
-def _hashes(paths: np.ndarray, progress: Progress | None, memo_file: Path) -> np.ndarray:
-    """Content hashes of the images; a file whose size and mtime are unchanged since the
-    last run keeps its remembered hash (reading a large dataset every run would cost more
-    than the cache saves)."""
+def _read_hash_memo(memo_file: Path) -> dict:
+    """The remembered hashes; a missing or damaged memo (even valid JSON of another shape) is
+    an empty one: it only saves reading files, so losing it costs time, never correctness."""
     try:
         memo = json.loads(memo_file.read_text())
     except (OSError, ValueError):
-        memo = {}
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def _hashes(paths: np.ndarray, progress: Progress | None, memo_file: Path) -> np.ndarray:
+    """Content hashes of the images; a file whose :func:`file_stamp` (size, mtime, inode,
+    ctime) is unchanged since the last run keeps its remembered hash (reading a large
+    dataset every run would cost more than the cache saves)."""
+    memo = _read_hash_memo(memo_file)
     out, fresh = [], {}
     for i, path in enumerate(paths.tolist()):
-        st = os.stat(path)
-        known = memo.get(path)
-        digest = known[2] if known and known[:2] == [st.st_size, st.st_mtime_ns] else file_hash(path)
-        fresh[path] = [st.st_size, st.st_mtime_ns, digest]
+        stamp, known = file_stamp(path), memo.get(path)
+        trusted = isinstance(known, list) and len(known) == len(stamp) + 1 and known[:-1] == stamp
+        digest = known[-1] if trusted and isinstance(known[-1], str) else file_hash(path)
+        fresh[path] = [*stamp, digest]
         out.append(digest)
         if progress is not None and (i + 1) % 1000 == 0:
             progress("hash images", i + 1, len(paths))
