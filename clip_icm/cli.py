@@ -196,6 +196,10 @@ def _configs(args: argparse.Namespace):
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if args.root is not None and not os.path.isdir(args.root):
         raise ValueError(f"--root {args.root!r} is not a folder")
+    if args.dataset is not None and args.root is None:  # else the demo would be evaluated under its name
+        raise ValueError(f"--dataset {args.dataset} needs --root, the folder that holds it")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     data = DataConfig(args.root, args.dataset, args.max_per_domain, args.val_fraction, args.seed)
     model = ModelConfig(args.model, args.pretrained, args.device, args.precision, args.batch_size, args.workers)
     pairs = InterventionConfig(
@@ -271,6 +275,16 @@ def _scan_quietly(data):
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
     return scan
+
+
+def _warn_once_per_kind(caught: list) -> None:
+    """One line per kind of warning: each fit of a small folder repeats the same one."""
+    by_kind: dict[str, list] = {}
+    for w in caught:
+        by_kind.setdefault(w.category.__name__, []).append(w.message)
+    for messages in by_kind.values():
+        times = f" ({len(messages)} times, e.g. this one)" if len(messages) > 1 else ""
+        print(f"warning: {messages[0]}{times}", file=sys.stderr)
 
 
 def _skipped_text(skipped: list[tuple[str, str]], limit: int = 20) -> str:
@@ -390,24 +404,9 @@ def _selection(args: argparse.Namespace) -> str | None:
     return None if rule == "none" else rule
 
 
-def _evaluate_targets(emb, targets: list[str], config, rule: str | None, protocol: str) -> pd.DataFrame:
-    """select_and_evaluate per target: K and lam are chosen for each split on its sources."""
-    from clip_icm.defaults import grid
-    from clip_icm.evaluation import select_and_evaluate
-
-    import pandas as pd
-    from threadpoolctl import threadpool_limits
-
-    Ks, lams = grid(emb.features.shape[1], config.lam_mode)
-    # Many small LAPACK calls: OpenBLAS's threads make them several times slower on a busy 2-core
-    # machine (the default evaluate: 98 s with them, 21 s without, measured under load).
-    with threadpool_limits(1, user_api="blas"):
-        return pd.concat([select_and_evaluate(emb, t, config, rule, Ks, lams, protocol=protocol) for t in targets],
-                         ignore_index=True)
-
-
-def _accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Target-domain accuracy: one row per held-out domain (its K and lam), columns (method, protocol)."""
+def _accuracy_table(frame: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
+    """Target-domain accuracy: one row per held-out domain (its K and lam), columns (method, protocol);
+    a target whose split failed is a row of NaN (printed as "failed"), left out of the mean."""
     from clip_icm.evaluation import LINEAR_PROBE
     from clip_icm.service import method_label
 
@@ -416,44 +415,110 @@ def _accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
     rows["protocol"] = rows.protocol.map(lambda p: "probe" if p == LINEAR_PROBE else p)
     order = list(dict.fromkeys(zip(rows.method, rows.protocol)))
     table = rows.pivot_table(index="domain", columns=["method", "protocol"], values="accuracy", sort=False)[order]
-    table.index.name = "target"
     first = rows.groupby("domain", sort=False).first()
     table.insert(0, ("", "n"), first.n)
     table.insert(1, ("", "K"), first.K.astype(str))
     table.insert(2, ("", "lam"), first.lam.map(lambda v: f"{v:g}"))
-    if len(table) > 1:
+    table = table.reindex(targets)
+    table.index.name = "target"
+    if table[("", "n")].notna().sum() > 1:
         table.loc["mean"] = table.mean(numeric_only=True)
         table.loc["mean", ("", "n")] = table[("", "n")].iloc[:-1].sum()
         table.loc["mean", [("", "K"), ("", "lam")]] = ""
     return table
 
 
-def _write_results(path: str, frame: pd.DataFrame, run, config) -> None:
-    from dataclasses import asdict
+def _table_text(table: pd.DataFrame) -> str:
+    import pandas as pd
 
-    if path.endswith(".json"):
+    # n is a count: pivoting made it a float, and 18.000 images reads as a measurement.
+    n_column = {("", "n"): lambda v: "failed" if pd.isna(v) else str(int(v))}
+    return table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="failed", formatters=n_column)
+
+
+def _write_results(path: str, frame: pd.DataFrame, run, config, failed: dict[str, str]) -> None:
+    """Replace ``path`` with every row so far (atomically: a reader or a crash never sees half a file)."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from clip_icm.store import atomic_write
+
+    if path.lower().endswith(".json"):
         payload = {"config": asdict(config), "embedding_key": run.embeddings.key,
-                   "rows": frame.to_dict("records"), "skipped": [list(s) for s in run.skipped]}
-        with open(path, "w") as fh:
-            json.dump(payload, fh, indent=1, default=str)
-    else:  # .csv: _run_evaluate checked the suffix before embedding
-        frame.to_csv(path, index=False)
+                   "rows": frame.to_dict("records"), "failed": failed, "skipped": [list(s) for s in run.skipped]}
+        data = json.dumps(payload, indent=1, default=str).encode()
+    else:  # .csv: _check_evaluate_args checked the suffix before embedding
+        data = frame.to_csv(index=False).encode()
+    atomic_write(Path(path), lambda fh: fh.write(data))
+
+
+def _check_evaluate_args(args: argparse.Namespace) -> None:
+    """Everything that can be checked without the embeddings, so a typo never costs an embedding run."""
+    import math
+
+    if args.k is not None and args.k < 1:
+        raise ValueError(f"--k must be at least 1, got {args.k}")
+    if not math.isfinite(args.lam) or args.lam < 0:
+        raise ValueError(f"--lam must be a finite number >= 0, got {args.lam}")
+    if args.out is None:
+        return
+    if os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out!r} is a folder; give a file name")
+    if not args.out.lower().endswith((".csv", ".json")):
+        raise ValueError(f"--out must end in .csv or .json, got {args.out!r}")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(parent):
+        raise ValueError(f"--out {args.out!r}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--out {args.out!r}: the folder {parent} is not writable")
+
+
+def _evaluate_splits(args, run, config, targets: list[str], rule: str | None,
+                     protocol: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """select_and_evaluate per target (K and lam are chosen for each split on its sources);
+    a split that fails is recorded and the others still run; with --out, the rows so far are
+    written as each split finishes."""
+    from threadpoolctl import threadpool_limits
+
+    from clip_icm.defaults import grid
+    from clip_icm.evaluation import select_and_evaluate
+
+    Ks, lams = grid(run.embeddings.features.shape[1], config.lam_mode)
+    frames, failed = [], {}
+    # Many small LAPACK calls: OpenBLAS's threads make them several times slower on a busy 2-core
+    # machine (the default evaluate: 98 s with them, 21 s without, measured under load).
+    with warnings.catch_warnings(record=True) as caught, threadpool_limits(1, user_api="blas"):
+        warnings.simplefilter("always")
+        for target in targets:
+            try:
+                frames.append(select_and_evaluate(run.embeddings, target, config, rule, Ks, lams, protocol=protocol))
+            except ValueError as err:
+                failed[target] = str(err)
+            if args.out:
+                _write_results(args.out, _concat(frames), run, config, failed)
+    _warn_once_per_kind(caught)
+    return _concat(frames), failed
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from clip_icm.evaluation import LINEAR_PROBE, PROMPT_SETS, SCORING_LABELS, ZERO_SHOT
 
-    if args.out is not None and not args.out.endswith((".csv", ".json")):
-        raise ValueError(f"--out must end in .csv or .json, got {args.out!r}")
+    _check_evaluate_args(args)
     methods = _methods(args)  # before embedding: a typo must not cost an embedding run
     start = time.perf_counter()
     run = _embed(args, check_target=args.target)
     emb = run.embeddings
     config = _eval_config(args, emb.features.shape[1], methods)
-    targets = emb.domain_names if args.target == "all" else [args.target]
+    targets = list(emb.domain_names) if args.target == "all" else [args.target]
     rule = _selection(args)
     protocol = LINEAR_PROBE if args.select_for == "probe" else ZERO_SHOT
-    frame = _evaluate_targets(emb, targets, config, rule, protocol)
+    frame, failed = _evaluate_splits(args, run, config, targets, rule, protocol)
     print(_run_summary(run, time.perf_counter() - start))
     chosen = (f"K, lam chosen per target by {SCORING_LABELS[rule]} ({protocol}), source data only, no target label"
               if rule else f"K={config.n_components}, lam={config.lam:g} fixed")
@@ -461,13 +526,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     print(f"Leave-one-domain-out, target accuracy (whole target domain); {chosen}; lam {config.lam_mode}; "
           f"fitted on pair sets: {pairs}; zero-shot prompts: {PROMPT_SETS[config.prompts]}; probe C chosen on "
           "source validation rows\n")
-    print(_accuracy_table(frame).to_string(float_format=lambda v: f"{v:.3f}"))
-    print()
+    if len(frame):
+        print(_table_text(_accuracy_table(frame, targets)))
+        print()
     print(_skipped_text(run.skipped))
     if args.out:
-        _write_results(args.out, frame, run, config)
         print(f"Rows written to {args.out}")
-    return 0
+    for target, reason in failed.items():
+        print(f"error: target {target!r}: {reason}", file=sys.stderr)
+    if failed:
+        print(f"error: {len(failed)} of {len(targets)} split(s) failed; the others' results are above", file=sys.stderr)
+    return 1 if failed else 0
 
 
 # ---------------------------------------------------------------- main
@@ -496,13 +565,26 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (0 ok, 1 bad input, 2 bad usage)."""
     try:
         args = build_parser().parse_args(argv)
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # here, not at exit: a pipe buffers the output, and a closed one fails on flush
+        return code
     except UsageError as err:
         print(err, file=sys.stderr)
         return 2
     except SystemExit as exit_:  # --help ends here
         return exit_.code if isinstance(exit_.code, int) else 0
+    except BrokenPipeError:
+        return _stdout_closed()
     except (ValueError, KeyError, OSError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         return 1
+
+
+def _stdout_closed() -> int:
+    """The reader left (``| head``): what was to be written to files is written already, so
+    stop quietly. stdout now points at devnull, so the flush at exit does not fail again
+    (the recipe of the Python docs, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, what a shell tool killed by a closed pipe reports
