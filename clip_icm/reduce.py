@@ -80,15 +80,18 @@ def layout_2d(
     if len(X) < 5:
         xy = _pca_2d(X)
     else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Tensorflow absent; "n_jobs overridden by random_state"
-            xy = _umap(X, init, seed, n_neighbors, n_epochs)
+        xy = _umap(X, init, seed, n_neighbors, n_epochs)
     return procrustes_align(xy, init) if init is not None else xy
 
 
 def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n_epochs: int) -> np.ndarray:
     import umap  # lazy: seconds to import, numba compilation on first use
 
+    # umap-learn warns on every fit with a precomputed metric that inverse_transform (never used
+    # here) is unavailable. One standing filter for that message only, added (idempotently) and
+    # never removed: catch_warnings() around the call would swap the process-wide filters while
+    # another thread (the page, during the dashboard's background warm-up) records its own.
+    warnings.filterwarnings("ignore", message="using precomputed metric", category=UserWarning, module=r"umap\.")
     # Below umap's own exact-search size, hand it the cosine distances: its default path calls a
     # numba metric once per pair from Python (80% of a 1,280-point layout's time).
     exact = len(X) <= EXACT_LIMIT
@@ -99,6 +102,7 @@ def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n
         n_epochs=n_epochs,
         init=_standardise(init) if init is not None else "spectral",
         random_state=seed,
+        n_jobs=1,  # what a fixed random_state forces anyway; saying so spares the warning
     )
     data = np.clip(1.0 - X @ X.T, 0.0, 2.0) if exact else X
     if exact:
