@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,6 +27,7 @@ SOURCES = {
     "folder": "DomainBed-layout folder",
     "synthetic": "Synthetic SCM (no images)",
 }
+DATA_ROOTS_VAR = "CLIP_ICM_DATA_ROOTS"
 # What a user can get wrong; anything else is a bug and should surface as one.
 USER_ERRORS = (OSError, ValueError, KeyError, RuntimeError, ImportError)
 Progress = Callable[[str, int, int], None]
@@ -96,15 +97,14 @@ class EmbeddingRequest:
 
 def load_embeddings(request: EmbeddingRequest, progress: Progress | None = None,
                     notes: list[str] | None = None) -> EmbeddingSet:
-    """Embeddings for a request; user errors become :class:`ServiceError`. Warnings raised on
-    the way (a domain without readable images, a class missing from a domain) are appended
-    to ``notes`` when given, so that the page can show them."""
+    """Embeddings for a request; user errors become :class:`ServiceError`. What the scan
+    noted (a domain without readable images, a class missing from a domain) and the files
+    skipped are appended to ``notes`` when given, so that the page can show them. They come
+    from the scan's report, not from capturing warnings: ``warnings.catch_warnings`` is
+    process-wide, so it would also catch (and mute) another thread's (the UMAP warm-up's)."""
     found: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        emb = _load(request, progress, found)
+    emb = _load(request, progress, found)
     if notes is not None:
-        notes.extend(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
         notes.extend(found)
     return emb
 
@@ -127,10 +127,16 @@ def _load(request: EmbeddingRequest, progress: Progress | None, notes: list[str]
 def _pipeline_embeddings(request: EmbeddingRequest, progress: Progress | None, notes: list[str]) -> EmbeddingSet:
     from clip_icm import backend, pipeline  # lazy: pulls in torch
 
-    data = pipeline.DataConfig(root=request.root or None if request.source == "folder" else None,
-                               dataset=request.dataset, max_per_domain=request.max_per_domain)
+    root = None
+    if request.source == "folder":
+        path = folder_path(request.root, data_roots(exposed=False))
+        if request.dataset is None and too_broad(path):
+            raise ServiceError(too_broad(path))
+        root = str(path)
+    data = pipeline.DataConfig(root=root, dataset=request.dataset, max_per_domain=request.max_per_domain)
     model = backend.ModelConfig(request.model, request.pretrained, request.device, request.precision)
     run = pipeline.embed_dataset(data, model, intervention_config(request.interventions), progress=progress)
+    notes.extend(run.scan.notes)
     if run.skipped:
         examples = "; ".join(f"{Path(p).name}: {why}" for p, why in run.skipped[:3])
         notes.append(f"{len(run.skipped)} file(s) skipped (e.g. {examples}).")
@@ -558,14 +564,59 @@ def has_true_factors(source: str, root: str = "", dataset: str | None = None) ->
     return folder is not None and (folder / "factors.csv").is_file()
 
 
-def detect_folder(root: str) -> dict[str, object]:
-    """What a folder holds: known DomainBed datasets, or a DomainBed-shaped folder itself."""
+def data_roots(exposed: bool) -> tuple[Path, ...] | None:
+    """The folders a data path must lie in, or None for no limit.
+
+    ``$CLIP_ICM_DATA_ROOTS`` (folders joined by ``os.pathsep``) when set; else, when the page
+    is served beyond this machine (``exposed``), the project's data folder and the user's home,
+    so that whoever reaches the port cannot browse the machine's files; else no limit.
+    """
+    listed = [p for p in os.environ.get(DATA_ROOTS_VAR, "").split(os.pathsep) if p.strip()]
+    if listed:
+        return tuple(Path(p).expanduser().resolve() for p in listed)
+    if exposed:
+        from clip_icm.backend import REPO_ROOT
+
+        return ((REPO_ROOT / "data").resolve(), Path.home().resolve())
+    return None
+
+
+def folder_path(root: str, roots: tuple[Path, ...] | None = None) -> Path:
+    """The folder a user typed, resolved (``~`` expanded, links followed), or a ServiceError
+    saying why it may not be scanned: absent, outside ``roots``, or so broad (``/``, a top-level
+    system folder, the home folder itself) that the scan would walk a whole filesystem."""
+    if not root or not root.strip():
+        raise ServiceError("Folder not found: (empty)")
+    path = Path(root.strip()).expanduser().resolve()
+    if roots is not None and not any(path == r or r in path.parents for r in roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise ServiceError(f"{root} is outside the folders this dashboard may read ({allowed}); "
+                           f"the server's operator can list others in ${DATA_ROOTS_VAR}.")
+    if not path.is_dir():
+        raise ServiceError(f"Folder not found: {root}")
+    return path
+
+
+def too_broad(path: Path) -> str | None:
+    """Why scanning ``path`` itself as one data set would walk a whole filesystem or home
+    folder (``/``, a top-level folder, the home folder or above it), else None. Looking for
+    data sets *inside* such a folder is fine: that reads two levels only."""
+    home = Path.home().resolve()
+    if len(path.parts) <= 2 or path == home or path in home.parents:
+        return (f"{path} is too broad to scan as one data set (it would walk a whole filesystem or home "
+                "folder); enter the folder that holds the domain folders.")
+    return None
+
+
+def detect_folder(root: str, roots: tuple[Path, ...] | None = None) -> dict[str, object]:
+    """What a folder holds: known DomainBed datasets, or a DomainBed-shaped folder itself (and,
+    when it is neither, why not). ``roots``: see :func:`data_roots`."""
     from clip_icm import datasets
 
-    path = Path(root).expanduser()
-    if not root or not path.is_dir():
-        raise ServiceError(f"Folder not found: {root or '(empty)'}")
-    return {"datasets": datasets.detect_datasets(path), "is_dataset": datasets.is_domainbed_folder(path)}
+    path = folder_path(root, roots)
+    problem = too_broad(path) or (None if datasets.is_domainbed_folder(path) else datasets.layout_problem(path))
+    return {"datasets": datasets.detect_datasets(path), "is_dataset": problem is None, "path": str(path),
+            "problem": problem}
 
 
 # ---------------------------------------------------------------- causal playground

@@ -31,7 +31,7 @@ def test_synthetic_request_loads_and_its_key_follows_its_content(emb):
 @pytest.mark.parametrize("request_, message", [
     (service.EmbeddingRequest(source="nowhere"), "unknown data source"),
     (service.EmbeddingRequest(source="folder", root=""), "Enter the folder"),
-    (service.EmbeddingRequest(source="folder", root="/no/such/folder"), "Could not build the embeddings"),
+    (service.EmbeddingRequest(source="folder", root="/no/such/folder"), "Folder not found: /no/such/folder"),
 ])
 def test_user_errors_become_service_errors(request_, message):
     with pytest.raises(service.ServiceError, match=message):
