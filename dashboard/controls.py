@@ -35,14 +35,18 @@ def _valid(key: str, options: list, fallback: object) -> str:
 
 # ---------------------------------------------------------------- data, model, interventions
 
-def data_ui() -> dict:
-    """Data source, folder and per-domain cap. Returns a dict of EmbeddingRequest fields."""
+def data_ui() -> dict | None:
+    """Data source, folder and per-domain cap. Returns a dict of EmbeddingRequest fields, or
+    None when the folder cannot be used (the reason is shown; nothing must be scanned)."""
     first = st.query_params.get("source", "demo")  # ?source=synthetic opens without images or model
     source = st.radio("Data", list(service.SOURCES), format_func=service.SOURCES.get,
                       key=_default("ctl_source", first if first in service.SOURCES else "demo"))
     out: dict = {"source": source}
     if source == "folder":
-        out.update(_folder_ui())
+        folder = _folder_ui()
+        if folder is None:
+            return None
+        out.update(folder)
     if source == "synthetic":
         out["n_per_domain"] = st.slider("Points per domain", 50, 500, step=50, key=_default("ctl_n_synth", 150))
     if source != "synthetic":
@@ -52,23 +56,29 @@ def data_ui() -> dict:
     return out
 
 
-def _folder_ui() -> dict:
+def _folder_ui() -> dict | None:
     root = st.text_input("DomainBed root folder", key=_default("ctl_root", ""),
                          help="root/<dataset>/<domain>/<class>/*.jpg, or a folder that is one data set")
     if not root:
         return {"root": ""}
     try:
-        found = service.detect_folder(root)
+        found = service.detect_folder(root, service.data_roots(exposed=_served_beyond_this_machine()))
     except service.ServiceError as e:
         st.error(str(e))
-        return {"root": root}
+        return None
     options = list(found["datasets"]) + (["(this folder)"] if found["is_dataset"] else [])
     if not options:
         st.error("No PACS/VLCS/OfficeHome/TerraIncognita/DomainNet folder found there, and the folder itself "
-                 "does not look like <domain>/<class>/images.")
-        return {"root": root}
+                 f"cannot be used: {found['problem']}")
+        return None
     dataset = st.selectbox("Data set", options, key=_valid("ctl_dataset", options, options[0]))
-    return {"root": root, "dataset": None if dataset == "(this folder)" else dataset}
+    return {"root": found["path"], "dataset": None if dataset == "(this folder)" else dataset}
+
+
+def _served_beyond_this_machine() -> bool:
+    """Whether the server listens on more than loopback (.streamlit/config.toml binds 127.0.0.1;
+    serving on a network is the operator's explicit --server.address choice)."""
+    return st.get_option("server.address") not in ("127.0.0.1", "localhost", "::1")
 
 
 def model_ui() -> dict:
@@ -196,11 +206,22 @@ class ProjectionChoice:
 def domains_ui(emb: EmbeddingSet, default_target: str) -> tuple[str, tuple[str, ...]]:
     """The held-out target domain and the source domains (all others by default)."""
     names = emb.domain_names
+    _forget_other_data_sets_domains(emb)
     target = st.selectbox("Target domain (held out)", names,
                           key=_valid("ctl_target", names, default_target if default_target in names else names[-1]))
     others = [d for d in names if d != target]
     sources = st.multiselect("Source domains", others, key=_valid_multi("ctl_sources", others))
     return target, tuple(sources)
+
+
+def _forget_other_data_sets_domains(emb: EmbeddingSet) -> None:
+    """A domain choice belongs to its data set: another one (domains and classes differ; the
+    demo's domain names recur in PACS) starts from the defaults, even where a name is the same."""
+    data_set = [list(emb.domain_names), list(emb.class_names)]
+    if st.session_state.get("ctl_domains_of", data_set) != data_set:
+        for key in ("ctl_target", "ctl_sources"):
+            st.session_state.pop(key, None)
+    st.session_state["ctl_domains_of"] = data_set
 
 
 def projection_ui(emb: EmbeddingSet, default_target: str, defaults: dict) -> ProjectionChoice:

@@ -44,7 +44,9 @@ def settings_context() -> Context | None:
     with st.sidebar:
         with st.expander("Data and model", expanded=True):
             data = controls.data_ui()
-            model = controls.model_ui() if data["source"] != "synthetic" else {}
+            model = controls.model_ui() if data is None or data["source"] != "synthetic" else {}
+        if data is None:  # the folder picker said why; nothing is scanned
+            return None
         interventions = service.InterventionChoice()
         if data["source"] != "synthetic":
             with st.expander("Interventions"):
@@ -69,9 +71,11 @@ def load_embeddings(request: service.EmbeddingRequest) -> EmbeddingSet | None:
     slot = cached.embedding_slot(request.key)
     if "emb" not in slot:
         box, notes = st.empty(), []
-        with box.status("Preparing embeddings…", expanded=True) as status:
-            emb = _build(request, status, notes)
-        if emb is None:
+        try:
+            with box.status("Preparing embeddings…", expanded=True):
+                emb = _build(request, notes)
+        except service.ServiceError as e:
+            box.error(str(e))  # in place of the status box: the reason, in full, at the top of the page
             return None
         box.empty()
         slot.update(emb=emb, notes=notes)
@@ -80,7 +84,7 @@ def load_embeddings(request: service.EmbeddingRequest) -> EmbeddingSet | None:
     return slot["emb"]
 
 
-def _build(request: service.EmbeddingRequest, status, notes: list[str]) -> EmbeddingSet | None:
+def _build(request: service.EmbeddingRequest, notes: list[str]) -> EmbeddingSet:
     bar, start = st.progress(0.0, text="starting"), time.monotonic()
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -88,12 +92,7 @@ def _build(request: service.EmbeddingRequest, status, notes: list[str]) -> Embed
         eta = f", about {left:.0f} s left" if np.isfinite(left) else ""
         bar.progress(min(done / total, 1.0) if total else 1.0, text=f"{stage}: {done}/{total}{eta}")
 
-    try:
-        return service.load_embeddings(request, progress, notes)
-    except service.ServiceError as e:
-        status.update(label="Could not prepare the embeddings", state="error")
-        st.error(str(e))
-        return None
+    return service.load_embeddings(request, progress, notes)
 
 
 def select_k_lam(emb: EmbeddingSet, c: controls.ProjectionChoice, defaults: dict) -> Selection | None:
