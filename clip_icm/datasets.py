@@ -123,10 +123,14 @@ def is_domainbed_folder(root: str | os.PathLike) -> bool:
 
 def layout_problem(root: str | os.PathLike) -> str:
     """Why ``root`` cannot be scanned as a data set (call it when :func:`is_domainbed_folder` says no)."""
-    domains = [d for d in _visible_subdirs(Path(root)) if _visible_subdirs(d)]
+    folders = _visible_subdirs(Path(root))
+    domains = [d for d in folders if _visible_subdirs(d)]
     if len(domains) == 1:
         return (f"it holds one domain folder with class folders ({domains[0].name!r}); domain generalisation "
                 "needs at least two domain folders")
+    if any(f.suffix.lower() in IMAGE_EXTENSIONS for d in folders for f in d.iterdir()):
+        return ("its folders hold images directly, so it looks like one domain (<class>/images); "
+                "enter the folder above it, which holds the domain folders")
     return "it does not look like <domain>/<class>/images (no folder in it holds class folders)"
 
 

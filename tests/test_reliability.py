@@ -207,11 +207,18 @@ def test_folders_outside_the_allowed_roots_are_refused(tmp_path, monkeypatch):
     assert Path.home().resolve() in service.data_roots(exposed=True)
 
 
-def test_the_dashboard_on_a_network_limits_the_folder_picker(tmp_path, monkeypatch):
+@pytest.mark.parametrize("how", ["served on a network", "roots listed"])
+def test_the_dashboard_on_a_network_limits_the_folder_picker(how, tmp_path, monkeypatch):
+    import streamlit
     from streamlit.testing.v1 import AppTest
 
     outside = _folder(tmp_path / "elsewhere", {"art": ("cat", "dog"), "photo": ("cat", "dog")}, n=1)
-    monkeypatch.setenv(service.DATA_ROOTS_VAR, str(tmp_path / "allowed"))
+    if how == "roots listed":
+        monkeypatch.setenv(service.DATA_ROOTS_VAR, str(tmp_path / "allowed"))
+    else:  # `streamlit run ... --server.address 0.0.0.0`: the default roots, data/ and the home folder
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+        monkeypatch.setattr(streamlit, "get_option", lambda key, real=streamlit.get_option:
+                            "0.0.0.0" if key == "server.address" else real(key))
     at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120)
     at.session_state["ctl_source"], at.session_state["ctl_root"] = "folder", str(outside)
     at.run()
@@ -461,6 +468,7 @@ def test_a_single_domain_folder_gets_its_real_reason(tmp_path):
     root = _folder(tmp_path / "one", {"art": ("cat", "dog")}, n=1)
     found = service.detect_folder(str(root))
     assert not found["is_dataset"] and "one domain folder" in found["problem"] and "'art'" in found["problem"]
+    assert "looks like one domain" in service.detect_folder(str(root / "art"))["problem"]  # a level too deep
     at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120)
     at.session_state["ctl_source"], at.session_state["ctl_root"] = "folder", str(root)
     at.run()
