@@ -267,9 +267,9 @@ def _check_device(device: str, torch) -> None:
     if kind == "cuda" and int(index or 0) >= torch.cuda.device_count():
         found = torch.cuda.device_count()
         raise ValueError(f"device {device!r} is not available here ({found} CUDA device(s) found); "
-                         "use --device auto or cpu")
+                         "use auto or cpu")
     if kind == "mps" and (colon or not torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r} is not available here (no Apple MPS); use --device auto or cpu")
+        raise ValueError(f"device {device!r} is not available here (no Apple MPS); use auto or cpu")
 
 
 def pick_precision(precision: str, device: str) -> str:
