@@ -583,8 +583,7 @@ def data_roots(exposed: bool) -> tuple[Path, ...] | None:
 
 def folder_path(root: str, roots: tuple[Path, ...] | None = None) -> Path:
     """The folder a user typed, resolved (``~`` expanded, links followed), or a ServiceError
-    saying why it may not be scanned: absent, outside ``roots``, or so broad (``/``, a top-level
-    system folder, the home folder itself) that the scan would walk a whole filesystem."""
+    saying why it may not be read: absent, or outside ``roots`` (see :func:`data_roots`)."""
     if not root or not root.strip():
         raise ServiceError("Folder not found: (empty)")
     path = Path(root.strip()).expanduser().resolve()
@@ -614,9 +613,12 @@ def detect_folder(root: str, roots: tuple[Path, ...] | None = None) -> dict[str,
     from clip_icm import datasets
 
     path = folder_path(root, roots)
-    problem = too_broad(path) or (None if datasets.is_domainbed_folder(path) else datasets.layout_problem(path))
-    return {"datasets": datasets.detect_datasets(path), "is_dataset": problem is None, "path": str(path),
-            "problem": problem}
+    try:
+        problem = too_broad(path) or (None if datasets.is_domainbed_folder(path) else datasets.layout_problem(path))
+        found = datasets.detect_datasets(path)
+    except OSError as e:  # a folder in it that may not be listed
+        raise ServiceError(f"Could not read {root}: {e}") from e
+    return {"datasets": found, "is_dataset": problem is None, "path": str(path), "problem": problem}
 
 
 # ---------------------------------------------------------------- causal playground

@@ -167,6 +167,20 @@ def test_unreadable_folders_are_reported_not_lost(tiny, tmp_path):
     assert "domain 'art' has no images of class 'dog' (unreadable folder: PermissionError" in done.stderr
 
 
+def test_an_unreadable_folder_in_the_picker_is_a_message(tmp_path):
+    root = _folder(tmp_path / "data", {"art": ("cat", "dog"), "photo": ("cat", "dog")}, n=1)
+    (root / "art").chmod(0)
+    probe = ("from clip_icm import service\n"
+             f"try:\n    service.detect_folder({str(root)!r})\nexcept service.ServiceError as e:\n    print(e)")
+    try:
+        done = subprocess.run([*AS_USER, sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        (root / "art").chmod(0o755)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.startswith(f"Could not read {root}") and "Permission denied" in done.stdout
+
+
 # ---------------------------------------------------------------- 4. serving: localhost, allowed roots, no scan of /
 
 def _listening(port: int) -> set[str]:
