@@ -126,7 +126,7 @@ def test_a_bad_checkpoint_in_the_dashboard_is_a_message_at_the_top(tmp_path):
     cached.clear()
     assert not at.exception, [e.value for e in at.exception]
     assert "is not a usable checkpoint" in at.main.error[0].value  # the first thing under the title
-    assert not at.main.get("expandable"), "the status box is replaced by the error, not left running"
+    assert not at.main.status, "the status box is replaced by the error, not left running"
 
 
 # ---------------------------------------------------------------- 2. a device this machine does not have
