@@ -49,11 +49,16 @@ def procrustes_align(xy: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (a @ rotation * scale + reference.mean(axis=0)).astype(np.float32)
 
 
-def warm_up() -> None:
-    """Run a tiny layout so that numba compiles UMAP's kernels (10-20 s on first use); the
-    dashboard does this in a background thread while the embeddings are being computed."""
-    layout_2d(np.random.default_rng(0).normal(size=(64, 8)))
-    layout_2d(np.random.default_rng(1).normal(size=(64, 8)), init=np.random.default_rng(2).normal(size=(64, 2)))
+def warm_up(approximate: bool = False) -> None:
+    """Run tiny layouts so that numba compiles UMAP's kernels (10-20 s on first use); the
+    dashboard does this in a background thread while the embeddings are being computed.
+    ``approximate`` also compiles the nearest-neighbour descent that layouts of more than
+    EXACT_LIMIT rows take (worth it where large data sets are expected)."""
+    gen = np.random.default_rng(0)
+    layout_2d(gen.normal(size=(64, 8)))
+    layout_2d(gen.normal(size=(64, 8)), init=gen.normal(size=(64, 2)))
+    if approximate:
+        _umap(_normalise(gen.normal(size=(300, 8))), None, 0, 15, 10, approximate=True)
 
 
 def layout_2d(
@@ -84,7 +89,9 @@ def layout_2d(
     return procrustes_align(xy, init) if init is not None else xy
 
 
-def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n_epochs: int) -> np.ndarray:
+def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n_epochs: int,
+          approximate: bool | None = None) -> np.ndarray:
+    """``approximate``: the nearest-neighbour descent path (None: above EXACT_LIMIT rows)."""
     import umap  # lazy: seconds to import, numba compilation on first use
 
     # umap-learn warns on every fit with a precomputed metric that inverse_transform (never used
@@ -94,7 +101,7 @@ def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n
     warnings.filterwarnings("ignore", message="using precomputed metric", category=UserWarning, module=r"umap\.")
     # Below umap's own exact-search size, hand it the cosine distances: its default path calls a
     # numba metric once per pair from Python (80% of a 1,280-point layout's time).
-    exact = len(X) <= EXACT_LIMIT
+    exact = len(X) <= EXACT_LIMIT if approximate is None else not approximate
     reducer = umap.UMAP(
         n_components=2,
         n_neighbors=min(n_neighbors, len(X) - 1),
@@ -103,6 +110,7 @@ def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n
         init=_standardise(init) if init is not None else "spectral",
         random_state=seed,
         n_jobs=1,  # what a fixed random_state forces anyway; saying so spares the warning
+        force_approximation_algorithm=not exact,
     )
     data = np.clip(1.0 - X @ X.T, 0.0, 2.0) if exact else X
     if exact:

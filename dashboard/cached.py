@@ -20,9 +20,10 @@ from clip_icm.store import EmbeddingStore
 
 
 @st.cache_resource(show_spinner=False)
-def umap_warm_up() -> threading.Thread:
-    """Once per process: compile UMAP's numba kernels in the background while embeddings are computed."""
-    thread = threading.Thread(target=reduce.warm_up, name="umap-warm-up", daemon=True)
+def umap_warm_up(approximate: bool = False) -> threading.Thread:
+    """Once per process (and kind): compile UMAP's numba kernels in the background while
+    embeddings are computed; ``approximate`` also compiles the large-data neighbour search."""
+    thread = threading.Thread(target=reduce.warm_up, args=(approximate,), name="umap-warm-up", daemon=True)
     thread.start()
     return thread
 

@@ -155,7 +155,8 @@ def _fit_key(ctx: Context, K: int, lam: float) -> str:
 
 def explorer_page() -> None:
     st.title("CLIP-ICM Explorer")
-    cached.umap_warm_up()
+    # a folder of your own is usually larger than the exact-search limit: compile that path too
+    cached.umap_warm_up(st.session_state.get("ctl_source") == "folder")
     ctx = settings_context()
     if ctx is None:
         return
