@@ -36,17 +36,6 @@ FAST = ["--pretrained", "none", "--quiet", "--text-banks", "styles", "--template
 AS_USER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 
 
-@pytest.fixture(autouse=True)
-def _warm_up_finished():
-    """The Explorer page starts UMAP's warm-up in a background thread (seconds of numba
-    compilation); left running into the next test, it swaps sys.stdout/stderr while compiling
-    and steals that test's captured output. Each test waits for it."""
-    yield
-    for thread in threading.enumerate():
-        if thread.name == "umap-warm-up":
-            thread.join()
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
     return f"local-dir:{write_local_dir(tmp_path_factory.mktemp('tiny') / 'model')}"
