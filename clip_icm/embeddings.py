@@ -19,10 +19,14 @@ class PairSet:
     mixes in CLIP's modality gap) or "true" (a real do-intervention, synthetic worlds only).
     ``domains`` names the domain of each pair's source image so that leave-one-domain-out
     can drop target-domain pairs; it is None for pairs that touch no image (text pairs).
-    ``labels`` is the class of each pair's source image (an intervention keeps the class),
-    for the augmentation baseline and for scoring intervened validation rows; None where
-    unknown (text pairs). ``held_out`` names the target domain an intervened validation set was
-    built for (it read the other domains' training rows); None when it serves every target.
+    ``labels`` is the class of each pair (of its source image; an intervention keeps the
+    class; of both prompts for text pairs), for the augmentation baseline, for scoring
+    intervened validation rows and to keep the open-class task's new classes out of every
+    fit; None where unknown. ``held_out`` names the target domain an intervened validation set
+    was built for (it read the other domains' training rows); None when it serves every target.
+    ``variant_words`` (optional, text pairs) holds the words of each pair's variant prompt that
+    its anchor lacks ("sketch", "sandy beach"), so that leave-one-domain-out can drop the
+    prompts that name the held-out domain.
     """
 
     name: str
@@ -32,6 +36,7 @@ class PairSet:
     domains: np.ndarray | None = None
     labels: np.ndarray | None = None
     held_out: str | None = None
+    variant_words: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.z.shape != self.z_do.shape or self.z.ndim != 2:
@@ -39,7 +44,7 @@ class PairSet:
                 f"pair set {self.name!r}: z {self.z.shape} and z_do {self.z_do.shape} "
                 "must be 2-D arrays of the same shape"
             )
-        for name in ("domains", "labels"):
+        for name in ("domains", "labels", "variant_words"):
             column = getattr(self, name)
             if column is not None and len(column) != len(self.z):
                 raise ValueError(f"pair set {self.name!r}: {len(column)} {name} for {len(self.z)} pairs")
@@ -48,9 +53,39 @@ class PairSet:
         """The pairs whose source image is not from ``domain`` (all of them for text pairs)."""
         if self.domains is None:
             return self
-        keep = self.domains != domain
-        labels = None if self.labels is None else self.labels[keep]
-        return replace(self, z=self.z[keep], z_do=self.z_do[keep], domains=self.domains[keep], labels=labels)
+        return self.subset(self.domains != domain)
+
+    def subset(self, keep: np.ndarray) -> "PairSet":
+        """The pairs where the boolean mask ``keep`` is True (every per-pair column follows)."""
+        def take(column):
+            return None if column is None else column[keep]
+
+        return replace(self, z=self.z[keep], z_do=self.z_do[keep], domains=take(self.domains),
+                       labels=take(self.labels), variant_words=take(self.variant_words))
+
+    def for_classes(self, classes: np.ndarray) -> "PairSet":
+        """The pairs whose class is in ``classes``; a set without class labels cannot say, so it raises."""
+        if self.labels is None:
+            raise ValueError(f"pair set {self.name!r} has no class labels, so it cannot be restricted to classes")
+        return self.subset(np.isin(self.labels, classes))
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Class-free prompts ("a sketch of a thing.") and their raw embeddings (Orth-Cali's spurious
+    prompts); ``variant_words`` as in :class:`PairSet`, one entry per prompt."""
+
+    texts: np.ndarray
+    z: np.ndarray
+    variant_words: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.z.ndim != 2 or not len(self.texts) == len(self.z) == len(self.variant_words):
+            raise ValueError(f"prompt set: {len(self.texts)} texts, {len(self.variant_words)} variant words and "
+                             f"embeddings of shape {self.z.shape} must agree")
+
+    def subset(self, keep: np.ndarray) -> "PromptSet":
+        return PromptSet(self.texts[keep], self.z[keep], self.variant_words[keep])
 
 
 @dataclass(frozen=True)
@@ -71,6 +106,8 @@ class EmbeddingSet:
                    by the "interventional" selection rule, never used to fit anything
     look_prompts:  per held-out domain, (T, C, D) text embeddings of prompts that describe each
                    class by its usual look in the other domains' training rows (ToyDomains)
+    templates:     the T prompt templates of ``text_features`` (None when unknown)
+    spurious:      class-free prompts of the text banks (Orth-Cali's spurious prompts), or None
     """
 
     features: np.ndarray
@@ -84,6 +121,8 @@ class EmbeddingSet:
     key: str = ""
     intervened_val: list[PairSet] = field(default_factory=list)
     look_prompts: dict[str, np.ndarray] = field(default_factory=dict)
+    templates: tuple[str, ...] | None = None
+    spurious: PromptSet | None = None
 
     def __post_init__(self) -> None:
         n, dim = self.features.shape
@@ -95,6 +134,8 @@ class EmbeddingSet:
                 f"text_features must be (templates, {len(self.class_names)}, {dim}), "
                 f"got {self.text_features.shape}"
             )
+        if self.templates is not None and len(self.templates) != len(self.text_features):
+            raise ValueError(f"{len(self.templates)} templates for {len(self.text_features)} rows of text_features")
 
     @property
     def domain_names(self) -> list[str]:

@@ -25,6 +25,7 @@ a pair is (anchor, variant) for one class, so the two texts differ only in the v
 """
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Iterable, Mapping, Sequence
@@ -440,6 +441,51 @@ def make_text_pairs(
             texts_do.append(variant.format(name))
             index.append(c)
     return texts, texts_do, np.array(index, dtype=np.int64)
+
+
+def text_pair_words(
+    class_names: Sequence[str],
+    banks: Mapping[str, Sequence[str] | TextBank] | Iterable[str | TextBank] = ("styles", "contexts"),
+    n_pairs_per_class: int = 8,
+    seed: int = 0,
+) -> list[str]:
+    """The variant words (:func:`variant_words`) of each pair :func:`make_text_pairs` returns, in its
+    order: the same seeded plan, so the two line up row for row."""
+    pool = [(b.anchor, v) for b in resolve_banks(banks) for v in b.variants]
+    return [variant_words(anchor, variant) for name in class_names
+            for anchor, variant in _variant_plan(pool, n_pairs_per_class, rng("text pairs", seed, name))]
+
+
+def _words(text: str) -> list[str]:
+    """Lower-case words of a text; camelCase and ``_`` / ``-`` / spaces split (domain names use all three)."""
+    text = re.sub(r"([a-z])([A-Z])", r"\1 \2", text.replace("{}", " "))
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def variant_words(anchor: str, variant: str) -> str:
+    """The words of ``variant`` that ``anchor`` lacks: what a pair changes ("a sketch of a {}." -> "sketch")."""
+    common = set(_words(anchor))
+    return " ".join(w for w in _words(variant) if w not in common)
+
+
+def names_domain(words: str, domain: str) -> bool:
+    """True when a prompt's variant words contain a word of the domain's name ("art_painting" ->
+    art, painting). Words under 3 letters are ignored, so that "a" or "of" never match."""
+    return bool({w for w in _words(domain) if len(w) >= 3} & set(words.split()))
+
+
+# Orth-Cali's spurious prompts describe the spurious attribute without a class; a variant template
+# filled with this neutral noun is that ("a sketch of a thing."), and keeps the template's grammar.
+CLASS_FREE_NOUN = "thing"
+
+
+def spurious_prompts(
+    banks: Mapping[str, Sequence[str] | TextBank] | Iterable[str | TextBank] = ("styles", "contexts"),
+) -> tuple[list[str], list[str]]:
+    """Class-free prompts, one per variant template of the banks, and their variant words."""
+    pairs = [(b.anchor, v) for b in resolve_banks(banks) for v in b.variants]
+    pairs = list(dict.fromkeys(pairs))
+    return [v.format(CLASS_FREE_NOUN) for _, v in pairs], [variant_words(a, v) for a, v in pairs]
 
 
 def cross_modal_texts(
