@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clip_icm.embeddings import EmbeddingSet, PairSet
+from clip_icm.embeddings import EmbeddingSet, PairSet, PromptSet
 from clip_icm.seeding import rng, seed_hash
 
 # pandas and scikit-learn (through projection) are imported where they are used: the CLI reads
@@ -298,8 +298,11 @@ def make_embedding_set(
     """A synthetic multi-domain EmbeddingSet, so that evaluation and the dashboard run without a model.
 
     Every domain has its own style offset; all but the last keep the training-time
-    shortcut, the last is the shifted one (``config.shift``). Pairs: "true" (do on
-    z_var of every image, kind "true") and "text" (same class, two templates).
+    shortcut, the last is the shifted one (``config.shift``). Pairs: "true" (do on z_var of
+    the TRAINING rows only, as the pipeline builds pairs; the new z_var comes from the
+    environments of the source domains, never from the shifted last one) and "text" (same
+    class, two templates). ``spurious`` holds each template's class-free embedding
+    (W [0; style_t]), Orth-Cali's spurious prompts.
     """
     if len(domains) < 2 or len(set(domains)) != len(domains):
         raise ValueError(f"need at least 2 distinct domain names, got {list(domains)}")
@@ -312,11 +315,12 @@ def make_embedding_set(
     envs.append(scm.environment(domains[-1], p, config.shift))
     samples = [scm.sample(n_per_domain, [env], gen) for env in envs]
     x = np.concatenate([s.x for s in samples])
-    x_do = np.concatenate([scm.intervene(s, envs, gen) for s in samples])
+    labels = np.concatenate([s.y for s in samples])
+    x_do = np.concatenate([scm.intervene(s, envs[:-1], gen) for s in samples])
     domain_col = np.repeat(np.array(domains), n_per_domain)
     is_train = np.concatenate([gen.permutation(n_per_domain) >= round(val_fraction * n_per_domain) for _ in domains])
     text = scm.text_features(gen)
-    labels = np.concatenate([s.y for s in samples])
+    train = np.flatnonzero(is_train)
     return EmbeddingSet(
         features=x,
         labels=labels,
@@ -324,10 +328,18 @@ def make_embedding_set(
         is_train=is_train,
         class_names=[f"class {c}" for c in range(config.n_classes)],
         text_features=text,
-        pairs=[PairSet("true", "true", x, x_do, domain_col, labels)] + _text_pairs(text),
+        pairs=[PairSet("true", "true", x[train], x_do[train], domain_col[train], labels[train])] + _text_pairs(text),
         paths=np.full(len(x), ""),
         key=f"scm-{seed_hash(asdict(config), n_per_domain, domains, val_fraction):08x}",
+        spurious=_class_free(scm, gen),
     )
+
+
+def _class_free(scm: LinearSCM, gen: np.random.Generator) -> PromptSet:
+    """Each template's style without a class: W [0; style_t] (the synthetic spurious prompts)."""
+    z_inv = np.zeros((scm.config.n_templates, scm.config.n_invariant))
+    names = np.array([f"template {t}" for t in range(scm.config.n_templates)])
+    return PromptSet(names, scm.embed(z_inv, scm.template_styles, gen), names)
 
 
 def _text_pairs(text: np.ndarray) -> list[PairSet]:
@@ -336,4 +348,6 @@ def _text_pairs(text: np.ndarray) -> list[PairSet]:
     if not pairs:
         return []
     i, j = np.array(pairs).T
-    return [PairSet("text", "text", text[i].reshape(-1, text.shape[2]), text[j].reshape(-1, text.shape[2]))]
+    labels = np.tile(np.arange(text.shape[1]), len(pairs))  # row order of text[i].reshape: pair, then class
+    return [PairSet("text", "text", text[i].reshape(-1, text.shape[2]), text[j].reshape(-1, text.shape[2]),
+                    labels=labels)]

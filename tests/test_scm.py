@@ -1,5 +1,7 @@
 """The causal playground as ground truth: ICM top-K recovers the invariant subspace, the
 released slice keeps variant directions, and the invariant predictor survives the shift."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -141,12 +143,28 @@ def test_make_embedding_set_contract():
     assert emb.domain_names == ["a", "b", "c"]
     assert 0.6 < emb.is_train.mean() < 0.8
     true_pairs, text_pairs = emb.pair_set("true"), emb.pair_set("text")
-    assert true_pairs.kind == "true" and len(true_pairs.excluding("a").z) == 100
+    # Pairs come from training rows only (as the pipeline builds them), and carry their class.
+    assert true_pairs.kind == "true" and len(true_pairs.z) == emb.is_train.sum()
+    assert len(true_pairs.excluding("a").z) == (emb.is_train & (emb.domains != "a")).sum()
+    train = np.flatnonzero(emb.is_train)
+    np.testing.assert_array_equal(true_pairs.z, emb.features[train])
+    np.testing.assert_array_equal(true_pairs.labels, emb.labels[train])
     assert text_pairs.domains is None and len(text_pairs.z) == 3 * 3 * 2
     # Every delta, image or text, lies in the variant block of the mixing.
     basis = LinearSCM(config).invariant_basis()
     for pairs in (true_pairs, text_pairs):
         np.testing.assert_allclose((pairs.z - pairs.z_do) @ basis.T, 0.0, atol=1e-9)
+    # The new z_var comes from the source environments only: never the shifted last domain's offset.
+    # Without variant noise each z_var_do is exactly a class mean plus the offset of the environment drawn.
+    exact = replace(config, variant_noise=0.0)
+    scm, pairs = LinearSCM(exact), make_embedding_set(exact, n_per_domain=50, domains=("a", "b", "c")).pair_set("true")
+    z_var_do = (pairs.z_do @ np.linalg.pinv(scm.mixing).T)[:, exact.n_invariant:]
+    offsets = {d: scm.environment(d, exact.spurious_correlation, exact.shift if d == "c" else 0.0).offset
+               for d in "abc"}
+    drawn = [{d for d, off in offsets.items() for mu in scm.mu_var if np.allclose(row, mu + off, atol=1e-8)}
+             for row in z_var_do]
+    assert all(len(d) == 1 for d in drawn) and set.union(*drawn) == {"a", "b"}
+    np.testing.assert_allclose(emb.spurious.z @ basis.T, 0.0, atol=1e-9)  # class-free: no invariant part
     again = make_embedding_set(config, n_per_domain=50, domains=("a", "b", "c"))
     np.testing.assert_array_equal(again.features, emb.features)
     assert again.key == emb.key != make_embedding_set(config, n_per_domain=51, domains=("a", "b", "c")).key
