@@ -13,7 +13,8 @@ The methods (registry :data:`METHODS`, labels :data:`METHOD_LABELS`):
 - ``pca``: top-K eigenvectors of ``Z^T Z / n`` (ICM with lam = 0, uncentred).
 - ``null_space``: the K directions that move least under intervention
   (ICM's lam -> infinity limit).
-- ``orth_cali``: Orth-Cali soft calibration (Chuang et al. 2023).
+- ``orth_cali``: Orth-Cali as published (Chuang et al. 2023): fitted on prompt
+  pairs and class-free spurious prompts, applied to class text embeddings only.
 - ``augmentation``: no projection (identity); evaluation trains its probe on the source rows
   plus the intervened images (data augmentation with the same pairs).
 """
@@ -36,6 +37,10 @@ LAM_MODES = ("absolute", "relative")
 
 class RankDeficientWarning(UserWarning):
     """Fewer pairs than dimensions: the D x D moment matrices are rank-deficient."""
+
+
+class NegativeLamWarning(UserWarning):
+    """A negative lam rewards directions that move under intervention (only the released slice accepts it)."""
 
 
 def _as_matrix(X: object, name: str) -> np.ndarray:
@@ -62,9 +67,18 @@ def _check_pairs(Z: object, Z_do: object) -> tuple[np.ndarray, np.ndarray]:
     return Z, Z_do
 
 
-def _check_lam(lam: float) -> float:
-    if not np.isfinite(lam) or lam < 0:
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+def _check_lam(lam: float, selection: str = "top") -> float:
+    """lam >= 0, except for the released slice: the released code accepts any float, so the
+    hypothesis "the authors ran a negative lam" can be tried there (with a warning)."""
+    if not np.isfinite(lam):
+        raise ValueError(f"lam must be a finite number, got {lam!r}")
+    if lam < 0 and selection != "as_released":
+        raise ValueError(f"lam must be >= 0 with selection={selection!r}, got {lam!r}; a negative lam is "
+                         "accepted only with selection='as_released' (the released code's slice)")
+    if lam < 0:
+        warnings.warn(f"lam={lam:g} < 0: M = Z'Z/n + {-lam:g} Delta'Delta/n then rewards the directions that "
+                      "move under intervention, and the released slice keeps the K smallest eigenvalues of that",
+                      NegativeLamWarning, stacklevel=4)
     return float(lam)
 
 
@@ -109,6 +123,7 @@ class PairMoments:
     def __init__(self, zz: np.ndarray, dd: np.ndarray, n: int) -> None:
         self.zz, self.dd, self.n = zz, dd, n
         self._spectra: dict[object, tuple[np.ndarray, np.ndarray]] = {}
+        self._touched: np.ndarray | None | bool = False  # False: not computed yet
 
     @classmethod
     def of(cls, Z: object, Z_do: object) -> "PairMoments":
@@ -126,6 +141,21 @@ class PairMoments:
             raise ValueError("all pairs are identical (Delta = 0): a relative lam is undefined; "
                              "use lam_mode='absolute'")
         return float(np.trace(self.zz)) / delta_energy
+
+    def touched_basis(self) -> np.ndarray | None:
+        """Orthonormal basis (D, r) of the row span of [Z; Delta] when r < D, else None (full rank).
+        From the Gram matrix zz + dd (an SVD of the 2n x D stack would cost several times the
+        fit); an eigenvalue under D * eps of the largest counts as zero, i.e. a direction with less
+        than ~sqrt(D * eps) of the largest singular value is untouched. Kept: it serves every K, lam."""
+        if self._touched is False:
+            gram, floor = self.zz + self.dd, self.dim * np.finfo(np.float64).eps
+            values = scipy.linalg.eigh(gram, eigvals_only=True)  # the common full-rank case stops here
+            if (values > values[-1] * floor).all():
+                self._touched = None
+            else:
+                values, vectors = scipy.linalg.eigh(gram)
+                self._touched = vectors[:, values > values[-1] * floor]
+        return self._touched
 
     def eigh(self, lam: float | None) -> tuple[np.ndarray, np.ndarray]:
         """Eigenvalues (ascending) and eigenvectors of ``zz - lam * dd``; ``lam=None``: of ``dd``."""
@@ -182,12 +212,18 @@ class LinearProjection(TransformerMixin, BaseEstimator):
             return Y @ self.components_
         return Y @ np.linalg.pinv(self.components_.T)
 
-    def invariance_ratio(self, Z: object, Z_do: object) -> float:
-        """||Delta A^T||_F / ||Z A^T||_F on the given pairs: small = the subspace ignores interventions."""
+    def invariance_ratio(self, Z: object, Z_do: object, centred: bool = False) -> float:
+        """||Delta A^T||_F / ||Z A^T||_F on the given pairs: small = the subspace ignores interventions.
+
+        ``centred=True`` divides by ||(Z - mean Z) A^T|| instead: CLIP embeddings share a large
+        common mean, so any subspace that keeps the mean direction looks invariant by the
+        uncentred ratio; the centred one compares the movement with the spread between rows.
+        Delta is never centred (a shift common to all pairs is an effect of the intervention)."""
         Z, Z_do = self._check_input(Z, "Z"), self._check_input(Z_do, "Z_do")
         if Z.shape != Z_do.shape:
             raise ValueError(f"Z {Z.shape} and Z_do {Z_do.shape} must have the same shape")
-        denom = np.linalg.norm(Z @ self.components_.T)
+        spread = Z - Z.mean(axis=0) if centred else Z
+        denom = np.linalg.norm(spread @ self.components_.T)
         return float(np.linalg.norm((Z - Z_do) @ self.components_.T) / denom) if denom > 0 else float("nan")
 
 
@@ -204,7 +240,16 @@ class InvariantProjection(LinearProjection):
 
     ``lam_mode="relative"`` uses ``lam * trace(Z^T Z) / trace(Delta^T Delta)`` so that
     lam = 1 weighs the two energies equally whatever the scale of the deltas; the
-    value used is stored in ``lam_effective_``.
+    value used is stored in ``lam_effective_``. A negative lam is accepted only with
+    ``selection="as_released"`` (as the released code does; with a warning).
+
+    Rank deficiency (fewer independent pair rows than D): the directions that no row of Z
+    or Delta touches have eigenvalue 0 in M, so with a large lam they outrank every touched
+    direction (whose eigenvalues go negative) and a plain top-K would keep directions the
+    data never saw. ``selection="top"`` therefore solves the eigenproblem inside the span
+    of the rows of [Z; Delta] (the untouched directions are dropped) and raises when K
+    exceeds that rank; ``eigenvalues_`` then holds the rank-many eigenvalues of that span.
+    ``as_released`` keeps the released code's full D x D eigenproblem.
 
     Attributes: ``components_`` (K, D) orthonormal rows, in the order selected;
     ``eigenvalues_`` (D,) all eigenvalues of M, descending; ``lam_effective_``;
@@ -221,12 +266,20 @@ class InvariantProjection(LinearProjection):
 
     def _fit_moments(self, moments: PairMoments) -> None:
         k = _check_n_components(self.n_components, moments.dim)
-        lam = _check_lam(self.lam)
         _check_choice(self.selection, "selection", SELECTIONS)
+        lam = _check_lam(self.lam, self.selection)
         _check_choice(self.lam_mode, "lam_mode", LAM_MODES)
         if self.lam_mode == "relative":
             lam *= moments.relative_lam_scale()
-        values, vectors = moments.eigh(lam)  # ascending
+        basis = moments.touched_basis() if self.selection == "top" else None
+        if basis is None:
+            values, vectors = moments.eigh(lam)  # ascending
+        else:
+            if k > basis.shape[1]:
+                raise ValueError(f"n_components={k} exceeds the {basis.shape[1]} directions that the pairs touch "
+                                 "(rank of [Z; Delta]); lower K or add pairs")
+            values, inner = scipy.linalg.eigh(basis.T @ (moments.zz - lam * moments.dd) @ basis)
+            vectors = basis @ inner
         chosen = vectors[:, -k:][:, ::-1] if self.selection == "top" else vectors[:, :k]
         self.components_ = _flip_signs(chosen.T)
         self.eigenvalues_ = values[::-1].copy()
@@ -280,41 +333,52 @@ class NullSpaceProjection(LinearProjection):
 
 
 class OrthCaliProjection(LinearProjection):
-    """Orth-Cali (Chuang et al. 2023): ``P = P0 (I + lam S)^-1``, applied as ``x -> P x``.
+    """Orth-Cali as published (Chuang et al. 2023, "Debiasing Vision-Language Models via Biased
+    Prompts"; their code: chingyaoc/debias_vl, discriminative/main.py).
 
-    ``S = Delta^T Delta / n`` is the mean outer product of the pair differences. In the
-    original, ``P0`` projects away the embeddings of spurious prompts; we have no such
-    prompts, so ``P0 = I - U_r U_r^T`` removes the top ``n_removed`` eigenvectors of S
-    (the dominant spurious directions). ``components_`` is therefore the D x D matrix P,
-    neither orthonormal nor a reduction: the output keeps D dims and lam is the knob.
-    ``lam_mode="relative"`` scales lam by ``D / trace(S)`` so that lam = 1 makes the
-    shrinkage's mean eigenvalue 2, whatever the scale of the deltas.
+    ``fit(Z, Z_do, spurious)``: rows of Z / Z_do are positive prompt pairs (same class, different
+    spurious attribute), ``spurious`` the embeddings of class-free spurious prompts; all are
+    L2-normalised first, as in their code. Then
+
+        P0 = I - V (V^T V)^-1 V^T          (V: D x S, the normalised spurious prompts as columns)
+        M  = mean over pairs of (z_i - z_j)(z_i - z_j)^T
+        P  = P0 (I + lam M)^-1,            lam = 1000 by default (theirs)
+
+    ``components_`` is P, and ``transform(X) = X P^T``. The method is meant for the class
+    TEXT embeddings only (then re-normalised); images stay untouched, so evaluation scores it
+    zero-shot only. V (V^T V)^-1 V^T is computed as V pinv(V), the same projector, which also
+    holds when two spurious prompts coincide. Without spurious prompts P0 = I; without pairs
+    M = 0 (each half of the method alone); with neither there is nothing to fit.
     """
 
     _orthonormal = False
 
-    def __init__(self, lam: float = 1000.0, n_removed: int = 1, lam_mode: str = "absolute") -> None:
+    def __init__(self, lam: float = 1000.0) -> None:
         self.lam = lam
-        self.n_removed = n_removed
-        self.lam_mode = lam_mode
 
-    def _fit_moments(self, moments: PairMoments) -> None:
-        dim = moments.dim
+    def fit(self, Z: object, Z_do: object, spurious: object = None) -> "OrthCaliProjection":
         lam = _check_lam(self.lam)
-        _check_choice(self.lam_mode, "lam_mode", LAM_MODES)
-        r = _check_n_removed(self.n_removed, dim)
-        S = moments.dd
-        if self.lam_mode == "relative":
-            trace = float(np.trace(S))
-            if trace == 0.0:
-                raise ValueError("all pairs are identical (Delta = 0): a relative lam is undefined; use lam_mode='absolute'")
-            lam *= dim / trace
-        values, vectors = moments.eigh(None)
-        top = vectors[:, dim - r :]
-        p0 = np.eye(dim) - top @ top.T
-        self.components_ = p0 @ scipy.linalg.solve(np.eye(dim) + lam * S, np.eye(dim), assume_a="pos")
-        self.eigenvalues_ = values[::-1].copy()
+        Z, Z_do = _as_matrix(Z, "Z"), _as_matrix(Z_do, "Z_do")
+        if Z.shape != Z_do.shape:
+            raise ValueError(f"Z {Z.shape} and Z_do {Z_do.shape} must have the same shape (row i pairs with row i)")
+        dim = Z.shape[1]
+        V = np.zeros((0, dim)) if spurious is None else _as_matrix(spurious, "spurious")
+        if V.shape[1] != dim:
+            raise ValueError(f"spurious prompts have {V.shape[1]} dims, the pairs {dim}")
+        if len(Z) == 0 and len(V) == 0:
+            raise ValueError("Orth-Cali needs positive prompt pairs or spurious prompts (text banks); got neither")
+        p0 = np.eye(dim) - (_unit_rows(V).T @ np.linalg.pinv(_unit_rows(V).T) if len(V) else 0.0)
+        delta = _unit_rows(Z) - _unit_rows(Z_do)
+        M = _moment(delta) if len(delta) else np.zeros((dim, dim))
+        self.components_ = p0 @ np.linalg.inv(np.eye(dim) + lam * M)
+        self.n_features_in_ = dim
         self.lam_effective_ = lam
+        return self
+
+
+def _unit_rows(X: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0)
 
 
 class IdentityProjection(LinearProjection):
@@ -338,13 +402,14 @@ METHOD_LABELS: dict[str, str] = {
 }
 
 # Factories (n_components, lam, lam_mode) -> unfitted estimator. orth_cali keeps all D
-# dims (lam is its knob) and ignores n_components; pca ignores lam.
+# dims, has its own lam (EvalConfig.orth_cali_lam, 1000 as published) and fits on text, not
+# on the image pairs; pca ignores lam.
 METHODS: Registry[Callable[[int, float, str], LinearProjection]] = Registry("projection method")
 METHODS.register("icm", lambda k, lam, mode: InvariantProjection(k, lam, "top", mode))
 METHODS.register("icm_as_released", lambda k, lam, mode: InvariantProjection(k, lam, "as_released", mode))
 METHODS.register("pca", lambda k, lam, mode: PCAProjection(k))
 METHODS.register("null_space", lambda k, lam, mode: NullSpaceProjection(n_components=k))
-METHODS.register("orth_cali", lambda k, lam, mode: OrthCaliProjection(lam, lam_mode=mode))
+METHODS.register("orth_cali", lambda k, lam, mode: OrthCaliProjection())
 # The full-space probe trained on the source rows plus the intervened images of the pair sets
 # (evaluation.AUGMENTED_PROBE): what a practitioner tries first.
 METHODS.register("augmentation", lambda k, lam, mode: IdentityProjection())

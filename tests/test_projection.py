@@ -11,6 +11,7 @@ from clip_icm.projection import (
     METHODS,
     InvariantProjection,
     NullSpaceProjection,
+    NegativeLamWarning,
     OrthCaliProjection,
     RankDeficientWarning,
     make_projection,
@@ -52,6 +53,8 @@ def test_fit_transform_matches_fit_then_transform(method, pairs):
     assert est.n_features_in_ == D
     if method == "augmentation":  # the identity: the full space, no spectrum
         np.testing.assert_array_equal(est.components_, np.eye(D))
+        return
+    if method == "orth_cali":  # calibrates with P = P0 (I + lam M)^-1: no eigenproblem, no spectrum
         return
     assert est.eigenvalues_.shape == (D,)
     assert np.all(np.diff(est.eigenvalues_) <= 1e-9)  # descending
@@ -125,19 +128,89 @@ def test_null_space_n_removed_equals_complement(pairs):
         NullSpaceProjection(n_removed=D).fit(Z, Z_do)
 
 
-def test_orth_cali_matches_formula(pairs):
+def _chuang_transcription(spurious, candidates, S, lam):
+    """Chuang et al.'s debias_vl (discriminative/main.py), line for line: TruncatedSVD basis of
+    the normalised spurious prompts, get_A / get_M over index pairs S, P = P0 inv(lam M + I)."""
+    from sklearn.decomposition import TruncatedSVD
+
+    unit = lambda X: X / np.linalg.norm(X, axis=1, keepdims=True)  # noqa: E731 (their F.normalize)
+    spurious, candidates = unit(spurious), unit(candidates)
+    tsvd = TruncatedSVD(n_components=len(spurious))
+    tsvd.fit_transform(spurious)
+    basis = tsvd.components_.T
+    P0 = np.eye(len(basis)) - basis @ np.linalg.inv(basis.T @ basis) @ basis.T
+    M = np.zeros((candidates.shape[1],) * 2)
+    for i, j in S:
+        zi, zj = candidates[i][:, None], candidates[j][:, None]
+        M += zi @ zi.T + zj @ zj.T - zi @ zj.T - zj @ zi.T
+    M /= len(S)
+    return P0 @ np.linalg.inv(lam * M + np.eye(len(M)))
+
+
+def test_orth_cali_matches_published_formula_and_removes_the_spurious_direction():
+    gen = np.random.default_rng(3)
+    dim, spurious_dir = 8, np.eye(8)[0]
+    # Class prompts: a class part plus a known spurious part along e0 ("on the beach").
+    classes = gen.normal(size=(3, dim)) * np.r_[0.0, np.ones(dim - 1)] + 2.0 * spurious_dir
+    # Spurious prompts: class-free, e0 plus a little of a shared "a photo of" direction e7.
+    spurious = np.array([spurious_dir + 0.1 * np.eye(dim)[7], spurious_dir - 0.1 * np.eye(dim)[7]])
+    candidates = np.concatenate([classes, classes + gen.normal(size=(3, dim)) * 0.3])
+    S = [(c, c + 3) for c in range(3)]  # same class, different spurious attribute
+    lam = 1000.0
+    est = OrthCaliProjection(lam).fit(candidates[:3], candidates[3:], spurious)
+    np.testing.assert_allclose(est.components_, _chuang_transcription(spurious, candidates, S, lam), atol=1e-8)
+    calibrated = est.transform(classes / np.linalg.norm(classes, axis=1, keepdims=True))
+    np.testing.assert_allclose(calibrated @ spurious.T, 0.0, atol=1e-10)  # span of the spurious prompts: gone
+    assert np.abs(calibrated[:, 1:7]).max() > 1e-4  # ... but not everything is gone
+    # Only spurious prompts: P = P0 exactly, the orthogonal projector away from them.
+    only = OrthCaliProjection(lam).fit(np.zeros((0, dim)), np.zeros((0, dim)), spurious)
+    V = spurious.T
+    np.testing.assert_allclose(only.components_, np.eye(dim) - V @ np.linalg.inv(V.T @ V) @ V.T, atol=1e-10)
+    with pytest.raises(ValueError, match="neither"):
+        OrthCaliProjection().fit(np.zeros((0, dim)), np.zeros((0, dim)))
+    with pytest.raises(ValueError, match="dims"):
+        OrthCaliProjection().fit(candidates[:3], candidates[3:], spurious[:, :4])
+
+
+def test_negative_lam_only_with_the_released_slice(pairs):
     Z, Z_do, _ = pairs
-    lam, r = 5.0, 2
-    S = (Z - Z_do).T @ (Z - Z_do) / len(Z)
-    _, vectors = np.linalg.eigh(S)
-    U = vectors[:, -r:]
-    P = (np.eye(D) - U @ U.T) @ np.linalg.inv(np.eye(D) + lam * S)
-    est = OrthCaliProjection(lam, n_removed=r).fit(Z, Z_do)
-    np.testing.assert_allclose(est.components_, P, atol=1e-10)
-    Y = est.transform(Z)
-    np.testing.assert_allclose(Y, Z @ P.T, atol=1e-10)
-    # Least-squares preimage: mapping it forward again reproduces Y.
-    np.testing.assert_allclose(est.transform(est.inverse_transform(Y)), Y, atol=1e-6)
+    with pytest.raises(ValueError, match="negative lam is accepted only with selection='as_released'"):
+        InvariantProjection(K_INV, -10.0, "top").fit(Z, Z_do)
+    with pytest.warns(NegativeLamWarning, match="rewards the directions that move"):
+        est = InvariantProjection(K_INV, -10.0, "as_released").fit(Z, Z_do)
+    M = Z.T @ Z / len(Z) + 10.0 * (Z - Z_do).T @ (Z - Z_do) / len(Z)
+    _, vectors = np.linalg.eigh(M)
+    np.testing.assert_allclose(np.abs(est.components_ @ vectors[:, :K_INV]), np.eye(K_INV), atol=1e-8)
+
+
+def test_top_k_drops_directions_no_pair_touches():
+    gen = np.random.default_rng(1)
+    # 6 pairs in a D = 12 space, all inside the first 5 coordinates (rank 5 < D).
+    Z = np.c_[gen.normal(size=(6, 5)), np.zeros((6, 7))]
+    Z_do = Z + np.c_[gen.normal(size=(6, 2)), np.zeros((6, 10))]
+    with pytest.warns(RankDeficientWarning):
+        est = InvariantProjection(4, 1e4).fit(Z, Z_do)
+    # A plain top-4 of the D x D M would keep untouched zero-eigenvalue directions (coordinates 5..11)
+    # above the touched ones that lam pushes negative; the rule keeps only touched directions.
+    np.testing.assert_allclose(est.components_[:, 5:], 0.0, atol=1e-10)
+    values = np.linalg.eigvalsh(Z.T @ Z / 6 - 1e4 * (Z - Z_do).T @ (Z - Z_do) / 6)
+    assert np.sum(values > -1e-9) > 4  # ... which a plain top-4 would have taken: zeros and the 3 positive
+    assert est.eigenvalues_.shape == (5,)
+    with pytest.warns(RankDeficientWarning), pytest.raises(ValueError, match="exceeds the 5 directions"):
+        InvariantProjection(6, 1e4).fit(Z, Z_do)
+
+
+def test_centred_invariance_ratio():
+    gen = np.random.default_rng(0)
+    # A large common mean along e0; the interventions move e1 only.
+    Z = gen.normal(size=(300, 3)) + np.array([50.0, 0.0, 0.0])
+    Z_do = Z + np.c_[np.zeros(300), gen.normal(size=300), np.zeros(300)]
+    est = InvariantProjection(2, 0.0).fit(Z, Z_do)  # PCA-like: keeps the mean direction e0 and one more
+    plain, centred = est.invariance_ratio(Z, Z_do), est.invariance_ratio(Z, Z_do, centred=True)
+    assert plain < 0.05 < 0.3 < centred  # the mean hides the movement; centring shows it
+    A = est.components_
+    expected = np.linalg.norm((Z - Z_do) @ A.T) / np.linalg.norm((Z - Z.mean(axis=0)) @ A.T)
+    assert centred == pytest.approx(expected)
 
 
 BAD_INPUTS = [
@@ -153,6 +226,11 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("bad, message", BAD_INPUTS)
 def test_bad_pairs_raise_named_value_error(method, bad, message, pairs):
     Z, Z_do, _ = pairs
+    if method == "orth_cali" and message == "at least 2 pairs":
+        # Orth-Cali is a calibration, not an estimate: one prompt pair (or none, with spurious
+        # prompts) is a valid input; test_orth_cali_* covers what it rejects.
+        assert OrthCaliProjection().fit(*bad(Z, Z_do)).components_.shape == (D, D)
+        return
     with pytest.raises(ValueError, match=message):
         make_projection(method, K_INV, 1.0).fit(*bad(Z, Z_do))
 
