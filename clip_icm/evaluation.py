@@ -8,8 +8,10 @@ Protocol (DomainBed's leave-one-domain-out, training-domain validation):
 - the linear probe is trained on the source domains' train rows, its C chosen on
   the source domains' validation rows;
 - target rows score the WHOLE target domain (DomainBed convention; the released
-  code scores the target's 20% holdout instead); source rows score that source
-  domain's validation rows.
+  code scores the target's 20% holdout instead, as ``EvalConfig(protocol="released")``
+  does: see clip_icm/protocols.py); source rows score that source domain's validation rows.
+- text prompts that name the target domain are dropped from every fit unless
+  ``keep_target_styles``; the open-class task fits on base classes only.
 Nothing that chooses K, lam or C ever reads a target label: selection works on a
 copy of the EmbeddingSet from which the target domain has been removed.
 """
@@ -24,8 +26,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from clip_icm import protocols
 from clip_icm.embeddings import EmbeddingSet
-from clip_icm.projection import METHOD_LABELS, LinearProjection, PairMoments, make_projection, stack_pairs
+from clip_icm.interventions import names_domain
+from clip_icm.projection import (METHOD_LABELS, LinearProjection, OrthCaliProjection, PairMoments, make_projection,
+                                 stack_pairs)
+from clip_icm.seeding import rng, seed_hash
 
 ALL_METHODS = tuple(METHOD_LABELS)  # every registered method (one label each), in display order
 FULL_SPACE = "CLIP"
@@ -38,12 +44,22 @@ AUGMENTED_PROBE = frozenset({"augmentation"})
 # Zero-shot prompt sets: the class names in the template set the embeddings were built with,
 # or each class described by its usual look in the source training rows (EmbeddingSet.look_prompts).
 PROMPT_SETS = {"classes": "class names", "usual_look": "each class by its usual source look"}
+# Methods that calibrate the class text only (Orth-Cali as published): images stay untouched,
+# so there is no projected image space for a linear probe; its probe rows are n/a (NaN).
+TEXT_ONLY = frozenset({"orth_cali"})
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """One evaluation setting. ``pair_sets=None`` uses every pair set of the EmbeddingSet;
-    ``pair_weights`` maps pair-set names to weights (see :func:`stack_pairs`)."""
+    ``pair_weights`` maps pair-set names to weights (see :func:`stack_pairs`).
+
+    ``protocol``: a name in :data:`clip_icm.protocols.PROTOCOLS` ("ours" or "released").
+    ``orth_cali_lam``: Orth-Cali's own lam (1000 as published; it never uses ICM's lam).
+    ``keep_target_styles``: in leave-one-domain-out, text prompts whose variant words name the
+    held-out domain ("a sketch of a {}." when the target is "sketch") are dropped from every
+    fit by default, since they are prior knowledge of the target's shift; True keeps them."""
+
 
     n_components: int = 64
     lam: float = 1000.0
@@ -54,6 +70,9 @@ class EvalConfig:
     probe_Cs: tuple[float, ...] = (0.01, 0.1, 1.0)
     prompts: str = "classes"
     seed: int = 0
+    protocol: str = "ours"
+    orth_cali_lam: float = 1000.0
+    keep_target_styles: bool = False
 
     def __post_init__(self) -> None:
         if self.prompts not in PROMPT_SETS:
@@ -91,6 +110,13 @@ def zero_shot_predict(
     if projection is not None:
         X = projection.transform(X)
     return np.argmax(_normalise(X) @ zero_shot_classifier(text_features, projection, renormalize).T, axis=1)
+
+
+def zero_shot_predict_text_only(features: np.ndarray, text_features: np.ndarray, projection: object) -> np.ndarray:
+    """Zero-shot for a text-only method (Orth-Cali): class text calibrated by ``projection`` and
+    re-normalised, image features untouched."""
+    weights = zero_shot_classifier(text_features, projection)
+    return np.argmax(_normalise(np.asarray(features, dtype=np.float64)) @ weights.T, axis=1)
 
 
 def fit_linear_probe(
@@ -137,10 +163,23 @@ def _check_target(emb: EmbeddingSet, target: str | None) -> None:
 
 
 def _pair_sets(emb: EmbeddingSet, target: str | None, config: EvalConfig) -> list:
-    """The configured pair sets without the pairs whose image is from ``target``."""
+    """The configured pair sets without the pairs whose image is from ``target`` (and, unless
+    ``keep_target_styles``, without the prompts that name ``target``)."""
     names = config.pair_sets if config.pair_sets is not None else [p.name for p in emb.pairs]
     pair_sets = [emb.pair_set(name) for name in names]
-    return pair_sets if target is None else [p.excluding(target) for p in pair_sets]
+    if target is None:
+        return pair_sets
+    pair_sets = [p.excluding(target) for p in pair_sets]
+    return pair_sets if config.keep_target_styles else [_without_styles(p, target) for p in pair_sets]
+
+
+def _without_styles(pairs, target: str):
+    """The pairs (or prompts) whose variant words do not name ``target``."""
+    if pairs is None or pairs.variant_words is None:
+        return pairs
+    return pairs.subset(np.array([not names_domain(w, target) for w in pairs.variant_words], dtype=bool))
+
+
 
 
 class _Memo:
@@ -167,7 +206,7 @@ class _Memo:
 
 def _moments(emb: EmbeddingSet, target: str | None, config: EvalConfig) -> PairMoments:
     weights = dict(config.pair_weights or {})
-    key = ("moments", target, config.pair_sets, tuple(sorted(weights.items())))
+    key = ("moments", target, config.pair_sets, tuple(sorted(weights.items())), config.keep_target_styles)
     memo = _Memo.of(emb)
     if key not in memo:
         memo[key] = PairMoments.of(*stack_pairs(_pair_sets(emb, target, config), weights))
@@ -180,8 +219,54 @@ def fit_projection(
     """The projection of ``method`` fitted on pairs whose image is not from ``target``
     (None = all pairs). Used by evaluation and by the dashboard (spectrum, UMAP)."""
     _check_target(emb, target)
+    emb, config = apply_protocol(emb, config)
+    if method in TEXT_ONLY:
+        return _fit_orth_cali(emb, target, config)
     return make_projection(method, config.n_components, config.lam, config.lam_mode).fit_moments(
         _moments(emb, target, config))
+
+
+def _fit_orth_cali(emb: EmbeddingSet, target: str | None, config: EvalConfig) -> LinearProjection:
+    """Orth-Cali from the text banks: positive pairs = every text pair set (same class, anchor vs
+    variant prompt; whatever sets ICM is fitted on), spurious prompts = the banks' class-free
+    prompts; its own lam."""
+    text = _pair_sets(emb, target, replace(config, pair_sets=tuple(p.name for p in emb.pairs if p.kind == "text")))
+    dim = emb.features.shape[1]
+    Z = np.concatenate([p.z for p in text]) if text else np.zeros((0, dim))
+    Z_do = np.concatenate([p.z_do for p in text]) if text else np.zeros((0, dim))
+    spurious = emb.spurious
+    if target is not None and not config.keep_target_styles:
+        spurious = _without_styles(spurious, target)
+    return OrthCaliProjection(config.orth_cali_lam).fit(Z, Z_do, None if spurious is None else spurious.z)
+
+
+def apply_protocol(emb: EmbeddingSet, config: EvalConfig) -> tuple[EmbeddingSet, EvalConfig]:
+    """The EmbeddingSet and config as the protocol sees them: its pair kinds, its one prompt
+    template, its lam scale. Idempotent, and the identity for "ours"."""
+    spec = protocols.PROTOCOLS.get(config.protocol)
+    if spec.lam_mode is not None:
+        config = replace(config, lam_mode=spec.lam_mode)
+    if spec.pair_kinds is not None:
+        # Through pair_sets, not by dropping sets: Orth-Cali still reads the text banks it is built from.
+        names = [p.name for p in emb.pairs if p.kind in spec.pair_kinds]
+        if not names:
+            raise ValueError(f"the {spec.label} protocol fits on {'/'.join(spec.pair_kinds)} pairs; "
+                             f"this data has none (pair sets: {', '.join(p.name for p in emb.pairs) or 'none'})")
+        # The protocol fixes the kind of pairs: the chosen sets of that kind, or all of them when
+        # none of the chosen sets is one (the demo's default true swaps, say).
+        chosen = [n for n in config.pair_sets or () if n in names] or names
+        config = replace(config, pair_sets=tuple(chosen))
+    if spec.template is not None and config.prompts != "classes":
+        raise ValueError(f"the {spec.label} protocol scores zero-shot with the prompt {spec.template!r}; "
+                         f"prompts={config.prompts!r} cannot be used with it")
+    if spec.template is not None and emb.templates != (spec.template,):
+        if emb.templates is None or spec.template not in emb.templates:
+            raise ValueError(f"the {spec.label} protocol scores zero-shot with the prompt {spec.template!r}; "
+                             f"these embeddings have {list(emb.templates or [])} (embed with templates 'single' "
+                             "or 'ensemble')")
+        row = emb.templates.index(spec.template)
+        emb = replace(emb, text_features=emb.text_features[row:row + 1], templates=(spec.template,))
+    return emb, config
 
 
 def with_prompts(emb: EmbeddingSet, target: str | None, prompts: str) -> EmbeddingSet:
@@ -191,7 +276,7 @@ def with_prompts(emb: EmbeddingSet, target: str | None, prompts: str) -> Embeddi
     if target not in emb.look_prompts:
         raise ValueError(f"prompts={prompts!r} needs the usual-look prompts for target {target!r} "
                          "(ToyDomains data embedded with InterventionConfig(look_prompts=True))")
-    return replace(emb, text_features=emb.look_prompts[target])
+    return replace(emb, text_features=emb.look_prompts[target], templates=None)  # described, not templated
 
 
 def _rows_by_domain(emb: EmbeddingSet, target: str) -> dict[str, np.ndarray]:
@@ -215,16 +300,17 @@ class _Predictor:
     """One method's fitted predictors (zero-shot weights and linear probe) over its projection.
     ``projected`` holds the EmbeddingSet's own rows, projected once for both protocols."""
 
-    def __init__(self, projection, probe: Pipeline, weights: np.ndarray, projected: np.ndarray) -> None:
+    def __init__(self, projection, probe, weights: np.ndarray, projected: np.ndarray) -> None:
         self.projection, self.probe, self.weights, self.projected = projection, probe, weights, projected
 
     def project(self, X: np.ndarray) -> np.ndarray:
         return X if self.projection is None else self.projection.transform(X)
 
-    def predict(self, projected: np.ndarray, protocol: str) -> np.ndarray:
+    def predict(self, projected: np.ndarray, protocol: str) -> np.ndarray | None:
+        """Class indices; None for the probe of a text-only method (it has none)."""
         if protocol == ZERO_SHOT:
             return np.argmax(_normalise(np.asarray(projected, dtype=np.float64)) @ self.weights.T, axis=1)
-        return self.probe.predict(projected)
+        return None if self.probe is None else self.probe.predict(projected)
 
     def predict_rows(self) -> dict[str, np.ndarray]:
         """Both protocols' class index of every row of the EmbeddingSet it was fitted on."""
@@ -234,18 +320,35 @@ class _Predictor:
 def _fit_predictor(emb: EmbeddingSet, target: str | None, method: str, projection, config: EvalConfig
                    ) -> _Predictor:
     """Zero-shot weights and a linear probe over ``projection``, fitted on source rows (and, for an
-    augmented method, source pairs) only: what scoring and selection apply to any rows."""
-    source = _source_mask(emb, target)
-    projected = emb.features if projection is None else projection.transform(emb.features)
+    augmented method, source pairs) only: what scoring and selection apply to any rows. A
+    text-only method (Orth-Cali) calibrates the class text and leaves the images as they are:
+    no probe. The protocol says which probe and whether projected text is re-normalised."""
+    zero_shot = _zero_shot_only(emb, method, projection, config)
+    if method in TEXT_ONLY:
+        return zero_shot
+    source, projected = _source_mask(emb, target), zero_shot.projected
     train_X, train_y = projected[source & emb.is_train], emb.labels[source & emb.is_train]
     if method in AUGMENTED_PROBE:
         extra_X, extra_y = _augmented_rows(emb, target, config)
         train_X = np.concatenate([train_X, extra_X if projection is None else projection.transform(extra_X)])
         train_y = np.concatenate([train_y, extra_y])
     val = source & ~emb.is_train
-    probe = fit_linear_probe(train_X, train_y, projected[val], emb.labels[val], config.probe_Cs, config.seed)
-    weights = zero_shot_classifier(emb.text_features, projection, method not in RELEASED_SCORING)
-    return _Predictor(projection, probe, weights, projected)
+    if protocols.PROTOCOLS.get(config.protocol).probe == "released":
+        probe = protocols.released_probe(train_X, train_y)
+    else:
+        probe = fit_linear_probe(train_X, train_y, projected[val], emb.labels[val], config.probe_Cs, config.seed)
+    return _Predictor(projection, probe, zero_shot.weights, projected)
+
+
+def _zero_shot_only(emb: EmbeddingSet, method: str, projection, config: EvalConfig) -> _Predictor:
+    """Zero-shot weights over ``projection`` and no probe (nothing fitted on rows): the open-class
+    task and text-only methods. The protocol says whether projected text is re-normalised."""
+    spec = protocols.PROTOCOLS.get(config.protocol)
+    renormalise = method in TEXT_ONLY or (spec.renormalise and method not in RELEASED_SCORING)
+    weights = zero_shot_classifier(emb.text_features, projection, renormalise)
+    image_projection = None if method in TEXT_ONLY else projection
+    projected = emb.features if image_projection is None else image_projection.transform(emb.features)
+    return _Predictor(image_projection, None, weights, projected)
 
 
 def predict_all(emb: EmbeddingSet, target: str, method: str = FULL_SPACE, config: EvalConfig = EvalConfig()
@@ -253,19 +356,30 @@ def predict_all(emb: EmbeddingSet, target: str, method: str = FULL_SPACE, config
     """Class index of every row under each protocol, for ``method`` (FULL_SPACE = CLIP) fitted
     with ``target`` held out, as evaluate_split scores them (for confusion matrices)."""
     _check_target(emb, target)
+    emb, config = apply_protocol(emb, config)
     emb = with_prompts(emb, target, config.prompts)
     return _fit_predictor(emb, target, method, _fitted(emb, target, method, config), config).predict_rows()
+
+
+def scored_rows(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConfig()) -> dict[str, np.ndarray]:
+    """Boolean masks of the scored rows per domain: each source's validation rows; the whole target
+    domain, or its released 20 % holdout under the released protocol."""
+    scored = _rows_by_domain(emb, target)
+    if target is not None and protocols.PROTOCOLS.get(config.protocol).target_rows == "holdout":
+        scored[target] = protocols.released_holdout(emb.domains, emb.paths, target)
+    return scored
 
 
 def _score_method(emb, target, method, projection, config) -> list[dict]:
     predicted = _fit_predictor(emb, target, method, projection, config).predict_rows()
     rows = []
-    for domain, mask in _rows_by_domain(emb, target).items():
+    for domain, mask in scored_rows(emb, target, config).items():
         for protocol, pred in predicted.items():
-            acc = float(np.mean(pred[mask] == emb.labels[mask])) if mask.any() else float("nan")
+            ok = pred is not None and mask.any()
+            acc = float(np.mean(pred[mask] == emb.labels[mask])) if ok else float("nan")
             role = "target" if domain == target else "source"
             rows.append(dict(target=target, domain=domain, role=role, method=method, protocol=protocol,
-                             accuracy=acc, n=int(mask.sum())))
+                             accuracy=acc, n=int(mask.sum()), preset=config.protocol))
     return rows
 
 
@@ -287,6 +401,7 @@ def _fitted(emb: EmbeddingSet, target: str | None, method: str, config: EvalConf
 
 def _fit_and_score(emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig) -> list[dict]:
     """_score_method for ``method`` fitted on the pairs whose image is not from ``target``."""
+    emb, config = apply_protocol(emb, config)
     return _score_method(emb, target, method, _fitted(emb, target, method, config), config)
 
 
@@ -295,6 +410,7 @@ def evaluate_split(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConf
     if target is None:
         raise ValueError("evaluate_split needs a target domain")
     _check_target(emb, target)
+    emb, config = apply_protocol(emb, config)
     emb = with_prompts(emb, target, config.prompts)
     rows = list(_full_space_rows(emb, target, config))
     for method in config.methods:
@@ -367,6 +483,9 @@ def _interventional_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig,
     if not emb.intervened_val:
         raise ValueError("scoring='interventional' needs intervened validation rows: embed with "
                          "InterventionConfig(intervened_val=('counterfactual',)) on ToyDomains or ('image',) elsewhere")
+    if method in TEXT_ONLY and protocol == LINEAR_PROBE:
+        raise ValueError(f"{method} calibrates class text only: it has no {protocol} to score")
+    emb, config = apply_protocol(emb, config)
     predictor = _fit_predictor(emb, None, method, _fitted(emb, None, method, config), config)
     return _worst_case_validation(emb, predictor, protocol)
 
@@ -484,3 +603,94 @@ def sweep(
                 target_accuracy=float(frame.loc[frame.role == "target", "accuracy"].item()),
             ))
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- open-class task
+# The released code's default task ("in the wild"): half the classes are base classes, the rest
+# new; the projection is fitted on the base classes of the source domains only, and zero-shot
+# over ALL class names scores base and new classes on every domain (new classes are known to
+# the model only by their name). Zero-shot only, as in the released code: a probe trained on
+# base classes cannot name a new one.
+TASKS = ("domain_shift", "open_class")
+OPEN_CLASS_COLUMNS = ("base", "new", "harmonic mean")
+
+
+def class_split(n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded 50/50 split of class indices into (base, new), each sorted; the released code takes
+    the first half of the sorted class names instead (no seed). At least 2 classes on each side."""
+    n_base = n_classes // 2
+    if n_base < 2 or n_classes - n_base < 2:
+        raise ValueError(f"the open-class task needs at least 2 base and 2 new classes; {n_classes} classes "
+                         f"split 50/50 give {n_base} and {n_classes - n_base}")
+    order = rng("class split", seed).permutation(n_classes)
+    return np.sort(order[:n_base]), np.sort(order[n_base:])
+
+
+def restrict_to_classes(emb: EmbeddingSet, classes: np.ndarray) -> EmbeddingSet:
+    """A copy with only the rows and pairs of ``classes`` (labels keep their indices; class names and
+    class text stay whole); every pair set must carry class labels."""
+    keep = np.isin(emb.labels, classes)
+    return replace(
+        emb, features=emb.features[keep], labels=emb.labels[keep], domains=emb.domains[keep],
+        is_train=emb.is_train[keep], pairs=[p.for_classes(classes) for p in emb.pairs],
+        paths=None if emb.paths is None else emb.paths[keep], key=f"{emb.key}-classes-{seed_hash(classes.tolist())}",
+        intervened_val=[c.for_classes(classes) for c in emb.intervened_val],
+    )
+
+
+def evaluate_open_class(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConfig(),
+                        split_seed: int = 0) -> pd.DataFrame:
+    """Per-domain zero-shot accuracy on base and new classes (and their harmonic mean) for CLIP and
+    every configured method, each projection fitted on the base classes of the source domains.
+
+    Scored rows as in :func:`evaluate_split` with the whole target domain (the released open-class
+    test is the whole target too). Columns: target, domain, role, method, protocol, classes
+    (base / new / harmonic mean), accuracy, n, preset, K, lam, lam_mode, split_seed.
+    """
+    if target is None:
+        raise ValueError("evaluate_open_class needs a target domain")
+    _check_target(emb, target)
+    emb, config = apply_protocol(emb, config)
+    emb = with_prompts(emb, target, config.prompts)
+    base, new = class_split(len(emb.class_names), split_seed)
+    base_only = restrict_to_classes(emb, base)  # the only data any fit below sees
+    rows = []
+    for method in (FULL_SPACE, *config.methods):
+        projection = None if method == FULL_SPACE else fit_projection(base_only, target, method, config)
+        zero_shot = _zero_shot_only(emb, method, projection, config)
+        pred = zero_shot.predict(zero_shot.projected, ZERO_SHOT)
+        rows += _open_class_rows(emb, target, method, pred, base, config.protocol)
+    frame = pd.DataFrame(rows)
+    frame["K"], frame["lam"], frame["lam_mode"], frame["split_seed"] = (config.n_components, config.lam,
+                                                                         config.lam_mode, split_seed)
+    return frame
+
+
+def _open_class_rows(emb, target, method, pred, base, preset) -> list[dict]:
+    rows = []
+    for domain, mask in _rows_by_domain(emb, target).items():
+        is_base = np.isin(emb.labels, base)
+        acc = {}
+        for name, part in (("base", mask & is_base), ("new", mask & ~is_base)):
+            right = float(np.mean(pred[part] == emb.labels[part])) if part.any() else float("nan")
+            acc[name] = (right, int(part.sum()))
+        acc["harmonic mean"] = (harmonic_mean(acc["base"][0], acc["new"][0]), int(mask.sum()))
+        for name in OPEN_CLASS_COLUMNS:
+            rows.append(dict(target=target, domain=domain, role="target" if domain == target else "source",
+                             method=method, protocol=ZERO_SHOT, classes=name, accuracy=acc[name][0],
+                             n=acc[name][1], preset=preset))
+    return rows
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """2ab / (a + b); 0 when both are 0, NaN when either is unknown (a domain without such rows)."""
+    if np.isnan(a) or np.isnan(b):
+        return float("nan")
+    return 2 * a * b / (a + b) if a + b > 0 else 0.0
+
+
+def open_class_leave_one_domain_out(emb: EmbeddingSet, targets: list[str] | None = None,
+                                    config: EvalConfig = EvalConfig(), split_seed: int = 0) -> pd.DataFrame:
+    """evaluate_open_class for every target domain (default: all), concatenated."""
+    targets = emb.domain_names if targets is None else list(targets)
+    return pd.concat([evaluate_open_class(emb, t, config, split_seed) for t in targets], ignore_index=True)

@@ -82,9 +82,12 @@ def test_linear_probe_chooses_c_on_validation(emb):
     probe = fit_linear_probe(emb.features[train], emb.labels[train], emb.features[val], emb.labels[val], Cs)
     chosen = probe[-1].C
     assert chosen in Cs
-    for C in Cs:
-        other = fit_linear_probe(emb.features[train], emb.labels[train], emb.features[val], emb.labels[val], (C,))
-        assert probe.score(emb.features[val], emb.labels[val]) >= other.score(emb.features[val], emb.labels[val])
+    # C is tried along one warm-started path (tol 1e-3), so a cold refit at one C can differ by a
+    # few rows; compare along the same path instead: every prefix of the grid walks the same fits,
+    # so the kept model's score can only grow with the prefix and ends at the path's best.
+    scores = [fit_linear_probe(emb.features[train], emb.labels[train], emb.features[val], emb.labels[val],
+                               Cs[:i + 1]).score(emb.features[val], emb.labels[val]) for i in range(len(Cs))]
+    assert scores == sorted(scores) and scores[-1] == probe.score(emb.features[val], emb.labels[val])
     with pytest.raises(ValueError, match="2 classes"):
         fit_linear_probe(emb.features[:5], np.zeros(5), emb.features[:5], np.zeros(5))
 
@@ -100,7 +103,10 @@ def test_evaluate_split_rows(emb):
     for domain in DOMAINS[:-1]:
         n_val = int(((emb.domains == domain) & ~emb.is_train).sum())
         assert (frame[frame.domain == domain].n == n_val).all()
-    assert frame.accuracy.between(0, 1).all()
+    text_only_probe = (frame.method == "orth_cali") & (frame.protocol == "linear probe")
+    assert frame.accuracy[text_only_probe].isna().all()  # Orth-Cali calibrates text: no probe (n/a)
+    assert frame.accuracy[~text_only_probe].between(0, 1).all()
+    assert (frame.preset == "ours").all()
 
 
 def test_icm_beats_full_space_on_shifted_target(emb):
