@@ -43,9 +43,10 @@ import numpy as np
 from clip_icm.backend import (ClipBackend, ImageDecodeError, ModelConfig, file_stamp, load_model, model_key,
                               sha256_file)
 from clip_icm.datasets import DomainScan, load_image, scan_domain_folder, split_mask
-from clip_icm.embeddings import EmbeddingSet, PairSet
+from clip_icm.embeddings import EmbeddingSet, PairSet, PromptSet
 from clip_icm.interventions import (IMAGE_INTERVENTIONS, ZERO_SHOT_TEMPLATES, RandomIntervention, TextBank,
-                                    cross_modal_texts, make_image_intervention, make_text_pairs, resolve_banks)
+                                    cross_modal_texts, cross_modal_words, make_image_intervention, make_text_pairs,
+                                    resolve_banks, spurious_prompts, text_pair_words)
 from clip_icm.seeding import rng, seed_hash
 from clip_icm.store import EmbeddingStore, atomic_write, make_key
 
@@ -353,7 +354,8 @@ def embed_dataset(
     prompts = [t.format(c) for t in templates for c in class_names]
     text = embedder.texts("class prompts", prompts).reshape(len(templates), len(class_names), -1)
     key = make_key("embedding set", embedder.key, hashes.tolist(), asdict(data), _config_id(interventions))
-    emb = EmbeddingSet(features, labels, domains, is_train, class_names, text, pairs, paths, key, intervened_val, look)
+    emb = EmbeddingSet(features, labels, domains, is_train, class_names, text, pairs, paths, key, intervened_val, look,
+                       templates=tuple(templates), spurious=_spurious(embedder, interventions))
     return EmbeddingRun(emb, scan, skipped, embedder.loaded, embedder.computed, embedder.reused)
 
 
@@ -556,11 +558,21 @@ def _text_pairs(embedder, cfg, class_names, rows: _Rows) -> list[PairSet]:
         return []
     out = []
     for bank in resolve_banks(cfg.text_banks):
-        texts, texts_do, _ = make_text_pairs(class_names, [bank], cfg.text_pairs_per_class, cfg.seed)
+        texts, texts_do, classes = make_text_pairs(class_names, [bank], cfg.text_pairs_per_class, cfg.seed)
+        words = np.array(text_pair_words(class_names, [bank], cfg.text_pairs_per_class, cfg.seed))
         both = embedder.texts(f"text:{bank.name}", texts + texts_do)
-        out.append(PairSet(f"text:{bank.name}", "text", both[:len(texts)], both[len(texts):]))
+        out.append(PairSet(f"text:{bank.name}", "text", both[:len(texts)], both[len(texts):], None, classes, words))
     if cfg.cross_modal:
         picked = _pair_rows(rows.is_train, cfg.n_pairs, cfg.seed, "cross-modal")
         texts_do = cross_modal_texts(rows.labels[picked], class_names, cfg.text_banks, cfg.seed)
-        out.append(rows.pair_set("cross-modal", "cross-modal", picked, embedder.texts("cross-modal", texts_do)))
+        pairs = rows.pair_set("cross-modal", "cross-modal", picked, embedder.texts("cross-modal", texts_do))
+        out.append(replace(pairs, variant_words=np.array(cross_modal_words(len(picked), cfg.text_banks, cfg.seed))))
     return out
+
+
+def _spurious(embedder, cfg) -> PromptSet | None:
+    """The banks' class-free prompts (Orth-Cali's spurious prompts), embedded; None without banks."""
+    if not cfg.text_banks:
+        return None
+    texts, words = spurious_prompts(resolve_banks(cfg.text_banks))
+    return PromptSet(np.array(texts), embedder.texts("spurious prompts", texts), np.array(words))
