@@ -1,0 +1,96 @@
+"""Leave-one-domain-out drops the prompts that name the held-out domain (unless asked to keep them),
+and Orth-Cali is built from the text banks: spurious prompts and same-class prompt pairs."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from clip_icm.embeddings import PairSet, PromptSet
+from clip_icm.evaluation import EvalConfig, evaluate_split, fit_projection
+from clip_icm.interventions import names_domain, spurious_prompts, text_pair_words, variant_words
+from clip_icm.projection import InvariantProjection, OrthCaliProjection, stack_pairs
+from clip_icm.scm import SCMConfig, make_embedding_set
+
+WORDS = np.array(["sketch", "painting", "on sandy beach", "black and white"])
+CONFIG = EvalConfig(n_components=6, lam=1e3, methods=("icm", "orth_cali"))
+
+
+@pytest.fixture(scope="module")
+def emb():
+    base = make_embedding_set(SCMConfig(n_invariant=6, n_variant=10, n_classes=3, seed=2), 100,
+                              ("photo", "art_painting", "sketch"))
+    text = base.pair_set("text")
+    words = WORDS[np.arange(len(text.z)) % len(WORDS)]
+    spurious = PromptSet(np.array([f"{w} thing" for w in WORDS]), base.spurious.z[:4], WORDS)
+    return replace(base, pairs=[base.pair_set("true"), replace(text, variant_words=words)], spurious=spurious)
+
+
+def test_domain_names_match_variant_words():
+    assert variant_words("a photo of a {}.", "a sketch of a {}.") == "sketch"
+    assert variant_words("a photo of a {}.", "a photo of a {} on a sandy beach.") == "on sandy beach"
+    assert names_domain("painting", "art_painting") and names_domain("clipart", "Clipart")
+    assert names_domain("pixel art", "Art") and names_domain("sketch", "sketch")
+    assert not names_domain("black and white", "photo")  # the anchor's own word is never a variant word
+    assert not names_domain("on sandy beach", "Real World") and not names_domain("a", "a")
+    texts, words = spurious_prompts(("styles",))
+    assert texts[0] == "a sketch of a thing." and words[0] == "sketch" and "{}" not in "".join(texts)
+    assert len(text_pair_words(["dog", "cat"], ("styles",), 3)) == 6
+
+
+def _fitted_on(emb, target, keep):
+    pairs = [p.excluding(target) for p in emb.pairs]
+    if not keep:
+        pairs = [p if p.variant_words is None else p.subset(~np.isin(p.variant_words, keep_out(target)))
+                 for p in pairs]
+    return InvariantProjection(6, 1e3).fit(*stack_pairs(pairs))
+
+
+def keep_out(target):
+    return [w for w in WORDS if names_domain(w, target)]
+
+
+@pytest.mark.parametrize("target, dropped", [("sketch", ["sketch"]), ("art_painting", ["painting"]), ("photo", [])])
+def test_target_named_prompts_are_dropped_by_default(emb, target, dropped):
+    assert keep_out(target) == dropped
+    default = fit_projection(emb, target, "icm", CONFIG)
+    np.testing.assert_allclose(default.components_, _fitted_on(emb, target, keep=False).components_, atol=1e-10)
+    kept = fit_projection(emb, target, "icm", replace(CONFIG, keep_target_styles=True))
+    np.testing.assert_allclose(kept.components_, _fitted_on(emb, target, keep=True).components_, atol=1e-10)
+    assert (np.abs(kept.components_ - default.components_).max() > 1e-6) == bool(dropped)
+
+
+def test_orth_cali_from_the_banks_drops_target_prompts_and_calibrates_text_only(emb):
+    fitted = fit_projection(emb, "sketch", "orth_cali", CONFIG)
+    assert isinstance(fitted, OrthCaliProjection) and fitted.lam_effective_ == 1000.0  # its own lam
+    text = emb.pair_set("text")
+    keep = text.variant_words != "sketch"
+    spurious = emb.spurious.z[emb.spurious.variant_words != "sketch"]
+    direct = OrthCaliProjection(1000.0).fit(text.z[keep], text.z_do[keep], spurious)
+    np.testing.assert_allclose(fitted.components_, direct.components_, atol=1e-10)
+    unit = spurious / np.linalg.norm(spurious, axis=1, keepdims=True)
+    np.testing.assert_allclose(fitted.components_.T @ unit.T, 0.0, atol=1e-8)  # P's outputs lose the prompts
+    other = fit_projection(emb, "sketch", "orth_cali", replace(CONFIG, orth_cali_lam=10.0))
+    assert other.lam_effective_ == 10.0
+    frame = evaluate_split(emb, "sketch", CONFIG)
+    orth = frame[frame.method == "orth_cali"].set_index("protocol").accuracy
+    assert orth["linear probe"].isna().all() and orth["zero-shot"].notna().all()
+
+
+def test_orth_cali_leaves_images_untouched(emb):
+    """Zero-shot = argmax of cos(raw image, re-normalised P t_c): no P on the image side."""
+    from clip_icm.evaluation import predict, zero_shot_classifier
+
+    fitted = fit_projection(emb, "sketch", "orth_cali", CONFIG)
+    weights = zero_shot_classifier(emb.text_features, fitted)
+    expected = np.argmax(emb.features @ weights.T, axis=1)
+    np.testing.assert_array_equal(predict(emb, "sketch", "orth_cali", fitted, CONFIG)["zero-shot"], expected)
+    twice = np.argmax(fitted.transform(emb.features) @ weights.T, axis=1)  # what projecting images would give
+    assert (twice != expected).any()
+
+
+def test_pair_set_columns_follow_subsets():
+    p = PairSet("t", "text", np.eye(3), np.eye(3) * 2, None, np.array([0, 1, 2]), np.array(["a", "b", "c"]))
+    sub = p.subset(np.array([True, False, True]))
+    assert sub.labels.tolist() == [0, 2] and sub.variant_words.tolist() == ["a", "c"]
+    with pytest.raises(ValueError, match="labels"):
+        PairSet("t", "text", np.eye(3), np.eye(3), labels=np.array([0]))
