@@ -353,10 +353,12 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--k", type=int, default=None, help="invariant dimension K (default min(64, D/2))")
     # Relative by default: the useful absolute lam depends on ||Delta|| / ||Z||, which differs per
     # model and intervention (on toy-clip the released default of 1000 erases the classes).
-    ev.add_argument("--lam", type=float, default=1.0, help="intervention weight lambda (default %(default)g)")
-    ev.add_argument("--lam-mode", default="relative", choices=("absolute", "relative"),
+    ev.add_argument("--lam", type=float, default=None,
+                    help="intervention weight lambda (default 1, relative; 1000, absolute, with --protocol released)")
+    ev.add_argument("--lam-mode", default=None, choices=("absolute", "relative"),
                     help="relative (default): lam x tr(Z'Z)/tr(Delta'Delta), so 1 weighs both terms equally; "
-                         "absolute: the released code's scale (it used 1000)")
+                         "absolute: the released code's scale (it used 1000; the released protocol's only mode)")
+
     ev.add_argument("--methods", metavar="LIST", type=_csv_names, default=None,
                     help="projections: icm, icm_as_released, pca, null_space, orth_cali (default all)")
     ev.add_argument("--pair-sets", metavar="LIST", type=_csv_names, default=None,
@@ -368,6 +370,19 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
                     "(default: interventional on the demo, none elsewhere)")
     ev.add_argument("--select-for", default="probe", choices=("probe", "zero-shot"),
                     help="which predictor the selection rule scores (default %(default)s)")
+    ev.add_argument("--protocol", metavar="NAME", default="ours",
+                    help="ours (default) or released: the released code's pipeline (image pairs only, the one "
+                    "prompt 'a photo of a {}.', absolute lam, LogisticRegression(C=0.316) on raw projected features, "
+                    "the target's 20%% holdout, fp32 forward passes; K and lam fixed unless --select)")
+    ev.add_argument("--task", metavar="NAME", default="domain_shift",
+                    help="domain_shift (default) or open_class: a seeded 50/50 class split (--seed), fits on the "
+                    "base classes of the source domains, zero-shot base / new / harmonic-mean accuracy at the "
+                    "fixed --k / --lam")
+    ev.add_argument("--keep-target-styles", action="store_true",
+                    help="keep the text prompts that name the held-out domain (default: dropped from every fit, "
+                    "since they are prior knowledge of the target's shift)")
+    ev.add_argument("--orth-cali-lam", metavar="LAM", type=float, default=1000.0,
+                    help="Orth-Cali's own lambda (default %(default)g, as published)")
     ev.add_argument("--out", metavar="FILE", default=None, help="write the tidy rows to a .csv or .json file")
     p.set_defaults(run=_run_evaluate)
 
@@ -390,17 +405,45 @@ def _eval_config(args: argparse.Namespace, dim: int, methods: tuple[str, ...]):
     if not 1 <= k <= dim:
         raise ValueError(f"--k must be between 1 and the embedding dimension {dim}, got {k}")
     pair_sets = args.pair_sets
-    if pair_sets is None and _on_demo(args) and args.true_swaps is None:
+    # The demo's true-swap default is ours; the released protocol fits on the image pairs instead.
+    if pair_sets is None and _on_demo(args) and args.true_swaps is None and args.protocol == "ours":
         pair_sets = DEMO_PAIR_SETS
     return EvalConfig(n_components=k, lam=args.lam, lam_mode=args.lam_mode, methods=methods,
-                      pair_sets=pair_sets, prompts=args.prompts, seed=args.seed)
+                      pair_sets=pair_sets, prompts=args.prompts, seed=args.seed, protocol=args.protocol,
+                      orth_cali_lam=args.orth_cali_lam, keep_target_styles=args.keep_target_styles)
+
+
+def _protocol_args(args: argparse.Namespace):
+    """Check --protocol / --task and fill what the protocol fixes (lam scale, precision) into args."""
+    from clip_icm.evaluation import TASKS
+    from clip_icm.protocols import PROTOCOLS
+
+    spec = PROTOCOLS.get(args.protocol)  # KeyError listing the valid names
+    if args.task not in TASKS:
+        raise ValueError(f"unknown task {args.task!r}; available: {', '.join(TASKS)}")
+    if args.task == "open_class" and args.select not in (None, "none"):
+        raise ValueError("--task open_class evaluates at the fixed --k / --lam; drop --select")
+    if spec.lam_mode is not None and args.lam_mode not in (None, spec.lam_mode):
+        raise ValueError(f"--protocol {spec.name} uses a {spec.lam_mode} lam; drop --lam-mode {args.lam_mode}")
+    if spec.precision is not None and args.precision not in ("auto", spec.precision):
+        raise ValueError(f"--protocol {spec.name} runs {spec.precision} forward passes; drop --precision "
+                         f"{args.precision}")
+    # Ours: relative lam 1 by default (the useful absolute lam depends on ||Delta|| / ||Z||, see --lam).
+    args.lam_mode = args.lam_mode or spec.lam_mode or "relative"
+    args.lam = args.lam if args.lam is not None else (spec.lam or 1.0)
+    args.precision = spec.precision or args.precision
+    return spec
+
+
 
 
 def _selection(args: argparse.Namespace) -> str | None:
     """The selection rule's name, or None for the fixed --k / --lam."""
     from clip_icm.defaults import DEMO_SELECTION
 
-    rule = args.select if args.select is not None else (DEMO_SELECTION if _on_demo(args) else "none")
+    # The demo's default rule belongs to our protocol; the released one fixes K and lam, as its code does.
+    default = DEMO_SELECTION if _on_demo(args) and args.protocol == "ours" and args.task == "domain_shift" else "none"
+    rule = args.select if args.select is not None else default
     return None if rule == "none" else rule
 
 
@@ -414,7 +457,8 @@ def _accuracy_table(frame: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
     rows["method"] = rows.method.map(method_label)
     rows["protocol"] = rows.protocol.map(lambda p: "probe" if p == LINEAR_PROBE else p)
     order = list(dict.fromkeys(zip(rows.method, rows.protocol)))
-    table = rows.pivot_table(index="domain", columns=["method", "protocol"], values="accuracy", sort=False)[order]
+    table = rows.pivot_table(index="domain", columns=["method", "protocol"], values="accuracy", sort=False,
+                             dropna=False)[order]  # dropna=False keeps Orth-Cali's n/a probe column
     first = rows.groupby("domain", sort=False).first()
     table.insert(0, ("", "n"), first.n)
     table.insert(1, ("", "K"), first.K.astype(str))
@@ -431,9 +475,41 @@ def _accuracy_table(frame: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
 def _table_text(table: pd.DataFrame) -> str:
     import pandas as pd
 
+    from clip_icm.evaluation import TEXT_ONLY
+    from clip_icm.service import method_label
+
     # n is a count: pivoting made it a float, and 18.000 images reads as a measurement.
-    n_column = {("", "n"): lambda v: "failed" if pd.isna(v) else str(int(v))}
-    return table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="failed", formatters=n_column)
+    columns = {("", "n"): lambda v: "failed" if pd.isna(v) else str(int(v))}
+    # a text-only method (Orth-Cali) has no probe: n/a, not a failure
+    columns.update({(method_label(m), "probe"): lambda v: "n/a" if pd.isna(v) else f"{v:.3f}" for m in TEXT_ONLY
+                    if (method_label(m), "probe") in table.columns})
+    return table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="failed", formatters=columns)
+
+
+def _evaluate_header(args: argparse.Namespace, spec, config) -> str:
+    rows = "the target's 20% holdout" if spec.target_rows == "holdout" else "whole target domain"
+    probe = ("LogisticRegression(C=0.316) on raw projected features" if spec.probe == "released"
+             else "probe C chosen on source validation rows")
+    task = "Open-class (zero-shot, base / new classes)" if args.task == "open_class" else "Leave-one-domain-out"
+    styles = "kept" if config.keep_target_styles else "dropped"
+    return (f"{task}, target accuracy ({rows}); protocol: {spec.label}; {probe}; prompts naming the target: "
+            f"{styles}; Orth-Cali lam={config.orth_cali_lam:g}, zero-shot only (probe n/a)")
+
+
+def _open_class_table(frame: pd.DataFrame, spec) -> pd.DataFrame:
+    """Open-class: one row per held-out domain, columns (method, base / new / harmonic mean)."""
+    from clip_icm.service import method_label
+
+    rows = frame[frame.role == "target"].copy()
+    rows["method"] = rows.method.map(method_label)
+    rows["classes"] = rows.classes.replace({"harmonic mean": "HM"})
+    order = list(dict.fromkeys(zip(rows.method, rows.classes)))
+    table = rows.pivot_table(index="domain", columns=["method", "classes"], values="accuracy", sort=False,
+                             dropna=False)[order]
+    table.index.name = f"target [protocol: {spec.label}]"
+    if len(table) > 1:
+        table.loc["mean"] = table.mean(numeric_only=True)
+    return table
 
 
 def _write_results(path: str, frame: pd.DataFrame, run, config, failed: dict[str, str]) -> None:
@@ -458,8 +534,9 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
 
     if args.k is not None and args.k < 1:
         raise ValueError(f"--k must be at least 1, got {args.k}")
-    if not math.isfinite(args.lam) or args.lam < 0:
-        raise ValueError(f"--lam must be a finite number >= 0, got {args.lam}")
+    if not math.isfinite(args.lam) or args.lam < 0 and tuple(args.methods or ()) != ("icm_as_released",):
+        raise ValueError(f"--lam must be a finite number >= 0, got {args.lam} (a negative lam is accepted only "
+                         "with --methods icm_as_released, the released slice, as the released code does)")
     if args.out is None:
         return
     if os.path.isdir(args.out):
@@ -500,6 +577,19 @@ def _evaluate_splits(args, run, config, targets: list[str], rule: str | None,
     return _concat(frames), failed
 
 
+def _open_class_splits(args, run, config, targets: list[str]) -> pd.DataFrame:
+    """The open-class task per target at the fixed K and lam (seeded class split: --seed)."""
+    from threadpoolctl import threadpool_limits
+
+    from clip_icm.evaluation import open_class_leave_one_domain_out
+
+    with threadpool_limits(1, user_api="blas"):  # many small LAPACK calls, as in _evaluate_splits
+        frame = open_class_leave_one_domain_out(run.embeddings, targets, config, split_seed=args.seed)
+    if args.out:
+        _write_results(args.out, frame, run, config, {})
+    return frame
+
+
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     import pandas as pd
 
@@ -509,6 +599,7 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from clip_icm.evaluation import LINEAR_PROBE, PROMPT_SETS, SCORING_LABELS, ZERO_SHOT
 
+    spec = _protocol_args(args)  # fills the lam and precision the protocol fixes; checks protocol and task names
     _check_evaluate_args(args)
     methods = _methods(args)  # before embedding: a typo must not cost an embedding run
     start = time.perf_counter()
@@ -518,16 +609,23 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     targets = list(emb.domain_names) if args.target == "all" else [args.target]
     rule = _selection(args)
     protocol = LINEAR_PROBE if args.select_for == "probe" else ZERO_SHOT
-    frame, failed = _evaluate_splits(args, run, config, targets, rule, protocol)
+    if args.task == "open_class":
+        frame, failed = _open_class_splits(args, run, config, targets), {}
+    else:
+        frame, failed = _evaluate_splits(args, run, config, targets, rule, protocol)
     print(_run_summary(run, time.perf_counter() - start))
     chosen = (f"K, lam chosen per target by {SCORING_LABELS[rule]} ({protocol}), source data only, no target label"
               if rule else f"K={config.n_components}, lam={config.lam:g} fixed")
     pairs = ",".join(config.pair_sets) if config.pair_sets else "all built"
-    print(f"Leave-one-domain-out, target accuracy (whole target domain); {chosen}; lam {config.lam_mode}; "
-          f"fitted on pair sets: {pairs}; zero-shot prompts: {PROMPT_SETS[config.prompts]}; probe C chosen on "
-          "source validation rows\n")
-    if len(frame):
-        print(_table_text(_accuracy_table(frame, targets)))
+    print(_evaluate_header(args, spec, config) + f"; {chosen}; lam {config.lam_mode}; fitted on pair sets: {pairs}; "
+          f"zero-shot prompts: {PROMPT_SETS[config.prompts]}\n")
+    if args.task == "open_class":
+        print(_open_class_table(frame, spec).to_string(float_format=lambda v: f"{v:.3f}", na_rep="n/a"))
+        print()
+    elif len(frame):
+        table = _accuracy_table(frame, targets)
+        table.index.name = f"target [protocol: {spec.label}]"
+        print(_table_text(table))
         print()
     print(_skipped_text(run.skipped))
     if args.out:

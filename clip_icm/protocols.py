@@ -44,6 +44,7 @@ class Protocol:
     target_rows:     "whole" (DomainBed convention) or "holdout" (the released 20 %)
     renormalise:     re-normalise projected class text before the cosine (the released code does not)
     precision:       forward-pass precision of the model
+    lam:             the default lam (the released ``estimate_content`` default, 1000)
     """
 
     name: str
@@ -55,12 +56,13 @@ class Protocol:
     target_rows: str
     renormalise: bool
     precision: str | None
+    lam: float | None = None
 
 
 PROTOCOLS: Registry[Protocol] = Registry("evaluation protocol")
 PROTOCOLS.register("ours", Protocol("ours", "this project", None, None, None, "tuned", "whole", True, None))
 PROTOCOLS.register("released", Protocol("released", "released code", ("image",), RELEASED_TEMPLATE, "absolute",
-                                        "released", "holdout", False, "fp32"))
+                                        "released", "holdout", False, "fp32", 1000.0))
 
 
 def protocol_label(name: str) -> str:
