@@ -226,6 +226,8 @@ class Fit:
     invariance_ratio: float
     full_ratio: float
     ratio_pairs: str
+    # ||Delta A|| / ||(Z - mean Z) A||: CLIP's large common mean flatters the uncentred ratio
+    centred_ratio: float = float("nan")
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         return self.projection.transform(X)
@@ -236,9 +238,11 @@ class Fit:
 
 
 def eval_config(K: int, lam: float, lam_mode: str = "absolute", methods: tuple[str, ...] = ("icm",),
-                pair_sets: tuple[str, ...] | None = None, prompts: str = "classes") -> evaluation.EvalConfig:
+                pair_sets: tuple[str, ...] | None = None, prompts: str = "classes", eval_protocol: str = "ours",
+                keep_target_styles: bool = False) -> evaluation.EvalConfig:
     return evaluation.EvalConfig(n_components=int(K), lam=float(lam), lam_mode=lam_mode, methods=tuple(methods),
-                                 pair_sets=tuple(pair_sets) if pair_sets is not None else None, prompts=prompts)
+                                 pair_sets=tuple(pair_sets) if pair_sets is not None else None, prompts=prompts,
+                                 protocol=eval_protocol, keep_target_styles=keep_target_styles)
 
 
 def _guard(what: str, call: Callable, *args, **kwargs):
@@ -257,6 +261,7 @@ def fit(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConf
         method=method, K=config.n_components, lam=config.lam, lam_mode=config.lam_mode, target=target,
         projection=projection, invariance_ratio=projection.invariance_ratio(Z, Z_do),
         full_ratio=float(np.linalg.norm(Z - Z_do) / max(np.linalg.norm(Z), 1e-12)), ratio_pairs=which,
+        centred_ratio=projection.invariance_ratio(Z, Z_do, centred=True),
     )
 
 
@@ -273,6 +278,21 @@ def _ratio_pairs(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) 
 def evaluate(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) -> pd.DataFrame:
     """evaluation.evaluate_split, with user errors as ServiceError."""
     return _guard("Could not evaluate", evaluation.evaluate_split, emb, target, config)
+
+
+def evaluate_open_class(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) -> pd.DataFrame:
+    """evaluation.evaluate_open_class (seeded 50/50 class split), with user errors as ServiceError."""
+    return _guard("Could not evaluate the open-class task", evaluation.evaluate_open_class, emb, target, config,
+                  config.seed)
+
+
+def open_class_wide(frame: pd.DataFrame, target: str) -> pd.DataFrame:
+    """Open-class rows as one row per method, columns (domain, base / new / harmonic mean)."""
+    table = frame.assign(method=frame["method"].map(method_label),
+                         domain=[f"{d} (target)" if d == target else d for d in frame["domain"]])
+    wide = table.pivot_table(index="method", columns=["domain", "classes"], values="accuracy", sort=False,
+                             dropna=False)
+    return wide.rename_axis(None)
 
 
 def method_label(method: str) -> str:
@@ -296,7 +316,8 @@ def accuracy_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 def accuracy_wide(table: pd.DataFrame, target: str) -> pd.DataFrame:
     """One row per method/protocol, one column per domain (target marked), plus target change vs CLIP."""
-    wide = table.pivot_table(index="label", columns="domain", values="accuracy", sort=False)
+    wide = table.pivot_table(index="label", columns="domain", values="accuracy", sort=False,
+                             dropna=False)  # keeps Orth-Cali's n/a probe row
     wide = wide[list(dict.fromkeys(table["domain"]))]
     change = table[table["domain"] == target].set_index("label")["change_vs_clip"]
     wide.columns = [f"{d} (target)" if d == target else d for d in wide.columns]
@@ -420,7 +441,10 @@ def plot_ids(emb: EmbeddingSet, max_points: int = MAP_POINTS, seed: int = 0) -> 
 
 
 def predictions(emb: EmbeddingSet, projection: object = None, method: str = "icm") -> np.ndarray:
-    """Zero-shot class index per row in the full space (no projection) or a projected one."""
+    """Zero-shot class index per row in the full space (no projection) or a projected one
+    (a text-only method, Orth-Cali, calibrates the class text and leaves the images as they are)."""
+    if method in evaluation.TEXT_ONLY:
+        return evaluation.predict(emb, None, method, projection)[evaluation.ZERO_SHOT]
     renormalise = method not in evaluation.RELEASED_SCORING
     return evaluation.zero_shot_predict(emb.features, emb.text_features, projection, renormalise)
 

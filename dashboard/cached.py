@@ -46,6 +46,11 @@ def evaluate(emb_key: str, target: str, config: evaluation.EvalConfig, _emb: Emb
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
+def evaluate_open_class(emb_key: str, target: str, config: evaluation.EvalConfig, _emb: EmbeddingSet) -> pd.DataFrame:
+    return service.evaluate_open_class(_emb, target, config)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
 def choose(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, Ks: tuple, lams: tuple,
            scoring: str, protocol: str, _emb: EmbeddingSet) -> tuple[int, float, pd.DataFrame]:
     return service.choose_hyperparameters(_emb, target, method, config, Ks, lams, scoring, protocol)

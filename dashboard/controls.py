@@ -201,6 +201,9 @@ class ProjectionChoice:
     protocol: str  # what the selection rule scores: evaluation.LINEAR_PROBE or ZERO_SHOT
     prompts: str  # a key of evaluation.PROMPT_SETS
     pair_sets: tuple[str, ...]
+    eval_protocol: str = "ours"  # a name in clip_icm.protocols.PROTOCOLS (ours / released)
+    task: str = "domain_shift"
+    keep_target_styles: bool = False
 
 
 def domains_ui(emb: EmbeddingSet, default_target: str) -> tuple[str, tuple[str, ...]]:
@@ -250,8 +253,30 @@ def projection_ui(emb: EmbeddingSet, default_target: str, defaults: dict) -> Pro
     protocols = [evaluation.LINEAR_PROBE, evaluation.ZERO_SHOT]
     protocol = st.radio("Selection scores the", protocols, horizontal=True, disabled=selection == "off",
                         key=_valid("ctl_select_protocol", protocols, evaluation.LINEAR_PROBE))
+    eval_protocol, task, keep = protocol_ui()
     return ProjectionChoice(target, sources, method, tuple(baselines), lam_mode, selection, protocol, prompts,
-                            tuple(pairs))
+                            tuple(pairs), eval_protocol, task, keep)
+
+
+TASK_LABELS = {"domain_shift": "Domain shift (all classes)", "open_class": "Open class (50/50 base / new)"}
+
+
+def protocol_ui() -> tuple[str, str, bool]:
+    """Evaluation protocol (ours or the released code's), task, and whether prompts naming the target stay."""
+    from clip_icm.protocols import PROTOCOLS
+
+    names = PROTOCOLS.available()
+    protocol = st.radio("Evaluation protocol", names, format_func=lambda n: PROTOCOLS.get(n).label,
+                        horizontal=True, key=_valid("ctl_protocol", names, "ours"),
+                        help="released code: image pairs only, the one prompt 'a photo of a {}.', absolute lam, "
+                        "LogisticRegression(C=0.316) on raw projected features, the target's 20% holdout, fp32")
+    task = st.radio("Task", list(TASK_LABELS), format_func=TASK_LABELS.get, horizontal=True,
+                    key=_valid("ctl_task", list(TASK_LABELS), "domain_shift"),
+                    help="open class: fit on half the classes (seeded), score base and new classes zero-shot")
+    keep = st.checkbox("Keep text prompts that name the target domain", key=_default("ctl_keep_styles", False),
+                       help="Off (default): 'a sketch of a {}.' is left out of every fit when sketch is held out, "
+                       "since it is prior knowledge of the target's shift.")
+    return protocol, task, bool(keep)
 
 
 def _selection_off() -> None:
@@ -281,7 +306,8 @@ def _valid_multi(key: str, options: list[str], default: list[str] | None = None)
 
 
 def eval_config(choice: ProjectionChoice, K: int, lam: float, methods: tuple[str, ...]) -> evaluation.EvalConfig:
-    return service.eval_config(K, lam, choice.lam_mode, methods, choice.pair_sets or None, choice.prompts)
+    return service.eval_config(K, lam, choice.lam_mode, methods, choice.pair_sets or None, choice.prompts,
+                               choice.eval_protocol, choice.keep_target_styles)
 
 
 def colour_ui() -> str:

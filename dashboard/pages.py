@@ -183,6 +183,9 @@ def _summary(ctx: Context) -> None:
 
 def _accuracy_section(ctx: Context, K: int, lam: float):
     c, emb = ctx.choice, ctx.emb
+    _protocol_note(ctx)
+    if c.task == "open_class":
+        return _open_class_section(ctx, K, lam)
     st.subheader("Accuracy per domain")
     try:
         frames = [cached.evaluate(emb.key, c.target, controls.eval_config(c, K, lam, (m,)), emb)
@@ -198,11 +201,44 @@ def _accuracy_section(ctx: Context, K: int, lam: float):
     chart.plotly_chart(figures.accuracy_bars(table, c.target, title), key="accuracy_chart")
     wide = service.accuracy_wide(table, c.target)
     change = "target change vs CLIP"
-    numbers.dataframe(wide.style.format("{:.1%}", subset=[col for col in wide.columns if col != change])
-                      .format("{:+.1%}", subset=[change]))
+    numbers.dataframe(wide.style.format("{:.1%}", subset=[col for col in wide.columns if col != change], na_rep="n/a")
+                      .format("{:+.1%}", subset=[change], na_rep="n/a"))
     st.caption("Source columns score each source domain's validation rows; the target column scores the whole "
                "held-out domain. The target change is against CLIP in the full space with the same protocol.")
     return table
+
+
+def _protocol_note(ctx: Context) -> None:
+    """Name the protocol above every table, and say when the embeddings do not match the released fp32."""
+    from clip_icm.protocols import PROTOCOLS
+
+    spec = PROTOCOLS.get(ctx.choice.protocol)
+    rows = "the target's 20% holdout" if spec.target_rows == "holdout" else "the whole target domain"
+    st.caption(f"Protocol: **{spec.label}** (target scored on {rows}). Orth-Cali calibrates class text only: "
+               "zero-shot, its probe is n/a.")
+    if spec.precision and ctx.request.source != "synthetic":
+        try:
+            _, precision = service.device_and_precision(ctx.request.device, ctx.request.precision)
+        except (ValueError, RuntimeError):
+            return
+        if precision != spec.precision:
+            st.warning(f"The {spec.label} protocol runs {spec.precision} forward passes; these embeddings are "
+                       f"{precision}. Set Precision to {spec.precision} under Data and model.")
+
+
+def _open_class_section(ctx: Context, K: int, lam: float):
+    c, emb = ctx.choice, ctx.emb
+    st.subheader("Open class: zero-shot accuracy on base and new classes")
+    try:
+        frame = cached.evaluate_open_class(emb.key, c.target,
+                                           controls.eval_config(c, K, lam, (c.method, *c.baselines)), emb)
+    except service.ServiceError as e:
+        st.error(str(e))
+        return None
+    st.dataframe(service.open_class_wide(frame, c.target).style.format("{:.1%}", na_rep="n/a"))
+    st.caption("A seeded half of the classes (base) is all any fit sees, from the source domains only; zero-shot "
+               "then names every class. HM: harmonic mean of base and new accuracy.")
+    return None
 
 
 def _headline(table, choice: controls.ProjectionChoice) -> None:
@@ -348,8 +384,11 @@ def diagnostics_page() -> None:
     c1, c2 = st.columns(2)
     c1.metric("Invariance ratio ||ΔA|| / ||ZA||", f"{fit.invariance_ratio:.3f}",
               f"{fit.invariance_ratio - fit.full_ratio:+.3f} vs full space ({fit.full_ratio:.3f})", delta_color="inverse")
+    c1.metric("Centred invariance ratio ||ΔA|| / ||(Z − mean Z)A||", f"{fit.centred_ratio:.3f}")
     c2.caption(f"Measured on {fit.ratio_pairs}. Small means the kept directions barely move when the variant "
-               "factors are intervened on.")
+               "factors are intervened on. The uncentred ratio is flattered by CLIP's large common mean (any "
+               "subspace that keeps the mean direction looks invariant); the centred one compares the movement "
+               "with the spread between images.")
     if fit.eigenvalues is not None and fit.method in ("icm", "icm_as_released", "pca"):
         selection = "as_released" if fit.method == "icm_as_released" else "top"
         st.plotly_chart(figures.spectrum_figure(fit.eigenvalues, K, selection), key="spectrum")
