@@ -13,6 +13,7 @@ _API: dict[str, str] = {
     # embeddings
     "EmbeddingSet": "embeddings",
     "PairSet": "embeddings",
+    "PromptSet": "embeddings",
     # registry
     "Registry": "registry",
     # projection
@@ -27,6 +28,9 @@ _API: dict[str, str] = {
     "stack_pairs": "projection",
     # evaluation
     "EvalConfig": "evaluation",
+    "class_split": "evaluation",
+    "evaluate_open_class": "evaluation",
+    "open_class_leave_one_domain_out": "evaluation",
     "evaluate_split": "evaluation",
     "fit_linear_probe": "evaluation",
     "fit_projection": "evaluation",
@@ -37,6 +41,9 @@ _API: dict[str, str] = {
     "sweep": "evaluation",
     "zero_shot_classifier": "evaluation",
     "zero_shot_predict": "evaluation",
+    # evaluation protocols (ours, the released code's)
+    "PROTOCOLS": "protocols",
+    "Protocol": "protocols",
     # scm
     "LinearSCM": "scm",
     "SCMConfig": "scm",
