@@ -507,6 +507,17 @@ def cross_modal_texts(
     return [pool[p].format(class_names[int(y)]) for p, y in zip(picks, labels)]
 
 
+def cross_modal_words(
+    n: int,
+    banks: Mapping[str, Sequence[str] | TextBank] | Iterable[str | TextBank] = ("styles", "contexts"),
+    seed: int = 0,
+) -> list[str]:
+    """The variant words of the ``n`` texts :func:`cross_modal_texts` picks (the same seeded picks)."""
+    pool = [(b.anchor, v) for b in resolve_banks(banks) for v in b.variants]
+    picks = rng("cross-modal texts", seed).integers(len(pool), size=n)
+    return [variant_words(*pool[p]) for p in picks]
+
+
 # Prompt sets for zero-shot class embeddings (text_features has one row per template).
 ZERO_SHOT_TEMPLATES: Registry[tuple[str, ...]] = Registry("zero-shot template set")
 ZERO_SHOT_TEMPLATES.register("single", (DEFAULT_TEMPLATE,))

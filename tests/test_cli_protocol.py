@@ -103,3 +103,13 @@ def test_open_class_with_too_few_classes_is_one_line(setup, tmp_path, capsys):
             "--task", "open_class"]
     assert main(args) == 1
     assert "at least 2 base and 2 new classes; 3 classes" in capsys.readouterr().err
+
+
+def test_negative_lam_is_a_clear_error_with_top_k_and_a_warning_with_the_released_slice(setup, tmp_path, capsys):
+    cache = tmp_path / "c"
+    assert main(_args(setup, cache, "--target", "sketch", "--k", "8", "--methods", "icm", "--lam", "-1")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error:") and "negative lam is accepted only with selection='as_released'" in err[-1]
+    with pytest.warns(UserWarning, match="rewards the directions that move"):
+        assert main(_args(setup, cache, "--target", "sketch", "--k", "8", "--methods", "icm_as_released",
+                          "--lam", "-1")) == 0

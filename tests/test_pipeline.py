@@ -253,3 +253,22 @@ def test_content_hashes_are_remembered_until_a_file_changes(tmp_path, model, mon
     assert hashed == [victim] and changed.computed == 1
     row = list(changed.embeddings.paths).index(victim)
     assert not np.allclose(changed.embeddings.features[row], first.embeddings.features[row])
+
+
+def test_pairs_carry_classes_and_variant_words_and_the_banks_give_spurious_prompts(tmp_path, messy, model):
+    from clip_icm.interventions import make_text_pairs, spurious_prompts
+
+    emb = _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(cross_modal=True, text_pairs_per_class=3)
+               ).embeddings
+    image = emb.pair_set("image:random")
+    rows = [int(np.flatnonzero((emb.features == z).all(axis=1))[0]) for z in image.z]
+    np.testing.assert_array_equal(image.labels, emb.labels[rows])
+    text = emb.pair_set("text:styles")
+    _, _, classes = make_text_pairs(emb.class_names, ["styles"], 3, 0)
+    np.testing.assert_array_equal(text.labels, classes)
+    assert set(text.variant_words) <= set(spurious_prompts(["styles"])[1]) and len(set(text.variant_words)) > 1
+    assert emb.pair_set("cross-modal").variant_words is not None
+    texts, words = spurious_prompts(["styles", "contexts"])
+    assert list(emb.spurious.texts) == texts and list(emb.spurious.variant_words) == words
+    assert emb.spurious.z.shape == (len(texts), emb.features.shape[1])
+    assert emb.templates is not None and len(emb.templates) == len(emb.text_features) == 8

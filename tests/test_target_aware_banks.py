@@ -94,3 +94,14 @@ def test_pair_set_columns_follow_subsets():
     assert sub.labels.tolist() == [0, 2] and sub.variant_words.tolist() == ["a", "c"]
     with pytest.raises(ValueError, match="labels"):
         PairSet("t", "text", np.eye(3), np.eye(3), labels=np.array([0]))
+
+
+def test_cross_modal_words_line_up_with_the_texts():
+    from clip_icm.interventions import cross_modal_texts, cross_modal_words
+
+    labels = np.array([0, 1, 0, 1, 1, 0, 0, 1] * 3)
+    texts = cross_modal_texts(labels, ["dog", "cat"], ("styles", "contexts"), seed=4)
+    words = cross_modal_words(len(labels), ("styles", "contexts"), seed=4)
+    assert len(set(words)) > 3
+    for text, w, y in zip(texts, words, labels):
+        assert variant_words("a photo of a {}.", text.replace(["dog", "cat"][y], "{}")) == w
