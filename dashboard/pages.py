@@ -214,8 +214,10 @@ def _protocol_note(ctx: Context) -> None:
 
     spec = PROTOCOLS.get(ctx.choice.protocol)
     rows = "the target's 20% holdout" if spec.target_rows == "holdout" else "the whole target domain"
+    scale = (f" λ is read as {spec.lam_mode} under this protocol." if spec.lam_mode
+             and spec.lam_mode != ctx.choice.lam_mode else "")
     st.caption(f"Protocol: **{spec.label}** (target scored on {rows}). Orth-Cali calibrates class text only: "
-               "zero-shot, its probe is n/a.")
+               f"zero-shot, its probe is n/a.{scale}")
     if spec.precision and ctx.request.source != "synthetic":
         try:
             _, precision = service.device_and_precision(ctx.request.device, ctx.request.precision)

@@ -21,10 +21,10 @@ def test_protocol_is_named_and_orth_cali_probe_is_n_a():
 
 
 def test_released_protocol_on_data_without_image_pairs_is_one_clear_error():
-    at = _app()
+    at = _app(ctl_lam_mode="relative")
     at.sidebar.radio(key="ctl_protocol").set_value("released").run()
     assert not at.exception
-    assert any("Protocol: **released code**" in c.value for c in at.caption)
+    assert any("Protocol: **released code**" in c.value and "absolute" in c.value for c in at.caption)
     assert [e.value for e in at.error] and "fits on image pairs" in at.error[0].value
 
 
