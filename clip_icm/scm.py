@@ -301,7 +301,8 @@ def make_embedding_set(
     shortcut, the last is the shifted one (``config.shift``). Pairs: "true" (do on z_var of
     the TRAINING rows only, as the pipeline builds pairs; the new z_var comes from the
     environments of the source domains, never from the shifted last one) and "text" (same
-    class, two templates). ``spurious`` holds each template's class-free embedding
+    class, two templates). The validation rows' true do-interventions are ``intervened_val``
+    (scored by the interventional selection rule, never fitted). ``spurious`` holds each template's class-free embedding
     (W [0; style_t]), Orth-Cali's spurious prompts.
     """
     if len(domains) < 2 or len(set(domains)) != len(domains):
@@ -320,7 +321,7 @@ def make_embedding_set(
     domain_col = np.repeat(np.array(domains), n_per_domain)
     is_train = np.concatenate([gen.permutation(n_per_domain) >= round(val_fraction * n_per_domain) for _ in domains])
     text = scm.text_features(gen)
-    train = np.flatnonzero(is_train)
+    train, val = np.flatnonzero(is_train), np.flatnonzero(~is_train)
     return EmbeddingSet(
         features=x,
         labels=labels,
@@ -331,6 +332,8 @@ def make_embedding_set(
         pairs=[PairSet("true", "true", x[train], x_do[train], domain_col[train], labels[train])] + _text_pairs(text),
         paths=np.full(len(x), ""),
         key=f"scm-{seed_hash(asdict(config), n_per_domain, domains, val_fraction):08x}",
+        intervened_val=[PairSet("do(z_var) of validation rows", "intervened validation", x[val], x_do[val],
+                                domain_col[val], labels[val])],
         spurious=_class_free(scm, gen),
     )
 

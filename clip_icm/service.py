@@ -444,7 +444,7 @@ def predictions(emb: EmbeddingSet, projection: object = None, method: str = "icm
     """Zero-shot class index per row in the full space (no projection) or a projected one
     (a text-only method, Orth-Cali, calibrates the class text and leaves the images as they are)."""
     if method in evaluation.TEXT_ONLY:
-        return evaluation.predict(emb, None, method, projection)[evaluation.ZERO_SHOT]
+        return evaluation.zero_shot_predict_text_only(emb.features, emb.text_features, projection)
     renormalise = method not in evaluation.RELEASED_SCORING
     return evaluation.zero_shot_predict(emb.features, emb.text_features, projection, renormalise)
 

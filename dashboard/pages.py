@@ -212,7 +212,7 @@ def _protocol_note(ctx: Context) -> None:
     """Name the protocol above every table, and say when the embeddings do not match the released fp32."""
     from clip_icm.protocols import PROTOCOLS
 
-    spec = PROTOCOLS.get(ctx.choice.protocol)
+    spec = PROTOCOLS.get(ctx.choice.eval_protocol)
     rows = "the target's 20% holdout" if spec.target_rows == "holdout" else "the whole target domain"
     scale = (f" λ is read as {spec.lam_mode} under this protocol." if spec.lam_mode
              and spec.lam_mode != ctx.choice.lam_mode else "")

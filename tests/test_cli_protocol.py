@@ -52,7 +52,7 @@ def test_released_protocol(setup, tmp_path, capsys, model_configs):
     assert "protocol: released code" in text and "20% holdout" in text and "C=0.316" in text
     assert "target [protocol: released code]" in text
     assert [line.split()[-1] for line in text.splitlines() if line.startswith("sketch")] == ["n/a"]  # Orth-Cali probe
-    assert "lam=1000 (absolute)" in text
+    assert "K=8, lam=1000 fixed; lam absolute" in text
     assert [m.precision for m in model_configs] == ["fp32"]
     rows = pd.read_csv(out)
     assert set(rows.preset) == {"released"} and set(rows.lam_mode) == {"absolute"} and set(rows.lam) == {1000.0}
@@ -63,7 +63,7 @@ def test_released_protocol(setup, tmp_path, capsys, model_configs):
 def test_ours_is_the_default_and_named(setup, tmp_path, capsys, model_configs):
     assert main(_args(setup, tmp_path / "c", "--target", "sketch", "--k", "8", "--methods", "icm")) == 0
     text = capsys.readouterr().out
-    assert "protocol: this project" in text and "whole target domain" in text and "lam=1 (relative)" in text
+    assert "protocol: this project" in text and "whole target domain" in text and "lam=1 fixed; lam relative" in text
     assert [m.precision for m in model_configs] == ["auto"]
 
 

@@ -18,7 +18,6 @@ from clip_icm.evaluation import (
     zero_shot_classifier,
     zero_shot_predict,
 )
-from clip_icm.embeddings import PairSet
 from clip_icm.evaluation import FULL_SPACE, LINEAR_PROBE, ZERO_SHOT, predict_all, select_and_evaluate, source_score
 from clip_icm.projection import InvariantProjection
 from clip_icm.scm import SCMConfig, make_embedding_set
@@ -31,12 +30,9 @@ CONFIG = EvalConfig(n_components=6, lam=1e4)
 @pytest.fixture(scope="module")
 def emb():
     scm = SCMConfig(n_invariant=6, n_variant=10, n_classes=3, seed=2)
-    emb = make_embedding_set(scm, n_per_domain=150, domains=DOMAINS)
-    # The SCM's true do-intervention of every row, on the validation rows: intervened validation.
-    true, val = emb.pair_set("true"), ~emb.is_train
-    check = PairSet("do(z_var) of validation rows", "intervened validation", true.z[val], true.z_do[val],
-                    emb.domains[val], emb.labels[val])
-    return replace(emb, intervened_val=[check])
+    # The set carries the SCM's true do-intervention of the validation rows as intervened validation
+    # (its pairs, for fitting, come from the training rows only).
+    return make_embedding_set(scm, n_per_domain=150, domains=DOMAINS)
 
 
 def _with_target_labels_permuted(emb, seed=0):

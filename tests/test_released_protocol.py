@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from clip_icm import protocols
-from clip_icm.evaluation import (EvalConfig, apply_protocol, evaluate_split, fit_projection, predict,
+from clip_icm.evaluation import (EvalConfig, apply_protocol, evaluate_split, fit_projection, predict_all,
                                  scored_rows)
 from clip_icm.projection import InvariantProjection
 from clip_icm.scm import SCMConfig, make_embedding_set
@@ -90,8 +90,7 @@ def test_released_protocol_matches_a_transcription_of_the_released_code(tiny, ta
     view, config = apply_protocol(emb, RELEASED)
     mask = scored_rows(view, target, config)[target]
     assert set(np.flatnonzero(mask)) == set(rows)  # the released 20 % holdout, not the whole target
-    projection = fit_projection(emb, target, "icm_as_released", RELEASED)
-    ours = predict(view, target, "icm_as_released", projection, config)
+    ours = predict_all(emb, target, "icm_as_released", RELEASED)
     np.testing.assert_array_equal(ours["zero-shot"], zero_shot)
     np.testing.assert_array_equal(ours["linear probe"], probe)
     frame = evaluate_split(emb, target, RELEASED)
@@ -140,7 +139,7 @@ def test_released_protocol_uses_the_one_prompt_and_no_renormalisation(synthetic)
     projection = fit_projection(synthetic, "sketch", "icm", RELEASED)
     raw = projection.transform(view.text_features[0] / np.linalg.norm(view.text_features[0], axis=1)[:, None])
     expected = np.argmax(projection.transform(synthetic.features) @ raw.T, axis=1)  # dot product, no renorm
-    np.testing.assert_array_equal(predict(view, "sketch", "icm", projection, RELEASED)["zero-shot"], expected)
+    np.testing.assert_array_equal(predict_all(synthetic, "sketch", "icm", RELEASED)["zero-shot"], expected)
 
 
 def test_released_probe_is_plain_logistic_regression_on_raw_projected_features(synthetic):
@@ -150,7 +149,7 @@ def test_released_probe_is_plain_logistic_regression_on_raw_projected_features(s
     train = (synthetic.domains != "sketch") & synthetic.is_train
     direct = LogisticRegression(random_state=0, C=0.316, max_iter=1000, solver="lbfgs").fit(X[train],
                                                                                              synthetic.labels[train])
-    got = predict(view, "sketch", "icm_as_released", projection, config)["linear probe"]
+    got = predict_all(synthetic, "sketch", "icm_as_released", RELEASED)["linear probe"]
     np.testing.assert_array_equal(got, direct.predict(X))
     probe = protocols.released_probe(X[train], synthetic.labels[train])
     assert (probe.C, probe.solver, probe.max_iter) == (0.316, "lbfgs", 1000)

@@ -149,6 +149,9 @@ def test_make_embedding_set_contract():
     train = np.flatnonzero(emb.is_train)
     np.testing.assert_array_equal(true_pairs.z, emb.features[train])
     np.testing.assert_array_equal(true_pairs.labels, emb.labels[train])
+    (check,) = emb.intervened_val  # the validation rows' do-interventions: scored, never fitted
+    np.testing.assert_array_equal(check.z, emb.features[~emb.is_train])
+    np.testing.assert_array_equal(check.labels, emb.labels[~emb.is_train])
     assert text_pairs.domains is None and len(text_pairs.z) == 3 * 3 * 2
     # Every delta, image or text, lies in the variant block of the mixing.
     basis = LinearSCM(config).invariant_basis()

@@ -78,12 +78,12 @@ def test_orth_cali_from_the_banks_drops_target_prompts_and_calibrates_text_only(
 
 def test_orth_cali_leaves_images_untouched(emb):
     """Zero-shot = argmax of cos(raw image, re-normalised P t_c): no P on the image side."""
-    from clip_icm.evaluation import predict, zero_shot_classifier
+    from clip_icm.evaluation import predict_all, zero_shot_classifier
 
     fitted = fit_projection(emb, "sketch", "orth_cali", CONFIG)
     weights = zero_shot_classifier(emb.text_features, fitted)
     expected = np.argmax(emb.features @ weights.T, axis=1)
-    np.testing.assert_array_equal(predict(emb, "sketch", "orth_cali", fitted, CONFIG)["zero-shot"], expected)
+    np.testing.assert_array_equal(predict_all(emb, "sketch", "orth_cali", CONFIG)["zero-shot"], expected)
     twice = np.argmax(fitted.transform(emb.features) @ weights.T, axis=1)  # what projecting images would give
     assert (twice != expected).any()
 
