@@ -108,11 +108,21 @@ def test_choose_on_source_validation_reports_its_choice_and_a_slider_turns_it_of
     assert any("set by hand" in c.value for c in at.caption) and not any("chosen by" in i.value for i in at.info)
 
 
-def test_interventional_selection_without_intervened_rows_is_a_message():
+def test_interventional_selection_without_intervened_rows_is_a_message(monkeypatch):
+    # The synthetic set carries its validation rows' true do-interventions; take them away.
+    from dataclasses import replace
+
+    from clip_icm import scm
+
+    real = scm.make_embedding_set
+    monkeypatch.setattr(scm, "make_embedding_set", lambda *a, **k: replace(real(*a, **k), intervened_val=[]))
     at = _app(ctl_selection="interventional")
     assert not at.exception
     assert any("needs intervened validation rows" in e.value for e in at.error)
     assert len(at.get("plotly_chart")) >= 3  # the sliders decide; the page still draws
+    monkeypatch.setattr(scm, "make_embedding_set", real)
+    cached.clear()
+    _ok(_app(ctl_selection="interventional"))  # with them, the rule runs
 
 
 def test_above_the_map_limit_a_visible_control_and_a_stratified_subsample(monkeypatch):
