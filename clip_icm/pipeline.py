@@ -561,7 +561,8 @@ def _text_pairs(embedder, cfg, class_names, rows: _Rows) -> list[PairSet]:
         texts, texts_do, classes = make_text_pairs(class_names, [bank], cfg.text_pairs_per_class, cfg.seed)
         words = np.array(text_pair_words(class_names, [bank], cfg.text_pairs_per_class, cfg.seed))
         both = embedder.texts(f"text:{bank.name}", texts + texts_do)
-        out.append(PairSet(f"text:{bank.name}", "text", both[:len(texts)], both[len(texts):], None, classes, words))
+        out.append(PairSet(f"text:{bank.name}", "text", both[:len(texts)], both[len(texts):], labels=classes,
+                           variant_words=words))
     if cfg.cross_modal:
         picked = _pair_rows(rows.is_train, cfg.n_pairs, cfg.seed, "cross-modal")
         texts_do = cross_modal_texts(rows.labels[picked], class_names, cfg.text_banks, cfg.seed)

@@ -6,7 +6,7 @@ import pytest
 
 from clip_icm.evaluation import (EvalConfig, class_split, evaluate_open_class, harmonic_mean,
                                  open_class_leave_one_domain_out)
-from clip_icm.projection import LinearProjection, OrthCaliProjection
+from clip_icm.projection import OrthCaliProjection
 from clip_icm.scm import SCMConfig, make_embedding_set
 
 CONFIG = EvalConfig(n_components=6, lam=1e4)
@@ -61,21 +61,31 @@ def _garble_new_classes(emb, new):
 
 
 def test_new_classes_never_enter_any_fit(emb, monkeypatch):
+    from clip_icm import evaluation, protocols
+    from clip_icm.projection import PairMoments
+
     base, new = class_split(6)
-    seen = []
-    for cls in (LinearProjection, OrthCaliProjection):
-        real = cls.fit
+    seen, probes = [], []
+    real_of, real_fit = PairMoments.of.__func__, OrthCaliProjection.fit
 
-        def spy(self, Z, Z_do, *args, _real=real, **kwargs):
-            seen.append(np.asarray(Z))
-            return _real(self, Z, Z_do, *args, **kwargs)
+    def moments_spy(cls, Z, Z_do):  # every estimator but Orth-Cali fits from these moments
+        seen.append(np.asarray(Z))
+        return real_of(cls, Z, Z_do)
 
-        monkeypatch.setattr(cls, "fit", spy)
+    def orth_cali_spy(self, Z, Z_do, *args, **kwargs):
+        seen.append(np.asarray(Z))
+        return real_fit(self, Z, Z_do, *args, **kwargs)
+
+    monkeypatch.setattr(PairMoments, "of", classmethod(moments_spy))
+    monkeypatch.setattr(OrthCaliProjection, "fit", orth_cali_spy)
+    monkeypatch.setattr(evaluation, "fit_linear_probe", lambda *a, **k: probes.append(a))
+    monkeypatch.setattr(protocols, "released_probe", lambda *a, **k: probes.append(a))
     first = evaluate_open_class(emb, "sketch", CONFIG)
-    assert len(seen) == len(CONFIG.methods)
+    assert len(seen) == 2 and not probes  # one pair stack (kept for every method), Orth-Cali's prompts; no probe
     new_rows = np.concatenate([p.z[np.isin(p.labels, new)] for p in emb.pairs])
     for Z in seen:  # no row of any fit is a new-class pair row
         assert not (np.abs(Z[:, None, :] - new_rows[None, :, :]).max(axis=2) < 1e-12).any()
+    monkeypatch.undo()
     # ... and changing every new-class pair changes nothing: the fits never read them.
     again = evaluate_open_class(_garble_new_classes(emb, new), "sketch", CONFIG)
     np.testing.assert_array_equal(first.accuracy.to_numpy(), again.accuracy.to_numpy())

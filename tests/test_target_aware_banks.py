@@ -89,9 +89,10 @@ def test_orth_cali_leaves_images_untouched(emb):
 
 
 def test_pair_set_columns_follow_subsets():
-    p = PairSet("t", "text", np.eye(3), np.eye(3) * 2, None, np.array([0, 1, 2]), np.array(["a", "b", "c"]))
+    p = PairSet("t", "text", np.eye(3), np.eye(3) * 2, labels=np.array([0, 1, 2]), held_out="x",
+                variant_words=np.array(["a", "b", "c"]))
     sub = p.subset(np.array([True, False, True]))
-    assert sub.labels.tolist() == [0, 2] and sub.variant_words.tolist() == ["a", "c"]
+    assert sub.labels.tolist() == [0, 2] and sub.variant_words.tolist() == ["a", "c"] and sub.held_out == "x"
     with pytest.raises(ValueError, match="labels"):
         PairSet("t", "text", np.eye(3), np.eye(3), labels=np.array([0]))
 
