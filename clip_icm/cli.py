@@ -479,11 +479,12 @@ def _table_text(table: pd.DataFrame) -> str:
     from clip_icm.service import method_label
 
     # n is a count: pivoting made it a float, and 18.000 images reads as a measurement.
-    columns = {("", "n"): lambda v: "failed" if pd.isna(v) else str(int(v))}
-    # a text-only method (Orth-Cali) has no probe: n/a, not a failure
-    columns.update({(method_label(m), "probe"): lambda v: "n/a" if pd.isna(v) else f"{v:.3f}" for m in TEXT_ONLY
-                    if (method_label(m), "probe") in table.columns})
-    return table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="failed", formatters=columns)
+    n_column = {("", "n"): lambda v: "failed" if pd.isna(v) else str(int(v))}
+    table = table.copy()
+    for column in [(method_label(m), "probe") for m in TEXT_ONLY]:
+        if column in table.columns:  # a text-only method (Orth-Cali) has no probe: n/a, not a failure
+            table[column] = "n/a"  # (to_string's na_rep would win over a formatter)
+    return table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="failed", formatters=n_column)
 
 
 def _evaluate_header(args: argparse.Namespace, spec, config) -> str:

@@ -17,6 +17,7 @@ copy of the EmbeddingSet from which the target domain has been removed.
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass, replace
 
@@ -371,7 +372,12 @@ def scored_rows(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConfig(
 
 
 def _score_method(emb, target, method, projection, config) -> list[dict]:
-    predicted = _fit_predictor(emb, target, method, projection, config).predict_rows()
+    return _accuracy_rows(emb, target, method, _fit_predictor(emb, target, method, projection, config).predict_rows(),
+                          config)
+
+
+def _accuracy_rows(emb, target, method, predicted: dict, config) -> list[dict]:
+    """Tidy rows per scored domain and protocol; a protocol without predictions (None) is NaN (n/a)."""
     rows = []
     for domain, mask in scored_rows(emb, target, config).items():
         for protocol, pred in predicted.items():
@@ -402,6 +408,11 @@ def _fitted(emb: EmbeddingSet, target: str | None, method: str, config: EvalConf
 def _fit_and_score(emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig) -> list[dict]:
     """_score_method for ``method`` fitted on the pairs whose image is not from ``target``."""
     emb, config = apply_protocol(emb, config)
+    if method in TEXT_ONLY and emb.spurious is None and not any(p.kind == "text" for p in emb.pairs):
+        # Not a failure of the split: the other methods still score; this one has nothing to be built from.
+        warnings.warn(f"{METHOD_LABELS[method]} is built from text banks and these embeddings have none: "
+                      "its rows are n/a", UserWarning, stacklevel=2)
+        return _accuracy_rows(emb, target, method, {ZERO_SHOT: None, LINEAR_PROBE: None}, config)
     return _score_method(emb, target, method, _fitted(emb, target, method, config), config)
 
 

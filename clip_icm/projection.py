@@ -247,8 +247,10 @@ class InvariantProjection(LinearProjection):
     or Delta touches have eigenvalue 0 in M, so with a large lam they outrank every touched
     direction (whose eigenvalues go negative) and a plain top-K would keep directions the
     data never saw. ``selection="top"`` therefore solves the eigenproblem inside the span
-    of the rows of [Z; Delta] (the untouched directions are dropped) and raises when K
-    exceeds that rank; ``eigenvalues_`` then holds the rank-many eigenvalues of that span.
+    of the rows of [Z; Delta] (the untouched directions are dropped); when K exceeds that
+    rank it keeps the rank-many touched directions (fewer than K, with a RankDeficientWarning)
+    rather than pad with directions no pair saw. ``eigenvalues_`` then holds the rank-many
+    eigenvalues of that span.
     ``as_released`` keeps the released code's full D x D eigenproblem.
 
     Attributes: ``components_`` (K, D) orthonormal rows, in the order selected;
@@ -276,8 +278,10 @@ class InvariantProjection(LinearProjection):
             values, vectors = moments.eigh(lam)  # ascending
         else:
             if k > basis.shape[1]:
-                raise ValueError(f"n_components={k} exceeds the {basis.shape[1]} directions that the pairs touch "
-                                 "(rank of [Z; Delta]); lower K or add pairs")
+                warnings.warn(f"n_components={k} asks for more directions than the {basis.shape[1]} that the pairs "
+                              f"touch (rank of [Z; Delta]): keeping those {basis.shape[1]}", RankDeficientWarning,
+                              stacklevel=4)
+                k = basis.shape[1]
             values, inner = scipy.linalg.eigh(basis.T @ (moments.zz - lam * moments.dd) @ basis)
             vectors = basis @ inner
         chosen = vectors[:, -k:][:, ::-1] if self.selection == "top" else vectors[:, :k]

@@ -336,10 +336,6 @@ def _gallery_section(ctx: Context) -> None:
         name = st.selectbox("Pair set", names, key="gallery_set",
                             format_func=lambda n: n + (" (intervened validation: scored, never fitted)"
                                                        if n not in ctx.choice.pair_sets else ""))
-        if not name.startswith("text:") and (emb.paths is None or not str(emb.paths[0])):
-            # Nothing to show is not an error of the user's (the synthetic SCM has vectors, no images).
-            st.caption(f"{name}: these embeddings have no image files to show.")
-            return
         try:
             examples = cached.pair_examples(emb.key, ctx.request.key, name, ctx.request, emb)
         except service.ServiceError as e:

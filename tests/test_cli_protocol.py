@@ -109,7 +109,9 @@ def test_negative_lam_is_a_clear_error_with_top_k_and_a_warning_with_the_release
     cache = tmp_path / "c"
     assert main(_args(setup, cache, "--target", "sketch", "--k", "8", "--methods", "icm", "--lam", "-1")) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error:") and "negative lam is accepted only with selection='as_released'" in err[-1]
-    with pytest.warns(UserWarning, match="rewards the directions that move"):
-        assert main(_args(setup, cache, "--target", "sketch", "--k", "8", "--methods", "icm_as_released",
-                          "--lam", "-1")) == 0
+    assert err[-1].startswith("error:") and "a negative lam is accepted only with --methods icm_as_released" in err[-1]
+    assert not cache.exists() or not any(cache.rglob("*"))  # refused before embedding
+    assert main(_args(setup, cache, "--target", "sketch", "--k", "8", "--methods", "icm_as_released",
+                      "--lam", "-1")) == 0
+    err = capsys.readouterr().err
+    assert "warning: lam=-1 < 0" in err and "rewards the directions that move" in err

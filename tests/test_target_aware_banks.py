@@ -106,3 +106,11 @@ def test_cross_modal_words_line_up_with_the_texts():
     assert len(set(words)) > 3
     for text, w, y in zip(texts, words, labels):
         assert variant_words("a photo of a {}.", text.replace(["dog", "cat"][y], "{}")) == w
+
+
+def test_orth_cali_without_text_banks_is_n_a_not_a_failed_split(emb):
+    bare = replace(emb, pairs=[emb.pair_set("true")], spurious=None)
+    with pytest.warns(UserWarning, match="Orth-Cali is built from text banks and these embeddings have none"):
+        frame = evaluate_split(bare, "sketch", CONFIG)
+    assert frame[frame.method == "orth_cali"].accuracy.isna().all()
+    assert frame[frame.method == "icm"].accuracy.notna().all()
