@@ -17,26 +17,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import time
-from dataclasses import replace
 
 from threadpoolctl import threadpool_limits
 
+from bench.bench_core import median_seconds
 from clip_icm import evaluation as ev
 from clip_icm.scm import SCMConfig, make_embedding_set
 
 METHODS = ("icm", "icm_as_released", "pca", "null_space", "orth_cali")
 TARGET = "sketch"
-
-
-def _median(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _evaluate(emb, methods: tuple[str, ...], K: int, lam: float, fresh: bool) -> None:
@@ -51,12 +41,12 @@ def refit_rows(n: int) -> list[str]:
     repeats = 3 if n <= 10_000 else 1  # a fresh 50k evaluation of five methods takes minutes
     out = []
     for label, methods in (("ICM", ("icm",)), ("5 methods", METHODS)):
-        fresh = _median(lambda: _evaluate(emb, methods, 64, 1e4, fresh=True), repeats)
+        fresh = median_seconds(lambda: _evaluate(emb, methods, 64, 1e4, fresh=True), repeats)
         _evaluate(emb, methods, 64, 1e4, fresh=False)
         ks = iter((32, 48, 16, 24))
-        k_change = _median(lambda: _evaluate(emb, methods, next(ks), 1e4, fresh=False), repeats)
+        k_change = median_seconds(lambda: _evaluate(emb, methods, next(ks), 1e4, fresh=False), repeats)
         lams = iter((1e3, 3e3, 3e4, 1e5))
-        lam_change = _median(lambda: _evaluate(emb, methods, 64, next(lams), fresh=False), repeats)
+        lam_change = median_seconds(lambda: _evaluate(emb, methods, 64, next(lams), fresh=False), repeats)
         out.append(f"| {n:,} | {label} | {fresh:.2f} | {k_change:.2f} ({fresh / k_change:.1f}x) | "
                    f"{lam_change:.2f} ({fresh / lam_change:.1f}x) |")
     return out
