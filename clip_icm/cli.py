@@ -529,6 +529,19 @@ def _write_results(path: str, frame: pd.DataFrame, run, config, failed: dict[str
     atomic_write(Path(path), lambda fh: fh.write(data))
 
 
+def _check_pair_sets(args: argparse.Namespace) -> None:
+    """--pair-sets against the names the run will build, before any embedding."""
+    from clip_icm.pipeline import planned_pair_sets
+
+    if not args.pair_sets:
+        return
+    planned = planned_pair_sets(_configs(args)[2])
+    unknown = [name for name in args.pair_sets if name not in planned]
+    if unknown:
+        raise ValueError(f"--pair-sets: no pair set {', '.join(unknown)} in this run; it builds: "
+                         f"{', '.join(planned) or '(none)'}")
+
+
 def _check_evaluate_args(args: argparse.Namespace) -> None:
     """Everything that can be checked without the embeddings, so a typo never costs an embedding run."""
     import math
@@ -602,6 +615,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     spec = _protocol_args(args)  # fills the lam and precision the protocol fixes; checks protocol and task names
     _check_evaluate_args(args)
+    _check_pair_sets(args)
     methods = _methods(args)  # before embedding: a typo must not cost an embedding run
     start = time.perf_counter()
     run = _embed(args, check_target=args.target)

@@ -104,6 +104,9 @@ class InterventionConfig:
         if unknown:
             raise ValueError(f"unknown intervened validation set(s) {', '.join(sorted(unknown))}; "
                              f"available: {', '.join(INTERVENED_VAL_KINDS)}")
+        if self.cross_modal and not self.text_banks:  # it would build nothing and say nothing
+            raise ValueError("cross-modal pairs pair each image with a variant prompt of the text banks: "
+                             "choose at least one text bank")
 
 
 # The two variant factors the ToyDomains recipe can make spurious, re-drawn together.
@@ -278,6 +281,17 @@ def _image_interventions(cfg: InterventionConfig) -> list[tuple[str, object]]:
     if cfg.random_choice:
         return [("image:random", make_image_intervention(cfg.image[0], **strengths.get(cfg.image[0], {})))]
     return [(f"image:{name}", make_image_intervention(name, **strengths.get(name, {}))) for name in cfg.image]
+
+
+def planned_pair_sets(cfg: InterventionConfig) -> list[str]:
+    """The names of the pair sets :func:`embed_dataset` builds for ``cfg``, known before any
+    embedding (so a wrong ``--pair-sets`` name never costs an embedding run)."""
+    names = [name for name, _ in _image_interventions(cfg)]
+    names += [f"true:{change}" for change in cfg.true_swaps]
+    if cfg.text_banks:
+        names += [f"text:{bank.name}" for bank in resolve_banks(cfg.text_banks)]
+        names += ["cross-modal"] if cfg.cross_modal else []
+    return names
 
 
 class _Counterfactuals:

@@ -107,6 +107,18 @@ def test_unknown_method_fails_before_embedding(setup, tmp_path, capsys):
     assert not cache.exists() or not any(cache.rglob("*"))  # nothing was embedded
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--pair-sets", "image:random,text:sytles"], "no pair set text:sytles in this run; it builds: image:random, "
+                                                   "text:styles"),
+    (["--text-banks", "none", "--cross-modal"], "choose at least one text bank"),
+])
+def test_pair_set_names_and_silent_drops_fail_before_embedding(setup, tmp_path, capsys, extra, message):
+    cache = tmp_path / "c"
+    assert main(["evaluate", *_args(setup, cache), *extra]) == 1
+    assert message in capsys.readouterr().err
+    assert not cache.exists() or not any(cache.rglob("*.npy"))  # nothing was embedded
+
+
 def test_missing_weights_offline_is_one_line(setup, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     messy, _, _ = setup

@@ -59,6 +59,7 @@ def test_messy_folder_end_to_end(tmp_path, messy, model):
     assert emb.text_features.shape == (8, 3, 32)  # the "ensemble" templates
     names = [p.name for p in emb.pairs]
     assert names == ["image:random", "text:styles", "text:contexts", "cross-modal"]
+    assert pipeline.planned_pair_sets(InterventionConfig(cross_modal=True)) == names  # known before embedding
     image_pairs = emb.pair_set("image:random")
     assert len(image_pairs.z) == emb.is_train.sum()  # pairs from training rows only
     np.testing.assert_array_equal(image_pairs.z, emb.features[emb.is_train])
@@ -126,7 +127,7 @@ def test_pair_set_per_op_subsampled_and_keyed_by_seed(tmp_path, messy, model, co
     cfg = InterventionConfig(image=("grayscale", "invert"), random_choice=False, text_banks=(), n_pairs=5,
                              templates="single")
     emb = _run(messy, model, EmbeddingStore(tmp_path), cfg).embeddings
-    assert [p.name for p in emb.pairs] == ["image:grayscale", "image:invert"]
+    assert [p.name for p in emb.pairs] == ["image:grayscale", "image:invert"] == pipeline.planned_pair_sets(cfg)
     assert all(len(p.z) == 5 and p.kind == "image" for p in emb.pairs)
     count_encoded.clear()
     reseeded = _run(messy, model, EmbeddingStore(tmp_path), InterventionConfig(
