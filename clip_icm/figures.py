@@ -135,11 +135,13 @@ def spectrum_figure(eigenvalues: np.ndarray, k: int, selection: str = "top") -> 
     return fig
 
 
-def sweep_heatmaps(sweep: pd.DataFrame, chosen: tuple[int, float] | None = None) -> go.Figure:
-    """Two K x lam heat maps side by side: honest source validation vs peeking target accuracy."""
-    _check_columns(sweep, ("K", "lam", "source_val_accuracy", "target_accuracy"), "sweep_heatmaps")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(HONEST_TITLE, PEEKING_TITLE), horizontal_spacing=0.12)
-    for col, (column, scale) in enumerate((("source_val_accuracy", "Blues"), ("target_accuracy", "Oranges")), 1):
+def sweep_heatmaps(sweep: pd.DataFrame, chosen: tuple[int, float] | None = None,
+                   honest_column: str = "source_val_accuracy", honest_title: str = HONEST_TITLE) -> go.Figure:
+    """Two K x lam heat maps side by side: an honest source-only score (by default source
+    validation accuracy; or the score of the selection rule in use) vs peeking target accuracy."""
+    _check_columns(sweep, ("K", "lam", honest_column, "target_accuracy"), "sweep_heatmaps")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(honest_title, PEEKING_TITLE), horizontal_spacing=0.12)
+    for col, (column, scale) in enumerate(((honest_column, "Blues"), ("target_accuracy", "Oranges")), 1):
         grid = sweep.pivot_table(index="K", columns="lam", values=column)
         fig.add_trace(go.Heatmap(
             z=grid.to_numpy(), x=[f"{v:g}" for v in grid.columns], y=[str(v) for v in grid.index],
@@ -153,7 +155,7 @@ def sweep_heatmaps(sweep: pd.DataFrame, chosen: tuple[int, float] | None = None)
         for col in (1, 2):
             fig.add_trace(go.Scatter(x=[f"{chosen[1]:g}"], y=[str(chosen[0])], mode="markers", showlegend=False,
                                      marker=dict(symbol="star-open", size=22, color="red", line_width=2),
-                                     hovertemplate="chosen on source validation<extra></extra>"), row=1, col=col)
+                                     hovertemplate="chosen on source data<extra></extra>"), row=1, col=col)
     fig.update_layout(height=380, margin=dict(l=10, r=10, t=50, b=10))
     return fig
 

@@ -25,6 +25,7 @@ class Selection:
     protocol: str
     score: float
     full_space_score: float
+    scores: pd.DataFrame  # the rule's score of every grid setting (columns K, lam, score)
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def select_k_lam(emb: EmbeddingSet, c: controls.ProjectionChoice, defaults: dict
     except service.ServiceError as e:
         st.error(f"{e} Selection is off; the sliders decide.")
         return None
-    return Selection(K, lam, c.selection, c.protocol, float(scores.score.max()), full)
+    return Selection(K, lam, c.selection, c.protocol, float(scores.score.max()), full, scores)
 
 
 def _selection_note(ctx: Context) -> None:
@@ -417,10 +418,20 @@ def _sweep_section(ctx: Context, K: int, lam: float) -> None:
         return
     bar.empty()
     frame = pd.concat(frames, ignore_index=True)
-    best = frame.loc[frame["source_val_accuracy"].idxmax()]
-    st.plotly_chart(figures.sweep_heatmaps(frame, (int(best.K), float(best.lam))), key="sweep")
-    st.caption(f"Star: best on source validation (K = {int(best.K)}, lam = {best.lam:g}). The right map uses "
-               "target labels and is shown only to illustrate the gap; never choose from it.")
+    s = ctx.selection
+    if s is not None and s.protocol == evaluation.LINEAR_PROBE:  # the sweep scores the probe
+        # the left map shows what chose K and lam on the Explorer: the same grid, the same scores
+        frame = frame.merge(s.scores.rename(columns={"score": "selection_score"}), on=["K", "lam"])
+        rule = evaluation.SCORING_LABELS[s.rule]
+        fig = figures.sweep_heatmaps(frame, (s.K, s.lam), "selection_score", f"{rule} (honest)")
+        star = f"Star: chosen by {rule} (K = {s.K}, lam = {s.lam:g})"
+    else:
+        best = frame.loc[frame["source_val_accuracy"].idxmax()]
+        fig = figures.sweep_heatmaps(frame, (int(best.K), float(best.lam)))
+        star = f"Star: best on source validation (K = {int(best.K)}, lam = {best.lam:g})"
+    st.plotly_chart(fig, key="sweep")
+    st.caption(f"{star}. The right map uses target labels and is shown only to illustrate the gap; never "
+               "choose from it.")
 
 
 # ---------------------------------------------------------------- Causal playground and About

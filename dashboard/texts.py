@@ -65,9 +65,10 @@ full-space predictor fall as the shift grows while the invariant one stays put.
 PLAYGROUND_NAMES = {"full": "full space", "icm": "ICM (top K)", "icm_as_released": "ICM as released (smallest K)"}
 
 SWEEP_NOTE = """
-Left: accuracy on the **source domains' validation rows** (honest: this is how K and λ should be
-chosen). Right: accuracy on the **held-out target** (peeking: for illustration only; choosing from it
-would overstate how well the method generalises).
+Left: a **source-only score** of each setting, the one that chose K and λ on the Explorer (with
+selection off: accuracy on the source domains' validation rows). Honest: this is how K and λ should
+be chosen. Right: accuracy on the **held-out target** (peeking: for illustration only; choosing
+from it would overstate how well the method generalises).
 """
 
 

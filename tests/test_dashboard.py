@@ -187,6 +187,15 @@ def test_diagnostics_page_shows_spectrum_ratio_and_sweep():
     assert any("best on source validation" in c.value for c in at.caption)
 
 
+def test_diagnostics_sweep_shows_the_score_of_the_rule_that_chose_k_and_lam():
+    at = _page("diagnostics_page", ctl_source="synthetic", ctl_n_synth=60, ctl_selection="source_domains",
+               ctl_sweep=True)
+    _ok(at)
+    assert any("Star: chosen by leave one source domain out" in c.value for c in at.caption)
+    K, lam = at.slider(key="ctl_K").value, at.select_slider(key="ctl_lam").value
+    assert any(f"(K = {K}, lam = {lam:g})" in c.value for c in at.caption)  # the star is the chosen pair
+
+
 def test_playground_page_reacts_to_its_sliders():
     at = _page("playground_page")
     _ok(at)

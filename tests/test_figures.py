@@ -88,6 +88,9 @@ def test_sweep_heatmaps_are_labelled_honest_and_peeking():
     assert fig.data[0].z.shape == (2, 2)
     with pytest.raises(ValueError, match="target_accuracy"):
         figures.sweep_heatmaps(sweep.drop(columns="target_accuracy"))
+    ruled = figures.sweep_heatmaps(sweep.assign(selection_score=0.7), (4, 1.0), "selection_score", "my rule")
+    assert "my rule" in [a.text for a in ruled.layout.annotations]
+    assert np.allclose(ruled.data[0].z, 0.7)  # the left map is the rule's score
 
 
 def test_playground_figures():
