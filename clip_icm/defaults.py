@@ -9,14 +9,12 @@ dimension reduction.
 """
 from __future__ import annotations
 
-from clip_icm.evaluation import LINEAR_PROBE
 from clip_icm.toydomains import DEMO_RECIPE
 
 DEMO_TRUE_SWAPS: tuple[str, ...] = DEMO_RECIPE.spurious_factors  # ("colour", "background")
 DEMO_PAIR_SETS: tuple[str, ...] = tuple(f"true:{factor}" for factor in DEMO_TRUE_SWAPS)
 DEMO_SELECTION = "interventional"
 DEMO_BASELINES: tuple[str, ...] = ("pca", "augmentation")
-SELECTION_PROTOCOL = LINEAR_PROBE
 SMALLEST_K = 8
 
 

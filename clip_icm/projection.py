@@ -167,11 +167,6 @@ class PairMoments:
         return self._spectra[lam]
 
 
-def relative_lam_scale(Z: np.ndarray, Z_do: np.ndarray) -> float:
-    """trace(Z^T Z) / trace(Delta^T Delta) of a pair stack (see PairMoments.relative_lam_scale)."""
-    return PairMoments.of(Z, Z_do).relative_lam_scale()
-
-
 class LinearProjection(TransformerMixin, BaseEstimator):
     """Shared contract: ``components_`` (rows) map D-dim inputs to the projected space."""
 
