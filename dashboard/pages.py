@@ -156,14 +156,18 @@ def _fit_key(ctx: Context, K: int, lam: float) -> str:
 
 def explorer_page() -> None:
     st.title("CLIP-ICM Explorer")
-    # a folder of your own is usually larger than the exact-search limit: compile that path too
-    cached.umap_warm_up(st.session_state.get("ctl_source") == "folder")
+    folder = st.session_state.get("ctl_source") == "folder"
+    if folder:  # a long embedding pass ahead: compile UMAP (both neighbour paths, for large data) meanwhile
+        cached.umap_warm_up(True)
     ctx = settings_context()
     if ctx is None:
         return
     _summary(ctx)
     K, lam = ctx.K, ctx.lam
     table = _accuracy_section(ctx, K, lam)  # first: it is what a K or lam change must update quickly
+    # Elsewhere only now: numba's compilation holds the GIL, and run beside the demo's short
+    # embedding pass it delayed the accuracy chart from 13 s to 25 s (bench/RESULTS.md).
+    cached.umap_warm_up(folder)
     fit = fitted(ctx, K, lam)
     if fit is None:
         return
