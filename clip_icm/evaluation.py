@@ -513,14 +513,19 @@ SCORING_LABELS = {
 }
 
 
+def intervened_val_for(emb: EmbeddingSet, target: str) -> list:
+    """The intervened validation sets that selection for ``target`` reads: a set built for
+    another held-out target read that target's training rows, so it is not ours to use."""
+    return [check for check in emb.intervened_val if check.held_out in (None, target)]
+
+
 def _selection_view(emb: EmbeddingSet, target: str, config: EvalConfig, scoring: str) -> EmbeddingSet:
     """What selection may read: ``emb`` without the target domain (and with the target's prompts)."""
     if scoring not in SCORINGS:
         raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
     _check_target(emb, target)
     sources = without_domain(with_prompts(emb, target, config.prompts), target)
-    # a check built for another held-out target read that target's training rows: not ours to use
-    sources = replace(sources, intervened_val=[c for c in sources.intervened_val if c.held_out in (None, target)])
+    sources = replace(sources, intervened_val=intervened_val_for(sources, target))
     if scoring == "source_domains" and len(sources.domain_names) < 2:
         raise ValueError("scoring='source_domains' needs at least 2 source domains")
     return sources

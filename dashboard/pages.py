@@ -125,7 +125,7 @@ def _selection_note(ctx: Context) -> None:
     text = (f"K = {s.K} and λ = {s.lam:g} chosen by **{evaluation.SCORING_LABELS[s.rule]}** ({s.protocol}); "
             f"no target label. Score {s.score:.1%} vs {s.full_space_score:.1%} for CLIP: {verdict}.")
     if s.rule == "interventional":
-        used = [chk for chk in ctx.emb.intervened_val if chk.held_out in (None, c.target)]
+        used = evaluation.intervened_val_for(ctx.emb, c.target)
         checks = ", ".join(chk.name for chk in used) or "none"
         generic = all(chk.name.startswith("val image:") for chk in used)
         text += f" Intervened validation: {checks}."
