@@ -40,7 +40,6 @@ def _float_list(text: str) -> tuple[float, ...]:
 
 
 # ---------------------------------------------------------------- playground
-PLAYGROUND_LABELS = {"full": "full space", "icm": "ICM top-K", "icm_as_released": "ICM as released"}
 
 
 def _add_playground_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -97,7 +96,9 @@ def _run_playground(args: argparse.Namespace) -> int:
 def _playground_text(table: pd.DataFrame, config, args: argparse.Namespace) -> str:
     import pandas as pd
 
-    shown = table.assign(method=table.method.map(PLAYGROUND_LABELS)).rename(columns={
+    from clip_icm.methods import label
+
+    shown = table.assign(method=table.method.map(label)).rename(columns={
         "id_accuracy": "ID acc", "ood_accuracy": "OOD acc", "ood_gap": "OOD gap",
         "max_angle": "max angle (rad)", "r2_inv": "R2 z_inv", "r2_var": "R2 z_var",
     })
@@ -109,7 +110,7 @@ def _playground_text(table: pd.DataFrame, config, args: argparse.Namespace) -> s
     )
     last = table[table["shift"] == table["shift"].max()].set_index("method")["ood_gap"]
     summary = f"OOD gap at shift {table['shift'].max():g}: " + ", ".join(
-        f"{PLAYGROUND_LABELS[m]} {last[m]:+.3f}" for m in PLAYGROUND_LABELS
+        f"{label(m)} {gap:+.3f}" for m, gap in last.items()
     )
     body = shown.to_string(
         index=False, na_rep="-", float_format=lambda v: f"{v:.3f}",
@@ -335,6 +336,8 @@ def _run_embed(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
+    from clip_icm.methods import ALL_METHODS
+
     p = subparsers.add_parser(
         "evaluate", help="leave-one-domain-out accuracy: CLIP vs ICM vs baselines, per domain",
         description="For each target domain: fit the projections on the other domains' interventional pairs,\n"
@@ -360,7 +363,7 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
                          "absolute: the released code's scale (it used 1000; the released protocol's only mode)")
 
     ev.add_argument("--methods", metavar="LIST", type=_csv_names, default=None,
-                    help="projections: icm, icm_as_released, pca, null_space, orth_cali (default all)")
+                    help=f"methods, comma-separated: {', '.join(ALL_METHODS)} (default all)")
     ev.add_argument("--pair-sets", metavar="LIST", type=_csv_names, default=None,
                     help="pair sets used to fit, e.g. image:random,text:styles (default: true:colour,true:background "
                     "on the demo, all built elsewhere)")
@@ -388,12 +391,10 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _methods(args: argparse.Namespace) -> tuple[str, ...]:
-    from clip_icm.evaluation import ALL_METHODS
+    from clip_icm.methods import ALL_METHODS, METHODS
 
     methods = ALL_METHODS if args.methods is None else args.methods
-    unknown = sorted(set(methods) - set(ALL_METHODS))
-    if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(ALL_METHODS)}")
+    METHODS.check(methods)
     return tuple(methods)
 
 
@@ -475,13 +476,12 @@ def _accuracy_table(frame: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
 def _table_text(table: pd.DataFrame) -> str:
     import pandas as pd
 
-    from clip_icm.evaluation import TEXT_ONLY
-    from clip_icm.service import method_label
+    from clip_icm.methods import SPECS
 
     # n is a count: pivoting made it a float, and 18.000 images reads as a measurement.
     n_column = {("", "n"): lambda v: "failed" if pd.isna(v) else str(int(v))}
     table = table.copy()
-    for column in [(method_label(m), "probe") for m in TEXT_ONLY]:
+    for column in [(spec.label, "probe") for spec in SPECS if spec.text_only]:
         if column in table.columns:  # a text-only method (Orth-Cali) has no probe: n/a, not a failure
             table[column] = "n/a"  # (to_string's na_rep would win over a formatter)
     return table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="failed", formatters=n_column)

@@ -27,27 +27,18 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from clip_icm import protocols
+from clip_icm import methods, protocols
 from clip_icm.embeddings import EmbeddingSet
 from clip_icm.interventions import names_domain
-from clip_icm.projection import (METHOD_LABELS, LinearProjection, OrthCaliProjection, PairMoments, make_projection,
-                                 stack_pairs)
+from clip_icm.methods import ALL_METHODS
+from clip_icm.projection import LinearProjection, OrthCaliProjection, PairMoments, stack_pairs
 from clip_icm.seeding import rng, seed_hash
 
-ALL_METHODS = tuple(METHOD_LABELS)  # every registered method (one label each), in display order
-FULL_SPACE = "CLIP"
+FULL_SPACE = methods.FULL_SPACE.name  # the method column's name for CLIP's full space
 ZERO_SHOT, LINEAR_PROBE = "zero-shot", "linear probe"
-# The released code scores zero-shot with a plain dot product after projection (no
-# re-normalisation of the projected text); we keep that for its named variant only.
-RELEASED_SCORING = frozenset({"icm_as_released"})
-# Methods whose probe also trains on the intervened images of the pair sets (same labels).
-AUGMENTED_PROBE = frozenset({"augmentation"})
 # Zero-shot prompt sets: the class names in the template set the embeddings were built with,
 # or each class described by its usual look in the source training rows (EmbeddingSet.look_prompts).
 PROMPT_SETS = {"classes": "class names", "usual_look": "each class by its usual source look"}
-# Methods that calibrate the class text only (Orth-Cali as published): images stay untouched,
-# so there is no projected image space for a linear probe; its probe rows are n/a (NaN).
-TEXT_ONLY = frozenset({"orth_cali"})
 
 
 @dataclass(frozen=True)
@@ -221,9 +212,9 @@ def fit_projection(
     (None = all pairs). Used by evaluation and by the dashboard (spectrum, UMAP)."""
     _check_target(emb, target)
     emb, config = apply_protocol(emb, config)
-    if method in TEXT_ONLY:
+    if methods.spec(method).text_only:
         return _fit_orth_cali(emb, target, config)
-    return make_projection(method, config.n_components, config.lam, config.lam_mode).fit_moments(
+    return methods.spec(method).build(config.n_components, config.lam, config.lam_mode).fit_moments(
         _moments(emb, target, config))
 
 
@@ -287,12 +278,13 @@ def _rows_by_domain(emb: EmbeddingSet, target: str) -> dict[str, np.ndarray]:
     }
 
 
-def _augmented_rows(emb: EmbeddingSet, target: str | None, config: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
+def _augmented_rows(emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """The intervened images of the configured image and true-swap pair sets, each with its
     source image's class, none from ``target``: what an augmented probe also trains on."""
     images = [p for p in _pair_sets(emb, target, config) if p.kind in ("image", "true") and p.labels is not None]
     if not images:
-        raise ValueError(f"{', '.join(sorted(AUGMENTED_PROBE))} trains on intervened images: choose at least one "
+        raise ValueError(f"{methods.spec(method).label} trains on intervened images: choose at least one "
                          "image or true-swap pair set")
     return np.concatenate([p.z_do for p in images]), np.concatenate([p.labels for p in images])
 
@@ -325,12 +317,12 @@ def _fit_predictor(emb: EmbeddingSet, target: str | None, method: str, projectio
     text-only method (Orth-Cali) calibrates the class text and leaves the images as they are:
     no probe. The protocol says which probe and whether projected text is re-normalised."""
     zero_shot = _zero_shot_only(emb, method, projection, config)
-    if method in TEXT_ONLY:
+    if methods.spec(method).text_only:
         return zero_shot
     source, projected = _source_mask(emb, target), zero_shot.projected
     train_X, train_y = projected[source & emb.is_train], emb.labels[source & emb.is_train]
-    if method in AUGMENTED_PROBE:
-        extra_X, extra_y = _augmented_rows(emb, target, config)
+    if methods.spec(method).probe_rows == "source+intervened":
+        extra_X, extra_y = _augmented_rows(emb, target, method, config)
         train_X = np.concatenate([train_X, extra_X if projection is None else projection.transform(extra_X)])
         train_y = np.concatenate([train_y, extra_y])
     val = source & ~emb.is_train
@@ -344,10 +336,11 @@ def _fit_predictor(emb: EmbeddingSet, target: str | None, method: str, projectio
 def _zero_shot_only(emb: EmbeddingSet, method: str, projection, config: EvalConfig) -> _Predictor:
     """Zero-shot weights over ``projection`` and no probe (nothing fitted on rows): the open-class
     task and text-only methods. The protocol says whether projected text is re-normalised."""
-    spec = protocols.PROTOCOLS.get(config.protocol)
-    renormalise = method in TEXT_ONLY or (spec.renormalise and method not in RELEASED_SCORING)
+    method_spec = methods.spec(method)
+    renormalise = method_spec.text_only or (protocols.PROTOCOLS.get(config.protocol).renormalise
+                                            and method_spec.zero_shot == "cosine")
     weights = zero_shot_classifier(emb.text_features, projection, renormalise)
-    image_projection = None if method in TEXT_ONLY else projection
+    image_projection = None if method_spec.text_only else projection
     projected = emb.features if image_projection is None else image_projection.transform(emb.features)
     return _Predictor(image_projection, None, weights, projected)
 
@@ -408,9 +401,9 @@ def _fitted(emb: EmbeddingSet, target: str | None, method: str, config: EvalConf
 def _fit_and_score(emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig) -> list[dict]:
     """_score_method for ``method`` fitted on the pairs whose image is not from ``target``."""
     emb, config = apply_protocol(emb, config)
-    if method in TEXT_ONLY and emb.spurious is None and not any(p.kind == "text" for p in emb.pairs):
+    if methods.spec(method).text_only and emb.spurious is None and not any(p.kind == "text" for p in emb.pairs):
         # Not a failure of the split: the other methods still score; this one has nothing to be built from.
-        warnings.warn(f"{METHOD_LABELS[method]} is built from text banks and these embeddings have none: "
+        warnings.warn(f"{methods.spec(method).label} is built from text banks and these embeddings have none: "
                       "its rows are n/a", UserWarning, stacklevel=2)
         return _accuracy_rows(emb, target, method, {ZERO_SHOT: None, LINEAR_PROBE: None}, config)
     return _score_method(emb, target, method, _fitted(emb, target, method, config), config)
@@ -494,7 +487,7 @@ def _interventional_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig,
     if not emb.intervened_val:
         raise ValueError("scoring='interventional' needs intervened validation rows: embed with "
                          "InterventionConfig(intervened_val=('counterfactual',)) on ToyDomains or ('image',) elsewhere")
-    if method in TEXT_ONLY and protocol == LINEAR_PROBE:
+    if methods.spec(method).text_only and protocol == LINEAR_PROBE:
         raise ValueError(f"{method} calibrates class text only: it has no {protocol} to score")
     emb, config = apply_protocol(emb, config)
     predictor = _fit_predictor(emb, None, method, _fitted(emb, None, method, config), config)
@@ -543,8 +536,8 @@ def select_hyperparameters(
     emb: EmbeddingSet,
     target: str,
     method: str = "icm",
-    Ks: tuple[int, ...] = (16, 32, 64, 128),
-    lams: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0),
+    Ks: tuple[int, ...] | None = None,
+    lams: tuple[float, ...] | None = None,
     config: EvalConfig = EvalConfig(),
     scoring: str = "source_val",
     protocol: str = LINEAR_PROBE,
@@ -557,8 +550,10 @@ def select_hyperparameters(
     its validation accuracy and its accuracy on the intervened copies of those rows
     (``EmbeddingSet.intervened_val``), averaged: it sees a shortcut that validation rows
     cannot, when the interventions change the factors that shift. Ties keep the first
-    (K, lam) in grid order. Returns (best_K, best_lam, scores with columns K, lam, score).
+    (K, lam) in grid order. ``Ks`` / ``lams`` None: the method's grid (MethodSpec.grid).
+    Returns (best_K, best_lam, scores with columns K, lam, score).
     """
+    Ks, lams = _grid(emb, method, config, Ks, lams)
     sources = _selection_view(emb, target, config, scoring)
     dim = emb.features.shape[1]
     rows = [
@@ -573,13 +568,21 @@ def select_hyperparameters(
     return int(best.K), float(best.lam), scores
 
 
+def _grid(emb: EmbeddingSet, method: str, config: EvalConfig, Ks: tuple[int, ...] | None,
+          lams: tuple[float, ...] | None) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The given K and lam values, the method's own grid where None."""
+    own_Ks, own_lams = methods.spec(method).grid(emb.features.shape[1], config.lam_mode, config.n_components,
+                                                 config.lam)
+    return (own_Ks if Ks is None else tuple(Ks)), (own_lams if lams is None else tuple(lams))
+
+
 def select_and_evaluate(
     emb: EmbeddingSet,
     target: str,
     config: EvalConfig = EvalConfig(),
     scoring: str | None = None,
-    Ks: tuple[int, ...] = (16, 32, 64, 128),
-    lams: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0),
+    Ks: tuple[int, ...] | None = None,
+    lams: tuple[float, ...] | None = None,
     method: str = "icm",
     protocol: str = LINEAR_PROBE,
 ) -> pd.DataFrame:
@@ -597,16 +600,18 @@ def select_and_evaluate(
 def sweep(
     emb: EmbeddingSet,
     target: str,
-    Ks: tuple[int, ...],
-    lams: tuple[float, ...],
     method: str = "icm",
+    Ks: tuple[int, ...] | None = None,
+    lams: tuple[float, ...] | None = None,
     config: EvalConfig = EvalConfig(),
     protocol: str = LINEAR_PROBE,
 ) -> pd.DataFrame:
     """Grid of source-validation vs target accuracy (for a heat map; the target column is
-    there to SHOW the gap, never to choose: use :func:`select_hyperparameters`)."""
+    there to SHOW the gap, never to choose: use :func:`select_hyperparameters`). ``Ks`` / ``lams``
+    None: the method's grid, as selection searches it."""
     if target is None:
         raise ValueError("sweep needs a target domain")
+    Ks, lams = _grid(emb, method, config, Ks, lams)
     rows = []
     for K in Ks:
         for lam in lams:

@@ -11,6 +11,8 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from clip_icm import methods
+
 PALETTE = qualitative.D3 + qualitative.Pastel
 ROLE_SYMBOLS = {"source": "circle", "target": "x"}
 POINT_COLUMNS = ("id", "class", "domain", "role", "prediction", "correct")
@@ -87,8 +89,12 @@ def selected_ids(selection: object) -> list[int]:
     return sorted(set(ids))
 
 
-METHOD_COLOURS = {"CLIP": "#7f7f7f", "icm": "#1f77b4", "icm_as_released": "#d62728", "pca": "#2ca02c",
-                  "null_space": "#9467bd", "orth_cali": "#ff7f0e", "augmentation": "#8c564b"}
+def _colour(method: str, i: int) -> str:
+    """The method's colour (MethodSpec.colour); a trace that is no method takes the palette's i-th."""
+    try:
+        return methods.spec(method).colour
+    except KeyError:
+        return PALETTE[i % len(PALETTE)]
 
 
 def accuracy_bars(table: pd.DataFrame, target: str, title: str = "Accuracy per domain") -> go.Figure:
@@ -101,7 +107,7 @@ def accuracy_bars(table: pd.DataFrame, target: str, title: str = "Accuracy per d
         rows = rows.set_index("domain").reindex(domains)
         fig.add_trace(go.Bar(
             x=[ticks[d] for d in domains], y=rows["accuracy"], name=str(label),
-            marker=dict(color=METHOD_COLOURS.get(method, PALETTE[i % len(PALETTE)]),
+            marker=dict(color=_colour(method, i),
                         pattern=dict(shape="/" if protocol == "zero-shot" else "", fillmode="overlay",
                                      fgcolor="white", fgopacity=0.6)),
             hovertemplate=f"{label}<br>%{{x}}: %{{y:.1%}}<extra></extra>",

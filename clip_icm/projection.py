@@ -6,7 +6,7 @@ with row i of ``Z_do`` the intervened counterpart of row i of ``Z``; learned
 the training data is kept. Eigen-decompositions run in float64 with
 ``scipy.linalg.eigh`` (D up to 1024 takes well under a second).
 
-The methods (registry :data:`METHODS`, labels :data:`METHOD_LABELS`):
+The methods (their specs: :data:`clip_icm.methods.METHODS`):
 
 - ``icm``: the Invariant Causal Mechanism projection as intended (top-K).
 - ``icm_as_released``: the slice the released code takes (the K smallest).
@@ -21,15 +21,12 @@ The methods (registry :data:`METHODS`, labels :data:`METHOD_LABELS`):
 from __future__ import annotations
 
 import warnings
-from typing import Callable
-
 import numpy as np
 import scipy.linalg
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from clip_icm.embeddings import PairSet
-from clip_icm.registry import Registry
 
 SELECTIONS = ("top", "as_released")
 LAM_MODES = ("absolute", "relative")
@@ -389,34 +386,6 @@ class IdentityProjection(LinearProjection):
 
     def _fit_moments(self, moments: PairMoments) -> None:
         self.components_ = np.eye(moments.dim)
-
-
-METHOD_LABELS: dict[str, str] = {
-    "icm": "ICM",
-    "icm_as_released": "ICM (as released)",
-    "pca": "PCA",
-    "null_space": "Null space",
-    "orth_cali": "Orth-Cali",
-    "augmentation": "Augmentation",
-}
-
-# Factories (n_components, lam, lam_mode) -> unfitted estimator. orth_cali keeps all D
-# dims, has its own lam (EvalConfig.orth_cali_lam, 1000 as published) and fits on text, not
-# on the image pairs; pca ignores lam.
-METHODS: Registry[Callable[[int, float, str], LinearProjection]] = Registry("projection method")
-METHODS.register("icm", lambda k, lam, mode: InvariantProjection(k, lam, "top", mode))
-METHODS.register("icm_as_released", lambda k, lam, mode: InvariantProjection(k, lam, "as_released", mode))
-METHODS.register("pca", lambda k, lam, mode: PCAProjection(k))
-METHODS.register("null_space", lambda k, lam, mode: NullSpaceProjection(n_components=k))
-METHODS.register("orth_cali", lambda k, lam, mode: OrthCaliProjection())
-# The full-space probe trained on the source rows plus the intervened images of the pair sets
-# (evaluation.AUGMENTED_PROBE): what a practitioner tries first.
-METHODS.register("augmentation", lambda k, lam, mode: IdentityProjection())
-
-
-def make_projection(method: str, n_components: int, lam: float, lam_mode: str = "absolute") -> LinearProjection:
-    """An unfitted estimator for a registered method name (KeyError lists the valid ones)."""
-    return METHODS.get(method)(n_components, lam, lam_mode)
 
 
 def stack_pairs(pair_sets: list[PairSet], weights: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ from clip_icm.seeding import rng, seed_hash
 if TYPE_CHECKING:
     import pandas as pd
 
-PLAYGROUND_METHODS = ("full", "icm", "icm_as_released")
+PLAYGROUND_METHODS = ("CLIP", "icm", "icm_as_released")  # names in clip_icm.methods (CLIP: the full space)
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,7 @@ def run_playground(
     """
     import pandas as pd
 
-    from clip_icm.projection import InvariantProjection
+    from clip_icm import methods
 
     if not shifts or any(not 0.0 <= s <= 1.0 for s in shifts):
         raise ValueError(f"shifts must be a non-empty list of values in [0, 1], got {list(shifts)}")
@@ -258,9 +258,11 @@ def run_playground(
     train_envs = scm.train_environments()
     train = scm.sample(n_train, train_envs, gen)
     k = config.n_invariant if n_components is None else n_components
-    maps = {"full": None}
-    for method, selection in (("icm", "top"), ("icm_as_released", "as_released")):
-        maps[method] = InvariantProjection(k, lam, selection).fit(train.x, scm.intervene(train, train_envs, gen))
+    maps = {}
+    for method in PLAYGROUND_METHODS:
+        spec = methods.spec(method)
+        maps[method] = None if spec.estimator is None else spec.build(k, lam).fit(
+            train.x, scm.intervene(train, train_envs, gen))
     id_test = scm.sample(n_test, train_envs, gen)
     decorrelated = scm.sample(n_test, [scm.environment(name, 0.0) for name in ("train-a", "train-b")], gen)
     ood = {s: scm.sample(n_test, [scm.test_environment(s)], gen) for s in shifts}

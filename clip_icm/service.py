@@ -17,9 +17,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from clip_icm import defaults, evaluation, reduce
+from clip_icm import defaults, evaluation, methods, reduce
 from clip_icm.embeddings import EmbeddingSet
-from clip_icm.projection import METHOD_LABELS
 from clip_icm.seeding import rng
 
 SOURCES = {
@@ -296,8 +295,8 @@ def open_class_wide(frame: pd.DataFrame, target: str) -> pd.DataFrame:
 
 
 def method_label(method: str) -> str:
-    """A method's display name (its own name when it has none, as for "CLIP")."""
-    return METHOD_LABELS.get(method, method)
+    """A method's display label (MethodSpec.label)."""
+    return methods.label(method)
 
 
 def accuracy_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -308,7 +307,7 @@ def accuracy_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
     clip = table[table["method"] == evaluation.FULL_SPACE].set_index(["domain", "protocol"])["accuracy"]
     base = [clip.get((d, p), np.nan) for d, p in zip(table["domain"], table["protocol"])]
     table["change_vs_clip"] = table["accuracy"] - np.asarray(base, dtype=float)
-    order = {m: i for i, m in enumerate([evaluation.FULL_SPACE, *METHOD_LABELS])}
+    order = {m: i for i, m in enumerate([evaluation.FULL_SPACE, *methods.ALL_METHODS])}
     table["_order"] = table["method"].map(lambda m: order.get(m, len(order)))
     table = table.sort_values(["_order", "protocol"], kind="stable").drop(columns="_order")
     return table.reset_index(drop=True)
@@ -343,7 +342,7 @@ def full_space_score(emb: EmbeddingSet, target: str, config: evaluation.EvalConf
 def sweep(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConfig, Ks: tuple[int, ...],
           lams: tuple[float, ...]) -> pd.DataFrame:
     """K x lam grid of source-validation and (peeking, for illustration) target accuracy."""
-    return _guard("Sweep failed", evaluation.sweep, emb, target, Ks, lams, method, config)
+    return _guard("Sweep failed", evaluation.sweep, emb, target, method, Ks, lams, config)
 
 
 def projection_defaults(source: str, dim: int) -> dict:
@@ -443,9 +442,10 @@ def plot_ids(emb: EmbeddingSet, max_points: int = MAP_POINTS, seed: int = 0) -> 
 def predictions(emb: EmbeddingSet, projection: object = None, method: str = "icm") -> np.ndarray:
     """Zero-shot class index per row in the full space (no projection) or a projected one
     (a text-only method, Orth-Cali, calibrates the class text and leaves the images as they are)."""
-    if method in evaluation.TEXT_ONLY:
+    spec = methods.spec(method)
+    if spec.text_only:
         return evaluation.zero_shot_predict_text_only(emb.features, emb.text_features, projection)
-    renormalise = method not in evaluation.RELEASED_SCORING
+    renormalise = spec.zero_shot == "cosine"
     return evaluation.zero_shot_predict(emb.features, emb.text_features, projection, renormalise)
 
 

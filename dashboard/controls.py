@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from clip_icm import evaluation, service
+from clip_icm import evaluation, methods, service
 from clip_icm.embeddings import EmbeddingSet
-from clip_icm.projection import METHOD_LABELS, METHODS
 from dashboard import cached
 
 LAMS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 100000.0)
@@ -230,10 +229,11 @@ def _forget_other_data_sets_domains(emb: EmbeddingSet) -> None:
 def projection_ui(emb: EmbeddingSet, default_target: str, defaults: dict) -> ProjectionChoice:
     """Method, baselines, pair sets, prompts and how K and lam are chosen (sliders: k_lam_ui)."""
     target, sources = domains_ui(emb, default_target)
-    methods = METHODS.available()
-    method = st.selectbox("Method", methods, format_func=METHOD_LABELS.get, key=_valid("ctl_method", methods, "icm"))
-    rest = [m for m in methods if m != method]
-    baselines = st.multiselect("Baselines to compare", rest, format_func=METHOD_LABELS.get,
+    names = list(methods.ALL_METHODS)
+    method = st.selectbox("Method", names, format_func=methods.label, key=_valid("ctl_method", names, "icm"),
+                          help="; ".join(f"{spec.label}: {spec.description}" for spec in methods.SPECS))
+    rest = [m for m in names if m != method]
+    baselines = st.multiselect("Baselines to compare", rest, format_func=methods.label,
                                key=_valid_multi("ctl_baselines", rest, [m for m in defaults["baselines"] if m in rest]))
     pair_names = [p.name for p in emb.pairs]
     wanted = [p for p in defaults["pair_sets"] or pair_names if p in pair_names]
@@ -283,14 +283,18 @@ def _selection_off() -> None:
     st.session_state["ctl_selection"] = "off"
 
 
-def k_lam_ui(dim: int, defaults: dict, chosen: tuple[int, float] | None) -> tuple[int, float]:
-    """K and lam sliders; they show the chosen pair while a rule chooses, and moving one turns the rule off."""
+def k_lam_ui(dim: int, defaults: dict, chosen: tuple[int, float] | None, method: str) -> tuple[int, float]:
+    """K and lam sliders; they show the chosen pair while a rule chooses, and moving one turns the rule off.
+    A slider the method does not use (MethodSpec.hyperparameters) is greyed out and says so."""
+    spec = methods.spec(method)
     if chosen is not None:
         st.session_state["ctl_K"], st.session_state["ctl_lam"] = chosen
     st.session_state["ctl_K"] = min(max(1, st.session_state.get("ctl_K", defaults["K"])), dim)
-    K = st.slider("K (invariant dimensions)", 1, dim, key="ctl_K", on_change=_selection_off)
+    K = st.slider("K (invariant dimensions)", 1, dim, key="ctl_K", on_change=_selection_off,
+                  disabled=not spec.tunes_k, help=None if spec.tunes_k else f"{spec.label} does not use K")
     lam = st.select_slider("lam (intervention weight)", LAMS, key=_valid("ctl_lam", list(LAMS), defaults["lam"]),
-                           on_change=_selection_off)
+                           on_change=_selection_off, disabled=not spec.tunes_lam,
+                           help=None if spec.tunes_lam else f"{spec.label} does not use lam")
     return int(K), float(lam)
 
 
@@ -305,8 +309,8 @@ def _valid_multi(key: str, options: list[str], default: list[str] | None = None)
     return key
 
 
-def eval_config(choice: ProjectionChoice, K: int, lam: float, methods: tuple[str, ...]) -> evaluation.EvalConfig:
-    return service.eval_config(K, lam, choice.lam_mode, methods, choice.pair_sets or None, choice.prompts,
+def eval_config(choice: ProjectionChoice, K: int, lam: float, names: tuple[str, ...]) -> evaluation.EvalConfig:
+    return service.eval_config(K, lam, choice.lam_mode, names, choice.pair_sets or None, choice.prompts,
                                choice.eval_protocol, choice.keep_target_styles)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clip_icm import evaluation, figures, service
+from clip_icm import evaluation, figures, methods, service
 from clip_icm.embeddings import EmbeddingSet
 from dashboard import cached, controls, texts
 
@@ -63,7 +63,7 @@ def settings_context() -> Context | None:
         emb = service.restrict_domains(emb, (choice.target, *choice.sources))
         selection = select_k_lam(emb, choice, defaults)
         K, lam = controls.k_lam_ui(emb.features.shape[1], defaults,
-                                   None if selection is None else (selection.K, selection.lam))
+                                   None if selection is None else (selection.K, selection.lam), choice.method)
     return Context(request, emb, choice, K, lam, selection)
 
 
@@ -101,8 +101,8 @@ def select_k_lam(emb: EmbeddingSet, c: controls.ProjectionChoice, defaults: dict
     (after an error message: the sliders then decide)."""
     if c.selection == "off":
         return None
-    Ks, lams = service.defaults.grid(emb.features.shape[1], c.lam_mode)
     config = controls.eval_config(c, defaults["K"], defaults["lam"], (c.method,))
+    Ks, lams = methods.spec(c.method).grid(emb.features.shape[1], c.lam_mode, defaults["K"], defaults["lam"])
     try:
         with st.spinner(f"Choosing K and λ ({len(Ks) * len(lams)} settings, source data only)…"):
             K, lam, scores = cached.choose(emb.key, c.target, c.method, config, Ks, lams, c.selection, c.protocol, emb)
@@ -396,9 +396,9 @@ def diagnostics_page() -> None:
                "factors are intervened on. The uncentred ratio is flattered by CLIP's large common mean (any "
                "subspace that keeps the mean direction looks invariant); the centred one compares the movement "
                "with the spread between images.")
-    if fit.eigenvalues is not None and fit.method in ("icm", "icm_as_released", "pca"):
-        selection = "as_released" if fit.method == "icm_as_released" else "top"
-        st.plotly_chart(figures.spectrum_figure(fit.eigenvalues, K, selection), key="spectrum")
+    spectrum = methods.spec(fit.method).spectrum
+    if fit.eigenvalues is not None and spectrum is not None:
+        st.plotly_chart(figures.spectrum_figure(fit.eigenvalues, K, spectrum), key="spectrum")
     else:
         st.caption(f"{service.method_label(fit.method)} has no eigenvalue spectrum of M.")
     _sweep_section(ctx, K, lam)
@@ -410,7 +410,7 @@ def _sweep_section(ctx: Context, K: int, lam: float) -> None:
     if not controls.sweep_ui():
         return
     c, emb = ctx.choice, ctx.emb
-    Ks, lams = service.defaults.grid(emb.features.shape[1], c.lam_mode)
+    Ks, lams = methods.spec(c.method).grid(emb.features.shape[1], c.lam_mode, K, lam)
     config = controls.eval_config(c, K, lam, (c.method,))
     bar, frames = st.progress(0.0, text="sweep"), []
     try:
@@ -463,7 +463,7 @@ def playground_page() -> None:
     except service.ServiceError as e:
         st.error(str(e))
         return
-    shown = table.assign(predictor=table["method"].map(texts.PLAYGROUND_NAMES))
+    shown = table.assign(predictor=table["method"].map(service.method_label))
     left, right = st.columns(2)
     left.plotly_chart(figures.playground_accuracy(shown, "shift", "ood_accuracy", "predictor",
                                                   "Accuracy on the shifted environment"), key="pg_acc")

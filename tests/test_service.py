@@ -276,7 +276,7 @@ def test_intervention_config_keeps_known_banks_and_builds_edited_ones():
 
 def test_playground_runs_small(emb):
     table = service.playground(SCMConfig(n_invariant=2, n_variant=2), (0.0, 1.0), 1e4, n_train=300, n_test=200)
-    assert set(table["method"]) == {"full", "icm", "icm_as_released"}
+    assert set(table["method"]) == {"CLIP", "icm", "icm_as_released"}
     with pytest.raises(service.ServiceError, match="shifts"):
         service.playground(SCMConfig(), (2.0,), 1e4)
 
