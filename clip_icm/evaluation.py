@@ -27,11 +27,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from clip_icm import methods, protocols
+from clip_icm import defaults, methods, protocols
 from clip_icm.embeddings import EmbeddingSet
+from clip_icm.errors import InvalidInput, check_names
 from clip_icm.interventions import names_domain
 from clip_icm.methods import ALL_METHODS
-from clip_icm.projection import LinearProjection, OrthCaliProjection, PairMoments, stack_pairs
+from clip_icm.projection import LAM_MODES, LinearProjection, OrthCaliProjection, PairMoments, stack_pairs
 from clip_icm.seeding import rng, seed_hash
 
 FULL_SPACE = methods.FULL_SPACE.name  # the method column's name for CLIP's full space
@@ -53,9 +54,9 @@ class EvalConfig:
     fit by default, since they are prior knowledge of the target's shift; True keeps them."""
 
 
-    n_components: int = 64
-    lam: float = 1000.0
-    lam_mode: str = "absolute"
+    n_components: int = defaults.MAX_K
+    lam: float = defaults.LAM
+    lam_mode: str = defaults.LAM_MODE
     methods: tuple[str, ...] = ALL_METHODS
     pair_sets: tuple[str, ...] | None = None
     pair_weights: tuple[tuple[str, float], ...] | dict[str, float] | None = None
@@ -63,12 +64,19 @@ class EvalConfig:
     prompts: str = "classes"
     seed: int = 0
     protocol: str = "ours"
-    orth_cali_lam: float = 1000.0
+    orth_cali_lam: float = defaults.ORTH_CALI_LAM
     keep_target_styles: bool = False
 
     def __post_init__(self) -> None:
-        if self.prompts not in PROMPT_SETS:
-            raise ValueError(f"prompts must be one of {', '.join(PROMPT_SETS)}; got {self.prompts!r}")
+        """Every name and range checked here, so a wrong setting fails before anything is fitted."""
+        methods.METHODS.check(self.methods)
+        protocols.PROTOCOLS.check((self.protocol,))
+        check_names("zero-shot prompt set", (self.prompts,), tuple(PROMPT_SETS))
+        check_names("lam scale", (self.lam_mode,), LAM_MODES)
+        if self.n_components < 1:
+            raise InvalidInput(f"n_components (K) must be at least 1, got {self.n_components}")
+        if not np.isfinite(self.lam) or not np.isfinite(self.orth_cali_lam):
+            raise InvalidInput(f"lam must be finite, got lam={self.lam}, orth_cali_lam={self.orth_cali_lam}")
 
 
 def _normalise(X: np.ndarray) -> np.ndarray:
@@ -85,7 +93,7 @@ def zero_shot_classifier(text_features: np.ndarray, projection: object = None, r
     """
     text = np.asarray(text_features, dtype=np.float64)
     if text.ndim != 3:
-        raise ValueError(f"text_features must be (templates, classes, D), got shape {text.shape}")
+        raise InvalidInput(f"text_features must be (templates, classes, D), got shape {text.shape}")
     T, C, D = text.shape
     flat = _normalise(text.reshape(T * C, D))
     if projection is not None:
@@ -127,9 +135,9 @@ def fit_linear_probe(
     ``train_X`` with the best C is kept (no refit needed). Ties keep the smaller C.
     """
     if not Cs:
-        raise ValueError("Cs must name at least one C")
+        raise InvalidInput("Cs must name at least one C")
     if len(np.unique(train_y)) < 2:
-        raise ValueError("the linear probe needs at least 2 classes in its training rows")
+        raise InvalidInput("the linear probe needs at least 2 classes in its training rows")
     scaler = StandardScaler().fit(train_X)
     Xt, Xv = scaler.transform(train_X), scaler.transform(val_X)
     clf = LogisticRegression(solver="newton-cg", max_iter=100, tol=1e-3, warm_start=True, random_state=seed)
@@ -151,7 +159,7 @@ def _source_mask(emb: EmbeddingSet, target: str | None) -> np.ndarray:
 
 def _check_target(emb: EmbeddingSet, target: str | None) -> None:
     if target is not None and target not in emb.domain_names:
-        raise ValueError(f"unknown target domain {target!r}; domains: {', '.join(emb.domain_names)}")
+        raise InvalidInput(f"unknown target domain {target!r}; domains: {', '.join(emb.domain_names)}")
 
 
 def _pair_sets(emb: EmbeddingSet, target: str | None, config: EvalConfig) -> list:
@@ -242,18 +250,18 @@ def apply_protocol(emb: EmbeddingSet, config: EvalConfig) -> tuple[EmbeddingSet,
         # Through pair_sets, not by dropping sets: Orth-Cali still reads the text banks it is built from.
         names = [p.name for p in emb.pairs if p.kind in spec.pair_kinds]
         if not names:
-            raise ValueError(f"the {spec.label} protocol fits on {'/'.join(spec.pair_kinds)} pairs; "
+            raise InvalidInput(f"the {spec.label} protocol fits on {'/'.join(spec.pair_kinds)} pairs; "
                              f"this data has none (pair sets: {', '.join(p.name for p in emb.pairs) or 'none'})")
         # The protocol fixes the kind of pairs: the chosen sets of that kind, or all of them when
         # none of the chosen sets is one (the demo's default true swaps, say).
         chosen = [n for n in config.pair_sets or () if n in names] or names
         config = replace(config, pair_sets=tuple(chosen))
     if spec.template is not None and config.prompts != "classes":
-        raise ValueError(f"the {spec.label} protocol scores zero-shot with the prompt {spec.template!r}; "
+        raise InvalidInput(f"the {spec.label} protocol scores zero-shot with the prompt {spec.template!r}; "
                          f"prompts={config.prompts!r} cannot be used with it")
     if spec.template is not None and emb.templates != (spec.template,):
         if emb.templates is None or spec.template not in emb.templates:
-            raise ValueError(f"the {spec.label} protocol scores zero-shot with the prompt {spec.template!r}; "
+            raise InvalidInput(f"the {spec.label} protocol scores zero-shot with the prompt {spec.template!r}; "
                              f"these embeddings have {list(emb.templates or [])} (embed with templates 'single' "
                              "or 'ensemble')")
         row = emb.templates.index(spec.template)
@@ -266,7 +274,7 @@ def with_prompts(emb: EmbeddingSet, target: str | None, prompts: str) -> Embeddi
     if prompts == "classes":
         return emb
     if target not in emb.look_prompts:
-        raise ValueError(f"prompts={prompts!r} needs the usual-look prompts for target {target!r} "
+        raise InvalidInput(f"prompts={prompts!r} needs the usual-look prompts for target {target!r} "
                          "(ToyDomains data embedded with InterventionConfig(look_prompts=True))")
     return replace(emb, text_features=emb.look_prompts[target], templates=None)  # described, not templated
 
@@ -284,7 +292,7 @@ def _augmented_rows(emb: EmbeddingSet, target: str | None, method: str, config: 
     source image's class, none from ``target``: what an augmented probe also trains on."""
     images = [p for p in _pair_sets(emb, target, config) if p.kind in ("image", "true") and p.labels is not None]
     if not images:
-        raise ValueError(f"{methods.spec(method).label} trains on intervened images: choose at least one "
+        raise InvalidInput(f"{methods.spec(method).label} trains on intervened images: choose at least one "
                          "image or true-swap pair set")
     return np.concatenate([p.z_do for p in images]), np.concatenate([p.labels for p in images])
 
@@ -412,7 +420,7 @@ def _fit_and_score(emb: EmbeddingSet, target: str | None, method: str, config: E
 def evaluate_split(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConfig()) -> pd.DataFrame:
     """Per-domain accuracy for CLIP (full space) and every configured method, both protocols."""
     if target is None:
-        raise ValueError("evaluate_split needs a target domain")
+        raise InvalidInput("evaluate_split needs a target domain")
     _check_target(emb, target)
     emb, config = apply_protocol(emb, config)
     emb = with_prompts(emb, target, config.prompts)
@@ -485,10 +493,10 @@ def _worst_case_validation(emb: EmbeddingSet, predictor: _Predictor, protocol: s
 def _interventional_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig, protocol: str) -> float:
     """min(validation, intervened validation) accuracy per source domain, averaged (emb holds no target)."""
     if not emb.intervened_val:
-        raise ValueError("scoring='interventional' needs intervened validation rows: embed with "
+        raise InvalidInput("scoring='interventional' needs intervened validation rows: embed with "
                          "InterventionConfig(intervened_val=('counterfactual',)) on ToyDomains or ('image',) elsewhere")
     if methods.spec(method).text_only and protocol == LINEAR_PROBE:
-        raise ValueError(f"{method} calibrates class text only: it has no {protocol} to score")
+        raise InvalidInput(f"{method} calibrates class text only: it has no {protocol} to score")
     emb, config = apply_protocol(emb, config)
     predictor = _fit_predictor(emb, None, method, _fitted(emb, None, method, config), config)
     return _worst_case_validation(emb, predictor, protocol)
@@ -515,12 +523,12 @@ def intervened_val_for(emb: EmbeddingSet, target: str) -> list:
 def _selection_view(emb: EmbeddingSet, target: str, config: EvalConfig, scoring: str) -> EmbeddingSet:
     """What selection may read: ``emb`` without the target domain (and with the target's prompts)."""
     if scoring not in SCORINGS:
-        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
+        raise InvalidInput(f"scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
     _check_target(emb, target)
     sources = without_domain(with_prompts(emb, target, config.prompts), target)
     sources = replace(sources, intervened_val=intervened_val_for(sources, target))
     if scoring == "source_domains" and len(sources.domain_names) < 2:
-        raise ValueError("scoring='source_domains' needs at least 2 source domains")
+        raise InvalidInput("scoring='source_domains' needs at least 2 source domains")
     return sources
 
 
@@ -562,7 +570,7 @@ def select_hyperparameters(
         for lam in lams
     ]
     if not rows:
-        raise ValueError(f"no K in {list(Ks)} fits D={dim}")
+        raise InvalidInput(f"no K in {list(Ks)} fits D={dim}")
     scores = pd.DataFrame(rows)
     best = scores.loc[scores.score.idxmax()]
     return int(best.K), float(best.lam), scores
@@ -610,7 +618,7 @@ def sweep(
     there to SHOW the gap, never to choose: use :func:`select_hyperparameters`). ``Ks`` / ``lams``
     None: the method's grid, as selection searches it."""
     if target is None:
-        raise ValueError("sweep needs a target domain")
+        raise InvalidInput("sweep needs a target domain")
     Ks, lams = _grid(emb, method, config, Ks, lams)
     rows = []
     for K in Ks:
@@ -641,7 +649,7 @@ def class_split(n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     the first half of the sorted class names instead (no seed). At least 2 classes on each side."""
     n_base = n_classes // 2
     if n_base < 2 or n_classes - n_base < 2:
-        raise ValueError(f"the open-class task needs at least 2 base and 2 new classes; {n_classes} classes "
+        raise InvalidInput(f"the open-class task needs at least 2 base and 2 new classes; {n_classes} classes "
                          f"split 50/50 give {n_base} and {n_classes - n_base}")
     order = rng("class split", seed).permutation(n_classes)
     return np.sort(order[:n_base]), np.sort(order[n_base:])
@@ -669,7 +677,7 @@ def evaluate_open_class(emb: EmbeddingSet, target: str, config: EvalConfig = Eva
     (base / new / harmonic mean), accuracy, n, preset, K, lam, lam_mode, split_seed.
     """
     if target is None:
-        raise ValueError("evaluate_open_class needs a target domain")
+        raise InvalidInput("evaluate_open_class needs a target domain")
     _check_target(emb, target)
     emb, config = apply_protocol(emb, config)
     emb = with_prompts(emb, target, config.prompts)

@@ -12,6 +12,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from clip_icm import methods
+from clip_icm.errors import InvalidInput
 
 PALETTE = qualitative.D3 + qualitative.Pastel
 ROLE_SYMBOLS = {"source": "circle", "target": "x"}
@@ -23,7 +24,7 @@ PEEKING_TITLE = "target (peeking - for illustration only)"
 def _check_columns(frame: pd.DataFrame, needed: tuple[str, ...], what: str) -> None:
     missing = [c for c in needed if c not in frame.columns]
     if missing:
-        raise ValueError(f"{what} needs columns {', '.join(missing)}; got {', '.join(map(str, frame.columns))}")
+        raise InvalidInput(f"{what} needs columns {', '.join(missing)}; got {', '.join(map(str, frame.columns))}")
 
 
 def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class", title: str = "") -> go.Figure:
@@ -34,9 +35,9 @@ def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class
     """
     _check_columns(points, POINT_COLUMNS, "scatter_layout")
     if colour_by not in ("class", "domain"):
-        raise ValueError(f"colour_by must be 'class' or 'domain', got {colour_by!r}")
+        raise InvalidInput(f"colour_by must be 'class' or 'domain', got {colour_by!r}")
     if len(xy) != len(points):
-        raise ValueError(f"{len(xy)} layout rows for {len(points)} points")
+        raise InvalidInput(f"{len(xy)} layout rows for {len(points)} points")
     fig = go.Figure()
     groups = list(dict.fromkeys(points[colour_by].tolist()))
     for g_index, group in enumerate(groups):
@@ -170,14 +171,14 @@ def confusion_heatmaps(matrices: dict[str, np.ndarray], class_names: list[str], 
     """Side-by-side confusion matrices (rows: true class, columns: predicted), each row as a
     share of that class, so a learner sees which class the shortcut turns into which."""
     if not matrices:
-        raise ValueError("confusion_heatmaps needs at least one matrix")
+        raise InvalidInput("confusion_heatmaps needs at least one matrix")
     names = list(matrices)
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=[titles.get(n, n) for n in names],
                         horizontal_spacing=0.14)
     for col, name in enumerate(names, 1):
         counts = np.asarray(matrices[name], dtype=float)
         if counts.shape != (len(class_names), len(class_names)):
-            raise ValueError(f"{name}: a {counts.shape} matrix for {len(class_names)} classes")
+            raise InvalidInput(f"{name}: a {counts.shape} matrix for {len(class_names)} classes")
         shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         fig.add_trace(go.Heatmap(
             z=shares, x=class_names, y=class_names, zmin=0, zmax=1, colorscale="Blues", showscale=col == len(names),

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clip_icm import evaluation, figures, methods, service
+from clip_icm import defaults, evaluation, figures, methods, service
 from clip_icm.embeddings import EmbeddingSet
 from dashboard import cached, controls, texts
 
@@ -57,12 +57,12 @@ def settings_context() -> Context | None:
     emb = load_embeddings(request)
     if emb is None:
         return None
-    defaults = service.projection_defaults(request.source, emb.features.shape[1])
+    start = service.projection_defaults(request.source, emb.features.shape[1])
     with st.sidebar, st.expander("Domains and projection", expanded=True):
-        choice = controls.projection_ui(emb, service.default_target(emb, request.source), defaults)
+        choice = controls.projection_ui(emb, service.default_target(emb, request.source), start)
         emb = service.restrict_domains(emb, (choice.target, *choice.sources))
-        selection = select_k_lam(emb, choice, defaults)
-        K, lam = controls.k_lam_ui(emb.features.shape[1], defaults,
+        selection = select_k_lam(emb, choice, start)
+        K, lam = controls.k_lam_ui(emb.features.shape[1], start,
                                    None if selection is None else (selection.K, selection.lam), choice.method)
     return Context(request, emb, choice, K, lam, selection)
 
@@ -96,13 +96,13 @@ def _build(request: service.EmbeddingRequest, notes: list[str]) -> EmbeddingSet:
     return service.load_embeddings(request, progress, notes)
 
 
-def select_k_lam(emb: EmbeddingSet, c: controls.ProjectionChoice, defaults: dict) -> Selection | None:
+def select_k_lam(emb: EmbeddingSet, c: controls.ProjectionChoice, start: dict) -> Selection | None:
     """Run the chosen selection rule on source data (cached); None when it is off or fails
     (after an error message: the sliders then decide)."""
     if c.selection == "off":
         return None
-    config = controls.eval_config(c, defaults["K"], defaults["lam"], (c.method,))
-    Ks, lams = methods.spec(c.method).grid(emb.features.shape[1], c.lam_mode, defaults["K"], defaults["lam"])
+    config = controls.eval_config(c, start["K"], start["lam"], (c.method,))
+    Ks, lams = methods.spec(c.method).grid(emb.features.shape[1], c.lam_mode, start["K"], start["lam"])
     try:
         with st.spinner(f"Choosing K and λ ({len(Ks) * len(lams)} settings, source data only)…"):
             K, lam, scores = cached.choose(emb.key, c.target, c.method, config, Ks, lams, c.selection, c.protocol, emb)
@@ -453,7 +453,7 @@ def playground_page() -> None:
     n_inv = c2.slider("Invariant dimensions", 1, 16, 8, key="pg_inv")
     n_var = c3.slider("Variant dimensions", 1, 16, 8, key="pg_var")
     extra = c3.slider("Extra embedding dimensions", 0, 48, 0, 4, key="pg_extra")
-    lam = c3.select_slider("lam", [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6], 1e4, key="pg_lam")
+    lam = c3.select_slider("lam", [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6], defaults.PLAYGROUND_LAM, key="pg_lam")
     config = SCMConfig(n_invariant=n_inv, n_variant=n_var, dim=n_inv + n_var + extra, spurious_correlation=corr,
                        noise=noise)
     shifts = tuple(float(x) for x in np.linspace(0.0, top_shift, 5))

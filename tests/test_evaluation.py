@@ -24,7 +24,7 @@ from clip_icm.scm import SCMConfig, make_embedding_set
 
 DOMAINS = ("photo", "cartoon", "sketch")
 TARGET = "sketch"  # the shifted domain: its shortcut is reversed
-CONFIG = EvalConfig(n_components=6, lam=1e4)
+CONFIG = EvalConfig(n_components=6, lam=1e4, lam_mode="absolute")
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +245,7 @@ def test_augmentation_trains_on_intervened_source_images_only(emb):
 
 
 def test_unknown_prompt_set_and_missing_look_prompts(emb):
-    with pytest.raises(ValueError, match="prompts must be one of classes, usual_look"):
+    with pytest.raises(ValueError, match="unknown zero-shot prompt set .captions.; available: classes, usual_look"):
         EvalConfig(prompts="captions")
     with pytest.raises(ValueError, match="usual-look prompts for target 'sketch'"):
         evaluate_split(emb, TARGET, EvalConfig(prompts="usual_look"))
