@@ -84,11 +84,11 @@ def _normalise(X: np.ndarray) -> np.ndarray:
     return X / np.where(norms > 0, norms, 1.0)
 
 
-def zero_shot_classifier(text_features: np.ndarray, projection: object = None, renormalize: bool = True) -> np.ndarray:
+def zero_shot_classifier(text_features: np.ndarray, projection: object = None, renormalise: bool = True) -> np.ndarray:
     """(C, d) class weights from (T, C, D) raw prompt embeddings (open_clip's convention).
 
     Each template's class embedding is L2-normalised, projected (if given), averaged
-    over templates and re-normalised. ``renormalize=False`` skips the last step, as
+    over templates and re-normalised. ``renormalise=False`` skips the last step, as
     the released code does.
     """
     text = np.asarray(text_features, dtype=np.float64)
@@ -99,17 +99,17 @@ def zero_shot_classifier(text_features: np.ndarray, projection: object = None, r
     if projection is not None:
         flat = projection.transform(flat)
     weights = flat.reshape(T, C, -1).mean(axis=0)
-    return _normalise(weights) if renormalize else weights
+    return _normalise(weights) if renormalise else weights
 
 
 def zero_shot_predict(
-    features: np.ndarray, text_features: np.ndarray, projection: object = None, renormalize: bool = True
+    features: np.ndarray, text_features: np.ndarray, projection: object = None, renormalise: bool = True
 ) -> np.ndarray:
     """Class index per row: cosine between projected, L2-normalised images and class weights."""
     X = np.asarray(features, dtype=np.float64)
     if projection is not None:
         X = projection.transform(X)
-    return np.argmax(_normalise(X) @ zero_shot_classifier(text_features, projection, renormalize).T, axis=1)
+    return np.argmax(_normalise(X) @ zero_shot_classifier(text_features, projection, renormalise).T, axis=1)
 
 
 def zero_shot_predict_text_only(features: np.ndarray, text_features: np.ndarray, projection: object) -> np.ndarray:
