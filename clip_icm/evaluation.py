@@ -605,15 +605,9 @@ def select_and_evaluate(
     return frame
 
 
-def sweep(
-    emb: EmbeddingSet,
-    target: str,
-    method: str = "icm",
-    Ks: tuple[int, ...] | None = None,
-    lams: tuple[float, ...] | None = None,
-    config: EvalConfig = EvalConfig(),
-    protocol: str = LINEAR_PROBE,
-) -> pd.DataFrame:
+def sweep(emb: EmbeddingSet, target: str, method: str = "icm", Ks: tuple[int, ...] | None = None,
+          lams: tuple[float, ...] | None = None, config: EvalConfig = EvalConfig(), protocol: str = LINEAR_PROBE
+          ) -> pd.DataFrame:
     """Grid of source-validation vs target accuracy (for a heat map; the target column is
     there to SHOW the gap, never to choose: use :func:`select_hyperparameters`). ``Ks`` / ``lams``
     None: the method's grid, as selection searches it."""
