@@ -17,6 +17,11 @@ import numpy as np
 # Few epochs are enough for a few thousand points and keep a layout at a second or two.
 DEFAULT_EPOCHS = 200
 EXACT_LIMIT = 4096  # umap-learn searches neighbours exactly below this many points
+# Above EXACT_LIMIT, exact neighbours from matrix products up to this many points (every map the
+# dashboard draws by default), pynndescent's approximate search beyond: at 10,000 x 512 the two
+# take about as long (1-2 s), but the descent's numba code cannot be cached and compiles for
+# 40 s in every new process, and the products cost n^2 (about 7 s at 20,000 x 512).
+BLAS_KNN_LIMIT = 20_000
 
 
 def _normalise(X: np.ndarray) -> np.ndarray:
@@ -50,15 +55,20 @@ def procrustes_align(xy: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def warm_up(approximate: bool = False) -> None:
-    """Run tiny layouts so that numba compiles UMAP's kernels (10-20 s on first use); the
-    dashboard does this in a background thread while the embeddings are being computed.
-    ``approximate`` also compiles the nearest-neighbour descent that layouts of more than
-    EXACT_LIMIT rows take (worth it where large data sets are expected)."""
+    """Run tiny layouts so that numba compiles UMAP's kernels, or loads them from its on-disk
+    cache (``umap_cache``: 15-20 s to compile on first use, about a second to load); the dashboard
+    does this in a background thread while the embeddings are being computed. Covers both
+    neighbour searches every map up to BLAS_KNN_LIMIT rows takes (the distance matrix below
+    EXACT_LIMIT rows, exact neighbours from matrix products above). ``approximate`` also
+    compiles pynndescent's neighbour descent that layouts of more than BLAS_KNN_LIMIT rows
+    take: about 40 s in every new process (numba cannot cache it), so only where such maps are
+    expected."""
     gen = np.random.default_rng(0)
     layout_2d(gen.normal(size=(64, 8)))
     layout_2d(gen.normal(size=(64, 8)), init=gen.normal(size=(64, 2)))
+    _umap(_normalise(gen.normal(size=(64, 8))), None, 0, 15, 10, search="blas")
     if approximate:
-        _umap(_normalise(gen.normal(size=(300, 8))), None, 0, 15, 10, approximate=True)
+        _umap(_normalise(gen.normal(size=(300, 8))), None, 0, 15, 10, search="descent")
 
 
 def layout_2d(
@@ -89,30 +99,62 @@ def layout_2d(
     return procrustes_align(xy, init) if init is not None else xy
 
 
+def exact_neighbours(X: np.ndarray, k: int, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest rows of each row of ``X`` (unit rows) by cosine distance, itself
+    first, as (indices int32, distances float32) sorted by distance: what pynndescent would
+    return, but exact, from blocks of matrix products (2 s at 10,000 x 512 on one core)."""
+    n = len(X)
+    k = min(k, n)
+    indices = np.empty((n, k), dtype=np.int32)
+    distances = np.empty((n, k), dtype=np.float32)
+    for start in range(0, n, block):
+        similarity = X[start:start + block] @ X.T
+        rows = np.arange(len(similarity))
+        similarity[rows, rows + start] = np.inf  # itself first, whatever the rounding
+        top = np.argpartition(similarity, n - k, axis=1)[:, n - k:]
+        top_similarity = np.take_along_axis(similarity, top, axis=1)
+        order = np.argsort(-top_similarity, axis=1, kind="stable")
+        indices[start:start + block] = np.take_along_axis(top, order, axis=1)
+        distances[start:start + block] = np.clip(1.0 - np.take_along_axis(top_similarity, order, axis=1), 0.0, 2.0)
+    return indices, distances
+
+
 def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n_epochs: int,
-          approximate: bool | None = None) -> np.ndarray:
-    """``approximate``: the nearest-neighbour descent path (None: above EXACT_LIMIT rows)."""
+          search: str | None = None) -> np.ndarray:
+    """``search``, how the neighbours are found (None: by the number of rows):
+    "matrix" (umap's exact search in a distance matrix, up to EXACT_LIMIT rows), "blas"
+    (exact_neighbours, up to BLAS_KNN_LIMIT) or "descent" (pynndescent's approximate search)."""
     import umap  # lazy: seconds to import, numba compilation on first use
 
+    from clip_icm import umap_cache
+
+    umap_cache.enable()  # before the first layout compiles anything
     # umap-learn warns on every fit with a precomputed metric that inverse_transform (never used
-    # here) is unavailable. One standing filter for that message only, added (idempotently) and
-    # never removed: catch_warnings() around the call would swap the process-wide filters while
-    # another thread (the page, during the dashboard's background warm-up) records its own.
+    # here) is unavailable, and with precomputed neighbours that transform is. Standing filters for
+    # those messages only, added (idempotently) and never removed: catch_warnings() around the call
+    # would swap the process-wide filters while another thread (the page, during the dashboard's
+    # background warm-up) records its own.
     warnings.filterwarnings("ignore", message="using precomputed metric", category=UserWarning, module=r"umap\.")
+    warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning, module=r"umap\.")
+    if search is None:
+        search = "matrix" if len(X) <= EXACT_LIMIT else "blas" if len(X) <= BLAS_KNN_LIMIT else "descent"
+    if search not in ("matrix", "blas", "descent"):
+        raise ValueError(f"search must be 'matrix', 'blas' or 'descent', got {search!r}")
+    k = min(n_neighbors, len(X) - 1)
     # Below umap's own exact-search size, hand it the cosine distances: its default path calls a
     # numba metric once per pair from Python (80% of a 1,280-point layout's time).
-    exact = len(X) <= EXACT_LIMIT if approximate is None else not approximate
     reducer = umap.UMAP(
         n_components=2,
-        n_neighbors=min(n_neighbors, len(X) - 1),
-        metric="precomputed" if exact else "cosine",
+        n_neighbors=k,
+        metric="precomputed" if search == "matrix" else "cosine",
         n_epochs=n_epochs,
         init=_standardise(init) if init is not None else "spectral",
         random_state=seed,
         n_jobs=1,  # what a fixed random_state forces anyway; saying so spares the warning
-        force_approximation_algorithm=not exact,
+        force_approximation_algorithm=search != "matrix",
+        precomputed_knn=exact_neighbours(X, k) if search == "blas" else (None, None, None),
     )
-    data = np.clip(1.0 - X @ X.T, 0.0, 2.0) if exact else X
-    if exact:
+    data = np.clip(1.0 - X @ X.T, 0.0, 2.0) if search == "matrix" else X
+    if search == "matrix":
         np.fill_diagonal(data, 0.0)
     return reducer.fit_transform(data).astype(np.float32)
