@@ -14,13 +14,15 @@ import warnings
 
 import numpy as np
 
-# Few epochs are enough for a few thousand points and keep a layout at a second or two.
+# Few epochs are enough for a few thousand points and keep a layout at a second or two. Fewer
+# lose part of the picture: with 100 (full) or 100 and 50 (invariant, started from the full
+# layout) each point keeps fewer of today's 2-D neighbours than a reseeded layout does, and fewer
+# of its neighbours in the embedding space (python -m bench.bench_umap; bench/RESULTS.md).
 DEFAULT_EPOCHS = 200
-EXACT_LIMIT = 4096  # umap-learn searches neighbours exactly below this many points
-# Above EXACT_LIMIT, exact neighbours from matrix products up to this many points (every map the
-# dashboard draws by default), pynndescent's approximate search beyond: at 10,000 x 512 the two
-# take about as long (1-2 s), but the descent's numba code cannot be cached and compiles for
-# 40 s in every new process, and the products cost n^2 (about 7 s at 20,000 x 512).
+# Neighbours are found exactly, from blocks of matrix products, up to this many points (every map
+# the dashboard draws by default); pynndescent's approximate search beyond. Both take 1-2 s at
+# 10,000 x 512, but the descent's numba code cannot be cached and compiles for 40 s in every new
+# process, and the products grow as n^2 (bench/RESULTS.md).
 BLAS_KNN_LIMIT = 20_000
 
 
@@ -56,17 +58,14 @@ def procrustes_align(xy: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def warm_up(approximate: bool = False) -> None:
     """Run tiny layouts so that numba compiles UMAP's kernels, or loads them from its on-disk
-    cache (``umap_cache``: 15-20 s to compile on first use, about a second to load); the dashboard
-    does this in a background thread while the embeddings are being computed. Covers both
-    neighbour searches every map up to BLAS_KNN_LIMIT rows takes (the distance matrix below
-    EXACT_LIMIT rows, exact neighbours from matrix products above). ``approximate`` also
-    compiles pynndescent's neighbour descent that layouts of more than BLAS_KNN_LIMIT rows
-    take: about 40 s in every new process (numba cannot cache it), so only where such maps are
-    expected."""
+    cache (``umap_cache``: 8-15 s to compile, about a second to load); the dashboard does this
+    in a background thread while the embeddings are being computed. Covers every layout up to
+    BLAS_KNN_LIMIT rows, from a spectral start or a given one. ``approximate`` also compiles
+    pynndescent's neighbour descent that layouts of more rows take: about 40 s in every new
+    process (numba cannot cache it), so only where such maps are expected."""
     gen = np.random.default_rng(0)
     layout_2d(gen.normal(size=(64, 8)))
     layout_2d(gen.normal(size=(64, 8)), init=gen.normal(size=(64, 2)))
-    _umap(_normalise(gen.normal(size=(64, 8))), None, 0, 15, 10, search="blas")
     if approximate:
         _umap(_normalise(gen.normal(size=(300, 8))), None, 0, 15, 10, search="descent")
 
@@ -121,40 +120,34 @@ def exact_neighbours(X: np.ndarray, k: int, block: int = 512) -> tuple[np.ndarra
 
 def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n_epochs: int,
           search: str | None = None) -> np.ndarray:
-    """``search``, how the neighbours are found (None: by the number of rows):
-    "matrix" (umap's exact search in a distance matrix, up to EXACT_LIMIT rows), "blas"
-    (exact_neighbours, up to BLAS_KNN_LIMIT) or "descent" (pynndescent's approximate search)."""
+    """``search``, how the neighbours are found: "exact" (exact_neighbours, handed to umap),
+    "descent" (pynndescent's approximate search); None: exact up to BLAS_KNN_LIMIT rows."""
     import umap  # lazy: seconds to import, numba compilation on first use
 
     from clip_icm import umap_cache
 
     umap_cache.enable()  # before the first layout compiles anything
-    # umap-learn warns on every fit with a precomputed metric that inverse_transform (never used
-    # here) is unavailable, and with precomputed neighbours that transform is. Standing filters for
-    # those messages only, added (idempotently) and never removed: catch_warnings() around the call
-    # would swap the process-wide filters while another thread (the page, during the dashboard's
-    # background warm-up) records its own.
-    warnings.filterwarnings("ignore", message="using precomputed metric", category=UserWarning, module=r"umap\.")
+    # umap-learn warns on every fit with precomputed neighbours that transform (never used here)
+    # is unavailable. A standing filter for that message only, added (idempotently) and never
+    # removed: catch_warnings() around the call would swap the process-wide filters while another
+    # thread (the page, during the dashboard's background warm-up) records its own.
     warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning, module=r"umap\.")
     if search is None:
-        search = "matrix" if len(X) <= EXACT_LIMIT else "blas" if len(X) <= BLAS_KNN_LIMIT else "descent"
-    if search not in ("matrix", "blas", "descent"):
-        raise ValueError(f"search must be 'matrix', 'blas' or 'descent', got {search!r}")
+        search = "exact" if len(X) <= BLAS_KNN_LIMIT else "descent"
+    if search not in ("exact", "descent"):
+        raise ValueError(f"search must be 'exact' or 'descent', got {search!r}")
     k = min(n_neighbors, len(X) - 1)
-    # Below umap's own exact-search size, hand it the cosine distances: its default path calls a
-    # numba metric once per pair from Python (80% of a 1,280-point layout's time).
+    # umap's own exact search (below 4,096 rows) calls a numba metric once per pair from Python,
+    # or takes a distance matrix and compiles a parallel sort of it for 5-8 s in a new process.
     reducer = umap.UMAP(
         n_components=2,
         n_neighbors=k,
-        metric="precomputed" if search == "matrix" else "cosine",
+        metric="cosine",
         n_epochs=n_epochs,
         init=_standardise(init) if init is not None else "spectral",
         random_state=seed,
         n_jobs=1,  # what a fixed random_state forces anyway; saying so spares the warning
-        force_approximation_algorithm=search != "matrix",
-        precomputed_knn=exact_neighbours(X, k) if search == "blas" else (None, None, None),
+        force_approximation_algorithm=search == "descent",
+        precomputed_knn=exact_neighbours(X, k) if search == "exact" else (None, None, None),
     )
-    data = np.clip(1.0 - X @ X.T, 0.0, 2.0) if search == "matrix" else X
-    if search == "matrix":
-        np.fill_diagonal(data, 0.0)
-    return reducer.fit_transform(data).astype(np.float32)
+    return reducer.fit_transform(X).astype(np.float32)

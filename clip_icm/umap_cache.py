@@ -1,7 +1,7 @@
 """Numba's on-disk cache for the kernels a UMAP layout compiles (umap-learn 0.5).
 
 Why this module exists: umap-learn declares its kernels with ``numba.njit`` *without*
-``cache=True``, so every new process compiled them again before its first layout: 12-20 s on
+``cache=True``, so every new process compiled them again before its first layout: 8-15 s on
 the 2-core machine (bench/RESULTS.md), longer than a layout of a few thousand points.
 ``enable()`` turns numba's cache on for exactly those dispatchers, in a folder of the project's
 store (``<store>/numba``), before anything is compiled; the second and later processes load the
@@ -25,7 +25,6 @@ from pathlib import Path
 # (module, name) of each kernel a layout calls from Python and that the installed version
 # compiles without a cache; kernels called only from inside these are compiled into them.
 KERNELS = (
-    ("umap.utils", "fast_knn_indices"),  # exact neighbours from a distance matrix (small data)
     ("umap.umap_", "smooth_knn_dist"),
     ("umap.umap_", "compute_membership_strengths"),
     ("umap.layouts", "_nb_optimize_layout_euclidean_single_epoch"),

@@ -97,7 +97,7 @@ X = gen.normal(size=(40, 6))
 with event.install_recorder("numba:compile") as rec:
     full = reduce.layout_2d(X, n_epochs=20)
     invariant = reduce.layout_2d(X[:, :4], init=full, n_epochs=20)
-    exact = reduce._umap(reduce._normalise(X), None, 0, 10, 20, search="blas")
+    exact = reduce._umap(reduce._normalise(X), None, 0, 10, 20, search="exact")
 compiled = sorted({e.data["dispatcher"].py_func.__qualname__ for _, e in rec.buffer})
 print(json.dumps({"layouts": [a.tolist() for a in (full, invariant, exact)], "compiled": compiled,
                   "warm_up": warm_up}))
