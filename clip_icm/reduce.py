@@ -6,7 +6,8 @@ then rotated/scaled onto it (orthogonal Procrustes). AlignedUMAP would also
 work, but it recomputes both layouts together, whereas this way the full-space
 layout is computed once and stays cached while K and lam change; only the
 invariant layout follows. umap-learn is imported lazily: the import costs
-seconds and its first call pays numba compilation.
+seconds and its first call pays numba compilation (in the first process only: umap_cache keeps
+the compiled kernels on disk).
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ import numpy as np
 DEFAULT_EPOCHS = 200
 # Neighbours are found exactly, from blocks of matrix products, up to this many points (every map
 # the dashboard draws by default); pynndescent's approximate search beyond. Both take 1-2 s at
-# 10,000 x 512, but the descent's numba code cannot be cached and compiles for 40 s in every new
-# process, and the products grow as n^2 (bench/RESULTS.md).
+# 10,000 x 512, but the descent's numba code cannot be cached and compiles for 40-70 s in every
+# new process, and the products grow as n^2 (bench/RESULTS.md).
 BLAS_KNN_LIMIT = 20_000
 
 
@@ -101,7 +102,7 @@ def layout_2d(
 def exact_neighbours(X: np.ndarray, k: int, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest rows of each row of ``X`` (unit rows) by cosine distance, itself
     first, as (indices int32, distances float32) sorted by distance: what pynndescent would
-    return, but exact, from blocks of matrix products (2 s at 10,000 x 512 on one core)."""
+    return, but exact, from blocks of matrix products (about 2 s at 10,000 x 512 on one core)."""
     n = len(X)
     k = min(k, n)
     indices = np.empty((n, k), dtype=np.int32)

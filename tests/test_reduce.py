@@ -128,3 +128,17 @@ def test_cached_umap_kernels_load_in_a_new_process_and_give_the_same_layouts(tmp
     assert not kernels & set(second["compiled"])  # the second process loaded them
     assert (tmp_path / "numba").is_dir()
     assert plain["layouts"] == first["layouts"] == second["layouts"]
+
+
+def test_exact_neighbours_match_a_full_sort_of_cosine_distances():
+    from clip_icm.reduce import _normalise, exact_neighbours
+
+    X = _normalise(np.random.default_rng(1).normal(size=(300, 12)))
+    indices, distances = exact_neighbours(X, 8, block=64)  # blocks that do not divide the rows
+    D = 1.0 - X @ X.T
+    np.fill_diagonal(D, -1.0)  # itself first
+    expected = np.argsort(D, axis=1, kind="stable")[:, :8]
+    np.testing.assert_array_equal(indices, expected)
+    assert (indices[:, 0] == np.arange(300)).all() and np.all(distances[:, 0] == 0.0)
+    np.testing.assert_allclose(distances[:, 1:], np.take_along_axis(D, expected, axis=1)[:, 1:], atol=1e-6)
+    assert np.all(np.diff(distances, axis=1) >= 0)
