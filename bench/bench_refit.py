@@ -57,7 +57,7 @@ def umap_pair(n: int) -> str:
 
     emb = make_embedding_set(SCMConfig(n_invariant=32, n_variant=480, n_classes=7), n_per_domain=n // 4)
     start = time.perf_counter()
-    reduce.warm_up(approximate=True)  # what the dashboard runs in the background for a folder
+    reduce.warm_up()  # what the dashboard runs in the background (numba compiles or loads its kernels)
     warm = time.perf_counter() - start
     ids = service.plot_ids(emb, n)
     fit = service.fit(emb, TARGET, "icm", ev.EvalConfig(n_components=64, lam=1e4, lam_mode="absolute", methods=("icm",)))
@@ -66,7 +66,7 @@ def umap_pair(n: int) -> str:
     middle = time.perf_counter()
     service.invariant_layout(emb, ids, fit, full)
     end = time.perf_counter()
-    return (f"UMAP warm-up, both neighbour paths (numba compilation, once per process): {warm:.1f} s\n"
+    return (f"UMAP warm-up (numba compiling or loading from its cache, once per process): {warm:.1f} s\n"
             f"UMAP pair at {n:,} points (compiled): full {middle - start:.1f} s + invariant {end - middle:.1f} s")
 
 

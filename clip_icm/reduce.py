@@ -6,7 +6,8 @@ then rotated/scaled onto it (orthogonal Procrustes). AlignedUMAP would also
 work, but it recomputes both layouts together, whereas this way the full-space
 layout is computed once and stays cached while K and lam change; only the
 invariant layout follows. umap-learn is imported lazily: the import costs
-seconds and its first call pays numba compilation.
+seconds and its first call pays numba compilation (in the first process only: umap_cache keeps
+the compiled kernels on disk).
 """
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ import warnings
 
 import numpy as np
 
-# Few epochs are enough for a few thousand points and keep a layout at a second or two.
+# Few epochs are enough for a few thousand points and keep a layout at a second or two. Fewer
+# lose part of the picture: with 100 (full) or 100 and 50 (invariant, started from the full
+# layout) each point keeps fewer of today's 2-D neighbours than a reseeded layout does, and fewer
+# of its neighbours in the embedding space (python -m bench.bench_umap; bench/RESULTS.md).
 DEFAULT_EPOCHS = 200
-EXACT_LIMIT = 4096  # umap-learn searches neighbours exactly below this many points
+# Neighbours are found exactly, from blocks of matrix products, up to this many points (every map
+# the dashboard draws by default); pynndescent's approximate search beyond. Both take 1-2 s at
+# 10,000 x 512, but the descent's numba code cannot be cached and compiles for 40-70 s in every
+# new process, and the products grow as n^2 (bench/RESULTS.md).
+BLAS_KNN_LIMIT = 20_000
 
 
 def _normalise(X: np.ndarray) -> np.ndarray:
@@ -50,15 +58,17 @@ def procrustes_align(xy: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def warm_up(approximate: bool = False) -> None:
-    """Run tiny layouts so that numba compiles UMAP's kernels (10-20 s on first use); the
-    dashboard does this in a background thread while the embeddings are being computed.
-    ``approximate`` also compiles the nearest-neighbour descent that layouts of more than
-    EXACT_LIMIT rows take (worth it where large data sets are expected)."""
+    """Run tiny layouts so that numba compiles UMAP's kernels, or loads them from its on-disk
+    cache (``umap_cache``: 8-15 s to compile, about a second to load); the dashboard does this
+    in a background thread while the embeddings are being computed. Covers every layout up to
+    BLAS_KNN_LIMIT rows, from a spectral start or a given one. ``approximate`` also compiles
+    pynndescent's neighbour descent that layouts of more rows take: about 40 s in every new
+    process (numba cannot cache it), so only where such maps are expected."""
     gen = np.random.default_rng(0)
     layout_2d(gen.normal(size=(64, 8)))
     layout_2d(gen.normal(size=(64, 8)), init=gen.normal(size=(64, 2)))
     if approximate:
-        _umap(_normalise(gen.normal(size=(300, 8))), None, 0, 15, 10, approximate=True)
+        _umap(_normalise(gen.normal(size=(300, 8))), None, 0, 15, 10, search="descent")
 
 
 def layout_2d(
@@ -89,30 +99,56 @@ def layout_2d(
     return procrustes_align(xy, init) if init is not None else xy
 
 
+def exact_neighbours(X: np.ndarray, k: int, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest rows of each row of ``X`` (unit rows) by cosine distance, itself
+    first, as (indices int32, distances float32) sorted by distance: what pynndescent would
+    return, but exact, from blocks of matrix products (about 2 s at 10,000 x 512 on one core)."""
+    n = len(X)
+    k = min(k, n)
+    indices = np.empty((n, k), dtype=np.int32)
+    distances = np.empty((n, k), dtype=np.float32)
+    for start in range(0, n, block):
+        similarity = X[start:start + block] @ X.T
+        rows = np.arange(len(similarity))
+        similarity[rows, rows + start] = np.inf  # itself first, whatever the rounding
+        top = np.argpartition(similarity, n - k, axis=1)[:, n - k:]
+        top_similarity = np.take_along_axis(similarity, top, axis=1)
+        order = np.argsort(-top_similarity, axis=1, kind="stable")
+        indices[start:start + block] = np.take_along_axis(top, order, axis=1)
+        distances[start:start + block] = np.clip(1.0 - np.take_along_axis(top_similarity, order, axis=1), 0.0, 2.0)
+    return indices, distances
+
+
 def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n_epochs: int,
-          approximate: bool | None = None) -> np.ndarray:
-    """``approximate``: the nearest-neighbour descent path (None: above EXACT_LIMIT rows)."""
+          search: str | None = None) -> np.ndarray:
+    """``search``, how the neighbours are found: "exact" (exact_neighbours, handed to umap),
+    "descent" (pynndescent's approximate search); None: exact up to BLAS_KNN_LIMIT rows."""
     import umap  # lazy: seconds to import, numba compilation on first use
 
-    # umap-learn warns on every fit with a precomputed metric that inverse_transform (never used
-    # here) is unavailable. One standing filter for that message only, added (idempotently) and
-    # never removed: catch_warnings() around the call would swap the process-wide filters while
-    # another thread (the page, during the dashboard's background warm-up) records its own.
-    warnings.filterwarnings("ignore", message="using precomputed metric", category=UserWarning, module=r"umap\.")
-    # Below umap's own exact-search size, hand it the cosine distances: its default path calls a
-    # numba metric once per pair from Python (80% of a 1,280-point layout's time).
-    exact = len(X) <= EXACT_LIMIT if approximate is None else not approximate
+    from clip_icm import umap_cache
+
+    umap_cache.enable()  # before the first layout compiles anything
+    # umap-learn warns on every fit with precomputed neighbours that transform (never used here)
+    # is unavailable. A standing filter for that message only, added (idempotently) and never
+    # removed: catch_warnings() around the call would swap the process-wide filters while another
+    # thread (the page, during the dashboard's background warm-up) records its own.
+    warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning, module=r"umap\.")
+    if search is None:
+        search = "exact" if len(X) <= BLAS_KNN_LIMIT else "descent"
+    if search not in ("exact", "descent"):
+        raise ValueError(f"search must be 'exact' or 'descent', got {search!r}")
+    k = min(n_neighbors, len(X) - 1)
+    # umap's own exact search (below 4,096 rows) calls a numba metric once per pair from Python,
+    # or takes a distance matrix and compiles a parallel sort of it for 5-8 s in a new process.
     reducer = umap.UMAP(
         n_components=2,
-        n_neighbors=min(n_neighbors, len(X) - 1),
-        metric="precomputed" if exact else "cosine",
+        n_neighbors=k,
+        metric="cosine",
         n_epochs=n_epochs,
         init=_standardise(init) if init is not None else "spectral",
         random_state=seed,
         n_jobs=1,  # what a fixed random_state forces anyway; saying so spares the warning
-        force_approximation_algorithm=not exact,
+        force_approximation_algorithm=search == "descent",
+        precomputed_knn=exact_neighbours(X, k) if search == "exact" else (None, None, None),
     )
-    data = np.clip(1.0 - X @ X.T, 0.0, 2.0) if exact else X
-    if exact:
-        np.fill_diagonal(data, 0.0)
-    return reducer.fit_transform(data).astype(np.float32)
+    return reducer.fit_transform(X).astype(np.float32)

@@ -21,8 +21,9 @@ from clip_icm.store import EmbeddingStore
 
 @st.cache_resource(show_spinner=False)
 def umap_warm_up(approximate: bool = False) -> threading.Thread:
-    """Once per process (and kind): compile UMAP's numba kernels in the background while
-    embeddings are computed; ``approximate`` also compiles the large-data neighbour search."""
+    """Once per process (and kind): compile UMAP's numba kernels (or load them from numba's
+    cache in the store) in the background while embeddings are computed; ``approximate`` also
+    compiles the neighbour search of maps above reduce.BLAS_KNN_LIMIT points (about 40 s)."""
     thread = threading.Thread(target=reduce.warm_up, args=(approximate,), name="umap-warm-up", daemon=True)
     thread.start()
     return thread

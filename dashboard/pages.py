@@ -157,8 +157,8 @@ def _fit_key(ctx: Context, K: int, lam: float) -> str:
 def explorer_page() -> None:
     st.title("CLIP-ICM Explorer")
     folder = st.session_state.get("ctl_source") == "folder"
-    if folder:  # a long embedding pass ahead: compile UMAP (both neighbour paths, for large data) meanwhile
-        cached.umap_warm_up(True)
+    if folder:  # a long embedding pass ahead: compile (or load) UMAP's kernels meanwhile
+        cached.umap_warm_up()
     ctx = settings_context()
     if ctx is None:
         return
@@ -167,7 +167,7 @@ def explorer_page() -> None:
     table = _accuracy_section(ctx, K, lam)  # first: it is what a K or lam change must update quickly
     # Elsewhere only now: numba's compilation holds the GIL, and run beside the demo's short
     # embedding pass it delayed the accuracy chart from 13 s to 25 s (bench/RESULTS.md).
-    cached.umap_warm_up(folder)
+    cached.umap_warm_up()
     fit = fitted(ctx, K, lam)
     if fit is None:
         return
@@ -264,7 +264,8 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
     colour = controls.colour_ui()
     max_points = controls.map_points_ui(len(emb.labels))
     left, right = st.columns(2)
-    with left, st.spinner("Laying out the full space (the first UMAP compiles numba: ~20 s)…"):
+    with left, st.spinner("Laying out the full space (a new server's first UMAP compiles numba's kernels, "
+                          "~10 s once, or loads them; above 20,000 points ~40 s more)…"):
         ids, full_xy = cached.full_layout(emb.key, max_points, emb)
     fit_key = _fit_key(ctx, K, lam)
     full_points = service.point_table(emb, ids, ctx.choice.target,

@@ -1,4 +1,10 @@
-"""reduce: UMAP layouts, shared initialisation, Procrustes alignment, bad input."""
+"""reduce: UMAP layouts, shared initialisation, Procrustes alignment, bad input, numba's cache."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -65,9 +71,74 @@ def test_the_approximate_neighbour_path_keeps_clusters_too():
     from clip_icm.reduce import _normalise, _umap
 
     X, labels = _blobs(n_per=60)
-    xy = _umap(_normalise(X), None, 0, 15, 50, approximate=True)
+    xy = _umap(_normalise(X), None, 0, 15, 50, search="descent")
     assert xy.shape == (len(X), 2) and np.isfinite(xy).all()
     centroids = np.stack([xy[labels == k].mean(axis=0) for k in range(3)])
     spread = max(np.linalg.norm(xy[labels == k] - centroids[k], axis=1).mean() for k in range(3))
     gaps = [np.linalg.norm(centroids[i] - centroids[j]) for i in range(3) for j in range(i + 1, 3)]
     assert min(gaps) > 2 * spread
+
+
+_LAYOUTS = r"""
+import json, sys
+from pathlib import Path
+import numpy as np
+from numba.core import event
+from clip_icm import reduce, umap_cache
+
+warm_up = []
+if sys.argv[1] == "plain":  # umap as installed: enable() finds itself done and leaves numba alone
+    umap_cache._enabled["off"] = Path()
+    with event.install_recorder("numba:compile") as rec:
+        reduce.warm_up()
+    warm_up = sorted({e.data["dispatcher"].py_func.__qualname__ for _, e in rec.buffer})
+gen = np.random.default_rng(0)
+X = gen.normal(size=(40, 6))
+with event.install_recorder("numba:compile") as rec:
+    full = reduce.layout_2d(X, n_epochs=20)
+    invariant = reduce.layout_2d(X[:, :4], init=full, n_epochs=20)
+    exact = reduce._umap(reduce._normalise(X), None, 0, 10, 20, search="exact")
+compiled = sorted({e.data["dispatcher"].py_func.__qualname__ for _, e in rec.buffer})
+print(json.dumps({"layouts": [a.tolist() for a in (full, invariant, exact)], "compiled": compiled,
+                  "warm_up": warm_up}))
+"""
+
+
+def _layouts_in_a_fresh_process(mode: str, cache: Path) -> dict:
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "CLIP_ICM_CACHE": str(cache), "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", _LAYOUTS, mode], env=env, cwd=root, capture_output=True,
+                         text=True, timeout=600, check=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def test_cached_umap_kernels_load_in_a_new_process_and_give_the_same_layouts(tmp_path):
+    """umap_cache turns numba's on-disk cache on for umap's kernels: a second process loads
+    them instead of compiling, and the layouts equal (bit for bit) those of umap as installed.
+    Without the cache, warm_up() compiles every kernel that layouts by both exact neighbour
+    searches (distance matrix, matrix products) and from a given start then need."""
+    from clip_icm.umap_cache import KERNELS
+
+    plain = _layouts_in_a_fresh_process("plain", tmp_path)
+    first = _layouts_in_a_fresh_process("cached", tmp_path)
+    second = _layouts_in_a_fresh_process("cached", tmp_path)
+    kernels = {name.replace("_nb_", "_") for _, name in KERNELS}
+    assert kernels <= set(plain["warm_up"]) and not kernels & set(plain["compiled"])  # the warm-up did
+    assert kernels <= set(first["compiled"])
+    assert not kernels & set(second["compiled"])  # the second process loaded them
+    assert (tmp_path / "numba").is_dir()
+    assert plain["layouts"] == first["layouts"] == second["layouts"]
+
+
+def test_exact_neighbours_match_a_full_sort_of_cosine_distances():
+    from clip_icm.reduce import _normalise, exact_neighbours
+
+    X = _normalise(np.random.default_rng(1).normal(size=(300, 12)))
+    indices, distances = exact_neighbours(X, 8, block=64)  # blocks that do not divide the rows
+    D = 1.0 - X @ X.T
+    np.fill_diagonal(D, -1.0)  # itself first
+    expected = np.argsort(D, axis=1, kind="stable")[:, :8]
+    np.testing.assert_array_equal(indices, expected)
+    assert (indices[:, 0] == np.arange(300)).all() and np.all(distances[:, 0] == 0.0)
+    np.testing.assert_allclose(distances[:, 1:], np.take_along_axis(D, expected, axis=1)[:, 1:], atol=1e-6)
+    assert np.all(np.diff(distances, axis=1) >= 0)

@@ -1,0 +1,74 @@
+"""Numba's on-disk cache for the kernels a UMAP layout compiles (umap-learn 0.5).
+
+Why this module exists: umap-learn declares its kernels with ``numba.njit`` *without*
+``cache=True``, so every new process compiled them again before its first layout: 8-15 s on
+the 2-core machine (bench/RESULTS.md), longer than a layout of a few thousand points.
+``enable()`` turns numba's cache on for exactly those dispatchers, in a folder of the project's
+store (``<store>/numba``), before anything is compiled; the second and later processes load the
+machine code instead of compiling it.
+
+How: ``Dispatcher.enable_caching()`` on the existing dispatcher objects (what ``njit(cache=True)``
+itself calls), so every reference umap holds to them sees the cache, and the
+compilation (options, types, code) is the one umap would do without it: layouts are
+bit-identical (tests/test_reduce.py checks it). The cache folder is set only while the caches
+are created (``numba.config.CACHE_DIR``), so no other library's cache moves. Numba keys each
+entry by the source file's timestamp and the CPU, so upgrading umap or moving machines
+recompiles rather than loading stale code. Anything unexpected (another umap version without one
+of these names, an unwritable folder) leaves that kernel uncached: slower, never wrong.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+# (module, name) of each kernel a layout calls from Python and that the installed version
+# compiles without a cache; kernels called only from inside these are compiled into them.
+KERNELS = (
+    ("umap.umap_", "smooth_knn_dist"),
+    ("umap.umap_", "compute_membership_strengths"),
+    ("umap.layouts", "_nb_optimize_layout_euclidean_single_epoch"),
+)
+# Not pynndescent's nn_descent (the approximate neighbour search, 40 s to compile): numba refuses
+# to cache it ("uses dynamic globals"), which is why reduce finds neighbours of up to
+# BLAS_KNN_LIMIT rows by matrix products instead.
+
+_lock = threading.Lock()
+_enabled: dict[str, Path] = {}
+
+
+def default_folder() -> Path:
+    from clip_icm.store import default_root
+
+    return default_root() / "numba"
+
+
+def enable(folder: Path | str | None = None) -> dict[str, Path]:
+    """Turn numba's on-disk cache on for the KERNELS (once per process; later calls return what
+    the first did). Returns {"module.name": folder} for each kernel now cached."""
+    import importlib
+
+    import numba
+
+    with _lock:
+        if _enabled:
+            return dict(_enabled)
+        folder = Path(folder) if folder is not None else default_folder()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return {}
+        previous = numba.config.CACHE_DIR
+        numba.config.CACHE_DIR = os.fspath(folder)
+        try:
+            for module_name, name in KERNELS:
+                try:
+                    dispatcher = getattr(importlib.import_module(module_name), name)
+                    if type(dispatcher._cache).__name__ == "NullCache":  # not cached by its library
+                        dispatcher.enable_caching()
+                        _enabled[f"{module_name}.{name}"] = folder
+                except Exception:  # noqa: BLE001 - another version or folder: that kernel stays uncached
+                    continue
+        finally:
+            numba.config.CACHE_DIR = previous
+        return dict(_enabled)
