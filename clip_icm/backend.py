@@ -11,7 +11,6 @@ cache hit in the embedding store never builds the model.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -26,6 +25,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from clip_icm.hashing import file_digest, json_digest
 from clip_icm.registry import Registry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +103,7 @@ class ResolvedModel:
         payload = {k: v for k, v in asdict(self).items() if k not in ("checkpoint", "device", "display", "arch")}
         # A local-dir path differs between machines; its config and weights identity do not.
         payload["arch"] = "local-dir" if self.arch.startswith(LOCAL_PREFIX) else self.arch
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        return json_digest(payload)[:32]
 
 
 # ---------------------------------------------------------------- resolution (no model built)
@@ -213,15 +213,6 @@ def _dir_checkpoint(folder: Path) -> str | None:
     return _find_checkpoint_in_dir(folder)
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in blocks (weights, images and store entries alike)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_stamp(path: str | Path) -> list[int]:
     """What a memo of a file's hash trusts instead of reading the bytes again: size, mtime,
     inode and ctime. Resetting the mtime of a rewritten file (``touch -r``, ``cp -p``,
@@ -238,7 +229,7 @@ def file_identity(path: str | Path) -> str:
     """sha256 of a weights file (memoised within the process per path and :func:`file_stamp`)."""
     memo = (str(Path(path).resolve()), *file_stamp(path))
     if memo not in _HASHES:
-        _HASHES[memo] = "sha256:" + sha256_file(path)
+        _HASHES[memo] = "sha256:" + file_digest(path)
     return _HASHES[memo]
 
 
@@ -395,7 +386,7 @@ def _memo_name(cfg: ModelConfig) -> str:
     hint = [sys.platform, os.path.exists("/dev/nvidiactl"), os.environ.get("CUDA_VISIBLE_DEVICES")]
     parts = [cfg.name, cfg.pretrained, cfg.device, cfg.precision, hint if cfg.device == "auto" else None,
              version("open_clip_torch"), str(hf_cache_dir())]
-    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:32]
+    return json_digest(parts)[:32]  # a list without dicts: sorting keys changes nothing
 
 
 def _memo_sources(cfg: ModelConfig, resolved: ResolvedModel) -> list[str] | None:

@@ -40,10 +40,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from clip_icm.backend import (ClipBackend, ImageDecodeError, ModelConfig, file_stamp, load_model, model_key,
-                              sha256_file)
+from clip_icm.backend import ClipBackend, ImageDecodeError, ModelConfig, file_stamp, load_model, model_key
 from clip_icm.datasets import DomainScan, load_image, scan_domain_folder, split_mask
 from clip_icm.embeddings import EmbeddingSet, PairSet, PromptSet
+from clip_icm.hashing import file_digest
 from clip_icm.interventions import (IMAGE_INTERVENTIONS, ZERO_SHOT_TEMPLATES, RandomIntervention, TextBank,
                                     cross_modal_texts, cross_modal_words, make_image_intervention, make_text_pairs,
                                     resolve_banks, spurious_prompts, text_pair_words)
@@ -134,7 +134,7 @@ class EmbeddingRun:
 
 def file_hash(path: str | Path) -> str:
     """Content hash of an image file (the cache key covers content, not names)."""
-    return sha256_file(path)[:32]
+    return file_digest(path)[:32]
 
 
 def chunk_indices(domains: np.ndarray, chunk_size: int) -> list[np.ndarray]:

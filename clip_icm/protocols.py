@@ -20,12 +20,12 @@ strengths of the image ops.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from clip_icm.hashing import digest
 from clip_icm.registry import Registry
 
 RELEASED_TEMPLATE = "a photo of a {}."
@@ -71,7 +71,7 @@ def protocol_label(name: str) -> str:
 
 def domainbed_seed_hash(*args: object) -> int:
     """DomainBed's ``misc.seed_hash``: md5 of ``str(args)``, modulo 2**31."""
-    return int(hashlib.md5(str(args).encode("utf-8")).hexdigest(), 16) % (2**31)
+    return int(digest(str(args), "md5"), 16) % (2**31)
 
 
 def imagefolder_order(paths: np.ndarray | None, n: int) -> np.ndarray:

@@ -7,7 +7,6 @@ can cause (a missing folder, weights not on disk, an empty domain) come out as
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import pandas as pd
 
 from clip_icm import defaults, evaluation, reduce
 from clip_icm.embeddings import EmbeddingSet
+from clip_icm.hashing import digest
 from clip_icm.projection import METHOD_LABELS
 from clip_icm.seeding import rng
 
@@ -39,7 +39,7 @@ class ServiceError(Exception):
 
 def content_key(*parts: object) -> str:
     """A short stable key of printable parts (frozen configs print all their fields)."""
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+    return digest(repr(parts))[:16]
 
 
 # ---------------------------------------------------------------- embeddings
@@ -481,8 +481,8 @@ def full_layout(emb: EmbeddingSet, ids: np.ndarray, seed: int = 0, store=None) -
 def invariant_layout(emb: EmbeddingSet, ids: np.ndarray, fitted: Fit, full_xy: np.ndarray, seed: int = 0,
                      store=None) -> np.ndarray:
     """Layout of the projected rows, started from (and aligned to) the full-space layout."""
-    components = hashlib.sha256(np.ascontiguousarray(fitted.projection.components_).tobytes()).hexdigest()
-    start = hashlib.sha256(np.ascontiguousarray(full_xy, dtype=np.float32).tobytes()).hexdigest()
+    components = digest(np.ascontiguousarray(fitted.projection.components_).tobytes())
+    start = digest(np.ascontiguousarray(full_xy, dtype=np.float32).tobytes())
     return _stored_layout(store, ("invariant", ids.tolist(), components, start, seed),
                           lambda: reduce.layout_2d(fitted.transform(emb.features[ids]), init=full_xy, seed=seed), emb)
 
