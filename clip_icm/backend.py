@@ -27,8 +27,9 @@ import numpy as np
 
 from clip_icm.hashing import file_digest, json_digest
 from clip_icm.registry import Registry
+from clip_icm.resources import TOY_CLIP_DIR
+from clip_icm.store import atomic_write
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 HF_PREFIX, LOCAL_PREFIX = "hf-hub:", "local-dir:"
 # open_clip's own preference order for a checkpoint inside a model folder.
 _HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -56,9 +57,9 @@ class ModelPreset:
 MODELS: Registry[ModelPreset] = Registry("model")
 MODELS.register(
     "toy-clip",
-    ModelPreset(f"{LOCAL_PREFIX}{REPO_ROOT / 'data' / 'toy-clip'}", None,
-                "tiny CLIP trained on the bundled ToyDomains world (ships with the repo)",
-                "it ships with the repository; rebuild it with: python -m clip_icm.toyclip"),
+    ModelPreset(f"{LOCAL_PREFIX}{TOY_CLIP_DIR}", None,
+                "tiny CLIP trained on the bundled ToyDomains world (ships with the package)",
+                "it ships with the package; reinstall it, or rebuild it with: python -m clip_icm.toyclip_train"),
 )
 
 
@@ -371,8 +372,6 @@ def model_key(cfg: ModelConfig, memo_dir: str | Path | None = None) -> str:
     resolved = resolve_model(cfg)
     sources = _memo_sources(cfg, resolved)
     if sources is not None:
-        from clip_icm.store import atomic_write  # store imports this module
-
         memo = {"key": resolved.key, "files": {p: file_stamp(p) for p in sources}}
         memo_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(memo_file, lambda fh: fh.write(json.dumps(memo).encode()))

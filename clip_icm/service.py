@@ -592,16 +592,17 @@ def data_roots(exposed: bool) -> tuple[Path, ...] | None:
     """The folders a data path must lie in, or None for no limit.
 
     ``$CLIP_ICM_DATA_ROOTS`` (folders joined by ``os.pathsep``) when set; else, when the page
-    is served beyond this machine (``exposed``), the project's data folder and the user's home,
-    so that whoever reaches the port cannot browse the machine's files; else no limit.
+    is served beyond this machine (``exposed``), the clip-icm cache folder (where the demo world is
+    generated) and the user's home, so that whoever reaches the port cannot browse the machine's
+    files; else no limit.
     """
     listed = [p for p in os.environ.get(DATA_ROOTS_VAR, "").split(os.pathsep) if p.strip()]
     if listed:
         return tuple(Path(p).expanduser().resolve() for p in listed)
     if exposed:
-        from clip_icm.backend import REPO_ROOT
+        from clip_icm.resources import cache_dir
 
-        return ((REPO_ROOT / "data").resolve(), Path.home().resolve())
+        return (cache_dir().resolve(), Path.home().resolve())
     return None
 
 

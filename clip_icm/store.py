@@ -28,17 +28,15 @@ from typing import Callable
 
 import numpy as np
 
-from clip_icm.backend import REPO_ROOT
 from clip_icm.hashing import digest, file_digest, json_digest
+from clip_icm.resources import cache_dir
 
-DEFAULT_ROOT = REPO_ROOT / "data" / "cache"
-ENV_VAR = "CLIP_ICM_CACHE"
 FORMAT = 1
 
 
 def default_root() -> Path:
-    """``$CLIP_ICM_CACHE`` if set, else ``data/cache`` in the repository."""
-    return Path(os.environ.get(ENV_VAR) or DEFAULT_ROOT)
+    """The user's clip-icm cache folder (:func:`clip_icm.resources.cache_dir`; ``$CLIP_ICM_CACHE`` moves it)."""
+    return cache_dir()
 
 
 def make_key(*parts: object) -> str:
