@@ -14,14 +14,11 @@ import warnings
 
 import numpy as np
 
+from clip_icm.embeddings import unit_rows
+
 # Few epochs are enough for a few thousand points and keep a layout at a second or two.
 DEFAULT_EPOCHS = 200
 EXACT_LIMIT = 4096  # umap-learn searches neighbours exactly below this many points
-
-
-def _normalise(X: np.ndarray) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
 def _pca_2d(X: np.ndarray) -> np.ndarray:
@@ -58,7 +55,7 @@ def warm_up(approximate: bool = False) -> None:
     layout_2d(gen.normal(size=(64, 8)))
     layout_2d(gen.normal(size=(64, 8)), init=gen.normal(size=(64, 2)))
     if approximate:
-        _umap(_normalise(gen.normal(size=(300, 8))), None, 0, 15, 10, approximate=True)
+        _umap(unit_rows(gen.normal(size=(300, 8)).astype(np.float32)), None, 0, 15, 10, approximate=True)
 
 
 def layout_2d(
@@ -79,7 +76,7 @@ def layout_2d(
     X = np.asarray(X)
     if X.ndim != 2 or len(X) == 0:
         raise ValueError(f"layout_2d needs a non-empty 2-D array, got shape {X.shape}")
-    X = _normalise(X)
+    X = unit_rows(np.asarray(X, dtype=np.float32))
     if init is not None and init.shape != (len(X), 2):
         raise ValueError(f"init must have shape ({len(X)}, 2), got {init.shape}")
     if len(X) < 5:

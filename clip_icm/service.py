@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from clip_icm import defaults, evaluation, reduce
-from clip_icm.embeddings import EmbeddingSet
+from clip_icm.embeddings import EmbeddingSet, unit_rows
 from clip_icm.hashing import digest
 from clip_icm.projection import METHOD_LABELS
 from clip_icm.seeding import rng
@@ -492,10 +492,10 @@ def nearest_neighbours(X: np.ndarray, ids: np.ndarray, query: list[int], k: int 
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     pool = np.asarray(ids)
-    unit = X[pool] / np.maximum(np.linalg.norm(X[pool], axis=1, keepdims=True), 1e-12)
+    unit = unit_rows(X[pool])
     out = {}
     for q in query:
-        v = X[q] / max(float(np.linalg.norm(X[q])), 1e-12)
+        v = unit_rows(X[q])
         order = [int(pool[i]) for i in np.argsort(-(unit @ v), kind="stable") if pool[i] != q]
         out[int(q)] = order[:k]
     return out

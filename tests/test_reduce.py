@@ -62,10 +62,11 @@ def test_init_of_the_wrong_shape_is_rejected():
 def test_the_approximate_neighbour_path_keeps_clusters_too():
     """Layouts above the exact-search limit take umap's nearest-neighbour descent; the warm-up
     can compile it ahead. Forced here on a small set: the clusters must survive it."""
-    from clip_icm.reduce import _normalise, _umap
+    from clip_icm.embeddings import unit_rows
+    from clip_icm.reduce import _umap
 
     X, labels = _blobs(n_per=60)
-    xy = _umap(_normalise(X), None, 0, 15, 50, approximate=True)
+    xy = _umap(unit_rows(np.asarray(X, dtype=np.float32)), None, 0, 15, 50, approximate=True)
     assert xy.shape == (len(X), 2) and np.isfinite(xy).all()
     centroids = np.stack([xy[labels == k].mean(axis=0) for k in range(3)])
     spread = max(np.linalg.norm(xy[labels == k] - centroids[k], axis=1).mean() for k in range(3))
