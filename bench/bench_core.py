@@ -36,7 +36,7 @@ def main() -> None:
         seconds = median_seconds(lambda: InvariantProjection(64, 1000.0).fit(Z, Z_do))
         print(f"InvariantProjection.fit, n=4000 pairs, D={dim}: {seconds:.3f} s")
     emb = make_embedding_set(SCMConfig(n_invariant=32, n_variant=224, n_classes=7), n_per_domain=500)
-    config = EvalConfig(n_components=32, lam=1e4)
+    config = EvalConfig(n_components=32, lam=1e4, lam_mode="absolute")
     seconds = median_seconds(lambda: evaluate_split(emb, "sketch", config))
     print(f"evaluate_split, n=2000 images, D=256, 7 classes, CLIP + 5 methods x 2 protocols: {seconds:.3f} s")
     seconds = median_seconds(lambda: make_embedding_set(SCMConfig(n_invariant=32, n_variant=96)))

@@ -33,7 +33,7 @@ def _evaluate(emb, methods: tuple[str, ...], K: int, lam: float, fresh: bool) ->
     for method in methods:
         if fresh:
             ev._Memo.clear()
-        ev.evaluate_split(emb, TARGET, ev.EvalConfig(n_components=K, lam=lam, methods=(method,)))
+        ev.evaluate_split(emb, TARGET, ev.EvalConfig(n_components=K, lam=lam, lam_mode="absolute", methods=(method,)))
 
 
 def refit_rows(n: int) -> list[str]:
@@ -60,7 +60,7 @@ def umap_pair(n: int) -> str:
     reduce.warm_up(approximate=True)  # what the dashboard runs in the background for a folder
     warm = time.perf_counter() - start
     ids = service.plot_ids(emb, n)
-    fit = service.fit(emb, TARGET, "icm", ev.EvalConfig(n_components=64, lam=1e4, methods=("icm",)))
+    fit = service.fit(emb, TARGET, "icm", ev.EvalConfig(n_components=64, lam=1e4, lam_mode="absolute", methods=("icm",)))
     start = time.perf_counter()
     full = service.full_layout(emb, ids)
     middle = time.perf_counter()

@@ -27,6 +27,7 @@ from clip_icm import defaults
 from clip_icm import evaluation as ev
 from clip_icm import toydomains as td
 from clip_icm.backend import ModelConfig
+from clip_icm.methods import label
 from clip_icm.pipeline import DataConfig, InterventionConfig, build_embedding_set
 from clip_icm.resources import cache_dir
 
@@ -65,7 +66,7 @@ def rows_for(emb, seed: int, label: str, pair_sets: tuple[str, ...], checks: tup
             out.append({"world seed": seed, "target": target, "pairs": label, "protocol": protocol, "rule": rule,
                         "K": int(frame.K.iloc[0]), "lam": f"{frame.lam.iloc[0]:g}",
                         "CLIP": _target(frame, ev.FULL_SPACE, protocol),
-                        **{ev.METHOD_LABELS[m]: _target(frame, m, protocol) for m in METHODS}})
+                        **{label(m): _target(frame, m, protocol) for m in METHODS}})
     return out
 
 

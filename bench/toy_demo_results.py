@@ -95,7 +95,7 @@ def family_rows(emb, scorings: tuple[str, ...]) -> pd.DataFrame:
 def sweep_tables(emb, pair_sets: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Source-validation and target accuracy over (K, lam): to SHOW the gap, not to choose."""
     base = ev.EvalConfig(lam_mode="relative", methods=("icm",), pair_sets=pair_sets)
-    s = ev.sweep(emb, TARGET, SWEEP_KS, SWEEP_LAMS, "icm", base)
+    s = ev.sweep(emb, TARGET, "icm", SWEEP_KS, SWEEP_LAMS, base)
     def grid(col: str) -> pd.DataFrame:
         g = s.pivot(index="K", columns="lam", values=col)
         return g.rename(columns=lambda c: f"lam {c:g}").reset_index()

@@ -22,10 +22,11 @@ _API: dict[str, str] = {
     "NullSpaceProjection": "projection",
     "OrthCaliProjection": "projection",
     "IdentityProjection": "projection",
-    "METHODS": "projection",
-    "METHOD_LABELS": "projection",
-    "make_projection": "projection",
     "stack_pairs": "projection",
+    # methods: one spec per method
+    "METHODS": "methods",
+    "MethodSpec": "methods",
+    "make_projection": "methods",
     # evaluation
     "EvalConfig": "evaluation",
     "class_split": "evaluation",

@@ -16,6 +16,9 @@ import warnings
 from collections import Counter
 from typing import TYPE_CHECKING, Callable
 
+from clip_icm import defaults
+from clip_icm.errors import InvalidInput, UserError, check_names
+
 if TYPE_CHECKING:  # pandas costs half a second to import: --help must not pay it
     import pandas as pd
 
@@ -40,7 +43,6 @@ def _float_list(text: str) -> tuple[float, ...]:
 
 
 # ---------------------------------------------------------------- playground
-PLAYGROUND_LABELS = {"full": "full space", "icm": "ICM top-K", "icm_as_released": "ICM as released"}
 
 
 def _add_playground_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -67,13 +69,13 @@ def _add_playground_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="observation noise std (default %(default)s)")
     p.add_argument("--condition", metavar="KAPPA", type=float, default=d.mixing_condition,
                    help="condition number of the mixing (default %(default)s)")
-    p.add_argument("--shifts", metavar="LIST", type=_float_list, default=(0.0, 0.25, 0.5, 0.75, 1.0),
+    p.add_argument("--shifts", metavar="LIST", type=_float_list, default=defaults.PLAYGROUND_SHIFTS,
                    help="comma-separated test-time shifts in [0, 1] (default 0,0.25,0.5,0.75,1)")
-    p.add_argument("--lam", type=float, default=1e4, help="ICM lambda, absolute (default %(default)g)")
+    p.add_argument("--lam", type=float, default=defaults.PLAYGROUND_LAM, help="ICM lambda, absolute (default %(default)g)")
     p.add_argument("--k", type=int, default=None, help="ICM dimension K (default: the true n-invariant)")
-    p.add_argument("--n-train", metavar="N", type=int, default=4000,
+    p.add_argument("--n-train", metavar="N", type=int, default=defaults.PLAYGROUND_N_TRAIN,
                    help="training samples = pairs (default %(default)s)")
-    p.add_argument("--n-test", metavar="N", type=int, default=2000, help="samples per test set (default %(default)s)")
+    p.add_argument("--n-test", metavar="N", type=int, default=defaults.PLAYGROUND_N_TEST, help="samples per test set (default %(default)s)")
     p.add_argument("--seed", metavar="N", type=int, default=d.seed,
                    help="seed of the world and the samples (default %(default)s)")
     p.add_argument("--csv", metavar="FILE", default=None, help="also write the table to this CSV file")
@@ -97,7 +99,9 @@ def _run_playground(args: argparse.Namespace) -> int:
 def _playground_text(table: pd.DataFrame, config, args: argparse.Namespace) -> str:
     import pandas as pd
 
-    shown = table.assign(method=table.method.map(PLAYGROUND_LABELS)).rename(columns={
+    from clip_icm.methods import label
+
+    shown = table.assign(method=table.method.map(label)).rename(columns={
         "id_accuracy": "ID acc", "ood_accuracy": "OOD acc", "ood_gap": "OOD gap",
         "max_angle": "max angle (rad)", "r2_inv": "R2 z_inv", "r2_var": "R2 z_var",
     })
@@ -109,7 +113,7 @@ def _playground_text(table: pd.DataFrame, config, args: argparse.Namespace) -> s
     )
     last = table[table["shift"] == table["shift"].max()].set_index("method")["ood_gap"]
     summary = f"OOD gap at shift {table['shift'].max():g}: " + ", ".join(
-        f"{PLAYGROUND_LABELS[m]} {last[m]:+.3f}" for m in PLAYGROUND_LABELS
+        f"{label(m)} {gap:+.3f}" for m, gap in last.items()
     )
     body = shown.to_string(
         index=False, na_rep="-", float_format=lambda v: f"{v:.3f}",
@@ -121,6 +125,7 @@ def _playground_text(table: pd.DataFrame, config, args: argparse.Namespace) -> s
 # ---------------------------------------------------------------- embed / evaluate
 # evaluation.SCORINGS' names, written here so that --help does not import the maths (a test pins them).
 SCORING_NAMES = ("source_val", "source_domains", "interventional")
+TASK_NAMES = ("domain_shift", "open_class")  # evaluation.TASKS, likewise
 # Shared flags: which images, which model, which interventional pairs, where the cache is.
 
 def _csv_names(text: str) -> tuple[str, ...]:
@@ -158,15 +163,16 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
                        help="decode worker processes (default: spare cores)")
     pairs = p.add_argument_group("interventional pairs")
     pairs.add_argument("--interventions", metavar="LIST", type=_csv_names, default=None,
-                       help="image ops, comma-separated, or 'none' (default: all seven: colour_jitter, grayscale, "
-                       "gaussian_blur, invert, posterize, solarize, equalize; one drawn at random per pair)")
+                       help="image ops, comma-separated, or 'none' (default: all seven: "
+                       f"{', '.join(defaults.IMAGE_OPS)}; one drawn at random per pair)")
     pairs.add_argument("--per-op", action="store_true",
                        help="one pair set per image op instead of a random op per pair")
-    pairs.add_argument("--text-banks", metavar="LIST", type=_csv_names, default=("styles", "contexts"),
+    pairs.add_argument("--text-banks", metavar="LIST", type=_csv_names, default=None,
                        help="prompt template banks (styles, contexts, conditions) or 'none' (default styles,contexts)")
     pairs.add_argument("--true-swaps", metavar="LIST", type=_csv_names, default=None,
                        help="ToyDomains only: true pairs re-rendered with another colour, background and/or style "
-                       "(names: colour, background, style; default colour,background on the demo, none elsewhere)")
+                       "(names: colour, background, style; default colour,background where the folder has the "
+                       "generator's factors.csv, as the demo does; none elsewhere)")
     pairs.add_argument("--cross-modal", action="store_true",
                        help="also pair each image with a variant prompt (mixes in CLIP's modality gap)")
     pairs.add_argument("--n-pairs", metavar="N", type=int, default=None,
@@ -189,24 +195,27 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 def _configs(args: argparse.Namespace):
     from clip_icm.backend import ModelConfig
-    from clip_icm.pipeline import DEFAULT_OPS, DataConfig, InterventionConfig
+    from clip_icm.pipeline import DataConfig, InterventionConfig
 
     for flag in ("max_per_domain", "batch_size", "n_pairs"):
         value = getattr(args, flag)
         if value is not None and value < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+            raise InvalidInput(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if args.root is not None and not os.path.isdir(args.root):
-        raise ValueError(f"--root {args.root!r} is not a folder")
+        raise InvalidInput(f"--root {args.root!r} is not a folder")
     if args.dataset is not None and args.root is None:  # else the demo would be evaluated under its name
-        raise ValueError(f"--dataset {args.dataset} needs --root, the folder that holds it")
+        raise InvalidInput(f"--dataset {args.dataset} needs --root, the folder that holds it")
     if not 0.0 <= args.val_fraction < 1.0:
-        raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+        raise InvalidInput(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     data = DataConfig(args.root, args.dataset, args.max_per_domain, args.val_fraction, args.seed)
     model = ModelConfig(args.model, args.pretrained, args.device, args.precision, args.batch_size, args.workers)
+    with_factors = defaults.has_factors(args.root, args.dataset)
     pairs = InterventionConfig(
-        image=DEFAULT_OPS if args.interventions is None else args.interventions, random_choice=not args.per_op,
-        text_banks=args.text_banks, true_swaps=_true_swaps(args), cross_modal=args.cross_modal,
-        n_pairs=args.n_pairs, templates=args.templates, look_prompts=args.prompts == "usual_look", seed=args.seed,
+        image=defaults.IMAGE_OPS if args.interventions is None else args.interventions, random_choice=not args.per_op,
+        text_banks=defaults.TEXT_BANKS if args.text_banks is None else args.text_banks,
+        true_swaps=defaults.true_swaps(with_factors) if args.true_swaps is None else args.true_swaps,
+        cross_modal=args.cross_modal, n_pairs=args.n_pairs, templates=args.templates,
+        look_prompts=defaults.look_prompts(with_factors) or args.prompts == "usual_look", seed=args.seed,
         intervened_val=args.intervened_val,
     )
     return data, model, pairs
@@ -214,14 +223,6 @@ def _configs(args: argparse.Namespace):
 
 def _on_demo(args: argparse.Namespace) -> bool:
     return args.root is None
-
-
-def _true_swaps(args: argparse.Namespace) -> tuple[str, ...]:
-    from clip_icm.defaults import DEMO_TRUE_SWAPS
-
-    if args.true_swaps is not None:
-        return args.true_swaps
-    return DEMO_TRUE_SWAPS if _on_demo(args) else ()
 
 
 class _Bars:
@@ -258,7 +259,7 @@ def _embed(args: argparse.Namespace, check_target: str | None = None):
     model_key(model, store.root / "models")  # an unknown model or missing weights fail here, before the scan
     scan = _scan_quietly(data)
     if check_target not in (None, "all") and check_target not in scan.domain_names:
-        raise ValueError(f"unknown domain {check_target!r}; domains: {', '.join(scan.domain_names)}")
+        raise InvalidInput(f"unknown domain {check_target!r}; domains: {', '.join(scan.domain_names)}")
     bars = _Bars(not args.quiet)
     try:
         return embed_dataset(data, model, pairs, store, bars, scan=scan)
@@ -336,6 +337,8 @@ def _run_embed(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
+    from clip_icm.methods import ALL_METHODS
+
     p = subparsers.add_parser(
         "evaluate", help="leave-one-domain-out accuracy: CLIP vs ICM vs baselines, per domain",
         description="For each target domain: fit the projections on the other domains' interventional pairs,\n"
@@ -361,7 +364,7 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
                          "absolute: the released code's scale (it used 1000; the released protocol's only mode)")
 
     ev.add_argument("--methods", metavar="LIST", type=_csv_names, default=None,
-                    help="projections: icm, icm_as_released, pca, null_space, orth_cali (default all)")
+                    help=f"methods, comma-separated: {', '.join(ALL_METHODS)} (default all)")
     ev.add_argument("--pair-sets", metavar="LIST", type=_csv_names, default=None,
                     help="pair sets used to fit, e.g. image:random,text:styles (default: true:colour,true:background "
                     "on the demo, all built elsewhere)")
@@ -382,33 +385,30 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--keep-target-styles", action="store_true",
                     help="keep the text prompts that name the held-out domain (default: dropped from every fit, "
                     "since they are prior knowledge of the target's shift)")
-    ev.add_argument("--orth-cali-lam", metavar="LAM", type=float, default=1000.0,
+    ev.add_argument("--orth-cali-lam", metavar="LAM", type=float, default=defaults.ORTH_CALI_LAM,
                     help="Orth-Cali's own lambda (default %(default)g, as published)")
     ev.add_argument("--out", metavar="FILE", default=None, help="write the tidy rows to a .csv or .json file")
     p.set_defaults(run=_run_evaluate)
 
 
 def _methods(args: argparse.Namespace) -> tuple[str, ...]:
-    from clip_icm.evaluation import ALL_METHODS
+    from clip_icm.methods import ALL_METHODS, METHODS
 
     methods = ALL_METHODS if args.methods is None else args.methods
-    unknown = sorted(set(methods) - set(ALL_METHODS))
-    if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(ALL_METHODS)}")
+    METHODS.check(methods)
     return tuple(methods)
 
 
 def _eval_config(args: argparse.Namespace, dim: int, methods: tuple[str, ...]):
-    from clip_icm.defaults import DEMO_PAIR_SETS
     from clip_icm.evaluation import EvalConfig
 
-    k = min(64, dim // 2) if args.k is None else args.k
+    k = defaults.k(dim) if args.k is None else args.k
     if not 1 <= k <= dim:
-        raise ValueError(f"--k must be between 1 and the embedding dimension {dim}, got {k}")
+        raise InvalidInput(f"--k must be between 1 and the embedding dimension {dim}, got {k}")
     pair_sets = args.pair_sets
     # The demo's true-swap default is ours; the released protocol fits on the image pairs instead.
     if pair_sets is None and _on_demo(args) and args.true_swaps is None and args.protocol == "ours":
-        pair_sets = DEMO_PAIR_SETS
+        pair_sets = defaults.DEMO_PAIR_SETS
     return EvalConfig(n_components=k, lam=args.lam, lam_mode=args.lam_mode, methods=methods,
                       pair_sets=pair_sets, prompts=args.prompts, seed=args.seed, protocol=args.protocol,
                       orth_cali_lam=args.orth_cali_lam, keep_target_styles=args.keep_target_styles)
@@ -416,22 +416,20 @@ def _eval_config(args: argparse.Namespace, dim: int, methods: tuple[str, ...]):
 
 def _protocol_args(args: argparse.Namespace):
     """Check --protocol / --task and fill what the protocol fixes (lam scale, precision) into args."""
-    from clip_icm.evaluation import TASKS
     from clip_icm.protocols import PROTOCOLS
 
-    spec = PROTOCOLS.get(args.protocol)  # KeyError listing the valid names
-    if args.task not in TASKS:
-        raise ValueError(f"unknown task {args.task!r}; available: {', '.join(TASKS)}")
+    spec = PROTOCOLS.get(args.protocol)  # UnknownName listing the valid names
+    check_names("task", (args.task,), TASK_NAMES)
     if args.task == "open_class" and args.select not in (None, "none"):
-        raise ValueError("--task open_class evaluates at the fixed --k / --lam; drop --select")
+        raise InvalidInput("--task open_class evaluates at the fixed --k / --lam; drop --select")
     if spec.lam_mode is not None and args.lam_mode not in (None, spec.lam_mode):
-        raise ValueError(f"--protocol {spec.name} uses a {spec.lam_mode} lam; drop --lam-mode {args.lam_mode}")
+        raise InvalidInput(f"--protocol {spec.name} uses a {spec.lam_mode} lam; drop --lam-mode {args.lam_mode}")
     if spec.precision is not None and args.precision not in ("auto", spec.precision):
-        raise ValueError(f"--protocol {spec.name} runs {spec.precision} forward passes; drop --precision "
+        raise InvalidInput(f"--protocol {spec.name} runs {spec.precision} forward passes; drop --precision "
                          f"{args.precision}")
     # Ours: relative lam 1 by default (the useful absolute lam depends on ||Delta|| / ||Z||, see --lam).
-    args.lam_mode = args.lam_mode or spec.lam_mode or "relative"
-    args.lam = args.lam if args.lam is not None else (spec.lam or 1.0)
+    args.lam_mode = args.lam_mode or spec.lam_mode or defaults.LAM_MODE
+    args.lam = args.lam if args.lam is not None else (spec.lam or defaults.LAM)
     args.precision = spec.precision or args.precision
     return spec
 
@@ -440,10 +438,9 @@ def _protocol_args(args: argparse.Namespace):
 
 def _selection(args: argparse.Namespace) -> str | None:
     """The selection rule's name, or None for the fixed --k / --lam."""
-    from clip_icm.defaults import DEMO_SELECTION
-
     # The demo's default rule belongs to our protocol; the released one fixes K and lam, as its code does.
-    default = DEMO_SELECTION if _on_demo(args) and args.protocol == "ours" and args.task == "domain_shift" else "none"
+    on_story = _on_demo(args) and args.protocol == "ours" and args.task == "domain_shift"
+    default = defaults.DEMO_SELECTION if on_story else "none"
     rule = args.select if args.select is not None else default
     return None if rule == "none" else rule
 
@@ -476,13 +473,12 @@ def _accuracy_table(frame: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
 def _table_text(table: pd.DataFrame) -> str:
     import pandas as pd
 
-    from clip_icm.evaluation import TEXT_ONLY
-    from clip_icm.service import method_label
+    from clip_icm.methods import SPECS
 
     # n is a count: pivoting made it a float, and 18.000 images reads as a measurement.
     n_column = {("", "n"): lambda v: "failed" if pd.isna(v) else str(int(v))}
     table = table.copy()
-    for column in [(method_label(m), "probe") for m in TEXT_ONLY]:
+    for column in [(spec.label, "probe") for spec in SPECS if spec.text_only]:
         if column in table.columns:  # a text-only method (Orth-Cali) has no probe: n/a, not a failure
             table[column] = "n/a"  # (to_string's na_rep would win over a formatter)
     return table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="failed", formatters=n_column)
@@ -534,12 +530,13 @@ def _check_pair_sets(args: argparse.Namespace) -> None:
     """--pair-sets against the names the run will build, before any embedding."""
     from clip_icm.pipeline import planned_pair_sets
 
+    pairs = _configs(args)[2]
     if not args.pair_sets:
         return
-    planned = planned_pair_sets(_configs(args)[2])
+    planned = planned_pair_sets(pairs)
     unknown = [name for name in args.pair_sets if name not in planned]
     if unknown:
-        raise ValueError(f"--pair-sets: no pair set {', '.join(unknown)} in this run; it builds: "
+        raise InvalidInput(f"--pair-sets: no pair set {', '.join(unknown)} in this run; it builds: "
                          f"{', '.join(planned) or '(none)'}")
 
 
@@ -548,21 +545,21 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
     import math
 
     if args.k is not None and args.k < 1:
-        raise ValueError(f"--k must be at least 1, got {args.k}")
+        raise InvalidInput(f"--k must be at least 1, got {args.k}")
     if not math.isfinite(args.lam) or args.lam < 0 and tuple(args.methods or ()) != ("icm_as_released",):
-        raise ValueError(f"--lam must be a finite number >= 0, got {args.lam} (a negative lam is accepted only "
+        raise InvalidInput(f"--lam must be a finite number >= 0, got {args.lam} (a negative lam is accepted only "
                          "with --methods icm_as_released, the released slice, as the released code does)")
     if args.out is None:
         return
     if os.path.isdir(args.out):
-        raise ValueError(f"--out {args.out!r} is a folder; give a file name")
+        raise InvalidInput(f"--out {args.out!r} is a folder; give a file name")
     if not args.out.lower().endswith((".csv", ".json")):
-        raise ValueError(f"--out must end in .csv or .json, got {args.out!r}")
+        raise InvalidInput(f"--out must end in .csv or .json, got {args.out!r}")
     parent = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(parent):
-        raise ValueError(f"--out {args.out!r}: the folder {parent} does not exist")
+        raise InvalidInput(f"--out {args.out!r}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
-        raise ValueError(f"--out {args.out!r}: the folder {parent} is not writable")
+        raise InvalidInput(f"--out {args.out!r}: the folder {parent} is not writable")
 
 
 def _evaluate_splits(args, run, config, targets: list[str], rule: str | None,
@@ -572,10 +569,8 @@ def _evaluate_splits(args, run, config, targets: list[str], rule: str | None,
     written as each split finishes."""
     from threadpoolctl import threadpool_limits
 
-    from clip_icm.defaults import grid
     from clip_icm.evaluation import select_and_evaluate
 
-    Ks, lams = grid(run.embeddings.features.shape[1], config.lam_mode)
     frames, failed = [], {}
     # Many small LAPACK calls: OpenBLAS's threads make them several times slower on a busy 2-core
     # machine (the default evaluate: 98 s with them, 21 s without, measured under load).
@@ -583,7 +578,7 @@ def _evaluate_splits(args, run, config, targets: list[str], rule: str | None,
         warnings.simplefilter("always")
         for target in targets:
             try:
-                frames.append(select_and_evaluate(run.embeddings, target, config, rule, Ks, lams, protocol=protocol))
+                frames.append(select_and_evaluate(run.embeddings, target, config, rule, protocol=protocol))
             except ValueError as err:
                 failed[target] = str(err)
             if args.out:
@@ -612,12 +607,14 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from clip_icm.evaluation import LINEAR_PROBE, PROMPT_SETS, SCORING_LABELS, ZERO_SHOT
-
+    # Every name and value first, importing no maths: a typo must fail in a second, never after an
+    # embedding run (minutes with ViT-B on PACS).
     spec = _protocol_args(args)  # fills the lam and precision the protocol fixes; checks protocol and task names
     _check_evaluate_args(args)
-    _check_pair_sets(args)
-    methods = _methods(args)  # before embedding: a typo must not cost an embedding run
+    _check_pair_sets(args)  # builds the configs: op, bank, template and swap names
+    methods = _methods(args)
+    from clip_icm.evaluation import LINEAR_PROBE, PROMPT_SETS, SCORING_LABELS, ZERO_SHOT
+
     start = time.perf_counter()
     run = _embed(args, check_target=args.target)
     emb = run.embeddings
@@ -689,9 +686,8 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 0
     except BrokenPipeError:
         return _stdout_closed()
-    except (ValueError, KeyError, OSError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
+    except (UserError, OSError) as err:  # anything else is a bug: its traceback is the report
+        print(f"error: {err}", file=sys.stderr)
         return 1
 
 

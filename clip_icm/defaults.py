@@ -1,21 +1,67 @@
-"""The bundled demo's story, in one place: what `python -m clip_icm evaluate` and the dashboard
-open with on the ToyDomains world, so that both front ends tell the same story.
+"""Every default in one place, read by the library, the CLI and the dashboard alike, so that the
+two front ends build the same embeddings (the same store entries and EmbeddingSet key) and report
+the same numbers for the same settings.
 
-The pairs re-render the factors the demo's recipe makes spurious (colour and scene): knowledge
-of which factors shift, never a target label. K and lam are chosen by the interventional rule
-(evaluation.SCORINGS) on source data only, over a grid that starts at K = 8: plain PCA at K = 4
-already drops the shortcut on this world, so a grid with K = 4 would credit ICM for mere
-dimension reduction.
+The bundled demo's story: the pairs re-render the factors the demo's recipe makes spurious
+(colour and scene), knowledge of which factors shift, never a target label. K and lam are chosen
+by the interventional rule (evaluation.SCORINGS) on source data only, over a grid that starts at
+K = 8: plain PCA at K = 4 already drops the shortcut on this world, so a grid with K = 4 would
+credit ICM for mere dimension reduction.
+
+Light on purpose (no numpy, no torch at import): the CLI reads it for ``--help``.
 """
 from __future__ import annotations
 
-from clip_icm.toydomains import DEMO_RECIPE
+from pathlib import Path
 
-DEMO_TRUE_SWAPS: tuple[str, ...] = DEMO_RECIPE.spurious_factors  # ("colour", "background")
-DEMO_PAIR_SETS: tuple[str, ...] = tuple(f"true:{factor}" for factor in DEMO_TRUE_SWAPS)
-DEMO_SELECTION = "interventional"
-DEMO_BASELINES: tuple[str, ...] = ("pca", "augmentation")
+# ---------------------------------------------------------------- interventional pairs
+# The paper's image ops, in its order: the random intervention draws an op by index, so another
+# order gives other pairs (and other store entries).
+IMAGE_OPS: tuple[str, ...] = ("colour_jitter", "grayscale", "gaussian_blur", "invert", "posterize", "solarize",
+                              "equalize")
+TEXT_BANKS: tuple[str, ...] = ("styles", "contexts")
+N_PAIRS: int | None = None  # image pairs per set: one per training image
+# The factors ToyDomains' demo recipe makes spurious (toydomains.DEMO_RECIPE.spurious_factors; a test
+# pins the two together), re-rendered wherever a world has its generator's factors.csv.
+DEMO_TRUE_SWAPS: tuple[str, ...] = ("colour", "background")
+
+
+def has_factors(root: str | None, dataset: str | None = None) -> bool:
+    """True do-interventions (true swaps, counterfactual validation, usual-look prompts) need the
+    generator's factors.csv: the bundled demo (root None) or a ToyDomains folder."""
+    if root is None:
+        return True
+    from clip_icm import datasets
+
+    base = Path(root).expanduser()
+    folder = datasets.DATASETS.get(dataset).locate(base) if dataset in datasets.DATASETS else base
+    return folder is not None and (folder / "factors.csv").is_file()
+
+
+def true_swaps(with_factors: bool) -> tuple[str, ...]:
+    return DEMO_TRUE_SWAPS if with_factors else ()
+
+
+def look_prompts(with_factors: bool) -> bool:
+    """The "usual source look" prompts are embedded wherever the factors say what that look is."""
+    return with_factors
+
+
+# ---------------------------------------------------------------- K and lam
+# Relative lam: the useful absolute lam depends on ||Delta|| / ||Z||, which differs per model and
+# intervention (on toy-clip the released default of 1000 erases the classes); relative 1 weighs
+# embedding energy and intervention energy equally.
+LAM_MODE = "relative"
+LAM = 1.0
+ABSOLUTE_LAM = 1000.0  # the released code's lam (its only scale), the estimators' own default
+ORTH_CALI_LAM = 1000.0  # Orth-Cali's own lam, as published
+MAX_K = 64
 SMALLEST_K = 8
+
+
+def k(dim: int) -> int:
+    """The fixed K when nothing chooses it: half the dimensions, at most 64."""
+    return max(1, min(MAX_K, dim // 2))
 
 
 def grid(dim: int, lam_mode: str = "absolute") -> tuple[tuple[int, ...], tuple[float, ...]]:
@@ -24,3 +70,14 @@ def grid(dim: int, lam_mode: str = "absolute") -> tuple[tuple[int, ...], tuple[f
     Ks = tuple(k for k in (8, 16, 32, 64, 128, 256) if max(SMALLEST_K, dim // 16) <= k < dim)[:5]
     lams = (0.1, 0.3, 1.0, 3.0, 10.0) if lam_mode == "relative" else (1.0, 10.0, 100.0, 1000.0, 10000.0)
     return Ks or (max(1, dim // 2),), lams
+
+
+# ---------------------------------------------------------------- the demo's story
+DEMO_PAIR_SETS: tuple[str, ...] = tuple(f"true:{factor}" for factor in DEMO_TRUE_SWAPS)
+DEMO_SELECTION = "interventional"
+DEMO_BASELINES: tuple[str, ...] = ("pca", "augmentation")
+
+# ---------------------------------------------------------------- causal playground (synthetic SCM)
+PLAYGROUND_N_TRAIN, PLAYGROUND_N_TEST = 4000, 2000
+PLAYGROUND_LAM = 1e4
+PLAYGROUND_SHIFTS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)

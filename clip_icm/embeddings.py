@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from clip_icm.errors import InvalidInput
+
 
 def unit_rows(X: np.ndarray) -> np.ndarray:
     """``X`` with each row (the last axis) scaled to unit L2 norm, in ``X``'s dtype; an all-zero
@@ -47,14 +49,14 @@ class PairSet:
 
     def __post_init__(self) -> None:
         if self.z.shape != self.z_do.shape or self.z.ndim != 2:
-            raise ValueError(
+            raise InvalidInput(
                 f"pair set {self.name!r}: z {self.z.shape} and z_do {self.z_do.shape} "
                 "must be 2-D arrays of the same shape"
             )
         for name in ("domains", "labels", "variant_words"):
             column = getattr(self, name)
             if column is not None and len(column) != len(self.z):
-                raise ValueError(f"pair set {self.name!r}: {len(column)} {name} for {len(self.z)} pairs")
+                raise InvalidInput(f"pair set {self.name!r}: {len(column)} {name} for {len(self.z)} pairs")
 
     def excluding(self, domain: str) -> "PairSet":
         """The pairs whose source image is not from ``domain`` (all of them for text pairs)."""
@@ -73,7 +75,7 @@ class PairSet:
     def for_classes(self, classes: np.ndarray) -> "PairSet":
         """The pairs whose class is in ``classes``; a set without class labels cannot say, so it raises."""
         if self.labels is None:
-            raise ValueError(f"pair set {self.name!r} has no class labels, so it cannot be restricted to classes")
+            raise InvalidInput(f"pair set {self.name!r} has no class labels, so it cannot be restricted to classes")
         return self.subset(np.isin(self.labels, classes))
 
 
@@ -88,7 +90,7 @@ class PromptSet:
 
     def __post_init__(self) -> None:
         if self.z.ndim != 2 or not len(self.texts) == len(self.z) == len(self.variant_words):
-            raise ValueError(f"prompt set: {len(self.texts)} texts, {len(self.variant_words)} variant words and "
+            raise InvalidInput(f"prompt set: {len(self.texts)} texts, {len(self.variant_words)} variant words and "
                              f"embeddings of shape {self.z.shape} must agree")
 
     def subset(self, keep: np.ndarray) -> "PromptSet":
@@ -135,14 +137,14 @@ class EmbeddingSet:
         n, dim = self.features.shape
         for name in ("labels", "domains", "is_train"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"{name} has {len(getattr(self, name))} rows, features has {n}")
+                raise InvalidInput(f"{name} has {len(getattr(self, name))} rows, features has {n}")
         if self.text_features.ndim != 3 or self.text_features.shape[1:] != (len(self.class_names), dim):
-            raise ValueError(
+            raise InvalidInput(
                 f"text_features must be (templates, {len(self.class_names)}, {dim}), "
                 f"got {self.text_features.shape}"
             )
         if self.templates is not None and len(self.templates) != len(self.text_features):
-            raise ValueError(f"{len(self.templates)} templates for {len(self.text_features)} rows of text_features")
+            raise InvalidInput(f"{len(self.templates)} templates for {len(self.text_features)} rows of text_features")
 
     @property
     def domain_names(self) -> list[str]:

@@ -27,27 +27,19 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from clip_icm import protocols
+from clip_icm import defaults, methods, protocols
 from clip_icm.embeddings import EmbeddingSet, unit_rows
+from clip_icm.errors import InvalidInput, check_names
 from clip_icm.interventions import names_domain
-from clip_icm.projection import (METHOD_LABELS, LinearProjection, OrthCaliProjection, PairMoments, make_projection,
-                                 stack_pairs)
+from clip_icm.methods import ALL_METHODS
+from clip_icm.projection import LAM_MODES, LinearProjection, OrthCaliProjection, PairMoments, stack_pairs
 from clip_icm.seeding import rng, seed_hash
 
-ALL_METHODS = tuple(METHOD_LABELS)  # every registered method (one label each), in display order
-FULL_SPACE = "CLIP"
+FULL_SPACE = methods.FULL_SPACE.name  # the method column's name for CLIP's full space
 ZERO_SHOT, LINEAR_PROBE = "zero-shot", "linear probe"
-# The released code scores zero-shot with a plain dot product after projection (no
-# re-normalisation of the projected text); we keep that for its named variant only.
-RELEASED_SCORING = frozenset({"icm_as_released"})
-# Methods whose probe also trains on the intervened images of the pair sets (same labels).
-AUGMENTED_PROBE = frozenset({"augmentation"})
 # Zero-shot prompt sets: the class names in the template set the embeddings were built with,
 # or each class described by its usual look in the source training rows (EmbeddingSet.look_prompts).
 PROMPT_SETS = {"classes": "class names", "usual_look": "each class by its usual source look"}
-# Methods that calibrate the class text only (Orth-Cali as published): images stay untouched,
-# so there is no projected image space for a linear probe; its probe rows are n/a (NaN).
-TEXT_ONLY = frozenset({"orth_cali"})
 
 
 @dataclass(frozen=True)
@@ -62,9 +54,9 @@ class EvalConfig:
     fit by default, since they are prior knowledge of the target's shift; True keeps them."""
 
 
-    n_components: int = 64
-    lam: float = 1000.0
-    lam_mode: str = "absolute"
+    n_components: int = defaults.MAX_K
+    lam: float = defaults.LAM
+    lam_mode: str = defaults.LAM_MODE
     methods: tuple[str, ...] = ALL_METHODS
     pair_sets: tuple[str, ...] | None = None
     pair_weights: tuple[tuple[str, float], ...] | dict[str, float] | None = None
@@ -72,12 +64,19 @@ class EvalConfig:
     prompts: str = "classes"
     seed: int = 0
     protocol: str = "ours"
-    orth_cali_lam: float = 1000.0
+    orth_cali_lam: float = defaults.ORTH_CALI_LAM
     keep_target_styles: bool = False
 
     def __post_init__(self) -> None:
-        if self.prompts not in PROMPT_SETS:
-            raise ValueError(f"prompts must be one of {', '.join(PROMPT_SETS)}; got {self.prompts!r}")
+        """Every name and range checked here, so a wrong setting fails before anything is fitted."""
+        methods.METHODS.check(self.methods)
+        protocols.PROTOCOLS.check((self.protocol,))
+        check_names("zero-shot prompt set", (self.prompts,), tuple(PROMPT_SETS))
+        check_names("lam scale", (self.lam_mode,), LAM_MODES)
+        if self.n_components < 1:
+            raise InvalidInput(f"n_components (K) must be at least 1, got {self.n_components}")
+        if not np.isfinite(self.lam) or not np.isfinite(self.orth_cali_lam):
+            raise InvalidInput(f"lam must be finite, got lam={self.lam}, orth_cali_lam={self.orth_cali_lam}")
 
 
 def zero_shot_classifier(text_features: np.ndarray, projection: object = None, renormalize: bool = True) -> np.ndarray:
@@ -89,7 +88,7 @@ def zero_shot_classifier(text_features: np.ndarray, projection: object = None, r
     """
     text = np.asarray(text_features, dtype=np.float64)
     if text.ndim != 3:
-        raise ValueError(f"text_features must be (templates, classes, D), got shape {text.shape}")
+        raise InvalidInput(f"text_features must be (templates, classes, D), got shape {text.shape}")
     T, C, D = text.shape
     flat = unit_rows(text.reshape(T * C, D))
     if projection is not None:
@@ -131,9 +130,9 @@ def fit_linear_probe(
     ``train_X`` with the best C is kept (no refit needed). Ties keep the smaller C.
     """
     if not Cs:
-        raise ValueError("Cs must name at least one C")
+        raise InvalidInput("Cs must name at least one C")
     if len(np.unique(train_y)) < 2:
-        raise ValueError("the linear probe needs at least 2 classes in its training rows")
+        raise InvalidInput("the linear probe needs at least 2 classes in its training rows")
     scaler = StandardScaler().fit(train_X)
     Xt, Xv = scaler.transform(train_X), scaler.transform(val_X)
     clf = LogisticRegression(solver="newton-cg", max_iter=100, tol=1e-3, warm_start=True, random_state=seed)
@@ -155,7 +154,7 @@ def _source_mask(emb: EmbeddingSet, target: str | None) -> np.ndarray:
 
 def _check_target(emb: EmbeddingSet, target: str | None) -> None:
     if target is not None and target not in emb.domain_names:
-        raise ValueError(f"unknown target domain {target!r}; domains: {', '.join(emb.domain_names)}")
+        raise InvalidInput(f"unknown target domain {target!r}; domains: {', '.join(emb.domain_names)}")
 
 
 def _pair_sets(emb: EmbeddingSet, target: str | None, config: EvalConfig) -> list:
@@ -216,9 +215,9 @@ def fit_projection(
     (None = all pairs). Used by evaluation and by the dashboard (spectrum, UMAP)."""
     _check_target(emb, target)
     emb, config = apply_protocol(emb, config)
-    if method in TEXT_ONLY:
+    if methods.spec(method).text_only:
         return _fit_orth_cali(emb, target, config)
-    return make_projection(method, config.n_components, config.lam, config.lam_mode).fit_moments(
+    return methods.spec(method).build(config.n_components, config.lam, config.lam_mode).fit_moments(
         _moments(emb, target, config))
 
 
@@ -246,18 +245,18 @@ def apply_protocol(emb: EmbeddingSet, config: EvalConfig) -> tuple[EmbeddingSet,
         # Through pair_sets, not by dropping sets: Orth-Cali still reads the text banks it is built from.
         names = [p.name for p in emb.pairs if p.kind in spec.pair_kinds]
         if not names:
-            raise ValueError(f"the {spec.label} protocol fits on {'/'.join(spec.pair_kinds)} pairs; "
+            raise InvalidInput(f"the {spec.label} protocol fits on {'/'.join(spec.pair_kinds)} pairs; "
                              f"this data has none (pair sets: {', '.join(p.name for p in emb.pairs) or 'none'})")
         # The protocol fixes the kind of pairs: the chosen sets of that kind, or all of them when
         # none of the chosen sets is one (the demo's default true swaps, say).
         chosen = [n for n in config.pair_sets or () if n in names] or names
         config = replace(config, pair_sets=tuple(chosen))
     if spec.template is not None and config.prompts != "classes":
-        raise ValueError(f"the {spec.label} protocol scores zero-shot with the prompt {spec.template!r}; "
+        raise InvalidInput(f"the {spec.label} protocol scores zero-shot with the prompt {spec.template!r}; "
                          f"prompts={config.prompts!r} cannot be used with it")
     if spec.template is not None and emb.templates != (spec.template,):
         if emb.templates is None or spec.template not in emb.templates:
-            raise ValueError(f"the {spec.label} protocol scores zero-shot with the prompt {spec.template!r}; "
+            raise InvalidInput(f"the {spec.label} protocol scores zero-shot with the prompt {spec.template!r}; "
                              f"these embeddings have {list(emb.templates or [])} (embed with templates 'single' "
                              "or 'ensemble')")
         row = emb.templates.index(spec.template)
@@ -270,7 +269,7 @@ def with_prompts(emb: EmbeddingSet, target: str | None, prompts: str) -> Embeddi
     if prompts == "classes":
         return emb
     if target not in emb.look_prompts:
-        raise ValueError(f"prompts={prompts!r} needs the usual-look prompts for target {target!r} "
+        raise InvalidInput(f"prompts={prompts!r} needs the usual-look prompts for target {target!r} "
                          "(ToyDomains data embedded with InterventionConfig(look_prompts=True))")
     return replace(emb, text_features=emb.look_prompts[target], templates=None)  # described, not templated
 
@@ -282,12 +281,13 @@ def _rows_by_domain(emb: EmbeddingSet, target: str) -> dict[str, np.ndarray]:
     }
 
 
-def _augmented_rows(emb: EmbeddingSet, target: str | None, config: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
+def _augmented_rows(emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """The intervened images of the configured image and true-swap pair sets, each with its
     source image's class, none from ``target``: what an augmented probe also trains on."""
     images = [p for p in _pair_sets(emb, target, config) if p.kind in ("image", "true") and p.labels is not None]
     if not images:
-        raise ValueError(f"{', '.join(sorted(AUGMENTED_PROBE))} trains on intervened images: choose at least one "
+        raise InvalidInput(f"{methods.spec(method).label} trains on intervened images: choose at least one "
                          "image or true-swap pair set")
     return np.concatenate([p.z_do for p in images]), np.concatenate([p.labels for p in images])
 
@@ -320,12 +320,12 @@ def _fit_predictor(emb: EmbeddingSet, target: str | None, method: str, projectio
     text-only method (Orth-Cali) calibrates the class text and leaves the images as they are:
     no probe. The protocol says which probe and whether projected text is re-normalised."""
     zero_shot = _zero_shot_only(emb, method, projection, config)
-    if method in TEXT_ONLY:
+    if methods.spec(method).text_only:
         return zero_shot
     source, projected = _source_mask(emb, target), zero_shot.projected
     train_X, train_y = projected[source & emb.is_train], emb.labels[source & emb.is_train]
-    if method in AUGMENTED_PROBE:
-        extra_X, extra_y = _augmented_rows(emb, target, config)
+    if methods.spec(method).probe_rows == "source+intervened":
+        extra_X, extra_y = _augmented_rows(emb, target, method, config)
         train_X = np.concatenate([train_X, extra_X if projection is None else projection.transform(extra_X)])
         train_y = np.concatenate([train_y, extra_y])
     val = source & ~emb.is_train
@@ -339,10 +339,11 @@ def _fit_predictor(emb: EmbeddingSet, target: str | None, method: str, projectio
 def _zero_shot_only(emb: EmbeddingSet, method: str, projection, config: EvalConfig) -> _Predictor:
     """Zero-shot weights over ``projection`` and no probe (nothing fitted on rows): the open-class
     task and text-only methods. The protocol says whether projected text is re-normalised."""
-    spec = protocols.PROTOCOLS.get(config.protocol)
-    renormalise = method in TEXT_ONLY or (spec.renormalise and method not in RELEASED_SCORING)
+    method_spec = methods.spec(method)
+    renormalise = method_spec.text_only or (protocols.PROTOCOLS.get(config.protocol).renormalise
+                                            and method_spec.zero_shot == "cosine")
     weights = zero_shot_classifier(emb.text_features, projection, renormalise)
-    image_projection = None if method in TEXT_ONLY else projection
+    image_projection = None if method_spec.text_only else projection
     projected = emb.features if image_projection is None else image_projection.transform(emb.features)
     return _Predictor(image_projection, None, weights, projected)
 
@@ -403,9 +404,9 @@ def _fitted(emb: EmbeddingSet, target: str | None, method: str, config: EvalConf
 def _fit_and_score(emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig) -> list[dict]:
     """_score_method for ``method`` fitted on the pairs whose image is not from ``target``."""
     emb, config = apply_protocol(emb, config)
-    if method in TEXT_ONLY and emb.spurious is None and not any(p.kind == "text" for p in emb.pairs):
+    if methods.spec(method).text_only and emb.spurious is None and not any(p.kind == "text" for p in emb.pairs):
         # Not a failure of the split: the other methods still score; this one has nothing to be built from.
-        warnings.warn(f"{METHOD_LABELS[method]} is built from text banks and these embeddings have none: "
+        warnings.warn(f"{methods.spec(method).label} is built from text banks and these embeddings have none: "
                       "its rows are n/a", UserWarning, stacklevel=2)
         return _accuracy_rows(emb, target, method, {ZERO_SHOT: None, LINEAR_PROBE: None}, config)
     return _score_method(emb, target, method, _fitted(emb, target, method, config), config)
@@ -414,7 +415,7 @@ def _fit_and_score(emb: EmbeddingSet, target: str | None, method: str, config: E
 def evaluate_split(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConfig()) -> pd.DataFrame:
     """Per-domain accuracy for CLIP (full space) and every configured method, both protocols."""
     if target is None:
-        raise ValueError("evaluate_split needs a target domain")
+        raise InvalidInput("evaluate_split needs a target domain")
     _check_target(emb, target)
     emb, config = apply_protocol(emb, config)
     emb = with_prompts(emb, target, config.prompts)
@@ -487,10 +488,10 @@ def _worst_case_validation(emb: EmbeddingSet, predictor: _Predictor, protocol: s
 def _interventional_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig, protocol: str) -> float:
     """min(validation, intervened validation) accuracy per source domain, averaged (emb holds no target)."""
     if not emb.intervened_val:
-        raise ValueError("scoring='interventional' needs intervened validation rows: embed with "
+        raise InvalidInput("scoring='interventional' needs intervened validation rows: embed with "
                          "InterventionConfig(intervened_val=('counterfactual',)) on ToyDomains or ('image',) elsewhere")
-    if method in TEXT_ONLY and protocol == LINEAR_PROBE:
-        raise ValueError(f"{method} calibrates class text only: it has no {protocol} to score")
+    if methods.spec(method).text_only and protocol == LINEAR_PROBE:
+        raise InvalidInput(f"{method} calibrates class text only: it has no {protocol} to score")
     emb, config = apply_protocol(emb, config)
     predictor = _fit_predictor(emb, None, method, _fitted(emb, None, method, config), config)
     return _worst_case_validation(emb, predictor, protocol)
@@ -517,12 +518,12 @@ def intervened_val_for(emb: EmbeddingSet, target: str) -> list:
 def _selection_view(emb: EmbeddingSet, target: str, config: EvalConfig, scoring: str) -> EmbeddingSet:
     """What selection may read: ``emb`` without the target domain (and with the target's prompts)."""
     if scoring not in SCORINGS:
-        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
+        raise InvalidInput(f"scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
     _check_target(emb, target)
     sources = without_domain(with_prompts(emb, target, config.prompts), target)
     sources = replace(sources, intervened_val=intervened_val_for(sources, target))
     if scoring == "source_domains" and len(sources.domain_names) < 2:
-        raise ValueError("scoring='source_domains' needs at least 2 source domains")
+        raise InvalidInput("scoring='source_domains' needs at least 2 source domains")
     return sources
 
 
@@ -538,8 +539,8 @@ def select_hyperparameters(
     emb: EmbeddingSet,
     target: str,
     method: str = "icm",
-    Ks: tuple[int, ...] = (16, 32, 64, 128),
-    lams: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0),
+    Ks: tuple[int, ...] | None = None,
+    lams: tuple[float, ...] | None = None,
     config: EvalConfig = EvalConfig(),
     scoring: str = "source_val",
     protocol: str = LINEAR_PROBE,
@@ -552,8 +553,10 @@ def select_hyperparameters(
     its validation accuracy and its accuracy on the intervened copies of those rows
     (``EmbeddingSet.intervened_val``), averaged: it sees a shortcut that validation rows
     cannot, when the interventions change the factors that shift. Ties keep the first
-    (K, lam) in grid order. Returns (best_K, best_lam, scores with columns K, lam, score).
+    (K, lam) in grid order. ``Ks`` / ``lams`` None: the method's grid (MethodSpec.grid).
+    Returns (best_K, best_lam, scores with columns K, lam, score).
     """
+    Ks, lams = _grid(emb, method, config, Ks, lams)
     sources = _selection_view(emb, target, config, scoring)
     dim = emb.features.shape[1]
     rows = [
@@ -562,10 +565,18 @@ def select_hyperparameters(
         for lam in lams
     ]
     if not rows:
-        raise ValueError(f"no K in {list(Ks)} fits D={dim}")
+        raise InvalidInput(f"no K in {list(Ks)} fits D={dim}")
     scores = pd.DataFrame(rows)
     best = scores.loc[scores.score.idxmax()]
     return int(best.K), float(best.lam), scores
+
+
+def _grid(emb: EmbeddingSet, method: str, config: EvalConfig, Ks: tuple[int, ...] | None,
+          lams: tuple[float, ...] | None) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The given K and lam values, the method's own grid where None."""
+    own_Ks, own_lams = methods.spec(method).grid(emb.features.shape[1], config.lam_mode, config.n_components,
+                                                 config.lam)
+    return (own_Ks if Ks is None else tuple(Ks)), (own_lams if lams is None else tuple(lams))
 
 
 def select_and_evaluate(
@@ -573,8 +584,8 @@ def select_and_evaluate(
     target: str,
     config: EvalConfig = EvalConfig(),
     scoring: str | None = None,
-    Ks: tuple[int, ...] = (16, 32, 64, 128),
-    lams: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0),
+    Ks: tuple[int, ...] | None = None,
+    lams: tuple[float, ...] | None = None,
     method: str = "icm",
     protocol: str = LINEAR_PROBE,
 ) -> pd.DataFrame:
@@ -592,16 +603,18 @@ def select_and_evaluate(
 def sweep(
     emb: EmbeddingSet,
     target: str,
-    Ks: tuple[int, ...],
-    lams: tuple[float, ...],
     method: str = "icm",
+    Ks: tuple[int, ...] | None = None,
+    lams: tuple[float, ...] | None = None,
     config: EvalConfig = EvalConfig(),
     protocol: str = LINEAR_PROBE,
 ) -> pd.DataFrame:
     """Grid of source-validation vs target accuracy (for a heat map; the target column is
-    there to SHOW the gap, never to choose: use :func:`select_hyperparameters`)."""
+    there to SHOW the gap, never to choose: use :func:`select_hyperparameters`). ``Ks`` / ``lams``
+    None: the method's grid, as selection searches it."""
     if target is None:
-        raise ValueError("sweep needs a target domain")
+        raise InvalidInput("sweep needs a target domain")
+    Ks, lams = _grid(emb, method, config, Ks, lams)
     rows = []
     for K in Ks:
         for lam in lams:
@@ -631,7 +644,7 @@ def class_split(n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     the first half of the sorted class names instead (no seed). At least 2 classes on each side."""
     n_base = n_classes // 2
     if n_base < 2 or n_classes - n_base < 2:
-        raise ValueError(f"the open-class task needs at least 2 base and 2 new classes; {n_classes} classes "
+        raise InvalidInput(f"the open-class task needs at least 2 base and 2 new classes; {n_classes} classes "
                          f"split 50/50 give {n_base} and {n_classes - n_base}")
     order = rng("class split", seed).permutation(n_classes)
     return np.sort(order[:n_base]), np.sort(order[n_base:])
@@ -659,7 +672,7 @@ def evaluate_open_class(emb: EmbeddingSet, target: str, config: EvalConfig = Eva
     (base / new / harmonic mean), accuracy, n, preset, K, lam, lam_mode, split_seed.
     """
     if target is None:
-        raise ValueError("evaluate_open_class needs a target domain")
+        raise InvalidInput("evaluate_open_class needs a target domain")
     _check_target(emb, target)
     emb, config = apply_protocol(emb, config)
     emb = with_prompts(emb, target, config.prompts)

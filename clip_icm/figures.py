@@ -11,6 +11,9 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from clip_icm import methods
+from clip_icm.errors import InvalidInput
+
 PALETTE = qualitative.D3 + qualitative.Pastel
 ROLE_SYMBOLS = {"source": "circle", "target": "x"}
 POINT_COLUMNS = ("id", "class", "domain", "role", "prediction", "correct")
@@ -21,7 +24,7 @@ PEEKING_TITLE = "target (peeking - for illustration only)"
 def _check_columns(frame: pd.DataFrame, needed: tuple[str, ...], what: str) -> None:
     missing = [c for c in needed if c not in frame.columns]
     if missing:
-        raise ValueError(f"{what} needs columns {', '.join(missing)}; got {', '.join(map(str, frame.columns))}")
+        raise InvalidInput(f"{what} needs columns {', '.join(missing)}; got {', '.join(map(str, frame.columns))}")
 
 
 def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class", title: str = "") -> go.Figure:
@@ -32,9 +35,9 @@ def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class
     """
     _check_columns(points, POINT_COLUMNS, "scatter_layout")
     if colour_by not in ("class", "domain"):
-        raise ValueError(f"colour_by must be 'class' or 'domain', got {colour_by!r}")
+        raise InvalidInput(f"colour_by must be 'class' or 'domain', got {colour_by!r}")
     if len(xy) != len(points):
-        raise ValueError(f"{len(xy)} layout rows for {len(points)} points")
+        raise InvalidInput(f"{len(xy)} layout rows for {len(points)} points")
     fig = go.Figure()
     groups = list(dict.fromkeys(points[colour_by].tolist()))
     for g_index, group in enumerate(groups):
@@ -87,8 +90,12 @@ def selected_ids(selection: object) -> list[int]:
     return sorted(set(ids))
 
 
-METHOD_COLOURS = {"CLIP": "#7f7f7f", "icm": "#1f77b4", "icm_as_released": "#d62728", "pca": "#2ca02c",
-                  "null_space": "#9467bd", "orth_cali": "#ff7f0e", "augmentation": "#8c564b"}
+def _colour(method: str, i: int) -> str:
+    """The method's colour (MethodSpec.colour); a trace that is no method takes the palette's i-th."""
+    try:
+        return methods.spec(method).colour
+    except KeyError:
+        return PALETTE[i % len(PALETTE)]
 
 
 def accuracy_bars(table: pd.DataFrame, target: str, title: str = "Accuracy per domain") -> go.Figure:
@@ -101,7 +108,7 @@ def accuracy_bars(table: pd.DataFrame, target: str, title: str = "Accuracy per d
         rows = rows.set_index("domain").reindex(domains)
         fig.add_trace(go.Bar(
             x=[ticks[d] for d in domains], y=rows["accuracy"], name=str(label),
-            marker=dict(color=METHOD_COLOURS.get(method, PALETTE[i % len(PALETTE)]),
+            marker=dict(color=_colour(method, i),
                         pattern=dict(shape="/" if protocol == "zero-shot" else "", fillmode="overlay",
                                      fgcolor="white", fgopacity=0.6)),
             hovertemplate=f"{label}<br>%{{x}}: %{{y:.1%}}<extra></extra>",
@@ -164,14 +171,14 @@ def confusion_heatmaps(matrices: dict[str, np.ndarray], class_names: list[str], 
     """Side-by-side confusion matrices (rows: true class, columns: predicted), each row as a
     share of that class, so a learner sees which class the shortcut turns into which."""
     if not matrices:
-        raise ValueError("confusion_heatmaps needs at least one matrix")
+        raise InvalidInput("confusion_heatmaps needs at least one matrix")
     names = list(matrices)
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=[titles.get(n, n) for n in names],
                         horizontal_spacing=0.14)
     for col, name in enumerate(names, 1):
         counts = np.asarray(matrices[name], dtype=float)
         if counts.shape != (len(class_names), len(class_names)):
-            raise ValueError(f"{name}: a {counts.shape} matrix for {len(class_names)} classes")
+            raise InvalidInput(f"{name}: a {counts.shape} matrix for {len(class_names)} classes")
         shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         fig.add_trace(go.Heatmap(
             z=shares, x=class_names, y=class_names, zmin=0, zmax=1, colorscale="Blues", showscale=col == len(names),

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from clip_icm.errors import InvalidInput
 from clip_icm.registry import Registry
 from clip_icm.seeding import rng
 
@@ -88,7 +89,7 @@ def _register(cls: type[ImageIntervention]) -> type[ImageIntervention]:
 
 def _check_range(name: str, span: tuple, low: float, high: float) -> None:
     if len(span) != 2 or not low <= span[0] <= span[1] <= high:
-        raise ValueError(f"{name} must be a (min, max) pair within [{low}, {high}], got {span!r}")
+        raise InvalidInput(f"{name} must be a (min, max) pair within [{low}, {high}], got {span!r}")
 
 
 @_register
@@ -105,9 +106,9 @@ class ColourJitter(ImageIntervention):
 
     def __post_init__(self) -> None:
         if min(self.brightness, self.contrast, self.saturation) < 0 or not 0 <= self.hue <= 0.5:
-            raise ValueError("colour_jitter strengths must be >= 0 (hue within [0, 0.5])")
+            raise InvalidInput("colour_jitter strengths must be >= 0 (hue within [0, 0.5])")
         if max(self.brightness, self.contrast, self.saturation, self.hue) == 0:
-            raise ValueError("colour_jitter with all strengths 0 would not change the image")
+            raise InvalidInput("colour_jitter with all strengths 0 would not change the image")
 
     def apply(self, image: Image.Image, g: np.random.Generator) -> Image.Image:
         tf = _tf()
@@ -147,7 +148,7 @@ class GaussianBlur(ImageIntervention):
     def __post_init__(self) -> None:
         _check_range("gaussian_blur kernel", self.kernel, 3, 255)
         if self.kernel[0] % 2 == 0 or self.kernel[1] % 2 == 0:
-            raise ValueError(f"gaussian_blur kernel sizes must be odd, got {self.kernel!r}")
+            raise InvalidInput(f"gaussian_blur kernel sizes must be odd, got {self.kernel!r}")
         _check_range("gaussian_blur sigma", self.sigma, 1e-3, 100.0)
 
     def apply(self, image: Image.Image, g: np.random.Generator) -> Image.Image:
@@ -213,7 +214,7 @@ class Solarize(ImageIntervention):
 
     def __post_init__(self) -> None:
         if not 0 <= self.threshold <= 255:
-            raise ValueError(f"solarize threshold must be within [0, 255], got {self.threshold}")
+            raise InvalidInput(f"solarize threshold must be within [0, 255], got {self.threshold}")
 
     def apply(self, image: Image.Image, g: np.random.Generator) -> Image.Image:
         return _tf().solarize(image, self.threshold)
@@ -236,7 +237,7 @@ def _single(name: str, strengths: Mapping[str, Any]) -> ImageIntervention:
         return cls(**strengths)
     except TypeError:
         valid = ", ".join(f.name for f in fields(cls)) or "(none)"
-        raise ValueError(f"bad strengths {dict(strengths)!r} for {name!r}; its parameters: {valid}") from None
+        raise InvalidInput(f"bad strengths {dict(strengths)!r} for {name!r}; its parameters: {valid}") from None
 
 
 class RandomIntervention:
@@ -255,11 +256,11 @@ class RandomIntervention:
     ) -> None:
         names = tuple(IMAGE_INTERVENTIONS.available() if names is None else names)
         if not names or len(set(names)) != len(names):
-            raise ValueError(f"random intervention needs distinct op names, got {names!r}")
+            raise InvalidInput(f"random intervention needs distinct op names, got {names!r}")
         strengths = dict(strengths or {})
         unused = set(strengths) - set(names)
         if unused:
-            raise ValueError(f"strengths given for ops not selected: {sorted(unused)}")
+            raise InvalidInput(f"strengths given for ops not selected: {sorted(unused)}")
         self.ops = tuple(_single(n, strengths.get(n, {})) for n in names)
 
     def choose(self, seed: int) -> ImageIntervention:
@@ -301,14 +302,14 @@ DEFAULT_TEMPLATE = "a photo of a {}."
 def validate_template(template: str) -> str:
     """Return ``template`` if it has exactly one ``{}`` placeholder, else raise ValueError."""
     if not isinstance(template, str):
-        raise ValueError(f"a template must be a string, got {type(template).__name__}")
+        raise InvalidInput(f"a template must be a string, got {type(template).__name__}")
     try:
         found = [f + (f"!{c}" if c else "") + (f":{s}" if s else "")
                  for _, f, s, c in string.Formatter().parse(template) if f is not None]
     except ValueError as e:
-        raise ValueError(f"template {template!r} is not a valid format string ({e}); write literal braces as {{{{ }}}}") from None
+        raise InvalidInput(f"template {template!r} is not a valid format string ({e}); write literal braces as {{{{ }}}}") from None
     if found != [""]:
-        raise ValueError(
+        raise InvalidInput(
             f"template {template!r} must contain exactly one plain '{{}}' for the class name "
             f"(found {len(found)} placeholder(s){': ' + repr(found) if found else ''})"
         )
@@ -327,17 +328,17 @@ class TextBank:
     def __post_init__(self) -> None:
         validate_template(self.anchor)
         if not self.variants:
-            raise ValueError(f"text bank {self.name!r} needs at least one variant template")
+            raise InvalidInput(f"text bank {self.name!r} needs at least one variant template")
         for t in self.variants:
             validate_template(t)
         if self.anchor in self.variants:
-            raise ValueError(f"text bank {self.name!r}: the anchor {self.anchor!r} is also a variant (a pair would not differ)")
+            raise InvalidInput(f"text bank {self.name!r}: the anchor {self.anchor!r} is also a variant (a pair would not differ)")
 
     @classmethod
     def from_strings(cls, name: str, templates: Iterable[str], anchor: str = DEFAULT_TEMPLATE) -> "TextBank":
         """A user bank from a list of format strings (each with one ``{}``)."""
         if isinstance(templates, str):
-            raise ValueError(f"text bank {name!r}: give a list of templates, not one string")
+            raise InvalidInput(f"text bank {name!r}: give a list of templates, not one string")
         return cls(name, anchor, tuple(dict.fromkeys(templates)))
 
 
@@ -405,7 +406,7 @@ def resolve_banks(banks: Mapping[str, Sequence[str] | TextBank] | Iterable[str |
     else:
         out = [b if isinstance(b, TextBank) else TEXT_BANKS.get(b) for b in banks]
     if not out:
-        raise ValueError("no text banks selected")
+        raise InvalidInput("no text banks selected")
     return out
 
 
@@ -430,9 +431,9 @@ def make_text_pairs(
     others' pairs unchanged. Returns (texts, texts_do, class_index).
     """
     if len(class_names) == 0:
-        raise ValueError("make_text_pairs needs at least one class name")
+        raise InvalidInput("make_text_pairs needs at least one class name")
     if n_pairs_per_class < 1:
-        raise ValueError(f"n_pairs_per_class must be at least 1, got {n_pairs_per_class}")
+        raise InvalidInput(f"n_pairs_per_class must be at least 1, got {n_pairs_per_class}")
     pool = [(b.anchor, v) for b in resolve_banks(banks) for v in b.variants]
     texts, texts_do, index = [], [], []
     for c, name in enumerate(class_names):

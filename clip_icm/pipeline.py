@@ -40,19 +40,20 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from clip_icm import defaults
 from clip_icm.backend import (ClipBackend, ImageDecodeError, Intervention, ModelConfig, file_stamp, load_model,
                               model_key)
 from clip_icm.datasets import DomainScan, load_image, scan_domain_folder, split_mask
 from clip_icm.embeddings import EmbeddingSet, PairSet, PromptSet
+from clip_icm.errors import InvalidInput, check_names
 from clip_icm.hashing import file_digest
-from clip_icm.interventions import (IMAGE_INTERVENTIONS, ZERO_SHOT_TEMPLATES, RandomIntervention, TextBank,
-                                    cross_modal_texts, cross_modal_words, make_image_intervention, make_text_pairs,
-                                    resolve_banks, spurious_prompts, text_pair_words)
+from clip_icm.interventions import (IMAGE_INTERVENTIONS, TEXT_BANKS, ZERO_SHOT_TEMPLATES, RandomIntervention,
+                                    TextBank, cross_modal_texts, cross_modal_words, make_image_intervention,
+                                    make_text_pairs, resolve_banks, spurious_prompts, text_pair_words)
 from clip_icm.seeding import rng, seed_hash
 from clip_icm.store import EmbeddingStore, atomic_write, make_key
 
 Progress = Callable[[str, int, int], None]
-DEFAULT_OPS = ("colour_jitter", "grayscale", "gaussian_blur", "invert", "posterize", "solarize", "equalize")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,14 @@ class DataConfig:
     max_per_domain: int | None = None
     val_fraction: float = 0.2
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_per_domain is not None and self.max_per_domain < 1:
+            raise InvalidInput(f"max_per_domain must be at least 1, got {self.max_per_domain}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise InvalidInput(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.dataset is not None and self.root is None:  # else the demo would be evaluated under its name
+            raise InvalidInput(f"dataset {self.dataset} needs a root, the folder that holds it")
 
 
 @dataclass(frozen=True)
@@ -87,13 +96,13 @@ class InterventionConfig:
                     in the other domains' training rows (ToyDomains only)
     """
 
-    image: tuple[str, ...] = DEFAULT_OPS
+    image: tuple[str, ...] = defaults.IMAGE_OPS
     strengths: tuple = ()
     random_choice: bool = True
-    text_banks: tuple[str | TextBank, ...] = ("styles", "contexts")
+    text_banks: tuple[str | TextBank, ...] = defaults.TEXT_BANKS
     true_swaps: tuple[str, ...] = ()
     cross_modal: bool = False
-    n_pairs: int | None = None
+    n_pairs: int | None = defaults.N_PAIRS
     text_pairs_per_class: int = 8
     templates: str = "ensemble"
     intervened_val: tuple[str, ...] | None = None
@@ -101,12 +110,20 @@ class InterventionConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        unknown = set(self.intervened_val or ()) - set(INTERVENED_VAL_KINDS)
-        if unknown:
-            raise ValueError(f"unknown intervened validation set(s) {', '.join(sorted(unknown))}; "
-                             f"available: {', '.join(INTERVENED_VAL_KINDS)}")
+        """Every name checked here, so that a typo fails before anything is embedded."""
+        from clip_icm.toydomains import CHANGEABLE
+
+        IMAGE_INTERVENTIONS.check(self.image)
+        IMAGE_INTERVENTIONS.check(op for op, _ in self.strengths)
+        TEXT_BANKS.check(b for b in self.text_banks if not isinstance(b, TextBank))
+        ZERO_SHOT_TEMPLATES.check((self.templates,))
+        check_names("true swap factor", self.true_swaps, CHANGEABLE)
+        check_names("intervened validation set", self.intervened_val or (), INTERVENED_VAL_KINDS)
+        for name, value in (("n_pairs", self.n_pairs), ("text_pairs_per_class", self.text_pairs_per_class)):
+            if value is not None and value < 1:
+                raise InvalidInput(f"{name} must be at least 1, got {value}")
         if self.cross_modal and not self.text_banks:  # it would build nothing and say nothing
-            raise ValueError("cross-modal pairs pair each image with a variant prompt of the text banks: "
+            raise InvalidInput("cross-modal pairs pair each image with a variant prompt of the text banks: "
                              "choose at least one text bank")
 
 
@@ -338,14 +355,14 @@ def _factor_rows(scan: DomainScan) -> list[dict]:
 def _factor_rows_of(root: Path, paths: Sequence[str]) -> list[dict]:
     factors_file = root / "factors.csv"
     if not factors_file.is_file():
-        raise ValueError(f"true swaps need the ToyDomains dataset (a folder with factors.csv); {root} has none")
+        raise InvalidInput(f"true swaps need the ToyDomains dataset (a folder with factors.csv); {root} has none")
     from clip_icm.toydomains import load_factors
 
     table = load_factors(root)
     relative = [str(Path(p).relative_to(root)) for p in paths]
     absent = [r for r in relative if r not in table.index]
     if absent:
-        raise ValueError(f"factors.csv in {root} has no row for {len(absent)} image(s), e.g. {absent[0]}")
+        raise InvalidInput(f"factors.csv in {root} has no row for {len(absent)} image(s), e.g. {absent[0]}")
     return table.loc[relative].to_dict("records")
 
 
@@ -389,7 +406,7 @@ def embed_dataset(
     templates = ZERO_SHOT_TEMPLATES.get(interventions.templates)
     prompts = [t.format(c) for t in templates for c in class_names]
     text = embedder.texts("class prompts", prompts).reshape(len(templates), len(class_names), -1)
-    key = make_key("embedding set", embedder.key, hashes.tolist(), asdict(data), _config_id(interventions))
+    key = make_key("embedding set", embedder.key, hashes.tolist(), asdict(data), _config_id(interventions, checks))
     emb = EmbeddingSet(features, labels, domains, is_train, class_names, text, pairs, paths, key, intervened_val, look,
                        templates=tuple(templates), spurious=_spurious(embedder, interventions))
     return EmbeddingRun(emb, scan, skipped, embedder.loaded, embedder.computed, embedder.reused)
@@ -406,8 +423,11 @@ def build_embedding_set(
     return embed_dataset(data, model, interventions, store, progress).embeddings
 
 
-def _config_id(cfg: InterventionConfig) -> dict:
+def _config_id(cfg: InterventionConfig, intervened_val: tuple[str, ...]) -> dict:
+    """The config as it was resolved for this folder: "automatic" intervened validation and the
+    kinds it resolved to are one key, so both front ends' defaults share an EmbeddingSet key."""
     out = asdict(cfg)
+    out["intervened_val"] = list(intervened_val)
     out["text_banks"] = [asdict(b) for b in resolve_banks(cfg.text_banks)] if cfg.text_banks else []
     return out
 
@@ -455,7 +475,7 @@ def intervened_image(path: str, pair_set: str, cfg: InterventionConfig):
     ops = dict(_image_interventions(cfg))
     op = ops.get(pair_set.removeprefix("val "))
     if op is None:
-        raise ValueError(f"no image pair set {pair_set!r} in these interventions; available: {', '.join(ops) or '(none)'}")
+        raise InvalidInput(f"no image pair set {pair_set!r} in these interventions; available: {', '.join(ops) or '(none)'}")
     seed = int(_pair_seeds(cfg.seed, pair_set, np.array([file_hash(path)]))[0])
     return op(load_image(path), seed)
 
@@ -530,7 +550,7 @@ def _intervened_val(embedder, cfg, kinds: tuple[str, ...], factor_rows, rows: _R
         out += _conflict_sets(embedder, cfg, factor_rows, rows, val)
     if "image" in kinds:
         if not cfg.image:
-            raise ValueError("intervened validation 'image' needs at least one image intervention")
+            raise InvalidInput("intervened validation 'image' needs at least one image intervention")
         out += [_image_pair_set(embedder, cfg, rows, f"val {name}", op, val, "intervened validation")
                 for name, op in _image_interventions(cfg)]
     return out

@@ -6,7 +6,7 @@ with row i of ``Z_do`` the intervened counterpart of row i of ``Z``; learned
 the training data is kept. Eigen-decompositions run in float64 with
 ``scipy.linalg.eigh`` (D up to 1024 takes well under a second).
 
-The methods (registry :data:`METHODS`, labels :data:`METHOD_LABELS`):
+The methods (their specs: :data:`clip_icm.methods.METHODS`):
 
 - ``icm``: the Invariant Causal Mechanism projection as intended (top-K).
 - ``icm_as_released``: the slice the released code takes (the K smallest).
@@ -21,15 +21,14 @@ The methods (registry :data:`METHODS`, labels :data:`METHOD_LABELS`):
 from __future__ import annotations
 
 import warnings
-from typing import Callable
-
 import numpy as np
 import scipy.linalg
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from clip_icm import defaults
 from clip_icm.embeddings import PairSet, unit_rows
-from clip_icm.registry import Registry
+from clip_icm.errors import InvalidInput
 
 SELECTIONS = ("top", "as_released")
 LAM_MODES = ("absolute", "relative")
@@ -46,9 +45,9 @@ class NegativeLamWarning(UserWarning):
 def _as_matrix(X: object, name: str) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (rows, dims), got shape {X.shape}")
+        raise InvalidInput(f"{name} must be a 2-D array (rows, dims), got shape {X.shape}")
     if not np.isfinite(X).all():
-        raise ValueError(f"{name} contains NaN or inf values")
+        raise InvalidInput(f"{name} contains NaN or inf values")
     return X
 
 
@@ -56,10 +55,10 @@ def _check_pairs(Z: object, Z_do: object) -> tuple[np.ndarray, np.ndarray]:
     """Validate a pair stack; every problem is a ValueError that names it."""
     Z, Z_do = _as_matrix(Z, "Z"), _as_matrix(Z_do, "Z_do")
     if Z.shape != Z_do.shape:
-        raise ValueError(f"Z {Z.shape} and Z_do {Z_do.shape} must have the same shape (row i pairs with row i)")
+        raise InvalidInput(f"Z {Z.shape} and Z_do {Z_do.shape} must have the same shape (row i pairs with row i)")
     n, dim = Z.shape
     if n < 2:
-        raise ValueError(f"need at least 2 pairs to fit a projection, got {n}")
+        raise InvalidInput(f"need at least 2 pairs to fit a projection, got {n}")
     if n < dim:
         warnings.warn(
             f"only {n} pairs for {dim} dimensions: the estimate is rank-deficient", RankDeficientWarning, stacklevel=4
@@ -71,9 +70,9 @@ def _check_lam(lam: float, selection: str = "top") -> float:
     """lam >= 0, except for the released slice: the released code accepts any float, so the
     hypothesis "the authors ran a negative lam" can be tried there (with a warning)."""
     if not np.isfinite(lam):
-        raise ValueError(f"lam must be a finite number, got {lam!r}")
+        raise InvalidInput(f"lam must be a finite number, got {lam!r}")
     if lam < 0 and selection != "as_released":
-        raise ValueError(f"lam must be >= 0 with selection={selection!r}, got {lam!r}; a negative lam is "
+        raise InvalidInput(f"lam must be >= 0 with selection={selection!r}, got {lam!r}; a negative lam is "
                          "accepted only with selection='as_released' (the released code's slice)")
     if lam < 0:
         warnings.warn(f"lam={lam:g} < 0: M = Z'Z/n + {-lam:g} Delta'Delta/n then rewards the directions that "
@@ -84,18 +83,18 @@ def _check_lam(lam: float, selection: str = "top") -> float:
 
 def _check_choice(value: str, name: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
-        raise ValueError(f"{name} must be one of {', '.join(valid)}; got {value!r}")
+        raise InvalidInput(f"{name} must be one of {', '.join(valid)}; got {value!r}")
 
 
 def _check_n_components(k: object, dim: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= dim:
-        raise ValueError(f"n_components={k!r} must be an integer between 1 and D={dim}")
+        raise InvalidInput(f"n_components={k!r} must be an integer between 1 and D={dim}")
     return int(k)
 
 
 def _check_n_removed(r: object, dim: int) -> int:
     if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 0 <= r < dim:
-        raise ValueError(f"n_removed={r!r} must be an integer between 0 and D-1={dim - 1}")
+        raise InvalidInput(f"n_removed={r!r} must be an integer between 0 and D-1={dim - 1}")
     return int(r)
 
 
@@ -138,7 +137,7 @@ class PairMoments:
         """trace(Z^T Z) / trace(Delta^T Delta): the factor that makes lam = 1 balance both energies."""
         delta_energy = float(np.trace(self.dd))
         if delta_energy == 0.0:
-            raise ValueError("all pairs are identical (Delta = 0): a relative lam is undefined; "
+            raise InvalidInput("all pairs are identical (Delta = 0): a relative lam is undefined; "
                              "use lam_mode='absolute'")
         return float(np.trace(self.zz)) / delta_energy
 
@@ -191,7 +190,7 @@ class LinearProjection(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "components_")
         X = _as_matrix(X, name)
         if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"{name} has {X.shape[1]} features, the projection was fitted on {self.n_features_in_}")
+            raise InvalidInput(f"{name} has {X.shape[1]} features, the projection was fitted on {self.n_features_in_}")
         return X
 
     def transform(self, X: object) -> np.ndarray:
@@ -202,7 +201,7 @@ class LinearProjection(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "components_")
         Y = _as_matrix(Y, "Y")
         if Y.shape[1] != self.components_.shape[0]:
-            raise ValueError(f"Y has {Y.shape[1]} columns, the projection has {self.components_.shape[0]} outputs")
+            raise InvalidInput(f"Y has {Y.shape[1]} columns, the projection has {self.components_.shape[0]} outputs")
         if self._orthonormal:
             return Y @ self.components_
         return Y @ np.linalg.pinv(self.components_.T)
@@ -216,7 +215,7 @@ class LinearProjection(TransformerMixin, BaseEstimator):
         Delta is never centred (a shift common to all pairs is an effect of the intervention)."""
         Z, Z_do = self._check_input(Z, "Z"), self._check_input(Z_do, "Z_do")
         if Z.shape != Z_do.shape:
-            raise ValueError(f"Z {Z.shape} and Z_do {Z_do.shape} must have the same shape")
+            raise InvalidInput(f"Z {Z.shape} and Z_do {Z_do.shape} must have the same shape")
         spread = Z - Z.mean(axis=0) if centred else Z
         denom = np.linalg.norm(spread @ self.components_.T)
         return float(np.linalg.norm((Z - Z_do) @ self.components_.T) / denom) if denom > 0 else float("nan")
@@ -254,7 +253,8 @@ class InvariantProjection(LinearProjection):
     """
 
     def __init__(
-        self, n_components: int = 64, lam: float = 1000.0, selection: str = "top", lam_mode: str = "absolute"
+        self, n_components: int = defaults.MAX_K, lam: float = defaults.ABSOLUTE_LAM, selection: str = "top",
+        lam_mode: str = "absolute"
     ) -> None:
         self.n_components = n_components
         self.lam = lam
@@ -292,7 +292,7 @@ class PCAProjection(LinearProjection):
     term. ``Z_do`` is validated (same contract) but not used.
     """
 
-    def __init__(self, n_components: int = 64) -> None:
+    def __init__(self, n_components: int = defaults.MAX_K) -> None:
         self.n_components = n_components
 
     def _fit_moments(self, moments: PairMoments) -> None:
@@ -319,7 +319,7 @@ class NullSpaceProjection(LinearProjection):
 
     def _kept(self, dim: int) -> int:
         if (self.n_removed is None) == (self.n_components is None):
-            raise ValueError("give exactly one of n_removed or n_components")
+            raise InvalidInput("give exactly one of n_removed or n_components")
         if self.n_components is not None:
             return _check_n_components(self.n_components, dim)
         return dim - _check_n_removed(self.n_removed, dim)
@@ -352,20 +352,20 @@ class OrthCaliProjection(LinearProjection):
 
     _orthonormal = False
 
-    def __init__(self, lam: float = 1000.0) -> None:
+    def __init__(self, lam: float = defaults.ORTH_CALI_LAM) -> None:
         self.lam = lam
 
     def fit(self, Z: object, Z_do: object, spurious: object = None) -> "OrthCaliProjection":
         lam = _check_lam(self.lam)
         Z, Z_do = _as_matrix(Z, "Z"), _as_matrix(Z_do, "Z_do")
         if Z.shape != Z_do.shape:
-            raise ValueError(f"Z {Z.shape} and Z_do {Z_do.shape} must have the same shape (row i pairs with row i)")
+            raise InvalidInput(f"Z {Z.shape} and Z_do {Z_do.shape} must have the same shape (row i pairs with row i)")
         dim = Z.shape[1]
         V = np.zeros((0, dim)) if spurious is None else _as_matrix(spurious, "spurious")
         if V.shape[1] != dim:
-            raise ValueError(f"spurious prompts have {V.shape[1]} dims, the pairs {dim}")
+            raise InvalidInput(f"spurious prompts have {V.shape[1]} dims, the pairs {dim}")
         if len(Z) == 0 and len(V) == 0:
-            raise ValueError("Orth-Cali needs positive prompt pairs or spurious prompts (text banks); got neither")
+            raise InvalidInput("Orth-Cali needs positive prompt pairs or spurious prompts (text banks); got neither")
         p0 = np.eye(dim) - (unit_rows(V).T @ np.linalg.pinv(unit_rows(V).T) if len(V) else 0.0)
         delta = unit_rows(Z) - unit_rows(Z_do)
         M = _moment(delta) if len(delta) else np.zeros((dim, dim))
@@ -386,55 +386,27 @@ class IdentityProjection(LinearProjection):
         self.components_ = np.eye(moments.dim)
 
 
-METHOD_LABELS: dict[str, str] = {
-    "icm": "ICM",
-    "icm_as_released": "ICM (as released)",
-    "pca": "PCA",
-    "null_space": "Null space",
-    "orth_cali": "Orth-Cali",
-    "augmentation": "Augmentation",
-}
-
-# Factories (n_components, lam, lam_mode) -> unfitted estimator. orth_cali keeps all D
-# dims, has its own lam (EvalConfig.orth_cali_lam, 1000 as published) and fits on text, not
-# on the image pairs; pca ignores lam.
-METHODS: Registry[Callable[[int, float, str], LinearProjection]] = Registry("projection method")
-METHODS.register("icm", lambda k, lam, mode: InvariantProjection(k, lam, "top", mode))
-METHODS.register("icm_as_released", lambda k, lam, mode: InvariantProjection(k, lam, "as_released", mode))
-METHODS.register("pca", lambda k, lam, mode: PCAProjection(k))
-METHODS.register("null_space", lambda k, lam, mode: NullSpaceProjection(n_components=k))
-METHODS.register("orth_cali", lambda k, lam, mode: OrthCaliProjection())
-# The full-space probe trained on the source rows plus the intervened images of the pair sets
-# (evaluation.AUGMENTED_PROBE): what a practitioner tries first.
-METHODS.register("augmentation", lambda k, lam, mode: IdentityProjection())
-
-
-def make_projection(method: str, n_components: int, lam: float, lam_mode: str = "absolute") -> LinearProjection:
-    """An unfitted estimator for a registered method name (KeyError lists the valid ones)."""
-    return METHODS.get(method)(n_components, lam, lam_mode)
-
-
 def stack_pairs(pair_sets: list[PairSet], weights: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Stack several pair sets into one (Z, Z_do); ``weights`` (by set name, default 1)
     scale rows by sqrt(w) so that each set's share of both moment matrices is weighted by w.
     Sets with weight 0 are left out."""
     if not pair_sets:
-        raise ValueError("no pair sets to stack")
+        raise InvalidInput("no pair sets to stack")
     weights = dict(weights or {})
     unknown = set(weights) - {p.name for p in pair_sets}
     if unknown:
-        raise ValueError(f"weights for unknown pair sets: {', '.join(sorted(unknown))}")
+        raise InvalidInput(f"weights for unknown pair sets: {', '.join(sorted(unknown))}")
     dims = {p.z.shape[1] for p in pair_sets}
     if len(dims) > 1:
-        raise ValueError(f"pair sets have different dimensions: {sorted(dims)}")
+        raise InvalidInput(f"pair sets have different dimensions: {sorted(dims)}")
     zs, zdos = [], []
     for pairs in pair_sets:
         w = weights.get(pairs.name, 1.0)
         if not np.isfinite(w) or w < 0:
-            raise ValueError(f"weight for pair set {pairs.name!r} must be finite and >= 0, got {w!r}")
+            raise InvalidInput(f"weight for pair set {pairs.name!r} must be finite and >= 0, got {w!r}")
         if w > 0:
             zs.append(np.sqrt(w) * np.asarray(pairs.z, dtype=np.float64))
             zdos.append(np.sqrt(w) * np.asarray(pairs.z_do, dtype=np.float64))
     if not zs:
-        raise ValueError("every pair set has weight 0")
+        raise InvalidInput("every pair set has weight 0")
     return np.concatenate(zs), np.concatenate(zdos)

@@ -21,12 +21,16 @@ strengths of the image ops.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
+from clip_icm.errors import InvalidInput
 from clip_icm.hashing import digest
 from clip_icm.registry import Registry
+
+if TYPE_CHECKING:  # scikit-learn is imported where it is used: the CLI checks --protocol before it loads
+    from sklearn.linear_model import LogisticRegression
 
 RELEASED_TEMPLATE = "a photo of a {}."
 RELEASED_C = 0.316
@@ -102,6 +106,8 @@ def released_holdout(domains: np.ndarray, paths: np.ndarray | None, target: str)
 
 def released_probe(train_X: np.ndarray, train_y: np.ndarray) -> LogisticRegression:
     """The released linear probe: lbfgs (sklearn's default), C = 0.316, max_iter 1000, raw features."""
+    from sklearn.linear_model import LogisticRegression
+
     if len(np.unique(train_y)) < 2:
-        raise ValueError("the linear probe needs at least 2 classes in its training rows")
+        raise InvalidInput("the linear probe needs at least 2 classes in its training rows")
     return LogisticRegression(random_state=0, C=RELEASED_C, max_iter=1000).fit(train_X, train_y)

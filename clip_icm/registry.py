@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
+from clip_icm.errors import UnknownName
+
 T = TypeVar("T")
 
 
@@ -30,11 +32,15 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            valid = ", ".join(self.available()) or "(none)"
-            raise KeyError(f"unknown {self.kind} {name!r}; available: {valid}") from None
+            raise UnknownName(self.kind, name, self.available()) from None
 
     def available(self) -> list[str]:
         return sorted(self._entries)
+
+    def check(self, names: object) -> None:
+        """UnknownName (listing the valid names) for the first name not registered."""
+        for name in names:
+            self.get(name)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from clip_icm import defaults
 from clip_icm.embeddings import EmbeddingSet, PairSet, PromptSet, unit_rows
+from clip_icm.errors import InvalidInput
 from clip_icm.seeding import rng, seed_hash
 
 # pandas and scikit-learn (through projection) are imported where they are used: the CLI reads
@@ -31,7 +33,7 @@ from clip_icm.seeding import rng, seed_hash
 if TYPE_CHECKING:
     import pandas as pd
 
-PLAYGROUND_METHODS = ("full", "icm", "icm_as_released")
+PLAYGROUND_METHODS = ("CLIP", "icm", "icm_as_released")  # names in clip_icm.methods (CLIP: the full space)
 
 
 @dataclass(frozen=True)
@@ -74,22 +76,22 @@ class SCMConfig:
     def validate(self) -> None:
         for name in ("n_invariant", "n_variant", "n_templates"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InvalidInput(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_classes < 2:
-            raise ValueError(f"n_classes must be >= 2, got {self.n_classes}")
+            raise InvalidInput(f"n_classes must be >= 2, got {self.n_classes}")
         if self.embedding_dim < self.n_invariant + self.n_variant:
-            raise ValueError(
+            raise InvalidInput(
                 f"dim={self.embedding_dim} must be >= n_invariant + n_variant = "
                 f"{self.n_invariant + self.n_variant} so that the mixing is invertible"
             )
         for name in ("spurious_correlation", "shift"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                raise InvalidInput(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("noise", "variant_noise", "domain_offset", "invariant_separation", "variant_separation"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise InvalidInput(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.mixing_condition >= 1:
-            raise ValueError(f"mixing_condition must be >= 1, got {self.mixing_condition}")
+            raise InvalidInput(f"mixing_condition must be >= 1, got {self.mixing_condition}")
 
 
 @dataclass(frozen=True)
@@ -232,10 +234,10 @@ def _classifier(X: np.ndarray, y: np.ndarray) -> object:
 
 def run_playground(
     config: SCMConfig = SCMConfig(),
-    shifts: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0),
-    n_train: int = 4000,
-    n_test: int = 2000,
-    lam: float = 1e4,
+    shifts: tuple[float, ...] = defaults.PLAYGROUND_SHIFTS,
+    n_train: int = defaults.PLAYGROUND_N_TRAIN,
+    n_test: int = defaults.PLAYGROUND_N_TEST,
+    lam: float = defaults.PLAYGROUND_LAM,
     n_components: int | None = None,
 ) -> pd.DataFrame:
     """Full space vs ICM top-K vs ICM as released, as the test-time shift grows.
@@ -247,20 +249,22 @@ def run_playground(
     """
     import pandas as pd
 
-    from clip_icm.projection import InvariantProjection
+    from clip_icm import methods
 
     if not shifts or any(not 0.0 <= s <= 1.0 for s in shifts):
-        raise ValueError(f"shifts must be a non-empty list of values in [0, 1], got {list(shifts)}")
+        raise InvalidInput(f"shifts must be a non-empty list of values in [0, 1], got {list(shifts)}")
     if n_train < 2 or n_test < 4:  # r2_recovery fits on half the test rows and scores the other half
-        raise ValueError(f"n_train must be >= 2 and n_test >= 4, got n_train={n_train}, n_test={n_test}")
+        raise InvalidInput(f"n_train must be >= 2 and n_test >= 4, got n_train={n_train}, n_test={n_test}")
     scm = LinearSCM(config)
     gen = rng("playground", config.seed)
     train_envs = scm.train_environments()
     train = scm.sample(n_train, train_envs, gen)
     k = config.n_invariant if n_components is None else n_components
-    maps = {"full": None}
-    for method, selection in (("icm", "top"), ("icm_as_released", "as_released")):
-        maps[method] = InvariantProjection(k, lam, selection).fit(train.x, scm.intervene(train, train_envs, gen))
+    maps = {}
+    for method in PLAYGROUND_METHODS:
+        spec = methods.spec(method)
+        maps[method] = None if spec.estimator is None else spec.build(k, lam).fit(
+            train.x, scm.intervene(train, train_envs, gen))
     id_test = scm.sample(n_test, train_envs, gen)
     decorrelated = scm.sample(n_test, [scm.environment(name, 0.0) for name in ("train-a", "train-b")], gen)
     ood = {s: scm.sample(n_test, [scm.test_environment(s)], gen) for s in shifts}
@@ -306,9 +310,9 @@ def make_embedding_set(
     (W [0; style_t]), Orth-Cali's spurious prompts.
     """
     if len(domains) < 2 or len(set(domains)) != len(domains):
-        raise ValueError(f"need at least 2 distinct domain names, got {list(domains)}")
+        raise InvalidInput(f"need at least 2 distinct domain names, got {list(domains)}")
     if n_per_domain < 2 or not 0.0 < val_fraction < 1.0:
-        raise ValueError("n_per_domain must be >= 2 and val_fraction in (0, 1)")
+        raise InvalidInput("n_per_domain must be >= 2 and val_fraction in (0, 1)")
     scm = LinearSCM(config)
     gen = rng("scm-embeddings", config.seed, n_per_domain, domains)
     p = config.spurious_correlation

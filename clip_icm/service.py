@@ -16,10 +16,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from clip_icm import defaults, evaluation, reduce
+from clip_icm import defaults, evaluation, methods, reduce
 from clip_icm.embeddings import EmbeddingSet, unit_rows
+from clip_icm.errors import InvalidInput, UserError
 from clip_icm.hashing import digest
-from clip_icm.projection import METHOD_LABELS
 from clip_icm.seeding import rng
 
 SOURCES = {
@@ -28,12 +28,13 @@ SOURCES = {
     "synthetic": "Synthetic SCM (no images)",
 }
 DATA_ROOTS_VAR = "CLIP_ICM_DATA_ROOTS"
-# What a user can get wrong; anything else is a bug and should surface as one.
-USER_ERRORS = (OSError, ValueError, KeyError, RuntimeError, ImportError)
+# What a user can get wrong (the project's UserError), plus what the machine refuses (a missing or
+# unreadable file, a full disk: OSError); anything else is a bug and surfaces as one.
+USER_ERRORS = (UserError, OSError)
 Progress = Callable[[str, int, int], None]
 
 
-class ServiceError(Exception):
+class ServiceError(UserError):
     """A problem with the user's choices, with a message fit to show in the page."""
 
 
@@ -55,8 +56,7 @@ class InterventionChoice:
     intervened_val: which intervened validation sets (pipeline.INTERVENED_VAL_KINDS; None = automatic).
     """
 
-    image_ops: tuple[str, ...] = ("colour_jitter", "grayscale", "gaussian_blur", "invert", "posterize", "solarize",
-                                  "equalize")
+    image_ops: tuple[str, ...] = defaults.IMAGE_OPS
     strengths: tuple = ()
     text_banks: tuple = ()
     true_swaps: tuple[str, ...] = ()
@@ -180,8 +180,7 @@ def _synthetic(request: EmbeddingRequest) -> EmbeddingSet:
 
 
 def _message(error: BaseException) -> str:
-    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-    return text or type(error).__name__
+    return str(error) or type(error).__name__
 
 
 def default_target(emb: EmbeddingSet, source: str) -> str:
@@ -237,7 +236,7 @@ class Fit:
         return getattr(self.projection, "eigenvalues_", None)
 
 
-def eval_config(K: int, lam: float, lam_mode: str = "absolute", methods: tuple[str, ...] = ("icm",),
+def eval_config(K: int, lam: float, lam_mode: str = defaults.LAM_MODE, methods: tuple[str, ...] = ("icm",),
                 pair_sets: tuple[str, ...] | None = None, prompts: str = "classes", eval_protocol: str = "ours",
                 keep_target_styles: bool = False) -> evaluation.EvalConfig:
     return evaluation.EvalConfig(n_components=int(K), lam=float(lam), lam_mode=lam_mode, methods=tuple(methods),
@@ -296,8 +295,8 @@ def open_class_wide(frame: pd.DataFrame, target: str) -> pd.DataFrame:
 
 
 def method_label(method: str) -> str:
-    """A method's display name (its own name when it has none, as for "CLIP")."""
-    return METHOD_LABELS.get(method, method)
+    """A method's display label (MethodSpec.label)."""
+    return methods.label(method)
 
 
 def accuracy_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -308,7 +307,7 @@ def accuracy_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
     clip = table[table["method"] == evaluation.FULL_SPACE].set_index(["domain", "protocol"])["accuracy"]
     base = [clip.get((d, p), np.nan) for d, p in zip(table["domain"], table["protocol"])]
     table["change_vs_clip"] = table["accuracy"] - np.asarray(base, dtype=float)
-    order = {m: i for i, m in enumerate([evaluation.FULL_SPACE, *METHOD_LABELS])}
+    order = {m: i for i, m in enumerate([evaluation.FULL_SPACE, *methods.ALL_METHODS])}
     table["_order"] = table["method"].map(lambda m: order.get(m, len(order)))
     table = table.sort_values(["_order", "protocol"], kind="stable").drop(columns="_order")
     return table.reset_index(drop=True)
@@ -343,18 +342,18 @@ def full_space_score(emb: EmbeddingSet, target: str, config: evaluation.EvalConf
 def sweep(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConfig, Ks: tuple[int, ...],
           lams: tuple[float, ...]) -> pd.DataFrame:
     """K x lam grid of source-validation and (peeking, for illustration) target accuracy."""
-    return _guard("Sweep failed", evaluation.sweep, emb, target, Ks, lams, method, config)
+    return _guard("Sweep failed", evaluation.sweep, emb, target, method, Ks, lams, config)
 
 
 def projection_defaults(source: str, dim: int) -> dict:
-    """Starting settings. The demo opens on its story (clip_icm.defaults): K and lam chosen by
-    the interventional rule, fitted on the true colour and scene swaps, PCA and augmentation
-    beside ICM. Elsewhere: half the dimensions, an absolute lam of 100, no selection."""
+    """Starting settings, as the CLI's (clip_icm.defaults). The demo opens on its story: K and lam
+    chosen by the interventional rule, fitted on the true colour and scene swaps, PCA and
+    augmentation beside ICM. Elsewhere: the fixed K and relative lam, no selection."""
+    common = {"K": defaults.k(dim), "lam": defaults.LAM, "lam_mode": defaults.LAM_MODE}
     if source == "demo":
-        return {"K": min(32, dim), "lam": 1.0, "lam_mode": "relative", "selection": defaults.DEMO_SELECTION,
-                "pair_sets": defaults.DEMO_PAIR_SETS, "baselines": defaults.DEMO_BASELINES}
-    return {"K": max(1, dim // 2), "lam": 100.0, "lam_mode": "absolute", "selection": None, "pair_sets": None,
-            "baselines": ()}
+        return {**common, "selection": defaults.DEMO_SELECTION, "pair_sets": defaults.DEMO_PAIR_SETS,
+                "baselines": defaults.DEMO_BASELINES}
+    return {**common, "selection": None, "pair_sets": None, "baselines": ()}
 
 
 def confusion(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
@@ -424,7 +423,7 @@ def plot_ids(emb: EmbeddingSet, max_points: int = MAP_POINTS, seed: int = 0) -> 
     class) group keeps its share of the rows (largest remainders; seeded)."""
     n = len(emb.labels)
     if max_points < 1:
-        raise ValueError(f"max_points must be at least 1, got {max_points}")
+        raise InvalidInput(f"max_points must be at least 1, got {max_points}")
     if n <= max_points:
         return np.arange(n)
     groups = {}
@@ -443,9 +442,10 @@ def plot_ids(emb: EmbeddingSet, max_points: int = MAP_POINTS, seed: int = 0) -> 
 def predictions(emb: EmbeddingSet, projection: object = None, method: str = "icm") -> np.ndarray:
     """Zero-shot class index per row in the full space (no projection) or a projected one
     (a text-only method, Orth-Cali, calibrates the class text and leaves the images as they are)."""
-    if method in evaluation.TEXT_ONLY:
+    spec = methods.spec(method)
+    if spec.text_only:
         return evaluation.zero_shot_predict_text_only(emb.features, emb.text_features, projection)
-    renormalise = method not in evaluation.RELEASED_SCORING
+    renormalise = spec.zero_shot == "cosine"
     return evaluation.zero_shot_predict(emb.features, emb.text_features, projection, renormalise)
 
 
@@ -490,7 +490,7 @@ def invariant_layout(emb: EmbeddingSet, ids: np.ndarray, fitted: Fit, full_xy: n
 def nearest_neighbours(X: np.ndarray, ids: np.ndarray, query: list[int], k: int = 5) -> dict[int, list[int]]:
     """For each queried id, the ``k`` most cosine-similar other ids among ``ids`` (rows of X are all rows)."""
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise InvalidInput(f"k must be at least 1, got {k}")
     pool = np.asarray(ids)
     unit = unit_rows(X[pool])
     out = {}
@@ -579,13 +579,7 @@ def has_true_factors(source: str, root: str = "", dataset: str | None = None) ->
     """True do-interventions need the generator's factors.csv: the demo, or a ToyDomains folder."""
     if source == "demo":
         return True
-    if source != "folder" or not root:
-        return False
-    from clip_icm import datasets
-
-    base = Path(root).expanduser()
-    folder = datasets.DATASETS.get(dataset).locate(base) if dataset in datasets.DATASETS else base
-    return folder is not None and (folder / "factors.csv").is_file()
+    return source == "folder" and bool(root) and defaults.has_factors(root, dataset)
 
 
 def data_roots(exposed: bool) -> tuple[Path, ...] | None:
@@ -648,8 +642,10 @@ def detect_folder(root: str, roots: tuple[Path, ...] | None = None) -> dict[str,
 
 # ---------------------------------------------------------------- causal playground
 
-def playground(config: object, shifts: tuple[float, ...], lam: float, n_components: int | None = None,
-               n_train: int = 2000, n_test: int = 1000) -> pd.DataFrame:
+def playground(config: object, shifts: tuple[float, ...], lam: float, n_components: int | None = None
+               ) -> pd.DataFrame:
+    """scm.run_playground at the CLI's sample sizes (clip_icm.defaults), user errors as ServiceError."""
     from clip_icm import scm
 
-    return _guard("Playground failed", scm.run_playground, config, shifts, n_train, n_test, lam, n_components)
+    return _guard("Playground failed", scm.run_playground, config, shifts, defaults.PLAYGROUND_N_TRAIN,
+                  defaults.PLAYGROUND_N_TEST, lam, n_components)

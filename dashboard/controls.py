@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from clip_icm import evaluation, service
+from clip_icm import defaults, evaluation, methods, service
 from clip_icm.embeddings import EmbeddingSet
-from clip_icm.projection import METHOD_LABELS, METHODS
 from dashboard import cached
 
 LAMS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 100000.0)
@@ -123,24 +122,28 @@ def interventions_ui(bundled_world: bool) -> service.InterventionChoice:
     """Image operations with strengths, editable text banks, true swaps, number of pairs."""
     from clip_icm.interventions import IMAGE_INTERVENTIONS
 
-    ops = st.multiselect("Image interventions (one drawn at random per pair)", IMAGE_INTERVENTIONS.available(),
-                         key=_default("ctl_ops", IMAGE_INTERVENTIONS.available()))
+    picked = st.multiselect("Image interventions (one drawn at random per pair)", IMAGE_INTERVENTIONS.available(),
+                            key=_default("ctl_ops", list(defaults.IMAGE_OPS)))
+    # The random intervention draws an op by index: the paper's order whatever the clicking order,
+    # so that the same ops are the same pairs as the CLI's.
+    ops = [op for op in defaults.IMAGE_OPS if op in picked] + sorted(set(picked) - set(defaults.IMAGE_OPS))
     strengths = _strengths_ui(ops, IMAGE_INTERVENTIONS)
     known = service.text_banks(bundled_world)
     banks = st.multiselect("Text template banks", list(known),
-                           key=_valid_multi("ctl_banks", list(known), ["toydomains"] if bundled_world else []))
+                           key=_valid_multi("ctl_banks", list(known), list(defaults.TEXT_BANKS)))
     edited = _banks_ui(banks, known)
     swaps: tuple = ()
     if bundled_world:
-        from clip_icm.toydomains import CHANGEABLE, DEMO_RECIPE
+        from clip_icm.toydomains import CHANGEABLE
 
         # Default: the factors the demo's recipe makes spurious (known about the world, not tuned).
         swaps = tuple(st.multiselect("True swaps (re-render the same object)", list(CHANGEABLE),
-                                     key=_default("ctl_swaps", list(DEMO_RECIPE.spurious_factors))))
+                                     key=_default("ctl_swaps", list(defaults.true_swaps(True)))))
     cross = st.checkbox("Cross-modal pairs (image vs varied caption)", key=_default("ctl_cross", False),
                         help="Their differences also carry CLIP's image/text modality gap.")
     n_pairs = st.number_input("Image pairs per set (0 = one per training image)", 0, 1_000_000, step=64,
-                              key=_default("ctl_n_pairs", 256), help="Each pair set embeds this many edited images.")
+                              key=_default("ctl_n_pairs", defaults.N_PAIRS or 0),
+                              help="Each pair set embeds this many edited images.")
     kinds = ["counterfactual", "conflict"] if bundled_world else ["image"] if ops else []
     checks = st.multiselect("Intervened validation rows (scored by the interventional rule, never fitted)", kinds,
                             key=_valid_multi("ctl_checks", kinds, kinds[:1]),
@@ -148,7 +151,7 @@ def interventions_ui(bundled_world: bool) -> service.InterventionChoice:
                                  "colour and scene (read from source training rows); image: the image interventions "
                                  "above, applied to the validation rows (the generic, weaker check)")
     return service.InterventionChoice(tuple(ops), strengths, edited, swaps, bool(cross), int(n_pairs),
-                                      look_prompts=bundled_world, intervened_val=tuple(checks))
+                                      look_prompts=defaults.look_prompts(bundled_world), intervened_val=tuple(checks))
 
 
 def _strengths_ui(ops: list[str], registry) -> tuple:
@@ -227,16 +230,17 @@ def _forget_other_data_sets_domains(emb: EmbeddingSet) -> None:
     st.session_state["ctl_domains_of"] = data_set
 
 
-def projection_ui(emb: EmbeddingSet, default_target: str, defaults: dict) -> ProjectionChoice:
+def projection_ui(emb: EmbeddingSet, default_target: str, start: dict) -> ProjectionChoice:
     """Method, baselines, pair sets, prompts and how K and lam are chosen (sliders: k_lam_ui)."""
     target, sources = domains_ui(emb, default_target)
-    methods = METHODS.available()
-    method = st.selectbox("Method", methods, format_func=METHOD_LABELS.get, key=_valid("ctl_method", methods, "icm"))
-    rest = [m for m in methods if m != method]
-    baselines = st.multiselect("Baselines to compare", rest, format_func=METHOD_LABELS.get,
-                               key=_valid_multi("ctl_baselines", rest, [m for m in defaults["baselines"] if m in rest]))
+    names = list(methods.ALL_METHODS)
+    method = st.selectbox("Method", names, format_func=methods.label, key=_valid("ctl_method", names, "icm"),
+                          help="; ".join(f"{spec.label}: {spec.description}" for spec in methods.SPECS))
+    rest = [m for m in names if m != method]
+    baselines = st.multiselect("Baselines to compare", rest, format_func=methods.label,
+                               key=_valid_multi("ctl_baselines", rest, [m for m in start["baselines"] if m in rest]))
     pair_names = [p.name for p in emb.pairs]
-    wanted = [p for p in defaults["pair_sets"] or pair_names if p in pair_names]
+    wanted = [p for p in start["pair_sets"] or pair_names if p in pair_names]
     pairs = st.multiselect("Fit on pair sets", pair_names, key=_valid_multi("ctl_pairs", pair_names, wanted or None))
     prompt_sets = [p for p in evaluation.PROMPT_SETS if p == "classes" or emb.look_prompts]
     prompts = st.radio("Zero-shot prompts", prompt_sets, format_func=evaluation.PROMPT_SETS.get,
@@ -244,11 +248,11 @@ def projection_ui(emb: EmbeddingSet, default_target: str, defaults: dict) -> Pro
                        help="'usual source look' names each class with its most frequent colour and scene in the "
                             "source training rows ('a photo of a red circle in the snow.'): a shortcut in words")
     lam_mode = st.radio("lam scale", ["absolute", "relative"], horizontal=True,
-                        key=_default("ctl_lam_mode", defaults["lam_mode"]),
+                        key=_default("ctl_lam_mode", start["lam_mode"]),
                         help="relative: lam = 1 weighs embedding energy and intervention energy equally")
     rules = list(SELECTIONS)
     selection = st.selectbox("Choose K and λ by", rules, format_func=SELECTIONS.get,
-                             key=_valid("ctl_selection", rules, defaults["selection"] or "off"),
+                             key=_valid("ctl_selection", rules, start["selection"] or "off"),
                              help="Every rule reads source domains only; moving a slider turns selection off.")
     protocols = [evaluation.LINEAR_PROBE, evaluation.ZERO_SHOT]
     protocol = st.radio("Selection scores the", protocols, horizontal=True, disabled=selection == "off",
@@ -283,14 +287,18 @@ def _selection_off() -> None:
     st.session_state["ctl_selection"] = "off"
 
 
-def k_lam_ui(dim: int, defaults: dict, chosen: tuple[int, float] | None) -> tuple[int, float]:
-    """K and lam sliders; they show the chosen pair while a rule chooses, and moving one turns the rule off."""
+def k_lam_ui(dim: int, start: dict, chosen: tuple[int, float] | None, method: str) -> tuple[int, float]:
+    """K and lam sliders; they show the chosen pair while a rule chooses, and moving one turns the rule off.
+    A slider the method does not use (MethodSpec.hyperparameters) is greyed out and says so."""
+    spec = methods.spec(method)
     if chosen is not None:
         st.session_state["ctl_K"], st.session_state["ctl_lam"] = chosen
-    st.session_state["ctl_K"] = min(max(1, st.session_state.get("ctl_K", defaults["K"])), dim)
-    K = st.slider("K (invariant dimensions)", 1, dim, key="ctl_K", on_change=_selection_off)
-    lam = st.select_slider("lam (intervention weight)", LAMS, key=_valid("ctl_lam", list(LAMS), defaults["lam"]),
-                           on_change=_selection_off)
+    st.session_state["ctl_K"] = min(max(1, st.session_state.get("ctl_K", start["K"])), dim)
+    K = st.slider("K (invariant dimensions)", 1, dim, key="ctl_K", on_change=_selection_off,
+                  disabled=not spec.tunes_k, help=None if spec.tunes_k else f"{spec.label} does not use K")
+    lam = st.select_slider("lam (intervention weight)", LAMS, key=_valid("ctl_lam", list(LAMS), start["lam"]),
+                           on_change=_selection_off, disabled=not spec.tunes_lam,
+                           help=None if spec.tunes_lam else f"{spec.label} does not use lam")
     return int(K), float(lam)
 
 
@@ -305,8 +313,8 @@ def _valid_multi(key: str, options: list[str], default: list[str] | None = None)
     return key
 
 
-def eval_config(choice: ProjectionChoice, K: int, lam: float, methods: tuple[str, ...]) -> evaluation.EvalConfig:
-    return service.eval_config(K, lam, choice.lam_mode, methods, choice.pair_sets or None, choice.prompts,
+def eval_config(choice: ProjectionChoice, K: int, lam: float, names: tuple[str, ...]) -> evaluation.EvalConfig:
+    return service.eval_config(K, lam, choice.lam_mode, names, choice.pair_sets or None, choice.prompts,
                                choice.eval_protocol, choice.keep_target_styles)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clip_icm import evaluation, figures, service
+from clip_icm import defaults, evaluation, figures, methods, service
 from clip_icm.embeddings import EmbeddingSet
 from dashboard import cached, controls, texts
 
@@ -57,13 +57,13 @@ def settings_context() -> Context | None:
     emb = load_embeddings(request)
     if emb is None:
         return None
-    defaults = service.projection_defaults(request.source, emb.features.shape[1])
+    start = service.projection_defaults(request.source, emb.features.shape[1])
     with st.sidebar, st.expander("Domains and projection", expanded=True):
-        choice = controls.projection_ui(emb, service.default_target(emb, request.source), defaults)
+        choice = controls.projection_ui(emb, service.default_target(emb, request.source), start)
         emb = service.restrict_domains(emb, (choice.target, *choice.sources))
-        selection = select_k_lam(emb, choice, defaults)
-        K, lam = controls.k_lam_ui(emb.features.shape[1], defaults,
-                                   None if selection is None else (selection.K, selection.lam))
+        selection = select_k_lam(emb, choice, start)
+        K, lam = controls.k_lam_ui(emb.features.shape[1], start,
+                                   None if selection is None else (selection.K, selection.lam), choice.method)
     return Context(request, emb, choice, K, lam, selection)
 
 
@@ -96,13 +96,13 @@ def _build(request: service.EmbeddingRequest, notes: list[str]) -> EmbeddingSet:
     return service.load_embeddings(request, progress, notes)
 
 
-def select_k_lam(emb: EmbeddingSet, c: controls.ProjectionChoice, defaults: dict) -> Selection | None:
+def select_k_lam(emb: EmbeddingSet, c: controls.ProjectionChoice, start: dict) -> Selection | None:
     """Run the chosen selection rule on source data (cached); None when it is off or fails
     (after an error message: the sliders then decide)."""
     if c.selection == "off":
         return None
-    Ks, lams = service.defaults.grid(emb.features.shape[1], c.lam_mode)
-    config = controls.eval_config(c, defaults["K"], defaults["lam"], (c.method,))
+    config = controls.eval_config(c, start["K"], start["lam"], (c.method,))
+    Ks, lams = methods.spec(c.method).grid(emb.features.shape[1], c.lam_mode, start["K"], start["lam"])
     try:
         with st.spinner(f"Choosing K and λ ({len(Ks) * len(lams)} settings, source data only)…"):
             K, lam, scores = cached.choose(emb.key, c.target, c.method, config, Ks, lams, c.selection, c.protocol, emb)
@@ -396,9 +396,9 @@ def diagnostics_page() -> None:
                "factors are intervened on. The uncentred ratio is flattered by CLIP's large common mean (any "
                "subspace that keeps the mean direction looks invariant); the centred one compares the movement "
                "with the spread between images.")
-    if fit.eigenvalues is not None and fit.method in ("icm", "icm_as_released", "pca"):
-        selection = "as_released" if fit.method == "icm_as_released" else "top"
-        st.plotly_chart(figures.spectrum_figure(fit.eigenvalues, K, selection), key="spectrum")
+    spectrum = methods.spec(fit.method).spectrum
+    if fit.eigenvalues is not None and spectrum is not None:
+        st.plotly_chart(figures.spectrum_figure(fit.eigenvalues, K, spectrum), key="spectrum")
     else:
         st.caption(f"{service.method_label(fit.method)} has no eigenvalue spectrum of M.")
     _sweep_section(ctx, K, lam)
@@ -410,7 +410,7 @@ def _sweep_section(ctx: Context, K: int, lam: float) -> None:
     if not controls.sweep_ui():
         return
     c, emb = ctx.choice, ctx.emb
-    Ks, lams = service.defaults.grid(emb.features.shape[1], c.lam_mode)
+    Ks, lams = methods.spec(c.method).grid(emb.features.shape[1], c.lam_mode, K, lam)
     config = controls.eval_config(c, K, lam, (c.method,))
     bar, frames = st.progress(0.0, text="sweep"), []
     try:
@@ -453,7 +453,7 @@ def playground_page() -> None:
     n_inv = c2.slider("Invariant dimensions", 1, 16, 8, key="pg_inv")
     n_var = c3.slider("Variant dimensions", 1, 16, 8, key="pg_var")
     extra = c3.slider("Extra embedding dimensions", 0, 48, 0, 4, key="pg_extra")
-    lam = c3.select_slider("lam", [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6], 1e4, key="pg_lam")
+    lam = c3.select_slider("lam", [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6], defaults.PLAYGROUND_LAM, key="pg_lam")
     config = SCMConfig(n_invariant=n_inv, n_variant=n_var, dim=n_inv + n_var + extra, spurious_correlation=corr,
                        noise=noise)
     shifts = tuple(float(x) for x in np.linspace(0.0, top_shift, 5))
@@ -463,7 +463,7 @@ def playground_page() -> None:
     except service.ServiceError as e:
         st.error(str(e))
         return
-    shown = table.assign(predictor=table["method"].map(texts.PLAYGROUND_NAMES))
+    shown = table.assign(predictor=table["method"].map(service.method_label))
     left, right = st.columns(2)
     left.plotly_chart(figures.playground_accuracy(shown, "shift", "ood_accuracy", "predictor",
                                                   "Accuracy on the shifted environment"), key="pg_acc")

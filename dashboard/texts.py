@@ -62,8 +62,6 @@ factors), and one on the **as-released** slice (the K smallest). Move the slider
 full-space predictor fall as the shift grows while the invariant one stays put.
 """
 
-PLAYGROUND_NAMES = {"full": "full space", "icm": "ICM (top K)", "icm_as_released": "ICM as released (smallest K)"}
-
 SWEEP_NOTE = """
 Left: a **source-only score** of each setting, the one that chose K and λ on the Explorer (with
 selection off: accuracy on the source domains' validation rows). Honest: this is how K and λ should

@@ -68,10 +68,10 @@ def test_single_target_and_options(setup, tmp_path, capsys):
 
 
 def test_select_chooses_k_and_lam_per_target_and_names_the_rule(setup, tmp_path, capsys):
-    from clip_icm.cli import SCORING_NAMES
-    from clip_icm.evaluation import SCORINGS
+    from clip_icm.cli import SCORING_NAMES, TASK_NAMES
+    from clip_icm.evaluation import SCORINGS, TASKS
 
-    assert SCORING_NAMES == tuple(SCORINGS)
+    assert SCORING_NAMES == tuple(SCORINGS) and TASK_NAMES == TASKS
     code = main(["evaluate", *_args(setup, tmp_path / "c"), "--methods", "icm,pca", "--interventions", "invert",
                  "--select", "interventional", "--out", str(tmp_path / "s.csv")])
     assert code == 0
@@ -90,7 +90,7 @@ def test_select_chooses_k_and_lam_per_target_and_names_the_rule(setup, tmp_path,
     (["--root", "/no/such/folder"], "is not a folder"),
     (["--target", "moon"], "unknown domain 'moon'"),
     (["--k", "999"], "--k must be between"),
-    (["--methods", "magic"], "unknown method"),
+    (["--methods", "magic"], "unknown projection method 'magic'; available: augmentation, icm"),
     (["--out", "r.txt"], "--out must end in .csv or .json"),
     (["--interventions", "greyscale"], "greyscale"),
 ])
@@ -103,7 +103,7 @@ def test_bad_input_is_one_line_and_nonzero(setup, tmp_path, capsys, extra, messa
 def test_unknown_method_fails_before_embedding(setup, tmp_path, capsys):
     cache = tmp_path / "c"
     assert main(["evaluate", *_args(setup, cache), "--methods", "icm,magic"]) == 1
-    assert "unknown method(s) magic" in capsys.readouterr().err
+    assert "unknown projection method 'magic'" in capsys.readouterr().err
     assert not cache.exists() or not any(cache.rglob("*"))  # nothing was embedded
 
 
@@ -117,6 +117,40 @@ def test_pair_set_names_and_silent_drops_fail_before_embedding(setup, tmp_path, 
     assert main(["evaluate", *_args(setup, cache), *extra]) == 1
     assert message in capsys.readouterr().err
     assert not cache.exists() or not any(cache.rglob("*.npy"))  # nothing was embedded
+
+
+PAIR_NAMES = [
+    ("--templates", "ensembel", "unknown zero-shot template set 'ensembel'; available: ensemble, single"),
+    ("--text-banks", "styles,stlyes", "unknown text bank 'stlyes'; available: conditions, contexts, styles"),
+    ("--interventions", "greyscale", "unknown image intervention 'greyscale'; available: colour_jitter, equalize"),
+    ("--true-swaps", "hat", "unknown true swap factor 'hat'; available: colour, background, style"),
+    ("--intervened-val", "counterfactaul", "unknown intervened validation set 'counterfactaul'; available: "
+                                           "counterfactual, conflict, image"),
+]
+EVALUATE_NAMES = [
+    ("--methods", "icm,magic", "unknown projection method 'magic'; available: augmentation, icm, icm_as_released"),
+    ("--protocol", "relesed", "unknown evaluation protocol 'relesed'; available: ours, released"),
+    ("--task", "open-class", "unknown task 'open-class'; available: domain_shift, open_class"),
+    ("--pair-sets", "true:nope", "no pair set true:nope in this run; it builds: image:random"),
+]
+
+
+@pytest.mark.parametrize("command, flag, wrong, message", [("embed", *case) for case in PAIR_NAMES]
+                         + [("evaluate", *case) for case in PAIR_NAMES + EVALUATE_NAMES])
+def test_every_wrong_name_fails_listing_the_valid_ones_before_any_model_loads(setup, tmp_path, capsys, monkeypatch,
+                                                                              command, flag, wrong, message):
+    import clip_icm.backend as backend
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was looked up before the names were checked")
+
+    monkeypatch.setattr(backend, "model_key", no_model)
+    monkeypatch.setattr(backend, "load_model", no_model)
+    cache = tmp_path / "c"
+    assert main([command, *_args(setup, cache, flag, wrong)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not cache.exists() or not any(cache.rglob("*.npy"))
 
 
 def test_missing_weights_offline_is_one_line(setup, tmp_path, capsys, monkeypatch):

@@ -3,8 +3,10 @@
 UI tests run on the synthetic source (fast, no model); one test runs the real default demo
 (ToyDomains + toy-clip) when its checkpoint is in the checkout.
 """
+import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -230,9 +232,29 @@ pages._selection_view(emb, service.plot_ids(emb), [3, 40], fit)
     assert "2 selected" in text and "full space" in text and "invariant space" in text
 
 
-def test_default_demo_opens_on_the_honest_story_with_gallery_confusions_and_prompts():
+def _store_entries(root: Path) -> dict[str, list]:
+    """key -> shape of every stored array (the store's memos of hashes and models are no entries)."""
+    manifests = (json.loads(m.read_text()) for m in root.glob("*/*.json"))
+    return {m["key"]: m["shape"] for m in manifests if "shape" in m}
+
+
+def test_default_demo_opens_on_the_honest_story_with_gallery_confusions_and_prompts(tmp_path, monkeypatch):
+    """Also: the CLI's `evaluate` and the dashboard's defaults build the same embeddings (the page
+    adds no store entry but its two maps) and report the same numbers."""
+    from clip_icm.cli import main
+
+    monkeypatch.setenv("CLIP_ICM_CACHE", str(tmp_path / "store"))
+    assert main(["evaluate", "--target", "cartoon", "--quiet", "--out", str(tmp_path / "cli.csv")]) == 0
+    cli = pd.read_csv(tmp_path / "cli.csv").query("role == 'target'").set_index(["method", "protocol"]).accuracy
+    before = _store_entries(tmp_path / "store")
     at = AppTest.from_file(APP, default_timeout=600).run()
     _ok(at)
+    added = {k: v for k, v in _store_entries(tmp_path / "store").items() if k not in before}
+    assert len(added) == 2 and all(shape[1] == 2 for shape in added.values())  # the two UMAP layouts only
+    shown = _table(at)["cartoon (target)"]
+    for method, label in (("CLIP", "CLIP"), ("icm", "ICM"), ("pca", "PCA"), ("augmentation", "Augmentation")):
+        for protocol in ("linear probe", "zero-shot"):
+            assert shown[f"{label} {protocol}"] == pytest.approx(cli[method, protocol], abs=1e-9), (method, protocol)
     assert not at.warning, [w.value for w in at.warning]  # the demo's metadata files are not "skipped images"
     assert len(at.get("plotly_chart")) == 4  # accuracy, two UMAP panels, confusion matrices
     table = _table(at)

@@ -24,7 +24,7 @@ from clip_icm.scm import SCMConfig, make_embedding_set
 
 DOMAINS = ("photo", "cartoon", "sketch")
 TARGET = "sketch"  # the shifted domain: its shortcut is reversed
-CONFIG = EvalConfig(n_components=6, lam=1e4)
+CONFIG = EvalConfig(n_components=6, lam=1e4, lam_mode="absolute")
 
 
 @pytest.fixture(scope="module")
@@ -240,12 +240,12 @@ def test_augmentation_trains_on_intervened_source_images_only(emb):
     in_target = (true.domains == TARGET)[:, None]
     poisoned = replace(emb, pairs=[replace(true, z_do=np.where(in_target, np.nan, true.z_do)), emb.pair_set("text")])
     pd.testing.assert_frame_equal(evaluate_split(poisoned, TARGET, config), frame)
-    with pytest.raises(ValueError, match="augmentation trains on intervened images"):
+    with pytest.raises(ValueError, match="Augmentation trains on intervened images"):
         evaluate_split(emb, TARGET, replace(config, pair_sets=("text",)))
 
 
 def test_unknown_prompt_set_and_missing_look_prompts(emb):
-    with pytest.raises(ValueError, match="prompts must be one of classes, usual_look"):
+    with pytest.raises(ValueError, match="unknown zero-shot prompt set .captions.; available: classes, usual_look"):
         EvalConfig(prompts="captions")
     with pytest.raises(ValueError, match="usual-look prompts for target 'sketch'"):
         evaluate_split(emb, TARGET, EvalConfig(prompts="usual_look"))
@@ -268,8 +268,9 @@ def test_selection_reads_only_the_checks_built_for_its_target(emb):
 def test_refits_from_kept_moments_equal_fresh_fits(emb):
     """K and lam changes reuse the pair moments and CLIP's rows kept for this EmbeddingSet; the
     results equal a fit from scratch (memo cleared) and a projection fitted on the raw pairs."""
-    from clip_icm.evaluation import TEXT_ONLY, _Memo
-    from clip_icm.projection import make_projection, stack_pairs
+    from clip_icm.evaluation import _Memo
+    from clip_icm.methods import METHODS, make_projection
+    from clip_icm.projection import stack_pairs
 
     configs = [replace(CONFIG, methods=ALL_METHODS, n_components=k, lam=lam) for k in (2, 6) for lam in (10.0, 1e4)]
     warm = [evaluate_split(emb, TARGET, c) for c in configs]
@@ -277,6 +278,6 @@ def test_refits_from_kept_moments_equal_fresh_fits(emb):
         _Memo.clear()
         pd.testing.assert_frame_equal(frame, evaluate_split(emb, TARGET, config))
     Z, Z_do = stack_pairs([p.excluding(TARGET) for p in emb.pairs])
-    for method in sorted(set(ALL_METHODS) - TEXT_ONLY):  # Orth-Cali fits on prompts, not on these pairs
+    for method in [m for m in ALL_METHODS if not METHODS.get(m).text_only]:  # Orth-Cali fits on prompts
         np.testing.assert_allclose(fit_projection(emb, TARGET, method, CONFIG).components_,
                                    make_projection(method, 6, 1e4).fit(Z, Z_do).components_, atol=1e-10)

@@ -9,7 +9,7 @@ from clip_icm.evaluation import (EvalConfig, class_split, evaluate_open_class, h
 from clip_icm.projection import OrthCaliProjection
 from clip_icm.scm import SCMConfig, make_embedding_set
 
-CONFIG = EvalConfig(n_components=6, lam=1e4)
+CONFIG = EvalConfig(n_components=6, lam=1e4, lam_mode="absolute")
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,13 @@ import pytest
 from sklearn.exceptions import NotFittedError
 
 from clip_icm.embeddings import PairSet
+from clip_icm.methods import METHODS, make_projection
 from clip_icm.projection import (
-    METHOD_LABELS,
-    METHODS,
     InvariantProjection,
     NullSpaceProjection,
     NegativeLamWarning,
     OrthCaliProjection,
     RankDeficientWarning,
-    make_projection,
     stack_pairs,
 )
 
@@ -34,13 +32,6 @@ def _pairs(n=200, seed=0):
 @pytest.fixture(scope="module")
 def pairs():
     return _pairs()
-
-
-def test_registry_names_and_labels():
-    assert METHODS.available() == sorted(["icm", "icm_as_released", "pca", "null_space", "orth_cali", "augmentation"])
-    assert set(METHOD_LABELS) == set(METHODS.available())
-    with pytest.raises(KeyError, match="available: augmentation, icm"):
-        make_projection("icn", 3, 1.0)
 
 
 @pytest.mark.parametrize("method", METHODS.available())

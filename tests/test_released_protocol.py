@@ -133,7 +133,7 @@ def test_released_protocol_uses_the_one_prompt_and_no_renormalisation(synthetic)
     other = replace(synthetic, text_features=garbled)
     frames = [evaluate_split(e, "sketch", replace(RELEASED, methods=("icm",))) for e in (synthetic, other)]
     np.testing.assert_array_equal(frames[0].accuracy, frames[1].accuracy)  # released: other prompts unused
-    ours = [evaluate_split(e, "sketch", EvalConfig(8, 1000.0, methods=("icm",))) for e in (synthetic, other)]
+    ours = [evaluate_split(e, "sketch", EvalConfig(8, 1000.0, "absolute", methods=("icm",))) for e in (synthetic, other)]
     zs = [f[f.protocol == "zero-shot"].accuracy.to_numpy() for f in ours]
     assert not np.array_equal(*zs)  # ours averages the ensemble
     projection = fit_projection(synthetic, "sketch", "icm", RELEASED)

@@ -135,11 +135,12 @@ def test_sweep_has_honest_and_peeking_columns(emb):
 
 def test_projection_defaults():
     demo = service.projection_defaults("demo", 128)
-    assert (demo["K"], demo["lam"], demo["lam_mode"]) == (32, 1.0, "relative")
+    assert (demo["K"], demo["lam"], demo["lam_mode"]) == (64, 1.0, "relative")
     assert demo["selection"] == "interventional" and demo["pair_sets"] == ("true:colour", "true:background")
     assert demo["baselines"] == ("pca", "augmentation")
     synthetic = service.projection_defaults("synthetic", 16)
-    assert synthetic["K"] == 8 and synthetic["selection"] is None
+    assert (synthetic["K"], synthetic["lam"], synthetic["lam_mode"]) == (8, 1.0, "relative")
+    assert synthetic["selection"] is None
 
 
 def test_grid_fits_the_dimension_and_never_goes_below_k_8():
@@ -275,8 +276,8 @@ def test_intervention_config_keeps_known_banks_and_builds_edited_ones():
 
 
 def test_playground_runs_small(emb):
-    table = service.playground(SCMConfig(n_invariant=2, n_variant=2), (0.0, 1.0), 1e4, n_train=300, n_test=200)
-    assert set(table["method"]) == {"full", "icm", "icm_as_released"}
+    table = service.playground(SCMConfig(n_invariant=2, n_variant=2), (0.0, 1.0), 1e4)
+    assert set(table["method"]) == {"CLIP", "icm", "icm_as_released"}
     with pytest.raises(service.ServiceError, match="shifts"):
         service.playground(SCMConfig(), (2.0,), 1e4)
 

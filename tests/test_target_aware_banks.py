@@ -12,7 +12,7 @@ from clip_icm.projection import InvariantProjection, OrthCaliProjection, stack_p
 from clip_icm.scm import SCMConfig, make_embedding_set
 
 WORDS = np.array(["sketch", "painting", "on sandy beach", "black and white"])
-CONFIG = EvalConfig(n_components=6, lam=1e3, methods=("icm", "orth_cali"))
+CONFIG = EvalConfig(n_components=6, lam=1e3, lam_mode="absolute", methods=("icm", "orth_cali"))
 
 
 @pytest.fixture(scope="module")
