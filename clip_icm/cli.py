@@ -449,7 +449,7 @@ def _accuracy_table(frame: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
     """Target-domain accuracy: one row per held-out domain (its K and lam), columns (method, protocol);
     a target whose split failed is a row of NaN (printed as "failed"), left out of the mean."""
     from clip_icm.evaluation import LINEAR_PROBE
-    from clip_icm.service import method_label
+    from clip_icm.methods import label as method_label
 
     rows = frame[frame.role == "target"].copy()
     rows["method"] = rows.method.map(method_label)
@@ -496,7 +496,7 @@ def _evaluate_header(args: argparse.Namespace, spec, config) -> str:
 
 def _open_class_table(frame: pd.DataFrame, spec) -> pd.DataFrame:
     """Open-class: one row per held-out domain, columns (method, base / new / harmonic mean)."""
-    from clip_icm.service import method_label
+    from clip_icm.methods import label as method_label
 
     rows = frame[frame.role == "target"].copy()
     rows["method"] = rows.method.map(method_label)

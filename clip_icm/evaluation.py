@@ -79,11 +79,11 @@ class EvalConfig:
             raise InvalidInput(f"lam must be finite, got lam={self.lam}, orth_cali_lam={self.orth_cali_lam}")
 
 
-def zero_shot_classifier(text_features: np.ndarray, projection: object = None, renormalize: bool = True) -> np.ndarray:
+def zero_shot_classifier(text_features: np.ndarray, projection: object = None, renormalise: bool = True) -> np.ndarray:
     """(C, d) class weights from (T, C, D) raw prompt embeddings (open_clip's convention).
 
     Each template's class embedding is L2-normalised, projected (if given), averaged
-    over templates and re-normalised. ``renormalize=False`` skips the last step, as
+    over templates and re-normalised. ``renormalise=False`` skips the last step, as
     the released code does.
     """
     text = np.asarray(text_features, dtype=np.float64)
@@ -94,17 +94,17 @@ def zero_shot_classifier(text_features: np.ndarray, projection: object = None, r
     if projection is not None:
         flat = projection.transform(flat)
     weights = flat.reshape(T, C, -1).mean(axis=0)
-    return unit_rows(weights) if renormalize else weights
+    return unit_rows(weights) if renormalise else weights
 
 
 def zero_shot_predict(
-    features: np.ndarray, text_features: np.ndarray, projection: object = None, renormalize: bool = True
+    features: np.ndarray, text_features: np.ndarray, projection: object = None, renormalise: bool = True
 ) -> np.ndarray:
     """Class index per row: cosine between projected, L2-normalised images and class weights."""
     X = np.asarray(features, dtype=np.float64)
     if projection is not None:
         X = projection.transform(X)
-    return np.argmax(unit_rows(X) @ zero_shot_classifier(text_features, projection, renormalize).T, axis=1)
+    return np.argmax(unit_rows(X) @ zero_shot_classifier(text_features, projection, renormalise).T, axis=1)
 
 
 def zero_shot_predict_text_only(features: np.ndarray, text_features: np.ndarray, projection: object) -> np.ndarray:
@@ -600,15 +600,9 @@ def select_and_evaluate(
     return frame
 
 
-def sweep(
-    emb: EmbeddingSet,
-    target: str,
-    method: str = "icm",
-    Ks: tuple[int, ...] | None = None,
-    lams: tuple[float, ...] | None = None,
-    config: EvalConfig = EvalConfig(),
-    protocol: str = LINEAR_PROBE,
-) -> pd.DataFrame:
+def sweep(emb: EmbeddingSet, target: str, method: str = "icm", Ks: tuple[int, ...] | None = None,
+          lams: tuple[float, ...] | None = None, config: EvalConfig = EvalConfig(), protocol: str = LINEAR_PROBE
+          ) -> pd.DataFrame:
     """Grid of source-validation vs target accuracy (for a heat map; the target column is
     there to SHOW the gap, never to choose: use :func:`select_hyperparameters`). ``Ks`` / ``lams``
     None: the method's grid, as selection searches it."""

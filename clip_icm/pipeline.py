@@ -519,8 +519,16 @@ def _counterfactual_set(embedder, cfg, factor_rows, rows: _Rows, name: str, chan
                         kind: str) -> PairSet:
     items = _Counterfactuals([factor_rows[i] for i in picked], change, cfg.seed)
     what = {"true swap": change, "seed": cfg.seed}
-    z_do, _ = embedder.images(name, items, rows.hashes[picked], rows.domains[picked], what)
-    return rows.pair_set(name, kind, picked, z_do)
+    return rows.pair_set(name, kind, picked, _rendered(embedder, name, items, rows, picked, what))
+
+
+def _rendered(embedder, name: str, items, rows: _Rows, picked: np.ndarray, what: dict) -> np.ndarray:
+    """Re-rendered images, embedded. A render that fails is an error naming its source image (as a
+    failed image-pair decode is), never a silently zero row in a pair set."""
+    z_do, failed = embedder.images(name, items, rows.hashes[picked], rows.domains[picked], what)
+    if failed:
+        raise ImageDecodeError(failed, rows.paths[picked])
+    return z_do
 
 
 def _true_pairs(embedder, cfg, factor_rows, rows: _Rows) -> list[PairSet]:
@@ -588,8 +596,7 @@ def _conflict_sets(embedder, cfg, factor_rows, rows: _Rows, val: np.ndarray) -> 
             changes.append({"colour": looks[partner][0], "background": looks[partner][1]})
         name = f"conflict@{target}"
         what = {"intervened validation": name, "changes": changes, "seed": cfg.seed}
-        items = _Restyled([factor_rows[i] for i in val], changes)
-        z_do, _ = embedder.images(name, items, rows.hashes[val], rows.domains[val], what)
+        z_do = _rendered(embedder, name, _Restyled([factor_rows[i] for i in val], changes), rows, val, what)
         out.append(replace(rows.pair_set(name, "intervened validation", val, z_do), held_out=target))
     return out
 

@@ -272,11 +272,20 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
     inv_points = service.point_table(emb, ids, ctx.choice.target,
                                      cached.predictions(emb.key, fit_key, fit.method, emb, fit))
     full_fig = figures.scatter_layout(full_xy, full_points, colour, "Full CLIP space")
-    selection = left.plotly_chart(full_fig, key="umap_full", on_select="rerun", selection_mode=("box", "lasso"))
     with right, st.spinner("Laying out the invariant space…"):
         inv_xy = cached.invariant_layout(emb.key, fit_key, max_points, emb, fit)
     label = service.method_label(fit.method)
     inv_fig = figures.scatter_layout(inv_xy, inv_points, colour, f"Invariant space ({label}, K = {K}, lam = {lam:g})")
+    _maps_and_selection(emb, ids, fit, full_fig, inv_fig)
+    return {"umap_full": full_fig, "umap_invariant": inv_fig}
+
+
+@st.fragment
+def _maps_and_selection(emb: EmbeddingSet, ids: np.ndarray, fit: service.Fit, full_fig, inv_fig) -> None:
+    """The two maps and what is selected on them: a fragment, so that a box or lasso selection
+    reruns only this part (the figures are made outside it), not the accuracy and the layouts."""
+    left, right = st.columns(2)
+    selection = left.plotly_chart(full_fig, key="umap_full", on_select="rerun", selection_mode=("box", "lasso"))
     selection_inv = right.plotly_chart(inv_fig, key="umap_invariant", on_select="rerun", selection_mode=("box", "lasso"))
     st.caption("Circles: source domains, crosses: the target domain. Hover shows the zero-shot prediction in that "
                "space. Layouts share an initialisation so that the two pictures are comparable. Select points "
@@ -284,7 +293,6 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
     picked = sorted(set(figures.selected_ids(selection)) | set(figures.selected_ids(selection_inv)))
     if picked:
         _selection_view(emb, ids, picked, fit)
-    return {"umap_full": full_fig, "umap_invariant": inv_fig}
 
 
 def _selection_view(emb: EmbeddingSet, ids: np.ndarray, picked: list[int], fit: service.Fit) -> None:
@@ -404,7 +412,9 @@ def diagnostics_page() -> None:
     _sweep_section(ctx, K, lam)
 
 
+@st.fragment
 def _sweep_section(ctx: Context, K: int, lam: float) -> None:
+    """A fragment: turning the sweep on or off reruns only this section."""
     st.subheader("K x lam sweep")
     st.markdown(texts.SWEEP_NOTE)
     if not controls.sweep_ui():

@@ -70,7 +70,7 @@ def test_changing_target_k_lam_and_method_updates_the_accuracy_table():
     after_k = _table(at)
     assert not after_k.loc["ICM linear probe"].equals(before.loc["ICM linear probe"])
     assert after_k.loc["CLIP linear probe"].equals(before.loc["CLIP linear probe"])  # CLIP ignores K
-    at.sidebar.select_slider(key="ctl_lam").set_value(1.0).run()
+    at.sidebar.select_slider(key="ctl_lam").set_value(10.0).run()
     _ok(at)
     assert not _table(at).loc["ICM linear probe"].equals(after_k.loc["ICM linear probe"])
     at.sidebar.selectbox(key="ctl_target").set_value("photo").run()

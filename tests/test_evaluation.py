@@ -60,7 +60,7 @@ def test_zero_shot_classifier_convention():
     projected = zero_shot_classifier(text, proj)
     raw = (unit.reshape(12, 8) @ proj.components_.T).reshape(3, 4, 3).mean(axis=0)
     np.testing.assert_allclose(projected, raw / np.linalg.norm(raw, axis=1, keepdims=True))
-    np.testing.assert_allclose(zero_shot_classifier(text, proj, renormalize=False), raw)
+    np.testing.assert_allclose(zero_shot_classifier(text, proj, renormalise=False), raw)
     with pytest.raises(ValueError, match="templates, classes, D"):
         zero_shot_classifier(text[0])
 

@@ -165,6 +165,23 @@ def test_true_swaps_on_toydomains(tmp_path, model):
     assert np.abs(check.z - check.z_do).max() > 1e-3
 
 
+def test_a_failed_re_render_is_an_error_naming_its_image_not_a_dropped_pair(tmp_path, model, monkeypatch):
+    import clip_icm.toydomains as td
+    from clip_icm.backend import ImageDecodeError
+
+    root = td.generate_toydomains(tmp_path / "toy", n_per_class_per_domain=2, image_size=32)
+    real, calls = td.render_counterfactual, []
+
+    def fails_once(row, change, seed):  # the third render is a file that is not there: it fails to decode
+        calls.append(row)
+        return str(tmp_path / "not-rendered.png") if len(calls) == 3 else real(row, change, seed)
+
+    monkeypatch.setattr(td, "render_counterfactual", fails_once)
+    cfg = InterventionConfig(image=(), text_banks=(), true_swaps=("colour",), templates="single", intervened_val=())
+    with pytest.raises(ImageDecodeError, match="1 image.*could not be decoded"):  # was: a zero row, kept
+        embed_dataset(DataConfig(str(root)), model, cfg, EmbeddingStore(tmp_path / "c"))
+
+
 def test_intervened_validation_and_usual_look_prompts(tmp_path, messy, model):
     from clip_icm.toydomains import generate_toydomains
 
