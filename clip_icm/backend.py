@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from clip_icm.errors import InvalidInput
 from clip_icm.hashing import file_digest, json_digest
 from clip_icm.registry import Registry
 from clip_icm.resources import TOY_CLIP_DIR
@@ -38,10 +39,10 @@ ProgressFn = Callable[[int, int], None]
 Intervention = Callable[..., object]  # (PIL.Image, seed) -> PIL.Image
 
 
-class ModelUnavailableError(ValueError):
+class ModelUnavailableError(InvalidInput):
     """The model name is unknown, or its weights are not on disk and cannot be fetched.
 
-    A ValueError: it is always about what the user asked for (the CLI answers in one line)."""
+    A user error (and a ValueError): it is always about what the user asked for (the CLI answers in one line)."""
 
 
 @dataclass(frozen=True)
@@ -255,20 +256,20 @@ def pick_device(device: str = "auto") -> str:
 def _check_device(device: str, torch) -> None:
     kind, colon, index = device.partition(":")
     if kind not in DEVICE_KINDS or (colon and not index.isdigit()):
-        raise ValueError(f"unknown device {device!r}; use auto, {', '.join(DEVICE_KINDS)} or cuda:N")
+        raise InvalidInput(f"unknown device {device!r}; use auto, {', '.join(DEVICE_KINDS)} or cuda:N")
     if kind == "cuda" and int(index or 0) >= torch.cuda.device_count():
         found = torch.cuda.device_count()
-        raise ValueError(f"device {device!r} is not available here ({found} CUDA device(s) found); "
+        raise InvalidInput(f"device {device!r} is not available here ({found} CUDA device(s) found); "
                          "use auto or cpu")
     if kind == "mps" and (colon or not torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r} is not available here (no Apple MPS); use auto or cpu")
+        raise InvalidInput(f"device {device!r} is not available here (no Apple MPS); use auto or cpu")
 
 
 def pick_precision(precision: str, device: str) -> str:
     import torch
 
     if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
+        raise InvalidInput(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
