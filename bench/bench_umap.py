@@ -49,9 +49,10 @@ def _drop_self(ids: np.ndarray, k: int) -> np.ndarray:
 
 
 def _neighbours_hd(X: np.ndarray, k: int = K_NEIGHBOURS) -> np.ndarray:
-    from clip_icm.reduce import _normalise, exact_neighbours
+    from clip_icm.embeddings import unit_rows
+    from clip_icm.reduce import exact_neighbours
 
-    return _drop_self(exact_neighbours(_normalise(X), k + 1)[0], k)
+    return _drop_self(exact_neighbours(unit_rows(np.asarray(X, dtype=np.float32)), k + 1)[0], k)
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:

@@ -29,6 +29,7 @@ from clip_icm import toydomains as td
 from clip_icm.backend import ModelConfig
 from clip_icm.methods import label
 from clip_icm.pipeline import DataConfig, InterventionConfig, build_embedding_set
+from clip_icm.resources import cache_dir
 
 from bench.toy_demo_results import markdown
 
@@ -40,7 +41,7 @@ def world(seed: int, target: str = TARGET):
     if seed == td.DEMO_RECIPE.seed and target == TARGET:
         root = td.ensure_demo_data()
     else:
-        root = td.generate_toydomains(td.DEMO_ROOT.parent / f"toydomains-seed{seed}-{target}", td.DEMO_RECIPE,
+        root = td.generate_toydomains(cache_dir() / f"toydomains-seed{seed}-{target}", td.DEMO_RECIPE,
                                       seed=seed, target_domain=target)
     cfg = InterventionConfig(text_banks=(), true_swaps=defaults.DEMO_TRUE_SWAPS,
                              intervened_val=("counterfactual", "conflict", "image"), look_prompts=True)

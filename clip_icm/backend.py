@@ -11,7 +11,6 @@ cache hit in the embedding store never builds the model.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -26,9 +25,12 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from clip_icm.errors import InvalidInput
+from clip_icm.hashing import file_digest, json_digest
 from clip_icm.registry import Registry
+from clip_icm.resources import TOY_CLIP_DIR
+from clip_icm.store import atomic_write
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 HF_PREFIX, LOCAL_PREFIX = "hf-hub:", "local-dir:"
 # open_clip's own preference order for a checkpoint inside a model folder.
 _HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -37,10 +39,10 @@ ProgressFn = Callable[[int, int], None]
 Intervention = Callable[..., object]  # (PIL.Image, seed) -> PIL.Image
 
 
-class ModelUnavailableError(ValueError):
+class ModelUnavailableError(InvalidInput):
     """The model name is unknown, or its weights are not on disk and cannot be fetched.
 
-    A ValueError: it is always about what the user asked for (the CLI answers in one line)."""
+    A user error (and a ValueError): it is always about what the user asked for (the CLI answers in one line)."""
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,9 @@ class ModelPreset:
 MODELS: Registry[ModelPreset] = Registry("model")
 MODELS.register(
     "toy-clip",
-    ModelPreset(f"{LOCAL_PREFIX}{REPO_ROOT / 'data' / 'toy-clip'}", None,
-                "tiny CLIP trained on the bundled ToyDomains world (ships with the repo)",
-                "it ships with the repository; rebuild it with: python -m clip_icm.toyclip"),
+    ModelPreset(f"{LOCAL_PREFIX}{TOY_CLIP_DIR}", None,
+                "tiny CLIP trained on the bundled ToyDomains world (ships with the package)",
+                "it ships with the package; reinstall it, or rebuild it with: python -m clip_icm.toyclip_train"),
 )
 
 
@@ -103,7 +105,7 @@ class ResolvedModel:
         payload = {k: v for k, v in asdict(self).items() if k not in ("checkpoint", "device", "display", "arch")}
         # A local-dir path differs between machines; its config and weights identity do not.
         payload["arch"] = "local-dir" if self.arch.startswith(LOCAL_PREFIX) else self.arch
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        return json_digest(payload)[:32]
 
 
 # ---------------------------------------------------------------- resolution (no model built)
@@ -213,15 +215,6 @@ def _dir_checkpoint(folder: Path) -> str | None:
     return _find_checkpoint_in_dir(folder)
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in blocks (weights, images and store entries alike)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_stamp(path: str | Path) -> list[int]:
     """What a memo of a file's hash trusts instead of reading the bytes again: size, mtime,
     inode and ctime. Resetting the mtime of a rewritten file (``touch -r``, ``cp -p``,
@@ -238,7 +231,7 @@ def file_identity(path: str | Path) -> str:
     """sha256 of a weights file (memoised within the process per path and :func:`file_stamp`)."""
     memo = (str(Path(path).resolve()), *file_stamp(path))
     if memo not in _HASHES:
-        _HASHES[memo] = "sha256:" + sha256_file(path)
+        _HASHES[memo] = "sha256:" + file_digest(path)
     return _HASHES[memo]
 
 
@@ -263,20 +256,20 @@ def pick_device(device: str = "auto") -> str:
 def _check_device(device: str, torch) -> None:
     kind, colon, index = device.partition(":")
     if kind not in DEVICE_KINDS or (colon and not index.isdigit()):
-        raise ValueError(f"unknown device {device!r}; use auto, {', '.join(DEVICE_KINDS)} or cuda:N")
+        raise InvalidInput(f"unknown device {device!r}; use auto, {', '.join(DEVICE_KINDS)} or cuda:N")
     if kind == "cuda" and int(index or 0) >= torch.cuda.device_count():
         found = torch.cuda.device_count()
-        raise ValueError(f"device {device!r} is not available here ({found} CUDA device(s) found); "
+        raise InvalidInput(f"device {device!r} is not available here ({found} CUDA device(s) found); "
                          "use auto or cpu")
     if kind == "mps" and (colon or not torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r} is not available here (no Apple MPS); use auto or cpu")
+        raise InvalidInput(f"device {device!r} is not available here (no Apple MPS); use auto or cpu")
 
 
 def pick_precision(precision: str, device: str) -> str:
     import torch
 
     if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
+        raise InvalidInput(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
@@ -380,8 +373,6 @@ def model_key(cfg: ModelConfig, memo_dir: str | Path | None = None) -> str:
     resolved = resolve_model(cfg)
     sources = _memo_sources(cfg, resolved)
     if sources is not None:
-        from clip_icm.store import atomic_write  # store imports this module
-
         memo = {"key": resolved.key, "files": {p: file_stamp(p) for p in sources}}
         memo_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(memo_file, lambda fh: fh.write(json.dumps(memo).encode()))
@@ -395,7 +386,7 @@ def _memo_name(cfg: ModelConfig) -> str:
     hint = [sys.platform, os.path.exists("/dev/nvidiactl"), os.environ.get("CUDA_VISIBLE_DEVICES")]
     parts = [cfg.name, cfg.pretrained, cfg.device, cfg.precision, hint if cfg.device == "auto" else None,
              version("open_clip_torch"), str(hf_cache_dir())]
-    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:32]
+    return json_digest(parts)[:32]  # a list without dicts: sorting keys changes nothing
 
 
 def _memo_sources(cfg: ModelConfig, resolved: ResolvedModel) -> list[str] | None:

@@ -188,7 +188,8 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
                        help="zero-shot prompts: the class names (default), or ToyDomains only: each class named "
                        "with its usual colour and scene in the source training rows")
     p.add_argument("--cache", metavar="DIR", default=None,
-                   help="embedding cache folder (default $CLIP_ICM_CACHE or data/cache)")
+                   help="embedding cache folder (default $CLIP_ICM_CACHE, else clip-icm in the user cache, "
+                        "e.g. ~/.cache/clip-icm)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

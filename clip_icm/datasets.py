@@ -94,7 +94,7 @@ for _info in (
         None,
         ("domain_net", "DomainNet"),
     ),
-    # The bundled synthetic world (clip_icm.toydomains; generated into data/toydomains/).
+    # The bundled synthetic world (clip_icm.toydomains; generated into the user's cache, resources.demo_dir()).
     DatasetInfo(
         "ToyDomains",
         ("art_painting", "cartoon", "photo", "sketch"),

@@ -13,6 +13,13 @@ import numpy as np
 from clip_icm.errors import InvalidInput
 
 
+def unit_rows(X: np.ndarray) -> np.ndarray:
+    """``X`` with each row (the last axis) scaled to unit L2 norm, in ``X``'s dtype; an all-zero
+    row (an image that failed to decode) stays zero instead of becoming NaN."""
+    norms = np.linalg.norm(X, axis=-1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0)
+
+
 @dataclass(frozen=True)
 class PairSet:
     """Interventional pairs: row i of ``z_do`` is row i of ``z`` with variant factors changed.

@@ -28,7 +28,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from clip_icm import defaults, methods, protocols
-from clip_icm.embeddings import EmbeddingSet
+from clip_icm.embeddings import EmbeddingSet, unit_rows
 from clip_icm.errors import InvalidInput, check_names
 from clip_icm.interventions import names_domain
 from clip_icm.methods import ALL_METHODS
@@ -79,11 +79,6 @@ class EvalConfig:
             raise InvalidInput(f"lam must be finite, got lam={self.lam}, orth_cali_lam={self.orth_cali_lam}")
 
 
-def _normalise(X: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(X, axis=-1, keepdims=True)
-    return X / np.where(norms > 0, norms, 1.0)
-
-
 def zero_shot_classifier(text_features: np.ndarray, projection: object = None, renormalise: bool = True) -> np.ndarray:
     """(C, d) class weights from (T, C, D) raw prompt embeddings (open_clip's convention).
 
@@ -95,11 +90,11 @@ def zero_shot_classifier(text_features: np.ndarray, projection: object = None, r
     if text.ndim != 3:
         raise InvalidInput(f"text_features must be (templates, classes, D), got shape {text.shape}")
     T, C, D = text.shape
-    flat = _normalise(text.reshape(T * C, D))
+    flat = unit_rows(text.reshape(T * C, D))
     if projection is not None:
         flat = projection.transform(flat)
     weights = flat.reshape(T, C, -1).mean(axis=0)
-    return _normalise(weights) if renormalise else weights
+    return unit_rows(weights) if renormalise else weights
 
 
 def zero_shot_predict(
@@ -109,14 +104,14 @@ def zero_shot_predict(
     X = np.asarray(features, dtype=np.float64)
     if projection is not None:
         X = projection.transform(X)
-    return np.argmax(_normalise(X) @ zero_shot_classifier(text_features, projection, renormalise).T, axis=1)
+    return np.argmax(unit_rows(X) @ zero_shot_classifier(text_features, projection, renormalise).T, axis=1)
 
 
 def zero_shot_predict_text_only(features: np.ndarray, text_features: np.ndarray, projection: object) -> np.ndarray:
     """Zero-shot for a text-only method (Orth-Cali): class text calibrated by ``projection`` and
     re-normalised, image features untouched."""
     weights = zero_shot_classifier(text_features, projection)
-    return np.argmax(_normalise(np.asarray(features, dtype=np.float64)) @ weights.T, axis=1)
+    return np.argmax(unit_rows(np.asarray(features, dtype=np.float64)) @ weights.T, axis=1)
 
 
 def fit_linear_probe(
@@ -310,7 +305,7 @@ class _Predictor:
     def predict(self, projected: np.ndarray, protocol: str) -> np.ndarray | None:
         """Class indices; None for the probe of a text-only method (it has none)."""
         if protocol == ZERO_SHOT:
-            return np.argmax(_normalise(np.asarray(projected, dtype=np.float64)) @ self.weights.T, axis=1)
+            return np.argmax(unit_rows(np.asarray(projected, dtype=np.float64)) @ self.weights.T, axis=1)
         return None if self.probe is None else self.probe.predict(projected)
 
     def predict_rows(self) -> dict[str, np.ndarray]:

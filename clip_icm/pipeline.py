@@ -36,16 +36,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from clip_icm import defaults
-from clip_icm.backend import (ClipBackend, ImageDecodeError, ModelConfig, file_stamp, load_model, model_key,
-                              sha256_file)
+from clip_icm.backend import (ClipBackend, ImageDecodeError, Intervention, ModelConfig, file_stamp, load_model,
+                              model_key)
 from clip_icm.datasets import DomainScan, load_image, scan_domain_folder, split_mask
 from clip_icm.embeddings import EmbeddingSet, PairSet, PromptSet
 from clip_icm.errors import InvalidInput, check_names
+from clip_icm.hashing import file_digest
 from clip_icm.interventions import (IMAGE_INTERVENTIONS, TEXT_BANKS, ZERO_SHOT_TEMPLATES, RandomIntervention,
                                     TextBank, cross_modal_texts, cross_modal_words, make_image_intervention,
                                     make_text_pairs, resolve_banks, spurious_prompts, text_pair_words)
@@ -151,7 +152,7 @@ class EmbeddingRun:
 
 def file_hash(path: str | Path) -> str:
     """Content hash of an image file (the cache key covers content, not names)."""
-    return sha256_file(path)[:32]
+    return file_digest(path)[:32]
 
 
 def chunk_indices(domains: np.ndarray, chunk_size: int) -> list[np.ndarray]:
@@ -187,35 +188,38 @@ class _Embedder:
             self.progress(stage, done, total)
 
     def images(self, stage: str, items: Sequence, hashes: np.ndarray, domains: np.ndarray,
-               what: object = None, intervention=None, seeds: np.ndarray | None = None
+               what: object = None, intervention: Intervention | None = None, seeds: np.ndarray | None = None
                ) -> tuple[np.ndarray, dict[int, str]]:
         """Embeddings (n, D) float32 and {row: decode error}, chunk by chunk through the store."""
         chunks = chunk_indices(domains, self.chunk_size)
-        keys = [make_key("images", self.key, what, hashes[c].tolist()) for c in chunks]
-        results: dict[int, tuple[np.ndarray, dict]] = {}
-        for j, key in enumerate(keys):
+        job = _ImageJob(stage, items, chunks, [make_key("images", self.key, what, hashes[c].tolist()) for c in chunks],
+                        intervention, seeds)
+        results: dict[int, _Chunk] = {}
+        for j, key in enumerate(job.keys):
             entry = self.store.get_entry(key)
             if entry is not None:
-                results[j] = (entry[0], {int(k): v for k, v in entry[1].get("failed", {}).items()})
+                results[j] = _Chunk(entry[0], {int(k): v for k, v in entry[1].get("failed", {}).items()})
         self.reused += len(results)
         done = sum(len(chunks[j]) for j in results)
-        total = len(items)
-        self._report(stage, done, total)
+        self._report(stage, done, len(items))
         missing = [j for j in range(len(chunks)) if j not in results]
         if missing:
-            done = self._compute(stage, items, chunks, keys, missing, intervention, seeds, results, done, total)
-        return self._assemble(chunks, results, total)
+            results.update(self._compute(job, missing, done))
+        return job.assemble(results)
 
-    def _compute(self, stage, items, chunks, keys, missing, intervention, seeds, results, done, total) -> int:
+    def _compute(self, job: _ImageJob, missing: list[int], done: int) -> dict[int, _Chunk]:
+        """Embed the ``missing`` chunks of ``job``, storing each as soon as it is complete;
+        ``done`` rows were already reported to the progress callback."""
+        chunks = job.chunks
         rows = np.concatenate([chunks[j] for j in missing])
         owner = np.concatenate([[j] * len(chunks[j]) for j in missing])
         dim = self.backend.embed_dim  # builds the model: this is the first miss
         buffers = {j: np.zeros((len(chunks[j]), dim), np.float32) for j in missing}
         failed: dict[int, dict[int, str]] = {j: {} for j in missing}
         pending = {j: len(chunks[j]) for j in missing}
-        sub_items = _Subset(items, rows)
-        sub_seeds = None if seeds is None else seeds[rows]
-        for offset, batch, errors in self.backend.iter_encode(sub_items, intervention, sub_seeds):
+        computed: dict[int, _Chunk] = {}
+        sub_seeds = None if job.seeds is None else job.seeds[rows]
+        for offset, batch, errors in self.backend.iter_encode(_Subset(job.items, rows), job.intervention, sub_seeds):
             for i in range(len(batch)):
                 j = int(owner[offset + i])
                 local = len(chunks[j]) - pending[j]
@@ -224,24 +228,13 @@ class _Embedder:
                     failed[j][local] = errors[offset + i]
                 pending[j] -= 1
                 if pending[j] == 0:  # chunk complete: publish it now, so a kill loses nothing
-                    self.store.put(keys[j], buffers[j], {"failed": failed[j]})
+                    self.store.put(job.keys[j], buffers[j], {"failed": failed[j]})
                     # float16 like a later cache hit, so both runs give identical numbers
-                    results[j] = (buffers[j].astype(np.float16), failed[j])
+                    computed[j] = _Chunk(buffers[j].astype(np.float16), failed[j])
                     self.computed += 1
             done += len(batch)
-            self._report(stage, done, total)
-        return done
-
-    @staticmethod
-    def _assemble(chunks, results, total) -> tuple[np.ndarray, dict[int, str]]:
-        dim = next(iter(results.values()))[0].shape[1]
-        out = np.zeros((total, dim), np.float32)
-        failed: dict[int, str] = {}
-        for j, rows in enumerate(chunks):
-            array, errors = results[j]
-            out[rows] = array
-            failed.update({int(rows[local]): why for local, why in errors.items()})
-        return out, failed
+            self._report(job.stage, done, len(job.items))
+        return computed
 
     def texts(self, stage: str, texts: Sequence[str]) -> np.ndarray:
         key = make_key("texts", self.key, list(texts))
@@ -255,6 +248,35 @@ class _Embedder:
         self.computed += 1
         self._report(stage, len(texts), len(texts))
         return np.asarray(array.astype(np.float16), np.float32)  # same values as a later cache hit
+
+
+class _Chunk(NamedTuple):
+    """One store entry's embeddings and the decode errors of its rows (by position in the chunk)."""
+
+    vectors: np.ndarray
+    failed: dict[int, str]
+
+
+@dataclass(frozen=True)
+class _ImageJob:
+    """One :meth:`_Embedder.images` request: which images, how, and their split into store entries."""
+
+    stage: str                      # progress label
+    items: Sequence                 # paths or lazily rendered images
+    chunks: list[np.ndarray]        # row indices of each store entry
+    keys: list[str]                 # store key of each chunk
+    intervention: Intervention | None
+    seeds: np.ndarray | None        # per-row seed of the intervention
+
+    def assemble(self, results: dict[int, _Chunk]) -> tuple[np.ndarray, dict[int, str]]:
+        """All chunks back in row order: (n, D) float32 and {row: decode error}."""
+        dim = next(iter(results.values())).vectors.shape[1]
+        out = np.zeros((len(self.items), dim), np.float32)
+        failed: dict[int, str] = {}
+        for j, rows in enumerate(self.chunks):
+            out[rows] = results[j].vectors
+            failed.update({int(rows[local]): why for local, why in results[j].failed.items()})
+        return out, failed
 
 
 class _Subset:

@@ -27,7 +27,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from clip_icm import defaults
-from clip_icm.embeddings import PairSet
+from clip_icm.embeddings import PairSet, unit_rows
 from clip_icm.errors import InvalidInput
 
 SELECTIONS = ("top", "as_released")
@@ -366,18 +366,13 @@ class OrthCaliProjection(LinearProjection):
             raise InvalidInput(f"spurious prompts have {V.shape[1]} dims, the pairs {dim}")
         if len(Z) == 0 and len(V) == 0:
             raise InvalidInput("Orth-Cali needs positive prompt pairs or spurious prompts (text banks); got neither")
-        p0 = np.eye(dim) - (_unit_rows(V).T @ np.linalg.pinv(_unit_rows(V).T) if len(V) else 0.0)
-        delta = _unit_rows(Z) - _unit_rows(Z_do)
+        p0 = np.eye(dim) - (unit_rows(V).T @ np.linalg.pinv(unit_rows(V).T) if len(V) else 0.0)
+        delta = unit_rows(Z) - unit_rows(Z_do)
         M = _moment(delta) if len(delta) else np.zeros((dim, dim))
         self.components_ = p0 @ np.linalg.inv(np.eye(dim) + lam * M)
         self.n_features_in_ = dim
         self.lam_effective_ = lam
         return self
-
-
-def _unit_rows(X: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.where(norms > 0, norms, 1.0)
 
 
 class IdentityProjection(LinearProjection):

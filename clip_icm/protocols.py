@@ -20,13 +20,13 @@ strengths of the image ops.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from clip_icm.errors import InvalidInput
+from clip_icm.hashing import digest
 from clip_icm.registry import Registry
 
 if TYPE_CHECKING:  # scikit-learn is imported where it is used: the CLI checks --protocol before it loads
@@ -75,7 +75,7 @@ def protocol_label(name: str) -> str:
 
 def domainbed_seed_hash(*args: object) -> int:
     """DomainBed's ``misc.seed_hash``: md5 of ``str(args)``, modulo 2**31."""
-    return int(hashlib.md5(str(args).encode("utf-8")).hexdigest(), 16) % (2**31)
+    return int(digest(str(args), "md5"), 16) % (2**31)
 
 
 def imagefolder_order(paths: np.ndarray | None, n: int) -> np.ndarray:

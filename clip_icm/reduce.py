@@ -15,6 +15,8 @@ import warnings
 
 import numpy as np
 
+from clip_icm.embeddings import unit_rows
+
 # Few epochs are enough for a few thousand points and keep a layout at a second or two. Fewer
 # lose part of the picture: with 100 (full) or 100 and 50 (invariant, started from the full
 # layout) each point keeps fewer of today's 2-D neighbours than a reseeded layout does, and fewer
@@ -25,11 +27,6 @@ DEFAULT_EPOCHS = 200
 # 10,000 x 512, but the descent's numba code cannot be cached and compiles for 40-70 s in every
 # new process, and the products grow as n^2 (bench/RESULTS.md).
 BLAS_KNN_LIMIT = 20_000
-
-
-def _normalise(X: np.ndarray) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
 def _pca_2d(X: np.ndarray) -> np.ndarray:
@@ -68,7 +65,7 @@ def warm_up(approximate: bool = False) -> None:
     layout_2d(gen.normal(size=(64, 8)))
     layout_2d(gen.normal(size=(64, 8)), init=gen.normal(size=(64, 2)))
     if approximate:
-        _umap(_normalise(gen.normal(size=(300, 8))), None, 0, 15, 10, search="descent")
+        _umap(unit_rows(gen.normal(size=(300, 8)).astype(np.float32)), None, 0, 15, 10, search="descent")
 
 
 def layout_2d(
@@ -89,7 +86,7 @@ def layout_2d(
     X = np.asarray(X)
     if X.ndim != 2 or len(X) == 0:
         raise ValueError(f"layout_2d needs a non-empty 2-D array, got shape {X.shape}")
-    X = _normalise(X)
+    X = unit_rows(np.asarray(X, dtype=np.float32))
     if init is not None and init.shape != (len(X), 2):
         raise ValueError(f"init must have shape ({len(X)}, 2), got {init.shape}")
     if len(X) < 5:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clip_icm import defaults
-from clip_icm.embeddings import EmbeddingSet, PairSet, PromptSet
+from clip_icm.embeddings import EmbeddingSet, PairSet, PromptSet, unit_rows
 from clip_icm.errors import InvalidInput
 from clip_icm.seeding import rng, seed_hash
 
@@ -118,7 +118,7 @@ def _random_orthogonal(gen: np.random.Generator, n: int) -> np.ndarray:
 
 def _unit_rows(gen: np.random.Generator, n: int, dim: int, scale: float) -> np.ndarray:
     rows = gen.normal(size=(n, dim))
-    return scale * rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return scale * unit_rows(rows)
 
 
 class LinearSCM:

@@ -1,9 +1,9 @@
 """Explicit seeds everywhere; sub-seeds derived from names (DomainBed's ``seed_hash``)."""
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
+
+from clip_icm.hashing import digest
 
 
 def seed_hash(*parts: object) -> int:
@@ -12,8 +12,7 @@ def seed_hash(*parts: object) -> int:
     Parts are hashed through ``repr``: pass plain str/int/float, not numpy scalars
     (``np.str_("a")`` and ``"a"`` give different seeds) and never arrays (their repr elides).
     """
-    digest = hashlib.sha256(repr(parts).encode()).hexdigest()
-    return int(digest[:8], 16) & 0x7FFFFFFF
+    return int(digest(repr(parts))[:8], 16) & 0x7FFFFFFF
 
 
 def rng(*parts: object) -> np.random.Generator:

@@ -7,7 +7,6 @@ can cause (a missing folder, weights not on disk, an empty domain) come out as
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from dataclasses import dataclass
@@ -18,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from clip_icm import defaults, evaluation, methods, reduce
-from clip_icm.embeddings import EmbeddingSet
+from clip_icm.embeddings import EmbeddingSet, unit_rows
 from clip_icm.errors import InvalidInput, UserError
+from clip_icm.hashing import digest
 from clip_icm.seeding import rng
 
 SOURCES = {
@@ -40,7 +40,7 @@ class ServiceError(UserError):
 
 def content_key(*parts: object) -> str:
     """A short stable key of printable parts (frozen configs print all their fields)."""
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+    return digest(repr(parts))[:16]
 
 
 # ---------------------------------------------------------------- embeddings
@@ -481,8 +481,8 @@ def full_layout(emb: EmbeddingSet, ids: np.ndarray, seed: int = 0, store=None) -
 def invariant_layout(emb: EmbeddingSet, ids: np.ndarray, fitted: Fit, full_xy: np.ndarray, seed: int = 0,
                      store=None) -> np.ndarray:
     """Layout of the projected rows, started from (and aligned to) the full-space layout."""
-    components = hashlib.sha256(np.ascontiguousarray(fitted.projection.components_).tobytes()).hexdigest()
-    start = hashlib.sha256(np.ascontiguousarray(full_xy, dtype=np.float32).tobytes()).hexdigest()
+    components = digest(np.ascontiguousarray(fitted.projection.components_).tobytes())
+    start = digest(np.ascontiguousarray(full_xy, dtype=np.float32).tobytes())
     return _stored_layout(store, ("invariant", ids.tolist(), components, start, seed),
                           lambda: reduce.layout_2d(fitted.transform(emb.features[ids]), init=full_xy, seed=seed), emb)
 
@@ -492,10 +492,10 @@ def nearest_neighbours(X: np.ndarray, ids: np.ndarray, query: list[int], k: int 
     if k < 1:
         raise InvalidInput(f"k must be at least 1, got {k}")
     pool = np.asarray(ids)
-    unit = X[pool] / np.maximum(np.linalg.norm(X[pool], axis=1, keepdims=True), 1e-12)
+    unit = unit_rows(X[pool])
     out = {}
     for q in query:
-        v = X[q] / max(float(np.linalg.norm(X[q])), 1e-12)
+        v = unit_rows(X[q])
         order = [int(pool[i]) for i in np.argsort(-(unit @ v), kind="stable") if pool[i] != q]
         out[int(q)] = order[:k]
     return out
@@ -586,16 +586,17 @@ def data_roots(exposed: bool) -> tuple[Path, ...] | None:
     """The folders a data path must lie in, or None for no limit.
 
     ``$CLIP_ICM_DATA_ROOTS`` (folders joined by ``os.pathsep``) when set; else, when the page
-    is served beyond this machine (``exposed``), the project's data folder and the user's home,
-    so that whoever reaches the port cannot browse the machine's files; else no limit.
+    is served beyond this machine (``exposed``), the clip-icm cache folder (where the demo world is
+    generated) and the user's home, so that whoever reaches the port cannot browse the machine's
+    files; else no limit.
     """
     listed = [p for p in os.environ.get(DATA_ROOTS_VAR, "").split(os.pathsep) if p.strip()]
     if listed:
         return tuple(Path(p).expanduser().resolve() for p in listed)
     if exposed:
-        from clip_icm.backend import REPO_ROOT
+        from clip_icm.resources import cache_dir
 
-        return ((REPO_ROOT / "data").resolve(), Path.home().resolve())
+        return (cache_dir().resolve(), Path.home().resolve())
     return None
 
 

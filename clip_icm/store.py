@@ -18,7 +18,6 @@ Keys are hashes (:func:`make_key`) of everything that changes the vectors; the c
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -29,21 +28,20 @@ from typing import Callable
 
 import numpy as np
 
-from clip_icm.backend import REPO_ROOT, sha256_file
+from clip_icm.hashing import digest, file_digest, json_digest
+from clip_icm.resources import cache_dir
 
-DEFAULT_ROOT = REPO_ROOT / "data" / "cache"
-ENV_VAR = "CLIP_ICM_CACHE"
 FORMAT = 1
 
 
 def default_root() -> Path:
-    """``$CLIP_ICM_CACHE`` if set, else ``data/cache`` in the repository."""
-    return Path(os.environ.get(ENV_VAR) or DEFAULT_ROOT)
+    """The user's clip-icm cache folder (:func:`clip_icm.resources.cache_dir`; ``$CLIP_ICM_CACHE`` moves it)."""
+    return cache_dir()
 
 
 def make_key(*parts: object) -> str:
     """A stable content key of JSON-able parts (order matters)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:40]
+    return json_digest(parts)[:40]
 
 
 def atomic_write(path: Path, write: Callable[[object], None]) -> None:
@@ -95,7 +93,7 @@ class EmbeddingStore:
         try:
             manifest = json.loads(manifest_path.read_text())
             data_path = manifest_path.parent / manifest["data"]
-            if manifest["format"] != FORMAT or sha256_file(data_path) != manifest["sha256"]:
+            if manifest["format"] != FORMAT or file_digest(data_path) != manifest["sha256"]:
                 raise ValueError("checksum mismatch")
             array = np.load(data_path, mmap_mode="r")
             if list(array.shape) != manifest["shape"] or array.dtype != np.float16:
@@ -115,7 +113,7 @@ class EmbeddingStore:
         folder = self.root / key[:2]
         folder.mkdir(parents=True, exist_ok=True)
         payload = _npy_bytes(data)
-        sha = hashlib.sha256(payload).hexdigest()
+        sha = digest(payload)
         data_name = f"{key}.{sha[:16]}.npy"
         atomic_write(folder / data_name, lambda fh: fh.write(payload))
         manifest = {"format": FORMAT, "key": key, "data": data_name, "sha256": sha,

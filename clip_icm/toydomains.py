@@ -35,6 +35,7 @@ from typing import Iterable, Mapping
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from clip_icm.resources import demo_dir
 from clip_icm.seeding import rng
 
 CLASSES = ("circle", "square", "triangle", "star", "cross", "heart", "arrow", "crescent")
@@ -67,6 +68,30 @@ SPURIOUS_BACKGROUND = {c: list(BACKGROUNDS)[(k + 3) % len(BACKGROUNDS)] for k, c
 CHANGEABLE = ("colour", "background", "style")
 DEFAULT_IMAGE_SIZE = 48
 _SUPERSAMPLE = 2  # draw at 2x and downsample: anti-aliased edges at small sizes
+
+# The world's words for its styles and scenes: toy-clip's captions were written in them
+# (clip_icm.toyclip_train.caption), so prompts and text banks in these words are ones it has read.
+STYLE_WORDS = {
+    "photo": ("photo", "photograph", "snapshot"),
+    "art_painting": ("painting", "oil painting", "artwork"),
+    "cartoon": ("cartoon", "cartoon drawing", "clipart"),
+    "sketch": ("sketch", "pencil sketch", "pencil drawing"),
+}
+BACKGROUND_WORDS = {
+    "sky": ("in the sky", "against a blue sky"),
+    "grass": ("on the grass", "on a lawn"),
+    "sand": ("on the sand", "on a beach"),
+    "snow": ("in the snow", "on snow"),
+    "night": ("at night", "in the dark"),
+    "brick": ("in front of a brick wall", "by a brick wall"),
+    "water": ("on the water", "above the sea"),
+    "forest": ("in the forest", "among trees"),
+}
+
+
+def with_article(word: str) -> str:
+    """``word`` with its indefinite article: "an orange", "a star"."""
+    return ("an " if word[0] in "aeiou" else "a ") + word
 
 
 @dataclass(frozen=True)
@@ -454,8 +479,6 @@ def load_factors(root: str | os.PathLike) -> "pandas.DataFrame":  # noqa: F821 (
     return pd.read_csv(Path(root) / "factors.csv").set_index("path", drop=False)
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_ROOT = REPO_ROOT / "data" / "toydomains"
 # The bundled demo: what `python -m clip_icm evaluate` and the dashboard use by default.
 DEMO_RECIPE = ToyDomainsRecipe(
     n_per_class_per_domain=40, spurious_correlation=0.9, image_size=DEFAULT_IMAGE_SIZE, seed=0,
@@ -464,8 +487,9 @@ DEMO_RECIPE = ToyDomainsRecipe(
 
 
 def ensure_demo_data(root: str | os.PathLike | None = None) -> Path:
-    """The demo data set, generated on first use (a few seconds) and reused while its recipe matches."""
-    root = Path(root) if root is not None else DEMO_ROOT
+    """The demo data set, generated on first use (a few seconds) into ``root`` (default: the user's
+    cache, :func:`clip_icm.resources.demo_dir`) and reused while its recipe matches."""
+    root = Path(root) if root is not None else demo_dir()
     if _has_demo(root):
         return root
     try:
@@ -486,7 +510,7 @@ def _has_demo(root: Path) -> bool:
 __all__ = [
     "CLASSES", "STYLES", "COLOURS", "BACKGROUNDS", "CHANGEABLE", "Factors", "render", "render_counterfactual",
     "counterfactual_factors", "generate_toydomains", "toydomains_factors", "load_factors", "ensure_demo_data",
-    "sample_factors", "text_bank", "usual_look_prompts", "usual_looks", "ToyDomainsRecipe", "DEMO_RECIPE", "DEMO_ROOT",
+    "sample_factors", "text_bank", "usual_look_prompts", "usual_looks", "ToyDomainsRecipe", "DEMO_RECIPE",
 ]
 
 
@@ -496,15 +520,13 @@ def usual_look_prompts(factor_rows: list[Mapping[str, object]], class_names: lis
     class and per style seen in those rows, in toy-clip's caption words:
     "a photo of a red circle in the snow.". Returns T x C prompts, style-major (as
     ``ZERO_SHOT_TEMPLATES`` are laid out); a class absent from the rows is named plainly."""
-    from clip_icm.toyclip import BACKGROUND_WORDS, STYLE_WORDS, _a
-
     styles = [s for s in STYLES if any(r["style"] == s for r in factor_rows)]
     if not styles:
         raise ValueError("usual_look_prompts needs at least one factor row")
     looks = usual_looks(factor_rows, class_names)
-    named = {c: f"{_a(looks[c][0])} {c} {BACKGROUND_WORDS[looks[c][1]][0]}" if c in looks else _a(c)
-             for c in class_names}
-    return [f"{_a(STYLE_WORDS[s][0])} of {named[c]}." for s in styles for c in class_names]
+    named = {c: f"{with_article(looks[c][0])} {c} {BACKGROUND_WORDS[looks[c][1]][0]}" if c in looks
+             else with_article(c) for c in class_names}
+    return [f"{with_article(STYLE_WORDS[s][0])} of {named[c]}." for s in styles for c in class_names]
 
 
 def usual_looks(factor_rows: list[Mapping[str, object]], class_names: list[str]) -> dict[str, tuple[str, str]]:
@@ -529,10 +551,8 @@ def text_bank() -> "TextBank":  # noqa: F821 (lazy import: interventions pulls i
     only in words it did read. Anchor: "a photo of a {}." as for the other banks.
     """
     from clip_icm.interventions import TextBank
-    from clip_icm.toyclip import BACKGROUND_WORDS, STYLE_WORDS, _a
-
-    styles = [f"{_a(words[0])} of a {{}}." for s, words in STYLE_WORDS.items() if s != "photo"]
+    styles = [f"{with_article(words[0])} of a {{}}." for s, words in STYLE_WORDS.items() if s != "photo"]
     scenes = [f"a photo of a {{}} {words[0]}." for words in BACKGROUND_WORDS.values()]
-    colours = [f"a photo of {_a(c)} {{}}." for c in COLOURS]
+    colours = [f"a photo of {with_article(c)} {{}}." for c in COLOURS]
     return TextBank("toydomains", "a photo of a {}.", tuple(styles + scenes + colours),
                     "ToyDomains style, scene and colour words (toy-clip's caption vocabulary)")

@@ -7,6 +7,7 @@ from PIL import Image
 
 from clip_icm.backend import (MODELS, ModelConfig, ModelUnavailableError, load_model, model_key,
                               pick_precision, resolve_model)
+from clip_icm.resources import TOY_CLIP_DIR
 from tests.tiny_clip import TINY_CFG, save_checkpoint, write_local_dir
 
 
@@ -128,7 +129,7 @@ def test_unknown_model_lists_presets():
     with pytest.raises(ModelUnavailableError, match="toy-clip"):
         resolve_model(ModelConfig("ViT-Nope-99"))
     assert "toy-clip" in MODELS.available()
-    assert MODELS.get("toy-clip").model.endswith("data/toy-clip")
+    assert MODELS.get("toy-clip").model == f"local-dir:{TOY_CLIP_DIR}"
 
 
 @pytest.mark.parametrize("offline", [True, False])

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clip_icm.embeddings import unit_rows
 from clip_icm.reduce import layout_2d, procrustes_align
 
 
@@ -68,10 +69,11 @@ def test_init_of_the_wrong_shape_is_rejected():
 def test_the_approximate_neighbour_path_keeps_clusters_too():
     """Layouts above the exact-search limit take umap's nearest-neighbour descent; the warm-up
     can compile it ahead. Forced here on a small set: the clusters must survive it."""
-    from clip_icm.reduce import _normalise, _umap
+    from clip_icm.embeddings import unit_rows
+    from clip_icm.reduce import _umap
 
     X, labels = _blobs(n_per=60)
-    xy = _umap(_normalise(X), None, 0, 15, 50, search="descent")
+    xy = _umap(unit_rows(np.asarray(X, dtype=np.float32)), None, 0, 15, 50, search="descent")
     assert xy.shape == (len(X), 2) and np.isfinite(xy).all()
     centroids = np.stack([xy[labels == k].mean(axis=0) for k in range(3)])
     spread = max(np.linalg.norm(xy[labels == k] - centroids[k], axis=1).mean() for k in range(3))
@@ -97,7 +99,7 @@ X = gen.normal(size=(40, 6))
 with event.install_recorder("numba:compile") as rec:
     full = reduce.layout_2d(X, n_epochs=20)
     invariant = reduce.layout_2d(X[:, :4], init=full, n_epochs=20)
-    exact = reduce._umap(reduce._normalise(X), None, 0, 10, 20, search="exact")
+    exact = reduce._umap(unit_rows(np.asarray(X, dtype=np.float32)), None, 0, 10, 20, search="exact")
 compiled = sorted({e.data["dispatcher"].py_func.__qualname__ for _, e in rec.buffer})
 print(json.dumps({"layouts": [a.tolist() for a in (full, invariant, exact)], "compiled": compiled,
                   "warm_up": warm_up}))
@@ -131,9 +133,9 @@ def test_cached_umap_kernels_load_in_a_new_process_and_give_the_same_layouts(tmp
 
 
 def test_exact_neighbours_match_a_full_sort_of_cosine_distances():
-    from clip_icm.reduce import _normalise, exact_neighbours
+    from clip_icm.reduce import exact_neighbours
 
-    X = _normalise(np.random.default_rng(1).normal(size=(300, 12)))
+    X = unit_rows(np.random.default_rng(1).normal(size=(300, 12)).astype(np.float32))
     indices, distances = exact_neighbours(X, 8, block=64)  # blocks that do not divide the rows
     D = 1.0 - X @ X.T
     np.fill_diagonal(D, -1.0)  # itself first

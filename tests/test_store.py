@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import clip_icm.store as store_mod
+from clip_icm.resources import PACKAGE_DIR, cache_dir
 from clip_icm.store import EmbeddingStore, default_root, make_key
 
 
@@ -39,7 +40,7 @@ def test_root_from_environment(monkeypatch, tmp_path):
     assert default_root() == tmp_path / "c"
     assert EmbeddingStore().root == tmp_path / "c"
     monkeypatch.delenv("CLIP_ICM_CACHE")
-    assert default_root().parts[-2:] == ("data", "cache")
+    assert default_root() == cache_dir() and PACKAGE_DIR not in default_root().parents  # never in the package
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_byte", "delete_data", "garbage_manifest"])

@@ -6,21 +6,21 @@ import json
 import numpy as np
 
 from clip_icm import toyclip as tc
+from clip_icm import toyclip_train as train
 from clip_icm import toydomains as td
+from clip_icm.resources import TOY_CLIP_DIR as SHIPPED
 from clip_icm.seeding import rng
-
-SHIPPED = tc.OUT_DIR
 
 
 def test_captions_name_the_class_and_say_what_they_name():
     gen = rng("test captions")
     for _ in range(300):
         f = td.sample_factors(gen)
-        text, (says_colour, says_bg, says_style) = tc.caption(f, gen)
+        text, (says_colour, says_bg, says_style) = train.caption(f, gen)
         assert f.cls in text
         assert (f"{f.colour} {f.cls}" in text) == says_colour  # the colour qualifies the object
-        assert says_bg == any(w in text for w in tc.BACKGROUND_WORDS[f.background])
-        assert says_style == any(w in text for w in tc.STYLE_WORDS[f.style])
+        assert says_bg == any(w in text for w in td.BACKGROUND_WORDS[f.background])
+        assert says_style == any(w in text for w in td.STYLE_WORDS[f.style])
         if f.style == "sketch":
             assert not says_colour  # colour is not drawn in a sketch
 
@@ -29,7 +29,7 @@ def test_match_matrix_follows_what_captions_say():
     # codes: class, colour, background, style
     codes = np.array([[0, 1, 2, 3], [0, 5, 2, 3], [1, 1, 2, 3]])
     says = np.array([[True, False, False], [False, False, False], [False, False, True]])
-    match = tc.match_matrix(codes, says)
+    match = train.match_matrix(codes, says)
     assert match.diagonal().all()
     assert not match[0, 1]  # caption 0 names colour 1; image 1 is colour 5
     assert match[1, 0]  # caption 1 names only the class
@@ -42,16 +42,16 @@ def test_soft_loss_prefers_aligned_embeddings():
     gen = torch.Generator().manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(16, 8, generator=gen), dim=-1)
     match = torch.eye(16, dtype=torch.bool)
-    aligned = tc.soft_clip_loss(img, img, torch.tensor(10.0), match)
-    shuffled = tc.soft_clip_loss(img, img[torch.randperm(16, generator=gen)], torch.tensor(10.0), match)
+    aligned = train.soft_clip_loss(img, img, torch.tensor(10.0), match)
+    shuffled = train.soft_clip_loss(img, img[torch.randperm(16, generator=gen)], torch.tensor(10.0), match)
     assert aligned < shuffled
 
 
 def test_training_script_writes_a_loadable_local_dir(tmp_path):
     import open_clip
 
-    cfg = tc.TrainConfig(steps=2, pool_size=40, batch_size=8, warmup_steps=1)
-    record = tc.train(cfg, tmp_path, log=lambda s: None)
+    cfg = train.TrainConfig(steps=2, pool_size=40, batch_size=8, warmup_steps=1)
+    record = train.train(cfg, tmp_path, log=lambda s: None)
     assert {"train_config", "data_recipe", "final_loss", "train_seconds", "script_commit"} <= set(record)
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path}")
     image = preprocess(td.render(td.sample_factors(rng("one image")))).unsqueeze(0)
