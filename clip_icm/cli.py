@@ -540,6 +540,18 @@ def _check_pair_sets(args: argparse.Namespace) -> None:
                          f"{', '.join(planned) or '(none)'}")
 
 
+def _check_k_fits_the_model(args: argparse.Namespace) -> None:
+    """--k against the embedding dimension in the model's config, before any image is embedded."""
+    from clip_icm.backend import resolve_model
+
+    if args.k is None:
+        return
+    model = _configs(args)[1]
+    dim = resolve_model(model).model_cfg.get("embed_dim")
+    if dim is not None and args.k > dim:
+        raise InvalidInput(f"--k must be between 1 and the embedding dimension {dim} of {model.name}, got {args.k}")
+
+
 def _check_evaluate_args(args: argparse.Namespace) -> None:
     """Everything that can be checked without the embeddings, so a typo never costs an embedding run."""
     import math
@@ -613,6 +625,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     _check_evaluate_args(args)
     _check_pair_sets(args)  # builds the configs: op, bank, template and swap names
     methods = _methods(args)
+    _check_k_fits_the_model(args)
     from clip_icm.evaluation import LINEAR_PROBE, PROMPT_SETS, SCORING_LABELS, ZERO_SHOT
 
     start = time.perf_counter()

@@ -100,6 +100,14 @@ def test_bad_input_is_one_line_and_nonzero(setup, tmp_path, capsys, extra, messa
     assert err[-1].startswith("error:") and message in err[-1]
 
 
+def test_k_above_the_models_dimension_fails_before_embedding(setup, tmp_path, capsys):
+    cache = tmp_path / "c"
+    assert main(["evaluate", *_args(setup, cache), "--k", "999"]) == 1
+    err = capsys.readouterr().err
+    assert "--k must be between 1 and the embedding dimension" in err and "got 999" in err
+    assert not cache.exists() or not any(cache.rglob("*.npy"))  # read from the model's config, nothing embedded
+
+
 def test_unknown_method_fails_before_embedding(setup, tmp_path, capsys):
     cache = tmp_path / "c"
     assert main(["evaluate", *_args(setup, cache), "--methods", "icm,magic"]) == 1

@@ -69,7 +69,6 @@ def test_init_of_the_wrong_shape_is_rejected():
 def test_the_approximate_neighbour_path_keeps_clusters_too():
     """Layouts above the exact-search limit take umap's nearest-neighbour descent; the warm-up
     can compile it ahead. Forced here on a small set: the clusters must survive it."""
-    from clip_icm.embeddings import unit_rows
     from clip_icm.reduce import _umap
 
     X, labels = _blobs(n_per=60)
@@ -87,6 +86,7 @@ from pathlib import Path
 import numpy as np
 from numba.core import event
 from clip_icm import reduce, umap_cache
+from clip_icm.embeddings import unit_rows
 
 warm_up = []
 if sys.argv[1] == "plain":  # umap as installed: enable() finds itself done and leaves numba alone
