@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from clip_icm.errors import InvalidInput
 from clip_icm.registry import Registry
 from clip_icm.seeding import rng
 
@@ -265,15 +266,15 @@ def _round_robin(files_by_class: dict[str, list[Path]], seed: int, domain: str) 
 
 def _resolve_root(root: Path, dataset: str | None) -> Path:
     if not root.is_dir():
-        raise ValueError(f"dataset root {str(root)!r} does not exist or is not a folder")
+        raise InvalidInput(f"dataset root {str(root)!r} does not exist or is not a folder")
     if dataset is None:
         return root
     if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS.available())}")
+        raise InvalidInput(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS.available())}")
     info = DATASETS.get(dataset)
     found = info.locate(root)
     if found is None:
-        raise ValueError(
+        raise InvalidInput(
             f"dataset {dataset!r} not found under {str(root)!r}: expected a folder named "
             f"{' or '.join(info.folders)} holding the domain folders {', '.join(info.domains)}"
         )
@@ -301,9 +302,9 @@ def scan_domain_folder(
         decodes every image, "none" trusts the extension.
     """
     if verify not in ("none", "header", "full"):
-        raise ValueError(f"verify must be 'none', 'header' or 'full', got {verify!r}")
+        raise InvalidInput(f"verify must be 'none', 'header' or 'full', got {verify!r}")
     if max_per_domain is not None and max_per_domain < 1:
-        raise ValueError(f"max_per_domain must be at least 1, got {max_per_domain}")
+        raise InvalidInput(f"max_per_domain must be at least 1, got {max_per_domain}")
     base = _resolve_root(Path(root), dataset)
     skipped: list[tuple[str, str]] = []
     _stray_files(base, "at the dataset root", skipped, metadata_ok=True)
@@ -348,15 +349,15 @@ def _assemble(base: Path, per_domain: dict, skipped: list, dataset: str | None) 
              for d, fc in per_domain.items() if not fc]
     per_domain = {d: fc for d, fc in per_domain.items() if fc}
     if not per_domain:
-        raise ValueError(f"no readable images found in {str(base)!r} (layout: <domain>/<class>/<image>)")
+        raise InvalidInput(f"no readable images found in {str(base)!r} (layout: <domain>/<class>/<image>)")
     if len(per_domain) < 2:
-        raise ValueError(
+        raise InvalidInput(
             f"only one domain with images in {str(base)!r} ({next(iter(per_domain))!r}); "
             "domain generalisation needs at least two domain folders"
         )
     classes = tuple(sorted(set().union(*per_domain.values())))
     if len(classes) < 2:
-        raise ValueError(f"only one class ({classes[0]!r}) in {str(base)!r}; classification needs at least two")
+        raise InvalidInput(f"only one class ({classes[0]!r}) in {str(base)!r}; classification needs at least two")
     missing = tuple((d, c) for d, fc in per_domain.items() for c in classes if c not in fc)
     reasons = dict(skipped)
     for d, c in missing:
@@ -390,10 +391,10 @@ def split_mask(labels: np.ndarray, domains: np.ndarray, val_fraction: float = 0.
     more keep at least one row on each side when ``val_fraction`` > 0.
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise InvalidInput(f"val_fraction must be in [0, 1), got {val_fraction}")
     labels, domains = np.asarray(labels), np.asarray(domains)
     if labels.shape != domains.shape or labels.ndim != 1:
-        raise ValueError(f"labels {labels.shape} and domains {domains.shape} must be 1-D of equal length")
+        raise InvalidInput(f"labels {labels.shape} and domains {domains.shape} must be 1-D of equal length")
     is_train = np.ones(len(labels), dtype=bool)
     for d in np.unique(domains):
         for y in np.unique(labels[domains == d]):

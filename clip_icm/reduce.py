@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 
 from clip_icm.embeddings import unit_rows
+from clip_icm.errors import InvalidInput
 
 # Few epochs are enough for a few thousand points and keep a layout at a second or two. Fewer
 # lose part of the picture: with 100 (full) or 100 and 50 (invariant, started from the full
@@ -85,10 +86,10 @@ def layout_2d(
     """
     X = np.asarray(X)
     if X.ndim != 2 or len(X) == 0:
-        raise ValueError(f"layout_2d needs a non-empty 2-D array, got shape {X.shape}")
+        raise InvalidInput(f"layout_2d needs a non-empty 2-D array, got shape {X.shape}")
     X = unit_rows(np.asarray(X, dtype=np.float32))
     if init is not None and init.shape != (len(X), 2):
-        raise ValueError(f"init must have shape ({len(X)}, 2), got {init.shape}")
+        raise InvalidInput(f"init must have shape ({len(X)}, 2), got {init.shape}")
     if len(X) < 5:
         xy = _pca_2d(X)
     else:
@@ -133,7 +134,7 @@ def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n
     if search is None:
         search = "exact" if len(X) <= BLAS_KNN_LIMIT else "descent"
     if search not in ("exact", "descent"):
-        raise ValueError(f"search must be 'exact' or 'descent', got {search!r}")
+        raise InvalidInput(f"search must be 'exact' or 'descent', got {search!r}")
     k = min(n_neighbors, len(X) - 1)
     # umap's own exact search (below 4,096 rows) calls a numba metric once per pair from Python,
     # or takes a distance matrix and compiles a parallel sort of it for 5-8 s in a new process.

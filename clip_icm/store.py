@@ -28,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 
+from clip_icm.errors import InvalidInput
 from clip_icm.hashing import digest, file_digest, json_digest
 from clip_icm.resources import cache_dir
 
@@ -109,7 +110,7 @@ class EmbeddingStore:
         with np.errstate(over="ignore"):  # overflow is reported below, with the key
             data = np.ascontiguousarray(array, dtype=np.float16)
         if not np.isfinite(data).all():
-            raise ValueError(f"entry {key}: values are not finite in float16 (max |x| {np.abs(array).max():.3g})")
+            raise InvalidInput(f"entry {key}: values are not finite in float16 (max |x| {np.abs(array).max():.3g})")
         folder = self.root / key[:2]
         folder.mkdir(parents=True, exist_ok=True)
         payload = _npy_bytes(data)

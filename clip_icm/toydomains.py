@@ -35,6 +35,7 @@ from typing import Iterable, Mapping
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from clip_icm.errors import InvalidInput
 from clip_icm.resources import demo_dir
 from clip_icm.seeding import rng
 
@@ -116,7 +117,7 @@ class Factors:
             ("background", self.background, BACKGROUNDS),
         ):
             if value not in valid:
-                raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+                raise InvalidInput(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
 
     @classmethod
     def from_row(cls, row: Mapping[str, object]) -> "Factors":
@@ -186,7 +187,7 @@ def _shape(name: str) -> np.ndarray:
         inner = _arc(0.5, 0, 0.8, 2 * math.pi - b, b, 24)
         pts = [(px - 0.2, py) for px, py in outer + inner]
     else:
-        raise ValueError(f"unknown class {name!r}; valid: {', '.join(CLASSES)}")
+        raise InvalidInput(f"unknown class {name!r}; valid: {', '.join(CLASSES)}")
     return np.asarray(pts, dtype=float)
 
 
@@ -311,7 +312,7 @@ _STYLE_RENDERERS = {"photo": _photo, "art_painting": _art_painting, "cartoon": _
 def render(factors: Factors, image_size: int = DEFAULT_IMAGE_SIZE) -> Image.Image:
     """Draw one RGB image from its factors. Pure: same factors and size, same pixels."""
     if image_size < 8:
-        raise ValueError(f"image_size must be >= 8, got {image_size}")
+        raise InvalidInput(f"image_size must be >= 8, got {image_size}")
     n = image_size * _SUPERSAMPLE
     # the texture stream depends on the seed only, so a counterfactual keeps its grain/strokes
     gen = rng("toydomains-texture", factors.seed, factors.style)
@@ -328,7 +329,7 @@ def counterfactual_factors(factors: Factors, change: str | tuple[str, ...], seed
             factors = counterfactual_factors(factors, one, seed)
         return factors
     if change not in CHANGEABLE:
-        raise ValueError(f"unknown change {change!r}; valid: {', '.join(CHANGEABLE)}")
+        raise InvalidInput(f"unknown change {change!r}; valid: {', '.join(CHANGEABLE)}")
     options = {"colour": list(COLOURS), "background": list(BACKGROUNDS), "style": list(STYLES)}[change]
     others = [o for o in options if o != getattr(factors, change)]  # factor names are field names
     gen = rng("toydomains-counterfactual", change, seed, asdict(factors))
@@ -399,16 +400,16 @@ class ToyDomainsRecipe:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.spurious_correlation <= 1.0:
-            raise ValueError(f"spurious_correlation must be in [0, 1], got {self.spurious_correlation}")
+            raise InvalidInput(f"spurious_correlation must be in [0, 1], got {self.spurious_correlation}")
         if self.target_domain not in STYLES:
-            raise ValueError(f"unknown target_domain {self.target_domain!r}; valid: {', '.join(STYLES)}")
+            raise InvalidInput(f"unknown target_domain {self.target_domain!r}; valid: {', '.join(STYLES)}")
         if self.target_mode not in ("reversed", "broken"):
-            raise ValueError(f"target_mode must be 'reversed' or 'broken', got {self.target_mode!r}")
+            raise InvalidInput(f"target_mode must be 'reversed' or 'broken', got {self.target_mode!r}")
         bad = set(self.spurious_factors) - {"colour", "background"}
         if bad:
-            raise ValueError(f"spurious_factors may hold 'colour' and 'background', got {sorted(bad)}")
+            raise InvalidInput(f"spurious_factors may hold 'colour' and 'background', got {sorted(bad)}")
         if self.n_per_class_per_domain < 1:
-            raise ValueError(f"n_per_class_per_domain must be >= 1, got {self.n_per_class_per_domain}")
+            raise InvalidInput(f"n_per_class_per_domain must be >= 1, got {self.n_per_class_per_domain}")
 
     def to_json(self) -> dict[str, object]:
         """The ``recipe.json`` form (``spurious_factors`` as a list, as JSON reads it back)."""
@@ -522,7 +523,7 @@ def usual_look_prompts(factor_rows: list[Mapping[str, object]], class_names: lis
     ``ZERO_SHOT_TEMPLATES`` are laid out); a class absent from the rows is named plainly."""
     styles = [s for s in STYLES if any(r["style"] == s for r in factor_rows)]
     if not styles:
-        raise ValueError("usual_look_prompts needs at least one factor row")
+        raise InvalidInput("usual_look_prompts needs at least one factor row")
     looks = usual_looks(factor_rows, class_names)
     named = {c: f"{with_article(looks[c][0])} {c} {BACKGROUND_WORDS[looks[c][1]][0]}" if c in looks
              else with_article(c) for c in class_names}
