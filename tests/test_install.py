@@ -47,8 +47,13 @@ def test_a_non_editable_install_runs_the_demo_from_another_folder(tmp_path):
     where = json.loads(_run([python, "-c", (
         "import json, importlib.metadata as m, clip_icm, clip_icm.resources as r\n"
         "print(json.dumps({'module': clip_icm.__file__, 'toy_clip': str(r.TOY_CLIP_DIR),\n"
-        "                  'requires': m.requires('clip-icm-explorer')}))")], elsewhere, env))
+        "                  'requires': m.requires('clip-icm-explorer'),\n"
+        "                  'files': [str(f) for f in m.files('clip-icm-explorer') if f.suffix == '.py']}))")],
+        elsewhere, env))
     site = venv.resolve()
+    shipped = {f for f in where["files"] if f.startswith("clip_icm/")}
+    # every module ships, those of subpackages too
+    assert shipped == {str(p.relative_to(ROOT)) for p in (ROOT / "clip_icm").rglob("*.py")}
     assert site in Path(where["module"]).resolve().parents, where["module"]  # not the checkout
     assert site in Path(where["toy_clip"]).resolve().parents
     assert (Path(where["toy_clip"]) / "open_clip_model.safetensors").is_file()

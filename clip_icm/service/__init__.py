@@ -1,0 +1,38 @@
+"""The thin service layer the dashboard calls: pipeline + evaluation + reduce + figures.
+
+Everything here is plain Python on plain values (no Streamlit), so the dashboard stays a
+shell of widgets and caches, and every step can be tested without a browser. Errors a user
+can cause (a missing folder, weights not on disk, an empty domain) come out as
+:class:`ServiceError` with a message meant to be shown as is.
+
+One module per reason to change: ``requests`` (what to embed, the embeddings, the model and
+data choices), ``fitting`` (fits, accuracy, selection, sweeps, confusions, the playground),
+``maps`` (points, layouts, neighbours, thumbnails) and ``exports`` (downloads); ``base`` holds
+the error type they share. The dashboard reads them all through this package.
+"""
+from clip_icm.service.base import USER_ERRORS, Progress, ServiceError, content_key
+from clip_icm.service.exports import accuracy_csv, figure_png, png_available, projection_npz
+from clip_icm.service.fitting import (Fit, accuracy_table, accuracy_wide, choose_hyperparameters, confusion,
+                                      eval_config, evaluate, evaluate_open_class, fit, full_space_score, method_label,
+                                      open_class_wide, playground, projection_defaults, sweep, target_confusions)
+from clip_icm.service.maps import (MAP_POINTS, full_layout, invariant_layout, nearest_neighbours, plot_ids,
+                                   point_table, predictions, thumbnail)
+from clip_icm.service.requests import (DATA_ROOTS_VAR, SOURCES, EmbeddingRequest, InterventionChoice, PairExample,
+                                       data_roots, default_target, describe, detect_folder, device_and_precision,
+                                       folder_path, has_true_factors, intervention_config, load_embeddings,
+                                       open_clip_architectures, open_clip_tags, pair_examples, restrict_domains,
+                                       text_banks, too_broad)
+
+__all__ = [
+    "USER_ERRORS", "Progress", "ServiceError", "content_key",
+    "accuracy_csv", "figure_png", "png_available", "projection_npz",
+    "Fit", "accuracy_table", "accuracy_wide", "choose_hyperparameters", "confusion", "eval_config", "evaluate",
+    "evaluate_open_class", "fit", "full_space_score", "method_label", "open_class_wide", "playground",
+    "projection_defaults", "sweep", "target_confusions",
+    "MAP_POINTS", "full_layout", "invariant_layout", "nearest_neighbours", "plot_ids", "point_table", "predictions",
+    "thumbnail",
+    "DATA_ROOTS_VAR", "SOURCES", "EmbeddingRequest", "InterventionChoice", "PairExample", "data_roots",
+    "default_target", "describe", "detect_folder", "device_and_precision", "folder_path", "has_true_factors",
+    "intervention_config", "load_embeddings", "open_clip_architectures", "open_clip_tags", "pair_examples",
+    "restrict_domains", "text_banks", "too_broad",
+]

@@ -1,0 +1,175 @@
+"""Fitting and evaluation for the pages: the fitted projection with its diagnostics, accuracy tables,
+selection of K and lam, sweeps, confusion matrices and the causal playground."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from clip_icm import defaults, evaluation, methods
+from clip_icm.embeddings import EmbeddingSet
+from clip_icm.service.base import guard
+
+@dataclass(frozen=True)
+class Fit:
+    """A fitted projection and its diagnostics (small: K x D, pickles cheaply into caches)."""
+
+    method: str
+    K: int
+    lam: float
+    lam_mode: str
+    target: str
+    projection: object
+    invariance_ratio: float
+    full_ratio: float
+    ratio_pairs: str
+    # ||Delta A|| / ||(Z - mean Z) A||: CLIP's large common mean flatters the uncentred ratio
+    centred_ratio: float = float("nan")
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return self.projection.transform(X)
+
+    @property
+    def eigenvalues(self) -> np.ndarray | None:
+        return getattr(self.projection, "eigenvalues_", None)
+
+
+def eval_config(K: int, lam: float, lam_mode: str = defaults.LAM_MODE, methods: tuple[str, ...] = ("icm",),
+                pair_sets: tuple[str, ...] | None = None, prompts: str = "classes", eval_protocol: str = "ours",
+                keep_target_styles: bool = False) -> evaluation.EvalConfig:
+    return evaluation.EvalConfig(n_components=int(K), lam=float(lam), lam_mode=lam_mode, methods=tuple(methods),
+                                 pair_sets=tuple(pair_sets) if pair_sets is not None else None, prompts=prompts,
+                                 protocol=eval_protocol, keep_target_styles=keep_target_styles)
+
+
+def fit(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConfig) -> Fit:
+    """Fit ``method`` on the pairs outside ``target``; the invariance ratio is measured on
+    held-out pairs (the target domain's image pairs) when there are any."""
+    projection = guard("Could not fit the projection", evaluation.fit_projection, emb, target, method, config)
+    Z, Z_do, which = _ratio_pairs(emb, target, config)
+    return Fit(
+        method=method, K=config.n_components, lam=config.lam, lam_mode=config.lam_mode, target=target,
+        projection=projection, invariance_ratio=projection.invariance_ratio(Z, Z_do),
+        full_ratio=float(np.linalg.norm(Z - Z_do) / max(np.linalg.norm(Z), 1e-12)), ratio_pairs=which,
+        centred_ratio=projection.invariance_ratio(Z, Z_do, centred=True),
+    )
+
+
+def _ratio_pairs(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) -> tuple[np.ndarray, np.ndarray, str]:
+    names = config.pair_sets if config.pair_sets is not None else [p.name for p in emb.pairs]
+    sets = [emb.pair_set(n) for n in names]
+    held = [(p.z[p.domains == target], p.z_do[p.domains == target]) for p in sets if p.domains is not None]
+    held = [h for h in held if len(h[0])]
+    if held:
+        return np.concatenate([h[0] for h in held]), np.concatenate([h[1] for h in held]), "held-out target-domain pairs"
+    return np.concatenate([p.z for p in sets]), np.concatenate([p.z_do for p in sets]), "training pairs (no held-out pairs)"
+
+
+def evaluate(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) -> pd.DataFrame:
+    """evaluation.evaluate_split, with user errors as ServiceError."""
+    return guard("Could not evaluate", evaluation.evaluate_split, emb, target, config)
+
+
+def evaluate_open_class(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) -> pd.DataFrame:
+    """evaluation.evaluate_open_class (seeded 50/50 class split), with user errors as ServiceError."""
+    return guard("Could not evaluate the open-class task", evaluation.evaluate_open_class, emb, target, config,
+                  config.seed)
+
+
+def open_class_wide(frame: pd.DataFrame, target: str) -> pd.DataFrame:
+    """Open-class rows as one row per method, columns (domain, base / new / harmonic mean)."""
+    table = frame.assign(method=frame["method"].map(method_label),
+                         domain=[f"{d} (target)" if d == target else d for d in frame["domain"]])
+    wide = table.pivot_table(index="method", columns=["domain", "classes"], values="accuracy", sort=False,
+                             dropna=False)
+    return wide.rename_axis(None)
+
+
+def method_label(method: str) -> str:
+    """A method's display label (MethodSpec.label)."""
+    return methods.label(method)
+
+
+def accuracy_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Merge per-method evaluation frames (each repeats the CLIP rows), label each
+    method/protocol, and add the change vs CLIP with the same protocol on the same domain."""
+    table = pd.concat(frames, ignore_index=True).drop_duplicates(["domain", "method", "protocol"])
+    table["label"] = [f"{method_label(m)} {p}" for m, p in zip(table["method"], table["protocol"])]
+    clip = table[table["method"] == evaluation.FULL_SPACE].set_index(["domain", "protocol"])["accuracy"]
+    base = [clip.get((d, p), np.nan) for d, p in zip(table["domain"], table["protocol"])]
+    table["change_vs_clip"] = table["accuracy"] - np.asarray(base, dtype=float)
+    order = {m: i for i, m in enumerate([evaluation.FULL_SPACE, *methods.ALL_METHODS])}
+    table["_order"] = table["method"].map(lambda m: order.get(m, len(order)))
+    table = table.sort_values(["_order", "protocol"], kind="stable").drop(columns="_order")
+    return table.reset_index(drop=True)
+
+
+def accuracy_wide(table: pd.DataFrame, target: str) -> pd.DataFrame:
+    """One row per method/protocol, one column per domain (target marked), plus target change vs CLIP."""
+    wide = table.pivot_table(index="label", columns="domain", values="accuracy", sort=False,
+                             dropna=False)  # keeps Orth-Cali's n/a probe row
+    wide = wide[list(dict.fromkeys(table["domain"]))]
+    change = table[table["domain"] == target].set_index("label")["change_vs_clip"]
+    wide.columns = [f"{d} (target)" if d == target else d for d in wide.columns]
+    wide["target change vs CLIP"] = change.reindex(wide.index)
+    return wide.rename_axis(None)
+
+
+def choose_hyperparameters(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConfig,
+                           Ks: tuple[int, ...], lams: tuple[float, ...], scoring: str = "source_val",
+                           protocol: str = evaluation.LINEAR_PROBE) -> tuple[int, float, pd.DataFrame]:
+    """(K, lam) chosen by ``scoring`` on source data only (the target is removed first)."""
+    return guard("Could not choose K and lam", evaluation.select_hyperparameters,
+                  emb, target, method, Ks, lams, config, scoring, protocol)
+
+
+def full_space_score(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, scoring: str,
+                     protocol: str = evaluation.LINEAR_PROBE) -> float:
+    """The selection rule's score for CLIP in the full space (to compare with the chosen setting's)."""
+    return guard("Could not score the full space", evaluation.source_score,
+                  emb, target, evaluation.FULL_SPACE, config, scoring, protocol)
+
+
+def sweep(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConfig, Ks: tuple[int, ...],
+          lams: tuple[float, ...]) -> pd.DataFrame:
+    """K x lam grid of source-validation and (peeking, for illustration) target accuracy."""
+    return guard("Sweep failed", evaluation.sweep, emb, target, method, Ks, lams, config)
+
+
+def projection_defaults(source: str, dim: int) -> dict:
+    """Starting settings, as the CLI's (clip_icm.defaults). The demo opens on its story: K and lam
+    chosen by the interventional rule, fitted on the true colour and scene swaps, PCA and
+    augmentation beside ICM. Elsewhere: the fixed K and relative lam, no selection."""
+    common = {"K": defaults.k(dim), "lam": defaults.LAM, "lam_mode": defaults.LAM_MODE}
+    if source == "demo":
+        return {**common, "selection": defaults.DEMO_SELECTION, "pair_sets": defaults.DEMO_PAIR_SETS,
+                "baselines": defaults.DEMO_BASELINES}
+    return {**common, "selection": None, "pair_sets": None, "baselines": ()}
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """(true class, predicted class) counts."""
+    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(counts, (labels, predicted), 1)
+    return counts
+
+
+def target_confusions(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConfig,
+                      protocol: str = evaluation.LINEAR_PROBE) -> dict[str, np.ndarray]:
+    """Confusion matrices on the target domain: CLIP's full space and ``method``'s, one protocol."""
+    rows = emb.domains == target
+    out = {}
+    for name in (evaluation.FULL_SPACE, method):
+        predicted = guard("Could not predict", evaluation.predict_all, emb, target, name, config)[protocol]
+        out[name] = confusion(emb.labels[rows], predicted[rows], len(emb.class_names))
+    return out
+
+
+def playground(config: object, shifts: tuple[float, ...], lam: float, n_components: int | None = None
+               ) -> pd.DataFrame:
+    """scm.run_playground at the CLI's sample sizes (clip_icm.defaults), user errors as ServiceError."""
+    from clip_icm import scm
+
+    return guard("Playground failed", scm.run_playground, config, shifts, defaults.PLAYGROUND_N_TRAIN,
+                  defaults.PLAYGROUND_N_TEST, lam, n_components)

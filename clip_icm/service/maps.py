@@ -1,0 +1,113 @@
+"""The maps: which rows are drawn, their hover metadata, the two UMAP layouts (kept in the on-disk
+store), nearest neighbours and thumbnails."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from clip_icm import evaluation, methods, reduce
+from clip_icm.embeddings import EmbeddingSet, unit_rows
+from clip_icm.errors import InvalidInput
+from clip_icm.hashing import digest
+from clip_icm.seeding import rng
+from clip_icm.service.fitting import Fit
+
+MAP_POINTS = 20_000  # every point on the maps up to this many; a stratified subsample above
+
+
+def plot_ids(emb: EmbeddingSet, max_points: int = MAP_POINTS, seed: int = 0) -> np.ndarray:
+    """Row ids to plot (sorted): all of them, or ``max_points`` drawn so that every (domain,
+    class) group keeps its share of the rows (largest remainders; seeded)."""
+    n = len(emb.labels)
+    if max_points < 1:
+        raise InvalidInput(f"max_points must be at least 1, got {max_points}")
+    if n <= max_points:
+        return np.arange(n)
+    groups = {}
+    for i, key in enumerate(zip(emb.domains.tolist(), emb.labels.tolist())):
+        groups.setdefault(key, []).append(i)
+    shares = {key: len(rows) * max_points / n for key, rows in groups.items()}
+    counts = {key: int(share) for key, share in shares.items()}
+    by_remainder = sorted(groups, key=lambda key: counts[key] - shares[key])  # largest remainder first
+    for key in by_remainder[:max_points - sum(counts.values())]:
+        counts[key] += 1
+    gen = rng("plot sample", seed)
+    picked = [gen.choice(rows, size=counts[key], replace=False) for key, rows in groups.items() if counts[key]]
+    return np.sort(np.concatenate(picked))
+
+
+def predictions(emb: EmbeddingSet, projection: object = None, method: str = "icm") -> np.ndarray:
+    """Zero-shot class index per row in the full space (no projection) or a projected one
+    (a text-only method, Orth-Cali, calibrates the class text and leaves the images as they are)."""
+    spec = methods.spec(method)
+    if spec.text_only:
+        return evaluation.zero_shot_predict_text_only(emb.features, emb.text_features, projection)
+    renormalise = spec.zero_shot == "cosine"
+    return evaluation.zero_shot_predict(emb.features, emb.text_features, projection, renormalise)
+
+
+def point_table(emb: EmbeddingSet, ids: np.ndarray, target: str, predicted: np.ndarray) -> pd.DataFrame:
+    """The hover/selection metadata of the plotted rows (columns of figures.POINT_COLUMNS)."""
+    names = np.asarray(emb.class_names, dtype=object)
+    return pd.DataFrame({
+        "id": ids,
+        "class": names[emb.labels[ids]],
+        "domain": emb.domains[ids],
+        "role": np.where(emb.domains[ids] == target, "target", "source"),
+        "prediction": names[predicted[ids]],
+        "correct": predicted[ids] == emb.labels[ids],
+    })
+
+
+def _stored_layout(store, key_parts: tuple, compute: Callable[[], np.ndarray], emb: EmbeddingSet) -> np.ndarray:
+    """A layout from the on-disk store when ``store`` is given and the embeddings have a content
+    key (a restarted server redraws at once), else computed. Stored as float16, so a computed
+    layout is returned rounded the same way: both runs draw the same picture."""
+    if store is None or not emb.key:
+        return compute()
+    from clip_icm.store import make_key
+
+    return np.asarray(store.get_or_compute(make_key("layout", emb.key, *key_parts), compute), dtype=np.float32)
+
+
+def full_layout(emb: EmbeddingSet, ids: np.ndarray, seed: int = 0, store=None) -> np.ndarray:
+    return _stored_layout(store, ("full", ids.tolist(), seed), lambda: reduce.layout_2d(emb.features[ids], seed=seed),
+                          emb)
+
+
+def invariant_layout(emb: EmbeddingSet, ids: np.ndarray, fitted: Fit, full_xy: np.ndarray, seed: int = 0,
+                     store=None) -> np.ndarray:
+    """Layout of the projected rows, started from (and aligned to) the full-space layout."""
+    components = digest(np.ascontiguousarray(fitted.projection.components_).tobytes())
+    start = digest(np.ascontiguousarray(full_xy, dtype=np.float32).tobytes())
+    return _stored_layout(store, ("invariant", ids.tolist(), components, start, seed),
+                          lambda: reduce.layout_2d(fitted.transform(emb.features[ids]), init=full_xy, seed=seed), emb)
+
+
+def nearest_neighbours(X: np.ndarray, ids: np.ndarray, query: list[int], k: int = 5) -> dict[int, list[int]]:
+    """For each queried id, the ``k`` most cosine-similar other ids among ``ids`` (rows of X are all rows)."""
+    if k < 1:
+        raise InvalidInput(f"k must be at least 1, got {k}")
+    pool = np.asarray(ids)
+    unit = unit_rows(X[pool])
+    out = {}
+    for q in query:
+        v = unit_rows(X[q])
+        order = [int(pool[i]) for i in np.argsort(-(unit @ v), kind="stable") if pool[i] != q]
+        out[int(q)] = order[:k]
+    return out
+
+
+def thumbnail(emb: EmbeddingSet, row: int, size: int = 96):
+    """A PIL thumbnail of an image row, or None when there is no readable image."""
+    if emb.paths is None or not str(emb.paths[row]):
+        return None
+    try:
+        from clip_icm.datasets import load_image
+
+        image = load_image(str(emb.paths[row]))
+    except (OSError, ValueError):
+        return None
+    return image.resize((size, size))
