@@ -85,6 +85,17 @@ class ModelConfig:
     batch_size: int = 64
     num_workers: int | None = None
 
+    def __post_init__(self) -> None:
+        """The names and counts, checked here; whether the device exists is asked when it is picked."""
+        if self.device != "auto":
+            _check_device_name(self.device)
+        if self.precision not in PRECISIONS:
+            raise InvalidInput(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, "
+                               f"not {self.precision!r}")
+        if self.batch_size < 1 or (self.num_workers is not None and self.num_workers < 0):
+            raise InvalidInput(f"batch_size must be >= 1 and num_workers >= 0, got {self.batch_size} and "
+                               f"{self.num_workers}")
+
 
 @dataclass(frozen=True)
 class ResolvedModel:
@@ -236,6 +247,7 @@ def file_identity(path: str | Path) -> str:
 
 
 DEVICE_KINDS = ("cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def pick_device(device: str = "auto") -> str:
@@ -253,10 +265,15 @@ def pick_device(device: str = "auto") -> str:
     return "cpu"
 
 
-def _check_device(device: str, torch) -> None:
+def _check_device_name(device: str) -> None:
     kind, colon, index = device.partition(":")
     if kind not in DEVICE_KINDS or (colon and not index.isdigit()):
         raise InvalidInput(f"unknown device {device!r}; use auto, {', '.join(DEVICE_KINDS)} or cuda:N")
+
+
+def _check_device(device: str, torch) -> None:
+    _check_device_name(device)
+    kind, colon, index = device.partition(":")
     if kind == "cuda" and int(index or 0) >= torch.cuda.device_count():
         found = torch.cuda.device_count()
         raise InvalidInput(f"device {device!r} is not available here ({found} CUDA device(s) found); "
@@ -268,7 +285,7 @@ def _check_device(device: str, torch) -> None:
 def pick_precision(precision: str, device: str) -> str:
     import torch
 
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
+    if precision not in PRECISIONS:
         raise InvalidInput(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
     if precision != "auto":
         return precision
@@ -462,6 +479,17 @@ class ClipBackend:
     resolved: ResolvedModel
     batch_size: int = 64
     num_workers: int | None = None
+
+    def __post_init__(self) -> None:
+        """The names and counts, checked here; whether the device exists is asked when it is picked."""
+        if self.device != "auto":
+            _check_device_name(self.device)
+        if self.precision not in PRECISIONS:
+            raise InvalidInput(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, "
+                               f"not {self.precision!r}")
+        if self.batch_size < 1 or (self.num_workers is not None and self.num_workers < 0):
+            raise InvalidInput(f"batch_size must be >= 1 and num_workers >= 0, got {self.batch_size} and "
+                               f"{self.num_workers}")
 
     @property
     def key(self) -> str:

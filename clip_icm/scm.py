@@ -73,7 +73,7 @@ class SCMConfig:
     def embedding_dim(self) -> int:
         return self.dim if self.dim is not None else self.n_invariant + self.n_variant
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         for name in ("n_invariant", "n_variant", "n_templates"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -125,7 +125,6 @@ class LinearSCM:
     """One draw of the world for a config: mixing, class means, derangement, template styles."""
 
     def __init__(self, config: SCMConfig) -> None:
-        config.validate()
         self.config = config
         gen = rng("scm", config.seed)
         d, D = config.n_invariant + config.n_variant, config.embedding_dim
