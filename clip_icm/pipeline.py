@@ -396,19 +396,20 @@ def embed_dataset(
     if interventions.true_swaps or interventions.look_prompts or {"counterfactual", "conflict"} & set(checks):
         all_factor_rows = _factor_rows(scan)
         factor_rows = [all_factor_rows[i] for i in keep]
-    pairs = _image_pairs(embedder, interventions, rows)
-    if interventions.true_swaps:
-        pairs += _true_pairs(embedder, interventions, factor_rows, rows)
     class_names = list(scan.class_names)
-    pairs += _text_pairs(embedder, interventions, class_names, rows)
-    intervened_val = _intervened_val(embedder, interventions, checks, factor_rows, rows)
-    look = _look_prompts(embedder, factor_rows, class_names, rows) if interventions.look_prompts else {}
+    build = _Build(embedder, interventions, rows, factor_rows, class_names)
+    pairs = _image_pairs(build)
+    if interventions.true_swaps:
+        pairs += _true_pairs(build)
+    pairs += _text_pairs(build)
+    intervened_val = _intervened_val(build, checks)
+    look = _look_prompts(build) if interventions.look_prompts else {}
     templates = ZERO_SHOT_TEMPLATES.get(interventions.templates)
     prompts = [t.format(c) for t in templates for c in class_names]
     text = embedder.texts("class prompts", prompts).reshape(len(templates), len(class_names), -1)
     key = make_key("embedding set", embedder.key, hashes.tolist(), asdict(data), _config_id(interventions, checks))
     emb = EmbeddingSet(features, labels, domains, is_train, class_names, text, pairs, paths, key, intervened_val, look,
-                       templates=tuple(templates), spurious=_spurious(embedder, interventions))
+                       templates=tuple(templates), spurious=_spurious(build))
     return EmbeddingRun(emb, scan, skipped, embedder.loaded, embedder.computed, embedder.reused)
 
 
@@ -500,7 +501,20 @@ class _Rows:
         return PairSet(name, kind, self.features[rows], z_do, self.domains[rows], self.labels[rows])
 
 
-def _image_pair_set(embedder, cfg, rows: _Rows, name: str, op, picked: np.ndarray, kind: str) -> PairSet:
+@dataclass(frozen=True)
+class _Build:
+    """What every pair builder reads: the embedder, the intervention config, the embedded rows,
+    their ToyDomains factors (None where the world has none) and the class names."""
+
+    embedder: _Embedder
+    cfg: InterventionConfig
+    rows: _Rows
+    factor_rows: list[dict] | None
+    class_names: list[str]
+
+
+def _image_pair_set(b: _Build, name: str, op, picked: np.ndarray, kind: str) -> PairSet:
+    embedder, cfg, rows = b.embedder, b.cfg, b.rows
     what = {"pair set": name, "intervention": op.params(), "seed": cfg.seed}  # name: it seeds the pairs
     z_do, failed = embedder.images(name, rows.paths[picked], rows.hashes[picked], rows.domains[picked], what, op,
                                    _pair_seeds(cfg.seed, name, rows.hashes[picked]))
@@ -509,32 +523,30 @@ def _image_pair_set(embedder, cfg, rows: _Rows, name: str, op, picked: np.ndarra
     return rows.pair_set(name, kind, picked, z_do)
 
 
-def _image_pairs(embedder, cfg, rows: _Rows) -> list[PairSet]:
-    return [_image_pair_set(embedder, cfg, rows, name, op, _pair_rows(rows.is_train, cfg.n_pairs, cfg.seed, name),
-                            "image")
-            for name, op in _image_interventions(cfg)]
+def _image_pairs(b: _Build) -> list[PairSet]:
+    return [_image_pair_set(b, name, op, _pair_rows(b.rows.is_train, b.cfg.n_pairs, b.cfg.seed, name), "image")
+            for name, op in _image_interventions(b.cfg)]
 
 
-def _counterfactual_set(embedder, cfg, factor_rows, rows: _Rows, name: str, change, picked: np.ndarray,
-                        kind: str) -> PairSet:
-    items = _Counterfactuals([factor_rows[i] for i in picked], change, cfg.seed)
-    what = {"true swap": change, "seed": cfg.seed}
-    return rows.pair_set(name, kind, picked, _rendered(embedder, name, items, rows, picked, what))
+def _counterfactual_set(b: _Build, name: str, change, picked: np.ndarray, kind: str) -> PairSet:
+    items = _Counterfactuals([b.factor_rows[i] for i in picked], change, b.cfg.seed)
+    what = {"true swap": change, "seed": b.cfg.seed}
+    return b.rows.pair_set(name, kind, picked, _rendered(b, name, items, picked, what))
 
 
-def _rendered(embedder, name: str, items, rows: _Rows, picked: np.ndarray, what: dict) -> np.ndarray:
+def _rendered(b: _Build, name: str, items, picked: np.ndarray, what: dict) -> np.ndarray:
     """Re-rendered images, embedded. A render that fails is an error naming its source image (as a
     failed image-pair decode is), never a silently zero row in a pair set."""
-    z_do, failed = embedder.images(name, items, rows.hashes[picked], rows.domains[picked], what)
+    z_do, failed = b.embedder.images(name, items, b.rows.hashes[picked], b.rows.domains[picked], what)
     if failed:
-        raise ImageDecodeError(failed, rows.paths[picked])
+        raise ImageDecodeError(failed, b.rows.paths[picked])
     return z_do
 
 
-def _true_pairs(embedder, cfg, factor_rows, rows: _Rows) -> list[PairSet]:
-    return [_counterfactual_set(embedder, cfg, factor_rows, rows, f"true:{change}", change,
-                                _pair_rows(rows.is_train, cfg.n_pairs, cfg.seed, f"true:{change}"), "true")
-            for change in cfg.true_swaps]
+def _true_pairs(b: _Build) -> list[PairSet]:
+    return [_counterfactual_set(b, f"true:{change}", change,
+                                _pair_rows(b.rows.is_train, b.cfg.n_pairs, b.cfg.seed, f"true:{change}"), "true")
+            for change in b.cfg.true_swaps]
 
 
 def _intervened_val_kinds(cfg: InterventionConfig, scan: DomainScan) -> tuple[str, ...]:
@@ -545,21 +557,21 @@ def _intervened_val_kinds(cfg: InterventionConfig, scan: DomainScan) -> tuple[st
     return ("image",) if cfg.image else ()
 
 
-def _intervened_val(embedder, cfg, kinds: tuple[str, ...], factor_rows, rows: _Rows) -> list[PairSet]:
+def _intervened_val(b: _Build, kinds: tuple[str, ...]) -> list[PairSet]:
     """Every validation row, intervened on (kinds: see the module docstring). Only the scoring
     of a K/lam choice reads them; they never reach a fit (EmbeddingSet keeps them apart)."""
+    cfg, rows = b.cfg, b.rows
     val = np.flatnonzero(~rows.is_train)
     out = []
     if "counterfactual" in kinds:
         name = "counterfactual:" + "+".join(COUNTERFACTUAL_CHANGE)
-        out.append(_counterfactual_set(embedder, cfg, factor_rows, rows, name, COUNTERFACTUAL_CHANGE, val,
-                                       "intervened validation"))
+        out.append(_counterfactual_set(b, name, COUNTERFACTUAL_CHANGE, val, "intervened validation"))
     if "conflict" in kinds:
-        out += _conflict_sets(embedder, cfg, factor_rows, rows, val)
+        out += _conflict_sets(b, val)
     if "image" in kinds:
         if not cfg.image:
             raise InvalidInput("intervened validation 'image' needs at least one image intervention")
-        out += [_image_pair_set(embedder, cfg, rows, f"val {name}", op, val, "intervened validation")
+        out += [_image_pair_set(b, f"val {name}", op, val, "intervened validation")
                 for name, op in _image_interventions(cfg)]
     return out
 
@@ -579,9 +591,10 @@ class _Restyled:
         return render(replace(Factors.from_row(self.rows[i]), **self.changes[i]), int(self.rows[i]["image_size"]))
 
 
-def _conflict_sets(embedder, cfg, factor_rows, rows: _Rows, val: np.ndarray) -> list[PairSet]:
+def _conflict_sets(b: _Build, val: np.ndarray) -> list[PairSet]:
     """Per held-out target: every validation row re-rendered with the usual colour and scene of
     one other class (drawn per row), that table read from the other domains' training rows."""
+    cfg, rows, factor_rows = b.cfg, b.rows, b.factor_rows
     from clip_icm.toydomains import usual_looks
 
     classes = sorted({str(r["cls"]) for r in factor_rows})
@@ -596,15 +609,16 @@ def _conflict_sets(embedder, cfg, factor_rows, rows: _Rows, val: np.ndarray) -> 
             changes.append({"colour": looks[partner][0], "background": looks[partner][1]})
         name = f"conflict@{target}"
         what = {"intervened validation": name, "changes": changes, "seed": cfg.seed}
-        z_do = _rendered(embedder, name, _Restyled([factor_rows[i] for i in val], changes), rows, val, what)
+        z_do = _rendered(b, name, _Restyled([factor_rows[i] for i in val], changes), val, what)
         out.append(replace(rows.pair_set(name, "intervened validation", val, z_do), held_out=target))
     return out
 
 
-def _look_prompts(embedder, factor_rows, class_names: list[str], rows: _Rows) -> dict[str, np.ndarray]:
+def _look_prompts(b: _Build) -> dict[str, np.ndarray]:
     """Per held-out domain: (T, C, D) embeddings of toydomains.usual_look_prompts over the
     other domains' training rows (the held-out domain's rows and all labels of validation
     rows stay unread)."""
+    embedder, rows, factor_rows, class_names = b.embedder, b.rows, b.factor_rows, b.class_names
     from clip_icm.toydomains import usual_look_prompts
 
     out = {}
@@ -616,7 +630,8 @@ def _look_prompts(embedder, factor_rows, class_names: list[str], rows: _Rows) ->
     return out
 
 
-def _text_pairs(embedder, cfg, class_names, rows: _Rows) -> list[PairSet]:
+def _text_pairs(b: _Build) -> list[PairSet]:
+    embedder, cfg, rows, class_names = b.embedder, b.cfg, b.rows, b.class_names
     if not cfg.text_banks:
         return []
     out = []
@@ -634,9 +649,9 @@ def _text_pairs(embedder, cfg, class_names, rows: _Rows) -> list[PairSet]:
     return out
 
 
-def _spurious(embedder, cfg) -> PromptSet | None:
+def _spurious(b: _Build) -> PromptSet | None:
     """The banks' class-free prompts (Orth-Cali's spurious prompts), embedded; None without banks."""
-    if not cfg.text_banks:
+    if not b.cfg.text_banks:
         return None
-    texts, words = spurious_prompts(resolve_banks(cfg.text_banks))
-    return PromptSet(np.array(texts), embedder.texts("spurious prompts", texts), np.array(words))
+    texts, words = spurious_prompts(resolve_banks(b.cfg.text_banks))
+    return PromptSet(np.array(texts), b.embedder.texts("spurious prompts", texts), np.array(words))
