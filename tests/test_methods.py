@@ -113,3 +113,15 @@ def test_a_new_method_is_one_entry_and_every_front_end_lists_it(one_more_method)
     assert not at.exception, [e.value for e in at.exception]
     assert spec.label in at.selectbox(key="ctl_method").options
     assert f"{spec.label} linear probe" in at.dataframe[0].value.index
+
+
+@pytest.mark.parametrize("method, k_used, lam_used", [("icm", True, True), ("pca", True, False),
+                                                      ("augmentation", False, False)])
+def test_a_slider_the_method_does_not_use_is_greyed_out(method, k_used, lam_used):
+    at = AppTest.from_file(APP, default_timeout=240)
+    for key, value in {"ctl_source": "synthetic", "ctl_n_synth": 60, "ctl_method": method}.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.sidebar.slider(key="ctl_K").disabled is not k_used
+    assert at.sidebar.select_slider(key="ctl_lam").disabled is not lam_used
