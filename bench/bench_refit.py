@@ -60,7 +60,8 @@ def umap_pair(n: int) -> str:
     reduce.warm_up()  # what the dashboard runs in the background (numba compiles or loads its kernels)
     warm = time.perf_counter() - start
     ids = service.plot_ids(emb, n)
-    fit = service.fit(emb, TARGET, "icm", ev.EvalConfig(n_components=64, lam=1e4, lam_mode="absolute", methods=("icm",)))
+    config = ev.EvalConfig(n_components=64, lam=1e4, lam_mode="absolute", methods=("icm",))
+    fit = service.fit(emb, TARGET, "icm", config)
     start = time.perf_counter()
     full = service.full_layout(emb, ids)
     middle = time.perf_counter()

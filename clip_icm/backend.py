@@ -277,7 +277,7 @@ def _check_device(device: str, torch) -> None:
     if kind == "cuda" and int(index or 0) >= torch.cuda.device_count():
         found = torch.cuda.device_count()
         raise InvalidInput(f"device {device!r} is not available here ({found} CUDA device(s) found); "
-                         "use auto or cpu")
+                           "use auto or cpu")
     if kind == "mps" and (colon or not torch.backends.mps.is_available()):
         raise InvalidInput(f"device {device!r} is not available here (no Apple MPS); use auto or cpu")
 
@@ -479,17 +479,6 @@ class ClipBackend:
     resolved: ResolvedModel
     batch_size: int = 64
     num_workers: int | None = None
-
-    def __post_init__(self) -> None:
-        """The names and counts, checked here; whether the device exists is asked when it is picked."""
-        if self.device != "auto":
-            _check_device_name(self.device)
-        if self.precision not in PRECISIONS:
-            raise InvalidInput(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, "
-                               f"not {self.precision!r}")
-        if self.batch_size < 1 or (self.num_workers is not None and self.num_workers < 0):
-            raise InvalidInput(f"batch_size must be >= 1 and num_workers >= 0, got {self.batch_size} and "
-                               f"{self.num_workers}")
 
     @property
     def key(self) -> str:

@@ -71,11 +71,13 @@ def _add_playground_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="condition number of the mixing (default %(default)s)")
     p.add_argument("--shifts", metavar="LIST", type=_float_list, default=defaults.PLAYGROUND_SHIFTS,
                    help="comma-separated test-time shifts in [0, 1] (default 0,0.25,0.5,0.75,1)")
-    p.add_argument("--lam", type=float, default=defaults.PLAYGROUND_LAM, help="ICM lambda, absolute (default %(default)g)")
+    p.add_argument("--lam", type=float, default=defaults.PLAYGROUND_LAM,
+                   help="ICM lambda, absolute (default %(default)g)")
     p.add_argument("--k", type=int, default=None, help="ICM dimension K (default: the true n-invariant)")
     p.add_argument("--n-train", metavar="N", type=int, default=defaults.PLAYGROUND_N_TRAIN,
                    help="training samples = pairs (default %(default)s)")
-    p.add_argument("--n-test", metavar="N", type=int, default=defaults.PLAYGROUND_N_TEST, help="samples per test set (default %(default)s)")
+    p.add_argument("--n-test", metavar="N", type=int, default=defaults.PLAYGROUND_N_TEST,
+                   help="samples per test set (default %(default)s)")
     p.add_argument("--seed", metavar="N", type=int, default=d.seed,
                    help="seed of the world and the samples (default %(default)s)")
     p.add_argument("--csv", metavar="FILE", default=None, help="also write the table to this CSV file")
@@ -248,13 +250,14 @@ class _Bars:
         self.stage, self.bar = None, None
 
 
-def _embed(args: argparse.Namespace, check_target: str | None = None):
-    """Scan (checking the target domain before any embedding), then embed through the store."""
+def _embed(args: argparse.Namespace, configs: tuple, check_target: str | None = None):
+    """Scan (checking the target domain before any embedding), then embed ``configs`` (the
+    data, model and intervention configs of :func:`_configs`) through the store."""
     from clip_icm.backend import model_key
     from clip_icm.pipeline import embed_dataset
     from clip_icm.store import EmbeddingStore
 
-    data, model, pairs = _configs(args)
+    data, model, pairs = configs
     store = EmbeddingStore(args.cache)
     model_key(model, store.root / "models")  # an unknown model or missing weights fail here, before the scan
     scan = _scan_quietly(data)
@@ -330,7 +333,7 @@ def _add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_embed(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    run = _embed(args)
+    run = _embed(args, _configs(args))
     print(_run_summary(run, time.perf_counter() - start))
     print(_skipped_text(run.skipped))
     return 0
@@ -426,7 +429,7 @@ def _protocol_args(args: argparse.Namespace):
         raise InvalidInput(f"--protocol {spec.name} uses a {spec.lam_mode} lam; drop --lam-mode {args.lam_mode}")
     if spec.precision is not None and args.precision not in ("auto", spec.precision):
         raise InvalidInput(f"--protocol {spec.name} runs {spec.precision} forward passes; drop --precision "
-                         f"{args.precision}")
+                           f"{args.precision}")
     # Ours: relative lam 1 by default (the useful absolute lam depends on ||Delta|| / ||Z||, see --lam).
     args.lam_mode = args.lam_mode or spec.lam_mode or defaults.LAM_MODE
     args.lam = args.lam if args.lam is not None else (spec.lam or defaults.LAM)
@@ -526,27 +529,26 @@ def _write_results(path: str, frame: pd.DataFrame, run, config, failed: dict[str
     atomic_write(Path(path), lambda fh: fh.write(data))
 
 
-def _check_pair_sets(args: argparse.Namespace) -> None:
-    """--pair-sets against the names the run will build, before any embedding."""
+def _check_pair_sets(args: argparse.Namespace, pairs) -> None:
+    """--pair-sets against the names the run will build (``pairs``: its InterventionConfig), before
+    any embedding."""
     from clip_icm.pipeline import planned_pair_sets
 
-    pairs = _configs(args)[2]
     if not args.pair_sets:
         return
     planned = planned_pair_sets(pairs)
     unknown = [name for name in args.pair_sets if name not in planned]
     if unknown:
         raise InvalidInput(f"--pair-sets: no pair set {', '.join(unknown)} in this run; it builds: "
-                         f"{', '.join(planned) or '(none)'}")
+                           f"{', '.join(planned) or '(none)'}")
 
 
-def _check_k_fits_the_model(args: argparse.Namespace) -> None:
-    """--k against the embedding dimension in the model's config, before any image is embedded."""
+def _check_k_fits_the_model(args: argparse.Namespace, model) -> None:
+    """--k against the embedding dimension in ``model``'s config, before any image is embedded."""
     from clip_icm.backend import resolve_model
 
     if args.k is None:
         return
-    model = _configs(args)[1]
     dim = resolve_model(model).model_cfg.get("embed_dim")
     if dim is not None and args.k > dim:
         raise InvalidInput(f"--k must be between 1 and the embedding dimension {dim} of {model.name}, got {args.k}")
@@ -560,7 +562,7 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
         raise InvalidInput(f"--k must be at least 1, got {args.k}")
     if not math.isfinite(args.lam) or args.lam < 0 and tuple(args.methods or ()) != ("icm_as_released",):
         raise InvalidInput(f"--lam must be a finite number >= 0, got {args.lam} (a negative lam is accepted only "
-                         "with --methods icm_as_released, the released slice, as the released code does)")
+                           "with --methods icm_as_released, the released slice, as the released code does)")
     if args.out is None:
         return
     if os.path.isdir(args.out):
@@ -623,13 +625,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     # embedding run (minutes with ViT-B on PACS).
     spec = _protocol_args(args)  # fills the lam and precision the protocol fixes; checks protocol and task names
     _check_evaluate_args(args)
-    _check_pair_sets(args)  # builds the configs: op, bank, template and swap names
+    configs = _configs(args)  # building them checks the op, bank, template and swap names
+    _check_pair_sets(args, configs[2])
     methods = _methods(args)
-    _check_k_fits_the_model(args)
+    _check_k_fits_the_model(args, configs[1])
     from clip_icm.evaluation import LINEAR_PROBE, PROMPT_SETS, SCORING_LABELS, ZERO_SHOT
 
     start = time.perf_counter()
-    run = _embed(args, check_target=args.target)
+    run = _embed(args, configs, check_target=args.target)
     emb = run.embeddings
     config = _eval_config(args, emb.features.shape[1], methods)
     targets = list(emb.domain_names) if args.target == "all" else [args.target]

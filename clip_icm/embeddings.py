@@ -91,7 +91,7 @@ class PromptSet:
     def __post_init__(self) -> None:
         if self.z.ndim != 2 or not len(self.texts) == len(self.z) == len(self.variant_words):
             raise InvalidInput(f"prompt set: {len(self.texts)} texts, {len(self.variant_words)} variant words and "
-                             f"embeddings of shape {self.z.shape} must agree")
+                               f"embeddings of shape {self.z.shape} must agree")
 
     def subset(self, keep: np.ndarray) -> "PromptSet":
         return PromptSet(self.texts[keep], self.z[keep], self.variant_words[keep])

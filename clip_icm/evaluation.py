@@ -246,19 +246,19 @@ def apply_protocol(emb: EmbeddingSet, config: EvalConfig) -> tuple[EmbeddingSet,
         names = [p.name for p in emb.pairs if p.kind in spec.pair_kinds]
         if not names:
             raise InvalidInput(f"the {spec.label} protocol fits on {'/'.join(spec.pair_kinds)} pairs; "
-                             f"this data has none (pair sets: {', '.join(p.name for p in emb.pairs) or 'none'})")
+                               f"this data has none (pair sets: {', '.join(p.name for p in emb.pairs) or 'none'})")
         # The protocol fixes the kind of pairs: the chosen sets of that kind, or all of them when
         # none of the chosen sets is one (the demo's default true swaps, say).
         chosen = [n for n in config.pair_sets or () if n in names] or names
         config = replace(config, pair_sets=tuple(chosen))
     if spec.template is not None and config.prompts != "classes":
         raise InvalidInput(f"the {spec.label} protocol scores zero-shot with the prompt {spec.template!r}; "
-                         f"prompts={config.prompts!r} cannot be used with it")
+                           f"prompts={config.prompts!r} cannot be used with it")
     if spec.template is not None and emb.templates != (spec.template,):
         if emb.templates is None or spec.template not in emb.templates:
             raise InvalidInput(f"the {spec.label} protocol scores zero-shot with the prompt {spec.template!r}; "
-                             f"these embeddings have {list(emb.templates or [])} (embed with templates 'single' "
-                             "or 'ensemble')")
+                               f"these embeddings have {list(emb.templates or [])} (embed with templates 'single' "
+                               "or 'ensemble')")
         row = emb.templates.index(spec.template)
         emb = replace(emb, text_features=emb.text_features[row:row + 1], templates=(spec.template,))
     return emb, config
@@ -270,7 +270,7 @@ def with_prompts(emb: EmbeddingSet, target: str | None, prompts: str) -> Embeddi
         return emb
     if target not in emb.look_prompts:
         raise InvalidInput(f"prompts={prompts!r} needs the usual-look prompts for target {target!r} "
-                         "(ToyDomains data embedded with InterventionConfig(look_prompts=True))")
+                           "(ToyDomains data embedded with InterventionConfig(look_prompts=True))")
     return replace(emb, text_features=emb.look_prompts[target], templates=None)  # described, not templated
 
 
@@ -288,7 +288,7 @@ def _augmented_rows(emb: EmbeddingSet, target: str | None, method: str, config: 
     images = [p for p in _pair_sets(emb, target, config) if p.kind in ("image", "true") and p.labels is not None]
     if not images:
         raise InvalidInput(f"{methods.spec(method).label} trains on intervened images: choose at least one "
-                         "image or true-swap pair set")
+                           "image or true-swap pair set")
     return np.concatenate([p.z_do for p in images]), np.concatenate([p.labels for p in images])
 
 
@@ -488,8 +488,8 @@ def _worst_case_validation(emb: EmbeddingSet, predictor: _Predictor, protocol: s
 def _interventional_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig, protocol: str) -> float:
     """min(validation, intervened validation) accuracy per source domain, averaged (emb holds no target)."""
     if not emb.intervened_val:
-        raise InvalidInput("scoring='interventional' needs intervened validation rows: embed with "
-                         "InterventionConfig(intervened_val=('counterfactual',)) on ToyDomains or ('image',) elsewhere")
+        raise InvalidInput("scoring='interventional' needs intervened validation rows: embed with InterventionConfig("
+                           "intervened_val=('counterfactual',)) on ToyDomains or ('image',) elsewhere")
     if methods.spec(method).text_only and protocol == LINEAR_PROBE:
         raise InvalidInput(f"{method} calibrates class text only: it has no {protocol} to score")
     emb, config = apply_protocol(emb, config)
@@ -639,7 +639,7 @@ def class_split(n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     n_base = n_classes // 2
     if n_base < 2 or n_classes - n_base < 2:
         raise InvalidInput(f"the open-class task needs at least 2 base and 2 new classes; {n_classes} classes "
-                         f"split 50/50 give {n_base} and {n_classes - n_base}")
+                           f"split 50/50 give {n_base} and {n_classes - n_base}")
     order = rng("class split", seed).permutation(n_classes)
     return np.sort(order[:n_base]), np.sort(order[n_base:])
 

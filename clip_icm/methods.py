@@ -98,14 +98,13 @@ class MethodSpec:
         return (Ks if self.tunes_k else (K,)), (lams if self.tunes_lam else (lam,))
 
 
-ICM_ARGS = ("n_components", "lam", "lam_mode")
 # Display order: the method, its released variant, then the baselines.
 SPECS: tuple[MethodSpec, ...] = (
     MethodSpec("icm", "ICM", "Invariant Causal Mechanism: the top-K eigenvectors of Z'Z - lam D'D",
-               "#1f77b4", "InvariantProjection", (("selection", "top"),), ICM_ARGS, spectrum="top"),
+               "#1f77b4", "InvariantProjection", (("selection", "top"),), HYPERPARAMETERS, spectrum="top"),
     MethodSpec("icm_as_released", "ICM (as released)",
                "the slice the released code keeps (the K smallest eigenvectors), scored as it scores zero-shot",
-               "#d62728", "InvariantProjection", (("selection", "as_released"),), ICM_ARGS, zero_shot="dot",
+               "#d62728", "InvariantProjection", (("selection", "as_released"),), HYPERPARAMETERS, zero_shot="dot",
                spectrum="as_released"),
     MethodSpec("pca", "PCA", "the top-K eigenvectors of Z'Z (ICM with lam = 0): dimension reduction alone",
                "#2ca02c", "PCAProjection", (), ("n_components",), spectrum="top"),

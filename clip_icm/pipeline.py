@@ -124,7 +124,7 @@ class InterventionConfig:
                 raise InvalidInput(f"{name} must be at least 1, got {value}")
         if self.cross_modal and not self.text_banks:  # it would build nothing and say nothing
             raise InvalidInput("cross-modal pairs pair each image with a variant prompt of the text banks: "
-                             "choose at least one text bank")
+                               "choose at least one text bank")
 
 
 # The two variant factors the ToyDomains recipe can make spurious, re-drawn together.
@@ -476,7 +476,8 @@ def intervened_image(path: str, pair_set: str, cfg: InterventionConfig):
     ops = dict(_image_interventions(cfg))
     op = ops.get(pair_set.removeprefix("val "))
     if op is None:
-        raise InvalidInput(f"no image pair set {pair_set!r} in these interventions; available: {', '.join(ops) or '(none)'}")
+        raise InvalidInput(f"no image pair set {pair_set!r} in these interventions; "
+                           f"available: {', '.join(ops) or '(none)'}")
     seed = int(_pair_seeds(cfg.seed, pair_set, np.array([file_hash(path)]))[0])
     return op(load_image(path), seed)
 
@@ -514,13 +515,10 @@ class _Build:
 
 
 def _image_pair_set(b: _Build, name: str, op, picked: np.ndarray, kind: str) -> PairSet:
-    embedder, cfg, rows = b.embedder, b.cfg, b.rows
-    what = {"pair set": name, "intervention": op.params(), "seed": cfg.seed}  # name: it seeds the pairs
-    z_do, failed = embedder.images(name, rows.paths[picked], rows.hashes[picked], rows.domains[picked], what, op,
-                                   _pair_seeds(cfg.seed, name, rows.hashes[picked]))
-    if failed:  # they decoded a moment ago: the files changed under us
-        raise ImageDecodeError(failed, rows.paths[picked])
-    return rows.pair_set(name, kind, picked, z_do)
+    what = {"pair set": name, "intervention": op.params(), "seed": b.cfg.seed}  # name: it seeds the pairs
+    z_do = _intervened(b, name, b.rows.paths[picked], picked, what, op,
+                       _pair_seeds(b.cfg.seed, name, b.rows.hashes[picked]))
+    return b.rows.pair_set(name, kind, picked, z_do)
 
 
 def _image_pairs(b: _Build) -> list[PairSet]:
@@ -531,13 +529,14 @@ def _image_pairs(b: _Build) -> list[PairSet]:
 def _counterfactual_set(b: _Build, name: str, change, picked: np.ndarray, kind: str) -> PairSet:
     items = _Counterfactuals([b.factor_rows[i] for i in picked], change, b.cfg.seed)
     what = {"true swap": change, "seed": b.cfg.seed}
-    return b.rows.pair_set(name, kind, picked, _rendered(b, name, items, picked, what))
+    return b.rows.pair_set(name, kind, picked, _intervened(b, name, items, picked, what))
 
 
-def _rendered(b: _Build, name: str, items, picked: np.ndarray, what: dict) -> np.ndarray:
-    """Re-rendered images, embedded. A render that fails is an error naming its source image (as a
-    failed image-pair decode is), never a silently zero row in a pair set."""
-    z_do, failed = b.embedder.images(name, items, b.rows.hashes[picked], b.rows.domains[picked], what)
+def _intervened(b: _Build, name: str, items, picked: np.ndarray, what: dict, op=None, seeds=None) -> np.ndarray:
+    """The intervened versions of rows ``picked`` (``items``: their files, with ``op`` applied, or
+    re-renders), embedded. One that fails is an error naming its source image, never a silently
+    zero row in a pair set: the files decoded a moment ago, so they changed under us, or a render broke."""
+    z_do, failed = b.embedder.images(name, items, b.rows.hashes[picked], b.rows.domains[picked], what, op, seeds)
     if failed:
         raise ImageDecodeError(failed, b.rows.paths[picked])
     return z_do
@@ -609,7 +608,7 @@ def _conflict_sets(b: _Build, val: np.ndarray) -> list[PairSet]:
             changes.append({"colour": looks[partner][0], "background": looks[partner][1]})
         name = f"conflict@{target}"
         what = {"intervened validation": name, "changes": changes, "seed": cfg.seed}
-        z_do = _rendered(b, name, _Restyled([factor_rows[i] for i in val], changes), val, what)
+        z_do = _intervened(b, name, _Restyled([factor_rows[i] for i in val], changes), val, what)
         out.append(replace(rows.pair_set(name, "intervened validation", val, z_do), held_out=target))
     return out
 

@@ -73,7 +73,7 @@ def _check_lam(lam: float, selection: str = "top") -> float:
         raise InvalidInput(f"lam must be a finite number, got {lam!r}")
     if lam < 0 and selection != "as_released":
         raise InvalidInput(f"lam must be >= 0 with selection={selection!r}, got {lam!r}; a negative lam is "
-                         "accepted only with selection='as_released' (the released code's slice)")
+                           "accepted only with selection='as_released' (the released code's slice)")
     if lam < 0:
         warnings.warn(f"lam={lam:g} < 0: M = Z'Z/n + {-lam:g} Delta'Delta/n then rewards the directions that "
                       "move under intervention, and the released slice keeps the K smallest eigenvalues of that",
@@ -138,7 +138,7 @@ class PairMoments:
         delta_energy = float(np.trace(self.dd))
         if delta_energy == 0.0:
             raise InvalidInput("all pairs are identical (Delta = 0): a relative lam is undefined; "
-                             "use lam_mode='absolute'")
+                               "use lam_mode='absolute'")
         return float(np.trace(self.zz)) / delta_energy
 
     def touched_basis(self) -> np.ndarray | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
-from clip_icm.errors import UnknownName
+from clip_icm.errors import UnknownName, check_names
 
 T = TypeVar("T")
 
@@ -39,8 +39,7 @@ class Registry(Generic[T]):
 
     def check(self, names: object) -> None:
         """UnknownName (listing the valid names) for the first name not registered."""
-        for name in names:
-            self.get(name)
+        check_names(self.kind, names, self.available())
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

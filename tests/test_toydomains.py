@@ -188,3 +188,10 @@ def test_a_tuple_of_changes_redraws_each_factor():
     assert both.colour != f.colour and both.background != f.background
     assert (both.cls, both.style, both.seed) == (f.cls, f.style, f.seed)
     assert both == td.counterfactual_factors(td.counterfactual_factors(f, "colour", 3), "background", 3)
+
+
+def test_the_defaults_swap_the_factors_the_demo_recipe_makes_spurious():
+    from clip_icm import defaults
+
+    # defaults stays free of numpy for the CLI's --help, so it writes the recipe's factors out
+    assert defaults.DEMO_TRUE_SWAPS == td.DEMO_RECIPE.spurious_factors
