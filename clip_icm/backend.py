@@ -253,6 +253,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 def pick_device(device: str = "auto") -> str:
     """The device to run on: ``auto`` picks one; an explicit one must exist on this machine
     (torch would only fail at the first tensor moved there, with a driver traceback)."""
+    if device == "auto" and not _may_have_accelerator():
+        return "cpu"  # without importing torch (about 2 s), which a page served from the store never needs
     import torch
 
     if device != "auto":
@@ -263,6 +265,14 @@ def pick_device(device: str = "auto") -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def _may_have_accelerator() -> bool:
+    """False only where torch could not find one: Linux without the NVIDIA or ROCm device nodes
+    (torch.cuda needs them, in containers too) and torch not imported yet (then ask torch)."""
+    if "torch" in sys.modules or not sys.platform.startswith("linux"):
+        return True
+    return any(os.path.exists(node) for node in ("/dev/nvidiactl", "/dev/kfd"))
 
 
 def _check_device_name(device: str) -> None:
@@ -283,13 +293,13 @@ def _check_device(device: str, torch) -> None:
 
 
 def pick_precision(precision: str, device: str) -> str:
-    import torch
-
     if precision not in PRECISIONS:
         raise InvalidInput(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
+        import torch
+
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "fp32"
 

@@ -7,11 +7,16 @@ work, but it recomputes both layouts together, whereas this way the full-space
 layout is computed once and stays cached while K and lam change; only the
 invariant layout follows. umap-learn is imported lazily: the import costs
 seconds and its first call pays numba compilation (in the first process only: umap_cache keeps
-the compiled kernels on disk).
+the compiled kernels on disk, and compile_in_background() fills that cache from another process).
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -55,18 +60,53 @@ def procrustes_align(xy: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (a @ rotation * scale + reference.mean(axis=0)).astype(np.float32)
 
 
-def warm_up(approximate: bool = False) -> None:
+def warm_up() -> None:
     """Run tiny layouts so that numba compiles UMAP's kernels, or loads them from its on-disk
-    cache (``umap_cache``: 8-15 s to compile, about a second to load); the dashboard does this
-    in a background thread while the embeddings are being computed. Covers every layout up to
-    BLAS_KNN_LIMIT rows, from a spectral start or a given one. ``approximate`` also compiles
-    pynndescent's neighbour descent that layouts of more rows take: about 40 s in every new
-    process (numba cannot cache it), so only where such maps are expected."""
+    cache (``umap_cache``: 8-15 s to compile, about a second to load); compile_in_background()
+    runs this in a separate process while the dashboard computes its embeddings. Covers every
+    layout up to BLAS_KNN_LIMIT rows, from a spectral start or a given one. (Layouts of more rows
+    also compile pynndescent's neighbour descent, about 40 s in every process that draws one:
+    numba cannot cache it.)"""
     gen = np.random.default_rng(0)
     layout_2d(gen.normal(size=(64, 8)))
     layout_2d(gen.normal(size=(64, 8)), init=gen.normal(size=(64, 2)))
-    if approximate:
-        _umap(unit_rows(gen.normal(size=(300, 8)).astype(np.float32)), None, 0, 15, 10, search="descent")
+
+
+_compiler: subprocess.Popen | None = None
+_compiler_lock = threading.Lock()
+# How long a layout waits for the background compilation before compiling in its own process.
+COMPILE_WAIT_S = 300
+
+
+def compile_in_background() -> None:
+    """Start warm_up() in a separate, low-priority process (once per process): it compiles UMAP's
+    kernels into numba's on-disk cache (``umap_cache``), on a core the caller leaves idle, and the
+    first layout here then loads them (about a second) instead of compiling them (8-15 s).
+
+    A process, not a thread: numba's compilation holds the GIL, and in a thread it delayed the
+    dashboard's first page by the length of the compilation (bench/RESULTS.md). Nothing is
+    imported here, so a page whose layouts all come from the store never imports umap."""
+    global _compiler
+    with _compiler_lock:
+        if _compiler is not None:
+            return
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))}
+        code = "import os\nif hasattr(os, 'nice'): os.nice(10)\nfrom clip_icm import reduce\nreduce.warm_up()"
+        try:
+            _compiler = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError:  # no process to spare: the first layout compiles, as without this
+            pass
+
+
+def _wait_for_background_compilation() -> None:
+    """Compiling the same kernels here at the same time would only share the cores with it."""
+    if _compiler is not None:
+        try:
+            _compiler.wait(timeout=COMPILE_WAIT_S)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def layout_2d(
@@ -121,6 +161,7 @@ def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n
           search: str | None = None) -> np.ndarray:
     """``search``, how the neighbours are found: "exact" (exact_neighbours, handed to umap),
     "descent" (pynndescent's approximate search); None: exact up to BLAS_KNN_LIMIT rows."""
+    _wait_for_background_compilation()
     import umap  # lazy: seconds to import, numba compilation on first use
 
     from clip_icm import umap_cache

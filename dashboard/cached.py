@@ -8,8 +8,6 @@ pickle and copy its arrays on every rerun.
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -17,16 +15,6 @@ import streamlit as st
 from clip_icm import evaluation, reduce, service
 from clip_icm.embeddings import EmbeddingSet
 from clip_icm.store import EmbeddingStore
-
-
-@st.cache_resource(show_spinner=False)
-def umap_warm_up(approximate: bool = False) -> threading.Thread:
-    """Once per process (and kind): compile UMAP's numba kernels (or load them from numba's
-    cache in the store) in the background while embeddings are computed; ``approximate`` also
-    compiles the neighbour search of maps above reduce.BLAS_KNN_LIMIT points (about 40 s)."""
-    thread = threading.Thread(target=reduce.warm_up, args=(approximate,), name="umap-warm-up", daemon=True)
-    thread.start()
-    return thread
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

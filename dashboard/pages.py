@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clip_icm import defaults, evaluation, figures, methods, service
+from clip_icm import defaults, evaluation, figures, methods, reduce, service
 from clip_icm.embeddings import EmbeddingSet
 from dashboard import cached, controls, texts
 
@@ -156,18 +156,15 @@ def _fit_key(ctx: Context, K: int, lam: float) -> str:
 
 def explorer_page() -> None:
     st.title("CLIP-ICM Explorer")
-    folder = st.session_state.get("ctl_source") == "folder"
-    if folder:  # a long embedding pass ahead: compile (or load) UMAP's kernels meanwhile
-        cached.umap_warm_up()
+    # UMAP's kernels compile (or load from numba's cache) in another process, on the core that the
+    # embedding pass leaves idle, rather than in this one, where compilation would hold the GIL.
+    reduce.compile_in_background()
     ctx = settings_context()
     if ctx is None:
         return
     _summary(ctx)
     K, lam = ctx.K, ctx.lam
     table = _accuracy_section(ctx, K, lam)  # first: it is what a K or lam change must update quickly
-    # Elsewhere only now: numba's compilation holds the GIL, and run beside the demo's short
-    # embedding pass it delayed the accuracy chart from 13 s to 25 s (bench/RESULTS.md).
-    cached.umap_warm_up()
     fit = fitted(ctx, K, lam)
     if fit is None:
         return

@@ -187,6 +187,38 @@ def test_precision_choice():
         pick_precision("int4", "cpu")
 
 
+_DEVICE_IN_A_FRESH_PROCESS = """
+import json, sys
+from clip_icm.service import device_and_precision
+print(json.dumps([device_and_precision(), "torch" in sys.modules]))
+"""
+
+
+def test_auto_device_agrees_with_torch_and_skips_importing_it_where_there_is_no_accelerator():
+    """A page served from the store must not import torch (about 2 s) just to caption the device:
+    on Linux without GPU device nodes "auto" is the CPU, without asking torch; anywhere else torch
+    decides. Either way the answer is torch's own."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from clip_icm.backend import _may_have_accelerator, pick_device
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _DEVICE_IN_A_FRESH_PROCESS], capture_output=True, text=True,
+                         check=True, cwd=root, env={**os.environ, "PYTHONPATH": root}).stdout
+    (device, precision), imported = json.loads(out.splitlines()[-1])
+    assert device == pick_device("auto")  # torch is imported here, so this one asked torch
+    assert precision == pick_precision("auto", device)
+    no_nodes = sys.platform.startswith("linux") and not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/kfd"))
+    assert imported is not no_nodes
+    if no_nodes:
+        assert not torch.cuda.is_available() and device == "cpu"
+    assert _may_have_accelerator()  # torch is imported in this process: it is asked
+
+
 def test_bf16_autocast_on_cpu_is_close_to_fp32(tiny_dir, random_backend):
     bf16 = load_model(ModelConfig(f"local-dir:{tiny_dir}", pretrained="none", precision="bf16", num_workers=0))
     images = _images(3)

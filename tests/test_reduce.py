@@ -132,6 +132,38 @@ def test_cached_umap_kernels_load_in_a_new_process_and_give_the_same_layouts(tmp
     assert plain["layouts"] == first["layouts"] == second["layouts"]
 
 
+_BACKGROUND = r"""
+import json, sys
+import numpy as np
+from numba.core import event
+from clip_icm import reduce
+
+reduce.compile_in_background()
+reduce.compile_in_background()  # once per process
+started = reduce._compiler
+imported = "umap" in sys.modules
+with event.install_recorder("numba:compile") as rec:
+    reduce.layout_2d(np.random.default_rng(0).normal(size=(40, 6)), n_epochs=20)
+compiled = sorted({e.data["dispatcher"].py_func.__qualname__ for _, e in rec.buffer})
+print(json.dumps({"compiled": compiled, "imported_at_start": imported, "exit": started.returncode,
+                  "same_process": started is reduce._compiler}))
+"""
+
+
+def test_background_compilation_fills_the_cache_that_the_first_layout_loads(tmp_path):
+    """compile_in_background() compiles UMAP's kernels in another process (started once, importing
+    nothing here); the first layout waits for it and then loads every kernel from numba's cache."""
+    from clip_icm.umap_cache import KERNELS
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "CLIP_ICM_CACHE": str(tmp_path), "PYTHONPATH": str(root)}
+    out = json.loads(subprocess.run([sys.executable, "-c", _BACKGROUND], env=env, cwd=root, capture_output=True,
+                                    text=True, timeout=600, check=True).stdout.splitlines()[-1])
+    assert out["exit"] == 0 and out["same_process"] and not out["imported_at_start"]
+    assert not {name.replace("_nb_", "_") for _, name in KERNELS} & set(out["compiled"])
+    assert any((tmp_path / "numba").rglob("*.nbi"))
+
+
 def test_exact_neighbours_match_a_full_sort_of_cosine_distances():
     from clip_icm.reduce import exact_neighbours
 
