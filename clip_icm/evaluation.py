@@ -487,6 +487,9 @@ def _worst_case_validation(emb: EmbeddingSet, predictor: _Predictor, protocol: s
 
 def _interventional_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig, protocol: str) -> float:
     """min(validation, intervened validation) accuracy per source domain, averaged (emb holds no target)."""
+    if emb.is_train.all():
+        raise InvalidInput("scoring='interventional' needs validation rows, and every image went to training: "
+                           "too few images per class and domain (use more, e.g. a larger --max-per-domain)")
     if not emb.intervened_val:
         raise InvalidInput("scoring='interventional' needs intervened validation rows: embed with InterventionConfig("
                            "intervened_val=('counterfactual',)) on ToyDomains or ('image',) elsewhere")

@@ -40,7 +40,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from clip_icm import defaults
+from clip_icm import background, defaults
 from clip_icm.backend import (ClipBackend, ImageDecodeError, Intervention, ModelConfig, file_stamp, load_model,
                               model_key)
 from clip_icm.datasets import DomainScan, load_image, scan_domain_folder, split_mask
@@ -179,9 +179,13 @@ class _Embedder:
 
     @property
     def backend(self) -> ClipBackend:
+        self.load()
+        return self._backend
+
+    def load(self) -> None:
+        """Build the model now (otherwise it is built on the first store miss)."""
         if self._backend is None:
             self._backend = load_model(self.config)
-        return self._backend
 
     def _report(self, stage: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -302,6 +306,10 @@ def scan_data(data: DataConfig) -> DomainScan:
     return scan_domain_folder(root, data.dataset, data.max_per_domain, data.seed)
 
 
+DEMO_DRAW_WAIT_S = 600
+DRAWING_STAGE = "drawing the demo world and loading the model"
+
+
 def _pair_rows(is_train: np.ndarray, n_pairs: int | None, seed: int, name: str) -> np.ndarray:
     rows = np.flatnonzero(is_train)
     if n_pairs is not None and n_pairs < len(rows):
@@ -381,8 +389,21 @@ def embed_dataset(
     result of :func:`scan_data` for ``data`` when the caller already has it.
     """
     store = store if store is not None else EmbeddingStore()
-    scan = scan if scan is not None else scan_data(data)
+    # A missing demo world is drawn in another process while the model loads here (a world that
+    # new has no stored embeddings, so the model is needed anyway): each takes about 4 s on one core.
+    drawing = None
+    if scan is None and data.root is None:
+        from clip_icm.toydomains import draw_demo_data_elsewhere
+
+        drawing = draw_demo_data_elsewhere()
+    if drawing is not None and progress is not None:
+        progress(DRAWING_STAGE, 0, 1)
     embedder = _Embedder(model, store, progress, chunk_size)
+    if drawing is not None:
+        embedder.load()
+        background.wait(drawing, DEMO_DRAW_WAIT_S)  # should it fail, scan_data draws it here or says why not
+        embedder._report(DRAWING_STAGE, 1, 1)
+    scan = scan if scan is not None else scan_data(data)
     hashes = _hashes(scan.paths, progress, store.root / "hashes" / f"{make_key(scan.root)}.json")
     features, failed = embedder.images("images", scan.paths, hashes, scan.domains)
     keep = np.setdiff1d(np.arange(len(scan.paths)), list(failed))
@@ -561,6 +582,8 @@ def _intervened_val(b: _Build, kinds: tuple[str, ...]) -> list[PairSet]:
     of a K/lam choice reads them; they never reach a fit (EmbeddingSet keeps them apart)."""
     cfg, rows = b.cfg, b.rows
     val = np.flatnonzero(~rows.is_train)
+    if len(val) == 0:  # too few images per class to hold any out (e.g. --max-per-domain 8)
+        return []
     out = []
     if "counterfactual" in kinds:
         name = "counterfactual:" + "+".join(COUNTERFACTUAL_CHANGE)

@@ -11,15 +11,13 @@ the compiled kernels on disk, and compile_in_background() fills that cache from 
 """
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import warnings
-from pathlib import Path
 
 import numpy as np
 
+from clip_icm import background
 from clip_icm.embeddings import unit_rows
 from clip_icm.errors import InvalidInput
 
@@ -73,6 +71,7 @@ def warm_up() -> None:
 
 
 _compiler: subprocess.Popen | None = None
+_compiler_started = False
 _compiler_lock = threading.Lock()
 # How long a layout waits for the background compilation before compiling in its own process.
 COMPILE_WAIT_S = 300
@@ -80,33 +79,17 @@ COMPILE_WAIT_S = 300
 
 def compile_in_background() -> None:
     """Start warm_up() in a separate, low-priority process (once per process): it compiles UMAP's
-    kernels into numba's on-disk cache (``umap_cache``), on a core the caller leaves idle, and the
+    kernels into numba's on-disk cache (``umap_cache``) on a core the caller leaves idle, and the
     first layout here then loads them (about a second) instead of compiling them (8-15 s).
 
     A process, not a thread: numba's compilation holds the GIL, and in a thread it delayed the
     dashboard's first page by the length of the compilation (bench/RESULTS.md). Nothing is
     imported here, so a page whose layouts all come from the store never imports umap."""
-    global _compiler
+    global _compiler, _compiler_started
     with _compiler_lock:
-        if _compiler is not None:
-            return
-        package_root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))}
-        code = "import os\nif hasattr(os, 'nice'): os.nice(10)\nfrom clip_icm import reduce\nreduce.warm_up()"
-        try:
-            _compiler = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        except OSError:  # no process to spare: the first layout compiles, as without this
-            pass
-
-
-def _wait_for_background_compilation() -> None:
-    """Compiling the same kernels here at the same time would only share the cores with it."""
-    if _compiler is not None:
-        try:
-            _compiler.wait(timeout=COMPILE_WAIT_S)
-        except subprocess.TimeoutExpired:
-            pass
+        if not _compiler_started:
+            _compiler_started = True
+            _compiler = background.start("from clip_icm import reduce\nreduce.warm_up()", low_priority=True)
 
 
 def layout_2d(
@@ -161,7 +144,8 @@ def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n
           search: str | None = None) -> np.ndarray:
     """``search``, how the neighbours are found: "exact" (exact_neighbours, handed to umap),
     "descent" (pynndescent's approximate search); None: exact up to BLAS_KNN_LIMIT rows."""
-    _wait_for_background_compilation()
+    # compiling the same kernels here meanwhile would only share the cores with that process
+    background.wait(_compiler, COMPILE_WAIT_S)
     import umap  # lazy: seconds to import, numba compilation on first use
 
     from clip_icm import umap_cache

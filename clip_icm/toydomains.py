@@ -27,6 +27,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -35,6 +36,7 @@ from typing import Iterable, Mapping
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from clip_icm import background
 from clip_icm.errors import InvalidInput
 from clip_icm.resources import demo_dir
 from clip_icm.seeding import rng
@@ -502,6 +504,18 @@ def ensure_demo_data(root: str | os.PathLike | None = None) -> Path:
         raise
 
 
+def draw_demo_data_elsewhere(root: str | os.PathLike | None = None) -> subprocess.Popen | None:
+    """Start :func:`ensure_demo_data` in a separate process when the demo world is missing, so that
+    the caller can load its model meanwhile (rendering 1,280 images and importing torch take about
+    4 s each on one core); None when the world is there already (or no process could start). A
+    later ensure_demo_data() finds the world drawn, or draws it itself if that process failed."""
+    root = Path(root) if root is not None else demo_dir()
+    if _has_demo(root):
+        return None
+    return background.start("import sys\nfrom clip_icm.toydomains import ensure_demo_data\n"
+                            "ensure_demo_data(sys.argv[1])", os.fspath(root))
+
+
 def _has_demo(root: Path) -> bool:
     recipe_file = root / "recipe.json"
     return (recipe_file.is_file() and (root / "factors.csv").is_file()
@@ -511,6 +525,7 @@ def _has_demo(root: Path) -> bool:
 __all__ = [
     "CLASSES", "STYLES", "COLOURS", "BACKGROUNDS", "CHANGEABLE", "Factors", "render", "render_counterfactual",
     "counterfactual_factors", "generate_toydomains", "toydomains_factors", "load_factors", "ensure_demo_data",
+    "draw_demo_data_elsewhere",
     "sample_factors", "text_bank", "usual_look_prompts", "usual_looks", "ToyDomainsRecipe", "DEMO_RECIPE",
 ]
 

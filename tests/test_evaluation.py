@@ -214,6 +214,9 @@ def test_interventional_scoring_needs_intervened_rows(emb):
     with pytest.raises(ValueError, match="needs intervened validation rows"):
         select_hyperparameters(replace(emb, intervened_val=[]), TARGET, "icm", (2,), (1.0,), CONFIG,
                                scoring="interventional")
+    with pytest.raises(ValueError, match="every image went to training"):  # nothing was held out to intervene on
+        select_hyperparameters(replace(emb, is_train=np.ones_like(emb.is_train), intervened_val=[]), TARGET, "icm",
+                               (2,), (1.0,), CONFIG, scoring="interventional")
     with pytest.raises(ValueError, match="scoring must be one of"):
         source_score(emb, TARGET, "icm", CONFIG, "target_peek")
 

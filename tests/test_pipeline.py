@@ -290,3 +290,37 @@ def test_pairs_carry_classes_and_variant_words_and_the_banks_give_spurious_promp
     assert list(emb.spurious.texts) == texts and list(emb.spurious.variant_words) == words
     assert emb.spurious.z.shape == (len(texts), emb.features.shape[1])
     assert emb.templates is not None and len(emb.templates) == len(emb.text_features) == 8
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_demo_world_drawn_in_another_process_is_the_one_drawn_here(tmp_path):
+    from clip_icm import toydomains
+
+    process = toydomains.draw_demo_data_elsewhere(tmp_path / "elsewhere")
+    here = toydomains.ensure_demo_data(tmp_path / "here")
+    assert process is not None and process.wait(timeout=300) == 0
+    assert _tree(tmp_path / "elsewhere") == _tree(here)  # every image, factors.csv and recipe.json
+    assert toydomains.draw_demo_data_elsewhere(here) is None  # nothing to draw
+
+
+@pytest.mark.parametrize("drawing", ["works", "fails"])
+def test_a_missing_demo_world_is_drawn_while_the_model_loads(tmp_path, monkeypatch, model, drawing):
+    """With no demo world on disk, embed_dataset draws it in another process while the model loads;
+    should that process fail, the world is drawn here instead, and the run is the same."""
+    from clip_icm import background, toydomains
+
+    monkeypatch.setenv("CLIP_ICM_CACHE", str(tmp_path))
+    draw = toydomains.draw_demo_data_elsewhere
+    if drawing == "fails":
+        monkeypatch.setattr(toydomains, "draw_demo_data_elsewhere",
+                            lambda root=None: background.start("raise SystemExit(3)"))
+    stages = []
+    # 8 images a domain hold none out for validation: no intervened validation set, and no crash
+    run = embed_dataset(DataConfig(max_per_domain=8), model, InterventionConfig(image=(), text_banks=()),
+                        progress=lambda stage, done, total: stages.append((stage, done)))
+    assert stages[:1] == [(pipeline.DRAWING_STAGE, 0)] and (pipeline.DRAWING_STAGE, 1) in stages
+    assert run.scan.root == str(tmp_path / "toydomains") and len(run.embeddings.labels) == 32
+    assert draw() is None  # the world is there now
