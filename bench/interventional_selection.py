@@ -53,7 +53,7 @@ def _target(frame: pd.DataFrame, method: str, protocol: str) -> float:
     return float(rows.accuracy.item())
 
 
-def rows_for(emb, seed: int, label: str, pair_sets: tuple[str, ...], checks: tuple[str, ...],
+def rows_for(emb, seed: int, pairs: str, pair_sets: tuple[str, ...], checks: tuple[str, ...],
              target: str = TARGET, rules: tuple[str, ...] = tuple(ev.SCORINGS)) -> list[dict]:
     """One row per rule and protocol: the chosen (K, lam) and the target accuracy of each method."""
     view = replace(emb, intervened_val=[c for c in emb.intervened_val if c.name in checks])
@@ -63,7 +63,7 @@ def rows_for(emb, seed: int, label: str, pair_sets: tuple[str, ...], checks: tup
         config = ev.EvalConfig(lam_mode="relative", methods=METHODS, pair_sets=pair_sets, prompts=prompts)
         for rule in rules:
             frame = ev.select_and_evaluate(view, target, config, rule, Ks, lams, protocol=protocol)
-            out.append({"world seed": seed, "target": target, "pairs": label, "protocol": protocol, "rule": rule,
+            out.append({"world seed": seed, "target": target, "pairs": pairs, "protocol": protocol, "rule": rule,
                         "K": int(frame.K.iloc[0]), "lam": f"{frame.lam.iloc[0]:g}",
                         "CLIP": _target(frame, ev.FULL_SPACE, protocol),
                         **{label(m): _target(frame, m, protocol) for m in METHODS}})
@@ -124,9 +124,9 @@ def worlds_table(seeds: list[int]) -> None:
                          defaults.DEMO_PAIR_SETS, (f"conflict@{TARGET}",), rules=("interventional",))
         rows += rows_for(emb, seed, "photometric (image:random)", ("image:random",), ("val image:random",))
     table = pd.DataFrame(rows)
-    for label in table.pairs.unique():
-        print(f"\n{label}: target accuracy, K and lam chosen on source data only\n")
-        print(markdown(table[table.pairs == label].drop(columns=["pairs", "target"])))
+    for pairs in table.pairs.unique():
+        print(f"\n{pairs}: target accuracy, K and lam chosen on source data only\n")
+        print(markdown(table[table.pairs == pairs].drop(columns=["pairs", "target"])))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clip_icm import evaluation, reduce, service
+from clip_icm import evaluation, service
 from clip_icm.embeddings import EmbeddingSet
 from clip_icm.store import EmbeddingStore
 
