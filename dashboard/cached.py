@@ -42,7 +42,8 @@ def evaluate_open_class(emb_key: str, target: str, config: evaluation.EvalConfig
 @st.cache_data(show_spinner=False, max_entries=32)
 def choose(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, Ks: tuple, lams: tuple,
            scoring: str, protocol: str, _emb: EmbeddingSet) -> tuple[int, float, pd.DataFrame]:
-    return service.choose_hyperparameters(_emb, target, method, config, Ks, lams, scoring, protocol)
+    return service.choose_hyperparameters(_emb, target, method, config, Ks, lams, scoring, protocol,
+                                          store=results_store())
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -75,22 +76,23 @@ def predictions(emb_key: str, fit_key: str, method: str, _emb: EmbeddingSet, _fi
 
 
 @st.cache_resource(show_spinner=False)
-def layout_store() -> EmbeddingStore:
-    """Layouts also go to the on-disk store, so that a restarted server redraws at once."""
+def results_store() -> EmbeddingStore:
+    """Layouts and the chosen K and lam also go to the on-disk store, so that a restarted server
+    redraws at once."""
     return EmbeddingStore()
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def full_layout(emb_key: str, max_points: int, _emb: EmbeddingSet) -> tuple[np.ndarray, np.ndarray]:
     ids = service.plot_ids(_emb, max_points)
-    return ids, service.full_layout(_emb, ids, store=layout_store())
+    return ids, service.full_layout(_emb, ids, store=results_store())
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def invariant_layout(emb_key: str, fit_key: str, max_points: int, _emb: EmbeddingSet,
                      _fit: service.Fit) -> np.ndarray:
     ids, full_xy = full_layout(emb_key, max_points, _emb)
-    return service.invariant_layout(_emb, ids, _fit, full_xy, store=layout_store())
+    return service.invariant_layout(_emb, ids, _fit, full_xy, store=results_store())
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

@@ -240,7 +240,8 @@ def _store_entries(root: Path) -> dict[str, list]:
 
 def test_default_demo_opens_on_the_honest_story_with_gallery_confusions_and_prompts(tmp_path, monkeypatch):
     """Also: the CLI's `evaluate` and the dashboard's defaults build the same embeddings (the page
-    adds no store entry but its two maps) and report the same numbers."""
+    adds no embeddings to the store, only its two maps and its choice of K and lam) and report the same
+    numbers."""
     from clip_icm.cli import main
 
     monkeypatch.setenv("CLIP_ICM_CACHE", str(tmp_path / "store"))
@@ -250,7 +251,9 @@ def test_default_demo_opens_on_the_honest_story_with_gallery_confusions_and_prom
     at = AppTest.from_file(APP, default_timeout=600).run()
     _ok(at)
     added = {k: v for k, v in _store_entries(tmp_path / "store").items() if k not in before}
-    assert len(added) == 2 and all(shape[1] == 2 for shape in added.values())  # the two UMAP layouts only
+    # the two UMAP layouts and the choice of K and lam (kept for a restart), no embeddings
+    shapes = sorted(added.values())
+    assert len(shapes) == 3 and shapes[0] == [0] and all(shape[1] == 2 for shape in shapes[1:])
     shown = _table(at)["cartoon (target)"]
     for method, label in (("CLIP", "CLIP"), ("icm", "ICM"), ("pca", "PCA"), ("augmentation", "Augmentation")):
         for protocol in ("linear probe", "zero-shot"):

@@ -127,6 +127,23 @@ def test_choose_hyperparameters_uses_the_grid(emb):
     assert (K, lam) in set(zip(scores.K, scores.lam)) and len(scores) == 4
 
 
+def test_a_choice_of_k_and_lam_is_kept_in_the_store_by_content(emb, tmp_path, monkeypatch):
+    from clip_icm.store import EmbeddingStore
+
+    grid = ((2, 4), (1.0, 1000.0))
+    first = service.choose_hyperparameters(emb, "sketch", "icm", _config(), *grid, store=EmbeddingStore(tmp_path))
+    calls = []
+    select = evaluation.select_hyperparameters
+    monkeypatch.setattr(evaluation, "select_hyperparameters", lambda *a, **kw: calls.append(1) or select(*a, **kw))
+    again = service.choose_hyperparameters(emb, "sketch", "icm", _config(), *grid, store=EmbeddingStore(tmp_path))
+    assert not calls and again[:2] == first[:2]  # a restart reads the choice back
+    pd.testing.assert_frame_equal(again[2], first[2])  # every setting's score, exactly
+    for changed in ((emb, "photo", _config()), (emb, "sketch", _config(lam=10.0)),
+                    (service.restrict_domains(emb, ("sketch", "photo")), "sketch", _config())):
+        service.choose_hyperparameters(*changed[:2], "icm", changed[2], *grid, store=EmbeddingStore(tmp_path))
+    assert len(calls) == 3  # another target, config or set of domains: chosen again
+
+
 def test_sweep_has_honest_and_peeking_columns(emb):
     frame = service.sweep(emb, "sketch", "icm", _config(), (2, 4), (10.0,))
     assert list(frame.K) == [2, 4]

@@ -118,10 +118,26 @@ def accuracy_wide(table: pd.DataFrame, target: str) -> pd.DataFrame:
 
 def choose_hyperparameters(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConfig,
                            Ks: tuple[int, ...], lams: tuple[float, ...], scoring: str = "source_val",
-                           protocol: str = evaluation.LINEAR_PROBE) -> tuple[int, float, pd.DataFrame]:
-    """(K, lam) chosen by ``scoring`` on source data only (the target is removed first)."""
-    return guard("Could not choose K and lam", evaluation.select_hyperparameters,
-                  emb, target, method, Ks, lams, config, scoring, protocol)
+                           protocol: str = evaluation.LINEAR_PROBE, store=None) -> tuple[int, float, pd.DataFrame]:
+    """(K, lam) chosen by ``scoring`` on source data only (the target is removed first). With a
+    ``store`` (and embeddings that have a content key) the choice and every setting's score are
+    kept there, so that a restarted server does not fit the grid again (about a second on the demo)."""
+    def choose():
+        return guard("Could not choose K and lam", evaluation.select_hyperparameters,
+                     emb, target, method, Ks, lams, config, scoring, protocol)
+
+    if store is None or not emb.key:
+        return choose()
+    from clip_icm.store import make_key
+
+    key = make_key("selection", emb.key, target, method, repr(config), list(Ks), list(lams), scoring, protocol)
+    entry = store.get_entry(key)
+    if entry is not None:
+        kept = entry[1]  # JSON floats round-trip exactly
+        return kept["K"], kept["lam"], pd.DataFrame(kept["scores"])
+    K, lam, scores = choose()
+    store.put(key, np.zeros(0), {"K": int(K), "lam": float(lam), "scores": scores.to_dict("list")})
+    return K, lam, scores
 
 
 def full_space_score(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, scoring: str,
