@@ -65,9 +65,12 @@ def warm_up() -> None:
     layout up to BLAS_KNN_LIMIT rows, from a spectral start or a given one. (Layouts of more rows
     also compile pynndescent's neighbour descent, about 40 s in every process that draws one:
     numba cannot cache it.)"""
+    from clip_icm import umap_cache
+
     gen = np.random.default_rng(0)
     layout_2d(gen.normal(size=(64, 8)))
     layout_2d(gen.normal(size=(64, 8)), init=gen.normal(size=(64, 2)))
+    umap_cache.mark_filled()
 
 
 _compiler: subprocess.Popen | None = None
@@ -84,12 +87,16 @@ def compile_in_background() -> None:
 
     A process, not a thread: numba's compilation holds the GIL, and in a thread it delayed the
     dashboard's first page by the length of the compilation (bench/RESULTS.md). Nothing is
-    imported here, so a page whose layouts all come from the store never imports umap."""
+    imported here, so a page whose layouts all come from the store never imports umap; and no
+    process starts once the cache holds every kernel (``umap_cache.filled``)."""
+    from clip_icm import umap_cache
+
     global _compiler, _compiler_started
     with _compiler_lock:
         if not _compiler_started:
             _compiler_started = True
-            _compiler = background.start("from clip_icm import reduce\nreduce.warm_up()", low_priority=True)
+            if not umap_cache.filled():  # else even loading them there would only compete with the page
+                _compiler = background.start("from clip_icm import reduce\nreduce.warm_up()", low_priority=True)
 
 
 def layout_2d(

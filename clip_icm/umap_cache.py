@@ -19,7 +19,9 @@ of these names, an unwritable folder) leaves that kernel uncached: slower, never
 from __future__ import annotations
 
 import os
+import sys
 import threading
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 # (module, name) of each kernel a layout calls from Python and that the installed version
@@ -72,3 +74,31 @@ def enable(folder: Path | str | None = None) -> dict[str, Path]:
         finally:
             numba.config.CACHE_DIR = previous
         return dict(_enabled)
+
+
+def _marker(folder: Path | str | None) -> Path | None:
+    """The file that says the KERNELS of these versions are in ``folder``'s cache (None if a
+    version is unknown)."""
+    try:
+        versions = f"py{sys.version_info[0]}{sys.version_info[1]}-umap{version('umap-learn')}-numba{version('numba')}"
+    except PackageNotFoundError:
+        return None
+    return (Path(folder) if folder is not None else default_folder()) / f"filled-{versions}"
+
+
+def filled(folder: Path | str | None = None) -> bool:
+    """Whether a process has already cached every kernel of the installed versions in ``folder``:
+    then a layout loads them (about a second) and nothing need compile them beforehand. (Numba
+    still checks each entry: a copy made on another CPU compiles again, never runs stale code.)"""
+    marker = _marker(folder)
+    return marker is not None and marker.is_file()
+
+
+def mark_filled(folder: Path | str | None = None) -> None:
+    """Record that every kernel is cached (call after layouts ran with all KERNELS enabled)."""
+    marker = _marker(folder)
+    if marker is not None and len(enable(folder)) == len(KERNELS):
+        try:
+            marker.touch()
+        except OSError:
+            pass  # an unwritable folder: the next process compiles in the background again
