@@ -106,10 +106,11 @@ print(json.dumps({"layouts": [a.tolist() for a in (full, invariant, exact)], "co
 """
 
 
-def _layouts_in_a_fresh_process(mode: str, cache: Path) -> dict:
+def _in_a_fresh_process(code: str, cache: Path, *args: str) -> dict:
+    """Run ``code`` in a new interpreter on the store ``cache``; the JSON it prints last."""
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "CLIP_ICM_CACHE": str(cache), "PYTHONPATH": str(root)}
-    out = subprocess.run([sys.executable, "-c", _LAYOUTS, mode], env=env, cwd=root, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=root, capture_output=True,
                          text=True, timeout=600, check=True).stdout
     return json.loads(out.splitlines()[-1])
 
@@ -121,9 +122,9 @@ def test_cached_umap_kernels_load_in_a_new_process_and_give_the_same_layouts(tmp
     searches (distance matrix, matrix products) and from a given start then need."""
     from clip_icm.umap_cache import KERNELS
 
-    plain = _layouts_in_a_fresh_process("plain", tmp_path)
-    first = _layouts_in_a_fresh_process("cached", tmp_path)
-    second = _layouts_in_a_fresh_process("cached", tmp_path)
+    plain = _in_a_fresh_process(_LAYOUTS, tmp_path, "plain")
+    first = _in_a_fresh_process(_LAYOUTS, tmp_path, "cached")
+    second = _in_a_fresh_process(_LAYOUTS, tmp_path, "cached")
     kernels = {name.replace("_nb_", "_") for _, name in KERNELS}
     assert kernels <= set(plain["warm_up"]) and not kernels & set(plain["compiled"])  # the warm-up did
     assert kernels <= set(first["compiled"])
@@ -157,19 +158,12 @@ def test_background_compilation_fills_the_cache_that_the_first_layout_loads(tmp_
     from clip_icm import umap_cache
     from clip_icm.umap_cache import KERNELS
 
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "CLIP_ICM_CACHE": str(tmp_path), "PYTHONPATH": str(root)}
-
-    def run() -> dict:
-        return json.loads(subprocess.run([sys.executable, "-c", _BACKGROUND], env=env, cwd=root, capture_output=True,
-                                         text=True, timeout=600, check=True).stdout.splitlines()[-1])
-
     kernels = {name.replace("_nb_", "_") for _, name in KERNELS}
-    first = run()
+    first = _in_a_fresh_process(_BACKGROUND, tmp_path)
     assert first["exit"] == 0 and first["same_process"] and not first["imported_at_start"]
     assert not kernels & set(first["compiled"])
     assert any((tmp_path / "numba").rglob("*.nbi")) and umap_cache.filled(tmp_path / "numba")
-    second = run()  # the cache holds every kernel: no process starts, and the layout loads them
+    second = _in_a_fresh_process(_BACKGROUND, tmp_path)  # the cache holds every kernel: no process starts, and the layout loads them
     assert second["exit"] is None and not kernels & set(second["compiled"])
 
 
