@@ -267,12 +267,18 @@ def pick_device(device: str = "auto") -> str:
     return "cpu"
 
 
+# Device nodes through which torch.cuda reaches a GPU on Linux (in containers too): NVIDIA's driver,
+# WSL2's GPU paravirtualisation, Jetson's integrated GPU, ROCm.
+_GPU_NODES = ("/dev/nvidiactl", "/dev/dxg", "/dev/nvhost-ctrl-gpu", "/dev/kfd")
+
+
 def _may_have_accelerator() -> bool:
-    """False only where torch could not find one: Linux without the NVIDIA or ROCm device nodes
-    (torch.cuda needs them, in containers too) and torch not imported yet (then ask torch)."""
+    """False only where torch could not find one: Linux without any _GPU_NODES, torch not imported
+    yet. Building a model always asks torch (resolve_model imports it first); this spares the
+    import to a caption or a page whose embeddings all come from the store."""
     if "torch" in sys.modules or not sys.platform.startswith("linux"):
         return True
-    return any(os.path.exists(node) for node in ("/dev/nvidiactl", "/dev/kfd"))
+    return any(os.path.exists(node) for node in _GPU_NODES)
 
 
 def _check_device_name(device: str) -> None:

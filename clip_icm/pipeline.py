@@ -306,10 +306,6 @@ def scan_data(data: DataConfig) -> DomainScan:
     return scan_domain_folder(root, data.dataset, data.max_per_domain, data.seed)
 
 
-DEMO_DRAW_WAIT_S = 600
-DRAWING_STAGE = "drawing the demo world and loading the model"
-
-
 def _pair_rows(is_train: np.ndarray, n_pairs: int | None, seed: int, name: str) -> np.ndarray:
     rows = np.flatnonzero(is_train)
     if n_pairs is not None and n_pairs < len(rows):
@@ -372,6 +368,10 @@ def _factor_rows_of(root: Path, paths: Sequence[str]) -> list[dict]:
     if absent:
         raise InvalidInput(f"factors.csv in {root} has no row for {len(absent)} image(s), e.g. {absent[0]}")
     return table.loc[relative].to_dict("records")
+
+
+DEMO_DRAW_WAIT_S = 600  # for a world drawn in seconds; past that, scan_data draws it here
+DRAWING_STAGE = "drawing the demo world and loading the model"
 
 
 def embed_dataset(

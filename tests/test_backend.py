@@ -204,7 +204,7 @@ def test_auto_device_agrees_with_torch_and_skips_importing_it_where_there_is_no_
 
     import torch
 
-    from clip_icm.backend import _may_have_accelerator, pick_device
+    from clip_icm.backend import _GPU_NODES, _may_have_accelerator, pick_device
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", _DEVICE_IN_A_FRESH_PROCESS], capture_output=True, text=True,
@@ -212,7 +212,7 @@ def test_auto_device_agrees_with_torch_and_skips_importing_it_where_there_is_no_
     (device, precision), imported = json.loads(out.splitlines()[-1])
     assert device == pick_device("auto")  # torch is imported here, so this one asked torch
     assert precision == pick_precision("auto", device)
-    no_nodes = sys.platform.startswith("linux") and not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/kfd"))
+    no_nodes = sys.platform.startswith("linux") and not any(os.path.exists(p) for p in _GPU_NODES)
     assert imported is not no_nodes
     if no_nodes:
         assert not torch.cuda.is_available() and device == "cpu"
