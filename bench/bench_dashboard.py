@@ -9,6 +9,13 @@ compilation), opens it in headless Chromium and prints:
 - K change: seconds from pressing the K slider's arrow key to the accuracy chart showing the
   new K, and to the invariant-space UMAP showing it;
 - a restart: a fresh server process on the same store, first page again.
+
+    python -m bench.bench_dashboard --against REV [--rounds N]
+
+serves this checkout and git revision REV (checked out into a temporary worktree) in turn, N
+rounds interleaved so that both see the same machine, and prints each measurement's median for
+both and their ratio (this VM's speed drifts by tens of percent within an hour: only runs side by
+side compare).
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import argparse
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,11 +48,11 @@ def _wait_title(page, prefix: str, pattern: str, timeout_s: float = 120) -> floa
     return time.monotonic() - start
 
 
-def _serve(cache: str) -> tuple[subprocess.Popen, str]:
+def _serve(cache: str, root: Path = ROOT) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    env = {**os.environ, "CLIP_ICM_CACHE": cache, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "CLIP_ICM_CACHE": cache, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port",
-                             str(port), "--server.address", "127.0.0.1"], cwd=ROOT, env=env,
+                             str(port), "--server.address", "127.0.0.1"], cwd=root, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     _wait_http(url, proc)
@@ -67,13 +75,14 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=20)
 
 
-def run(source: str) -> dict[str, float]:
+def run(source: str, root: Path = ROOT) -> dict[str, float]:
+    """The measurements of the module docstring, with the dashboard of the checkout at ``root``."""
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as cache, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        proc, url = _serve(cache)
+        proc, url = _serve(cache, root)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 2000})
             cold_accuracy, cold_all = _first_page(page, url, source)
@@ -87,7 +96,7 @@ def run(source: str) -> dict[str, float]:
             umap = time.monotonic() - t0 + _wait_title(page, "Invariant space", f"K = {k + 1},")
         finally:
             _stop(proc)
-        proc, url = _serve(cache)  # a restarted server: fresh process, the store kept
+        proc, url = _serve(cache, root)  # a restarted server: fresh process, the store kept
         try:
             warm_accuracy, warm_all = _first_page(browser.new_page(viewport={"width": 1600, "height": 2000}), url,
                                                   source)
@@ -101,12 +110,38 @@ def run(source: str) -> dict[str, float]:
             "restart (store kept, fresh process) -> every plot": warm_all}
 
 
+def against(source: str, rev: str, rounds: int) -> None:
+    """This checkout and ``rev`` interleaved, ``rounds`` times; medians and ratios."""
+    with tempfile.TemporaryDirectory() as folder:
+        other = Path(folder) / "other"
+        subprocess.run(["git", "worktree", "add", "--detach", str(other), rev], cwd=ROOT, check=True,
+                       capture_output=True)
+        try:
+            runs: dict[str, list[dict[str, float]]] = {"this": [], rev: []}
+            for _ in range(rounds):
+                for name, root in (("this", ROOT), (rev, other)):
+                    runs[name].append(run(source, root))
+                    print(f"{name} (load average {os.getloadavg()[0]:.1f} after it): "
+                          + ", ".join(f"{v:.1f}" for v in runs[name][-1].values()), flush=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=ROOT, capture_output=True)
+    print(f"\n| {source}: median of {rounds} | this checkout (s) | {rev} (s) | ratio |\n|---|---|---|---|")
+    for key in runs["this"][0]:
+        new, old = (statistics.median(r[key] for r in runs[name]) for name in ("this", rev))
+        print(f"| {key} | {new:.1f} | {old:.1f} | {new / old:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", choices=["demo", "synthetic"], default="demo")
+    parser.add_argument("--against", metavar="REV", help="also serve this git revision, interleaved")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
           f"load average {os.getloadavg()[0]:.1f}")
+    if args.against:
+        against(args.source, args.against, args.rounds)
+        return
     for name, seconds in run(args.source).items():
         print(f"{args.source}: {name}: {seconds:.1f} s")
 
