@@ -31,7 +31,7 @@ def fit(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, _
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def evaluate(emb_key: str, target: str, config: evaluation.EvalConfig, _emb: EmbeddingSet) -> pd.DataFrame:
-    return service.evaluate(_emb, target, config)
+    return service.evaluate(_emb, target, config, store=results_store())
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -55,7 +55,7 @@ def full_space_score(emb_key: str, target: str, config: evaluation.EvalConfig, s
 @st.cache_data(show_spinner=False, max_entries=32)
 def target_confusions(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, protocol: str,
                       _emb: EmbeddingSet) -> dict[str, np.ndarray]:
-    return service.target_confusions(_emb, target, method, config, protocol)
+    return service.target_confusions(_emb, target, method, config, protocol, store=results_store())
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -77,8 +77,8 @@ def predictions(emb_key: str, fit_key: str, method: str, _emb: EmbeddingSet, _fi
 
 @st.cache_resource(show_spinner=False)
 def results_store() -> EmbeddingStore:
-    """Layouts and the chosen K and lam also go to the on-disk store, so that a restarted server
-    redraws at once."""
+    """Layouts, the chosen K and lam, accuracy tables and confusion matrices also go to the on-disk
+    store, so that a restarted server redraws at once."""
     return EmbeddingStore()
 
 

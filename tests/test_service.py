@@ -144,6 +144,30 @@ def test_a_choice_of_k_and_lam_is_kept_in_the_store_by_content(emb, tmp_path, mo
     assert len(calls) == 3  # another target, config or set of domains: chosen again
 
 
+def test_accuracy_tables_and_confusions_are_kept_in_the_store_exactly(emb, tmp_path, monkeypatch):
+    from clip_icm.store import EmbeddingStore
+
+    config = _config(methods=("icm", "orth_cali"))  # Orth-Cali's probe is n/a (NaN): kept as such
+    frame = service.evaluate(emb, "sketch", config, store=EmbeddingStore(tmp_path))
+    matrices = service.target_confusions(emb, "sketch", "icm", config, store=EmbeddingStore(tmp_path))
+
+    def refit(*args, **kwargs):
+        raise AssertionError("fitted again")
+
+    monkeypatch.setattr(evaluation, "evaluate_split", refit)
+    monkeypatch.setattr(evaluation, "predict_all", refit)
+    again = service.evaluate(emb, "sketch", config, store=EmbeddingStore(tmp_path))  # a restart
+    pd.testing.assert_frame_equal(again, frame)  # values, NaN and dtypes
+    assert frame.accuracy.isna().any()
+    kept = service.target_confusions(emb, "sketch", "icm", config, store=EmbeddingStore(tmp_path))
+    assert kept.keys() == matrices.keys()
+    for name in matrices:
+        np.testing.assert_array_equal(kept[name], matrices[name])
+        assert kept[name].dtype == matrices[name].dtype
+    with pytest.raises(AssertionError, match="fitted again"):  # another protocol is another result
+        service.target_confusions(emb, "sketch", "icm", config, evaluation.ZERO_SHOT, store=EmbeddingStore(tmp_path))
+
+
 def test_sweep_has_honest_and_peeking_columns(emb):
     frame = service.sweep(emb, "sketch", "icm", _config(), (2, 4), (10.0,))
     assert list(frame.K) == [2, 4]

@@ -2,10 +2,14 @@
 user's mistake into it, and the content key of plain values."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypeVar
+
+import numpy as np
 
 from clip_icm.errors import UserError
 from clip_icm.hashing import digest
+
+T = TypeVar("T")
 
 # What a user can get wrong (the project's UserError), plus what the machine refuses (a missing or
 # unreadable file, a full disk: OSError); anything else is a bug and surfaces as one.
@@ -31,3 +35,23 @@ def guard(what: str, call: Callable, *args, **kwargs):
 
 def message(error: BaseException) -> str:
     return str(error) or type(error).__name__
+
+
+def kept(store, emb_key: str, parts: tuple, compute: Callable[[], T], encode: Callable[[T], object],
+         decode: Callable[[object], T]) -> T:
+    """``compute()``, kept in the on-disk ``store`` (an EmbeddingStore) under the content key of
+    the embeddings' key and ``parts`` (printable values), as JSON in an entry's metadata: a
+    restarted server reads it back instead of fitting again. No store, or embeddings without a
+    content key: computed every time. JSON floats round-trip exactly, so what is read back is what
+    was computed."""
+    if store is None or not emb_key:
+        return compute()
+    from clip_icm.store import make_key
+
+    key = make_key("result", emb_key, repr(parts))
+    entry = store.get_entry(key)
+    if entry is not None and "value" in entry[1]:
+        return decode(entry[1]["value"])
+    value = compute()
+    store.put(key, np.zeros(0), {"value": encode(value)})  # the entry is its metadata
+    return value

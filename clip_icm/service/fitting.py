@@ -9,7 +9,7 @@ import pandas as pd
 
 from clip_icm import defaults, evaluation, methods
 from clip_icm.embeddings import EmbeddingSet
-from clip_icm.service.base import guard
+from clip_icm.service.base import guard, kept
 
 @dataclass(frozen=True)
 class Fit:
@@ -66,9 +66,19 @@ def _ratio_pairs(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) 
     return np.concatenate([p.z for p in sets]), np.concatenate([p.z_do for p in sets]), "training pairs (no held-out pairs)"
 
 
-def evaluate(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) -> pd.DataFrame:
-    """evaluation.evaluate_split, with user errors as ServiceError."""
-    return guard("Could not evaluate", evaluation.evaluate_split, emb, target, config)
+def evaluate(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, store=None) -> pd.DataFrame:
+    """evaluation.evaluate_split, with user errors as ServiceError; kept in ``store`` (see base.kept)."""
+    return kept(store, emb.key, ("evaluate", target, config),
+                lambda: guard("Could not evaluate", evaluation.evaluate_split, emb, target, config),
+                _frame_json, _json_frame)
+
+
+def _frame_json(frame: pd.DataFrame) -> dict:
+    return {"columns": list(frame.columns), "data": frame.to_dict("list")}
+
+
+def _json_frame(kept_frame: dict) -> pd.DataFrame:
+    return pd.DataFrame(kept_frame["data"], columns=kept_frame["columns"])
 
 
 def evaluate_open_class(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) -> pd.DataFrame:
@@ -119,25 +129,13 @@ def accuracy_wide(table: pd.DataFrame, target: str) -> pd.DataFrame:
 def choose_hyperparameters(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConfig,
                            Ks: tuple[int, ...], lams: tuple[float, ...], scoring: str = "source_val",
                            protocol: str = evaluation.LINEAR_PROBE, store=None) -> tuple[int, float, pd.DataFrame]:
-    """(K, lam) chosen by ``scoring`` on source data only (the target is removed first). With a
-    ``store`` (and embeddings that have a content key) the choice and every setting's score are
-    kept there, so that a restarted server does not fit the grid again (about a second on the demo)."""
-    def choose():
-        return guard("Could not choose K and lam", evaluation.select_hyperparameters,
-                     emb, target, method, Ks, lams, config, scoring, protocol)
-
-    if store is None or not emb.key:
-        return choose()
-    from clip_icm.store import make_key
-
-    key = make_key("selection", emb.key, target, method, repr(config), list(Ks), list(lams), scoring, protocol)
-    entry = store.get_entry(key)
-    if entry is not None:
-        kept = entry[1]  # JSON floats round-trip exactly
-        return kept["K"], kept["lam"], pd.DataFrame(kept["scores"])
-    K, lam, scores = choose()
-    store.put(key, np.zeros(0), {"K": int(K), "lam": float(lam), "scores": scores.to_dict("list")})
-    return K, lam, scores
+    """(K, lam) chosen by ``scoring`` on source data only (the target is removed first); kept in
+    ``store`` (see base.kept): a restarted server does not fit the grid again (about 1 s on the demo)."""
+    return kept(store, emb.key, ("selection", target, method, config, Ks, lams, scoring, protocol),
+                lambda: guard("Could not choose K and lam", evaluation.select_hyperparameters,
+                              emb, target, method, Ks, lams, config, scoring, protocol),
+                lambda choice: {"K": int(choice[0]), "lam": float(choice[1]), "scores": _frame_json(choice[2])},
+                lambda choice: (choice["K"], choice["lam"], _json_frame(choice["scores"])))
 
 
 def full_space_score(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, scoring: str,
@@ -172,14 +170,20 @@ def confusion(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.n
 
 
 def target_confusions(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConfig,
-                      protocol: str = evaluation.LINEAR_PROBE) -> dict[str, np.ndarray]:
-    """Confusion matrices on the target domain: CLIP's full space and ``method``'s, one protocol."""
-    rows = emb.domains == target
-    out = {}
-    for name in (evaluation.FULL_SPACE, method):
-        predicted = guard("Could not predict", evaluation.predict_all, emb, target, name, config)[protocol]
-        out[name] = confusion(emb.labels[rows], predicted[rows], len(emb.class_names))
-    return out
+                      protocol: str = evaluation.LINEAR_PROBE, store=None) -> dict[str, np.ndarray]:
+    """Confusion matrices on the target domain: CLIP's full space and ``method``'s, one protocol;
+    kept in ``store`` (see base.kept)."""
+    def compute() -> dict[str, np.ndarray]:
+        rows = emb.domains == target
+        out = {}
+        for name in (evaluation.FULL_SPACE, method):
+            predicted = guard("Could not predict", evaluation.predict_all, emb, target, name, config)[protocol]
+            out[name] = confusion(emb.labels[rows], predicted[rows], len(emb.class_names))
+        return out
+
+    return kept(store, emb.key, ("confusions", target, method, config, protocol), compute,
+                lambda matrices: {name: m.tolist() for name, m in matrices.items()},
+                lambda matrices: {name: np.asarray(m, dtype=np.int64) for name, m in matrices.items()})
 
 
 def playground(config: object, shifts: tuple[float, ...], lam: float, n_components: int | None = None
