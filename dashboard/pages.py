@@ -86,14 +86,41 @@ def load_embeddings(request: service.EmbeddingRequest) -> EmbeddingSet | None:
 
 
 def _build(request: service.EmbeddingRequest, notes: list[str]) -> EmbeddingSet:
-    bar, start = st.progress(0.0, text="starting"), time.monotonic()
+    return service.load_embeddings(request, StageProgress(), notes)
 
-    def progress(stage: str, done: int, total: int) -> None:
-        left = (time.monotonic() - start) / done * (total - done) if done else float("nan")
-        eta = f", about {left:.0f} s left" if np.isfinite(left) else ""
-        bar.progress(min(done / total, 1.0) if total else 1.0, text=f"{stage}: {done}/{total}{eta}")
 
-    return service.load_embeddings(request, progress, notes)
+class StageProgress:
+    """The embedding pass's progress: a bar for the running stage (its count and the time left at
+    that stage's own rate) above a line naming the stages done, with their sizes and times, so that
+    a pass of ten stages does not look like one bar starting over."""
+
+    def __init__(self) -> None:
+        self.bar, self.log = st.progress(0.0, text="starting"), st.empty()
+        self.stage: str | None = None
+        self.since, self.first_done, self.total = time.monotonic(), 0, 0
+        self.finished: list[str] = []
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if stage != self.stage:
+            if self.stage is not None:
+                self.finished.append(stage_summary(self.stage, self.total, now - self.since))
+                self.log.caption("Done: " + " · ".join(self.finished))
+            self.stage, self.since, self.first_done = stage, now, done  # rows found in the store come first
+        self.total = total
+        left = seconds_left(now - self.since, done - self.first_done, total - done)
+        eta = f", about {left:.0f} s left" if left is not None else ""
+        self.bar.progress(min(done / total, 1.0) if total else 1.0, text=f"{stage}: {done}/{total}{eta}")
+
+
+def stage_summary(stage: str, total: int, seconds: float) -> str:
+    size = f" {total:,}" if total > 1 else ""
+    return f"{stage}{size} ({seconds:.1f} s)"
+
+
+def seconds_left(elapsed: float, done: int, remaining: int) -> float | None:
+    """At the rate of the ``done`` items computed in ``elapsed`` seconds; None before the first."""
+    return elapsed / done * remaining if done > 0 else None
 
 
 def select_k_lam(emb: EmbeddingSet, c: controls.ProjectionChoice, start: dict) -> Selection | None:

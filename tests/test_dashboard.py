@@ -286,3 +286,32 @@ def test_default_demo_opens_on_the_honest_story_with_gallery_confusions_and_prom
     at.sidebar.multiselect(key="ctl_pairs").set_value(["image:random"]).run()
     _ok(at)
     assert not _table(at).loc["Augmentation linear probe"].equals(before.loc["Augmentation linear probe"])
+
+
+def test_embedding_progress_times_each_stage_on_its_own_and_lists_those_done(monkeypatch):
+    """The time left is the running stage's own rate (it was the whole pass's: a late stage of a
+    cold demo claimed minutes), and the stages done stay listed under the bar."""
+    from dashboard import pages
+
+    shown: dict[str, list[str]] = {"bar": [], "done": []}
+
+    class Element:
+        def progress(self, value, text):
+            shown["bar"].append(text)
+
+        def caption(self, text):
+            shown["done"].append(text)
+
+    clock = iter([0.0, 0.0, 100.0, 100.0, 110.0])
+    monkeypatch.setattr(pages.st, "progress", lambda *a, **kw: Element())
+    monkeypatch.setattr(pages.st, "empty", Element)
+    monkeypatch.setattr(pages.time, "monotonic", lambda: next(clock))
+    progress = pages.StageProgress()
+    progress("images", 0, 10)
+    progress("images", 10, 10)
+    progress("true:colour", 0, 100)
+    progress("true:colour", 50, 100)
+    assert shown["bar"][-1] == "true:colour: 50/100, about 10 s left"
+    assert shown["done"] == ["Done: images 10 (100.0 s)"]
+    assert pages.stage_summary("drawing the demo world and loading the model", 1, 3.94) == (
+        "drawing the demo world and loading the model (3.9 s)")  # a one-step stage shows no count
