@@ -253,13 +253,16 @@ class _Bars:
 def _embed(args: argparse.Namespace, configs: tuple, check_target: str | None = None):
     """Scan (checking the target domain before any embedding), then embed ``configs`` (the
     data, model and intervention configs of :func:`_configs`) through the store."""
+    from clip_icm import background
     from clip_icm.backend import model_key
-    from clip_icm.pipeline import embed_dataset
+    from clip_icm.pipeline import DEMO_DRAW_WAIT_S, embed_dataset, start_drawing_missing_demo
     from clip_icm.store import EmbeddingStore
 
     data, model, pairs = configs
     store = EmbeddingStore(args.cache)
+    drawing = start_drawing_missing_demo(data)  # while the model resolves
     model_key(model, store.root / "models")  # an unknown model or missing weights fail here, before the scan
+    background.wait(drawing, DEMO_DRAW_WAIT_S)  # should it fail, the scan draws the world here or says why not
     scan = _scan_quietly(data)
     if check_target not in (None, "all") and check_target not in scan.domain_names:
         raise InvalidInput(f"unknown domain {check_target!r}; domains: {', '.join(scan.domain_names)}")

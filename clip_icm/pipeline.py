@@ -374,6 +374,17 @@ DEMO_DRAW_WAIT_S = 600  # for a world drawn in seconds; past that, scan_data dra
 DRAWING_STAGE = "drawing the demo world and loading the model"
 
 
+def start_drawing_missing_demo(data: DataConfig):
+    """For the bundled demo (``data.root`` None) when its world is missing: a process drawing it
+    (toydomains.draw_demo_data_elsewhere), so that the caller can load the model meanwhile (each
+    takes about 4 s on one core); else None. Wait with background.wait(.., DEMO_DRAW_WAIT_S)."""
+    if data.root is not None:
+        return None
+    from clip_icm.toydomains import draw_demo_data_elsewhere
+
+    return draw_demo_data_elsewhere()
+
+
 def embed_dataset(
     data: DataConfig = DataConfig(),
     model: ModelConfig = ModelConfig(),
@@ -389,13 +400,8 @@ def embed_dataset(
     result of :func:`scan_data` for ``data`` when the caller already has it.
     """
     store = store if store is not None else EmbeddingStore()
-    # A missing demo world is drawn in another process while the model loads here (a world that
-    # new has no stored embeddings, so the model is needed anyway): each takes about 4 s on one core.
-    drawing = None
-    if scan is None and data.root is None:
-        from clip_icm.toydomains import draw_demo_data_elsewhere
-
-        drawing = draw_demo_data_elsewhere()
+    # a world that new has no stored embeddings: the model is needed anyway, so it loads meanwhile
+    drawing = start_drawing_missing_demo(data) if scan is None else None
     if drawing is not None and progress is not None:
         progress(DRAWING_STAGE, 0, 1)
     embedder = _Embedder(model, store, progress, chunk_size)

@@ -230,3 +230,22 @@ def test_skipped_summary_counts_reasons_and_truncates():
     lines = _skipped_text(skipped, limit=2).splitlines()
     assert lines[0] == "Skipped files: 3 (1 not an image, 2 unreadable)"
     assert lines[1:3] == ["  a: unreadable: x", "  b: unreadable: y"] and "1 more" in lines[3]
+
+
+def test_a_missing_demo_world_is_drawn_while_the_model_resolves(tmp_path, monkeypatch):
+    """On a fresh machine `embed` draws the demo world in another process while it resolves the
+    model (both about 4 s on one core), then scans it as usual."""
+    from clip_icm import toydomains
+
+    monkeypatch.setenv("CLIP_ICM_CACHE", str(tmp_path))
+    started = []
+    draw = toydomains.draw_demo_data_elsewhere
+
+    def recorded(root=None):
+        started.append(draw(root))
+        return started[-1]
+
+    monkeypatch.setattr(toydomains, "draw_demo_data_elsewhere", recorded)
+    assert main(["embed", "--max-per-domain", "8", "--interventions", "", "--text-banks", "", "--quiet"]) == 0
+    assert len(started) == 1 and started[0] is not None and started[0].returncode == 0
+    assert (tmp_path / "toydomains" / "recipe.json").is_file()
