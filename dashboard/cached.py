@@ -49,7 +49,7 @@ def choose(emb_key: str, target: str, method: str, config: evaluation.EvalConfig
 @st.cache_data(show_spinner=False, max_entries=32)
 def full_space_score(emb_key: str, target: str, config: evaluation.EvalConfig, scoring: str, protocol: str,
                      _emb: EmbeddingSet) -> float:
-    return service.full_space_score(_emb, target, config, scoring, protocol)
+    return service.full_space_score(_emb, target, config, scoring, protocol, store=results_store())
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -77,8 +77,8 @@ def predictions(emb_key: str, fit_key: str, method: str, _emb: EmbeddingSet, _fi
 
 @st.cache_resource(show_spinner=False)
 def results_store() -> EmbeddingStore:
-    """Layouts, the chosen K and lam, accuracy tables and confusion matrices also go to the on-disk
-    store, so that a restarted server redraws at once."""
+    """Layouts, the chosen K and lam with CLIP's score, accuracy tables and confusion matrices also
+    go to the on-disk store, so that a restarted server redraws at once."""
     return EmbeddingStore()
 
 

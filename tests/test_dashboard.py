@@ -252,9 +252,9 @@ def test_default_demo_opens_on_the_honest_story_with_gallery_confusions_and_prom
     _ok(at)
     added = {k: v for k, v in _store_entries(tmp_path / "store").items() if k not in before}
     # no embeddings: the two UMAP layouts, and results kept for a restart (empty arrays: the choice of
-    # K and lam, an accuracy table per method and baseline, the confusion matrices)
+    # K and lam and CLIP's score beside it, an accuracy table per method and baseline, the confusions)
     layouts = [shape for shape in added.values() if shape != [0]]
-    assert len(layouts) == 2 and all(shape[1] == 2 for shape in layouts) and len(added) == 2 + 1 + 3 + 1
+    assert len(layouts) == 2 and all(shape[1] == 2 for shape in layouts) and len(added) == 2 + 2 + 3 + 1
     shown = _table(at)["cartoon (target)"]
     for method, label in (("CLIP", "CLIP"), ("icm", "ICM"), ("pca", "PCA"), ("augmentation", "Augmentation")):
         for protocol in ("linear probe", "zero-shot"):

@@ -132,11 +132,14 @@ def test_a_choice_of_k_and_lam_is_kept_in_the_store_by_content(emb, tmp_path, mo
 
     grid = ((2, 4), (1.0, 1000.0))
     first = service.choose_hyperparameters(emb, "sketch", "icm", _config(), *grid, store=EmbeddingStore(tmp_path))
+    clip = service.full_space_score(emb, "sketch", _config(), "source_val", store=EmbeddingStore(tmp_path))
     calls = []
-    select = evaluation.select_hyperparameters
+    select, score = evaluation.select_hyperparameters, evaluation.source_score
     monkeypatch.setattr(evaluation, "select_hyperparameters", lambda *a, **kw: calls.append(1) or select(*a, **kw))
+    monkeypatch.setattr(evaluation, "source_score", lambda *a, **kw: calls.append(1) or score(*a, **kw))
     again = service.choose_hyperparameters(emb, "sketch", "icm", _config(), *grid, store=EmbeddingStore(tmp_path))
-    assert not calls and again[:2] == first[:2]  # a restart reads the choice back
+    assert service.full_space_score(emb, "sketch", _config(), "source_val", store=EmbeddingStore(tmp_path)) == clip
+    assert not calls and again[:2] == first[:2]  # a restart reads the choice and CLIP's score back
     pd.testing.assert_frame_equal(again[2], first[2])  # every setting's score, exactly
     for changed in ((emb, "photo", _config()), (emb, "sketch", _config(lam=10.0)),
                     (service.restrict_domains(emb, ("sketch", "photo")), "sketch", _config())):

@@ -139,10 +139,13 @@ def choose_hyperparameters(emb: EmbeddingSet, target: str, method: str, config: 
 
 
 def full_space_score(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, scoring: str,
-                     protocol: str = evaluation.LINEAR_PROBE) -> float:
-    """The selection rule's score for CLIP in the full space (to compare with the chosen setting's)."""
-    return guard("Could not score the full space", evaluation.source_score,
-                  emb, target, evaluation.FULL_SPACE, config, scoring, protocol)
+                     protocol: str = evaluation.LINEAR_PROBE, store=None) -> float:
+    """The selection rule's score for CLIP in the full space (to compare with the chosen setting's);
+    kept in ``store`` beside the choice (see base.kept)."""
+    return kept(store, emb.key, ("full space score", target, config, scoring, protocol),
+                lambda: guard("Could not score the full space", evaluation.source_score,
+                              emb, target, evaluation.FULL_SPACE, config, scoring, protocol),
+                float, float)
 
 
 def sweep(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConfig, Ks: tuple[int, ...],
