@@ -117,7 +117,12 @@ def test_interventional_selection_without_intervened_rows_is_a_message(monkeypat
     from clip_icm import scm
 
     real = scm.make_embedding_set
-    monkeypatch.setattr(scm, "make_embedding_set", lambda *a, **k: replace(real(*a, **k), intervened_val=[]))
+
+    def without_intervened_rows(*args, **kwargs):
+        emb = real(*args, **kwargs)  # another content, another key (as the pipeline's keys cover it)
+        return replace(emb, intervened_val=[], key=f"{emb.key}-without-intervened-val")
+
+    monkeypatch.setattr(scm, "make_embedding_set", without_intervened_rows)
     at = _app(ctl_selection="interventional")
     assert not at.exception
     assert any("needs intervened validation rows" in e.value for e in at.error)
