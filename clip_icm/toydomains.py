@@ -193,12 +193,15 @@ def _shape(name: str) -> np.ndarray:
     return np.asarray(pts, dtype=float)
 
 
-def _outline(f: Factors, canvas: int) -> list[tuple[float, float]]:
+def _outline_array(f: Factors, canvas: int) -> np.ndarray:
     pts = _shape(f.cls)
     a = math.radians(f.rotation)
     rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-    pts = pts @ rot.T * (f.size * canvas) + np.array([f.x * canvas, f.y * canvas])
-    return [tuple(p) for p in pts]
+    return pts @ rot.T * (f.size * canvas) + np.array([f.x * canvas, f.y * canvas])
+
+
+def _outline(f: Factors, canvas: int) -> list[tuple[float, float]]:
+    return list(map(tuple, _outline_array(f, canvas).tolist()))
 
 
 # --------------------------------------------------------------------------- rendering helpers
@@ -216,7 +219,7 @@ def _smooth_noise(gen: np.random.Generator, n: int, cells: int = 6) -> np.ndarra
 
 def _mask(f: Factors, n: int, offset: float = 0.0) -> np.ndarray:
     img = Image.new("L", (n, n), 0)
-    pts = [(x + offset * n, y + offset * n) for x, y in _outline(f, n)]
+    pts = list(map(tuple, (_outline_array(f, n) + offset * n).tolist()))
     ImageDraw.Draw(img).polygon(pts, fill=255)
     return np.asarray(img, float) / 255.0
 
@@ -228,7 +231,9 @@ def _saturate(rgb: Iterable[float], amount: float) -> tuple[int, int, int]:
 
 
 def _jitter(gen: np.random.Generator, rgb: Iterable[float], amount: float) -> tuple[int, int, int]:
-    return tuple(int(v) for v in np.clip(np.asarray(list(rgb), float) + gen.normal(0, amount, 3), 0, 255))
+    # plain floats: the same sums and clipping as NumPy's, without an array per stroke
+    noise = gen.normal(0, amount, 3).tolist()
+    return tuple(int(min(max(float(c) + d, 0.0), 255.0)) for c, d in zip(rgb, noise))
 
 
 def _strokes(draw: ImageDraw.ImageDraw, gen: np.random.Generator, n_strokes: int, n: int, palette, width: float) -> None:
@@ -250,7 +255,8 @@ def _photo(f: Factors, n: int, gen: np.random.Generator) -> np.ndarray:
         ImageFilter.GaussianBlur(n * 0.03)), float)[..., None] / 255.0
     img *= 1 - 0.45 * shadow
     # light from the top-left: brighter there, darker bottom-right, across the object
-    yy, xx = np.mgrid[0:n, 0:n] / n
+    ramp = np.arange(n) / n
+    yy, xx = ramp[:, None], ramp[None, :]
     shade = 1.15 - 1.6 * ((xx - f.x) + (yy - f.y)) / 2 / (f.size * 2)
     obj = np.asarray(COLOURS[f.colour], float) * np.clip(shade, 0.55, 1.35)[..., None]
     mask = _mask(f, n)[..., None]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import replace
 
@@ -110,6 +111,22 @@ def test_counterfactual_accepts_csv_rows(small_set):
     assert img.size == (32, 32)  # the row's own image size
     assert np.array_equal(np.asarray(td.render(td.Factors.from_row(row), 32)),
                           np.asarray(Image.open(small_set / row["path"]).convert("RGB")))
+
+
+# The pixels toy-clip was trained on and the demo's figures were measured with (bench/RESULTS.md):
+# a faster renderer must draw them exactly; a change of picture must be deliberate (and retrain).
+DEMO_PIXELS_SHA256 = "86d28f29a2657dcea0ce08ba01c6cac826dd077646b6f02cc23830b8caabd8c9"
+
+
+def test_the_demo_worlds_pixels_are_the_ones_toy_clip_was_trained_on():
+    rows = td.toydomains_factors(td.DEMO_RECIPE)[::40]  # 8 images of each style
+    assert {r["style"] for r in rows} == set(td.STYLES)
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(td.render(td.Factors.from_row(row), int(row["image_size"])).tobytes())
+        for change in ("colour", "background", ("colour", "background")):
+            digest.update(td.render_counterfactual(row, change, 0).tobytes())
+    assert digest.hexdigest() == DEMO_PIXELS_SHA256
 
 
 def test_spurious_split_strength_and_reversal():
