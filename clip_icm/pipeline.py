@@ -195,6 +195,8 @@ class _Embedder:
                what: object = None, intervention: Intervention | None = None, seeds: np.ndarray | None = None
                ) -> tuple[np.ndarray, dict[int, str]]:
         """Embeddings (n, D) float32 and {row: decode error}, chunk by chunk through the store."""
+        if not len(items):  # no chunk to read D from: the model says it (a rare case, so loading it is fine)
+            return np.zeros((0, self.backend.embed_dim), np.float32), {}
         chunks = chunk_indices(domains, self.chunk_size)
         job = _ImageJob(stage, items, chunks, [make_key("images", self.key, what, hashes[c].tolist()) for c in chunks],
                         intervention, seeds)

@@ -92,6 +92,13 @@ def test_chunks_split_per_domain():
     assert [c.tolist() for c in chunks] == [[0, 2], [3], [1, 4]]
 
 
+def test_an_empty_image_job_is_an_empty_array_of_the_models_width(tmp_path, model, count_encoded):
+    embedder = pipeline._Embedder(model, EmbeddingStore(tmp_path / "store"), None, 256)
+    features, failed = embedder.images("nothing", [], np.array([], str), np.array([], str))
+    assert features.shape == (0, 32) and features.dtype == np.float32 and failed == {}
+    assert count_encoded == []  # nothing went through the model
+
+
 def test_killed_run_resumes_with_only_the_missing_chunks(tmp_path, messy, model, count_encoded):
     n_images = messy.n_images
     def killer(stage, done, total):
