@@ -8,7 +8,10 @@ compilation), opens it in headless Chromium and prints:
 - first page: seconds from opening the URL to the accuracy chart, and to every plot drawn;
 - K change: seconds from pressing the K slider's arrow key to the accuracy chart showing the
   new K, and to the invariant-space UMAP showing it;
-- a restart: a fresh server process on the same store, first page again.
+- a restart: a fresh server process on the same store, first page again;
+- for both first pages, the CPU seconds that the server (with the processes it started) and the
+  browser (every Chromium process) spent until the accuracy chart showed: on a 2-core machine
+  their sum over 2 bounds how soon the chart can come (Linux: read from /proc).
 
     python -m bench.bench_dashboard --against REV [--rounds N]
 
@@ -59,15 +62,48 @@ def _serve(cache: str, root: Path = ROOT) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-def _first_page(page, url: str, source: str) -> tuple[float, float]:
-    """Seconds from opening the URL to the accuracy chart, and to every plot drawn."""
+def _processes() -> dict[int, tuple[int, str, float]]:
+    """{pid: (parent pid, name, CPU seconds)} of every process; the CPU seconds are user + system,
+    its own and those of the children it has waited for (so a process that ended still counts,
+    in its parent). Empty where there is no /proc."""
+    tick, out = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # ended meanwhile
+        name, fields = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+        out[int(stat.parent.name)] = (int(fields[1]), name, sum(int(v) for v in fields[11:15]) / tick)
+    return out
+
+
+def _cpu_seconds(root_pid: int) -> tuple[float, float]:
+    """CPU seconds so far of the server (``root_pid`` and its descendants) and of every Chromium
+    process under this one."""
+    procs, children = _processes(), {}
+    for pid, (parent, _, _) in procs.items():
+        children.setdefault(parent, []).append(pid)
+
+    def tree(pid: int) -> list[int]:
+        return [pid] + [q for child in children.get(pid, []) for q in tree(child)]
+
+    server = sum(procs[pid][2] for pid in tree(root_pid) if pid in procs)
+    browser = sum(procs[pid][2] for pid in tree(os.getpid()) if "chrom" in procs[pid][1].lower())
+    return server, browser
+
+
+def _first_page(page, url: str, source: str, server_pid: int) -> tuple[float, float, float, float]:
+    """Seconds from opening the URL to the accuracy chart, and to every plot drawn; the CPU seconds
+    of the server and of the browser until the chart."""
+    cpu_before = _cpu_seconds(server_pid)
     start = time.monotonic()
     page.goto(url + ("/?source=synthetic" if source == "synthetic" else "/"))
     page.locator(".js-plotly-plot .gtitle", has_text="Accuracy per domain").first.wait_for(timeout=600_000)
     accuracy = time.monotonic() - start
+    server, browser = (after - before for after, before in zip(_cpu_seconds(server_pid), cpu_before))
     for title in PLOT_TITLES:
         page.locator(".js-plotly-plot .gtitle", has_text=title).first.wait_for(timeout=600_000)
-    return accuracy, time.monotonic() - start
+    return accuracy, time.monotonic() - start, server, browser
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -85,7 +121,7 @@ def run(source: str, root: Path = ROOT) -> dict[str, float]:
         proc, url = _serve(cache, root)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 2000})
-            cold_accuracy, cold_all = _first_page(page, url, source)
+            cold_accuracy, cold_all, cold_server, cold_browser = _first_page(page, url, source, proc.pid)
             page.wait_for_timeout(3000)
             k = int(re.search(r"K = (\d+)", _title(page, "Accuracy per domain")).group(1))
             slider = page.locator('[data-testid="stSlider"]', has_text="K (invariant").get_by_role("slider")
@@ -98,8 +134,8 @@ def run(source: str, root: Path = ROOT) -> dict[str, float]:
             _stop(proc)
         proc, url = _serve(cache, root)  # a restarted server: fresh process, the store kept
         try:
-            warm_accuracy, warm_all = _first_page(browser.new_page(viewport={"width": 1600, "height": 2000}), url,
-                                                  source)
+            warm_accuracy, warm_all, warm_server, warm_browser = _first_page(
+                browser.new_page(viewport={"width": 1600, "height": 2000}), url, source, proc.pid)
         finally:
             _stop(proc)
         browser.close()
@@ -107,7 +143,11 @@ def run(source: str, root: Path = ROOT) -> dict[str, float]:
             "first page (empty store, fresh process) -> every plot": cold_all,
             "K change -> accuracy chart": accuracy, "K change -> invariant UMAP": umap,
             "restart (store kept, fresh process) -> accuracy chart": warm_accuracy,
-            "restart (store kept, fresh process) -> every plot": warm_all}
+            "restart (store kept, fresh process) -> every plot": warm_all,
+            "first page: CPU seconds to the chart, server": cold_server,
+            "first page: CPU seconds to the chart, browser": cold_browser,
+            "restart: CPU seconds to the chart, server": warm_server,
+            "restart: CPU seconds to the chart, browser": warm_browser}
 
 
 def against(source: str, rev: str, rounds: int) -> None:
@@ -143,7 +183,7 @@ def main() -> None:
         against(args.source, args.against, args.rounds)
         return
     for name, seconds in run(args.source).items():
-        print(f"{args.source}: {name}: {seconds:.1f} s")
+        print(f"{args.source}: {name}: {seconds:.1f}{'' if 'CPU' in name else ' s'}")
 
 
 if __name__ == "__main__":
