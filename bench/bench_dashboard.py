@@ -13,6 +13,13 @@ compilation), opens it in headless Chromium and prints:
   browser (every Chromium process) spent until the accuracy chart showed: on a 2-core machine
   their sum over 2 bounds how soon the chart can come (Linux: read from /proc).
 
+    python -m bench.bench_dashboard --folder PATH [--store DIR]
+
+the same with a DomainBed-layout folder of your own, chosen in the sidebar as a user would (its
+parent is allowed through CLIP_ICM_DATA_ROOTS); ``--store DIR`` starts each server from a copy of
+that store instead of an empty one (e.g. one filled by ``python -m clip_icm embed --root PATH``,
+which embeds what the dashboard would: then the first page computes no embeddings).
+
     python -m bench.bench_dashboard --against REV [--rounds N]
 
 serves this checkout and git revision REV (checked out into a temporary worktree) in turn, N
@@ -26,6 +33,7 @@ import argparse
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,9 +59,11 @@ def _wait_title(page, prefix: str, pattern: str, timeout_s: float = 120) -> floa
     return time.monotonic() - start
 
 
-def _serve(cache: str, root: Path = ROOT) -> tuple[subprocess.Popen, str]:
+def _serve(cache: str, root: Path = ROOT, folder: str | None = None) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {**os.environ, "CLIP_ICM_CACHE": cache, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+    if folder:
+        env["CLIP_ICM_DATA_ROOTS"] = str(Path(folder).parent)
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port",
                              str(port), "--server.address", "127.0.0.1"], cwd=root, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -92,12 +102,31 @@ def _cpu_seconds(root_pid: int) -> tuple[float, float]:
     return server, browser
 
 
-def _first_page(page, url: str, source: str, server_pid: int) -> tuple[float, float, float, float]:
+def _type_folder(page, folder: str, tries: int = 3) -> None:
+    """Type ``folder`` into the sidebar's path box; typed while the page's first run redraws the
+    box, the text can be lost, so retype until the page offers the folder's data sets."""
+    for _ in range(tries):
+        path = page.get_by_label("DomainBed root folder", exact=True)
+        path.fill(folder)
+        path.press("Enter")
+        try:
+            page.get_by_text("Data set", exact=True).wait_for(timeout=15_000)
+            return
+        except Exception:  # playwright's TimeoutError: type it again
+            continue
+    raise RuntimeError(f"the dashboard did not take the folder {folder} after {tries} tries")
+
+
+def _first_page(page, url: str, source: str, server_pid: int, folder: str | None = None
+                ) -> tuple[float, float, float, float]:
     """Seconds from opening the URL to the accuracy chart, and to every plot drawn; the CPU seconds
-    of the server and of the browser until the chart."""
+    of the server and of the browser until the chart. With ``folder``, the clock includes typing
+    its path into the sidebar."""
     cpu_before = _cpu_seconds(server_pid)
     start = time.monotonic()
-    page.goto(url + ("/?source=synthetic" if source == "synthetic" else "/"))
+    page.goto(url + ("/" if source == "demo" else f"/?source={source}"))
+    if folder:
+        _type_folder(page, folder)
     page.locator(".js-plotly-plot .gtitle", has_text="Accuracy per domain").first.wait_for(timeout=600_000)
     accuracy = time.monotonic() - start
     server, browser = (after - before for after, before in zip(_cpu_seconds(server_pid), cpu_before))
@@ -111,17 +140,22 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=20)
 
 
-def run(source: str, root: Path = ROOT) -> dict[str, float]:
+def run(source: str, root: Path = ROOT, folder: str | None = None, store: str | None = None) -> dict[str, float]:
     """The measurements of the module docstring, with the dashboard of the checkout at ``root``."""
     from playwright.sync_api import sync_playwright
 
-    with tempfile.TemporaryDirectory() as cache, sync_playwright() as p:
+    with tempfile.TemporaryDirectory() as scratch, sync_playwright() as p:
+        cache = str(Path(scratch) / "store")
+        if store:
+            shutil.copytree(store, cache)
+        else:
+            os.mkdir(cache)
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        proc, url = _serve(cache, root)
+        proc, url = _serve(cache, root, folder)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 2000})
-            cold_accuracy, cold_all, cold_server, cold_browser = _first_page(page, url, source, proc.pid)
+            cold_accuracy, cold_all, cold_server, cold_browser = _first_page(page, url, source, proc.pid, folder)
             page.wait_for_timeout(3000)
             k = int(re.search(r"K = (\d+)", _title(page, "Accuracy per domain")).group(1))
             slider = page.locator('[data-testid="stSlider"]', has_text="K (invariant").get_by_role("slider")
@@ -132,15 +166,16 @@ def run(source: str, root: Path = ROOT) -> dict[str, float]:
             umap = time.monotonic() - t0 + _wait_title(page, "Invariant space", f"K = {k + 1},")
         finally:
             _stop(proc)
-        proc, url = _serve(cache, root)  # a restarted server: fresh process, the store kept
+        proc, url = _serve(cache, root, folder)  # a restarted server: fresh process, the store kept
         try:
             warm_accuracy, warm_all, warm_server, warm_browser = _first_page(
-                browser.new_page(viewport={"width": 1600, "height": 2000}), url, source, proc.pid)
+                browser.new_page(viewport={"width": 1600, "height": 2000}), url, source, proc.pid, folder)
         finally:
             _stop(proc)
         browser.close()
-    return {"first page (empty store, fresh process) -> accuracy chart": cold_accuracy,
-            "first page (empty store, fresh process) -> every plot": cold_all,
+    first = "first page (given store, fresh process)" if store else "first page (empty store, fresh process)"
+    return {f"{first} -> accuracy chart": cold_accuracy,
+            f"{first} -> every plot": cold_all,
             "K change -> accuracy chart": accuracy, "K change -> invariant UMAP": umap,
             "restart (store kept, fresh process) -> accuracy chart": warm_accuracy,
             "restart (store kept, fresh process) -> every plot": warm_all,
@@ -150,17 +185,17 @@ def run(source: str, root: Path = ROOT) -> dict[str, float]:
             "restart: CPU seconds to the chart, browser": warm_browser}
 
 
-def against(source: str, rev: str, rounds: int) -> None:
+def against(source: str, rev: str, rounds: int, folder: str | None = None, store: str | None = None) -> None:
     """This checkout and ``rev`` interleaved, ``rounds`` times; medians and ratios."""
-    with tempfile.TemporaryDirectory() as folder:
-        other = Path(folder) / "other"
+    with tempfile.TemporaryDirectory() as scratch:
+        other = Path(scratch) / "other"
         subprocess.run(["git", "worktree", "add", "--detach", str(other), rev], cwd=ROOT, check=True,
                        capture_output=True)
         try:
             runs: dict[str, list[dict[str, float]]] = {"this": [], rev: []}
             for _ in range(rounds):
                 for name, root in (("this", ROOT), (rev, other)):
-                    runs[name].append(run(source, root))
+                    runs[name].append(run(source, root, folder, store))
                     print(f"{name} (load average {os.getloadavg()[0]:.1f} after it): "
                           + ", ".join(f"{v:.1f}" for v in runs[name][-1].values()), flush=True)
         finally:
@@ -174,16 +209,20 @@ def against(source: str, rev: str, rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", choices=["demo", "synthetic"], default="demo")
+    parser.add_argument("--folder", metavar="PATH", help="open this DomainBed-layout folder instead of --source")
+    parser.add_argument("--store", metavar="DIR", help="start each server from a copy of this store, not an empty one")
     parser.add_argument("--against", metavar="REV", help="also serve this git revision, interleaved")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
           f"load average {os.getloadavg()[0]:.1f}")
+    source = "folder" if args.folder else args.source
     if args.against:
-        against(args.source, args.against, args.rounds)
+        against(source, args.against, args.rounds, args.folder, args.store)
         return
-    for name, seconds in run(args.source).items():
-        print(f"{args.source}: {name}: {seconds:.1f}{'' if 'CPU' in name else ' s'}")
+    label = f"folder {args.folder}" if args.folder else source
+    for name, seconds in run(source, folder=args.folder, store=args.store).items():
+        print(f"{label}: {name}: {seconds:.1f}{'' if 'CPU' in name else ' s'}")
 
 
 if __name__ == "__main__":

@@ -371,9 +371,13 @@ def _gallery_section(ctx: Context) -> None:
         if not names:
             st.caption("No pair sets chosen.")
             return
-        name = st.selectbox("Pair set", names, key="gallery_set",
+        # none chosen at first: Streamlit runs a collapsed expander's code too, and the examples of
+        # an image op cost a restarted server the import of torch (about 4 s)
+        name = st.selectbox("Pair set", names, key="gallery_set", index=None, placeholder="Choose a pair set",
                             format_func=lambda n: n + (" (intervened validation: scored, never fitted)"
                                                        if n not in ctx.choice.pair_sets else ""))
+        if name is None:
+            return
         try:
             examples = cached.pair_examples(emb.key, ctx.request.key, name, ctx.request, emb)
         except service.ServiceError as e:

@@ -274,11 +274,14 @@ def test_default_demo_opens_on_the_honest_story_with_gallery_confusions_and_prom
     note = next(i.value for i in at.info if "chosen by" in i.value)
     assert "intervened source validation" in note and "no target label" in note
     assert at.sidebar.multiselect(key="ctl_pairs").value == ["true:colour", "true:background"]
-    # the gallery shows image pairs, and intervened validation rows are named as such
+    # the gallery shows image pairs once a set is chosen, and intervened validation rows are named as such
     gallery = at.selectbox(key="gallery_set")
+    assert gallery.value is None and not at.get("image")  # nothing rendered (nor torch imported) unasked
     assert "counterfactual:colour+background (intervened validation: scored, never fitted)" in gallery.options
+    gallery.set_value("true:colour").run()
+    _ok(at)
     assert len(at.get("image")) >= 8  # four pairs: the image and its intervened version
-    gallery.set_value("counterfactual:colour+background").run()
+    at.selectbox(key="gallery_set").set_value("counterfactual:colour+background").run()
     _ok(at)
     assert len(at.get("image")) >= 8
     # the prompt choice: the usual-look prompts trap CLIP's zero-shot on the target
