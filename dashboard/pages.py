@@ -364,7 +364,9 @@ def _gallery_section(ctx: Context) -> None:
     emb = ctx.emb
     # a conflict set's re-render depends on its held-out target's table: the gallery shows the others
     names = list(ctx.choice.pair_sets) + [chk.name for chk in emb.intervened_val if chk.held_out is None]
-    with st.expander("Interventions gallery: what the pairs change"):
+    # open once a set is chosen: choosing one reruns the page, which would fold the expander again
+    chosen = st.session_state.get("gallery_set") is not None
+    with st.expander("Interventions gallery: what the pairs change", expanded=chosen):
         if ctx.request.source == "synthetic":
             st.caption("The synthetic SCM has no images or captions to show: its pairs are sampled vectors.")
             return

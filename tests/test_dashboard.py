@@ -278,9 +278,11 @@ def test_default_demo_opens_on_the_honest_story_with_gallery_confusions_and_prom
     gallery = at.selectbox(key="gallery_set")
     assert gallery.value is None and not at.get("image")  # nothing rendered (nor torch imported) unasked
     assert "counterfactual:colour+background (intervened validation: scored, never fitted)" in gallery.options
+    assert not _gallery_expander(at).proto.expanded
     gallery.set_value("true:colour").run()
     _ok(at)
     assert len(at.get("image")) >= 8  # four pairs: the image and its intervened version
+    assert _gallery_expander(at).proto.expanded  # the rerun of the choice keeps it open
     at.selectbox(key="gallery_set").set_value("counterfactual:colour+background").run()
     _ok(at)
     assert len(at.get("image")) >= 8
@@ -294,6 +296,10 @@ def test_default_demo_opens_on_the_honest_story_with_gallery_confusions_and_prom
     at.sidebar.multiselect(key="ctl_pairs").set_value(["image:random"]).run()
     _ok(at)
     assert not _table(at).loc["Augmentation linear probe"].equals(before.loc["Augmentation linear probe"])
+
+
+def _gallery_expander(at: AppTest):
+    return next(e for e in at.expander if e.label.startswith("Interventions gallery"))
 
 
 def test_embedding_progress_times_each_stage_on_its_own_and_lists_those_done(monkeypatch):
