@@ -193,15 +193,13 @@ def _shape(name: str) -> np.ndarray:
     return np.asarray(pts, dtype=float)
 
 
-def _outline_array(f: Factors, canvas: int) -> np.ndarray:
+def _outline(f: Factors, canvas: int, offset: float = 0.0) -> list[tuple[float, float]]:
+    """The object's outline in pixels, shifted by ``offset`` canvas widths along both axes (a shadow)."""
     pts = _shape(f.cls)
     a = math.radians(f.rotation)
     rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-    return pts @ rot.T * (f.size * canvas) + np.array([f.x * canvas, f.y * canvas])
-
-
-def _outline(f: Factors, canvas: int) -> list[tuple[float, float]]:
-    return list(map(tuple, _outline_array(f, canvas).tolist()))
+    pts = pts @ rot.T * (f.size * canvas) + np.array([f.x * canvas, f.y * canvas])
+    return list(map(tuple, (pts + offset * canvas).tolist()))
 
 
 # --------------------------------------------------------------------------- rendering helpers
@@ -219,8 +217,7 @@ def _smooth_noise(gen: np.random.Generator, n: int, cells: int = 6) -> np.ndarra
 
 def _mask(f: Factors, n: int, offset: float = 0.0) -> np.ndarray:
     img = Image.new("L", (n, n), 0)
-    pts = list(map(tuple, (_outline_array(f, n) + offset * n).tolist()))
-    ImageDraw.Draw(img).polygon(pts, fill=255)
+    ImageDraw.Draw(img).polygon(_outline(f, n, offset), fill=255)
     return np.asarray(img, float) / 255.0
 
 
