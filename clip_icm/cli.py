@@ -425,6 +425,7 @@ def _protocol_args(args: argparse.Namespace):
     from clip_icm.protocols import PROTOCOLS
 
     spec = PROTOCOLS.get(args.protocol)  # UnknownName listing the valid names
+    args.set_by_hand = args.k is not None or args.lam is not None  # before the lam the protocol fixes fills in
     check_names("task", (args.task,), TASK_NAMES)
     if args.task == "open_class" and args.select not in (None, "none"):
         raise InvalidInput("--task open_class evaluates at the fixed --k / --lam; drop --select")
@@ -444,9 +445,11 @@ def _protocol_args(args: argparse.Namespace):
 
 def _selection(args: argparse.Namespace) -> str | None:
     """The selection rule's name, or None for the fixed --k / --lam."""
-    # The demo's default rule belongs to our protocol; the released one fixes K and lam, as its code does.
-    on_story = _on_demo(args) and args.protocol == "ours" and args.task == "domain_shift"
-    default = defaults.DEMO_SELECTION if on_story else "none"
+    # The source-only rule is every data set's default under our protocol; the released protocol
+    # fixes K and lam, as its code does, and the open-class task evaluates at the fixed ones.
+    # A --k or --lam typed by hand is a fixed setting unless --select asks for the rule.
+    ours = args.protocol == "ours" and args.task == "domain_shift" and not args.set_by_hand
+    default = defaults.SELECTION if ours else "none"
     rule = args.select if args.select is not None else default
     return None if rule == "none" else rule
 
@@ -580,28 +583,68 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
 
 
 def _evaluate_splits(args, run, config, targets: list[str], rule: str | None,
-                     protocol: str) -> tuple[pd.DataFrame, dict[str, str]]:
-    """select_and_evaluate per target (K and lam are chosen for each split on its sources);
-    a split that fails is recorded and the others still run; with --out, the rows so far are
-    written as each split finishes."""
+                     protocol: str) -> tuple[pd.DataFrame, dict[str, str], dict]:
+    """choice.evaluate_and_choose per target (K and lam chosen for each split on its sources, then
+    the model to deploy); a split that fails is recorded and the others still run, and a split
+    whose model choice cannot run (say, one source domain) is evaluated without it. With --out,
+    the rows so far are written as each split finishes. Returns (rows, failed, choices)."""
     from threadpoolctl import threadpool_limits
 
+    from clip_icm.choice import evaluate_and_choose
     from clip_icm.evaluation import select_and_evaluate
 
-    frames, failed = [], {}
+    frames, failed, choices = [], {}, {}
     # Many small LAPACK calls: OpenBLAS's threads make them several times slower on a busy 2-core
     # machine (the default evaluate: 98 s with them, 21 s without, measured under load).
     with warnings.catch_warnings(record=True) as caught, threadpool_limits(1, user_api="blas"):
         warnings.simplefilter("always")
         for target in targets:
             try:
-                frames.append(select_and_evaluate(run.embeddings, target, config, rule, protocol=protocol))
+                if config.protocol != "ours":  # the released preset reproduces the released code, which chose nothing
+                    raise InvalidInput(f"the model choice runs under this project's protocol, not {config.protocol!r}")
+                frame, choices[target] = evaluate_and_choose(run.embeddings, target, config, rule, protocol)
             except ValueError as err:
-                failed[target] = str(err)
+                choices[target] = str(err)  # the reason the choice could not run
+                try:
+                    frame = select_and_evaluate(run.embeddings, target, config, rule, protocol=protocol)
+                    frame["chosen"] = False
+                except ValueError as err:
+                    failed[target] = str(err)
+                    continue
+            frames.append(frame)
             if args.out:
                 _write_results(args.out, _concat(frames), run, config, failed)
     _warn_once_per_kind(caught)
-    return _concat(frames), failed
+    return _concat(frames), failed, choices
+
+
+def _choice_text(choices: dict) -> str:
+    """Per target: every candidate's source score ± its standard error (the chosen one starred), then
+    why, then how the chosen model did against CLIP on the target (a description, not an input)."""
+    import pandas as pd
+
+    reasons = {target: c for target, c in choices.items() if isinstance(c, str)}
+    if len(set(reasons.values())) == 1 and len(reasons) == len(choices):  # the same reason for every target: once
+        return f"No model choice: {next(iter(reasons.values()))}\n"
+    lines = ["Model to deploy, per target (chosen without a target label: per source domain the worst of its "
+             "validation rows, their intervened copies and the domain held out, averaged; the simplest candidate "
+             "within one standard error of the best)", ""]
+    made = {target: c for target, c in choices.items() if not isinstance(c, str)}
+    if made:
+        scores = pd.DataFrame({target: {row.candidate: f"{row.score:.3f}±{row.se:.3f}{'*' if row.chosen else ' '}"
+                                        for row in c.table.itertuples()} for target, c in made.items()}).T
+        scores.index.name = "source score"
+        lines += [scores.to_string(), ""]
+    for target, c in choices.items():
+        if isinstance(c, str):
+            lines.append(f"No model choice for {target}: {c}")
+            continue
+        lines.append(f"{target}: {c.why}")
+        for row in c.versus_clip.itertuples():
+            lines.append(f"    on {target}, {c.chosen.candidate} vs {row.versus}: {row.difference * 100:+.1f} points "
+                         f"(95% paired bootstrap {row.low * 100:+.1f} to {row.high * 100:+.1f}; McNemar p = "
+                         f"{row.p_value:.2g}; n = {row.n}; a description of the result, not used to choose)")
+    return "\n".join(lines) + "\n"
 
 
 def _open_class_splits(args, run, config, targets: list[str]) -> pd.DataFrame:
@@ -641,10 +684,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     targets = list(emb.domain_names) if args.target == "all" else [args.target]
     rule = _selection(args)
     protocol = LINEAR_PROBE if args.select_for == "probe" else ZERO_SHOT
+    choices = {}
     if args.task == "open_class":
         frame, failed = _open_class_splits(args, run, config, targets), {}
     else:
-        frame, failed = _evaluate_splits(args, run, config, targets, rule, protocol)
+        frame, failed, choices = _evaluate_splits(args, run, config, targets, rule, protocol)
     print(_run_summary(run, time.perf_counter() - start))
     chosen = (f"K, lam chosen per target by {SCORING_LABELS[rule]} ({protocol}), source data only, no target label"
               if rule else f"K={config.n_components}, lam={config.lam:g} fixed")
@@ -659,6 +703,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         table.index.name = f"target [protocol: {spec.label}]"
         print(_table_text(table))
         print()
+    print(_choice_text(choices))
     print(_skipped_text(run.skipped))
     if args.out:
         print(f"Rows written to {args.out}")

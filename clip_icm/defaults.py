@@ -74,7 +74,9 @@ def grid(dim: int, lam_mode: str = "absolute") -> tuple[tuple[int, ...], tuple[f
 
 # ---------------------------------------------------------------- the demo's story
 DEMO_PAIR_SETS: tuple[str, ...] = tuple(f"true:{factor}" for factor in DEMO_TRUE_SWAPS)
-DEMO_SELECTION = "interventional"
+# Every data set's K and lam are chosen by the interventional rule on source data only (a folder's
+# intervened validation is its photometric image ops, or its factors' re-renderings where it has them).
+SELECTION = "interventional"
 DEMO_BASELINES: tuple[str, ...] = ("pca", "augmentation")
 
 # ---------------------------------------------------------------- causal playground (synthetic SCM)

@@ -41,6 +41,8 @@ class MethodSpec:
                       images of the pair sets, with their source image's class: data augmentation)
     spectrum:         which eigenvalues of M are kept, for the spectrum plot: "top", "as_released"
                       (the K smallest), or None (no spectrum of M to show)
+    choice_rank:      where the method stands among the models the model choice (clip_icm.choice)
+                      weighs, simplest first; None: not a candidate
     """
 
     name: str
@@ -54,6 +56,7 @@ class MethodSpec:
     zero_shot: str = "cosine"
     probe_rows: str = "source"
     spectrum: str | None = None
+    choice_rank: int | None = None
 
     def __post_init__(self) -> None:
         for field, value, valid in (("fits_on", self.fits_on, ("pairs", "text")),
@@ -79,6 +82,14 @@ class MethodSpec:
     def text_only(self) -> bool:
         return self.fits_on == "text"
 
+    @property
+    def choice_heads(self) -> tuple[str, ...]:
+        """The heads the model choice weighs: an augmented probe changes the probe only (its zero-shot
+        is that of the space it probes, another candidate's), and a text-only method has no probe."""
+        if self.probe_rows == "source+intervened":
+            return ("linear probe",)
+        return ("zero-shot",) if self.text_only else ("zero-shot", "linear probe")
+
     def build(self, K: int, lam: float, lam_mode: str = "absolute") -> LinearProjection:
         """The unfitted estimator at K / lam (each passed only where the method takes it)."""
         if self.estimator is None:
@@ -101,7 +112,8 @@ class MethodSpec:
 # Display order: the method, its released variant, then the baselines.
 SPECS: tuple[MethodSpec, ...] = (
     MethodSpec("icm", "ICM", "Invariant Causal Mechanism: the top-K eigenvectors of Z'Z - lam D'D",
-               "#1f77b4", "InvariantProjection", (("selection", "top"),), HYPERPARAMETERS, spectrum="top"),
+               "#1f77b4", "InvariantProjection", (("selection", "top"),), HYPERPARAMETERS, spectrum="top",
+               choice_rank=2),
     MethodSpec("icm_as_released", "ICM (as released)",
                "the slice the released code keeps (the K smallest eigenvectors), scored as it scores zero-shot",
                "#d62728", "InvariantProjection", (("selection", "as_released"),), HYPERPARAMETERS, zero_shot="dot",
@@ -116,9 +128,9 @@ SPECS: tuple[MethodSpec, ...] = (
                "#ff7f0e", "OrthCaliProjection", fits_on="text"),
     MethodSpec("augmentation", "Augmentation",
                "no projection; the probe also trains on the intervened images (what a practitioner tries first)",
-               "#8c564b", "IdentityProjection", probe_rows="source+intervened"),
+               "#8c564b", "IdentityProjection", probe_rows="source+intervened", choice_rank=1),
 )
-FULL_SPACE = MethodSpec("CLIP", "CLIP", "the full embedding space, no projection", "#7f7f7f", None)
+FULL_SPACE = MethodSpec("CLIP", "CLIP", "the full embedding space, no projection", "#7f7f7f", None, choice_rank=0)
 
 METHODS: Registry[MethodSpec] = Registry("projection method")
 for _spec in SPECS:

@@ -52,7 +52,12 @@ def test_evaluate_messy_folder_is_complete_and_reproducible(setup, tmp_path, cap
     pd.testing.assert_frame_equal(rows, again[rows.columns], check_dtype=False)
     assert set(rows.target) == set(messy.domains)
     assert {"CLIP", "icm", "pca", "null_space", "orth_cali", "icm_as_released", "augmentation"} == set(rows.method)
-    assert set(rows.selected_by) == {"fixed"}  # a folder: no selection unless asked
+    # A folder gets the source-only rule and the model choice by default, as the demo does.
+    assert set(rows.selected_by) == {"source validation + intervened source validation"}
+    assert rows.groupby("target").chosen.sum().to_dict() == {d: 1 for d in messy.domains}
+    assert (rows[rows.chosen].role == "target").all()
+    assert "Model to deploy, per target" in first.out
+    assert all(f"{domain}: Deploy " in first.out for domain in messy.domains)
     skipped = json.loads(out2.read_text())["skipped"]
     assert any(path.endswith("truncated.jpg") for path, _ in skipped)
 
@@ -64,7 +69,9 @@ def test_single_target_and_options(setup, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "K=8, lam=10" in out and "image:grayscale" in out and "image:invert" in out
     rows = pd.read_csv(tmp_path / "r.csv")
-    assert set(rows.target) == {"Real World"} and set(rows.method) == {"CLIP", "icm"}
+    # --k / --lam by hand: no selection; the model choice's candidates are evaluated beside the methods asked for
+    assert set(rows.target) == {"Real World"} and set(rows.method) == {"CLIP", "icm", "augmentation"}
+    assert set(rows.selected_by) == {"fixed"} and rows.chosen.sum() == 1
 
 
 def test_select_chooses_k_and_lam_per_target_and_names_the_rule(setup, tmp_path, capsys):

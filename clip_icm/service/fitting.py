@@ -155,14 +155,15 @@ def sweep(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalCo
 
 
 def projection_defaults(source: str, dim: int) -> dict:
-    """Starting settings, as the CLI's (clip_icm.defaults). The demo opens on its story: K and lam
-    chosen by the interventional rule, fitted on the true colour and scene swaps, PCA and
-    augmentation beside ICM. Elsewhere: the fixed K and relative lam, no selection."""
-    common = {"K": defaults.k(dim), "lam": defaults.LAM, "lam_mode": defaults.LAM_MODE}
+    """Starting settings, as the CLI's (clip_icm.defaults): K and lam chosen by the interventional
+    rule for every data set. The demo opens on its story: fitted on the true colour and scene
+    swaps, PCA and augmentation beside ICM. Elsewhere: every pair set built, augmentation beside ICM
+    (the model choice weighs it)."""
+    common = {"K": defaults.k(dim), "lam": defaults.LAM, "lam_mode": defaults.LAM_MODE,
+              "selection": defaults.SELECTION}
     if source == "demo":
-        return {**common, "selection": defaults.DEMO_SELECTION, "pair_sets": defaults.DEMO_PAIR_SETS,
-                "baselines": defaults.DEMO_BASELINES}
-    return {**common, "selection": None, "pair_sets": None, "baselines": ()}
+        return {**common, "pair_sets": defaults.DEMO_PAIR_SETS, "baselines": defaults.DEMO_BASELINES}
+    return {**common, "pair_sets": None, "baselines": ("augmentation",)}
 
 
 def confusion(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:

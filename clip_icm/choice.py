@@ -1,0 +1,229 @@
+"""Which model to trust on a target, chosen without a target label: CLIP, augmentation or ICM.
+
+A rule in the manner of DomainBed's ``model_selection``: candidates come from the method specs
+(``MethodSpec.choice_rank``, simplest first, each with its heads), one source-only score rates
+them all, and the rule returns tidy rows (candidate, score, uncertainty, chosen, why) that the
+CLI, the dashboard and the report read.
+
+The score sees more than the validation rows, since a shortcut that predicts the class in every
+source domain looks perfect there. Per source domain it takes the worst of:
+
+- its validation rows (the candidate fitted on every source domain);
+- each intervened copy of those rows (the variant factors changed: a shortcut on them fails);
+- the whole domain held out, the candidate fitted on the other source domains (a new style, as
+  the target is: a projection that also removes what a new style needs fails here);
+
+then averages over source domains. Its uncertainty is a paired bootstrap over the rows of every
+check (the same resampled rows for each candidate), so the difference between two candidates has
+its own standard error. The rule is the one-standard-error rule: the simplest candidate whose
+score is within one standard error of the paired difference to the best one's.
+
+Nothing here reads a target label: the target domain is removed before anything is fitted or
+scored (evaluation's selection view), and a test permutes the target labels to prove it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+
+from clip_icm import evaluation, methods
+from clip_icm.embeddings import EmbeddingSet
+from clip_icm.errors import InvalidInput
+from clip_icm.evaluation import FULL_SPACE, LINEAR_PROBE, ZERO_SHOT, EvalConfig
+from clip_icm.seeding import rng
+
+BOOTSTRAP_ROUNDS = 400
+HELD_OUT = "held out"  # the check name of a source domain scored with the candidate fitted without it
+HEADS = {ZERO_SHOT: "zero-shot", LINEAR_PROBE: "probe"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model a user could deploy: a method (FULL_SPACE = CLIP) with one head, at the config's K and lam."""
+
+    method: str
+    protocol: str
+
+    @property
+    def label(self) -> str:
+        return f"{methods.label(self.method)} {HEADS[self.protocol]}"
+
+
+def candidates() -> tuple[Candidate, ...]:
+    """Every method that is a choice candidate (its spec's ``choice_rank``), simplest first, each head
+    in turn (zero-shot, which trains nothing, before the probe)."""
+    specs = sorted((s for s in (methods.FULL_SPACE, *methods.SPECS) if s.choice_rank is not None),
+                   key=lambda s: s.choice_rank)
+    return tuple(Candidate(s.name, head) for s in specs for head in s.choice_heads)
+
+
+def check_outcomes(emb: EmbeddingSet, target: str, method: str, heads: tuple[str, ...], config: EvalConfig
+                   ) -> dict[str, list[tuple[str, str, np.ndarray]]]:
+    """Per head, (source domain, check, right or wrong per row) of every check the score reads. ``emb``
+    is the whole data set: the target's rows, pairs and labels are dropped before anything runs."""
+    sources = evaluation.selection_view(emb, target, config, "interventional")
+    if len(sources.domain_names) < 2:
+        raise InvalidInput("the model choice holds out each source domain in turn: it needs at least 2 "
+                           f"source domains, and target {target!r} leaves {len(sources.domain_names)}")
+    predictor = evaluation.fitted_predictor(sources, None, method, config)
+    outcomes = {head: evaluation.validation_outcomes(sources, predictor, head) for head in heads}
+    for domain in sources.domain_names:
+        without = evaluation.fitted_predictor(sources, domain, method, config)
+        rows = sources.domains == domain
+        for head in heads:
+            predicted = without.predict(without.projected[rows], head)
+            outcomes[head].append((domain, HELD_OUT, predicted == sources.labels[rows]))
+    return outcomes
+
+
+def _bootstrap_scores(outcomes: list[tuple[str, str, np.ndarray]], seed: int) -> np.ndarray:
+    """The score on BOOTSTRAP_ROUNDS resamples of each check's rows; a check's resampled rows
+    depend only on its name and size, so every candidate is scored on the same rows (paired)."""
+    worst: dict[str, np.ndarray] = {}
+    for domain, check, right in outcomes:
+        picks = rng("model choice bootstrap", seed, domain, check, len(right)).integers(
+            len(right), size=(BOOTSTRAP_ROUNDS, len(right)))
+        accuracy = right[picks].mean(axis=1)
+        worst[domain] = np.minimum(worst[domain], accuracy) if domain in worst else accuracy
+    return np.mean(list(worst.values()), axis=0)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The choice for one target: ``table`` holds one row per candidate (columns candidate, method,
+    protocol, score, se, margin, chosen, and each check's accuracy averaged over source domains);
+    ``why`` says in one sentence why the chosen one won. ``versus_clip`` (filled by
+    :func:`evaluate_and_choose`, from target labels) describes how the chosen one then did against
+    CLIP's two heads on the target (:func:`paired_difference`): the result, not an input."""
+
+    target: str
+    table: pd.DataFrame
+    why: str
+    versus_clip: pd.DataFrame | None = None
+
+    @property
+    def chosen(self) -> pd.Series:
+        return self.table[self.table.chosen].iloc[0]
+
+
+def choose_model(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConfig()) -> Choice:
+    """The candidate to deploy on ``target``, chosen on source data only (see the module's doc).
+
+    ``config`` sets K, lam and the pair sets of every projected candidate (the setting the page
+    and the CLI show); its ``methods`` are ignored: the candidates are the method specs'."""
+    rows, boot = [], {}
+    for method in dict.fromkeys(c.method for c in candidates()):
+        heads = tuple(c.protocol for c in candidates() if c.method == method)
+        for head, outcomes in check_outcomes(emb, target, method, heads, config).items():
+            candidate = Candidate(method, head)
+            boot[candidate] = _bootstrap_scores(outcomes, config.seed)
+            rows.append(dict(candidate=candidate.label, method=method, protocol=head,
+                             score=evaluation.worst_case_by_domain(outcomes), se=float(np.std(boot[candidate])),
+                             **_check_means(outcomes)))
+    table = pd.DataFrame(rows)
+    best = int(table.score.idxmax())  # the first (simplest) of equal scores
+    best_boot = boot[candidates()[best]]
+    table["margin"] = [float(np.std(best_boot - boot[c])) for c in candidates()]
+    within = table.score >= table.score[best] - table.margin
+    chosen = int(np.flatnonzero(within)[0])
+    table["chosen"] = np.arange(len(table)) == chosen
+    return Choice(target, table, _why(table, chosen, best))
+
+
+def _check_means(outcomes: list[tuple[str, str, np.ndarray]]) -> dict[str, float]:
+    """Each kind of check's accuracy, averaged over the source domains that have it (for the tables)."""
+    by_check: dict[str, list[float]] = {}
+    for _, check, right in outcomes:
+        kind = check if check in (HELD_OUT, "validation") else "intervened"
+        by_check.setdefault(kind, []).append(float(np.mean(right)))
+    return {f"{kind} accuracy": float(np.mean(values)) for kind, values in by_check.items()}
+
+
+CHECK_WORDS = {"validation accuracy": "validation rows", "intervened accuracy": "intervened validation rows",
+               f"{HELD_OUT} accuracy": "a source domain held out (a new style, as the target is)"}
+
+
+def _points(difference: float) -> str:
+    return f"{difference * 100:.1f} points"
+
+
+def _why(table: pd.DataFrame, chosen: int, best: int) -> str:
+    """One sentence a stakeholder can read: what won and by what evidence, and, where the chosen
+    model is no projection, that the projection does not help here and where it fails."""
+    pick, top = table.iloc[chosen], table.iloc[best]
+    if chosen != best:
+        reason = (f"{top.candidate} scores only {_points(top.score - pick.score)} more on the source checks, "
+                  f"within the uncertainty (± {_points(pick.margin)}), and {pick.candidate} is simpler")
+    elif chosen == 0:
+        reason = f"it scores best on the source checks ({pick.score:.1%} ± {pick.se:.1%}) and is the simplest"
+    else:
+        simpler = table.iloc[:chosen]
+        runner = simpler.loc[simpler.score.idxmax()]
+        reason = (f"it beats {runner.candidate} on the source checks by {_points(pick.score - runner.score)}, more "
+                  f"than the uncertainty (± {_points(runner.margin)})")
+    sentence = f"Deploy {pick.candidate}: {reason}."
+    projected = table[table.method.map(lambda m: methods.spec(m).estimator not in (None, "IdentityProjection"))]
+    if projected.empty or pick.name in projected.index:
+        return sentence
+    icm = projected.loc[projected.score.idxmax()]
+    weakest = min(CHECK_WORDS, key=lambda column: icm.get(column, np.inf))
+    return (f"{sentence} The projection does not help here: {icm.candidate} scores {icm.score:.1%}, and on "
+            f"{CHECK_WORDS[weakest]} it gets {icm[weakest]:.1%} against {pick[weakest]:.1%}.")
+
+
+def choose_per_target(emb: EmbeddingSet, targets: list[str] | None = None, config: EvalConfig = EvalConfig()
+                      ) -> list[Choice]:
+    """choose_model for every target domain (default: all)."""
+    return [choose_model(emb, t, config) for t in (emb.domain_names if targets is None else targets)]
+
+
+def _with_candidates(config: EvalConfig) -> EvalConfig:
+    """``config`` whose methods also hold every candidate method, so that its rows are evaluated too."""
+    extra = tuple(c.method for c in candidates() if c.method != FULL_SPACE and c.method not in config.methods)
+    return replace(config, methods=config.methods + tuple(dict.fromkeys(extra)))
+
+
+def evaluate_and_choose(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConfig(),
+                        scoring: str | None = "interventional", protocol: str = LINEAR_PROBE
+                        ) -> tuple[pd.DataFrame, Choice]:
+    """evaluation.select_and_evaluate (K and lam chosen by ``scoring`` for ``protocol``; None: the
+    config's), the candidates' methods included, then the model choice at that K and lam. The
+    frame's boolean ``chosen`` column is true on the chosen candidate's target row only."""
+    config = _with_candidates(config)
+    frame = evaluation.select_and_evaluate(emb, target, config, scoring, protocol=protocol)
+    made = choose_model(emb, target, replace(config, n_components=int(frame.K.iloc[0]), lam=float(frame.lam.iloc[0])))
+    pick = made.chosen
+    frame["chosen"] = (frame.role == "target") & (frame.method == pick.method) & (frame.protocol == pick.protocol)
+    return frame, replace(made, versus_clip=versus_clip(emb, target, config, pick.method, pick.protocol))
+
+
+def versus_clip(emb: EmbeddingSet, target: str, config: EvalConfig, method: str, protocol: str) -> pd.DataFrame:
+    """``method`` with head ``protocol`` against CLIP's zero-shot and probe (itself left out) on the
+    target's scored rows: one :func:`paired_difference` row each, column ``versus`` naming CLIP's head."""
+    rows = evaluation.scored_rows(emb, target, config)[target]
+    labels = emb.labels[rows]
+    mine = evaluation.predict_all(emb, target, method, config)[protocol][rows] == labels
+    clip = evaluation.predict_all(emb, target, FULL_SPACE, config)
+    return pd.DataFrame([dict(versus=f"CLIP {HEADS[head]}", **paired_difference(mine, clip[head][rows] == labels,
+                                                                                config.seed))
+                         for head in (ZERO_SHOT, LINEAR_PROBE) if (method, protocol) != (FULL_SPACE, head)])
+
+
+def paired_difference(right: np.ndarray, right_other: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """How one model's accuracy differs from another's on the same rows: the difference, a 95 %
+    paired bootstrap interval and McNemar's exact two-sided p-value (from the rows where exactly
+    one of them is right). A description of a result, never an input to a choice."""
+    from scipy.stats import binomtest
+
+    right, right_other = np.asarray(right, bool), np.asarray(right_other, bool)
+    if right.shape != right_other.shape or right.ndim != 1 or not len(right):
+        raise InvalidInput(f"paired_difference needs two equal, non-empty 1-d row sets, got {right.shape} and "
+                           f"{right_other.shape}")
+    picks = rng("paired difference", seed, len(right)).integers(len(right), size=(BOOTSTRAP_ROUNDS, len(right)))
+    differences = (right[picks].astype(float) - right_other[picks]).mean(axis=1)
+    only, only_other = int(np.sum(right & ~right_other)), int(np.sum(~right & right_other))
+    p = binomtest(only, only + only_other).pvalue if only + only_other else 1.0
+    return dict(difference=float(right.mean() - right_other.mean()), low=float(np.quantile(differences, 0.025)),
+                high=float(np.quantile(differences, 0.975)), p_value=float(p), n=len(right))

@@ -1,0 +1,123 @@
+"""The model choice (clip_icm.choice): one source-only score for every candidate, the simplest within one
+standard error of the best, deterministic, blind to target labels; and the paired description of a result."""
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clip_icm import choice, methods
+from clip_icm.errors import InvalidInput
+from clip_icm.evaluation import FULL_SPACE, LINEAR_PROBE, ZERO_SHOT, EvalConfig, without_domain
+from clip_icm.scm import SCMConfig, make_embedding_set
+
+DOMAINS = ("photo", "cartoon", "sketch")
+TARGET = "sketch"  # the shifted domain: its shortcut is reversed
+CONFIG = EvalConfig(n_components=6, lam=1e4, lam_mode="absolute", methods=("icm",))
+
+
+@pytest.fixture(scope="module")
+def emb():
+    return make_embedding_set(SCMConfig(n_invariant=6, n_variant=10, n_classes=3, seed=2), n_per_domain=150,
+                              domains=DOMAINS)
+
+
+@pytest.fixture(scope="module")
+def made(emb):
+    return choice.choose_model(emb, TARGET, CONFIG)
+
+
+def test_candidates_come_from_the_specs_simplest_first_with_their_heads():
+    got = [(c.method, c.protocol) for c in choice.candidates()]
+    assert got == [(FULL_SPACE, ZERO_SHOT), (FULL_SPACE, LINEAR_PROBE), ("augmentation", LINEAR_PROBE),
+                   ("icm", ZERO_SHOT), ("icm", LINEAR_PROBE)]
+    ranked = {s.name for s in (methods.FULL_SPACE, *methods.SPECS) if s.choice_rank is not None}
+    assert {c.method for c in choice.candidates()} == ranked
+    # An augmented probe's zero-shot is the space it probes: no second CLIP zero-shot candidate.
+    assert methods.spec("augmentation").choice_heads == (LINEAR_PROBE,)
+    assert methods.spec("orth_cali").choice_heads == (ZERO_SHOT,)
+
+
+def test_the_choice_is_the_simplest_candidate_within_one_standard_error_of_the_best(made):
+    table = made.table
+    assert list(table.candidate) == [c.label for c in choice.candidates()]
+    assert table.chosen.sum() == 1
+    assert ((table.score >= 0) & (table.score <= 1) & (table.se >= 0) & (table.margin >= 0)).all()
+    best = table.score.idxmax()
+    assert table.margin[best] == 0  # the best's paired difference to itself
+    within = table.index[table.score >= table.score[best] - table.margin]
+    assert made.chosen.name == within[0]
+    assert made.chosen.candidate in made.why and made.why.startswith("Deploy ")
+
+
+def test_on_a_world_where_only_the_invariant_space_holds_icm_is_chosen(emb, made):
+    # In this SCM the shortcut flips on the target: every full-space candidate fails its intervened checks.
+    assert made.chosen.method == "icm"
+    assert made.table.set_index("candidate").loc["CLIP probe", "intervened accuracy"] < 0.5
+    frame, _ = choice.evaluate_and_choose(emb, TARGET, CONFIG, scoring=None)
+    target = frame[frame.role == "target"].set_index(["method", "protocol"]).accuracy
+    assert target[(made.chosen.method, made.chosen.protocol)] > target[(FULL_SPACE, LINEAR_PROBE)] + 0.2
+
+
+def test_the_choice_is_deterministic(emb, made):
+    again = choice.choose_model(emb, TARGET, CONFIG)
+    pd.testing.assert_frame_equal(again.table, made.table)
+    assert again.why == made.why
+
+
+def test_no_target_label_reaches_the_choice(emb, made):
+    labels = emb.labels.copy()
+    in_target = emb.domains == TARGET
+    labels[in_target] = np.random.default_rng(0).permutation(labels[in_target])
+    assert (labels != emb.labels).any()
+    checks = []
+    for check in emb.intervened_val:
+        moved = check.labels.copy()
+        rows = check.domains == TARGET
+        moved[rows] = np.random.default_rng(1).permutation(moved[rows])
+        checks.append(replace(check, labels=moved))
+    permuted = replace(emb, labels=labels, intervened_val=checks, key=emb.key + "-permuted")
+    pd.testing.assert_frame_equal(choice.choose_model(permuted, TARGET, CONFIG).table, made.table)
+
+
+def test_every_source_domain_is_scored_on_validation_intervened_and_held_out_rows(emb):
+    outcomes = choice.check_outcomes(emb, TARGET, "icm", (ZERO_SHOT,), CONFIG)[ZERO_SHOT]
+    sources = [d for d in DOMAINS if d != TARGET]
+    assert {domain for domain, _, _ in outcomes} == set(sources)
+    for domain in sources:
+        kinds = {check: len(right) for d, check, right in outcomes if d == domain}
+        assert "validation" in kinds and choice.HELD_OUT in kinds and len(kinds) >= 3
+        assert kinds[choice.HELD_OUT] == int(np.sum(emb.domains == domain))  # the whole domain held out
+
+
+def test_evaluate_and_choose_marks_exactly_the_chosen_target_row(emb):
+    frame, made = choice.evaluate_and_choose(emb, TARGET, replace(CONFIG, methods=("pca",)), scoring=None)
+    assert {"icm", "augmentation", "pca"} <= set(frame.method)  # the candidates are evaluated too
+    marked = frame[frame.chosen]
+    assert len(marked) == 1 and marked.role.item() == "target"
+    assert (marked.method.item(), marked.protocol.item()) == (made.chosen.method, made.chosen.protocol)
+    assert set(made.versus_clip.versus) <= {"CLIP zero-shot", "CLIP probe"} and len(made.versus_clip) >= 1
+
+
+def test_a_target_that_leaves_one_source_domain_cannot_be_chosen_for(emb):
+    two = without_domain(emb, "cartoon")  # photo and sketch: the target leaves photo alone
+    with pytest.raises(InvalidInput, match="at least 2 source domains"):
+        choice.choose_model(two, TARGET, CONFIG)
+
+
+def test_paired_difference_on_known_rows():
+    right = np.array([True] * 10 + [False] * 5 + [True] * 5)
+    other = np.array([False] * 10 + [False] * 5 + [True] * 5)
+    out = choice.paired_difference(right, other, seed=0)
+    assert out["difference"] == pytest.approx(0.5) and out["n"] == 20
+    assert out["p_value"] == pytest.approx(2 * 0.5 ** 10)  # McNemar exact: 10 discordant rows, all one way
+    assert out["low"] <= out["difference"] <= out["high"]
+    same = choice.paired_difference(right, right)
+    assert same["difference"] == 0 and same["p_value"] == 1.0 and same["low"] == same["high"] == 0
+
+
+@pytest.mark.parametrize("a, b", [(np.ones(3, bool), np.ones(4, bool)), (np.ones(0, bool), np.ones(0, bool)),
+                                  (np.ones((2, 2), bool), np.ones((2, 2), bool))])
+def test_paired_difference_refuses_rows_that_do_not_pair(a, b):
+    with pytest.raises(InvalidInput, match="paired_difference"):
+        choice.paired_difference(a, b)
