@@ -22,7 +22,7 @@ import pandas as pd
 
 from clip_icm import cli
 from clip_icm import toydomains as td
-from clip_icm.choice import candidates
+from clip_icm.choice import candidates, target_summary
 from clip_icm.evaluation import FULL_SPACE
 from clip_icm.resources import cache_dir
 
@@ -61,16 +61,13 @@ def world_rows(name: str) -> list[dict]:
     run = cli._embed(args, configs)
     config = cli._eval_config(args, run.embeddings.features.shape[1], ("icm", "augmentation"))
     shifted = WORLDS[name].get("target_domain", td.DEMO_RECIPE.target_domain)
-    frame, failed, choices = cli._evaluate_splits(args, run, config, list(run.embeddings.domain_names),
+    frame, _, choices = cli._evaluate_splits(args, run, config, list(run.embeddings.domain_names),
                                                   cli._selection(args), "linear probe")
     rows = []
     for target, made in choices.items():
-        at = frame[(frame.target == target) & (frame.role == "target")].set_index(["method", "protocol"]).accuracy
-        accuracy = {c.label: float(at[(c.method, c.protocol)]) for c in candidates()}
-        chosen = made.chosen.candidate
-        rows.append(dict(world=name, target=target + (" (shifted)" if target == shifted else ""),
-                         K=int(frame[frame.target == target].K.iloc[0]), **accuracy, chosen=chosen,
-                         chosen_accuracy=accuracy[chosen]))
+        row = target_summary(frame[frame.target == target], made)
+        row["target"] += " (shifted)" if target == shifted else ""
+        rows.append(dict(world=name, **row))
     return rows
 
 

@@ -227,3 +227,13 @@ def paired_difference(right: np.ndarray, right_other: np.ndarray, seed: int = 0)
     p = binomtest(only, only + only_other).pvalue if only + only_other else 1.0
     return dict(difference=float(right.mean() - right_other.mean()), low=float(np.quantile(differences, 0.025)),
                 high=float(np.quantile(differences, 0.975)), p_value=float(p), n=len(right))
+
+
+def target_summary(frame: pd.DataFrame, made: Choice) -> dict:
+    """One row of an all-targets overview from :func:`evaluate_and_choose`'s result: K and lam, every
+    candidate's target accuracy, and the chosen candidate with its accuracy (target labels only score)."""
+    at = frame[frame.role == "target"].set_index(["method", "protocol"]).accuracy
+    accuracy = {c.label: float(at.get((c.method, c.protocol), np.nan)) for c in candidates()}
+    pick = made.chosen.candidate
+    return dict(target=made.target, K=int(frame.K.iloc[0]), lam=float(frame.lam.iloc[0]), **accuracy, chosen=pick,
+                chosen_accuracy=accuracy[pick])

@@ -121,6 +121,25 @@ def accuracy_bars(table: pd.DataFrame, target: str, title: str = "Accuracy per d
     return fig
 
 
+def choice_scores(table: pd.DataFrame, target: str) -> go.Figure:
+    """Each model-choice candidate's source-only score with its bootstrap standard error (clip_icm.choice);
+    the chosen one solid, the others pale."""
+    _check_columns(table, ("candidate", "method", "score", "se", "chosen"), "model choice table")
+    fig = go.Figure(go.Bar(
+        x=table["score"], y=table["candidate"], orientation="h",
+        error_x=dict(type="data", array=table["se"], visible=True),
+        marker=dict(color=[_colour(m, i) for i, m in enumerate(table["method"])],
+                    opacity=[1.0 if chosen else 0.4 for chosen in table["chosen"]]),
+        text=[f"{score:.1%} ± {se:.1%}" + ("  ← chosen" if chosen else "")
+              for score, se, chosen in zip(table["score"], table["se"], table["chosen"])],
+        textposition="outside", cliponaxis=False))
+    low = max(0.0, float((table["score"] - 2 * table["se"]).min()) - 0.05)
+    fig.update_layout(title=f"Source-only score of each candidate for {target} (± one bootstrap standard error)",
+                      xaxis=dict(range=[low, 1.08], tickformat=".0%", title="score (no target label)"),
+                      yaxis=dict(autorange="reversed"), height=320, margin=dict(l=10, r=10, t=50, b=40))
+    return fig
+
+
 def spectrum_figure(eigenvalues: np.ndarray, k: int, selection: str = "top") -> go.Figure:
     """Eigenvalues of M (descending) with the kept ones highlighted and K marked."""
     ev = np.asarray(eigenvalues, dtype=float)

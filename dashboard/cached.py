@@ -46,6 +46,11 @@ def choose(emb_key: str, target: str, method: str, config: evaluation.EvalConfig
                                           store=results_store())
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def evaluate_and_choose(emb_key: str, target: str, config: evaluation.EvalConfig, _emb: EmbeddingSet):
+    return service.evaluate_and_choose(_emb, target, config, store=results_store())
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def full_space_score(emb_key: str, target: str, config: evaluation.EvalConfig, scoring: str, protocol: str,
                      _emb: EmbeddingSet) -> float:

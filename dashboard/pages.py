@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clip_icm import defaults, evaluation, figures, methods, reduce, service
+from clip_icm import choice, defaults, evaluation, figures, methods, reduce, service
 from clip_icm.embeddings import EmbeddingSet
 from dashboard import cached, controls, texts
 
@@ -31,11 +31,12 @@ class Selection:
 @dataclass(frozen=True)
 class Context:
     request: service.EmbeddingRequest
-    emb: EmbeddingSet
+    emb: EmbeddingSet  # the chosen target and sources
     choice: controls.ProjectionChoice
     K: int
     lam: float
     selection: Selection | None
+    every_domain: EmbeddingSet  # before the domain choice: each domain held out in turn for the overview
 
 
 # ---------------------------------------------------------------- shared: settings and embeddings
@@ -58,13 +59,14 @@ def settings_context() -> Context | None:
     if emb is None:
         return None
     start = service.projection_defaults(request.source, emb.features.shape[1])
+    every_domain = emb
     with st.sidebar, st.expander("Domains and projection", expanded=True):
         choice = controls.projection_ui(emb, service.default_target(emb, request.source), start)
         emb = service.restrict_domains(emb, (choice.target, *choice.sources))
         selection = select_k_lam(emb, choice, start)
         K, lam = controls.k_lam_ui(emb.features.shape[1], start,
                                    None if selection is None else (selection.K, selection.lam), choice.method)
-    return Context(request, emb, choice, K, lam, selection)
+    return Context(request, emb, choice, K, lam, selection, every_domain)
 
 
 def load_embeddings(request: service.EmbeddingRequest) -> EmbeddingSet | None:
@@ -190,8 +192,13 @@ def explorer_page() -> None:
     if ctx is None:
         return
     _summary(ctx)
+    # The page leads with the model to deploy and every target at a glance; both are filled after the
+    # accuracy chart (which a K or lam change must update quickly) and the maps, in these places.
+    lead, overview = st.container(), st.container()
     K, lam = ctx.K, ctx.lam
-    table = _accuracy_section(ctx, K, lam)  # first: it is what a K or lam change must update quickly
+    table = _accuracy_section(ctx, K, lam)
+    with lead:
+        _model_choice_lead(ctx, table)
     fit = fitted(ctx, K, lam)
     if fit is None:
         return
@@ -200,6 +207,90 @@ def explorer_page() -> None:
     _gallery_section(ctx)
     if table is not None:
         _export_section(ctx, fit, table, layouts)
+    with overview:
+        _targets_overview(ctx)
+
+
+def _choice_config(ctx: Context) -> evaluation.EvalConfig | None:
+    """The setting the model choice starts from (its rule picks K and lam, so the sliders are not in it);
+    None where it does not apply (the released preset chose nothing; the open-class task has no probe)."""
+    c = ctx.choice
+    if c.task != "domain_shift" or c.eval_protocol != "ours":
+        return None
+    dim = ctx.emb.features.shape[1]
+    return controls.eval_config(c, defaults.k(dim), defaults.LAM, ())
+
+
+def _model_choice_lead(ctx: Context, table: pd.DataFrame | None) -> None:
+    """The model to deploy on the selected target, chosen without its labels, in a sentence; then how it
+    did against CLIP (with the labels: a description), and the sliders' setting beside the rule's."""
+    config, c = _choice_config(ctx), ctx.choice
+    if config is None:
+        st.caption("The model choice runs under this project's protocol on the domain-shift task.")
+        return
+    try:
+        with st.spinner(f"Choosing the model to deploy on {c.target} (source data only)…"):
+            frame, made = cached.evaluate_and_choose(ctx.emb.key, c.target, config, ctx.emb)
+    except service.ServiceError as e:
+        st.warning(f"No model choice for {c.target}: {e}")
+        return
+    row = choice.target_summary(frame, made)
+    st.success(f"**For {c.target}, deploy {row['chosen']}** ({row['chosen_accuracy']:.1%} on {c.target}). "
+               f"{made.why}")
+    against = "; ".join(f"{v.difference * 100:+.1f} points vs {v.versus} (95 % interval {v.low * 100:+.1f} to "
+                        f"{v.high * 100:+.1f}, McNemar p = {v.p_value:.2g})" for v in made.versus_clip.itertuples())
+    st.caption(f"Chosen on source data only: per source domain the worst of its validation rows, their intervened "
+               f"copies and the domain held out; the simplest model within one standard error of the best "
+               f"(scores on Diagnostics). With {c.target}'s labels, afterwards: {against}.")
+    if table is not None and (ctx.K, ctx.lam) != (row["K"], row["lam"]) and methods.spec(c.method).tunes_k:
+        _hand_setting_note(ctx, table, row)
+
+
+def _hand_setting_note(ctx: Context, table: pd.DataFrame, rule: dict) -> None:
+    """The sliders' K and lam next to the rule's, with the method's probe on the target at each."""
+    c = ctx.choice
+    mine = table[(table.role == "target") & (table.method == c.method) & (table.protocol == evaluation.LINEAR_PROBE)]
+    if mine.empty or c.method != "icm":
+        return
+    yours, theirs = float(mine.accuracy.iloc[0]), rule["ICM probe"]
+    text = (f"Your K = {ctx.K}, λ = {ctx.lam:g}: ICM probe {yours:.1%} on {c.target}. The rule chose K = {rule['K']}, "
+            f"λ = {rule['lam']:g}: ICM probe {theirs:.1%}.")
+    (st.warning if yours < theirs - 0.05 else st.info)(text + " Set “Choose K and λ by” back to a rule to return.")
+
+
+def _targets_overview(ctx: Context) -> None:
+    """Every domain held out in turn (the others as sources): each candidate's accuracy and the model
+    chosen for it, so where the projection helps and where it does not shows without a control."""
+    config = _choice_config(ctx)
+    if config is None:
+        return
+    emb, rows = ctx.every_domain, []
+    bar = st.progress(0.0, text="every target at a glance")
+    try:
+        for i, target in enumerate(emb.domain_names):
+            bar.progress(i / len(emb.domain_names), text=f"every target at a glance: {target} "
+                                                          f"({i + 1}/{len(emb.domain_names)})")
+            rows.append(choice.target_summary(*cached.evaluate_and_choose(emb.key, target, config, emb)))
+    except service.ServiceError as e:
+        bar.empty()
+        st.caption(f"No overview of every target: {e}")
+        return
+    bar.empty()
+    st.markdown("**Every target at a glance**: each domain held out in turn, the others as sources")
+    st.dataframe(_overview_table(pd.DataFrame(rows)), hide_index=True)
+    st.caption("Deploy: chosen without the target's labels. The accuracies use them, to show the result.")
+
+
+def _overview_table(frame: pd.DataFrame):
+    """Accuracies as percentages, the chosen candidate's cell marked in each row."""
+    candidates = [c.label for c in choice.candidates()]
+    shown = frame[["target", *candidates, "chosen"]].rename(columns={"chosen": "deploy"})
+
+    def mark(row: pd.Series) -> list[str]:
+        return ["background-color: rgba(44, 160, 44, 0.25); font-weight: bold" if name == row["deploy"] else ""
+                for name in row.index]
+
+    return shown.style.apply(mark, axis=1).format("{:.1%}", subset=candidates)
 
 
 def _summary(ctx: Context) -> None:
@@ -440,7 +531,26 @@ def diagnostics_page() -> None:
         st.plotly_chart(figures.spectrum_figure(fit.eigenvalues, K, spectrum), key="spectrum")
     else:
         st.caption(f"{service.method_label(fit.method)} has no eigenvalue spectrum of M.")
+    _choice_scores_section(ctx)
     _sweep_section(ctx, K, lam)
+
+
+def _choice_scores_section(ctx: Context) -> None:
+    """The model choice's candidates with their scores and uncertainty (what chose the model on the Explorer)."""
+    config = _choice_config(ctx)
+    if config is None:
+        return
+    try:
+        _, made = cached.evaluate_and_choose(ctx.emb.key, ctx.choice.target, config, ctx.emb)
+    except service.ServiceError as e:
+        st.caption(f"No model choice: {e}")
+        return
+    st.subheader("Which model to deploy")
+    st.plotly_chart(figures.choice_scores(made.table, ctx.choice.target), key="choice_scores")
+    checks = made.table.set_index("candidate")[[col for col in made.table.columns if col.endswith(" accuracy")]]
+    st.dataframe(checks.style.format("{:.1%}"))
+    st.caption(f"{made.why} Each check's accuracy is averaged over the source domains; the score takes, per "
+               "source domain, the worst of its checks. No target label is read.")
 
 
 @st.fragment

@@ -46,7 +46,13 @@ def _ok(at: AppTest) -> None:
 
 
 def _table(at: AppTest):
-    return at.dataframe[0].value
+    """The accuracy table (one row per method and protocol, one column per domain)."""
+    return next(frame.value for frame in at.dataframe if "target change vs CLIP" in frame.value.columns)
+
+
+def _overview(at: AppTest):
+    """Every target at a glance (one row per held-out domain, the chosen model under 'deploy')."""
+    return next(frame.value for frame in at.dataframe if "deploy" in frame.value.columns)
 
 
 def test_explorer_opens_with_both_layouts_and_the_accuracy_chart():
@@ -54,6 +60,13 @@ def test_explorer_opens_with_both_layouts_and_the_accuracy_chart():
     _ok(at)
     assert at.title[0].value == "CLIP-ICM Explorer"
     assert len(at.get("plotly_chart")) == 4  # accuracy bars + two UMAP panels + confusion matrices
+    # The page leads with the model to deploy on the target, and shows every target with its choice.
+    lead = at.success[0].value
+    assert lead.startswith("**For sketch, deploy ") and "Deploy " in lead
+    overview = _overview(at)
+    assert list(overview.target) == ["photo", "art_painting", "cartoon", "sketch"]
+    assert set(overview.deploy) <= {"CLIP zero-shot", "CLIP probe", "Augmentation probe", "ICM zero-shot", "ICM probe"}
+    assert overview.set_index("target").loc["sketch", "deploy"] in lead
     table = _table(at)
     assert "sketch (target)" in table.columns and "ICM linear probe" in table.index
     assert [m.label for m in at.metric][0] == "ICM linear probe on sketch"
@@ -184,13 +197,16 @@ def test_intervention_controls_and_a_bad_template_give_an_error_message(tmp_path
 
 
 def test_diagnostics_page_shows_spectrum_ratio_and_sweep():
-    at = _page("diagnostics_page", ctl_source="synthetic", ctl_n_synth=60)
+    at = _page("diagnostics_page", ctl_source="synthetic", ctl_n_synth=60, ctl_selection="off")
     _ok(at)
     assert at.metric[0].label.startswith("Invariance ratio")
-    assert len(at.get("plotly_chart")) == 1  # the spectrum; the sweep waits for its toggle
+    # the spectrum and the model choice's candidates with their uncertainty; the sweep waits for its toggle
+    assert [chart.key for chart in at.get("plotly_chart")] == ["spectrum", "choice_scores"]
+    scores = next(frame.value for frame in at.dataframe if "held out accuracy" in frame.value.columns)
+    assert list(scores.index) == ["CLIP zero-shot", "CLIP probe", "Augmentation probe", "ICM zero-shot", "ICM probe"]
     at.toggle(key="ctl_sweep").set_value(True).run()
     _ok(at)
-    assert len(at.get("plotly_chart")) == 2
+    assert len(at.get("plotly_chart")) == 3
     assert any("best on source validation" in c.value for c in at.caption)
 
 
@@ -243,6 +259,14 @@ def _store_entries(root: Path) -> dict[str, list]:
     return {m["key"]: m["shape"] for m in manifests if "shape" in m}
 
 
+def _chosen_label(results_csv: Path, target: str) -> str:
+    from clip_icm.choice import Candidate
+
+    rows = pd.read_csv(results_csv)
+    chosen = rows[rows.chosen & (rows.target == target)]
+    return Candidate(chosen.method.item(), chosen.protocol.item()).label
+
+
 def test_default_demo_opens_on_the_honest_story_with_gallery_confusions_and_prompts(tmp_path, monkeypatch):
     """Also: the CLI's `evaluate` and the dashboard's defaults build the same embeddings (the page
     adds no embeddings to the store, only its two maps and the results it keeps for a restart) and
@@ -257,9 +281,12 @@ def test_default_demo_opens_on_the_honest_story_with_gallery_confusions_and_prom
     _ok(at)
     added = {k: v for k, v in _store_entries(tmp_path / "store").items() if k not in before}
     # no embeddings: the two UMAP layouts, and results kept for a restart (empty arrays: the choice of
-    # K and lam and CLIP's score beside it, an accuracy table per method and baseline, the confusions)
+    # K and lam and CLIP's score beside it, an accuracy table per method and baseline, the confusions,
+    # and the model choice of each of the four targets)
     layouts = [shape for shape in added.values() if shape != [0]]
-    assert len(layouts) == 2 and all(shape[1] == 2 for shape in layouts) and len(added) == 2 + 2 + 3 + 1
+    assert len(layouts) == 2 and all(shape[1] == 2 for shape in layouts) and len(added) == 2 + 2 + 3 + 1 + 4
+    # the model to deploy is the CLI's choice for the same target
+    assert f"**For cartoon, deploy {_chosen_label(tmp_path / 'cli.csv', 'cartoon')}**" in at.success[0].value
     shown = _table(at)["cartoon (target)"]
     for method, label in (("CLIP", "CLIP"), ("icm", "ICM"), ("pca", "PCA"), ("augmentation", "Augmentation")):
         for protocol in ("linear probe", "zero-shot"):

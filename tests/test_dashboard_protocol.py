@@ -2,7 +2,7 @@
 import pytest
 
 from dashboard import cached
-from tests.test_dashboard import _app, _ok, _page
+from tests.test_dashboard import _app, _ok, _page, _table
 
 
 @pytest.fixture(autouse=True)
@@ -16,7 +16,7 @@ def test_protocol_is_named_and_orth_cali_probe_is_n_a():
     at = _app(ctl_baselines=["orth_cali"])
     _ok(at)
     assert any("Protocol: **this project**" in c.value for c in at.caption)
-    table = at.dataframe[0].value
+    table = _table(at)
     assert table.loc["Orth-Cali linear probe"].isna().all() and table.loc["Orth-Cali zero-shot"].notna().all()
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from clip_icm import defaults, evaluation, methods
+from clip_icm import choice, defaults, evaluation, methods
 from clip_icm.embeddings import EmbeddingSet
 from clip_icm.service.base import guard, kept
 
@@ -136,6 +136,22 @@ def choose_hyperparameters(emb: EmbeddingSet, target: str, method: str, config: 
                               emb, target, method, Ks, lams, config, scoring, protocol),
                 lambda choice: {"K": int(choice[0]), "lam": float(choice[1]), "scores": _frame_json(choice[2])},
                 lambda choice: (choice["K"], choice["lam"], _json_frame(choice["scores"])))
+
+
+def evaluate_and_choose(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, store=None
+                        ) -> tuple[pd.DataFrame, choice.Choice]:
+    """choice.evaluate_and_choose with the default rule (K and lam for the probe, then the model to
+    deploy): what the CLI's evaluate prints for ``target``; kept in ``store`` (see base.kept)."""
+    def compute():
+        return guard("Could not choose the model", choice.evaluate_and_choose, emb, target, config,
+                     defaults.SELECTION, evaluation.LINEAR_PROBE)
+
+    return kept(store, emb.key, ("evaluate and choose", target, config), compute,
+                lambda done: {"frame": _frame_json(done[0]), "table": _frame_json(done[1].table), "why": done[1].why,
+                              "versus_clip": _frame_json(done[1].versus_clip)},
+                lambda done: (_json_frame(done["frame"]),
+                              choice.Choice(target, _json_frame(done["table"]), done["why"],
+                                            _json_frame(done["versus_clip"]))))
 
 
 def full_space_score(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, scoring: str,
