@@ -94,7 +94,8 @@ def _bootstrap_scores(outcomes: list[tuple[str, str, np.ndarray]], seed: int) ->
 class Choice:
     """The choice for one target: ``table`` holds one row per candidate (columns candidate, method,
     protocol, score, se, margin, chosen, and each check's accuracy averaged over source domains);
-    ``why`` says in one sentence why the chosen one won. ``versus_clip`` (filled by
+    ``why`` says in a sentence or two why the chosen one won (and, where it is no projection, where
+    the projection falls short). ``versus_clip`` (filled by
     :func:`evaluate_and_choose`, from target labels) describes how the chosen one then did against
     CLIP's two heads on the target (:func:`paired_difference`): the result, not an input."""
 
@@ -150,20 +151,19 @@ def _points(difference: float) -> str:
 
 
 def _why(table: pd.DataFrame, chosen: int, best: int) -> str:
-    """One sentence a stakeholder can read: what won and by what evidence, and, where the chosen
-    model is no projection, that the projection does not help here and where it fails."""
+    """Why the chosen candidate, in sentences a stakeholder can read: by what evidence it won and, where
+    it is no projection, that the projection does not help here and on which check it falls short."""
     pick, top = table.iloc[chosen], table.iloc[best]
     if chosen != best:
-        reason = (f"{top.candidate} scores only {_points(top.score - pick.score)} more on the source checks, "
-                  f"within the uncertainty (± {_points(pick.margin)}), and {pick.candidate} is simpler")
+        sentence = (f"{top.candidate} scores only {_points(top.score - pick.score)} more on the source checks, "
+                    f"within the uncertainty (± {_points(pick.margin)}), and {pick.candidate} is simpler.")
     elif chosen == 0:
-        reason = f"it scores best on the source checks ({pick.score:.1%} ± {pick.se:.1%}) and is the simplest"
+        sentence = f"It scores best on the source checks ({pick.score:.1%} ± {pick.se:.1%}) and is the simplest."
     else:
         simpler = table.iloc[:chosen]
         runner = simpler.loc[simpler.score.idxmax()]
-        reason = (f"it beats {runner.candidate} on the source checks by {_points(pick.score - runner.score)}, more "
-                  f"than the uncertainty (± {_points(runner.margin)})")
-    sentence = f"Deploy {pick.candidate}: {reason}."
+        sentence = (f"It beats {runner.candidate} on the source checks by {_points(pick.score - runner.score)}, "
+                    f"more than the uncertainty (± {_points(runner.margin)}).")
     projected = table[table.method.map(lambda m: methods.spec(m).estimator not in (None, "IdentityProjection"))]
     if projected.empty or pick.name in projected.index:
         return sentence

@@ -639,7 +639,7 @@ def _choice_text(choices: dict) -> str:
         if isinstance(c, str):
             lines.append(f"No model choice for {target}: {c}")
             continue
-        lines.append(f"{target}: {c.why}")
+        lines.append(f"{target}: deploy {c.chosen.candidate}. {c.why}")
         for row in c.versus_clip.itertuples():
             lines.append(f"    on {target}, {c.chosen.candidate} vs {row.versus}: {row.difference * 100:+.1f} points "
                          f"(95% paired bootstrap {row.low * 100:+.1f} to {row.high * 100:+.1f}; McNemar p = "

@@ -216,8 +216,19 @@ def domains_ui(emb: EmbeddingSet, default_target: str) -> tuple[str, tuple[str, 
     target = st.selectbox("Target domain (held out)", names,
                           key=_valid("ctl_target", names, default_target if default_target in names else names[-1]))
     others = [d for d in names if d != target]
+    _old_target_back_to_the_sources(target, others)
     sources = st.multiselect("Source domains", others, key=_valid_multi("ctl_sources", others))
     return target, tuple(sources)
+
+
+def _old_target_back_to_the_sources(target: str, others: list[str]) -> None:
+    """The previous target was no source only because it was held out: a new target returns it to the
+    sources (else cartoon -> sketch -> cartoon silently trains on two domains instead of three)."""
+    previous = st.session_state.get("ctl_previous_target")
+    st.session_state["ctl_previous_target"] = target
+    kept = st.session_state.get("ctl_sources")
+    if previous in others and kept is not None and previous not in kept:
+        st.session_state["ctl_sources"] = [d for d in others if d in kept or d == previous]
 
 
 def _forget_other_data_sets_domains(emb: EmbeddingSet) -> None:
@@ -225,7 +236,7 @@ def _forget_other_data_sets_domains(emb: EmbeddingSet) -> None:
     demo's domain names recur in PACS) starts from the defaults, even where a name is the same."""
     data_set = [list(emb.domain_names), list(emb.class_names)]
     if st.session_state.get("ctl_domains_of", data_set) != data_set:
-        for key in ("ctl_target", "ctl_sources"):
+        for key in ("ctl_target", "ctl_sources", "ctl_previous_target"):
             st.session_state.pop(key, None)
     st.session_state["ctl_domains_of"] = data_set
 

@@ -62,7 +62,7 @@ def test_explorer_opens_with_both_layouts_and_the_accuracy_chart():
     assert len(at.get("plotly_chart")) == 4  # accuracy bars + two UMAP panels + confusion matrices
     # The page leads with the model to deploy on the target, and shows every target with its choice.
     lead = at.success[0].value
-    assert lead.startswith("**For sketch, deploy ") and "Deploy " in lead
+    assert lead.startswith("**For sketch, deploy ") and "source checks" in lead
     overview = _overview(at)
     assert list(overview.target) == ["photo", "art_painting", "cartoon", "sketch"]
     assert set(overview.deploy) <= {"CLIP zero-shot", "CLIP probe", "Augmentation probe", "ICM zero-shot", "ICM probe"}
@@ -356,3 +356,19 @@ def test_embedding_progress_times_each_stage_on_its_own_and_lists_those_done(mon
     assert shown["done"] == ["Done: images 10 (100.0 s)"]
     assert pages.stage_summary("drawing the demo world and loading the model", 1, 3.94) == (
         "drawing the demo world and loading the model (3.9 s)")  # a one-step stage shows no count
+
+
+def test_a_new_target_returns_the_old_one_to_the_sources():
+    at = _app()
+    domains = ["photo", "art_painting", "cartoon", "sketch"]
+    assert at.sidebar.multiselect(key="ctl_sources").value == ["photo", "art_painting", "cartoon"]
+    at.sidebar.selectbox(key="ctl_target").set_value("cartoon").run()
+    at.sidebar.selectbox(key="ctl_target").set_value("sketch").run()
+    _ok(at)
+    assert at.sidebar.multiselect(key="ctl_sources").value == [d for d in domains if d != "sketch"]
+    assert list(_table(at).columns)[:3] == ["photo", "art_painting", "cartoon"]
+    # a source the user took out stays out
+    at.sidebar.multiselect(key="ctl_sources").set_value(["photo", "cartoon"]).run()
+    at.sidebar.selectbox(key="ctl_target").set_value("cartoon").run()
+    _ok(at)
+    assert at.sidebar.multiselect(key="ctl_sources").value == ["photo", "sketch"]
