@@ -40,6 +40,11 @@ WORLDS = {
     "s6-art-colour": dict(seed=6, target_domain="art_painting", spurious_factors=("colour",)),
     "s7-cartoon-rev": dict(seed=7),
     "s8-photo-bg": dict(seed=8, target_domain="photo", spurious_factors=("background",)),
+    # Drawn after the rule was last changed (see clip_icm/choice.py), to check it on worlds it never saw.
+    "s9-sketch-broken-colour": dict(seed=9, target_domain="sketch", target_mode="broken", spurious_factors=("colour",)),
+    "s10-photo": dict(seed=10, target_domain="photo"),
+    "s11-art-bg": dict(seed=11, target_domain="art_painting", spurious_factors=("background",)),
+    "s12-cartoon-colour-0.8": dict(seed=12, spurious_factors=("colour",), spurious_correlation=0.8),
 }
 SIMPLE = ("CLIP zero-shot", "CLIP probe", "Augmentation probe")
 

@@ -628,7 +628,7 @@ def _choice_text(choices: dict) -> str:
         return f"No model choice: {next(iter(reasons.values()))}\n"
     lines = ["Model to deploy, per target (chosen without a target label: per source domain the worst of its "
              "validation rows, their intervened copies and the domain held out, averaged; the simplest candidate "
-             "within one standard error of the best)", ""]
+             "unless a more complex one scores higher by more than one standard error of their difference)", ""]
     made = {target: c for target, c in choices.items() if not isinstance(c, str)}
     if made:
         scores = pd.DataFrame({target: {row.candidate: f"{row.score:.3f}±{row.se:.3f}{'*' if row.chosen else ' '}"

@@ -240,8 +240,8 @@ def _model_choice_lead(ctx: Context, table: pd.DataFrame | None) -> None:
     against = "; ".join(f"{v.difference * 100:+.1f} points vs {v.versus} (95 % interval {v.low * 100:+.1f} to "
                         f"{v.high * 100:+.1f}, McNemar p = {v.p_value:.2g})" for v in made.versus_clip.itertuples())
     st.caption(f"Chosen on source data only: per source domain the worst of its validation rows, their intervened "
-               f"copies and the domain held out; the simplest model within one standard error of the best "
-               f"(scores on Diagnostics). With {c.target}'s labels, afterwards: {against}.")
+               f"copies and the domain held out; the simplest model unless a more complex one scores higher by more "
+               f"than one standard error of their difference (scores on Diagnostics). With {c.target}'s labels, afterwards: {against}.")
     if table is not None and (ctx.K, ctx.lam) != (row["K"], row["lam"]) and methods.spec(c.method).tunes_k:
         _hand_setting_note(ctx, table, row)
 
