@@ -460,6 +460,17 @@ def orth_cali_diagnostics(emb: EmbeddingSet, projection: OrthCaliProjection, con
                 spurious_span=projection.spurious_span(queries.reshape(-1, queries.shape[2])))
 
 
+def spurious_span_text(label: str, diagnostics: dict) -> tuple[str, bool]:
+    """One sentence on what Orth-Cali's P0 removes (from :func:`orth_cali_diagnostics`' numbers, or
+    their means over targets) and whether to warn: the CLI and the Diagnostics page print it."""
+    removed, dim, span = diagnostics["spurious_removed"], diagnostics["dim"], diagnostics["spurious_span"]
+    text = (f"{label}: P0 removes {removed:.0f} of D = {dim:.0f} directions ({diagnostics['spurious_prompts']:.0f} "
+            f"spurious prompts or directions, {diagnostics['positive_pairs']:.0f} positive pairs); they span "
+            f"{span:.0%} of the class prompts' between-class energy (a random subspace of that size: about "
+            f"{removed / dim:.0%}).")
+    return text, span > SPURIOUS_SPAN_WARNING
+
+
 def predict_all(emb: EmbeddingSet, target: str, method: str = FULL_SPACE, config: EvalConfig = EvalConfig()
                 ) -> dict[str, np.ndarray]:
     """Class index of every row under each protocol, for ``method`` (FULL_SPACE = CLIP) fitted

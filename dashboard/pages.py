@@ -440,7 +440,21 @@ def diagnostics_page() -> None:
         st.plotly_chart(figures.spectrum_figure(fit.eigenvalues, K, spectrum), key="spectrum")
     else:
         st.caption(f"{service.method_label(fit.method)} has no eigenvalue spectrum of M.")
+    _orth_cali_caption(ctx, K, lam)
     _sweep_section(ctx, K, lam)
+
+
+def _orth_cali_caption(ctx: Context, K: int, lam: float) -> None:
+    """What the Orth-Cali baselines' P0 removes, and a warning when it is most of the class signal."""
+    c = ctx.choice
+    for method in [m for m in (c.method, *c.baselines) if methods.spec(m).text_only]:
+        try:
+            text, warn = service.orth_cali_summary(ctx.emb, c.target, method, controls.eval_config(c, K, lam, (method,)))
+        except service.ServiceError as e:
+            st.caption(str(e))
+            continue
+        (st.warning if warn else st.caption)(text + (" Most of what tells the classes apart goes with it "
+                                                      "(docs/FAITHFULNESS.md)." if warn else ""))
 
 
 @st.fragment
