@@ -5,7 +5,8 @@ tests/test_released_reference.py (3 domains x 200 rows, D = 64, 6 classes; 3 see
 Each line compares the released steps (tests/released_reference.py) with one step done otherwise:
 float64 features for the probe, the plain dot-product argmax instead of softmax(100 * dot), a
 float64 eigendecomposition, the probe's rows in another order (the released loader shuffles,
-unseeded), the zero-shot forward in the loader's batches of 36. Counts are of rows whose predicted
+unseeded), the zero-shot forward in the loader's batches of 36, every embedding rounded to
+float16 first (the project's embedding store keeps float16). Counts are of rows whose predicted
 class differs. ``python -m bench.released_fidelity``
 """
 from __future__ import annotations
@@ -26,7 +27,8 @@ def _probe(train_X, train_y, X) -> np.ndarray:
 
 def main() -> None:
     counts = {name: [] for name in ("float64 probe features", "dot instead of softmax", "float64 eigh: zero-shot",
-                                    "float64 eigh: probe", "shuffled probe rows", "zero-shot in batches of 36")}
+                                    "float64 eigh: probe", "shuffled probe rows", "zero-shot in batches of 36",
+                                    "float16-stored embeddings: zero-shot", "float16-stored embeddings: probe")}
     a_inv_gap = []
     for seed in range(3):
         emb = seeded_arrays(seed)
@@ -55,6 +57,14 @@ def main() -> None:
                 batched = np.concatenate([released.zero_shot(emb.features[i:i + 36], emb.text_features[0], A)
                                           for i in range(0, len(emb.features), 36)])
                 counts["zero-shot in batches of 36"].append((batched != zero_shot).sum())
+                # the project's store rounds every embedding to float16 (features, pairs and text)
+                half = lambda X: np.asarray(X, dtype=np.float16).astype(np.float32)  # noqa: E731
+                A16 = released.get_A_inv(half(pairs.z), half(pairs.z_do), lam, K)
+                counts["float16-stored embeddings: zero-shot"].append(
+                    (released.zero_shot(half(emb.features), half(emb.text_features[0]), A16) != zero_shot).sum())
+                counts["float16-stored embeddings: probe"].append(
+                    (released.logistic(half(emb.features[train]), emb.labels[train], half(emb.features), A16)
+                     != probe).sum())
     print("| step done otherwise | settings with a difference (of 27) | rows that differ (of 27 x 600) | most in one setting |")
     print("|---|---|---|---|")
     for name, values in counts.items():
