@@ -482,11 +482,13 @@ def predict_all(emb: EmbeddingSet, target: str, method: str = FULL_SPACE, config
 
 
 def scored_rows(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConfig()) -> dict[str, np.ndarray]:
-    """Boolean masks of the scored rows per domain: each source's validation rows; the whole target
-    domain, or its released 20 % holdout under the released protocol."""
+    """Boolean masks of the scored rows per domain: each source's validation rows and the whole target
+    domain, or under the released protocol each domain's released 20 % holdout."""
     scored = _rows_by_domain(emb, target)
-    if target is not None and protocols.PROTOCOLS.get(config.protocol).target_rows == "holdout":
-        scored[target] = protocols.released_holdout(emb.domains, emb.paths, target)
+    if protocols.PROTOCOLS.get(config.protocol).target_rows == "holdout":
+        # Every domain's released 20 % "out" split: the target's is what the released code scores, and
+        # the sources' are the rows its probe did not train on (it trains on their 80 % "in" split).
+        scored = {d: protocols.released_holdout(emb.domains, emb.paths, d) for d in scored}
     return scored
 
 
@@ -598,14 +600,15 @@ def _held_out_source_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig
     return float(np.mean(scores))
 
 
-def _worst_case_validation(emb: EmbeddingSet, predictor: _Predictor, protocol: str) -> float:
+def _worst_case_validation(emb: EmbeddingSet, predictor: _Predictor, protocol: str, config: EvalConfig) -> float:
     """Per domain the lowest of its validation accuracy and its accuracy on each intervened
     copy of those rows, averaged over domains. A shortcut that is as predictive as the cause
     on validation rows fails on rows where the variant factors were changed."""
     predicted = predictor.predict(predictor.projected, protocol)
     scores = []
+    validation = scored_rows(emb, None, config)
     for domain in emb.domain_names:
-        val = (emb.domains == domain) & ~emb.is_train
+        val = validation[domain]
         accuracies = [np.mean(predicted[val] == emb.labels[val])] if val.any() else []
         for check in emb.intervened_val:
             rows = check.domains == domain
@@ -629,7 +632,7 @@ def _interventional_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig,
         raise InvalidInput(f"{method} calibrates class text only: it has no {protocol} to score")
     emb, config = apply_protocol(emb, config)
     predictor = _fit_predictor(emb, None, method, _fitted(emb, None, method, config), config)
-    return _worst_case_validation(emb, predictor, protocol)
+    return _worst_case_validation(emb, predictor, protocol, config)
 
 
 SCORINGS = {

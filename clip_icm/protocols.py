@@ -11,7 +11,9 @@ A protocol is data (:class:`Protocol`), read by evaluation, the CLI and the dash
 - probe: ``LogisticRegression(random_state=0, C=0.316, max_iter=1000)`` (lbfgs) on the raw
   projected features of the source domains' training rows, no standardisation, no C search;
 - target rows: the target's 20 % holdout, DomainBed's ``misc.split_dataset(env, int(0.2 n),
-  seed_hash(0, env_i))`` over the domain's images in ImageFolder order;
+  seed_hash(0, env_i))`` over the domain's images in ImageFolder order (the sources, which the
+  released code does not score, are scored on their own 20 % holdouts: the rows its probe did not
+  train on);
 - forward passes in fp32 (``clip_model.float()``), and everything after them in fp32 torch too:
   M, its ``torch.linalg.eigh``, ``features @ A_inv``, the normalised text, ``softmax(100 * dot)``;
   the probe trains on the fp32 projected features (lbfgs stops at a different point on float64

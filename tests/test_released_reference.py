@@ -222,3 +222,14 @@ def test_class_free_directions_and_what_p0_removes():
     assert orth.spurious_span == pytest.approx(share, abs=1e-12) and 0 < share < 1
     assert (orth.spurious_removed, orth.spurious_prompts, orth.dim) == (8, 8, DIM)
     assert frame[frame.method == "CLIP"].spurious_span.isna().all()
+
+
+def test_released_sources_are_scored_on_rows_the_probe_never_trained_on(arrays):
+    config = EvalConfig(8, 1000.0, methods=("icm_as_released",), protocol="released")
+    scored = scored_rows(arrays, "sketch", config)
+    train = set(protocols.released_train_rows(arrays.domains, None, "sketch"))
+    for domain in ("art", "photo"):
+        rows = set(np.flatnonzero(scored[domain]))
+        assert len(rows) == int(0.2 * PER_DOMAIN) and not rows & train  # the released "out" split
+    ours = scored_rows(arrays, "sketch", replace(config, protocol="ours"))
+    assert ours["sketch"].sum() == PER_DOMAIN  # ours: the whole target, the sources' validation rows
