@@ -497,12 +497,16 @@ def _table_text(table: pd.DataFrame) -> str:
 
 
 def _evaluate_header(args: argparse.Namespace, spec, config) -> str:
-    rows = "the target's 20% holdout" if spec.target_rows == "holdout" else "whole target domain"
-    probe = ("LogisticRegression(C=0.316) on raw projected features" if spec.probe == "released"
-             else "probe C chosen on source validation rows")
-    task = "Open-class (zero-shot, base / new classes)" if args.task == "open_class" else "Leave-one-domain-out"
+    open_class = args.task == "open_class"
+    # The released open-class test is the whole target too (its base classes' in + out splits).
+    rows = "the target's 20% holdout" if spec.target_rows == "holdout" and not open_class else "whole target domain"
+    probe = ("no probe" if open_class else "LogisticRegression(C=0.316) on raw projected features"
+             if spec.probe == "released" else "probe C chosen on source validation rows")
+    split = (("the first half of the sorted classes as base" if spec.class_split == "first_half"
+              else f"class split seed {args.seed}") + "; ") if open_class else ""
+    task = "Open-class (zero-shot, base / new classes)" if open_class else "Leave-one-domain-out"
     styles = "kept" if config.keep_target_styles else "dropped"
-    return (f"{task}, target accuracy ({rows}); protocol: {spec.label}; {probe}; prompts naming the target: "
+    return (f"{task}, target accuracy ({rows}); protocol: {spec.label}; {split}{probe}; prompts naming the target: "
             f"{styles}; Orth-Cali lam={config.orth_cali_lam:g}, zero-shot only (probe n/a)")
 
 

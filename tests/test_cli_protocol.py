@@ -73,6 +73,7 @@ def test_open_class_task(setup, tmp_path, capsys):
                       "--out", str(out))) == 0
     text = capsys.readouterr().out
     assert "Open-class" in text and "HM" in text and "base" in text and "new" in text
+    assert "(whole target domain)" in text and "class split seed 0; no probe" in text
     rows = pd.read_csv(out)
     assert set(rows.classes) == {"base", "new", "harmonic mean"} and set(rows.target) == {"photo", "sketch", "cartoon"}
     # what Orth-Cali's P0 removes, in the rows and printed (averaged over the targets)
@@ -129,3 +130,14 @@ def test_orth_cali_queries_are_named(setup, tmp_path, capsys):
     assert main(_args(setup, tmp_path / "c", "--orth-cali-queries", "all")) == 2
     assert "invalid choice: 'all'" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_released_open_class_takes_the_first_half_of_the_classes(setup, tmp_path, capsys):
+    out = tmp_path / "o.csv"
+    assert main(_args(setup, tmp_path / "c", "--protocol", "released", "--task", "open_class", "--target", "sketch",
+                      "--k", "8", "--methods", "icm_as_released", "--out", str(out))) == 0
+    text = capsys.readouterr().out
+    assert "(whole target domain)" in text and "the first half of the sorted classes as base" in text
+    rows = pd.read_csv(out)
+    target = rows[(rows.role == "target") & (rows.method == "CLIP")].set_index("classes")
+    assert target.loc["base", "n"] == target.loc["new", "n"] == 12  # cat, dog | guitar, horse: 2 x 6 images each
