@@ -72,7 +72,7 @@ def check_outcomes(emb: EmbeddingSet, target: str, method: str, heads: tuple[str
         raise InvalidInput("the model choice holds out each source domain in turn: it needs at least 2 "
                            f"source domains, and target {target!r} leaves {len(sources.domain_names)}")
     predictor = evaluation.fitted_predictor(sources, None, method, config)
-    outcomes = {head: evaluation.validation_outcomes(sources, predictor, head) for head in heads}
+    outcomes = {head: evaluation.validation_outcomes(sources, predictor, head, config) for head in heads}
     for domain in sources.domain_names:
         without = evaluation.fitted_predictor(sources, domain, method, config)
         rows = sources.domains == domain

@@ -383,7 +383,9 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--protocol", metavar="NAME", default="ours",
                     help="ours (default) or released: the released code's pipeline (image pairs only, the one "
                     "prompt 'a photo of a {}.', absolute lam, LogisticRegression(C=0.316) on raw projected features, "
-                    "the target's 20%% holdout, fp32 forward passes; K and lam fixed unless --select)")
+                    "the target's 20%% holdout, fp32 forward passes and fp32 arithmetic, class names with only '_' "
+                    "replaced, the first half of the classes as base classes in --task open_class; K and lam fixed "
+                    "unless --select)")
     ev.add_argument("--task", metavar="NAME", default="domain_shift",
                     help="domain_shift (default) or open_class: a seeded 50/50 class split (--seed), fits on the "
                     "base classes of the source domains, zero-shot base / new / harmonic-mean accuracy at the "
@@ -393,6 +395,9 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
                     "since they are prior knowledge of the target's shift)")
     ev.add_argument("--orth-cali-lam", metavar="LAM", type=float, default=defaults.ORTH_CALI_LAM,
                     help="Orth-Cali's own lambda (default %(default)g, as published)")
+    ev.add_argument("--orth-cali-queries", default="one", choices=("one", "ensemble"),
+                    help="Orth-Cali's zero-shot query: one prompt per class, 'a photo of a {}.' (default, as "
+                    "debias_vl), or the ensemble of --templates")
     ev.add_argument("--out", metavar="FILE", default=None, help="write the tidy rows to a .csv or .json file")
     p.set_defaults(run=_run_evaluate)
 
@@ -417,7 +422,8 @@ def _eval_config(args: argparse.Namespace, dim: int, methods: tuple[str, ...]):
         pair_sets = defaults.DEMO_PAIR_SETS
     return EvalConfig(n_components=k, lam=args.lam, lam_mode=args.lam_mode, methods=methods,
                       pair_sets=pair_sets, prompts=args.prompts, seed=args.seed, protocol=args.protocol,
-                      orth_cali_lam=args.orth_cali_lam, keep_target_styles=args.keep_target_styles)
+                      orth_cali_lam=args.orth_cali_lam, keep_target_styles=args.keep_target_styles,
+                      orth_cali_queries=args.orth_cali_queries)
 
 
 def _protocol_args(args: argparse.Namespace):
@@ -494,12 +500,16 @@ def _table_text(table: pd.DataFrame) -> str:
 
 
 def _evaluate_header(args: argparse.Namespace, spec, config) -> str:
-    rows = "the target's 20% holdout" if spec.target_rows == "holdout" else "whole target domain"
-    probe = ("LogisticRegression(C=0.316) on raw projected features" if spec.probe == "released"
-             else "probe C chosen on source validation rows")
-    task = "Open-class (zero-shot, base / new classes)" if args.task == "open_class" else "Leave-one-domain-out"
+    open_class = args.task == "open_class"
+    # The released open-class test is the whole target too (its base classes' in + out splits).
+    rows = "the target's 20% holdout" if spec.target_rows == "holdout" and not open_class else "whole target domain"
+    probe = ("no probe" if open_class else "LogisticRegression(C=0.316) on raw projected features"
+             if spec.probe == "released" else "probe C chosen on source validation rows")
+    split = (("the first half of the sorted classes as base" if spec.class_split == "first_half"
+              else f"class split seed {args.seed}") + "; ") if open_class else ""
+    task = "Open-class (zero-shot, base / new classes)" if open_class else "Leave-one-domain-out"
     styles = "kept" if config.keep_target_styles else "dropped"
-    return (f"{task}, target accuracy ({rows}); protocol: {spec.label}; {probe}; prompts naming the target: "
+    return (f"{task}, target accuracy ({rows}); protocol: {spec.label}; {split}{probe}; prompts naming the target: "
             f"{styles}; Orth-Cali lam={config.orth_cali_lam:g}, zero-shot only (probe n/a)")
 
 
@@ -660,6 +670,25 @@ def _open_class_splits(args, run, config, targets: list[str]) -> pd.DataFrame:
     return frame
 
 
+def _orth_cali_notes(frame: pd.DataFrame) -> list[str]:
+    """Per Orth-Cali method: what its P0 removes (averaged over targets), with a warning when its
+    spurious prompts span most of the class prompts' between-class energy."""
+    from clip_icm.evaluation import spurious_span_text
+    from clip_icm.methods import label as method_label
+
+    if "spurious_span" not in frame.columns:
+        return []
+    lines = []
+    columns = ["spurious_removed", "dim", "spurious_span", "spurious_prompts", "positive_pairs"]
+    for method, rows in frame[frame.spurious_span.notna()].groupby("method", sort=False):
+        text, warn = spurious_span_text(method_label(method), rows[columns].mean().to_dict())
+        lines.append(text)
+        if warn:
+            lines.append(f"warning: {method_label(method)}'s spurious prompts span most of what tells the classes "
+                         "apart, and P0 removes it (docs/FAITHFULNESS.md, the open-class gap)")
+    return lines + ([""] if lines else [])
+
+
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     import pandas as pd
 
@@ -703,6 +732,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         table.index.name = f"target [protocol: {spec.label}]"
         print(_table_text(table))
         print()
+    for line in _orth_cali_notes(frame):
+        print(line)
     print(_choice_text(choices))
     print(_skipped_text(run.skipped))
     if args.out:

@@ -35,6 +35,13 @@ def readable_name(folder: str) -> str:
     return " ".join(folder.replace("_", " ").replace("-", " ").split()).lower()
 
 
+def released_name(folder: str) -> str:
+    """A folder name as the released code puts it in a prompt: only ``_`` becomes a space
+    (``engine.get_text_features``), so DomainNet's ``"t-shirt"`` stays ``"t-shirt"`` and
+    OfficeHome's ``"Alarm_Clock"`` reads ``"Alarm Clock"``."""
+    return folder.replace("_", " ")
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """Metadata of a known multi-domain dataset (DomainBed's ``ENVIRONMENTS``, as data).

@@ -81,20 +81,30 @@ class PairSet:
 
 @dataclass(frozen=True)
 class PromptSet:
-    """Class-free prompts ("a sketch of a thing.") and their raw embeddings (Orth-Cali's spurious
-    prompts); ``variant_words`` as in :class:`PairSet`, one entry per prompt."""
+    """Prompts and their raw embeddings, for Orth-Cali: class-free ones ("a sketch of a thing.", its
+    spurious prompts) or each class under each bank template (``labels`` the class index, ``groups``
+    the bank: :func:`clip_icm.interventions.attribute_prompts`); ``variant_words`` as in
+    :class:`PairSet`, one entry per prompt ("" for a bank's anchor, the zero-shot query)."""
 
     texts: np.ndarray
     z: np.ndarray
     variant_words: np.ndarray
+    labels: np.ndarray | None = None
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.z.ndim != 2 or not len(self.texts) == len(self.z) == len(self.variant_words):
             raise InvalidInput(f"prompt set: {len(self.texts)} texts, {len(self.variant_words)} variant words and "
                                f"embeddings of shape {self.z.shape} must agree")
+        for name in ("labels", "groups"):
+            column = getattr(self, name)
+            if column is not None and len(column) != len(self.z):
+                raise InvalidInput(f"prompt set: {len(column)} {name} for {len(self.z)} prompts")
 
     def subset(self, keep: np.ndarray) -> "PromptSet":
-        return PromptSet(self.texts[keep], self.z[keep], self.variant_words[keep])
+        return PromptSet(self.texts[keep], self.z[keep], self.variant_words[keep],
+                         None if self.labels is None else self.labels[keep],
+                         None if self.groups is None else self.groups[keep])
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,12 @@ class EmbeddingSet:
                    class by its usual look in the other domains' training rows (ToyDomains)
     templates:     the T prompt templates of ``text_features`` (None when unknown)
     spurious:      class-free prompts of the text banks (Orth-Cali's spurious prompts), or None
+    attribute_prompts: each class under each template of the text banks (Orth-Cali's positive pairs
+                   and the class-free directions are built from them), or None
+    released_class_text: (1, C, D) raw embeddings of "a photo of a {}." with the class folder names as
+                   the released code writes them (only ``_`` replaced), where they differ from
+                   ``class_names``; None when the prompts are the same (the released preset then reads
+                   ``text_features``)
     """
 
     features: np.ndarray
@@ -132,6 +148,8 @@ class EmbeddingSet:
     look_prompts: dict[str, np.ndarray] = field(default_factory=dict)
     templates: tuple[str, ...] | None = None
     spurious: PromptSet | None = None
+    attribute_prompts: PromptSet | None = None
+    released_class_text: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n, dim = self.features.shape

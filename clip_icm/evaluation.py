@@ -30,9 +30,10 @@ from sklearn.preprocessing import StandardScaler
 from clip_icm import defaults, methods, protocols
 from clip_icm.embeddings import EmbeddingSet, unit_rows
 from clip_icm.errors import InvalidInput, check_names
-from clip_icm.interventions import names_domain
+from clip_icm.interventions import DEFAULT_TEMPLATE, names_domain
 from clip_icm.methods import ALL_METHODS
-from clip_icm.projection import LAM_MODES, LinearProjection, OrthCaliProjection, PairMoments, stack_pairs
+from clip_icm.projection import (LAM_MODES, LinearProjection, OrthCaliProjection, PairMoments, ReleasedMoments,
+                                 stack_pairs)
 from clip_icm.seeding import rng, seed_hash
 
 FULL_SPACE = methods.FULL_SPACE.name  # the method column's name for CLIP's full space
@@ -40,6 +41,10 @@ ZERO_SHOT, LINEAR_PROBE = "zero-shot", "linear probe"
 # Zero-shot prompt sets: the class names in the template set the embeddings were built with,
 # or each class described by its usual look in the source training rows (EmbeddingSet.look_prompts).
 PROMPT_SETS = {"classes": "class names", "usual_look": "each class by its usual source look"}
+ORTH_CALI_QUERIES = ("one", "ensemble")
+# Above this share of the class prompts' between-class energy, Orth-Cali's P0 is said to remove
+# most of what tells the classes apart (the CLI and the Diagnostics page warn).
+SPURIOUS_SPAN_WARNING = 0.5
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class EvalConfig:
 
     ``protocol``: a name in :data:`clip_icm.protocols.PROTOCOLS` ("ours" or "released").
     ``orth_cali_lam``: Orth-Cali's own lam (1000 as published; it never uses ICM's lam).
+    ``orth_cali_queries``: Orth-Cali's zero-shot query, "one" prompt per class ("a photo of a {}.",
+    as debias_vl queries one prompt per class) or the "ensemble" of the embedded templates.
     ``keep_target_styles``: in leave-one-domain-out, text prompts whose variant words name the
     held-out domain ("a sketch of a {}." when the target is "sketch") are dropped from every
     fit by default, since they are prior knowledge of the target's shift; True keeps them."""
@@ -66,6 +73,7 @@ class EvalConfig:
     protocol: str = "ours"
     orth_cali_lam: float = defaults.ORTH_CALI_LAM
     keep_target_styles: bool = False
+    orth_cali_queries: str = "one"
 
     def __post_init__(self) -> None:
         """Every name and range checked here, so a wrong setting fails before anything is fitted."""
@@ -73,6 +81,7 @@ class EvalConfig:
         protocols.PROTOCOLS.check((self.protocol,))
         check_names("zero-shot prompt set", (self.prompts,), tuple(PROMPT_SETS))
         check_names("lam scale", (self.lam_mode,), LAM_MODES)
+        check_names("Orth-Cali query", (self.orth_cali_queries,), ORTH_CALI_QUERIES)
         if self.n_components < 1:
             raise InvalidInput(f"n_components (K) must be at least 1, got {self.n_components}")
         if not np.isfinite(self.lam) or not np.isfinite(self.orth_cali_lam):
@@ -201,11 +210,18 @@ class _Memo:
 
 def _moments(emb: EmbeddingSet, target: str | None, config: EvalConfig) -> PairMoments:
     weights = dict(config.pair_weights or {})
-    key = ("moments", target, config.pair_sets, tuple(sorted(weights.items())), config.keep_target_styles)
+    released = _released_arithmetic(config)
+    key = ("moments", target, config.pair_sets, tuple(sorted(weights.items())), config.keep_target_styles, released)
     memo = _Memo.of(emb)
     if key not in memo:
-        memo[key] = PairMoments.of(*stack_pairs(_pair_sets(emb, target, config), weights))
+        stack = stack_pairs(_pair_sets(emb, target, config), weights)
+        memo[key] = ReleasedMoments(*stack) if released else PairMoments.of(*stack)
     return memo[key]
+
+
+def _released_arithmetic(config: EvalConfig) -> bool:
+    """Does the protocol compute as the released code does (fp32 torch, step for step)?"""
+    return protocols.PROTOCOLS.get(config.protocol).arithmetic == "fp32"
 
 
 def fit_projection(
@@ -216,23 +232,84 @@ def fit_projection(
     _check_target(emb, target)
     emb, config = apply_protocol(emb, config)
     if methods.spec(method).text_only:
-        return _fit_orth_cali(emb, target, config)
+        return _fit_orth_cali(emb, target, config, method)
     return methods.spec(method).build(config.n_components, config.lam, config.lam_mode).fit_moments(
         _moments(emb, target, config))
 
 
-def _fit_orth_cali(emb: EmbeddingSet, target: str | None, config: EvalConfig) -> LinearProjection:
-    """Orth-Cali from the text banks: positive pairs = every text pair set (same class, anchor vs
-    variant prompt; whatever sets ICM is fitted on), spurious prompts = the banks' class-free
-    prompts; its own lam."""
-    text = _pair_sets(emb, target, replace(config, pair_sets=tuple(p.name for p in emb.pairs if p.kind == "text")))
+def _fit_orth_cali(emb: EmbeddingSet, target: str | None, config: EvalConfig, method: str) -> OrthCaliProjection:
+    """Orth-Cali as debias_vl builds it, from the text banks, at its own lam: positive pairs = every
+    same-class pair of a bank's attribute-bearing prompts (its variants; never the anchor, the
+    zero-shot query); spurious prompts = the banks' class-free prompts with every attribute value,
+    or (the method's ``spurious`` = "class_free") the class-averaged variant-minus-anchor
+    directions. Embeddings without attribute prompts (older sets, the synthetic world) pair the
+    text pair sets' anchor and variant prompts instead."""
+    Z, Z_do = _orth_cali_pairs(emb, target, config)
+    prompts = _target_free(emb.attribute_prompts, target, config)
+    if methods.spec(method).spurious == "class_free":
+        if prompts is None:
+            raise InvalidInput(f"{methods.spec(method).label} is built from prompts of each class under each bank "
+                               "template: embed with text banks (these embeddings have none)")
+        spurious = class_free_directions(prompts)
+    else:
+        spurious = _target_free(emb.spurious, target, config)
+        spurious = None if spurious is None else spurious.z
+    return OrthCaliProjection(config.orth_cali_lam).fit(Z, Z_do, spurious)
+
+
+def _target_free(prompts, target: str | None, config: EvalConfig):
+    """``prompts`` without those that name ``target`` (unless ``keep_target_styles``)."""
+    if prompts is None or target is None or config.keep_target_styles:
+        return prompts
+    return _without_styles(prompts, target)
+
+
+def _orth_cali_pairs(emb: EmbeddingSet, target: str | None, config: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Orth-Cali's positive pairs (Z, Z_do): debias_vl's S, every same-class pair (i < j) among the
+    attribute-bearing prompts of one bank; without attribute prompts, the text pair sets' pairs."""
     dim = emb.features.shape[1]
-    Z = np.concatenate([p.z for p in text]) if text else np.zeros((0, dim))
-    Z_do = np.concatenate([p.z_do for p in text]) if text else np.zeros((0, dim))
-    spurious = emb.spurious
-    if target is not None and not config.keep_target_styles:
-        spurious = _without_styles(spurious, target)
-    return OrthCaliProjection(config.orth_cali_lam).fit(Z, Z_do, None if spurious is None else spurious.z)
+    prompts = _target_free(emb.attribute_prompts, target, config)
+    if prompts is None:
+        text = _pair_sets(emb, target, replace(config, pair_sets=tuple(p.name for p in emb.pairs if p.kind == "text")))
+        if not text:
+            return np.zeros((0, dim)), np.zeros((0, dim))
+        return np.concatenate([p.z for p in text]), np.concatenate([p.z_do for p in text])
+    firsts, seconds = [], []
+    for indices in _attribute_groups(prompts).values():
+        i, j = np.triu_indices(len(indices), k=1)
+        firsts.append(indices[i])
+        seconds.append(indices[j])
+    first = np.concatenate(firsts or [np.zeros(0, np.int64)])
+    second = np.concatenate(seconds or [np.zeros(0, np.int64)])
+    return prompts.z[first], prompts.z[second]
+
+
+def _attribute_groups(prompts) -> dict[tuple, np.ndarray]:
+    """Row indices of the attribute-bearing prompts (not the anchor) per (bank, class), in order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (group, label, words) in enumerate(zip(prompts.groups, prompts.labels, prompts.variant_words)):
+        if words:
+            groups.setdefault((group, int(label)), []).append(i)
+    return {key: np.array(rows, dtype=np.int64) for key, rows in groups.items()}
+
+
+def class_free_directions(prompts) -> np.ndarray:
+    """Spurious directions with no class in them: per bank template, the mean over classes of
+    unit(variant prompt) - unit(anchor prompt) of the same class ((templates, D)). A class-free
+    prompt ("a sketch of a thing.") can still carry class content where the text encoder never saw
+    a caption without a class; a class-averaged difference of two prompts of the same class cannot
+    carry more than the classes share."""
+    z = unit_rows(np.asarray(prompts.z, dtype=np.float64))
+    anchors = {(g, int(c)): i for i, (g, c, w) in enumerate(zip(prompts.groups, prompts.labels, prompts.variant_words))
+               if not w}
+    differences: dict[tuple, list[np.ndarray]] = {}
+    for i, (group, label, words) in enumerate(zip(prompts.groups, prompts.labels, prompts.variant_words)):
+        anchor = anchors.get((group, int(label)))
+        if words and anchor is not None:
+            differences.setdefault((group, words), []).append(z[i] - z[anchor])
+    if not differences:
+        raise InvalidInput("no variant prompt has its anchor prompt: the class-free directions need both")
+    return np.array([np.mean(rows, axis=0) for rows in differences.values()])
 
 
 def apply_protocol(emb: EmbeddingSet, config: EvalConfig) -> tuple[EmbeddingSet, EvalConfig]:
@@ -261,6 +338,9 @@ def apply_protocol(emb: EmbeddingSet, config: EvalConfig) -> tuple[EmbeddingSet,
                                "or 'ensemble')")
         row = emb.templates.index(spec.template)
         emb = replace(emb, text_features=emb.text_features[row:row + 1], templates=(spec.template,))
+    if spec.template is not None and emb.released_class_text is not None:
+        # The released prompt writes the folder names with only "_" replaced (ours also lower-case them).
+        emb = replace(emb, text_features=emb.released_class_text, released_class_text=None)
     return emb, config
 
 
@@ -296,14 +376,19 @@ class _Predictor:
     """One method's fitted predictors (zero-shot weights and linear probe) over its projection.
     ``projected`` holds the EmbeddingSet's own rows, projected once for both protocols."""
 
-    def __init__(self, projection, probe, weights: np.ndarray, projected: np.ndarray) -> None:
+    def __init__(self, projection, probe, weights: np.ndarray, projected: np.ndarray, released: bool = False) -> None:
         self.projection, self.probe, self.weights, self.projected = projection, probe, weights, projected
+        self.released = released  # the released arithmetic: fp32 projections, softmax(100 * dot)
 
     def project(self, X: np.ndarray) -> np.ndarray:
+        if self.released:
+            return protocols.released_project(X, None if self.projection is None else self.projection.components_)
         return X if self.projection is None else self.projection.transform(X)
 
     def predict(self, projected: np.ndarray, protocol: str) -> np.ndarray | None:
         """Class indices; None for the probe of a text-only method (it has none)."""
+        if protocol == ZERO_SHOT and self.released:
+            return protocols.released_zero_shot(projected, self.weights)
         if protocol == ZERO_SHOT:
             return np.argmax(unit_rows(np.asarray(projected, dtype=np.float64)) @ self.weights.T, axis=1)
         return None if self.probe is None else self.probe.predict(projected)
@@ -323,26 +408,34 @@ def _fit_predictor(emb: EmbeddingSet, target: str | None, method: str, projectio
     if methods.spec(method).text_only:
         return zero_shot
     source, projected = _source_mask(emb, target), zero_shot.projected
-    train_X, train_y = projected[source & emb.is_train], emb.labels[source & emb.is_train]
+    released_probe = protocols.PROTOCOLS.get(config.protocol).probe == "released"
+    train = (protocols.released_train_rows(emb.domains, emb.paths, target) if released_probe
+             else np.flatnonzero(source & emb.is_train))
+    train_X, train_y = projected[train], emb.labels[train]
     if methods.spec(method).probe_rows == "source+intervened":
         extra_X, extra_y = _augmented_rows(emb, target, method, config)
-        train_X = np.concatenate([train_X, extra_X if projection is None else projection.transform(extra_X)])
+        train_X = np.concatenate([train_X, zero_shot.project(extra_X)])
         train_y = np.concatenate([train_y, extra_y])
     val = source & ~emb.is_train
-    if protocols.PROTOCOLS.get(config.protocol).probe == "released":
+    if released_probe:
         probe = protocols.released_probe(train_X, train_y)
     else:
         probe = fit_linear_probe(train_X, train_y, projected[val], emb.labels[val], config.probe_Cs, config.seed)
-    return _Predictor(projection, probe, zero_shot.weights, projected)
+    return _Predictor(projection, probe, zero_shot.weights, projected, zero_shot.released)
 
 
 def _zero_shot_only(emb: EmbeddingSet, method: str, projection, config: EvalConfig) -> _Predictor:
     """Zero-shot weights over ``projection`` and no probe (nothing fitted on rows): the open-class
     task and text-only methods. The protocol says whether projected text is re-normalised."""
     method_spec = methods.spec(method)
+    if _released_arithmetic(config) and not method_spec.text_only:
+        components = None if projection is None else projection.components_
+        weights = protocols.released_class_text(emb.text_features[0], components)
+        return _Predictor(projection, None, weights, protocols.released_project(emb.features, components), True)
     renormalise = method_spec.text_only or (protocols.PROTOCOLS.get(config.protocol).renormalise
                                             and method_spec.zero_shot == "cosine")
-    weights = zero_shot_classifier(emb.text_features, projection, renormalise)
+    text = orth_cali_queries(emb, config) if method_spec.text_only else emb.text_features
+    weights = zero_shot_classifier(text, projection, renormalise)
     image_projection = None if method_spec.text_only else projection
     projected = emb.features if image_projection is None else image_projection.transform(emb.features)
     return _Predictor(image_projection, None, weights, projected)
@@ -355,6 +448,36 @@ def fitted_predictor(emb: EmbeddingSet, held_out: str | None, method: str, confi
     return _fit_predictor(emb, held_out, method, _fitted(emb, held_out, method, config), config)
 
 
+def orth_cali_queries(emb: EmbeddingSet, config: EvalConfig) -> np.ndarray:
+    """(T, C, D) the class prompts Orth-Cali calibrates: one per class, "a photo of a {}." (the first
+    template where that one is not embedded), or the whole ensemble (``orth_cali_queries="ensemble"``,
+    and described prompts, which have no template)."""
+    if config.orth_cali_queries == "ensemble" or emb.templates is None:
+        return emb.text_features
+    row = emb.templates.index(DEFAULT_TEMPLATE) if DEFAULT_TEMPLATE in emb.templates else 0
+    return emb.text_features[row:row + 1]
+
+
+def orth_cali_diagnostics(emb: EmbeddingSet, projection: OrthCaliProjection, config: EvalConfig) -> dict:
+    """What Orth-Cali's P0 removes: its spurious prompts (or directions), the directions removed,
+    D, and the share of the class prompts' between-class energy they span (queries as scored)."""
+    queries = orth_cali_queries(emb, config)
+    return dict(spurious_prompts=projection.n_spurious_, spurious_removed=projection.n_removed_,
+                dim=projection.n_features_in_, positive_pairs=projection.n_pairs_,
+                spurious_span=projection.spurious_span(queries.reshape(-1, queries.shape[2])))
+
+
+def spurious_span_text(label: str, diagnostics: dict) -> tuple[str, bool]:
+    """One sentence on what Orth-Cali's P0 removes (from :func:`orth_cali_diagnostics`' numbers, or
+    their means over targets) and whether to warn: the CLI and the Diagnostics page print it."""
+    removed, dim, span = diagnostics["spurious_removed"], diagnostics["dim"], diagnostics["spurious_span"]
+    text = (f"{label}: P0 removes {removed:.0f} of D = {dim:.0f} directions ({diagnostics['spurious_prompts']:.0f} "
+            f"spurious prompts or directions, {diagnostics['positive_pairs']:.0f} positive pairs); they span "
+            f"{span:.0%} of the class prompts' between-class energy (a random subspace of that size: about "
+            f"{removed / dim:.0%}).")
+    return text, span > SPURIOUS_SPAN_WARNING
+
+
 def predict_all(emb: EmbeddingSet, target: str, method: str = FULL_SPACE, config: EvalConfig = EvalConfig()
                 ) -> dict[str, np.ndarray]:
     """Class index of every row under each protocol, for ``method`` (FULL_SPACE = CLIP) fitted
@@ -364,17 +487,28 @@ def predict_all(emb: EmbeddingSet, target: str, method: str = FULL_SPACE, config
 
 
 def scored_rows(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConfig()) -> dict[str, np.ndarray]:
-    """Boolean masks of the scored rows per domain: each source's validation rows; the whole target
-    domain, or its released 20 % holdout under the released protocol."""
+    """Boolean masks of the scored rows per domain: each source's validation rows and the whole target
+    domain, or under the released protocol each domain's released 20 % holdout."""
     scored = _rows_by_domain(emb, target)
-    if target is not None and protocols.PROTOCOLS.get(config.protocol).target_rows == "holdout":
-        scored[target] = protocols.released_holdout(emb.domains, emb.paths, target)
+    if protocols.PROTOCOLS.get(config.protocol).target_rows == "holdout":
+        # Every domain's released 20 % "out" split: the target's is what the released code scores, and
+        # the sources' are the rows its probe did not train on (it trains on their 80 % "in" split).
+        scored = {d: protocols.released_holdout(emb.domains, emb.paths, d) for d in scored}
     return scored
 
 
 def _score_method(emb, target, method, projection, config) -> list[dict]:
-    return _accuracy_rows(emb, target, method, _fit_predictor(emb, target, method, projection, config).predict_rows(),
+    rows = _accuracy_rows(emb, target, method, _fit_predictor(emb, target, method, projection, config).predict_rows(),
                           config)
+    return _with_diagnostics(rows, emb, projection, config)
+
+
+def _with_diagnostics(rows: list[dict], emb: EmbeddingSet, projection, config: EvalConfig) -> list[dict]:
+    """Orth-Cali's rows carry what its P0 removes (:func:`orth_cali_diagnostics`); others NaN there."""
+    if isinstance(projection, OrthCaliProjection):
+        extra = orth_cali_diagnostics(emb, projection, config)
+        rows = [{**row, **extra} for row in rows]
+    return rows
 
 
 def _accuracy_rows(emb, target, method, predicted: dict, config) -> list[dict]:
@@ -471,14 +605,15 @@ def _held_out_source_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig
     return float(np.mean(scores))
 
 
-def validation_outcomes(emb: EmbeddingSet, predictor: _Predictor, protocol: str
+def validation_outcomes(emb: EmbeddingSet, predictor: _Predictor, protocol: str, config: EvalConfig
                         ) -> list[tuple[str, str, np.ndarray]]:
-    """(domain, check, right or wrong per row) for each domain's validation rows and each intervened
-    copy of them (``emb.intervened_val``): the rows the interventional rule scores."""
+    """(domain, check, right or wrong per row) for each domain's validation rows (as the protocol scores
+    sources) and each intervened copy of them (``emb.intervened_val``): the rows the interventional rule scores."""
     predicted = predictor.predict(predictor.projected, protocol)
     outcomes = []
+    validation = scored_rows(emb, None, config)
     for domain in emb.domain_names:
-        val = (emb.domains == domain) & ~emb.is_train
+        val = validation[domain]
         if val.any():
             outcomes.append((domain, "validation", predicted[val] == emb.labels[val]))
         for check in emb.intervened_val:
@@ -497,11 +632,11 @@ def worst_case_by_domain(outcomes: list[tuple[str, str, np.ndarray]]) -> float:
     return float(np.mean(list(worst.values())))
 
 
-def _worst_case_validation(emb: EmbeddingSet, predictor: _Predictor, protocol: str) -> float:
+def _worst_case_validation(emb: EmbeddingSet, predictor: _Predictor, protocol: str, config: EvalConfig) -> float:
     """Per domain the lowest of its validation accuracy and its accuracy on each intervened
     copy of those rows, averaged over domains. A shortcut that is as predictive as the cause
     on validation rows fails on rows where the variant factors were changed."""
-    return worst_case_by_domain(validation_outcomes(emb, predictor, protocol))
+    return worst_case_by_domain(validation_outcomes(emb, predictor, protocol, config))
 
 
 def _interventional_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig, protocol: str) -> float:
@@ -514,7 +649,7 @@ def _interventional_accuracy(emb: EmbeddingSet, method: str, config: EvalConfig,
                            "intervened_val=('counterfactual',)) on ToyDomains or ('image',) elsewhere")
     if methods.spec(method).text_only and protocol == LINEAR_PROBE:
         raise InvalidInput(f"{method} calibrates class text only: it has no {protocol} to score")
-    return _worst_case_validation(emb, fitted_predictor(emb, None, method, config), protocol)
+    return _worst_case_validation(emb, fitted_predictor(emb, None, method, config), protocol, config)
 
 
 SCORINGS = {
@@ -655,7 +790,8 @@ OPEN_CLASS_COLUMNS = ("base", "new", "harmonic mean")
 
 def class_split(n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A seeded 50/50 split of class indices into (base, new), each sorted; the released code takes
-    the first half of the sorted class names instead (no seed). At least 2 classes on each side."""
+    the first half of the sorted class names instead (no seed; the released protocol does so,
+    :func:`clip_icm.protocols.released_class_split`). At least 2 classes on each side."""
     n_base = n_classes // 2
     if n_base < 2 or n_classes - n_base < 2:
         raise InvalidInput(f"the open-class task needs at least 2 base and 2 new classes; {n_classes} classes "
@@ -668,9 +804,11 @@ def restrict_to_classes(emb: EmbeddingSet, classes: np.ndarray) -> EmbeddingSet:
     """A copy with only the rows and pairs of ``classes`` (labels keep their indices; class names and
     class text stay whole); every pair set must carry class labels."""
     keep = np.isin(emb.labels, classes)
+    prompts = emb.attribute_prompts
     return replace(
         emb, features=emb.features[keep], labels=emb.labels[keep], domains=emb.domains[keep],
         is_train=emb.is_train[keep], pairs=[p.for_classes(classes) for p in emb.pairs],
+        attribute_prompts=None if prompts is None else prompts.subset(np.isin(prompts.labels, classes)),
         paths=None if emb.paths is None else emb.paths[keep], key=f"{emb.key}-classes-{seed_hash(classes.tolist())}",
         intervened_val=[c.for_classes(classes) for c in emb.intervened_val],
     )
@@ -690,14 +828,18 @@ def evaluate_open_class(emb: EmbeddingSet, target: str, config: EvalConfig = Eva
     _check_target(emb, target)
     emb, config = apply_protocol(emb, config)
     emb = with_prompts(emb, target, config.prompts)
-    base, new = class_split(len(emb.class_names), split_seed)
+    if protocols.PROTOCOLS.get(config.protocol).class_split == "first_half":
+        base, new = protocols.released_class_split(len(emb.class_names))
+    else:
+        base, new = class_split(len(emb.class_names), split_seed)
     base_only = restrict_to_classes(emb, base)  # the only data any fit below sees
     rows = []
     for method in (FULL_SPACE, *config.methods):
         projection = None if method == FULL_SPACE else fit_projection(base_only, target, method, config)
         zero_shot = _zero_shot_only(emb, method, projection, config)
         pred = zero_shot.predict(zero_shot.projected, ZERO_SHOT)
-        rows += _open_class_rows(emb, target, method, pred, base, config.protocol)
+        rows += _with_diagnostics(_open_class_rows(emb, target, method, pred, base, config.protocol), emb,
+                                  projection, config)
     frame = pd.DataFrame(rows)
     frame["K"], frame["lam"], frame["lam_mode"], frame["split_seed"] = (config.n_components, config.lam,
                                                                          config.lam_mode, split_seed)

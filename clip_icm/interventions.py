@@ -475,18 +475,42 @@ def names_domain(words: str, domain: str) -> bool:
     return bool({w for w in _words(domain) if len(w) >= 3} & set(words.split()))
 
 
-# Orth-Cali's spurious prompts describe the spurious attribute without a class; a variant template
-# filled with this neutral noun is that ("a sketch of a thing."), and keeps the template's grammar.
+# Orth-Cali's spurious prompts describe the spurious attribute without a class; a template filled
+# with this neutral noun is that ("a sketch of a thing."), and keeps the template's grammar.
 CLASS_FREE_NOUN = "thing"
 
 
 def spurious_prompts(
     banks: Mapping[str, Sequence[str] | TextBank] | Iterable[str | TextBank] = ("styles", "contexts"),
 ) -> tuple[list[str], list[str]]:
-    """Class-free prompts, one per variant template of the banks, and their variant words."""
-    pairs = [(b.anchor, v) for b in resolve_banks(banks) for v in b.variants]
-    pairs = list(dict.fromkeys(pairs))
-    return [v.format(CLASS_FREE_NOUN) for _, v in pairs], [variant_words(a, v) for a, v in pairs]
+    """Class-free prompts with every value of each bank's attribute, and their variant words: the
+    anchor's value too ("a photo of a thing.", variant words ""), as debias_vl lists both values of
+    each attribute (its waterbirds prompts name land and water backgrounds). Duplicates kept once."""
+    pairs = [(b.anchor, t) for b in resolve_banks(banks) for t in (b.anchor, *b.variants)]
+    texts = {}
+    for anchor, template in pairs:
+        texts.setdefault(template.format(CLASS_FREE_NOUN), variant_words(anchor, template))
+    return list(texts), list(texts.values())
+
+
+def attribute_prompts(
+    class_names: Sequence[str],
+    banks: Mapping[str, Sequence[str] | TextBank] | Iterable[str | TextBank] = ("styles", "contexts"),
+) -> tuple[list[str], list[int], list[str], list[str]]:
+    """Each class under each template of each bank, the anchor first: (texts, class index, bank name,
+    variant words), the anchor's variant words "". Orth-Cali pairs the variants of one class within a
+    bank (debias_vl's same-class pairs among prompts that name an attribute value); the anchor is the
+    zero-shot query ("a photo of a {}.") and never in a pair, as debias_vl keeps its query prompts out
+    of its candidate prompts; the class-free variant subtracts it (variant minus anchor)."""
+    texts, labels, groups, words = [], [], [], []
+    for bank in resolve_banks(banks):
+        for c, name in enumerate(class_names):
+            for template in (bank.anchor, *bank.variants):
+                texts.append(template.format(name))
+                labels.append(c)
+                groups.append(bank.name)
+                words.append(variant_words(bank.anchor, template))
+    return texts, labels, groups, words
 
 
 def cross_modal_texts(

@@ -41,6 +41,9 @@ class MethodSpec:
                       images of the pair sets, with their source image's class: data augmentation)
     spectrum:         which eigenvalues of M are kept, for the spectrum plot: "top", "as_released"
                       (the K smallest), or None (no spectrum of M to show)
+    spurious:         for a text method (Orth-Cali), what its P0 removes: "prompts" (the embeddings of
+                      the class-free spurious prompts, as debias_vl) or "class_free" (per bank template,
+                      the class-averaged difference variant prompt minus anchor prompt)
     choice_rank:      where the method stands among the models the model choice (clip_icm.choice)
                       weighs, simplest first; None: not a candidate
     """
@@ -56,13 +59,15 @@ class MethodSpec:
     zero_shot: str = "cosine"
     probe_rows: str = "source"
     spectrum: str | None = None
+    spurious: str = "prompts"
     choice_rank: int | None = None
 
     def __post_init__(self) -> None:
         for field, value, valid in (("fits_on", self.fits_on, ("pairs", "text")),
                                     ("zero_shot", self.zero_shot, ("cosine", "dot")),
                                     ("probe_rows", self.probe_rows, ("source", "source+intervened")),
-                                    ("spectrum", self.spectrum, (None, "top", "as_released"))):
+                                    ("spectrum", self.spectrum, (None, "top", "as_released")),
+                                    ("spurious", self.spurious, ("prompts", "class_free"))):
             if value not in valid:
                 raise InvalidInput(f"method {self.name!r}: {field} must be one of {valid}, got {value!r}")
         unknown = set(self.hyperparameters) - set(HYPERPARAMETERS)
@@ -124,8 +129,13 @@ SPECS: tuple[MethodSpec, ...] = (
                "the K directions that move least under intervention (ICM's lam -> infinity limit)",
                "#9467bd", "NullSpaceProjection", (), ("n_components",)),
     MethodSpec("orth_cali", "Orth-Cali",
-               "Orth-Cali as published (Chuang et al. 2023): calibrates the class text from the text banks",
+               "Orth-Cali as published (Chuang et al. 2023, built as debias_vl builds it): calibrates the class "
+               "text from the text banks' class-free prompts and same-class prompt pairs",
                "#ff7f0e", "OrthCaliProjection", fits_on="text"),
+    MethodSpec("orth_cali_class_free", "Orth-Cali (class-free directions)",
+               "Orth-Cali whose P0 removes class-averaged differences (variant prompt minus anchor prompt) "
+               "instead of the class-free prompts themselves",
+               "#bcbd22", "OrthCaliProjection", fits_on="text", spurious="class_free"),
     MethodSpec("augmentation", "Augmentation",
                "no projection; the probe also trains on the intervened images (what a practitioner tries first)",
                "#8c564b", "IdentityProjection", probe_rows="source+intervened", choice_rank=1),

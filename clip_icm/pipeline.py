@@ -43,13 +43,14 @@ import numpy as np
 from clip_icm import background, defaults
 from clip_icm.backend import (ClipBackend, ImageDecodeError, Intervention, ModelConfig, file_stamp, load_model,
                               model_key)
-from clip_icm.datasets import DomainScan, load_image, scan_domain_folder, split_mask
+from clip_icm.datasets import DomainScan, load_image, released_name, scan_domain_folder, split_mask
 from clip_icm.embeddings import EmbeddingSet, PairSet, PromptSet
 from clip_icm.errors import InvalidInput, check_names
 from clip_icm.hashing import file_digest
-from clip_icm.interventions import (IMAGE_INTERVENTIONS, TEXT_BANKS, ZERO_SHOT_TEMPLATES, RandomIntervention,
-                                    TextBank, cross_modal_texts, cross_modal_words, make_image_intervention,
-                                    make_text_pairs, resolve_banks, spurious_prompts, text_pair_words)
+from clip_icm.interventions import (DEFAULT_TEMPLATE, IMAGE_INTERVENTIONS, TEXT_BANKS, ZERO_SHOT_TEMPLATES,
+                                    RandomIntervention, TextBank, attribute_prompts, cross_modal_texts, cross_modal_words,
+                                    make_image_intervention, make_text_pairs, resolve_banks, spurious_prompts,
+                                    text_pair_words)
 from clip_icm.seeding import rng, seed_hash
 from clip_icm.store import EmbeddingStore, atomic_write, make_key
 
@@ -438,7 +439,9 @@ def embed_dataset(
     text = embedder.texts("class prompts", prompts).reshape(len(templates), len(class_names), -1)
     key = make_key("embedding set", embedder.key, hashes.tolist(), asdict(data), _config_id(interventions, checks))
     emb = EmbeddingSet(features, labels, domains, is_train, class_names, text, pairs, paths, key, intervened_val, look,
-                       templates=tuple(templates), spurious=_spurious(build))
+                       templates=tuple(templates), spurious=_spurious(build),
+                       attribute_prompts=_attribute_prompts(build),
+                       released_class_text=_released_class_text(embedder, scan.class_folders, class_names))
     return EmbeddingRun(emb, scan, skipped, embedder.loaded, embedder.computed, embedder.reused)
 
 
@@ -677,6 +680,24 @@ def _text_pairs(b: _Build) -> list[PairSet]:
         pairs = rows.pair_set("cross-modal", "cross-modal", picked, embedder.texts("cross-modal", texts_do))
         out.append(replace(pairs, variant_words=np.array(cross_modal_words(len(picked), cfg.text_banks, cfg.seed))))
     return out
+
+
+def _released_class_text(embedder: _Embedder, folders: Sequence[str], class_names: list[str]) -> np.ndarray | None:
+    """The released zero-shot prompts ("a photo of a {}." with only ``_`` replaced in the folder
+    name), embedded, when they differ from ours (which also lower-case and drop hyphens)."""
+    released = [DEFAULT_TEMPLATE.format(released_name(f)) for f in folders]
+    if released == [DEFAULT_TEMPLATE.format(c) for c in class_names]:
+        return None
+    return embedder.texts("released class prompts", released)[None]
+
+
+def _attribute_prompts(b: _Build) -> PromptSet | None:
+    """Each class under each bank template (Orth-Cali's pairs), embedded; None without banks."""
+    if not b.cfg.text_banks:
+        return None
+    texts, labels, groups, words = attribute_prompts(b.class_names, resolve_banks(b.cfg.text_banks))
+    return PromptSet(np.array(texts), b.embedder.texts("attribute prompts", texts), np.array(words),
+                     np.array(labels, dtype=np.int64), np.array(groups))
 
 
 def _spurious(b: _Build) -> PromptSet | None:

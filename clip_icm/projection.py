@@ -166,6 +166,31 @@ class PairMoments:
         return self._spectra[lam]
 
 
+class ReleasedMoments(PairMoments):
+    """A pair stack's moments as the released code computes them: fp32 torch, M formed in its order
+    for each lam, ``torch.linalg.eigh`` on the full D x D matrix (no span restriction, see
+    :func:`clip_icm.protocols.released_eigh`). Keeps the fp32 stack itself (M depends on lam in a
+    way the two moments alone cannot reproduce to the last bit)."""
+
+    def __init__(self, Z: object, Z_do: object) -> None:
+        Z, Z_do = _check_pairs(Z, Z_do)
+        self.z, self.z_do = Z.astype(np.float32), Z_do.astype(np.float32)
+        z, delta = self.z.astype(np.float64), (self.z - self.z_do).astype(np.float64)
+        super().__init__(_moment(z), _moment(delta), len(Z))
+
+    def touched_basis(self) -> None:
+        return None  # the released code solves the full D x D eigenproblem
+
+    def eigh(self, lam: float | None) -> tuple[np.ndarray, np.ndarray]:
+        from clip_icm.protocols import released_eigh
+
+        if lam not in self._spectra:
+            if len(self._spectra) >= self._KEEP:
+                self._spectra.pop(next(iter(self._spectra)))
+            self._spectra[lam] = released_eigh(self.z, self.z_do, lam)
+        return self._spectra[lam]
+
+
 class LinearProjection(TransformerMixin, BaseEstimator):
     """Shared contract: ``components_`` (rows) map D-dim inputs to the projected space."""
 
@@ -348,6 +373,9 @@ class OrthCaliProjection(LinearProjection):
     zero-shot only. V (V^T V)^-1 V^T is computed as V pinv(V), the same projector, which also
     holds when two spurious prompts coincide. Without spurious prompts P0 = I; without pairs
     M = 0 (each half of the method alone); with neither there is nothing to fit.
+
+    Diagnostics: ``n_spurious_`` prompts, ``n_removed_`` directions P0 removes (their rank),
+    ``n_pairs_``, and :meth:`spurious_span` of the class prompts.
     """
 
     _orthonormal = False
@@ -366,13 +394,28 @@ class OrthCaliProjection(LinearProjection):
             raise InvalidInput(f"spurious prompts have {V.shape[1]} dims, the pairs {dim}")
         if len(Z) == 0 and len(V) == 0:
             raise InvalidInput("Orth-Cali needs positive prompt pairs or spurious prompts (text banks); got neither")
-        p0 = np.eye(dim) - (unit_rows(V).T @ np.linalg.pinv(unit_rows(V).T) if len(V) else 0.0)
+        removed = unit_rows(V).T @ np.linalg.pinv(unit_rows(V).T) if len(V) else np.zeros((dim, dim))
         delta = unit_rows(Z) - unit_rows(Z_do)
         M = _moment(delta) if len(delta) else np.zeros((dim, dim))
-        self.components_ = p0 @ np.linalg.inv(np.eye(dim) + lam * M)
+        self.components_ = (np.eye(dim) - removed) @ np.linalg.inv(np.eye(dim) + lam * M)
+        self.spurious_projector_ = removed
+        self.n_spurious_ = len(V)
+        self.n_removed_ = int(round(np.trace(removed)))  # the rank of V: the directions P0 removes
+        self.n_pairs_ = len(Z)
         self.n_features_in_ = dim
         self.lam_effective_ = lam
         return self
+
+    def spurious_span(self, class_text: object) -> float:
+        """The share of the class prompts' between-class energy that P0 removes:
+        ||(I - P0) C||^2 / ||C||^2, C the L2-normalised class prompts (rows) minus their mean. Near 1,
+        the spurious prompts span what tells the classes apart, and P0 takes it away; a random
+        subspace of the same size takes about n_removed_ / D."""
+        check_is_fitted(self, "components_")
+        C = unit_rows(_as_matrix(class_text, "class_text"))
+        C = C - C.mean(axis=0)
+        energy = float(np.sum(C * C))
+        return float(np.sum((C @ self.spurious_projector_) ** 2) / energy) if energy > 0 else float("nan")
 
 
 class IdentityProjection(LinearProjection):

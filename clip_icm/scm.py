@@ -306,7 +306,7 @@ def make_embedding_set(
     environments of the source domains, never from the shifted last one) and "text" (same
     class, two templates). The validation rows' true do-interventions are ``intervened_val``
     (scored by the interventional selection rule, never fitted). ``spurious`` holds each template's class-free embedding
-    (W [0; style_t]), Orth-Cali's spurious prompts.
+    (W [0; style_t]), Orth-Cali's spurious prompts; ``attribute_prompts`` every class under every template.
     """
     if len(domains) < 2 or len(set(domains)) != len(domains):
         raise InvalidInput(f"need at least 2 distinct domain names, got {list(domains)}")
@@ -338,7 +338,20 @@ def make_embedding_set(
         intervened_val=[PairSet("do(z_var) of validation rows", "intervened validation", x[val], x_do[val],
                                 domain_col[val], labels[val])],
         spurious=_class_free(scm, gen),
+        attribute_prompts=_attribute_prompts(text),
     )
+
+
+def _attribute_prompts(text: np.ndarray) -> PromptSet:
+    """Every class under every template, template 0 the anchor (the query; variant words ""), the
+    others its variants: Orth-Cali's prompts, one bank ("templates")."""
+    T, C, _ = text.shape
+    words = np.array(["" if t == 0 else f"template {t}" for t in range(T) for _ in range(C)])
+    order = np.arange(T * C).reshape(T, C).T.ravel()  # class-major, anchor first, as the pipeline lists them
+    texts = np.array([f"template {t}, class {c}" for t in range(T) for c in range(C)])
+    labels = np.tile(np.arange(C), T)
+    flat = text.reshape(T * C, -1)
+    return PromptSet(texts[order], flat[order], words[order], labels[order], np.full(T * C, "templates")[order])
 
 
 def _class_free(scm: LinearSCM, gen: np.random.Generator) -> PromptSet:

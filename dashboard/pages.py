@@ -531,6 +531,7 @@ def diagnostics_page() -> None:
         st.plotly_chart(figures.spectrum_figure(fit.eigenvalues, K, spectrum), key="spectrum")
     else:
         st.caption(f"{service.method_label(fit.method)} has no eigenvalue spectrum of M.")
+    _orth_cali_caption(ctx, K, lam)
     _choice_scores_section(ctx)
     _sweep_section(ctx, K, lam)
 
@@ -551,6 +552,19 @@ def _choice_scores_section(ctx: Context) -> None:
     st.dataframe(checks.style.format("{:.1%}"))
     st.caption(f"{made.why} Each check's accuracy is averaged over the source domains; the score takes, per "
                "source domain, the worst of its checks. No target label is read.")
+
+
+def _orth_cali_caption(ctx: Context, K: int, lam: float) -> None:
+    """What the Orth-Cali baselines' P0 removes, and a warning when it is most of the class signal."""
+    c = ctx.choice
+    for method in [m for m in (c.method, *c.baselines) if methods.spec(m).text_only]:
+        try:
+            text, warn = service.orth_cali_summary(ctx.emb, c.target, method, controls.eval_config(c, K, lam, (method,)))
+        except service.ServiceError as e:
+            st.caption(str(e))
+            continue
+        (st.warning if warn else st.caption)(text + (" Most of what tells the classes apart goes with it "
+                                                      "(docs/FAITHFULNESS.md)." if warn else ""))
 
 
 @st.fragment

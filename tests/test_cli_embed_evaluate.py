@@ -51,7 +51,8 @@ def test_evaluate_messy_folder_is_complete_and_reproducible(setup, tmp_path, cap
     again = pd.DataFrame(json.loads(out2.read_text())["rows"])
     pd.testing.assert_frame_equal(rows, again[rows.columns], check_dtype=False)
     assert set(rows.target) == set(messy.domains)
-    assert {"CLIP", "icm", "pca", "null_space", "orth_cali", "icm_as_released", "augmentation"} == set(rows.method)
+    assert {"CLIP", "icm", "pca", "null_space", "orth_cali", "orth_cali_class_free", "icm_as_released",
+            "augmentation"} == set(rows.method)
     # A folder gets the source-only rule and the model choice by default, as the demo does.
     assert set(rows.selected_by) == {"source validation + intervened source validation"}
     assert rows.groupby("target").chosen.sum().to_dict() == {d: 1 for d in messy.domains}

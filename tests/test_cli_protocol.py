@@ -73,8 +73,17 @@ def test_open_class_task(setup, tmp_path, capsys):
                       "--out", str(out))) == 0
     text = capsys.readouterr().out
     assert "Open-class" in text and "HM" in text and "base" in text and "new" in text
+    assert "(whole target domain)" in text and "class split seed 0; no probe" in text
     rows = pd.read_csv(out)
     assert set(rows.classes) == {"base", "new", "harmonic mean"} and set(rows.target) == {"photo", "sketch", "cartoon"}
+    # what Orth-Cali's P0 removes, in the rows and printed (averaged over the targets)
+    orth = rows[rows.method == "orth_cali"]
+    assert orth.spurious_span.between(0, 1).all() and rows[rows.method != "orth_cali"].spurious_span.isna().all()
+    removed, dim, span = orth.spurious_removed.mean(), int(orth.dim.iloc[0]), orth.spurious_span.mean()
+    assert 0 < removed < dim
+    assert f"Orth-Cali: P0 removes {removed:.0f} of D = {dim} directions" in text
+    assert f"they span {span:.0%} of the class prompts' between-class energy" in text
+    assert ("warning: Orth-Cali's spurious prompts span most of" in text) == (span > 0.5)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -115,3 +124,20 @@ def test_negative_lam_is_a_clear_error_with_top_k_and_a_warning_with_the_release
                       "--lam", "-1")) == 0
     err = capsys.readouterr().err
     assert "warning: lam=-1 < 0" in err and "rewards the directions that move" in err
+
+
+def test_orth_cali_queries_are_named(setup, tmp_path, capsys):
+    assert main(_args(setup, tmp_path / "c", "--orth-cali-queries", "all")) == 2
+    assert "invalid choice: 'all'" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_released_open_class_takes_the_first_half_of_the_classes(setup, tmp_path, capsys):
+    out = tmp_path / "o.csv"
+    assert main(_args(setup, tmp_path / "c", "--protocol", "released", "--task", "open_class", "--target", "sketch",
+                      "--k", "8", "--methods", "icm_as_released", "--out", str(out))) == 0
+    text = capsys.readouterr().out
+    assert "(whole target domain)" in text and "the first half of the sorted classes as base" in text
+    rows = pd.read_csv(out)
+    target = rows[(rows.role == "target") & (rows.method == "CLIP")].set_index("classes")
+    assert target.loc["base", "n"] == target.loc["new", "n"] == 12  # cat, dog | guitar, horse: 2 x 6 images each

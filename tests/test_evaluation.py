@@ -19,6 +19,7 @@ from clip_icm.evaluation import (
     zero_shot_predict,
 )
 from clip_icm.evaluation import FULL_SPACE, LINEAR_PROBE, ZERO_SHOT, predict_all, select_and_evaluate, source_score
+from clip_icm.methods import METHODS
 from clip_icm.projection import InvariantProjection
 from clip_icm.scm import SCMConfig, make_embedding_set
 
@@ -99,7 +100,9 @@ def test_evaluate_split_rows(emb):
     for domain in DOMAINS[:-1]:
         n_val = int(((emb.domains == domain) & ~emb.is_train).sum())
         assert (frame[frame.domain == domain].n == n_val).all()
-    text_only_probe = (frame.method == "orth_cali") & (frame.protocol == "linear probe")
+    text_only = frame.method.map(lambda m: m != "CLIP" and METHODS.get(m).text_only)
+    assert set(frame.method[text_only]) == {"orth_cali", "orth_cali_class_free"}
+    text_only_probe = text_only & (frame.protocol == "linear probe")
     assert frame.accuracy[text_only_probe].isna().all()  # Orth-Cali calibrates text: no probe (n/a)
     assert frame.accuracy[~text_only_probe].between(0, 1).all()
     assert (frame.preset == "ours").all()

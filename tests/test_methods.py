@@ -12,7 +12,7 @@ from clip_icm.errors import InvalidInput, UnknownName, UserError
 from clip_icm.methods import ALL_METHODS, METHODS, SPECS, MethodSpec
 from clip_icm.registry import Registry
 from dashboard import cached
-from tests.test_dashboard import APP
+from tests.test_dashboard import APP, _table
 
 NEW = MethodSpec("pca_again", "PCA again", "PCA under another name", "#123456", "PCAProjection", (),
                  ("n_components",), spectrum="top")
@@ -112,7 +112,7 @@ def test_a_new_method_is_one_entry_and_every_front_end_lists_it(one_more_method)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert spec.label in at.selectbox(key="ctl_method").options
-    assert f"{spec.label} linear probe" in at.dataframe[0].value.index
+    assert f"{spec.label} linear probe" in _table(at).index
 
 
 @pytest.mark.parametrize("method, k_used, lam_used", [("icm", True, True), ("pca", True, False),

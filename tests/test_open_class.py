@@ -6,6 +6,7 @@ import pytest
 
 from clip_icm.evaluation import (EvalConfig, class_split, evaluate_open_class, harmonic_mean,
                                  open_class_leave_one_domain_out)
+from clip_icm.methods import METHODS
 from clip_icm.projection import OrthCaliProjection
 from clip_icm.scm import SCMConfig, make_embedding_set
 
@@ -57,7 +58,11 @@ def _garble_new_classes(emb, new):
         rows = np.isin(p.labels, new)
         z[rows], z_do[rows] = gen.normal(size=z[rows].shape) * 50, gen.normal(size=z[rows].shape) * 50
         pairs.append(replace(p, z=z, z_do=z_do))
-    return replace(emb, pairs=pairs)
+    prompts = emb.attribute_prompts  # Orth-Cali's prompts of each class under each template
+    z = prompts.z.copy()
+    rows = np.isin(prompts.labels, new)
+    z[rows] = gen.normal(size=z[rows].shape) * 50
+    return replace(emb, pairs=pairs, attribute_prompts=replace(prompts, z=z))
 
 
 def test_new_classes_never_enter_any_fit(emb, monkeypatch):
@@ -81,8 +86,13 @@ def test_new_classes_never_enter_any_fit(emb, monkeypatch):
     monkeypatch.setattr(evaluation, "fit_linear_probe", lambda *a, **k: probes.append(a))
     monkeypatch.setattr(protocols, "released_probe", lambda *a, **k: probes.append(a))
     first = evaluate_open_class(emb, "sketch", CONFIG)
-    assert len(seen) == 2 and not probes  # one pair stack (kept for every method), Orth-Cali's prompts; no probe
-    new_rows = np.concatenate([p.z[np.isin(p.labels, new)] for p in emb.pairs])
+    orth_cali = [m for m in CONFIG.methods if METHODS.get(m).text_only]
+    assert len(orth_cali) == 2  # Orth-Cali and its class-free variant
+    assert len(seen) == 1 + len(orth_cali) and not probes  # one pair stack (kept for every method), each
+    # Orth-Cali's prompt pairs; no probe
+    prompts = emb.attribute_prompts
+    new_rows = np.concatenate([p.z[np.isin(p.labels, new)] for p in emb.pairs]
+                              + [prompts.z[np.isin(prompts.labels, new)]])
     for Z in seen:  # no row of any fit is a new-class pair row
         assert not (np.abs(Z[:, None, :] - new_rows[None, :, :]).max(axis=2) < 1e-12).any()
     monkeypatch.undo()

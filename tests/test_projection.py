@@ -45,7 +45,7 @@ def test_fit_transform_matches_fit_then_transform(method, pairs):
     if method == "augmentation":  # the identity: the full space, no spectrum
         np.testing.assert_array_equal(est.components_, np.eye(D))
         return
-    if method == "orth_cali":  # calibrates with P = P0 (I + lam M)^-1: no eigenproblem, no spectrum
+    if METHODS.get(method).text_only:  # Orth-Cali: P = P0 (I + lam M)^-1, no eigenproblem, no spectrum
         return
     assert est.eigenvalues_.shape == (D,)
     assert np.all(np.diff(est.eigenvalues_) <= 1e-9)  # descending
@@ -220,7 +220,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("bad, message", BAD_INPUTS)
 def test_bad_pairs_raise_named_value_error(method, bad, message, pairs):
     Z, Z_do, _ = pairs
-    if method == "orth_cali" and message == "at least 2 pairs":
+    if METHODS.get(method).text_only and message == "at least 2 pairs":
         # Orth-Cali is a calibration, not an estimate: one prompt pair (or none, with spurious
         # prompts) is a valid input; test_orth_cali_* covers what it rejects.
         assert OrthCaliProjection().fit(*bad(Z, Z_do)).components_.shape == (D, D)

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from clip_icm import protocols
 from clip_icm.evaluation import (EvalConfig, apply_protocol, evaluate_split, fit_projection, predict_all,
                                  scored_rows)
-from clip_icm.projection import InvariantProjection
+from clip_icm.projection import InvariantProjection, ReleasedMoments
 from clip_icm.scm import SCMConfig, make_embedding_set
 from tests.tiny_clip import write_local_dir
 
@@ -64,20 +64,26 @@ def _released_transcription(emb, root, target, K, lam):
     test_labels = np.array([label for _, label in test])
     # clip_icm.estimate_content / get_A_inv: image pairs of the source training rows, eigh, the first K
     pairs = emb.pair_set("image:random").excluding(target)
-    z, z_do = torch.tensor(pairs.z), torch.tensor(pairs.z_do)
+    z, z_do = torch.tensor(pairs.z).float(), torch.tensor(pairs.z_do).float()  # clip_model.float()
     delta = z - z_do
     M = z.T @ z / z.shape[0] - lam * delta.T @ delta / delta.shape[0]
     A_inv = torch.linalg.eigh(M)[1][:, :K]
     # engine.zero_shot: "a photo of a {}.", text normalised then projected; images projected
-    text = torch.tensor(emb.text_features[emb.templates.index("a photo of a {}.")])
+    text = torch.tensor(emb.text_features[emb.templates.index("a photo of a {}.")]).float()
     text = (text / text.norm(dim=-1, keepdim=True)) @ A_inv
     images = torch.tensor(emb.features).float() @ A_inv  # every row: a stronger check than the 6 scored
     zero_shot = (100.0 * images @ text.T).softmax(dim=-1).argmax(dim=-1).numpy()
-    # engine.logistic: train_loader features (source training rows) @ A_inv, LogisticRegression defaults
-    train = (emb.domains != target) & emb.is_train
+    # engine.logistic: the sources' "in" splits (ConcatDataset order, unshuffled) @ A_inv, fp32 features
+    train = []
+    for env_i, name in enumerate(environments):
+        if name != target:
+            source = ImageFolder(os.path.join(root, name))
+            keys = list(range(len(source)))
+            np.random.RandomState(seed_hash(0, env_i)).shuffle(keys)
+            train += [row[source.samples[k][0]] for k in keys[int(len(source) * 0.2):]]
     classifier = LogisticRegression(random_state=0, C=0.316, max_iter=1000)
-    classifier.fit((torch.tensor(emb.features[train]) @ A_inv).numpy(), emb.labels[train])
-    probe = classifier.predict((torch.tensor(emb.features) @ A_inv).numpy())
+    classifier.fit((torch.tensor(emb.features[train]).float() @ A_inv).numpy(), emb.labels[train])
+    probe = classifier.predict((torch.tensor(emb.features).float() @ A_inv).numpy())
     return test_rows, test_labels, zero_shot, probe
 
 
@@ -116,8 +122,10 @@ def test_released_protocol_fits_on_image_pairs_only_at_absolute_lam(synthetic):
     config = replace(RELEASED, lam=50.0, lam_mode="relative", methods=("icm",))
     fitted = fit_projection(synthetic, "sketch", "icm", config)
     image = synthetic.pair_set("image:random").excluding("sketch")
-    direct = InvariantProjection(8, 50.0, "top", "absolute").fit(image.z, image.z_do)
+    direct = InvariantProjection(8, 50.0, "top", "absolute").fit_moments(ReleasedMoments(image.z, image.z_do))
     np.testing.assert_allclose(fitted.components_, direct.components_, atol=1e-10)
+    float64 = InvariantProjection(8, 50.0, "top", "absolute").fit(image.z, image.z_do)  # fp32 arithmetic: close
+    np.testing.assert_allclose(fitted.components_, float64.components_, atol=1e-3)
     assert fitted.lam_effective_ == 50.0  # absolute, whatever lam_mode the config asked for
     ours = fit_projection(synthetic, "sketch", "icm", replace(config, protocol="ours"))
     assert np.abs(ours.components_ - direct.components_).max() > 1e-3  # ours stacks text pairs, relative lam
@@ -145,8 +153,12 @@ def test_released_protocol_uses_the_one_prompt_and_no_renormalisation(synthetic)
 def test_released_probe_is_plain_logistic_regression_on_raw_projected_features(synthetic):
     view, config = apply_protocol(synthetic, RELEASED)
     projection = fit_projection(synthetic, "sketch", "icm_as_released", RELEASED)
-    X = projection.transform(synthetic.features)
-    train = (synthetic.domains != "sketch") & synthetic.is_train
+    X = protocols.released_project(synthetic.features, projection.components_)  # fp32 features @ A_inv
+    assert X.dtype == np.float32
+    np.testing.assert_allclose(X, projection.transform(synthetic.features), atol=1e-4)
+    train = protocols.released_train_rows(synthetic.domains, None, "sketch")  # the sources' released 80 %
+    assert len(train) == 2 * int(0.8 * 120) and set(train) != set(np.flatnonzero(
+        (synthetic.domains != "sketch") & synthetic.is_train))  # not our stratified training rows
     direct = LogisticRegression(random_state=0, C=0.316, max_iter=1000, solver="lbfgs").fit(X[train],
                                                                                              synthetic.labels[train])
     got = predict_all(synthetic, "sketch", "icm_as_released", RELEASED)["linear probe"]

@@ -22,7 +22,10 @@ def emb():
     text = base.pair_set("text")
     words = WORDS[np.arange(len(text.z)) % len(WORDS)]
     spurious = PromptSet(np.array([f"{w} thing" for w in WORDS]), base.spurious.z[:4], WORDS)
-    return replace(base, pairs=[base.pair_set("true"), replace(text, variant_words=words)], spurious=spurious)
+    prompts = base.attribute_prompts  # template 0 the anchor, templates 1-3 its variants: name them
+    named = np.array(["", *WORDS[:3]])[[0 if w == "" else int(w.split()[1]) for w in prompts.variant_words]]
+    return replace(base, pairs=[base.pair_set("true"), replace(text, variant_words=words)], spurious=spurious,
+                   attribute_prompts=replace(prompts, variant_words=named))
 
 
 def test_domain_names_match_variant_words():
@@ -33,7 +36,10 @@ def test_domain_names_match_variant_words():
     assert not names_domain("black and white", "photo")  # the anchor's own word is never a variant word
     assert not names_domain("on sandy beach", "Real World") and not names_domain("a", "a")
     texts, words = spurious_prompts(("styles",))
-    assert texts[0] == "a sketch of a thing." and words[0] == "sketch" and "{}" not in "".join(texts)
+    # every value of the attribute, the anchor's too (as debias_vl lists land and water backgrounds)
+    assert texts[:2] == ["a photo of a thing.", "a sketch of a thing."] and words[:2] == ["", "sketch"]
+    assert "{}" not in "".join(texts) and len(texts) == 11
+    assert len(spurious_prompts(("styles", "contexts"))[0]) == 21  # the shared anchor once
     assert len(text_pair_words(["dog", "cat"], ("styles",), 3)) == 6
 
 
@@ -62,10 +68,13 @@ def test_target_named_prompts_are_dropped_by_default(emb, target, dropped):
 def test_orth_cali_from_the_banks_drops_target_prompts_and_calibrates_text_only(emb):
     fitted = fit_projection(emb, "sketch", "orth_cali", CONFIG)
     assert isinstance(fitted, OrthCaliProjection) and fitted.lam_effective_ == 1000.0  # its own lam
-    text = emb.pair_set("text")
-    keep = text.variant_words != "sketch"
+    prompts = emb.attribute_prompts  # debias_vl's pairs: same class, two variants, none naming the target
+    first, second = zip(*[(i, j) for i in range(len(prompts.z)) for j in range(i + 1, len(prompts.z))
+                          if prompts.labels[i] == prompts.labels[j]
+                          and "" != prompts.variant_words[i] != "sketch" and "" != prompts.variant_words[j] != "sketch"])
+    assert len(first) == 3 * 1  # per class the two variants left ("painting", "on sandy beach"): one pair
     spurious = emb.spurious.z[emb.spurious.variant_words != "sketch"]
-    direct = OrthCaliProjection(1000.0).fit(text.z[keep], text.z_do[keep], spurious)
+    direct = OrthCaliProjection(1000.0).fit(prompts.z[list(first)], prompts.z[list(second)], spurious)
     np.testing.assert_allclose(fitted.components_, direct.components_, atol=1e-10)
     unit = spurious / np.linalg.norm(spurious, axis=1, keepdims=True)
     np.testing.assert_allclose(fitted.components_.T @ unit.T, 0.0, atol=1e-8)  # P's outputs lose the prompts

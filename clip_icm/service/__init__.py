@@ -14,8 +14,8 @@ from clip_icm.service.base import USER_ERRORS, Progress, ServiceError, content_k
 from clip_icm.service.exports import accuracy_csv, figure_png, png_available, projection_npz
 from clip_icm.service.fitting import (Fit, accuracy_table, accuracy_wide, choose_hyperparameters, confusion,
                                       eval_config, evaluate, evaluate_and_choose, evaluate_open_class, fit,
-                                      full_space_score, method_label, open_class_wide, playground,
-                                      projection_defaults, sweep, target_confusions)
+                                      full_space_score, method_label, open_class_wide, orth_cali_summary,
+                                      playground, projection_defaults, sweep, target_confusions)
 from clip_icm.service.maps import (MAP_POINTS, full_layout, invariant_layout, nearest_neighbours, plot_ids,
                                    point_table, predictions, thumbnail)
 from clip_icm.service.requests import (DATA_ROOTS_VAR, SOURCES, EmbeddingRequest, InterventionChoice, PairExample,
@@ -28,7 +28,8 @@ __all__ = [
     "USER_ERRORS", "Progress", "ServiceError", "content_key",
     "accuracy_csv", "figure_png", "png_available", "projection_npz",
     "Fit", "accuracy_table", "accuracy_wide", "choose_hyperparameters", "confusion", "eval_config", "evaluate",
-    "evaluate_and_choose", "evaluate_open_class", "fit", "full_space_score", "method_label", "open_class_wide", "playground",
+    "evaluate_and_choose", "evaluate_open_class", "fit", "full_space_score", "method_label", "open_class_wide",
+    "orth_cali_summary", "playground",
     "projection_defaults", "sweep", "target_confusions",
     "MAP_POINTS", "full_layout", "invariant_layout", "nearest_neighbours", "plot_ids", "point_table", "predictions",
     "thumbnail",

@@ -56,6 +56,15 @@ def fit(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConf
     )
 
 
+def orth_cali_summary(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConfig) -> tuple[str, bool]:
+    """The sentence on what an Orth-Cali method's P0 removes, and whether it warrants a warning."""
+    emb_view, config = evaluation.apply_protocol(emb, config)
+    projection = guard("Could not fit Orth-Cali", evaluation.fit_projection, emb, target, method, config)
+    diagnostics = evaluation.orth_cali_diagnostics(evaluation.with_prompts(emb_view, target, config.prompts),
+                                                   projection, config)
+    return evaluation.spurious_span_text(methods.label(method), diagnostics)
+
+
 def _ratio_pairs(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) -> tuple[np.ndarray, np.ndarray, str]:
     names = config.pair_sets if config.pair_sets is not None else [p.name for p in emb.pairs]
     sets = [emb.pair_set(n) for n in names]
