@@ -184,7 +184,8 @@ def test_projection_defaults():
     assert demo["baselines"] == ("pca", "augmentation")
     synthetic = service.projection_defaults("synthetic", 16)
     assert (synthetic["K"], synthetic["lam"], synthetic["lam_mode"]) == (8, 1.0, "relative")
-    assert synthetic["selection"] is None
+    assert synthetic["selection"] == "interventional"  # the honest rule is every data set's default
+    assert synthetic["pair_sets"] is None and synthetic["baselines"] == ("augmentation",)
 
 
 def test_grid_fits_the_dimension_and_never_goes_below_k_8():
