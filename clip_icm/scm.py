@@ -342,6 +342,7 @@ def make_embedding_set(
                                 domain_col[val], labels[val])],
         spurious=_class_free(scm, gen),
         attribute_prompts=_attribute_prompts(text),
+        origin={"dataset": "synthetic SCM", "folder": "", "model": "(no model)"},
     )
 
 
