@@ -380,6 +380,18 @@ def clear(root: str | Path | None = None, dataset: str | None = None, everything
     return removed
 
 
+def bound_this_process(text: str, root: str | Path | None = None) -> Removed:
+    """Set this process's size bound to ``text`` ("2GB"; "" for none) and prune to it now. It goes
+    in ``$CLIP_ICM_CACHE_MAX_SIZE``, which every store reads at each write: the dashboard's setting,
+    for the whole server (its users share one cache folder)."""
+    size = parse_size(text) if text.strip() else None
+    if size is None:
+        os.environ.pop(MAX_SIZE_VAR, None)
+        return Removed()
+    os.environ[MAX_SIZE_VAR] = text.strip()
+    return prune(root, max_size=size)
+
+
 def make_room(root: Path, bound: int, incoming: int, keep: str) -> tuple[int, int]:
     """For :meth:`EmbeddingStore.put`: remove old orphans, then least recently used entries (never
     ``keep``, never one in use) until the entries and orphans plus ``incoming`` bytes fit in

@@ -8,12 +8,14 @@ kept value and a default never fight.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import streamlit as st
 
 from clip_icm import defaults, evaluation, methods, service
 from clip_icm.embeddings import EmbeddingSet
+from clip_icm.errors import InvalidInput
 from dashboard import cached
 
 LAMS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 100000.0)
@@ -348,3 +350,38 @@ def map_points_ui(n_rows: int) -> int:
 
 def sweep_ui() -> bool:
     return st.toggle("Run the sweep (a few seconds per grid point)", key=_default("ctl_sweep", False))
+
+
+# ---------------------------------------------------------------- the on-disk cache
+
+def cache_ui(emb: EmbeddingSet) -> None:
+    """The cache's size and bound (for the whole server), and clearing this data set's entries:
+    the calls of ``python -m clip_icm cache``."""
+    from clip_icm import cache
+
+    with st.expander("Cache"):
+        report = cached.cache_info()
+        st.caption(f"{cache.format_size(report['total_bytes'])} in `{report['folder']}`: {report['entries']} "
+                   f"entries ({cache.format_size(report['entry_bytes'])}), the demo world, UMAP kernels and memos.")
+        current = os.environ.get(cache.MAX_SIZE_VAR, "")
+        bound = st.text_input("Size bound (e.g. 2GB; empty: none)", value=current, key="cache_bound",
+                              help="The entries are kept under it, the least recently used removed first; "
+                                   f"for this server (${cache.MAX_SIZE_VAR}).")
+        if bound.strip() != current.strip():
+            try:
+                _said(cache.bound_this_process(bound), "to stay under the bound")
+            except InvalidInput as e:
+                st.error(str(e))
+        name = emb.origin.get("dataset", "")
+        if name and st.button(f"Clear this data set's cache ({name})", key="cache_clear_dataset",
+                              help="Its embeddings, pairs, layouts and kept results leave the disk; what this "
+                                   "page holds in memory stays until it is needed again."):
+            _said(cache.clear(dataset=emb.origin.get("folder") or name), f"of {name}")
+
+
+def _said(removed, why: str) -> None:
+    from clip_icm.cache import format_size
+
+    cached.cache_info.clear()
+    st.caption(f"Removed {removed.entries} entries ({format_size(removed.bytes)}) {why}"
+               + (f"; {removed.busy} in use were left." if removed.busy else "."))

@@ -328,3 +328,22 @@ def test_bad_cache_arguments_are_one_line_and_exit_2(tmp_path, capsys, argv, mes
 def test_evaluate_takes_a_cache_bound(tmp_path, capsys):
     assert main(["embed", "--cache-max-size", "lots", "--cache", str(tmp_path)]) == 2
     assert "argument --cache-max-size: not a size: 'lots'" in capsys.readouterr().err
+
+
+def test_an_embedding_run_says_what_its_entries_are(tmp_path):
+    from tests.folders import make_messy_domainbed
+    from tests.tiny_clip import write_local_dir
+
+    messy = make_messy_domainbed(tmp_path / "data", n_per_class=2)
+    model = f"local-dir:{write_local_dir(tmp_path / 'tiny')}"
+    assert main(["embed", "--root", str(messy.root), "--model", model, "--pretrained", "none", "--cache",
+                 str(tmp_path / "c"), "--quiet", "--text-banks", "styles", "--templates", "single", "--workers", "0",
+                 "--interventions", "grayscale"]) == 0
+    report = cache.info(tmp_path / "c")
+    kinds = {kind: n["entries"] for kind, n in report["kinds"].items()}
+    # embeddings: the images (a chunk per domain) and the class prompts; pairs: the grayscale pairs and the
+    # grayscale validation rows (a chunk per domain each), the styles bank's prompt pairs and its class-free prompts
+    domains = len(set(messy.domains))
+    assert kinds == {"embeddings": domains + 1, "pairs": 2 * domains + 2, "layouts": 0, "kept results": 0}
+    assert [(g["dataset"], g["model"]) for g in report["datasets"]] == [(messy.root.name, f"{model} / none")]
+    assert {e.folder for e in cache.entries(tmp_path / "c")} == {str(messy.root)}
