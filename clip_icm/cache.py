@@ -4,7 +4,7 @@
 The folder (:func:`clip_icm.resources.cache_dir`; ``$CLIP_ICM_CACHE`` moves it) holds
 
 - the store's entries (:mod:`clip_icm.store`), in folders named by a key's first two characters:
-  a manifest and the data file it names. Kinds (:data:`clip_icm.store.KINDS`): embeddings (images,
+  a manifest and the data file it names. Kinds (:data:`KINDS`): embeddings (images,
   zero-shot prompts), pairs (interventional pairs, intervened validation rows, text-bank prompts),
   layouts (the UMAP maps) and kept results (the dashboard's choices and tables: an empty array whose
   manifest holds the value); each says, in its metadata, the data set and model it came from;
@@ -15,15 +15,14 @@ The folder (:func:`clip_icm.resources.cache_dir`; ``$CLIP_ICM_CACHE`` moves it) 
   ``clear --all`` removes them too (each is rebuilt on use).
 
 Removal is safe while other processes use the store: an entry is removed only under its manifest's
-exclusive lock, taken without waiting (:func:`locked`), and only if its manifest is
-the one scanned, untouched since; an entry in use is skipped and counted as ``busy``. Each removal
-also takes its key folder's turn among writers (:func:`writing`), so an orphan is
-checked again and removed while no write is under way there.
+exclusive lock, taken without waiting (:func:`locked`), and only if its manifest is the one
+scanned, untouched since; an entry in use is skipped and counted as ``busy``. Each removal also
+takes its key folder's turn among writers (:func:`writing`), so an orphan is checked again and
+removed while no write is under way there.
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -51,7 +50,6 @@ PARTS = {
     "models": "memos of model identities",
 }
 NOT_RECORDED = "(not recorded)"
-log = logging.getLogger("clip_icm.store")
 
 _DECIMAL = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
             "t": 10**12, "tb": 10**12}
@@ -190,7 +188,7 @@ def data_name(held: Held | None) -> str | None:
 
 
 def touch(path: Path) -> None:
-    """Mark an entry used now (its manifest's mtime; see the module docstring)."""
+    """Mark an entry used now: its manifest's mtime (why not the atime: :mod:`clip_icm.store`)."""
     try:
         os.utime(path)
     except OSError:
@@ -392,23 +390,15 @@ def bound_this_process(text: str, root: str | Path | None = None) -> Removed:
     return prune(root, max_size=size)
 
 
-def make_room(root: Path, bound: int, incoming: int, keep: str) -> tuple[int, int]:
-    """For :meth:`EmbeddingStore.put`: remove old orphans, then least recently used entries (never
+def make_room(root: Path, bound: int, incoming: int, keep: str) -> tuple[int, Removed]:
+    """For :meth:`EmbeddingStore.put`: remove orphans, then least recently used entries (never
     ``keep``, never one in use) until the entries and orphans plus ``incoming`` bytes fit in
-    ``bound``; one log line says what went. Returns (bytes the store holds now, entries removed)."""
+    ``bound``. Returns (bytes the store holds now, what was removed)."""
     contents = scan(root)
     removed = _remove_orphans(contents.orphans)
     candidates = [e for e in contents.entries if e.key != keep]
     total = sum(e.size for e in contents.entries) + sum(o.size for o in contents.orphans) - removed.bytes
-    total = _remove_until(root, candidates, total, max(bound - incoming, 0), removed)
-    if removed.entries:
-        log.warning("clip-icm cache: removed %d least recently used entr%s (%s) to stay under its bound of %s",
-                    removed.entries, "y" if removed.entries == 1 else "ies", format_size(removed.bytes),
-                    format_size(bound))
-    if total + incoming > bound:
-        log.warning("clip-icm cache: %s with this write, over its bound of %s (the rest is in use or this entry)",
-                    format_size(total + incoming), format_size(bound))
-    return total, removed.entries
+    return _remove_until(root, candidates, total, max(bound - incoming, 0), removed), removed
 
 
 def _remove_until(root: Path, candidates: list[Entry], total: int, target: int, removed: Removed) -> int:

@@ -339,8 +339,15 @@ def _run_summary(run, seconds: float) -> str:
     return "\n".join([
         f"Data: {run.scan.root}: {len(emb.labels)} images, {len(emb.class_names)} classes; per domain: {counts}",
         f"Embeddings: D={emb.features.shape[1]}; pair sets: {pairs}",
-        f"Cache: {run.computed} entries computed, {run.reused} reused ({source}); {seconds:.1f} s",
+        f"Cache: {run.computed} entries computed, {run.reused} reused ({source}){_evicted_text(run)}; "
+        f"{seconds:.1f} s",
     ])
+
+
+def _evicted_text(run) -> str:
+    if not run.evicted:
+        return ""
+    return f", {run.evicted} least recently used removed to stay under the size bound"
 
 
 def _add_embed_parser(subparsers: argparse._SubParsersAction) -> None:

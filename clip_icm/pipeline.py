@@ -149,6 +149,7 @@ class EmbeddingRun:
     model_loaded: bool
     computed: int
     reused: int
+    evicted: int = 0  # entries the store's size bound removed during the run
 
 
 def file_hash(path: str | Path) -> str:
@@ -410,6 +411,7 @@ def embed_dataset(
     result of :func:`scan_data` for ``data`` when the caller already has it.
     """
     store = store if store is not None else EmbeddingStore()
+    evicted_before = store.stats.evicted
     # a world that new has no stored embeddings: the model is needed anyway, so it loads meanwhile
     drawing = start_drawing_missing_demo(data) if scan is None else None
     if drawing is not None and progress is not None:
@@ -451,7 +453,8 @@ def embed_dataset(
                        attribute_prompts=_attribute_prompts(build),
                        released_class_text=_released_class_text(embedder, scan.class_folders, class_names),
                        origin=embedder.origin)
-    return EmbeddingRun(emb, scan, skipped, embedder.loaded, embedder.computed, embedder.reused)
+    return EmbeddingRun(emb, scan, skipped, embedder.loaded, embedder.computed, embedder.reused,
+                        store.stats.evicted - evicted_before)
 
 
 DEMO_NAME = "ToyDomains demo"

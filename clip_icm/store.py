@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
 import time
@@ -44,13 +45,14 @@ from typing import Callable
 
 import numpy as np
 
-from clip_icm.cache import data_name, locked, make_room, size_bound, touch, writing
+from clip_icm.cache import data_name, format_size, locked, make_room, size_bound, touch, writing
 from clip_icm.errors import InvalidInput
 from clip_icm.hashing import digest, file_digest, json_digest
 from clip_icm.resources import cache_dir
 
 FORMAT = 1
 SIZE_RECHECK_S = 60  # how long a store trusts its running total before walking the folder again
+log = logging.getLogger(__name__)
 
 
 def default_root() -> Path:
@@ -101,6 +103,7 @@ class EmbeddingStore:
         self.stats = StoreStats()
         self._size: int | None = None  # running total of the entries, while the bound is checked
         self._size_at = 0.0
+        self._said_over = False
 
     def _manifest(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
@@ -168,8 +171,20 @@ class EmbeddingStore:
         if self._size is None or stale or self._size + incoming > bound:
             self._size, removed = make_room(self.root, bound, incoming, keep=key)
             self._size_at = time.monotonic()
-            self.stats.evicted += removed
+            self._say_once(bound, removed, over=self._size + incoming > bound)
+            self.stats.evicted += removed.entries
         self._size += incoming
+
+    def _say_once(self, bound: int, removed, over: bool) -> None:
+        """One log line per store (a run): its first removal, and whether it is past the bound even so."""
+        if removed.entries and not self.stats.evicted:
+            log.warning("clip-icm cache: removed %d least recently used entr%s (%s) to stay under its bound of %s "
+                        "(said once; %s)", removed.entries, "y" if removed.entries == 1 else "ies",
+                        format_size(removed.bytes), format_size(bound), "python -m clip_icm cache info shows the rest")
+        if over and not self._said_over:
+            self._said_over = True
+            log.warning("clip-icm cache: past its bound of %s even so: what is left is in use, or this entry",
+                        format_size(bound))
 
     def get_or_compute(self, key: str, compute: Callable[[], np.ndarray], meta: dict | None = None) -> np.ndarray:
         """The stored array, computing and storing it first when missing or corrupt."""

@@ -204,7 +204,10 @@ def test_a_write_past_the_bound_removes_the_least_recently_used_and_says_so(tmp_
     assert bounded.stats.evicted == 1
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [f"clip-icm cache: removed 1 least recently used entry ({format_size(one)}) to stay under "
-                     f"its bound of {format_size(3 * one)}"]
+                     f"its bound of {format_size(3 * one)} (said once; python -m clip_icm cache info shows the rest)"]
+    with caplog.at_level(logging.WARNING, logger="clip_icm.store"):
+        bounded.put(make_key("bounded", 4), _array(4))  # another removal: counted, not said again
+    assert bounded.stats.evicted == 2 and len(caplog.records) == 1
 
 
 def test_the_bound_comes_from_the_environment(tmp_path, monkeypatch):
@@ -330,15 +333,16 @@ def test_evaluate_takes_a_cache_bound(tmp_path, capsys):
     assert "argument --cache-max-size: not a size: 'lots'" in capsys.readouterr().err
 
 
-def test_an_embedding_run_says_what_its_entries_are(tmp_path):
+def test_an_embedding_run_says_what_its_entries_are_and_what_its_bound_removed(tmp_path, capsys, caplog):
     from tests.folders import make_messy_domainbed
     from tests.tiny_clip import write_local_dir
 
     messy = make_messy_domainbed(tmp_path / "data", n_per_class=2)
     model = f"local-dir:{write_local_dir(tmp_path / 'tiny')}"
-    assert main(["embed", "--root", str(messy.root), "--model", model, "--pretrained", "none", "--cache",
-                 str(tmp_path / "c"), "--quiet", "--text-banks", "styles", "--templates", "single", "--workers", "0",
-                 "--interventions", "grayscale"]) == 0
+    embed = ["embed", "--root", str(messy.root), "--model", model, "--pretrained", "none", "--quiet",
+             "--text-banks", "styles", "--templates", "single", "--workers", "0", "--interventions", "grayscale"]
+    assert main([*embed, "--cache", str(tmp_path / "c")]) == 0
+    assert "removed" not in capsys.readouterr().out
     report = cache.info(tmp_path / "c")
     kinds = {kind: n["entries"] for kind, n in report["kinds"].items()}
     # embeddings: the images (a chunk per domain) and the class prompts; pairs: the grayscale pairs and the
@@ -347,3 +351,14 @@ def test_an_embedding_run_says_what_its_entries_are(tmp_path):
     assert kinds == {"embeddings": domains + 1, "pairs": 2 * domains + 2, "layouts": 0, "kept results": 0}
     assert [(g["dataset"], g["model"]) for g in report["datasets"]] == [(messy.root.name, f"{model} / none")]
     assert {e.folder for e in cache.entries(tmp_path / "c")} == {str(messy.root)}
+    # bounded to 1 byte: each write removes every entry before it, and the run says so once
+    with caplog.at_level(logging.WARNING, logger="clip_icm.store"):
+        assert main([*embed, "--cache", str(tmp_path / "bounded"), "--cache-max-size", "1"]) == 0
+    computed = sum(kinds.values())
+    assert (f"Cache: {computed} entries computed, 0 reused (model loaded), {computed - 1} least recently used "
+            "removed to stay under the size bound") in capsys.readouterr().out
+    said = sorted(r.getMessage() for r in caplog.records if r.name == "clip_icm.store")
+    assert said[0] == "clip-icm cache: past its bound of 1 B even so: what is left is in use, or this entry"
+    assert len(said) == 2
+    assert said[1].startswith("clip-icm cache: removed 1 least recently used entry")
+    assert len(cache.entries(tmp_path / "bounded")) == 1
