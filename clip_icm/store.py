@@ -14,22 +14,26 @@ its checksum, so
   so it is recomputed.
 
 Keys are hashes (:func:`make_key`) of everything that changes the vectors; the callers
-(:mod:`clip_icm.pipeline`) decide what goes in, and say in ``meta`` what an entry is (``kind``, one
-of :data:`clip_icm.cache.KINDS`, and the ``dataset``, ``folder`` and ``model`` it came from) for ``cache info``.
+(:mod:`clip_icm.pipeline`) decide what goes in, and say in ``meta`` what an entry is (``kind``,
+one of :data:`clip_icm.cache.KINDS`, and the ``dataset``, ``folder`` and ``model`` it came
+from) for ``cache info``.
 
 Removal (:mod:`clip_icm.cache`) and rewrites never pull a data file from under a reader. Each
-manifest is an advisory lock (``flock``): a reader holds it shared from reading the manifest until
-its array is mapped (a mapped file stays readable after an unlink); a rewrite holds the old
-manifest exclusively while it replaces it and removes the data file it named, so a rewritten key
-leaves no orphan; a prune takes it exclusively *without waiting* and skips an entry in use. A
-reader that finds its manifest replaced or removed once it holds the lock starts again, or misses.
-Writers and removers of one key folder also take turns (:func:`clip_icm.cache.writing`), so that a data file is
-never removed between its publication and its manifest's. (Without ``fcntl``, on Windows, an open
-file cannot be deleted, which protects a reader; a prune during a write there can cost that entry,
-which then reads as missing and is computed again.)
+manifest is an advisory lock (``flock``): a reader holds it shared from reading the manifest
+until its array is mapped (a mapped file stays readable after an unlink); a rewrite holds the
+old manifest exclusively while it replaces it and removes the data file it named, so a
+rewritten key leaves no orphan; a prune takes it exclusively *without waiting* and skips an
+entry in use. A reader that finds its manifest replaced or removed once it holds the lock
+starts again, or misses. Writers and removers of one key folder also take turns
+(:func:`clip_icm.cache.writing`), so that a data file is never removed between its publication
+and its manifest's. (Without ``fcntl``, on Windows, an open file cannot be deleted, which
+protects a reader; a prune during a write there can cost that entry, which then reads as
+missing and is computed again.)
+
 Every read also touches the manifest's mtime: the entry's last use, which the size bound
 (``$CLIP_ICM_CACHE_MAX_SIZE``, :meth:`EmbeddingStore.put`) and ``cache prune`` evict by, least
-recently used first (:mod:`clip_icm.cache`). (Not the atime: most mounts update it once a day at most, or never.)
+recently used first. Not the atime: most mounts update it once a day at most (relatime), or
+never (noatime). A read already opens the manifest and checksums the data file; it adds one ``utime``.
 """
 from __future__ import annotations
 
