@@ -116,11 +116,11 @@ def open_clip_tags(arch: str) -> list[str]:
 
 
 @st.cache_data(show_spinner=False, ttl=30)
-def cache_info() -> dict:
-    """clip_icm.cache.info of the default folder; walking it on every rerun would cost more than it tells."""
+def cache_info(folder: str) -> dict:
+    """clip_icm.cache.info of ``folder``; walking it on every rerun would cost more than it tells."""
     from clip_icm import cache
 
-    return cache.info()
+    return cache.info(folder)
 
 
 def clear() -> None:

@@ -395,6 +395,10 @@ def test_cache_settings_show_the_size_bound_it_and_clear_this_data_sets_entries(
     at.sidebar.text_input(key="cache_bound").set_value("2GB").run()
     _ok(at)
     assert os.environ[cache.MAX_SIZE_VAR] == "2GB" and len(cache.entries(tmp_path)) == len(ours)  # all fit
+    assert "Removed 0 entries (0 B) to stay under the bound." in [c.value for c in at.sidebar.caption]
+    os.environ[cache.MAX_SIZE_VAR] = "3GB"  # set by another session: this one's unchanged box does not undo it
+    at.run()
+    assert os.environ[cache.MAX_SIZE_VAR] == "3GB"
     at.sidebar.button(key="cache_clear_dataset").click().run()
     _ok(at)
     assert any(c.value.startswith(f"Removed {len(ours)} entries") for c in at.sidebar.caption)
