@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -936,7 +937,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (0 ok, 1 bad input, 2 bad usage)."""
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(_negative_values_attached(sys.argv[1:] if argv is None else argv))
         code = args.run(args)
         sys.stdout.flush()  # here, not at exit: a pipe buffers the output, and a closed one fails on flush
         return code
@@ -950,6 +951,21 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, OSError) as err:  # anything else is a bug: its traceback is the report
         print(f"error: {err}", file=sys.stderr)
         return 1
+
+
+SIZE_AND_AGE_FLAGS = ("--max-size", "--cache-max-size", "--older-than")
+
+
+def _negative_values_attached(argv: list[str]) -> list[str]:
+    """``--max-size -1GB`` as ``--max-size=-1GB``: argparse takes "-1GB" for an option and would
+    answer "expected one argument", where the size's own check says what is wrong with it."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in SIZE_AND_AGE_FLAGS and re.match(r"-[0-9.]", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def _stdout_closed() -> int:

@@ -361,9 +361,13 @@ def cache_ui(emb: EmbeddingSet) -> None:
     from clip_icm.resources import cache_dir
 
     with st.expander("Cache"):
-        report = cached.cache_info(str(cache_dir()))
-        st.caption(f"{cache.format_size(report['total_bytes'])} in `{report['folder']}`: {report['entries']} "
-                   f"entries ({cache.format_size(report['entry_bytes'])}), the demo world, UMAP kernels and memos.")
+        try:
+            report = cached.cache_info(str(cache_dir()))
+            st.caption(f"{cache.format_size(report['total_bytes'])} in `{report['folder']}`: {report['entries']} "
+                       f"entries ({cache.format_size(report['entry_bytes'])}), the demo world, UMAP kernels and "
+                       "memos.")
+        except InvalidInput as e:  # a bad $CLIP_ICM_CACHE_MAX_SIZE (every write says so too): fixed below
+            st.error(str(e))
         # applied on change only: the bound is the server's, and another session may have set it since
         st.text_input("Size bound (e.g. 2GB; empty: none)", value=os.environ.get(cache.MAX_SIZE_VAR, ""),
                       key="cache_bound", on_change=_apply_bound,

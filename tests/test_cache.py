@@ -315,6 +315,8 @@ def test_cache_prune_and_clear_commands(known, capsys, monkeypatch):
 
 @pytest.mark.parametrize("argv, message", [
     (["prune", "--max-size=-1GB"], "a size must not be negative, got '-1GB'"),
+    (["prune", "--max-size", "-1GB"], "argument --max-size: a size must not be negative, got '-1GB'"),
+    (["prune", "--older-than", "-3d"], "argument --older-than: an age must not be negative, got '-3d'"),
     (["prune", "--max-size", "2XB"], "unknown size unit 'XB'"),
     (["prune", "--older-than", "3y"], "unknown age unit 'y'"),
     (["prune", "--older-than", "later"], "not an age"),

@@ -404,3 +404,9 @@ def test_cache_settings_show_the_size_bound_it_and_clear_this_data_sets_entries(
     assert any(c.value.startswith(f"Removed {len(ours)} entries") for c in at.sidebar.caption)
     assert cache.entries(tmp_path, dataset="synthetic SCM") == []
     assert len(at.get("plotly_chart")) == 4  # the page keeps what it holds in memory
+    os.environ[cache.MAX_SIZE_VAR] = "lots"  # a bad bound from the environment: said, and mended, in the settings
+    cached.cache_info.clear()
+    at.run()
+    assert not at.exception and any("$CLIP_ICM_CACHE_MAX_SIZE: not a size: 'lots'" in e.value for e in at.error)
+    at.sidebar.text_input(key="cache_bound").set_value("").run()
+    assert cache.MAX_SIZE_VAR not in os.environ
