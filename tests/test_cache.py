@@ -348,9 +348,10 @@ def test_an_embedding_run_says_what_its_entries_are_and_what_its_bound_removed(t
     report = cache.info(tmp_path / "c")
     kinds = {kind: n["entries"] for kind, n in report["kinds"].items()}
     # embeddings: the images (a chunk per domain) and the class prompts; pairs: the grayscale pairs and the
-    # grayscale validation rows (a chunk per domain each), the styles bank's prompt pairs and its class-free prompts
+    # grayscale validation rows (a chunk per domain each), and the styles bank's prompts: its pairs, its
+    # class-free prompts and its attribute prompts (Orth-Cali's)
     domains = len(set(messy.domains))
-    assert kinds == {"embeddings": domains + 1, "pairs": 2 * domains + 2, "layouts": 0, "kept results": 0}
+    assert kinds == {"embeddings": domains + 1, "pairs": 2 * domains + 3, "layouts": 0, "kept results": 0}
     assert [(g["dataset"], g["model"]) for g in report["datasets"]] == [(messy.root.name, f"{model} / none")]
     assert {e.folder for e in cache.entries(tmp_path / "c")} == {str(messy.root)}
     # bounded to 1 byte: each write removes every entry before it, and the run says so once
