@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -189,10 +190,35 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     pairs.add_argument("--prompts", default="classes", choices=("classes", "usual_look"),
                        help="zero-shot prompts: the class names (default), or ToyDomains only: each class named "
                        "with its usual colour and scene in the source training rows")
-    p.add_argument("--cache", metavar="DIR", default=None,
-                   help="embedding cache folder (default $CLIP_ICM_CACHE, else clip-icm in the user cache, "
-                        "e.g. ~/.cache/clip-icm)")
+    _add_cache_folder_arg(p)
+    p.add_argument("--cache-max-size", metavar="SIZE", type=_size, default=None,
+                   help="keep the cache's entries under SIZE (e.g. 2GB), removing the least recently used first "
+                        "(default $CLIP_ICM_CACHE_MAX_SIZE, else no bound)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_cache_folder_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", metavar="DIR", default=None,
+                   help="cache folder (default $CLIP_ICM_CACHE, else clip-icm in the user cache, "
+                        "e.g. ~/.cache/clip-icm); see: python -m clip_icm cache info")
+
+
+def _size(text: str) -> int:
+    from clip_icm.cache import parse_size
+
+    try:
+        return parse_size(text)
+    except InvalidInput as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _age(text: str) -> float:
+    from clip_icm.cache import parse_age
+
+    try:
+        return parse_age(text)
+    except InvalidInput as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _configs(args: argparse.Namespace):
@@ -259,7 +285,7 @@ def _embed(args: argparse.Namespace, configs: tuple, check_target: str | None = 
     from clip_icm.store import EmbeddingStore
 
     data, model, pairs = configs
-    store = EmbeddingStore(args.cache)
+    store = EmbeddingStore(args.cache, max_size=args.cache_max_size)
     drawing = start_drawing_missing_demo(data)  # while the model resolves
     model_key(model, store.root / "models")  # an unknown model or missing weights fail here, before the scan
     background.wait(drawing, DEMO_DRAW_WAIT_S)  # should it fail, the scan draws the world here or says why not
@@ -314,8 +340,15 @@ def _run_summary(run, seconds: float) -> str:
     return "\n".join([
         f"Data: {run.scan.root}: {len(emb.labels)} images, {len(emb.class_names)} classes; per domain: {counts}",
         f"Embeddings: D={emb.features.shape[1]}; pair sets: {pairs}",
-        f"Cache: {run.computed} entries computed, {run.reused} reused ({source}); {seconds:.1f} s",
+        f"Cache: {run.computed} entries computed, {run.reused} reused ({source}){_evicted_text(run)}; "
+        f"{seconds:.1f} s",
     ])
+
+
+def _evicted_text(run) -> str:
+    if not run.evicted:
+        return ""
+    return f", {run.evicted} least recently used removed to stay under the size bound"
 
 
 def _add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -745,9 +778,143 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# ---------------------------------------------------------------- cache
+CACHE_KINDS = ("embeddings", "pairs", "layouts", "kept results")  # cache.KINDS (a test pins them)
+
+
+def _add_cache_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "cache", help="see, bound and clean the cache (as pip cache does)",
+        description="The cache folder holds the store's entries (embeddings, pairs, layouts, kept results),\n"
+        "the demo world's images, compiled UMAP kernels and small memos. $CLIP_ICM_CACHE moves it;\n"
+        "$CLIP_ICM_CACHE_MAX_SIZE (or embed/evaluate --cache-max-size) bounds its entries: a write that\n"
+        "would pass the bound removes the least recently used entries first, and says so in one line.",
+        epilog="examples:\n  python -m clip_icm cache info\n  python -m clip_icm cache prune --older-than 30d\n"
+        "  python -m clip_icm cache prune --max-size 2GB\n  python -m clip_icm cache clear --dataset PACS --yes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    info = actions.add_parser("info", help="folder, total size, entries by kind and by data set and model, orphans")
+    listing = actions.add_parser("list", help="every entry, most recently used first")
+    listing.add_argument("--dataset", metavar="NAME", default=None, help="only this data set's (name or folder)")
+    listing.add_argument("--kind", choices=CACHE_KINDS, default=None, help="only entries of this kind")
+    prune = actions.add_parser("prune", help="remove orphaned files, and entries by age or beyond a total size, "
+                               "least recently used first")
+    prune.add_argument("--older-than", metavar="AGE", type=_age, default=None,
+                       help="remove entries last used longer ago than AGE (e.g. 30d, 12h, 90m, 2w)")
+    prune.add_argument("--max-size", metavar="SIZE", type=_size, default=None,
+                       help="then remove the least recently used entries until the rest take at most SIZE "
+                            "(e.g. 2GB, 500MB, 1.5GiB)")
+    clear = actions.add_parser("clear", help="remove every entry (or one data set's), after a confirmation")
+    clear.add_argument("--dataset", metavar="NAME", default=None, help="only this data set's entries (name or folder)")
+    clear.add_argument("--all", action="store_true", dest="everything",
+                       help="also the demo world's images, the compiled UMAP kernels and the memos")
+    clear.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    for sub, run in ((info, _run_cache_info), (listing, _run_cache_list), (prune, _run_cache_prune),
+                     (clear, _run_cache_clear)):
+        _add_cache_folder_arg(sub)
+        sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+        sub.set_defaults(run=run)
+
+
+def _run_cache_info(args: argparse.Namespace) -> int:
+    from clip_icm import cache
+
+    report = cache.info(args.cache)
+    print(json.dumps(report, indent=1) if args.json else _cache_info_text(report))
+    return 0
+
+
+def _cache_info_text(report: dict) -> str:
+    from clip_icm.cache import MAX_SIZE_VAR, PARTS, format_size
+
+    bound = format_size(report["max_size"]) if report["max_size"] is not None else f"none (${MAX_SIZE_VAR})"
+    lines = [f"Cache folder: {report['folder']}", f"Total size: {format_size(report['total_bytes'])}",
+             f"Entries: {report['entries']}, {format_size(report['entry_bytes'])}; bound: {bound}"]
+    lines += [f"  {kind:<13}{n['entries']:>7}  {format_size(n['bytes']):>9}" for kind, n in report["kinds"].items()]
+    lines.append("By data set and model:" if report["datasets"] else "By data set and model: (no entries)")
+    lines += [f"  {g['dataset']} / {g['model']}: {g['entries']} entries, {format_size(g['bytes'])}"
+              for g in report["datasets"]]
+    orphans = report["orphans"]
+    lines.append(f"Orphaned files: {orphans['files']}, {format_size(orphans['bytes'])}"
+                 + (" (python -m clip_icm cache prune removes them)" if orphans["files"] else ""))
+    lines.append("Other: " + (", ".join(f"{name}/ {format_size(size)} ({PARTS[name]})"
+                                        for name, size in report["other"].items()) or "none"))
+    return "\n".join(lines)
+
+
+def _run_cache_list(args: argparse.Namespace) -> int:
+    from clip_icm import cache
+
+    found = cache.entries(args.cache, args.dataset, args.kind)
+    if args.json:
+        print(json.dumps([cache.entry_row(e) for e in found], indent=1))
+        return 0
+    for e in found:
+        row = cache.entry_row(e)
+        print(f"{row['last_used']}  {e.kind:<12}  {cache.format_size(e.size):>9}  {e.dataset} / {e.model}  "
+              f"{e.key[:12]}")
+    print(f"{len(found)} entries, {cache.format_size(sum(e.size for e in found))}")
+    return 0
+
+
+def _run_cache_prune(args: argparse.Namespace) -> int:
+    from clip_icm import cache
+
+    removed = cache.prune(args.cache, args.older_than, args.max_size)
+    print(json.dumps(vars(removed)) if args.json else _removed_text(removed))
+    return 0
+
+
+def _run_cache_clear(args: argparse.Namespace) -> int:
+    from clip_icm import cache
+
+    if args.everything and args.dataset:
+        raise UsageError("python -m clip_icm cache clear: error: --all and --dataset exclude each other")
+    if not args.yes and not _confirmed(_clear_question(args)):
+        return 1
+    removed = cache.clear(args.cache, args.dataset, args.everything)
+    print(json.dumps(vars(removed)) if args.json else _removed_text(removed))
+    return 0
+
+
+def _clear_question(args: argparse.Namespace) -> str:
+    from clip_icm import cache
+
+    found = cache.entries(args.cache, args.dataset)
+    what = f"{len(found)} entries ({cache.format_size(sum(e.size for e in found))})"
+    what += f" of {args.dataset}" if args.dataset else ""
+    what += " and the demo world, UMAP kernels and memos" if args.everything else ""
+    return f"Remove {what} from {cache.scan(args.cache).root}?"
+
+
+def _confirmed(question: str) -> bool:
+    """Ask on the terminal; with none to ask on, refuse in one line (--yes is the way to script it)."""
+    if not (sys.stdin and sys.stdin.isatty()):
+        print(f"error: {question[:-1]}: not without confirmation, and there is no terminal to ask on; "
+              "add --yes", file=sys.stderr)
+        return False
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        print("Nothing removed.")
+        return False
+    return True
+
+
+def _removed_text(removed) -> str:
+    from clip_icm.cache import format_size
+
+    kinds = ", ".join(f"{n} {kind}" for kind, n in removed.kinds.items())
+    text = (f"Removed {removed.entries} entries" + (f" ({kinds})" if kinds else "")
+            + f" and {removed.orphans} orphaned files: {format_size(removed.bytes)}")
+    if removed.busy:
+        text += f"; left {removed.busy} entries in use by another process"
+    return text
+
+
 # ---------------------------------------------------------------- main
 PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_playground_parser, _add_embed_parser, _add_evaluate_parser,
+    _add_playground_parser, _add_embed_parser, _add_evaluate_parser, _add_cache_parser,
 ]
 
 
@@ -770,7 +937,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (0 ok, 1 bad input, 2 bad usage)."""
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(_negative_values_attached(sys.argv[1:] if argv is None else argv))
         code = args.run(args)
         sys.stdout.flush()  # here, not at exit: a pipe buffers the output, and a closed one fails on flush
         return code
@@ -784,6 +951,21 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, OSError) as err:  # anything else is a bug: its traceback is the report
         print(f"error: {err}", file=sys.stderr)
         return 1
+
+
+SIZE_AND_AGE_FLAGS = ("--max-size", "--cache-max-size", "--older-than")
+
+
+def _negative_values_attached(argv: list[str]) -> list[str]:
+    """``--max-size -1GB`` as ``--max-size=-1GB``: argparse takes "-1GB" for an option and would
+    answer "expected one argument", where the size's own check says what is wrong with it."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in SIZE_AND_AGE_FLAGS and re.match(r"-[0-9.]", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def _stdout_closed() -> int:

@@ -133,6 +133,8 @@ class EmbeddingSet:
                    the released code writes them (only ``_`` replaced), where they differ from
                    ``class_names``; None when the prompts are the same (the released preset then reads
                    ``text_features``)
+    origin:        what the on-disk cache calls these embeddings ({"dataset", "folder", "model"}): the
+                   layouts and results kept for them say so in their metadata (``cache info``)
     """
 
     features: np.ndarray
@@ -150,6 +152,7 @@ class EmbeddingSet:
     spurious: PromptSet | None = None
     attribute_prompts: PromptSet | None = None
     released_class_text: np.ndarray | None = None
+    origin: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n, dim = self.features.shape

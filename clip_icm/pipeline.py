@@ -149,6 +149,7 @@ class EmbeddingRun:
     model_loaded: bool
     computed: int
     reused: int
+    evicted: int = 0  # entries the store's size bound removed during the run
 
 
 def file_hash(path: str | Path) -> str:
@@ -173,6 +174,7 @@ class _Embedder:
         self.key = model_key(model, memo_dir=store.root / "models")
         self._backend: ClipBackend | None = None
         self.computed = self.reused = 0
+        self.origin: dict[str, str] = {}  # what the cache calls the data and model (set once scanned)
 
     @property
     def loaded(self) -> bool:
@@ -193,14 +195,15 @@ class _Embedder:
             self.progress(stage, done, total)
 
     def images(self, stage: str, items: Sequence, hashes: np.ndarray, domains: np.ndarray,
-               what: object = None, intervention: Intervention | None = None, seeds: np.ndarray | None = None
-               ) -> tuple[np.ndarray, dict[int, str]]:
-        """Embeddings (n, D) float32 and {row: decode error}, chunk by chunk through the store."""
+               what: object = None, intervention: Intervention | None = None, seeds: np.ndarray | None = None,
+               kind: str = "pairs") -> tuple[np.ndarray, dict[int, str]]:
+        """Embeddings (n, D) float32 and {row: decode error}, chunk by chunk through the store;
+        ``kind``: what the entries are to ``cache info`` (store.KINDS)."""
         if not len(items):  # no chunk to read D from: the model says it (a rare case, so loading it is fine)
             return np.zeros((0, self.backend.embed_dim), np.float32), {}
         chunks = chunk_indices(domains, self.chunk_size)
         job = _ImageJob(stage, items, chunks, [make_key("images", self.key, what, hashes[c].tolist()) for c in chunks],
-                        intervention, seeds)
+                        intervention, seeds, kind)
         results: dict[int, _Chunk] = {}
         for j, key in enumerate(job.keys):
             entry = self.store.get_entry(key)
@@ -235,7 +238,7 @@ class _Embedder:
                     failed[j][local] = errors[offset + i]
                 pending[j] -= 1
                 if pending[j] == 0:  # chunk complete: publish it now, so a kill loses nothing
-                    self.store.put(job.keys[j], buffers[j], {"failed": failed[j]})
+                    self.store.put(job.keys[j], buffers[j], self.meta(job.kind, failed=failed[j]))
                     # float16 like a later cache hit, so both runs give identical numbers
                     computed[j] = _Chunk(buffers[j].astype(np.float16), failed[j])
                     self.computed += 1
@@ -243,7 +246,11 @@ class _Embedder:
             self._report(job.stage, done, len(job.items))
         return computed
 
-    def texts(self, stage: str, texts: Sequence[str]) -> np.ndarray:
+    def meta(self, kind: str, **more) -> dict:
+        """An entry's metadata: its kind and origin (for ``cache info`` and clearing a data set), and ``more``."""
+        return {"kind": kind, **self.origin, **more}
+
+    def texts(self, stage: str, texts: Sequence[str], kind: str = "pairs") -> np.ndarray:
         key = make_key("texts", self.key, list(texts))
         hit = self.store.get(key)
         if hit is not None:
@@ -251,7 +258,7 @@ class _Embedder:
             return np.asarray(hit, np.float32)
         self._report(stage, 0, len(texts))
         array = self.backend.encode_texts(list(texts))
-        self.store.put(key, array)
+        self.store.put(key, array, self.meta(kind))
         self.computed += 1
         self._report(stage, len(texts), len(texts))
         return np.asarray(array.astype(np.float16), np.float32)  # same values as a later cache hit
@@ -274,6 +281,7 @@ class _ImageJob:
     keys: list[str]                 # store key of each chunk
     intervention: Intervention | None
     seeds: np.ndarray | None        # per-row seed of the intervention
+    kind: str                       # store.KINDS: "embeddings" or "pairs"
 
     def assemble(self, results: dict[int, _Chunk]) -> tuple[np.ndarray, dict[int, str]]:
         """All chunks back in row order: (n, D) float32 and {row: decode error}."""
@@ -403,6 +411,7 @@ def embed_dataset(
     result of :func:`scan_data` for ``data`` when the caller already has it.
     """
     store = store if store is not None else EmbeddingStore()
+    evicted_before = store.stats.evicted
     # a world that new has no stored embeddings: the model is needed anyway, so it loads meanwhile
     drawing = start_drawing_missing_demo(data) if scan is None else None
     if drawing is not None and progress is not None:
@@ -414,7 +423,8 @@ def embed_dataset(
         embedder._report(DRAWING_STAGE, 1, 1)
     scan = scan if scan is not None else scan_data(data)
     hashes = _hashes(scan.paths, progress, store.root / "hashes" / f"{make_key(scan.root)}.json")
-    features, failed = embedder.images("images", scan.paths, hashes, scan.domains)
+    embedder.origin = _origin(data, scan, model)
+    features, failed = embedder.images("images", scan.paths, hashes, scan.domains, kind="embeddings")
     keep = np.setdiff1d(np.arange(len(scan.paths)), list(failed))
     skipped = list(scan.skipped) + [(str(scan.paths[i]), f"unreadable image: {why}") for i, why in failed.items()]
     paths, labels, domains, hashes = scan.paths[keep], scan.labels[keep], scan.domains[keep], hashes[keep]
@@ -436,13 +446,25 @@ def embed_dataset(
     look = _look_prompts(build) if interventions.look_prompts else {}
     templates = ZERO_SHOT_TEMPLATES.get(interventions.templates)
     prompts = [t.format(c) for t in templates for c in class_names]
-    text = embedder.texts("class prompts", prompts).reshape(len(templates), len(class_names), -1)
+    text = embedder.texts("class prompts", prompts, kind="embeddings").reshape(len(templates), len(class_names), -1)
     key = make_key("embedding set", embedder.key, hashes.tolist(), asdict(data), _config_id(interventions, checks))
     emb = EmbeddingSet(features, labels, domains, is_train, class_names, text, pairs, paths, key, intervened_val, look,
                        templates=tuple(templates), spurious=_spurious(build),
                        attribute_prompts=_attribute_prompts(build),
-                       released_class_text=_released_class_text(embedder, scan.class_folders, class_names))
-    return EmbeddingRun(emb, scan, skipped, embedder.loaded, embedder.computed, embedder.reused)
+                       released_class_text=_released_class_text(embedder, scan.class_folders, class_names),
+                       origin=embedder.origin)
+    return EmbeddingRun(emb, scan, skipped, embedder.loaded, embedder.computed, embedder.reused,
+                        store.stats.evicted - evicted_before)
+
+
+DEMO_NAME = "ToyDomains demo"
+
+
+def _origin(data: DataConfig, scan: DomainScan, model: ModelConfig) -> dict[str, str]:
+    """What the cache calls these embeddings: the data set's name and folder, and the model."""
+    name = DEMO_NAME if data.root is None else (data.dataset or Path(scan.root).name)
+    label = f"{model.name} / {model.pretrained}" if model.pretrained else model.name
+    return {"dataset": name, "folder": str(scan.root), "model": label}
 
 
 def build_embedding_set(
@@ -658,7 +680,7 @@ def _look_prompts(b: _Build) -> dict[str, np.ndarray]:
     for target in dict.fromkeys(rows.domains.tolist()):
         source_train = np.flatnonzero(rows.is_train & (rows.domains != target))
         prompts = usual_look_prompts([factor_rows[i] for i in source_train], class_names)
-        text = embedder.texts(f"usual-look prompts ({target} held out)", prompts)
+        text = embedder.texts(f"usual-look prompts ({target} held out)", prompts, kind="embeddings")
         out[target] = text.reshape(len(prompts) // len(class_names), len(class_names), -1)
     return out
 
@@ -688,7 +710,7 @@ def _released_class_text(embedder: _Embedder, folders: Sequence[str], class_name
     released = [DEFAULT_TEMPLATE.format(released_name(f)) for f in folders]
     if released == [DEFAULT_TEMPLATE.format(c) for c in class_names]:
         return None
-    return embedder.texts("released class prompts", released)[None]
+    return embedder.texts("released class prompts", released, kind="embeddings")[None]
 
 
 def _attribute_prompts(b: _Build) -> PromptSet | None:

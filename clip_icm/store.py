@@ -14,25 +14,49 @@ its checksum, so
   so it is recomputed.
 
 Keys are hashes (:func:`make_key`) of everything that changes the vectors; the callers
-(:mod:`clip_icm.pipeline`) decide what goes in.
+(:mod:`clip_icm.pipeline`) decide what goes in, and say in ``meta`` what an entry is (``kind``,
+one of :data:`clip_icm.cache.KINDS`, and the ``dataset``, ``folder`` and ``model`` it came
+from) for ``cache info``.
+
+Removal (:mod:`clip_icm.cache`) and rewrites never pull a data file from under a reader. Each
+manifest is an advisory lock (``flock``): a reader holds it shared from reading the manifest
+until its array is mapped (a mapped file stays readable after an unlink); a rewrite holds the
+old manifest exclusively while it replaces it and removes the data file it named, so a
+rewritten key leaves no orphan; a prune takes it exclusively *without waiting* and skips an
+entry in use. A reader that finds its manifest replaced or removed once it holds the lock
+starts again, or misses. Writers and removers of one key folder also take turns
+(:func:`clip_icm.cache.writing`), so that a data file is never removed between its publication
+and its manifest's. (Without ``fcntl``, on Windows, an open file cannot be deleted, which
+protects a reader; a prune during a write there can cost that entry, which then reads as
+missing and is computed again.)
+
+Every read also touches the manifest's mtime: the entry's last use, which the size bound
+(``$CLIP_ICM_CACHE_MAX_SIZE``, :meth:`EmbeddingStore.put`) and ``cache prune`` evict by, least
+recently used first. Not the atime: most mounts update it once a day at most (relatime), or
+never (noatime). A read already opens the manifest and checksums the data file; it adds one ``utime``.
 """
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from clip_icm.cache import data_name, format_size, locked, make_room, size_bound, touch, writing
 from clip_icm.errors import InvalidInput
 from clip_icm.hashing import digest, file_digest, json_digest
 from clip_icm.resources import cache_dir
 
 FORMAT = 1
+SIZE_RECHECK_S = 60  # how long a store trusts its running total before walking the folder again
+log = logging.getLogger(__name__)
 
 
 def default_root() -> Path:
@@ -68,14 +92,22 @@ class StoreStats:
     hits: int = 0
     misses: int = 0
     corrupt: int = 0   # entries found broken (reported as missing, so the caller recomputes them)
+    evicted: int = 0   # entries removed to keep the store under its size bound
 
 
 class EmbeddingStore:
-    """Content-keyed float16 arrays on disk; see the module docstring for the guarantees."""
+    """Content-keyed float16 arrays on disk; see the module docstring for the guarantees.
 
-    def __init__(self, root: str | Path | None = None) -> None:
+    ``max_size``: the bound in bytes of the store's entries (None: :func:`size_bound`, the
+    environment's); a write that would pass it first removes the least recently used entries."""
+
+    def __init__(self, root: str | Path | None = None, max_size: int | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
+        self.max_size = max_size
         self.stats = StoreStats()
+        self._size: int | None = None  # running total of the entries, while the bound is checked
+        self._size_at = 0.0
+        self._said_over = False
 
     def _manifest(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
@@ -88,17 +120,19 @@ class EmbeddingStore:
     def get_entry(self, key: str) -> tuple[np.ndarray, dict] | None:
         """(array, the ``meta`` it was stored with), or None if missing or corrupt."""
         manifest_path = self._manifest(key)
-        if not manifest_path.is_file():
-            self.stats.misses += 1
-            return None
         try:
-            manifest = json.loads(manifest_path.read_text())
-            data_path = manifest_path.parent / manifest["data"]
-            if manifest["format"] != FORMAT or file_digest(data_path) != manifest["sha256"]:
-                raise ValueError("checksum mismatch")
-            array = np.load(data_path, mmap_mode="r")
-            if list(array.shape) != manifest["shape"] or array.dtype != np.float16:
-                raise ValueError("shape or dtype mismatch")
+            with locked(manifest_path) as held:  # until the array is mapped: see the module docstring
+                if held is None:
+                    self.stats.misses += 1
+                    return None
+                touch(manifest_path)
+                manifest = json.loads(held.raw)
+                data_path = manifest_path.parent / manifest["data"]
+                if manifest["format"] != FORMAT or file_digest(data_path) != manifest["sha256"]:
+                    raise ValueError("checksum mismatch")
+                array = np.load(data_path, mmap_mode="r")
+                if list(array.shape) != manifest["shape"] or array.dtype != np.float16:
+                    raise ValueError("shape or dtype mismatch")
         except (OSError, ValueError, KeyError, TypeError):
             self.stats.corrupt += 1
             return None
@@ -106,7 +140,8 @@ class EmbeddingStore:
         return array, manifest.get("meta", {})
 
     def put(self, key: str, array: np.ndarray, meta: dict | None = None) -> None:
-        """Store ``array`` as float16 under ``key`` (atomically; safe against concurrent writers)."""
+        """Store ``array`` as float16 under ``key`` (atomically; safe against concurrent writers
+        and readers); a rewrite removes the data file it replaced."""
         with np.errstate(over="ignore"):  # overflow is reported below, with the key
             data = np.ascontiguousarray(array, dtype=np.float16)
         if not np.isfinite(data).all():
@@ -115,11 +150,45 @@ class EmbeddingStore:
         folder.mkdir(parents=True, exist_ok=True)
         payload = _npy_bytes(data)
         sha = digest(payload)
-        data_name = f"{key}.{sha[:16]}.npy"
-        atomic_write(folder / data_name, lambda fh: fh.write(payload))
-        manifest = {"format": FORMAT, "key": key, "data": data_name, "sha256": sha,
+        data_file = f"{key}.{sha[:16]}.npy"
+        manifest = {"format": FORMAT, "key": key, "data": data_file, "sha256": sha,
                     "shape": list(data.shape), "dtype": "float16", "meta": meta or {}}
-        atomic_write(self._manifest(key), lambda fh: fh.write(json.dumps(manifest, indent=1).encode()))
+        manifest_bytes = json.dumps(manifest, indent=1).encode()
+        self._make_room(key, len(payload) + len(manifest_bytes))
+        with writing(folder):
+            atomic_write(folder / data_file, lambda fh: fh.write(payload))
+            with locked(self._manifest(key), exclusive=True) as held:  # no reader is between it and its data
+                atomic_write(self._manifest(key), lambda fh: fh.write(manifest_bytes))
+                replaced = data_name(held)
+                if replaced not in (None, data_file):
+                    (folder / replaced).unlink(missing_ok=True)
+
+    def _make_room(self, key: str, incoming: int) -> None:
+        """Under the size bound, remove least recently used entries (never ``key``, never one in
+        use) so that ``incoming`` more bytes fit; says so in one log line. The folder is walked
+        when the running total would pass the bound, or is older than SIZE_RECHECK_S (other
+        processes write too), not on every write."""
+        bound = self.max_size if self.max_size is not None else size_bound()
+        if bound is None:
+            return
+        stale = time.monotonic() - self._size_at > SIZE_RECHECK_S
+        if self._size is None or stale or self._size + incoming > bound:
+            self._size, removed = make_room(self.root, bound, incoming, keep=key)
+            self._size_at = time.monotonic()
+            self._say_once(bound, removed, over=self._size + incoming > bound)
+            self.stats.evicted += removed.entries
+        self._size += incoming
+
+    def _say_once(self, bound: int, removed, over: bool) -> None:
+        """One log line per store (a run): its first removal, and whether it is past the bound even so."""
+        if removed.entries and not self.stats.evicted:
+            log.warning("clip-icm cache: removed %d least recently used entr%s (%s) to stay under its bound of %s "
+                        "(said once; %s)", removed.entries, "y" if removed.entries == 1 else "ies",
+                        format_size(removed.bytes), format_size(bound), "python -m clip_icm cache info shows the rest")
+        if over and not self._said_over:
+            self._said_over = True
+            log.warning("clip-icm cache: past its bound of %s even so: what is left is in use, or this entry",
+                        format_size(bound))
 
     def get_or_compute(self, key: str, compute: Callable[[], np.ndarray], meta: dict | None = None) -> np.ndarray:
         """The stored array, computing and storing it first when missing or corrupt."""

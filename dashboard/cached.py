@@ -115,6 +115,14 @@ def open_clip_tags(arch: str) -> list[str]:
     return service.open_clip_tags(arch)
 
 
+@st.cache_data(show_spinner=False, ttl=30)
+def cache_info(folder: str) -> dict:
+    """clip_icm.cache.info of ``folder``; walking it on every rerun would cost more than it tells."""
+    from clip_icm import cache
+
+    return cache.info(folder)
+
+
 def clear() -> None:
     """Empty every cache (tests call this between runs)."""
     st.cache_data.clear()

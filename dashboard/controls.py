@@ -8,12 +8,14 @@ kept value and a default never fight.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import streamlit as st
 
 from clip_icm import defaults, evaluation, methods, service
 from clip_icm.embeddings import EmbeddingSet
+from clip_icm.errors import InvalidInput
 from dashboard import cached
 
 LAMS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 100000.0)
@@ -348,3 +350,53 @@ def map_points_ui(n_rows: int) -> int:
 
 def sweep_ui() -> bool:
     return st.toggle("Run the sweep (a few seconds per grid point)", key=_default("ctl_sweep", False))
+
+
+# ---------------------------------------------------------------- the on-disk cache
+
+def cache_ui(emb: EmbeddingSet) -> None:
+    """The cache's size and bound (for the whole server), and clearing this data set's entries:
+    the calls of ``python -m clip_icm cache``."""
+    from clip_icm import cache
+    from clip_icm.resources import cache_dir
+
+    with st.expander("Cache"):
+        try:
+            report = cached.cache_info(str(cache_dir()))
+            st.caption(f"{cache.format_size(report['total_bytes'])} in `{report['folder']}`: {report['entries']} "
+                       f"entries ({cache.format_size(report['entry_bytes'])}), the demo world, UMAP kernels and "
+                       "memos.")
+        except InvalidInput as e:  # a bad $CLIP_ICM_CACHE_MAX_SIZE (every write says so too): fixed below
+            st.error(str(e))
+        # applied on change only: the bound is the server's, and another session may have set it since
+        st.text_input("Size bound (e.g. 2GB; empty: none)", value=os.environ.get(cache.MAX_SIZE_VAR, ""),
+                      key="cache_bound", on_change=_apply_bound,
+                      help="The entries are kept under it, the least recently used removed first; "
+                           f"for this server (${cache.MAX_SIZE_VAR}).")
+        name = emb.origin.get("dataset", "")
+        if name and st.button(f"Clear this data set's cache ({name})", key="cache_clear_dataset",
+                              help="Its embeddings, pairs, layouts and kept results leave the disk; what this "
+                                   "page holds in memory stays until it is needed again."):
+            _said(cache.clear(dataset=emb.origin.get("folder") or name), f"of {name}")
+        note = st.session_state.pop("cache_note", None)
+        if note is not None:
+            (st.error if note[0] == "error" else st.caption)(note[1])
+
+
+def _apply_bound() -> None:
+    from clip_icm import cache
+
+    try:
+        _said(cache.bound_this_process(st.session_state["cache_bound"]), "to stay under the bound")
+    except InvalidInput as e:
+        st.session_state["cache_note"] = ("error", str(e))
+
+
+def _said(removed, why: str) -> None:
+    """Keep what a removal did for the expander to show (a callback runs before the page draws)."""
+    from clip_icm.cache import format_size
+
+    cached.cache_info.clear()
+    busy = f"; {removed.busy} in use were left." if removed.busy else "."
+    st.session_state["cache_note"] = ("done", f"Removed {removed.entries} entries ({format_size(removed.bytes)}) "
+                                              f"{why}{busy}")

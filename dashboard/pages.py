@@ -66,6 +66,8 @@ def settings_context() -> Context | None:
         selection = select_k_lam(emb, choice, start)
         K, lam = controls.k_lam_ui(emb.features.shape[1], start,
                                    None if selection is None else (selection.K, selection.lam), choice.method)
+    with st.sidebar:
+        controls.cache_ui(emb)
     return Context(request, emb, choice, K, lam, selection, every_domain)
 
 

@@ -4,6 +4,7 @@ UI tests run on the synthetic source (fast, no model); one test runs the real de
 (ToyDomains + toy-clip) when its checkpoint is in the checkout.
 """
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -372,3 +373,40 @@ def test_a_new_target_returns_the_old_one_to_the_sources():
     at.sidebar.selectbox(key="ctl_target").set_value("cartoon").run()
     _ok(at)
     assert at.sidebar.multiselect(key="ctl_sources").value == ["photo", "sketch"]
+
+
+def test_cache_settings_show_the_size_bound_it_and_clear_this_data_sets_entries(tmp_path, monkeypatch):
+    from clip_icm import cache
+
+    monkeypatch.setenv("CLIP_ICM_CACHE", str(tmp_path))
+    monkeypatch.setenv(cache.MAX_SIZE_VAR, "")  # the page sets it for the process: restored after the test
+    at = _app()
+    _ok(at)
+    ours = cache.entries(tmp_path, dataset="synthetic SCM")
+    assert {e.kind for e in ours} == {"layouts", "kept results"}  # the page's two maps and its results
+    cached.cache_info.clear()  # the sidebar, drawn first, showed the folder before this run wrote; and for 30 s
+    at.run()
+    report = cache.info(tmp_path)
+    caption = next(c.value for c in at.sidebar.caption if c.value.endswith("UMAP kernels and memos."))
+    assert caption.startswith(f"{cache.format_size(report['total_bytes'])} in `{tmp_path}`: {len(ours)} entries")
+    at.sidebar.text_input(key="cache_bound").set_value("10 parsecs").run()
+    assert [e.value for e in at.error] == ["unknown size unit 'parsecs' in '10 parsecs'; units: B, KB, MB, GB, TB "
+                                           "(powers of 1000), KiB, MiB, GiB, TiB (powers of 1024)"]
+    at.sidebar.text_input(key="cache_bound").set_value("2GB").run()
+    _ok(at)
+    assert os.environ[cache.MAX_SIZE_VAR] == "2GB" and len(cache.entries(tmp_path)) == len(ours)  # all fit
+    assert "Removed 0 entries (0 B) to stay under the bound." in [c.value for c in at.sidebar.caption]
+    os.environ[cache.MAX_SIZE_VAR] = "3GB"  # set by another session: this one's unchanged box does not undo it
+    at.run()
+    assert os.environ[cache.MAX_SIZE_VAR] == "3GB"
+    at.sidebar.button(key="cache_clear_dataset").click().run()
+    _ok(at)
+    assert any(c.value.startswith(f"Removed {len(ours)} entries") for c in at.sidebar.caption)
+    assert cache.entries(tmp_path, dataset="synthetic SCM") == []
+    assert len(at.get("plotly_chart")) == 4  # the page keeps what it holds in memory
+    os.environ[cache.MAX_SIZE_VAR] = "lots"  # a bad bound from the environment: said, and mended, in the settings
+    cached.cache_info.clear()
+    at.run()
+    assert not at.exception and any("$CLIP_ICM_CACHE_MAX_SIZE: not a size: 'lots'" in e.value for e in at.error)
+    at.sidebar.text_input(key="cache_bound").set_value("").run()
+    assert cache.MAX_SIZE_VAR not in os.environ

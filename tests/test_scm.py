@@ -80,7 +80,12 @@ def test_true_basis_annihilates_variant_mixing():
 
 def test_principal_angles_known_cases():
     e = np.eye(4)
-    np.testing.assert_allclose(principal_angles(e[:2], e[:2] * 3), [0, 0], atol=1e-7)
+    assert principal_angles(e[:2], e[:2] * 3).max() <= 1e-12
+    basis = np.random.default_rng(0).normal(size=(5, 64))  # the same subspace, another basis of it
+    mixed = np.random.default_rng(1).normal(size=(5, 5)) @ basis
+    assert principal_angles(basis, mixed).max() <= 1e-12
+    tiny = np.array([[np.cos(1e-10), np.sin(1e-10), 0, 0]])  # arccos of the cosine would read ~2e-8
+    assert subspace_distance(e[:1], tiny) == pytest.approx(1e-10, rel=1e-6)
     np.testing.assert_allclose(principal_angles(e[:2], e[2:]), [np.pi / 2] * 2)
     tilted = np.array([[np.cos(0.3), np.sin(0.3), 0, 0]])
     assert subspace_distance(e[:1], tilted) == pytest.approx(0.3)

@@ -122,3 +122,5 @@ def test_concurrent_writers_never_publish_a_mixed_entry(tmp_path):
     assert final is not None and any(np.array_equal(final, c) for c in candidates)
     assert reader.stats.corrupt == 0
     assert not [f for f in os.listdir(tmp_path / key[:2]) if f.endswith(".tmp")]
+    # each rewrite removed the data file it replaced: only the last one is left
+    assert sorted(os.listdir(tmp_path / key[:2])) == sorted([f"{key}.json", _data_file(reader, key).name])

@@ -37,21 +37,22 @@ def message(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def kept(store, emb_key: str, parts: tuple, compute: Callable[[], T], encode: Callable[[T], object],
+def kept(store, emb, parts: tuple, compute: Callable[[], T], encode: Callable[[T], object],
          decode: Callable[[object], T]) -> T:
     """``compute()``, kept in the on-disk ``store`` (an EmbeddingStore) under the content key of
-    the embeddings' key and ``parts`` (printable values), as JSON in an entry's metadata: a
-    restarted server reads it back instead of fitting again. No store, or embeddings without a
-    content key: computed every time. JSON floats round-trip exactly, so what is read back is what
-    was computed."""
-    if store is None or not emb_key:
+    the embeddings' (``emb``, an EmbeddingSet) key and ``parts`` (printable values), as JSON in an
+    entry's metadata (with the embeddings' origin, for ``cache info``): a restarted server reads it
+    back instead of fitting again. No store, or embeddings without a content key: computed every
+    time. JSON floats round-trip exactly, so what is read back is what was computed."""
+    if store is None or not emb.key:
         return compute()
     from clip_icm.store import make_key
 
-    key = make_key("result", emb_key, repr(parts))
+    key = make_key("result", emb.key, repr(parts))
     entry = store.get_entry(key)
     if entry is not None and "value" in entry[1]:
         return decode(entry[1]["value"])
     value = compute()
-    store.put(key, np.zeros(0), {"value": encode(value)})  # the entry is its metadata
+    # the entry is its metadata
+    store.put(key, np.zeros(0), {"kind": "kept results", **emb.origin, "value": encode(value)})
     return value

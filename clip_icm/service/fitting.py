@@ -77,7 +77,7 @@ def _ratio_pairs(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) 
 
 def evaluate(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, store=None) -> pd.DataFrame:
     """evaluation.evaluate_split, with user errors as ServiceError; kept in ``store`` (see base.kept)."""
-    return kept(store, emb.key, ("evaluate", target, config),
+    return kept(store, emb, ("evaluate", target, config),
                 lambda: guard("Could not evaluate", evaluation.evaluate_split, emb, target, config),
                 _frame_json, _json_frame)
 
@@ -140,7 +140,7 @@ def choose_hyperparameters(emb: EmbeddingSet, target: str, method: str, config: 
                            protocol: str = evaluation.LINEAR_PROBE, store=None) -> tuple[int, float, pd.DataFrame]:
     """(K, lam) chosen by ``scoring`` on source data only (the target is removed first); kept in
     ``store`` (see base.kept): a restarted server does not fit the grid again (about 1 s on the demo)."""
-    return kept(store, emb.key, ("selection", target, method, config, Ks, lams, scoring, protocol),
+    return kept(store, emb, ("selection", target, method, config, Ks, lams, scoring, protocol),
                 lambda: guard("Could not choose K and lam", evaluation.select_hyperparameters,
                               emb, target, method, Ks, lams, config, scoring, protocol),
                 lambda choice: {"K": int(choice[0]), "lam": float(choice[1]), "scores": _frame_json(choice[2])},
@@ -155,7 +155,7 @@ def evaluate_and_choose(emb: EmbeddingSet, target: str, config: evaluation.EvalC
         return guard("Could not choose the model", choice.evaluate_and_choose, emb, target, config,
                      defaults.SELECTION, evaluation.LINEAR_PROBE)
 
-    return kept(store, emb.key, ("evaluate and choose", target, config), compute,
+    return kept(store, emb, ("evaluate and choose", target, config), compute,
                 lambda done: {"frame": _frame_json(done[0]), "table": _frame_json(done[1].table), "why": done[1].why,
                               "versus_clip": _frame_json(done[1].versus_clip)},
                 lambda done: (_json_frame(done["frame"]),
@@ -167,7 +167,7 @@ def full_space_score(emb: EmbeddingSet, target: str, config: evaluation.EvalConf
                      protocol: str = evaluation.LINEAR_PROBE, store=None) -> float:
     """The selection rule's score for CLIP in the full space (to compare with the chosen setting's);
     kept in ``store`` beside the choice (see base.kept)."""
-    return kept(store, emb.key, ("full space score", target, config, scoring, protocol),
+    return kept(store, emb, ("full space score", target, config, scoring, protocol),
                 lambda: guard("Could not score the full space", evaluation.source_score,
                               emb, target, evaluation.FULL_SPACE, config, scoring, protocol),
                 float, float)
@@ -210,7 +210,7 @@ def target_confusions(emb: EmbeddingSet, target: str, method: str, config: evalu
             out[name] = confusion(emb.labels[rows], predicted[rows], len(emb.class_names))
         return out
 
-    return kept(store, emb.key, ("confusions", target, method, config, protocol), compute,
+    return kept(store, emb, ("confusions", target, method, config, protocol), compute,
                 lambda matrices: {name: m.tolist() for name, m in matrices.items()},
                 lambda matrices: {name: np.asarray(m, dtype=np.int64) for name, m in matrices.items()})
 

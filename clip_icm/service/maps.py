@@ -69,7 +69,8 @@ def _stored_layout(store, key_parts: tuple, compute: Callable[[], np.ndarray], e
         return compute()
     from clip_icm.store import make_key
 
-    return np.asarray(store.get_or_compute(make_key("layout", emb.key, *key_parts), compute), dtype=np.float32)
+    meta = {"kind": "layouts", **emb.origin}
+    return np.asarray(store.get_or_compute(make_key("layout", emb.key, *key_parts), compute, meta), dtype=np.float32)
 
 
 def full_layout(emb: EmbeddingSet, ids: np.ndarray, seed: int = 0, store=None) -> np.ndarray:
