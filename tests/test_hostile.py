@@ -1,0 +1,118 @@
+"""The hostile-world list of issue 24: inputs an attacker or a careless user brings (forged cache
+entries, special files, odd images and names, interrupted or starved runs, numbers that make no
+sense). Each case must end in its clear outcome (a named error, one line, a skip with a reason,
+or the correct result): never a traceback, never a hang. docs/SECURITY.md has the table of cases.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+
+import numpy as np
+import pytest
+
+from clip_icm.store import EmbeddingStore, atomic_write, make_key
+
+
+def _returns_within(seconds: float, call):
+    """``call()``'s value, failing the test (not hanging it) when it takes longer than ``seconds``."""
+    box = {}
+    worker = threading.Thread(target=lambda: box.setdefault("value", call()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still running after {seconds} s (a hang)"
+    return box["value"]
+
+
+# ---------------------------------------------------------------- the store trusts no manifest field
+
+def _entry(tmp_path, meta=None):
+    store = EmbeddingStore(tmp_path / "cache")
+    key = make_key("hostile")
+    store.put(key, np.ones((4, 3), np.float32), meta)
+    manifest = store.root / key[:2] / f"{key}.json"
+    return store, key, manifest
+
+
+def _rewrite(manifest, **fields):
+    content = json.loads(manifest.read_text())
+    content.update(fields)
+    manifest.write_text(json.dumps(content))
+
+
+def _retarget_data(manifest, target):
+    """Point the entry's data file at ``target`` (a symlink under the very name the store wrote)."""
+    data = manifest.parent / json.loads(manifest.read_text())["data"]
+    data.unlink()
+    data.symlink_to(target)
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
+def test_a_data_file_that_is_a_fifo_or_a_device_is_a_miss_not_a_hang(special, tmp_path):
+    store, key, manifest = _entry(tmp_path)
+    if special == "fifo":
+        os.mkfifo(tmp_path / "pipe")
+        _retarget_data(manifest, tmp_path / "pipe")
+    else:
+        _retarget_data(manifest, "/dev/zero")
+    assert _returns_within(10, lambda: store.get(key)) is None
+    assert store.stats.corrupt == 1
+
+
+@pytest.mark.parametrize("name", ["../outside.npy", "ABSOLUTE", "other.npy"])
+def test_a_manifest_naming_a_file_outside_its_entry_is_a_miss(name, tmp_path):
+    store, key, manifest = _entry(tmp_path)
+    outside = tmp_path / "cache" / "outside.npy"
+    np.save(outside, np.full((4, 3), 7, np.float16))  # a valid array, with its true checksum
+    data_name = str(outside) if name == "ABSOLUTE" else name
+    if name == "other.npy":
+        np.save(manifest.parent / "other.npy", np.full((4, 3), 7, np.float16))
+    from clip_icm.hashing import file_digest
+
+    _rewrite(manifest, data=data_name, sha256=file_digest(outside))
+    assert store.get(key) is None and store.stats.corrupt == 1
+
+
+def test_a_forged_meta_fails_its_checksum(tmp_path):
+    store, key, manifest = _entry(tmp_path, {"failed": {}})
+    _rewrite(manifest, meta={"failed": {"0": "forged"}})
+    assert store.get_entry(key) is None and store.stats.corrupt == 1
+
+
+@pytest.mark.parametrize("meta", [{"failed": ["0"]}, {"failed": {"x": "y"}}, {"failed": {"0": 5}},
+                                  {"failed": {"99": "no such row"}}, {"failed": {"0": "row 0 is not zeros"}}])
+def test_image_entries_whose_failures_cannot_be_true_are_embedded_again(meta, tmp_path):
+    """A writer with access can forge a consistent entry (docs/SECURITY.md); what the store holds
+    for an image chunk is still checked against what the embedder writes, so a list there is no
+    AttributeError, and a valid image's row is never dropped as failed."""
+    from clip_icm.pipeline import _stored_failures
+
+    store, key, manifest = _entry(tmp_path, meta)
+    vectors, stored = store.get_entry(key)
+    assert stored == meta and _stored_failures(vectors, stored) is None
+
+
+def test_true_failures_are_read_back(tmp_path):
+    from clip_icm.pipeline import _stored_failures
+
+    store = EmbeddingStore(tmp_path)
+    vectors = np.ones((12, 3), np.float32)
+    vectors[[3, 10]] = 0.0
+    store.put("k" * 40, vectors, {"failed": {3: "truncated", 10: "not an image"}})
+    assert _stored_failures(*store.get_entry("k" * 40)) == {3: "truncated", 10: "not an image"}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_follow_the_umask(umask, tmp_path):
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "out.json", lambda fh: fh.write(b"{}"))
+        EmbeddingStore(tmp_path / "cache").put("m" * 40, np.ones((2, 2)))
+    finally:
+        os.umask(old)
+    written = [tmp_path / "out.json", *(p for p in (tmp_path / "cache").rglob("*") if p.is_file())]
+    assert len(written) == 3
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
