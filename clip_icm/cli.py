@@ -260,6 +260,7 @@ def _embed(args: argparse.Namespace, configs: tuple, check_target: str | None = 
 
     data, model, pairs = configs
     store = EmbeddingStore(args.cache)
+    _check_cache_writable(store.root)
     drawing = start_drawing_missing_demo(data)  # while the model resolves
     model_key(model, store.root / "models")  # an unknown model or missing weights fail here, before the scan
     background.wait(drawing, DEMO_DRAW_WAIT_S)  # should it fail, the scan draws the world here or says why not
@@ -271,6 +272,20 @@ def _embed(args: argparse.Namespace, configs: tuple, check_target: str | None = 
         return embed_dataset(data, model, pairs, store, bars, scan=scan)
     finally:
         bars.close()
+
+
+def _check_cache_writable(root) -> None:
+    """A cache folder that cannot be created or written fails here, in one line, before the scan
+    and the model (a write probe: ``os.access`` says yes on a read-only mount)."""
+    import tempfile
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as err:
+        raise InvalidInput(f"the cache folder {str(root)!r} is not writable ({err.strerror}); give another with "
+                           "--cache DIR or $CLIP_ICM_CACHE") from None
 
 
 def _scan_quietly(data):
@@ -542,7 +557,10 @@ def _write_results(path: str, frame: pd.DataFrame, run, config, failed: dict[str
         data = json.dumps(payload, indent=1, default=str).encode()
     else:  # .csv: _check_evaluate_args checked the suffix before embedding
         data = frame.to_csv(index=False).encode()
-    atomic_write(Path(path), lambda fh: fh.write(data))
+    try:
+        atomic_write(Path(path), lambda fh: fh.write(data))
+    except OSError as err:  # its filename would be the temp file's: name the one the user gave
+        raise InvalidInput(f"--out {path!r} could not be written ({err.strerror or err})") from None
 
 
 def _check_pair_sets(args: argparse.Namespace, pairs) -> None:
@@ -590,6 +608,8 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
         raise InvalidInput(f"--out {args.out!r}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise InvalidInput(f"--out {args.out!r}: the folder {parent} is not writable")
+    if os.path.exists(args.out) and not os.access(args.out, os.W_OK):  # a rename would replace it regardless
+        raise InvalidInput(f"--out {args.out!r} is read-only; remove it or give another file name")
 
 
 def _evaluate_splits(args, run, config, targets: list[str], rule: str | None,
@@ -781,6 +801,10 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 0
     except BrokenPipeError:
         return _stdout_closed()
+    except KeyboardInterrupt:  # every finished chunk is in the cache already: a rerun resumes there
+        print("\ninterrupted: what was embedded so far is kept in the cache; run the command again to resume",
+              file=sys.stderr)
+        return 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
     except (UserError, OSError) as err:  # anything else is a bug: its traceback is the report
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
 import threading
 
 import numpy as np
 import pytest
 
 from clip_icm.store import EmbeddingStore, atomic_write, make_key
+from tests.test_reliability import AS_USER, FAST, REPO, _cli, _one_line_error, _run, messy, tiny  # noqa: F401 (fixtures)
 
 
 def _returns_within(seconds: float, call):
@@ -116,3 +120,106 @@ def test_written_files_follow_the_umask(umask, tmp_path):
     assert len(written) == 3
     for path in written:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+# ---------------------------------------------------------------- interrupted and starved runs
+
+def test_ctrl_c_during_embed_is_one_line_and_exit_130(messy, tiny, tmp_path):
+    """A real SIGINT once the embedding has started (the progress bar is on stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "clip_icm", "embed", "--root", str(messy.root), "--model", tiny,
+                             "--cache", str(tmp_path / "c"), *[a for a in FAST if a != "--quiet"],
+                             "--batch-size", "1"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ,
+                            "HF_HUB_OFFLINE": "1"})
+    seen = b""
+    while b"%|" not in seen:  # a progress bar: the model is loaded, images are being embedded
+        byte = proc.stderr.read(1)
+        assert byte, seen.decode()
+        seen += byte
+    proc.send_signal(signal.SIGINT)
+    err = (seen + proc.stderr.read()).decode()
+    assert proc.wait(timeout=120) == 130, err
+    lines = [line for line in err.replace("\r", "\n").splitlines()
+             if line.strip() and "|" not in line and not line.startswith("warning: ")]
+    assert lines == ["interrupted: what was embedded so far is kept in the cache; run the command again to resume"], err
+
+
+def test_an_interrupted_evaluate_resumes_to_the_uninterrupted_result(messy, tiny, tmp_path, capsys, monkeypatch):
+    from clip_icm.backend import ClipBackend
+
+    args = ["evaluate", "--root", str(messy.root), "--model", tiny, *FAST, "--batch-size", "4"]
+    real, calls = ClipBackend.forward_images, []
+
+    def interrupted_at_the_third_batch(self, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(ClipBackend, "forward_images", interrupted_at_the_third_batch)
+    code, _, err = _run([*args, "--cache", str(tmp_path / "c")], capsys)
+    assert code == 130 and err.strip().splitlines()[-1].startswith("interrupted:") and "Traceback" not in err
+    monkeypatch.setattr(ClipBackend, "forward_images", real)
+    resumed, fresh = tmp_path / "resumed.json", tmp_path / "fresh.json"
+    assert _run([*args, "--cache", str(tmp_path / "c"), "--out", str(resumed)], capsys)[0] == 0
+    assert _run([*args, "--cache", str(tmp_path / "fresh"), "--out", str(fresh)], capsys)[0] == 0
+    assert json.loads(resumed.read_text())["rows"] == json.loads(fresh.read_text())["rows"]
+
+
+def test_a_read_only_cache_folder_is_one_line_before_any_work(messy, tiny, tmp_path):
+    cache = tmp_path / "c"
+    cache.mkdir()
+    cache.chmod(0o555)
+    try:
+        done = _cli(["embed", "--root", str(messy.root), "--model", tiny, "--cache", str(cache), *FAST],
+                    prefix=AS_USER)
+    finally:
+        cache.chmod(0o755)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("warning: ")]
+    assert errors == [f"error: the cache folder {str(cache)!r} is not writable (Permission denied); give another "
+                      "with --cache DIR or $CLIP_ICM_CACHE"]
+    assert list(cache.iterdir()) == []
+
+
+def test_a_full_cache_disk_is_one_line(messy, tiny, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import clip_icm.store as store_mod
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store_mod, "atomic_write", full)
+    code, _, err = _run(["embed", "--root", str(messy.root), "--model", tiny, "--cache", str(tmp_path / "c"),
+                         *FAST], capsys)
+    _one_line_error(code, err, "No space left on device")
+
+
+def test_out_onto_a_read_only_file_is_one_line_before_any_work(messy, tiny, tmp_path):
+    out = tmp_path / "rows.csv"
+    out.write_text("kept\n")
+    out.chmod(0o444)
+    done = _cli(["evaluate", "--root", str(messy.root), "--model", tiny, "--cache", str(tmp_path / "c"), *FAST,
+                 "--out", str(out)], prefix=AS_USER)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == f"error: --out {str(out)!r} is read-only; remove it or give another file name"
+    assert out.read_text() == "kept\n" and not (tmp_path / "c").exists()
+
+
+def test_out_that_cannot_be_written_names_the_out_file_not_a_temp_file(messy, tiny, tmp_path, capsys, monkeypatch):
+    import clip_icm.store as store_mod
+
+    out = tmp_path / "rows.csv"
+    real = store_mod.atomic_write
+
+    def refuse_the_out_file(path, write):
+        if path == out:
+            raise PermissionError(13, "Permission denied", str(path.parent / ".rows.csv.x1y2.tmp"))
+        return real(path, write)
+
+    monkeypatch.setattr(store_mod, "atomic_write", refuse_the_out_file)
+    code, _, err = _run(["evaluate", "--root", str(messy.root), "--model", tiny, "--cache", str(tmp_path / "c"), *FAST,
+                         "--out", str(out)], capsys)
+    _one_line_error(code, err, f"--out {str(out)!r} could not be written (Permission denied)")
+    assert ".tmp" not in err
