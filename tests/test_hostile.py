@@ -12,12 +12,15 @@ import stat
 import subprocess
 import sys
 import threading
+import unicodedata
+import warnings
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from clip_icm.store import EmbeddingStore, atomic_write, make_key
-from tests.test_reliability import AS_USER, FAST, REPO, _cli, _one_line_error, _run, messy, tiny  # noqa: F401 (fixtures)
+from tests.test_reliability import AS_USER, FAST, REPO, _cli, _folder, _one_line_error, _run, messy, tiny  # noqa: F401 (fixtures)
 
 
 def _returns_within(seconds: float, call):
@@ -223,3 +226,99 @@ def test_out_that_cannot_be_written_names_the_out_file_not_a_temp_file(messy, ti
                          "--out", str(out)], capsys)
     _one_line_error(code, err, f"--out {str(out)!r} could not be written (Permission denied)")
     assert ".tmp" not in err
+
+
+# ---------------------------------------------------------------- special files and links in a data folder
+
+def _two_domains(root, classes=("cat", "dog"), n=2):
+    return _folder(root, {"art": classes, "photo": classes}, n=n)
+
+
+def _scan_within(seconds, root, **kw):
+    from clip_icm.datasets import scan_domain_folder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the scan's notes are checked as data
+        return _returns_within(seconds, lambda: scan_domain_folder(root, **kw))
+
+
+@pytest.mark.parametrize("verify", ["none", "header", "full"])
+def test_a_fifo_named_like_an_image_is_skipped_not_a_hang(verify, tmp_path):
+    root = _two_domains(tmp_path / "data")
+    os.mkfifo(root / "art" / "cat" / "pipe.jpg")
+    scan = _scan_within(20, root, verify=verify)
+    assert dict(scan.skipped)[str(root / "art" / "cat" / "pipe.jpg")] == "not a regular file: a named pipe (FIFO)"
+    assert len(scan) == 8
+
+
+def test_a_device_linked_under_an_image_name_is_skipped(tmp_path):
+    root = _two_domains(tmp_path / "data")
+    (root / "art" / "cat" / "zero.png").symlink_to("/dev/zero")
+    scan = _scan_within(20, root, verify="none")
+    assert dict(scan.skipped)[str(root / "art" / "cat" / "zero.png")] == "not a regular file: a character device"
+    assert len(scan) == 8
+
+
+def test_a_file_link_leaving_the_data_folder_is_skipped(tmp_path):
+    root = _two_domains(tmp_path / "data")
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    (root / "art" / "cat" / "leak.png").symlink_to(outside)
+    (root / "art" / "cat" / "inside.png").symlink_to(root / "photo" / "cat" / "0.png")  # inside: an ordinary file
+    scan = _scan_within(20, root)
+    assert dict(scan.skipped)[str(root / "art" / "cat" / "leak.png")] == f"link leaving the data folder: points to {outside}"
+    assert str(root / "art" / "cat" / "inside.png") in scan.paths and len(scan) == 9
+
+
+def test_a_file_link_to_itself_is_skipped(tmp_path):
+    root = _two_domains(tmp_path / "data")
+    (root / "art" / "cat" / "self.png").symlink_to(root / "art" / "cat" / "self.png")
+    scan = _scan_within(20, root)
+    assert dict(scan.skipped)[str(root / "art" / "cat" / "self.png")].startswith("unreadable file: OSError")
+    assert len(scan) == 8
+
+
+@pytest.mark.parametrize("link, target", [("loop", "."), ("art/loop", ".."), ("art/cat/loop", "../.."),
+                                          ("art/cat/sub", "../../photo/dog"), ("art/mirror", "../photo/cat"),
+                                          ("elsewhere", "OUTSIDE")])
+def test_linked_folders_are_skipped_and_reported_never_followed(link, target, tmp_path):
+    """Issue 24 found loops followed one level (24 files became 96 images in 6 classes, target
+    images leaked into the sources) and links inside class folders dropped without a word."""
+    root = _two_domains(tmp_path / "data", n=3)
+    outside = _two_domains(tmp_path / "outside")
+    (root / link).symlink_to(outside if target == "OUTSIDE" else target, target_is_directory=True)
+    scan = _scan_within(20, root)
+    assert len(scan) == 12 and scan.class_folders == ("cat", "dog") and scan.domain_names == ("art", "photo")
+    assert dict(scan.skipped)[str(root / link)].startswith("linked folder: not followed")
+
+
+def test_a_folder_named_like_an_image_is_read_as_a_folder(tmp_path):
+    root = _two_domains(tmp_path / "data")
+    _folder(root / "art" / "cat", {"album.jpg": ("",)}, n=2)  # art/cat/album.jpg/<2 images>
+    scan = _scan_within(20, root, verify="full")
+    assert len(scan) == 10 and str(root / "art" / "cat" / "album.jpg" / "0.png") in scan.paths
+    assert not any("album.jpg" in path and path.endswith("album.jpg") for path, _ in scan.skipped)
+
+
+@pytest.mark.parametrize("names, shown", [
+    (("Dog", "dog"), "'Dog', 'dog' all read as 'dog'"),
+    (("dog_x", "dog-x", "dog x"), "'dog x', 'dog-x', 'dog_x' all read as 'dog x'"),
+    ((unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")), r"'cafe\u0301', 'caf\xe9' all read"),
+])
+def test_class_folders_that_read_as_one_name_are_reported(names, shown, tmp_path):
+    root = _folder(tmp_path / "data", {"art": (*names, "other"), "photo": (*names, "other")}, n=1)
+    if len({p.name for p in (root / "art").iterdir()}) < len(names) + 1:
+        pytest.fail("this test needs a case-sensitive file system")
+    scan = _scan_within(20, root)
+    assert len(scan.class_folders) == len(names) + 1  # kept apart, as on disk
+    collisions = [note for note in scan.notes if "all read as" in note]
+    assert len(collisions) == 1 and f"class folders {shown}" in collisions[0], scan.notes
+    assert "rename all but one" in collisions[0]
+
+
+def test_domain_folders_that_read_as_one_name_are_reported(tmp_path):
+    root = _folder(tmp_path / "data", {"Art": ("cat", "dog"), "art": ("cat", "dog"), "photo": ("cat", "dog")}, n=1)
+    scan = _scan_within(20, root)
+    assert [n for n in scan.notes if "all read as" in n] == [
+        "domain folders 'Art', 'art' all read as 'art' (identical prompts; one folder on a case-insensitive disk); "
+        "rename all but one"]
