@@ -208,17 +208,55 @@ class DomainScan:
 Verify = Literal["none", "header", "full"]
 
 
+# Larger images are skipped before decoding: 64 Mpx (8192 x 8192, 200 MB as RGB) is beyond any
+# camera a data set comes from and far beyond CLIP's 224 px input, and below Pillow's own bomb
+# limit, so Pillow neither warns nor decodes 0.6 GB first. Longer than wide (or the reverse) by
+# more than MAX_ASPECT is a strip, not a photo: resized to CLIP's square it is noise.
+MAX_PIXELS = 1 << 26
+MAX_ASPECT = 50
+
+
+class RejectedImage(ValueError):
+    """An image that decodes, but not to anything the model should see (too large, a strip, a
+    32-bit image with no known scale to 8 bits); the message is the reason."""
+
+
+def _size_problem(size: tuple[int, int]) -> str | None:
+    width, height = size
+    if width * height > MAX_PIXELS:
+        return (f"too large: {width}x{height} pixels, over the limit of {MAX_PIXELS:,} "
+                "(a decompression bomb or a scan; resize it to use it)")
+    if min(width, height) < 1 or max(width, height) > MAX_ASPECT * min(width, height):
+        return f"absurd aspect ratio: {width}x{height} pixels (more than {MAX_ASPECT}:1)"
+    return None
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    """``Image.open`` with the size checked from the header, before any pixel is decoded."""
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as e:  # over twice Pillow's own limit: ours is lower, say it alike
+        raise RejectedImage(f"too large: {e}") from None
+    problem = _size_problem(im.size)
+    if problem:
+        im.close()
+        raise RejectedImage(problem)
+    return im
+
+
 def _check_image(path: Path, verify: Verify) -> str | None:
     """None if the file looks like a usable image, else the reason to skip it."""
     if verify == "none":
         return None
     try:
-        with Image.open(path) as im:
-            if verify == "full":
-                im.load()  # decodes everything: catches truncated JPEGs, costs milliseconds
-            else:
+        if verify == "full":
+            load_image(path)  # decodes everything as the model will: catches truncated JPEGs, costs milliseconds
+        else:
+            with _open(path) as im:
                 im.verify()  # header and structure only: cheap
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except RejectedImage as e:
+        return str(e)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         return f"unreadable image: {type(e).__name__}: {e}"
     return None
 
@@ -434,6 +472,20 @@ def _shown(folders: list[str]) -> str:
     return ", ".join(map(ascii if alike else repr, folders))
 
 
+def _wide_values_to_8_bits(values: np.ndarray) -> np.ndarray:
+    """32-bit grey (Pillow's "I" and "F": scientific TIFFs) as 8 bits. The file does not say its
+    scale, so it is read from the range the values are in; converting as Pillow does would clip
+    0-1 floats to a black image, silently."""
+    if not np.isfinite(values).all():
+        raise RejectedImage("32-bit image with NaN or infinite values")
+    low, high = values.min(), values.max()
+    scale = next((top for top in (1.0, 255.0, 65535.0) if low >= 0 and high <= top), None)
+    if scale is None:
+        raise RejectedImage(f"32-bit image with values from {low:g} to {high:g}: no known scale to 8 bits "
+                            "(convert it to 0-1, 0-255 or 0-65535)")
+    return np.round(values * (255.0 / scale)).astype(np.uint8)
+
+
 def split_mask(labels: np.ndarray, domains: np.ndarray, val_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
     """Seeded train/validation split per (domain, class); True marks a training row.
 
@@ -460,15 +512,22 @@ def split_mask(labels: np.ndarray, domains: np.ndarray, val_fraction: float = 0.
 def load_image(path: str | os.PathLike) -> Image.Image:
     """One image as an upright 8-bit RGB PIL image, fully loaded and with the file closed.
 
-    EXIF orientation is applied; transparency is composited on white (a black background
-    would be a colour the photo never had); 16-bit grey is scaled, not clipped; CMYK,
-    palette and grey images are converted. Raises OSError-family errors on corrupt files.
+    EXIF orientation is applied; an animation gives its first frame; transparency is
+    composited on white (a black background would be a colour the photo never had); 16-bit
+    grey is scaled, not clipped; 32-bit integer or float grey is scaled from the range its
+    values are in (0-1, 0-255 or 0-65535); CMYK, palette and grey images are converted.
+    Raises :class:`RejectedImage` for images too large (checked before decoding), of an
+    absurd aspect ratio or of 32-bit values with no known scale, and OSError-family errors
+    on corrupt files.
     """
-    with Image.open(path) as im:
+    with _open(path) as im:
+        im.seek(0)
         im.load()
         im = ImageOps.exif_transpose(im)
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         im = Image.fromarray(np.clip(np.asarray(im, dtype=np.float64) / 257.0, 0, 255).astype(np.uint8))
+    if im.mode in ("I", "F"):
+        im = Image.fromarray(_wide_values_to_8_bits(np.asarray(im, dtype=np.float32)))
     if im.mode == "P":
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -322,3 +323,132 @@ def test_domain_folders_that_read_as_one_name_are_reported(tmp_path):
     assert [n for n in scan.notes if "all read as" in n] == [
         "domain folders 'Art', 'art' all read as 'art' (identical prompts; one folder on a case-insensitive disk); "
         "rename all but one"]
+
+
+# ---------------------------------------------------------------- images: one RGB the model sees, or a reason
+
+RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
+
+
+def _halves(size=(20, 10), left=RED, right=BLUE, mode="RGB"):
+    im = Image.new("RGB", size, right)
+    im.paste(left, (0, 0, size[0] // 2, size[1]))
+    return im.convert(mode)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from clip_icm.datasets import load_image
+
+    im = _halves()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    im.save(tmp_path / "rotated.jpg", exif=exif, quality=100)
+    shown = load_image(tmp_path / "rotated.jpg")
+    assert shown.size == (10, 20)
+    assert np.abs(np.subtract(shown.getpixel((5, 2)), RED)).max() < 40  # the left half is now on top
+    assert np.abs(np.subtract(shown.getpixel((5, 17)), BLUE)).max() < 40
+
+
+@pytest.mark.parametrize("mode, pixels, expected", [
+    ("I;16", np.full((8, 8), 32896, np.uint16), (128, 128, 128)),   # 16-bit grey: scaled, not clipped to white
+    ("CMYK", None, WHITE),                                           # CMYK with no ink
+    ("LA", None, WHITE),                                             # grey + alpha: transparent is white
+])
+def test_wide_and_odd_modes_become_the_rgb_the_model_sees(mode, pixels, expected, tmp_path):
+    from clip_icm.datasets import load_image
+
+    if pixels is not None:
+        im = Image.fromarray(pixels)
+        assert im.mode == mode
+    elif mode == "CMYK":
+        im = Image.new("CMYK", (8, 8), (0, 0, 0, 0))
+    else:
+        im = Image.new("LA", (8, 8), (0, 0))
+    path = tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")
+    im.save(path)
+    rgb = load_image(path)
+    assert rgb.mode == "RGB" and rgb.size == (8, 8)
+    assert np.abs(np.asarray(rgb, int) - expected).max() <= 1
+
+
+def test_a_palette_image_with_a_transparent_index_is_white_there(tmp_path):
+    from clip_icm.datasets import load_image
+
+    im = Image.new("P", (4, 4), 1)
+    im.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    im.putpixel((0, 0), 0)
+    im.save(tmp_path / "p.png", transparency=0)
+    rgb = load_image(tmp_path / "p.png")
+    assert rgb.getpixel((0, 0)) == WHITE and rgb.getpixel((3, 3)) == RED  # not black where transparent
+
+
+@pytest.mark.parametrize("suffix", ["gif", "webp", "png"])
+def test_an_animation_gives_its_first_frame(suffix, tmp_path):
+    from clip_icm.datasets import load_image
+
+    frames = [Image.new("RGB", (16, 16), colour) for colour in (RED, BLUE, (0, 255, 0))]
+    frames[0].save(tmp_path / f"anim.{suffix}", save_all=True, append_images=frames[1:], duration=100, loop=0,
+                   **({"lossless": True} if suffix == "webp" else {}))
+    with Image.open(tmp_path / f"anim.{suffix}") as check:
+        assert getattr(check, "n_frames", 1) == 3
+    assert np.abs(np.subtract(load_image(tmp_path / f"anim.{suffix}").getpixel((8, 8)), RED)).max() <= 2
+
+
+@pytest.mark.parametrize("values, expected", [
+    (np.full((8, 8), 0.5, np.float32), 128),      # 0-1 floats: were black
+    (np.full((8, 8), 200, np.int32), 200),        # 0-255 in 32-bit integers: were near black (/257)
+    (np.full((8, 8), 40000, np.int32), 156),      # 0-65535 in 32-bit integers
+])
+def test_32_bit_tiffs_are_scaled_from_their_range(values, expected, tmp_path):
+    from clip_icm.datasets import load_image
+
+    Image.fromarray(values).save(tmp_path / "wide.tif")
+    assert Image.open(tmp_path / "wide.tif").mode in ("F", "I")
+    assert np.unique(np.asarray(load_image(tmp_path / "wide.tif"))).tolist() == [expected]
+
+
+@pytest.mark.parametrize("values, reason", [
+    (np.array([[-5.0, 3000.0]] * 4, np.float32), "32-bit image with values from -5 to 3000: no known scale"),
+    (np.array([[np.nan, 1.0]] * 4, np.float32), "32-bit image with NaN or infinite values"),
+    (np.array([[0, 70000]] * 4, np.int32), "32-bit image with values from 0 to 70000: no known scale"),
+])
+def test_32_bit_tiffs_with_no_known_scale_are_skipped_with_the_reason(values, reason, tmp_path):
+    from clip_icm.datasets import RejectedImage, load_image, scan_domain_folder
+
+    root = _two_domains(tmp_path / "data")
+    Image.fromarray(np.repeat(values, 4, axis=1)).save(root / "art" / "cat" / "wide.tif")
+    with pytest.raises(RejectedImage, match=reason):
+        load_image(root / "art" / "cat" / "wide.tif")
+    scan = _scan_within(20, root, verify="full")
+    assert dict(scan.skipped)[str(root / "art" / "cat" / "wide.tif")].startswith(reason)
+
+
+@pytest.mark.parametrize("size, reason", [
+    ((9000, 9000), "too large: 9000x9000 pixels, over the limit of 67,108,864"),    # under Pillow's own limit
+    ((14000, 14000), "too large: Image size (196000000 pixels) exceeds limit"),      # over twice Pillow's limit
+    ((4000, 40), "absurd aspect ratio: 4000x40 pixels (more than 50:1)"),
+])
+def test_bombs_and_strips_are_skipped_before_decoding(size, reason, tmp_path):
+    from clip_icm.datasets import RejectedImage, load_image
+
+    root = _two_domains(tmp_path / "data")
+    Image.new("1", size).save(root / "art" / "cat" / "big.png")  # 1 bit a pixel: small to write
+    for verify in ("header", "full"):
+        scan = _scan_within(30, root, verify=verify)
+        assert dict(scan.skipped)[str(root / "art" / "cat" / "big.png")].startswith(reason) and len(scan) == 8
+    with pytest.raises(RejectedImage, match=re.escape(reason)):
+        load_image(root / "art" / "cat" / "big.png")
+
+
+def test_an_embed_run_reports_odd_images_and_embeds_the_rest(tiny, tmp_path, capsys):
+    root = _two_domains(tmp_path / "data", n=3)
+    Image.new("1", (9000, 9000)).save(root / "art" / "cat" / "bomb.png")
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(root / "art" / "dog" / "float.tif")
+    Image.fromarray(np.array([[-1.0, 9.0e5]] * 8, np.float32)).save(root / "photo" / "dog" / "odd.tif")
+    code, out, err = _run(["embed", "--root", str(root), "--model", tiny, "--cache", str(tmp_path / "c"), *FAST],
+                          capsys)
+    assert code == 0 and "Traceback" not in err, err
+    assert "13 images" in out  # 12 + the 0-1 float TIFF
+    assert f"{root / 'art' / 'cat' / 'bomb.png'}: too large: 9000x9000 pixels" in out  # by the scan's header check
+    assert (f"{root / 'photo' / 'dog' / 'odd.tif'}: unreadable image: RejectedImage: 32-bit image with values from -1 "
+            "to 900000") in out  # found when decoding
