@@ -25,12 +25,22 @@ from tests.test_reliability import AS_USER, FAST, REPO, _cli, _folder, _one_line
 
 
 def _returns_within(seconds: float, call):
-    """``call()``'s value, failing the test (not hanging it) when it takes longer than ``seconds``."""
+    """``call()``'s value (or its exception), failing the test (not hanging it) when it takes
+    longer than ``seconds``."""
     box = {}
-    worker = threading.Thread(target=lambda: box.setdefault("value", call()), daemon=True)
+
+    def run():
+        try:
+            box["value"] = call()
+        except BaseException as e:  # re-raised in the test's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=run, daemon=True)
     worker.start()
     worker.join(seconds)
     assert not worker.is_alive(), f"still running after {seconds} s (a hang)"
+    if "error" in box:
+        raise box["error"]
     return box["value"]
 
 
@@ -452,3 +462,348 @@ def test_an_embed_run_reports_odd_images_and_embeds_the_rest(tiny, tmp_path, cap
     assert f"{root / 'art' / 'cat' / 'bomb.png'}: too large: 9000x9000 pixels" in out  # by the scan's header check
     assert (f"{root / 'photo' / 'dog' / 'odd.tif'}: unreadable image: RejectedImage: 32-bit image with values from -1 "
             "to 900000") in out  # found when decoding
+
+
+# ---------------------------------------------------------------- names are data, never markup
+
+MARKUP_NAMES = ["<b>bold</b>", 'x<br>y', '<a href="http://evil.example">click</a>', "R&D \"quoted\" 'single'",
+                "café " + "long" * 60]
+
+
+def _markup_points(names):
+    import pandas as pd
+
+    n = len(names)
+    return pd.DataFrame({"id": range(2 * n), "class": names * 2, "domain": ["<i>dom</i>"] * n + ["plain"] * n,
+                         "role": ["source"] * n + ["target"] * n, "prediction": names[::-1] * 2,
+                         "correct": [True, False] * n})
+
+
+def _no_markup_from(text, names):
+    """No name reaches ``text`` as markup: every ``<`` there is plotly's own (<br>, <b> of a target
+    tick, <extra>), never the start of a name's tag."""
+    for name in names:
+        if "<" in name:
+            assert name not in text, text
+
+
+def test_names_in_scatter_legends_and_hovers_are_escaped():
+    import html
+
+    from clip_icm import figures
+
+    points = _markup_points(MARKUP_NAMES)
+    fig = figures.scatter_layout(np.zeros((len(points), 2)), points, "class", title="<b>t</b>")
+    for trace in fig.data:
+        _no_markup_from(trace.name, MARKUP_NAMES)
+        for row in trace.customdata:
+            _no_markup_from(" ".join(map(str, row[1:4])), MARKUP_NAMES + ["<i>dom</i>"])
+            assert html.unescape(str(row[1])) in MARKUP_NAMES  # what shows is the name itself
+    assert {html.unescape(t.name.rsplit(" (", 1)[0]) for t in fig.data} == set(MARKUP_NAMES)
+    assert fig.layout.title.text == "&lt;b&gt;t&lt;/b&gt;"
+
+
+def test_names_in_bar_ticks_confusion_axes_and_exported_html_are_escaped():
+    import html
+
+    import pandas as pd
+
+    from clip_icm import figures
+
+    domains = ["<b>art</b>", '<a href="http://evil.example">photo</a>']
+    table = pd.DataFrame({"domain": domains * 2, "method": ["icm", "icm", "clip", "clip"],
+                          "protocol": ["zero-shot"] * 4, "label": ["ICM", "ICM", "<i>CLIP</i>", "<i>CLIP</i>"],
+                          "accuracy": [0.5, 0.6, 0.7, 0.8]})
+    bars = figures.accuracy_bars(table, target=domains[1])
+    ticks = [x for trace in bars.data for x in trace.x]
+    assert "<b>&lt;a href=\"http://evil.example\"&gt;photo&lt;/a&gt; (target)</b>" in ticks  # only our <b> is markup
+    _no_markup_from(" ".join(ticks) + " ".join(t.name for t in bars.data), domains + ["<i>CLIP</i>"])
+    confusion = figures.confusion_heatmaps({"x": np.eye(2)}, domains, {"x": "<u>title</u>"})
+    assert [html.unescape(c) for c in confusion.data[0].x] == domains
+    _no_markup_from(" ".join(confusion.data[0].x) + confusion.layout.annotations[0].text, domains + ["<u>title</u>"])
+    exported = figures.figure_html(bars).decode()
+    assert "evil.example" in exported and "&lt;a href" in exported
+
+
+@pytest.mark.parametrize("typed, reason", [
+    ("~nosuchuser/x", "Folder not found: ~nosuchuser/x (Could not determine home directory.)"),
+    ("/tmp/a\x00b", "Folder not found: /tmp/a\\x00b (embedded null byte)"),
+    ("/" + "d" * 5000, "(5,001 characters) (File name too long)"),
+])
+def test_odd_folder_text_is_a_message_not_a_traceback(typed, reason):
+    from clip_icm import service
+
+    with pytest.raises(service.ServiceError) as caught:
+        service.detect_folder(typed)
+    assert reason in str(caught.value) and len(str(caught.value)) < 400
+
+
+def test_markdown_in_a_name_is_shown_as_typed():
+    from dashboard.texts import plain
+
+    for text in ("[click](http://evil.example)", "**bold** _it_ `code` :red[x] :material/home: $x^2$ <b>html</b>",
+                 "a\\b | ~ &amp; www.evil.example me@evil.example"):
+        escaped = plain(text)
+        assert re.sub(r"\\(.)", r"\1", escaped) == text  # each mark escaped, nothing else changed
+        for live in (r"\]\(", r"\*\*", r":red\[", r"://", r"www\.", r"@", r"&amp;", r"<b>"):
+            assert not re.search(r"(?<!\\)" + live, escaped), (live, escaped)
+
+
+@pytest.mark.parametrize("typed", ["[click me](http://evil.example)", "~nosuchuser/x", "/tmp/a\x00b", "/" + "d" * 5000])
+def test_the_folder_field_answers_odd_text_with_an_escaped_message(typed):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120)
+    at.session_state["ctl_source"], at.session_state["ctl_root"] = "folder", typed
+    at.run()
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.sidebar.error]
+    assert len(errors) == 1 and errors[0].startswith("Folder not found\\:"), errors
+    assert not re.search(r"(?<!\\)[\[\]]", errors[0]) and len(errors[0]) < 500  # a link's brackets are escaped
+    assert not at.get("plotly_chart")
+
+
+def test_the_page_icon_is_inline_never_fetched():
+    """A :material/...: favicon is fetched from fonts.gstatic.com; an emoji one is a data: URI."""
+    import ast
+
+    from streamlit.commands.page_config import _get_favicon_string
+
+    calls = [node for node in ast.walk(ast.parse((REPO / "dashboard" / "app.py").read_text()))
+             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "set_page_config"]
+    icon = next(k.value.value for k in calls[0].keywords if k.arg == "page_icon")
+    assert _get_favicon_string(icon).startswith("emoji:")
+
+
+# ---------------------------------------------------------------- the API: named errors, and properties
+
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+from clip_icm.errors import InvalidInput  # noqa: E402
+from clip_icm.projection import InvariantProjection, NullSpaceProjection, OrthCaliProjection, PCAProjection  # noqa: E402
+
+# No example database in the repository, no flaky deadline on a busy 2-core machine.
+PROPERTY = settings(database=None, deadline=None, max_examples=60,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _pairs(seed=0, n=12, d=5):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, d))
+    return z, z + 0.1 * rng.normal(size=(n, d))
+
+
+@pytest.mark.parametrize("case, call, message", [
+    ("NaN in Z", lambda z, zd: InvariantProjection(2).fit(np.where(z > 1, np.nan, z), zd), "Z contains NaN or inf"),
+    ("inf in Z_do", lambda z, zd: InvariantProjection(2).fit(z, np.where(zd > 1, np.inf, zd)), "Z_do contains NaN or inf"),
+    ("finite 1e200", lambda z, zd: InvariantProjection(2).fit(z * 1e200, zd), "overflow their second moments"),
+    ("lam 1e308", lambda z, zd: InvariantProjection(2, lam=1e308).fit(z, z + 10.0), "overflows float64"),
+    ("K = 0", lambda z, zd: InvariantProjection(0).fit(z, zd), "n_components=0 must be an integer between 1 and D=5"),
+    ("K > D", lambda z, zd: InvariantProjection(6).fit(z, zd), "n_components=6 must be an integer between 1 and D=5"),
+    ("K a string", lambda z, zd: PCAProjection("2").fit(z, zd), "n_components='2' must be an integer"),
+    ("lam < 0", lambda z, zd: InvariantProjection(2, lam=-1.0).fit(z, zd), "lam must be >= 0"),
+    ("lam a string", lambda z, zd: InvariantProjection(2, lam="1").fit(z, zd), "lam must be a finite number, got '1'"),
+    ("lam None", lambda z, zd: InvariantProjection(2, lam=None).fit(z, zd), "lam must be a finite number, got None"),
+    ("lam NaN", lambda z, zd: OrthCaliProjection(lam=float("nan")).fit(z, zd), "lam must be a finite number"),
+    ("shapes differ", lambda z, zd: InvariantProjection(2).fit(z, zd[:-1]), "must have the same shape"),
+    ("one sample", lambda z, zd: InvariantProjection(2).fit(z[:1], zd[:1]), "need at least 2 pairs"),
+    ("1-D input", lambda z, zd: InvariantProjection(2).fit(z[0], zd[0]), "must be a 2-D array"),
+    ("strings", lambda z, zd: InvariantProjection(2).fit([["a", "b"]] * 3, zd), "Z must be a 2-D array of numbers"),
+    ("ragged", lambda z, zd: InvariantProjection(2).fit([[1.0, 2.0], [1.0]], zd), "Z must be a 2-D array of numbers"),
+    ("all-zero Z", lambda z, zd: InvariantProjection(4).fit(np.zeros_like(z), zd), "Z is all zeros"),
+    ("transform width", lambda z, zd: InvariantProjection(2).fit(z, zd).transform(z[:, :4]), "X has 4 features"),
+    ("transform NaN", lambda z, zd: InvariantProjection(2).fit(z, zd).transform(z * np.nan), "X contains NaN"),
+])
+def test_the_estimators_refuse_nonsense_with_a_named_error(case, call, message):
+    z, zd = _pairs()
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        call(z, zd)
+
+
+@pytest.mark.parametrize("case, call, message", [
+    ("K a string", lambda: _eval_config(n_components="4"), "n_components (K) must be an integer"),
+    ("K = 0", lambda: _eval_config(n_components=0), "n_components (K) must be an integer of at least 1"),
+    ("lam a string", lambda: _eval_config(lam="1"), "lam must be a finite number, got lam='1'"),
+    ("lam inf", lambda: _eval_config(lam=float("inf")), "lam must be a finite number"),
+    ("NaN features", lambda: _zero_shot(features=np.full((3, 5), np.nan)), "features contains NaN or inf"),
+    ("feature width", lambda: _zero_shot(features=np.ones((3, 4))), "features have 4 dimensions, text_features 5"),
+    ("NaN prompts", lambda: _zero_shot(text=np.full((1, 2, 5), np.nan)), "text_features contains NaN or inf"),
+    ("one class", lambda: _probe(y=np.zeros(6, int)), "needs at least 2 classes"),
+    ("labels short", lambda: _probe(y=np.array([0, 1, 0])), "train_X has 6 rows and train_y 3 labels"),
+    ("inf rows", lambda: _probe(X=np.full((6, 5), np.inf)), "train_X contains NaN or inf"),
+])
+def test_the_evaluation_functions_refuse_nonsense_with_a_named_error(case, call, message):
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        call()
+
+
+def _eval_config(**kw):
+    from clip_icm.evaluation import EvalConfig
+
+    return EvalConfig(**kw)
+
+
+def _zero_shot(features=None, text=None):
+    from clip_icm.evaluation import zero_shot_predict
+
+    features = np.ones((3, 5)) if features is None else features
+    return zero_shot_predict(features, np.ones((1, 2, 5)) if text is None else text)
+
+
+def _probe(X=None, y=None):
+    from clip_icm.evaluation import fit_linear_probe
+
+    X = np.random.default_rng(0).normal(size=(6, 5)) if X is None else X
+    y = np.array([0, 1] * 3) if y is None else y
+    return fit_linear_probe(X, y, X, np.array([0, 1] * 3))
+
+
+FINITE = st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False)
+
+
+@st.composite
+def _pair_stacks(draw):
+    n, d = draw(st.integers(2, 10)), draw(st.integers(1, 6))
+    z = draw(hnp.arrays(np.float64, (n, d), elements=FINITE))
+    z_do = draw(hnp.arrays(np.float64, (n, d), elements=FINITE))
+    assume(np.abs(z).max() > 1e-3)
+    return z, z_do
+
+
+@PROPERTY
+@given(_pair_stacks(), st.data())
+def test_property_every_valid_fit_keeps_the_estimator_contract(pairs, data):
+    z, z_do = pairs
+    d = z.shape[1]
+    k = data.draw(st.integers(1, d), label="K")
+    lam = data.draw(st.floats(0, 1e3, allow_nan=False), label="lam")
+    estimators = [InvariantProjection(k, lam), InvariantProjection(k, lam, selection="as_released"),
+                  PCAProjection(k), NullSpaceProjection(n_components=k)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rank-deficient stacks warn; that is their contract
+        for estimator in estimators:
+            fitted = estimator.fit(z, z_do)
+            rows = fitted.components_
+            assert 1 <= len(rows) <= k and rows.shape[1] == d
+            np.testing.assert_allclose(rows @ rows.T, np.eye(len(rows)), atol=1e-6)
+            np.testing.assert_allclose(fitted.transform(z), type(estimator)(**estimator.get_params())
+                                       .fit_transform(z, z_do), atol=1e-8)
+
+
+ANYTHING = st.one_of(st.none(), st.booleans(), st.integers(-5, 10), st.floats(), st.text(max_size=3),
+                     st.lists(st.floats(), max_size=3))
+
+
+@PROPERTY
+@given(st.integers(1, 6), st.integers(1, 5), ANYTHING, ANYTHING,
+       st.sampled_from(["clean", "nan", "inf", "huge", "zero", "short", "wide"]))
+def test_property_any_input_fits_or_raises_invalid_input(n, d, k, lam, damage):
+    z, z_do = _pairs(n=n, d=d)
+    if damage in ("nan", "inf", "huge"):
+        z[0, 0] = {"nan": np.nan, "inf": -np.inf, "huge": 1e300}[damage]
+    elif damage == "zero":
+        z[:] = 0.0
+    elif damage == "short":
+        z_do = z_do[:-1]
+    elif damage == "wide":
+        z_do = np.hstack([z_do, z_do])
+    bad_k = isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d
+    bad_lam = isinstance(lam, bool) or not isinstance(lam, (int, float)) or not np.isfinite(lam) or lam < 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            InvariantProjection(k, lam).fit(z, z_do)
+        except InvalidInput:
+            return
+    assert not (bad_k or bad_lam or damage != "clean" or n < 2), (k, lam, damage, n)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=12)
+
+
+@PROPERTY
+@given(JSON, st.sampled_from(["data", "sha256", "meta", "shape", "format", "meta_sha256", "whole"]))
+def test_property_a_manifest_of_any_shape_is_a_hit_or_a_miss(tmp_path_factory, value, field):
+    store, key, manifest = _entry(tmp_path_factory.mktemp("m"), {"failed": {}})
+    if field == "whole":
+        manifest.write_text(json.dumps(value))
+    else:
+        _rewrite(manifest, **{field: value})
+    entry = _returns_within(10, lambda: store.get_entry(key))
+    assert entry is None or (entry[0].shape == (4, 3) and isinstance(entry[1], dict))
+
+
+@PROPERTY
+@given(st.binary(max_size=64))
+def test_property_manifest_bytes_are_a_hit_or_a_miss(tmp_path_factory, raw):
+    store, key, manifest = _entry(tmp_path_factory.mktemp("m"))
+    manifest.write_bytes(raw)
+    assert store.get_entry(key) is None
+
+
+@PROPERTY
+@given(JSON)
+def test_property_stored_failures_of_any_shape_are_read_or_refused(meta):
+    from clip_icm.pipeline import _stored_failures
+
+    vectors = np.zeros((5, 3), np.float16)
+    vectors[0] = 1.0
+    failed = _stored_failures(vectors, meta if isinstance(meta, dict) else {"failed": meta})
+    assert failed is None or all(isinstance(r, int) and 1 <= r < 5 and isinstance(w, str) for r, w in failed.items())
+
+
+@PROPERTY
+@given(JSON)
+def test_property_a_hash_memo_of_any_shape_costs_time_never_correctness(tmp_path_factory, memo):
+    from clip_icm.pipeline import _hashes, file_hash
+
+    folder = tmp_path_factory.mktemp("h")
+    image = folder / "a.png"
+    Image.new("RGB", (4, 4)).save(image)
+    if isinstance(memo, dict) and memo:
+        memo = {str(image): next(iter(memo.values()))}  # a value of any shape under the real path
+    (folder / "memo.json").write_text(json.dumps(memo))
+    hashes = _hashes(np.array([str(image)]), None, folder / "memo.json")
+    assert hashes.tolist() == [file_hash(image)]  # no random memo matches the file's stamp
+
+
+@PROPERTY
+@given(st.text(max_size=30))
+def test_property_number_lists_on_the_command_line_parse_or_say_why(text):
+    import argparse
+
+    from clip_icm.cli import _float_list
+
+    try:
+        values = _float_list(text)
+    except argparse.ArgumentTypeError:
+        return
+    assert values and all(isinstance(v, float) for v in values)
+
+
+PNG_HEAD = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+
+
+@PROPERTY
+@given(st.sampled_from([b"", PNG_HEAD, b"\xff\xd8\xff\xe0", b"GIF89a", b"BM", b"II*\x00", b"RIFF\x00\x00\x00\x00WEBPVP8 "]),
+       st.binary(max_size=200))
+def test_property_any_file_bytes_decode_or_fail_as_a_decode_error(tmp_path_factory, head, tail):
+    """What the backend catches per image (its _DECODE_ERRORS) is all a broken file may raise:
+    anything else would stop a whole embedding run."""
+    from clip_icm.backend import _DECODE_ERRORS
+    from clip_icm.datasets import _check_image, load_image
+
+    path = tmp_path_factory.mktemp("img") / "x.png"
+    path.write_bytes(head + tail)
+    for verify in ("header", "full"):
+        reason = _returns_within(10, lambda: _check_image(path, verify))
+        assert reason is None or isinstance(reason, str)
+    try:
+        image = _returns_within(10, lambda: load_image(path))
+    except _DECODE_ERRORS:
+        return
+    assert image.mode == "RGB"
