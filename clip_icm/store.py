@@ -58,8 +58,8 @@ def atomic_write(path: Path, write: Callable[[object], None]) -> None:
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        # mkstemp makes the file 0600 whatever the umask; a shared cache must stay readable to its group
-        os.fchmod(fd, 0o666 & ~current_umask())
+        if hasattr(os, "fchmod"):  # POSIX: mkstemp's 0600 whatever the umask would lock a shared cache's group out
+            os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
