@@ -207,7 +207,8 @@ def test_a_full_cache_disk_is_one_line(messy, tiny, tmp_path, capsys, monkeypatc
     monkeypatch.setattr(store_mod, "atomic_write", full)
     code, _, err = _run(["embed", "--root", str(messy.root), "--model", tiny, "--cache", str(tmp_path / "c"),
                          *FAST], capsys)
-    _one_line_error(code, err, "No space left on device")
+    _one_line_error(code, err, f"the cache folder {str(tmp_path / 'c')!r} is full (No space left on device); free "
+                    "some space and run again to resume, or give another folder with --cache DIR")
 
 
 def test_out_onto_a_read_only_file_is_one_line_before_any_work(messy, tiny, tmp_path):
@@ -561,6 +562,18 @@ def test_the_folder_field_answers_odd_text_with_an_escaped_message(typed):
     assert len(errors) == 1 and errors[0].startswith("Folder not found\\:"), errors
     assert not re.search(r"(?<!\\)[\[\]]", errors[0]) and len(errors[0]) < 500  # a link's brackets are escaped
     assert not at.get("plotly_chart")
+
+
+def test_terminal_escapes_in_names_are_printed_as_data(tiny, tmp_path, capsys):
+    """A folder name with an escape sequence (a colour, a cleared screen, an OSC 8 hyperlink)
+    reaches the CLI's summary, warnings and skipped list as its escapes."""
+    hostile = "cat\x1b[2J\x1b]8;;mailto:x@evil.example\x07link\x1b]8;;\x07"
+    root = _folder(tmp_path / "data", {"art": (hostile, "dog"), "photo": (hostile, "dog"), "sketch": ("dog",)})
+    (root / "art" / hostile / "notes.txt").write_text("not an image")
+    code, out, err = _run(["embed", "--root", str(root), "--model", tiny, "--cache", str(tmp_path / "c"), *FAST], capsys)
+    assert code == 0 and "\x1b" not in out + err and "\x07" not in out + err
+    assert "cat\\x1b[2J\\x1b]8;;mailto:x@evil.example\\x07link" in out  # the skipped file's path
+    assert "has no images of class 'cat\\x1b[2J" in err  # the scan's warning about sketch
 
 
 def test_the_page_icon_is_inline_never_fetched():
