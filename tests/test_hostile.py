@@ -820,3 +820,39 @@ def test_property_any_file_bytes_decode_or_fail_as_a_decode_error(tmp_path_facto
     except _DECODE_ERRORS:
         return
     assert image.mode == "RGB"
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("a,b\n1,2\n", "it lacks the column(s) path, cls, style, colour, background, x, y, size, rotation, seed"),
+    ("", "(No columns to parse from file)"),
+    ('path,cls\n"unclosed', "(Error tokenizing data"),
+])
+def test_a_factors_csv_of_another_kind_is_one_line(content, reason, tiny, tmp_path, capsys):
+    """factors.csv makes a folder a ToyDomains world; someone else's file of that name (or a
+    damaged one) once gave pandas' KeyError traceback."""
+    root = _two_domains(tmp_path / "data")
+    (root / "factors.csv").write_text(content)
+    code, _, err = _run(["embed", "--root", str(root), "--model", tiny, "--cache", str(tmp_path / "c"), *FAST], capsys)
+    _one_line_error(code, err, f"{root / 'factors.csv'} is not a ToyDomains factors table", reason,
+                    "rename the file to use the folder as plain images")
+
+
+@PROPERTY
+@given(st.lists(st.text(st.characters(blacklist_categories=("Cs",)), max_size=12), max_size=6),
+       st.lists(st.lists(st.text(max_size=6) | st.floats().map(str), min_size=1, max_size=6), max_size=4))
+def test_property_a_factors_csv_of_any_shape_loads_or_says_why(tmp_path_factory, header, rows):
+    import csv
+
+    from clip_icm.toydomains import _NEEDED_COLUMNS, load_factors
+
+    root = tmp_path_factory.mktemp("f")
+    with open(root / "factors.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    try:
+        table = load_factors(root)
+    except InvalidInput as e:
+        assert "is not a ToyDomains factors table" in str(e)
+        return
+    assert set(_NEEDED_COLUMNS) <= set(table.columns)
