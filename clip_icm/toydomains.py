@@ -536,9 +536,11 @@ def draw_demo_data_elsewhere(root: str | os.PathLike | None = None) -> subproces
 
 
 def _has_demo(root: Path) -> bool:
-    recipe_file = root / "recipe.json"
-    return (recipe_file.is_file() and (root / "factors.csv").is_file()
-            and json.loads(recipe_file.read_text()) == DEMO_RECIPE.to_json())
+    try:
+        recipe = json.loads((root / "recipe.json").read_text())
+    except (OSError, ValueError):  # absent, or damaged (a full disk, an editor): the world is drawn again
+        return False
+    return (root / "factors.csv").is_file() and recipe == DEMO_RECIPE.to_json()
 
 
 __all__ = [

@@ -15,6 +15,7 @@ import sys
 import threading
 import unicodedata
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -856,3 +857,39 @@ def test_property_a_factors_csv_of_any_shape_loads_or_says_why(tmp_path_factory,
         assert "is not a ToyDomains factors table" in str(e)
         return
     assert set(_NEEDED_COLUMNS) <= set(table.columns)
+
+
+@pytest.mark.parametrize("content", ['{not json', '{"model_cfg": {"embed_dim": 4}}', '[1, 2]',
+                                     '{"model_cfg": {"vision_cfg": {"image_size": "big"}}}',
+                                     '{"preprocess_cfg": 3, "model_cfg": {"vision_cfg": {"image_size": 32}}}'])
+def test_a_local_model_folder_with_a_broken_config_is_one_line(content, tmp_path, capsys):
+    """A local-dir: folder whose open_clip_config.json is damaged or another tool's: once a
+    JSONDecodeError, AttributeError or KeyError traceback."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(content)
+    code, _, err = _run(["embed", "--model", f"local-dir:{folder}", "--pretrained", "none", "--quiet",
+                         "--cache", str(tmp_path / "c")], capsys)
+    _one_line_error(code, err, f"{folder / 'open_clip_config.json'} is not an open_clip model config (")
+
+
+def test_a_local_model_config_open_clip_cannot_build_is_one_line(tiny, tmp_path, capsys):
+    folder = Path(tiny[len("local-dir:"):])
+    broken = tmp_path / "model"
+    broken.mkdir()
+    config = json.loads((folder / "open_clip_config.json").read_text())
+    config["model_cfg"]["vision_cfg"]["layers"] = "twelve"
+    (broken / "open_clip_config.json").write_text(json.dumps(config))
+    code, _, err = _run(["embed", "--root", str(_two_domains(tmp_path / "data")), "--model", f"local-dir:{broken}",
+                         "--pretrained", "none", "--quiet", "--workers", "0", "--cache", str(tmp_path / "c")], capsys)
+    _one_line_error(code, err, f"open_clip cannot build a model from {broken / 'open_clip_config.json'} (")
+
+
+@pytest.mark.parametrize("recipe", ["{damaged", "", "[]"])
+def test_a_damaged_demo_recipe_draws_the_world_again(recipe, tmp_path):
+    from clip_icm.toydomains import _has_demo
+
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "recipe.json").write_text(recipe)
+    (tmp_path / "demo" / "factors.csv").write_text("path\n")
+    assert _has_demo(tmp_path / "demo") is False  # drawn again by ensure_demo_data, never a JSONDecodeError
