@@ -419,7 +419,7 @@ def model_key(cfg: ModelConfig, memo_dir: str | Path | None = None) -> str:
     memo_file = Path(memo_dir) / f"{_memo_name(cfg)}.json"
     try:
         memo = json.loads(memo_file.read_text())
-        if all(file_stamp(path) == stat for path, stat in memo["files"].items()):
+        if isinstance(memo["key"], str) and all(file_stamp(path) == stat for path, stat in memo["files"].items()):
             return memo["key"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # no memo yet, or a stale or broken one (even valid JSON of another shape): resolve again

@@ -591,7 +591,7 @@ def test_the_page_icon_is_inline_never_fetched():
 
 # ---------------------------------------------------------------- the API: named errors, and properties
 
-from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import HealthCheck, assume, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
@@ -893,3 +893,18 @@ def test_a_damaged_demo_recipe_draws_the_world_again(recipe, tmp_path):
     (tmp_path / "demo" / "recipe.json").write_text(recipe)
     (tmp_path / "demo" / "factors.csv").write_text("path\n")
     assert _has_demo(tmp_path / "demo") is False  # drawn again by ensure_demo_data, never a JSONDecodeError
+
+
+@PROPERTY
+@given(JSON)
+@example({"key": 5})
+@example({"key": ["a", "list"], "files": {}})
+def test_property_a_model_memo_of_any_shape_gives_the_true_model_key(tmp_path_factory, memo):
+    from clip_icm.backend import ModelConfig, _memo_name, model_key, resolve_model
+
+    cfg = ModelConfig("toy-clip", device="cpu")
+    memo_dir = tmp_path_factory.mktemp("models")
+    if isinstance(memo, dict):
+        memo.setdefault("files", {})  # the shape that once returned any "key" as the model's key
+    (memo_dir / f"{_memo_name(cfg)}.json").write_text(json.dumps(memo))
+    assert model_key(cfg, memo_dir) == resolve_model(cfg).key
