@@ -383,6 +383,21 @@ def test_wide_and_odd_modes_become_the_rgb_the_model_sees(mode, pixels, expected
     assert np.abs(np.asarray(rgb, int) - expected).max() <= 1
 
 
+def test_a_16_bit_rgb_png_is_scaled_not_clipped(tmp_path):
+    import struct
+    import zlib
+
+    from clip_icm.datasets import load_image
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + np.full((4, 3), 40000, ">u2").tobytes() for _ in range(4))  # Pillow writes no 16-bit RGB
+    (tmp_path / "rgb16.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 16, 2, 0, 0, 0))
+                                         + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    assert np.unique(np.asarray(load_image(tmp_path / "rgb16.png"))).tolist() == [156]  # 40000 / 257
+
+
 def test_a_palette_image_with_a_transparent_index_is_white_there(tmp_path):
     from clip_icm.datasets import load_image
 
