@@ -208,10 +208,11 @@ class DomainScan:
 Verify = Literal["none", "header", "full"]
 
 
-# Larger images are skipped before decoding: 64 Mpx (8192 x 8192, 200 MB as RGB) is beyond any
-# camera a data set comes from and far beyond CLIP's 224 px input, and below Pillow's own bomb
-# limit, so Pillow neither warns nor decodes 0.6 GB first. Longer than wide (or the reverse) by
-# more than MAX_ASPECT is a strip, not a photo: resized to CLIP's square it is noise.
+# Larger images are skipped from their header, before decoding: 64 Mpx (8192 x 8192, 200 MB as
+# RGB) is beyond any camera a data set comes from and far beyond CLIP's 224 px input. It is set
+# below Pillow's own bomb limit (89 Mpx), which Pillow would only warn about, decoding up to twice
+# it (0.6 GB) first; above that limit Pillow still warns once while opening. Longer than wide (or
+# the reverse) by more than MAX_ASPECT is a strip, not a photo: resized to CLIP's square it is noise.
 MAX_PIXELS = 1 << 26
 MAX_ASPECT = 50
 
@@ -523,8 +524,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     with _open(path) as im:
         im.seek(0)
         im.load()
+        sixteen_bit = im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG")  # older Pillows: "I"
         im = ImageOps.exif_transpose(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+    if sixteen_bit:
         im = Image.fromarray(np.clip(np.asarray(im, dtype=np.float64) / 257.0, 0, 255).astype(np.uint8))
     if im.mode in ("I", "F"):
         im = Image.fromarray(_wide_values_to_8_bits(np.asarray(im, dtype=np.float32)))
