@@ -128,6 +128,9 @@ class PairMoments:
     _KEEP = 8  # eigendecompositions kept per stack (D = 1024: 8 MB each)
 
     def __init__(self, zz: np.ndarray, dd: np.ndarray, n: int) -> None:
+        if not (np.isfinite(zz).all() and np.isfinite(dd).all()):
+            raise InvalidInput("Z and Z_do are so large that they overflow their second moments; rescale them "
+                               "(CLIP embeddings are near unit norm)")
         self.zz, self.dd, self.n = zz, dd, n
         self._spectra: dict[object, tuple[np.ndarray, np.ndarray]] = {}
         self._touched: np.ndarray | None | bool = False  # False: not computed yet
@@ -135,12 +138,8 @@ class PairMoments:
     @classmethod
     def of(cls, Z: object, Z_do: object) -> "PairMoments":
         Z, Z_do = _check_pairs(Z, Z_do)
-        with np.errstate(over="ignore", invalid="ignore"):  # reported below, in the caller's terms
-            zz, dd = _moment(Z), _moment(Z - Z_do)
-        if not (np.isfinite(zz).all() and np.isfinite(dd).all()):
-            raise InvalidInput(f"Z and Z_do values up to {max(np.abs(Z).max(), np.abs(Z_do).max()):.3g} overflow "
-                               "their second moments in float64; rescale them (CLIP embeddings are near unit norm)")
-        return cls(zz, dd, len(Z))
+        with np.errstate(over="ignore", invalid="ignore"):  # refused in __init__, in the caller's terms
+            return cls(_moment(Z), _moment(Z - Z_do), len(Z))
 
     @property
     def dim(self) -> int:
@@ -194,9 +193,10 @@ class ReleasedMoments(PairMoments):
 
     def __init__(self, Z: object, Z_do: object) -> None:
         Z, Z_do = _check_pairs(Z, Z_do)
-        self.z, self.z_do = Z.astype(np.float32), Z_do.astype(np.float32)
-        z, delta = self.z.astype(np.float64), (self.z - self.z_do).astype(np.float64)
-        super().__init__(_moment(z), _moment(delta), len(Z))
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused in PairMoments.__init__
+            self.z, self.z_do = Z.astype(np.float32), Z_do.astype(np.float32)
+            z, delta = self.z.astype(np.float64), (self.z - self.z_do).astype(np.float64)
+            super().__init__(_moment(z), _moment(delta), len(Z))
 
     def touched_basis(self) -> None:
         return None  # the released code solves the full D x D eigenproblem
@@ -432,7 +432,7 @@ class OrthCaliProjection(LinearProjection):
         the spurious prompts span what tells the classes apart, and P0 takes it away; a random
         subspace of the same size takes about n_removed_ / D."""
         check_is_fitted(self, "components_")
-        C = unit_rows(_as_matrix(class_text, "class_text"))
+        C = unit_rows(as_matrix(class_text, "class_text"))
         C = C - C.mean(axis=0)
         energy = float(np.sum(C * C))
         return float(np.sum((C @ self.spurious_projector_) ** 2) / energy) if energy > 0 else float("nan")

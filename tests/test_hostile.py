@@ -611,7 +611,8 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
 from clip_icm.errors import InvalidInput  # noqa: E402
-from clip_icm.projection import InvariantProjection, NullSpaceProjection, OrthCaliProjection, PCAProjection  # noqa: E402
+from clip_icm.projection import (InvariantProjection, NullSpaceProjection, OrthCaliProjection,  # noqa: E402
+                                 PCAProjection, ReleasedMoments)
 
 # No example database in the repository, no flaky deadline on a busy 2-core machine.
 PROPERTY = settings(database=None, deadline=None, max_examples=60,
@@ -628,6 +629,7 @@ def _pairs(seed=0, n=12, d=5):
     ("NaN in Z", lambda z, zd: InvariantProjection(2).fit(np.where(z > 1, np.nan, z), zd), "Z contains NaN or inf"),
     ("inf in Z_do", lambda z, zd: InvariantProjection(2).fit(z, np.where(zd > 1, np.inf, zd)), "Z_do contains NaN or inf"),
     ("finite 1e200", lambda z, zd: InvariantProjection(2).fit(z * 1e200, zd), "overflow their second moments"),
+    ("1e200, released", lambda z, zd: ReleasedMoments(z * 1e200, zd), "overflow their second moments"),
     ("lam 1e308", lambda z, zd: InvariantProjection(2, lam=1e308).fit(z, z + 10.0), "overflows float64"),
     ("K = 0", lambda z, zd: InvariantProjection(0).fit(z, zd), "n_components=0 must be an integer between 1 and D=5"),
     ("K > D", lambda z, zd: InvariantProjection(6).fit(z, zd), "n_components=6 must be an integer between 1 and D=5"),
