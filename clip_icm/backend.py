@@ -344,9 +344,8 @@ def resolve_model(cfg: ModelConfig) -> ResolvedModel:
     if arch.startswith(LOCAL_PREFIX):
         folder = Path(arch[len(LOCAL_PREFIX):])
         config_file = folder / "open_clip_config.json"
-        local = json.loads(config_file.read_text())
-        model_cfg = local.get("model_cfg", local)
-        preprocess = merge_preprocess_dict(preprocess, local.get("preprocess_cfg", {}))
+        model_cfg, local_preprocess = _local_config(config_file, display)
+        preprocess = merge_preprocess_dict(preprocess, local_preprocess)
         checkpoint = _dir_checkpoint(folder)
         if pretrained not in (None, "none"):
             checkpoint = _checkpoint_file(pretrained, display)
@@ -374,6 +373,27 @@ def resolve_model(cfg: ModelConfig) -> ResolvedModel:
                          quick_gelu, device, pick_precision(cfg.precision, device), display)
 
 
+def _local_config(config_file: Path, display: str) -> tuple[dict, dict]:
+    """(model config, preprocess config) of a local-dir folder's open_clip_config.json, checked as
+    far as this module reads it; a file that is not such a config (damaged, another tool's) is a
+    ModelUnavailableError naming it, not a KeyError or AttributeError from deep inside."""
+    try:
+        local = json.loads(config_file.read_text())
+        model_cfg = local.get("model_cfg", local)
+        size = model_cfg["vision_cfg"]["image_size"]
+        preprocess = local.get("preprocess_cfg", {})
+        if not (isinstance(size, int) or (isinstance(size, list) and len(size) == 2
+                                          and all(isinstance(v, int) for v in size))):
+            raise ValueError(f"vision_cfg.image_size is {size!r}, not a size in pixels")
+        if not isinstance(preprocess, dict):
+            raise ValueError(f"preprocess_cfg is a {type(preprocess).__name__}, not a mapping")
+    except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSONDecodeError is a ValueError
+        reason = f"no {err}" if isinstance(err, KeyError) else str(err)
+        raise ModelUnavailableError(f"model {display}: {config_file} is not an open_clip model config "
+                                    f"({reason})") from None
+    return model_cfg, preprocess
+
+
 def _known_tags(arch: str) -> str:
     import open_clip
 
@@ -399,7 +419,7 @@ def model_key(cfg: ModelConfig, memo_dir: str | Path | None = None) -> str:
     memo_file = Path(memo_dir) / f"{_memo_name(cfg)}.json"
     try:
         memo = json.loads(memo_file.read_text())
-        if all(file_stamp(path) == stat for path, stat in memo["files"].items()):
+        if isinstance(memo["key"], str) and all(file_stamp(path) == stat for path, stat in memo["files"].items()):
             return memo["key"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # no memo yet, or a stale or broken one (even valid JSON of another shape): resolve again
@@ -610,7 +630,7 @@ def load_model(cfg: ModelConfig) -> ClipBackend:
     import torch
 
     resolved = resolve_model(cfg)
-    with torch.random.fork_rng(devices=[]), _quiet_open_clip():
+    with torch.random.fork_rng(devices=[]), _quiet_open_clip(), _local_config_at_fault(resolved):
         torch.manual_seed(0)
         model, _, eval_transform = open_clip.create_model_and_transforms(
             resolved.arch, pretrained=None, load_weights=False, device="cpu",
@@ -624,6 +644,23 @@ def load_model(cfg: ModelConfig) -> ClipBackend:
     model = model.to(resolved.device).eval()
     tokenizer = open_clip.get_tokenizer(resolved.arch)
     return ClipBackend(model, eval_transform, tokenizer, resolved, cfg.batch_size, cfg.num_workers)
+
+
+@contextmanager
+def _local_config_at_fault(resolved: ResolvedModel):
+    """A local-dir model whose config open_clip cannot build from (a width of "x", a mean of two
+    numbers...) fails anywhere in open_clip or torch, with any exception type: as with a bad
+    checkpoint, the user's file is at fault, so it is one ModelUnavailableError naming it."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001  (see the docstring)
+        if not resolved.arch.startswith(LOCAL_PREFIX):
+            raise
+        reason = (str(err).strip().splitlines() or [""])[0][:200] or "no message"
+        raise ModelUnavailableError(
+            f"model {resolved.display}: open_clip cannot build a model from "
+            f"{Path(resolved.arch[len(LOCAL_PREFIX):]) / 'open_clip_config.json'} ({type(err).__name__}: {reason})"
+        ) from err
 
 
 def _load_weights(open_clip, model, resolved: ResolvedModel) -> None:

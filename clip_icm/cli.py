@@ -8,6 +8,8 @@ non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import os
 import re
@@ -22,6 +24,13 @@ from clip_icm.errors import InvalidInput, UserError, check_names
 
 if TYPE_CHECKING:  # pandas costs half a second to import: --help must not pay it
     import pandas as pd
+
+
+def _say(text: object, file=None) -> None:
+    """``print``, with control characters shown as escapes (``\\x1b``): a folder name carrying a
+    terminal escape sequence (colours, a cleared screen, a hyperlink) is printed as data."""
+    shown = "".join(c if c.isprintable() or c == "\n" else ascii(c)[1:-1] for c in str(text))
+    print(shown, file=sys.stdout if file is None else file)
 
 
 class UsageError(Exception):
@@ -279,13 +288,20 @@ class _Bars:
 def _embed(args: argparse.Namespace, configs: tuple, check_target: str | None = None):
     """Scan (checking the target domain before any embedding), then embed ``configs`` (the
     data, model and intervention configs of :func:`_configs`) through the store."""
+    from clip_icm.store import EmbeddingStore
+
+    store = EmbeddingStore(args.cache, max_size=args.cache_max_size)
+    _check_cache_writable(store.root)
+    with _full_cache_is_one_line(store.root):
+        return _scan_and_embed(args, configs, store, check_target)
+
+
+def _scan_and_embed(args: argparse.Namespace, configs: tuple, store, check_target: str | None):
     from clip_icm import background
     from clip_icm.backend import model_key
     from clip_icm.pipeline import DEMO_DRAW_WAIT_S, embed_dataset, start_drawing_missing_demo
-    from clip_icm.store import EmbeddingStore
 
     data, model, pairs = configs
-    store = EmbeddingStore(args.cache, max_size=args.cache_max_size)
     drawing = start_drawing_missing_demo(data)  # while the model resolves
     model_key(model, store.root / "models")  # an unknown model or missing weights fail here, before the scan
     background.wait(drawing, DEMO_DRAW_WAIT_S)  # should it fail, the scan draws the world here or says why not
@@ -299,6 +315,33 @@ def _embed(args: argparse.Namespace, configs: tuple, check_target: str | None = 
         bars.close()
 
 
+@contextlib.contextmanager
+def _full_cache_is_one_line(root):
+    """A full disk (or quota) as one line naming the cache: only writes fail so, and the cache
+    (its entries and memos) is all that embedding writes; every finished chunk is kept."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise InvalidInput(f"the cache folder {str(root)!r} is full ({err.strerror}); free some space "
+                           "and run again to resume, or give another folder with --cache DIR") from None
+
+
+def _check_cache_writable(root) -> None:
+    """A cache folder that cannot be created or written fails here, in one line, before the scan
+    and the model (a write probe: ``os.access`` says yes on a read-only mount)."""
+    import tempfile
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as err:
+        raise InvalidInput(f"the cache folder {str(root)!r} is not writable ({err.strerror}); give another with "
+                           "--cache DIR or $CLIP_ICM_CACHE") from None
+
+
 def _scan_quietly(data):
     """The folder scan, its warnings (a domain lacking a class, ...) as one line each."""
     from clip_icm.pipeline import scan_data
@@ -307,7 +350,7 @@ def _scan_quietly(data):
         warnings.simplefilter("always")
         scan = scan_data(data)
     for warning in caught:
-        print(f"warning: {warning.message}", file=sys.stderr)
+        _say(f"warning: {warning.message}", file=sys.stderr)
     return scan
 
 
@@ -318,7 +361,7 @@ def _warn_once_per_kind(caught: list) -> None:
         by_kind.setdefault(w.category.__name__, []).append(w.message)
     for messages in by_kind.values():
         times = f" ({len(messages)} times, e.g. this one)" if len(messages) > 1 else ""
-        print(f"warning: {messages[0]}{times}", file=sys.stderr)
+        _say(f"warning: {messages[0]}{times}", file=sys.stderr)
 
 
 def _skipped_text(skipped: list[tuple[str, str]], limit: int = 20) -> str:
@@ -370,8 +413,8 @@ def _add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run_embed(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     run = _embed(args, _configs(args))
-    print(_run_summary(run, time.perf_counter() - start))
-    print(_skipped_text(run.skipped))
+    _say(_run_summary(run, time.perf_counter() - start))
+    _say(_skipped_text(run.skipped))
     return 0
 
 
@@ -575,7 +618,10 @@ def _write_results(path: str, frame: pd.DataFrame, run, config, failed: dict[str
         data = json.dumps(payload, indent=1, default=str).encode()
     else:  # .csv: _check_evaluate_args checked the suffix before embedding
         data = frame.to_csv(index=False).encode()
-    atomic_write(Path(path), lambda fh: fh.write(data))
+    try:
+        atomic_write(Path(path), lambda fh: fh.write(data))
+    except OSError as err:  # its filename would be the temp file's: name the one the user gave
+        raise InvalidInput(f"--out {path!r} could not be written ({err.strerror or err})") from None
 
 
 def _check_pair_sets(args: argparse.Namespace, pairs) -> None:
@@ -623,6 +669,8 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
         raise InvalidInput(f"--out {args.out!r}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise InvalidInput(f"--out {args.out!r}: the folder {parent} is not writable")
+    if os.path.exists(args.out) and not os.access(args.out, os.W_OK):  # a rename would replace it regardless
+        raise InvalidInput(f"--out {args.out!r} is read-only; remove it or give another file name")
 
 
 def _evaluate_splits(args, run, config, targets: list[str], rule: str | None,
@@ -751,28 +799,28 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         frame, failed = _open_class_splits(args, run, config, targets), {}
     else:
         frame, failed, choices = _evaluate_splits(args, run, config, targets, rule, protocol)
-    print(_run_summary(run, time.perf_counter() - start))
+    _say(_run_summary(run, time.perf_counter() - start))
     chosen = (f"K, lam chosen per target by {SCORING_LABELS[rule]} ({protocol}), source data only, no target label"
               if rule else f"K={config.n_components}, lam={config.lam:g} fixed")
     pairs = ",".join(config.pair_sets) if config.pair_sets else "all built"
-    print(_evaluate_header(args, spec, config) + f"; {chosen}; lam {config.lam_mode}; fitted on pair sets: {pairs}; "
+    _say(_evaluate_header(args, spec, config) + f"; {chosen}; lam {config.lam_mode}; fitted on pair sets: {pairs}; "
           f"zero-shot prompts: {PROMPT_SETS[config.prompts]}\n")
     if args.task == "open_class":
-        print(_open_class_table(frame, spec).to_string(float_format=lambda v: f"{v:.3f}", na_rep="n/a"))
+        _say(_open_class_table(frame, spec).to_string(float_format=lambda v: f"{v:.3f}", na_rep="n/a"))
         print()
     elif len(frame):
         table = _accuracy_table(frame, targets)
         table.index.name = f"target [protocol: {spec.label}]"
-        print(_table_text(table))
+        _say(_table_text(table))
         print()
     for line in _orth_cali_notes(frame):
         print(line)
-    print(_choice_text(choices))
-    print(_skipped_text(run.skipped))
+    _say(_choice_text(choices))
+    _say(_skipped_text(run.skipped))
     if args.out:
-        print(f"Rows written to {args.out}")
+        _say(f"Rows written to {args.out}")
     for target, reason in failed.items():
-        print(f"error: target {target!r}: {reason}", file=sys.stderr)
+        _say(f"error: target {target!r}: {reason}", file=sys.stderr)
     if failed:
         print(f"error: {len(failed)} of {len(targets)} split(s) failed; the others' results are above", file=sys.stderr)
     return 1 if failed else 0
@@ -942,14 +990,18 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, not at exit: a pipe buffers the output, and a closed one fails on flush
         return code
     except UsageError as err:
-        print(err, file=sys.stderr)
+        _say(err, file=sys.stderr)
         return 2
     except SystemExit as exit_:  # --help ends here
         return exit_.code if isinstance(exit_.code, int) else 0
     except BrokenPipeError:
         return _stdout_closed()
+    except KeyboardInterrupt:  # every finished chunk is in the cache already: a rerun resumes there
+        print("\ninterrupted: what was embedded so far is kept in the cache; run the command again to resume",
+              file=sys.stderr)
+        return 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
     except (UserError, OSError) as err:  # anything else is a bug: its traceback is the report
-        print(f"error: {err}", file=sys.stderr)
+        _say(f"error: {err}", file=sys.stderr)
         return 1
 
 

@@ -9,6 +9,8 @@ class (one sorted union of class folders), and the gap is reported with a warnin
 from __future__ import annotations
 
 import os
+import stat
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,8 +119,17 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name in _SYSTEM_FOLDERS
 
 
-def _visible_subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
+def _visible_subdirs(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """The folders in ``folder`` a scan reads: not hidden, and not symbolic links (reported in
+    ``skipped`` when given), which could loop back to the root or repeat another domain's images."""
+    folders = sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
+    if skipped is not None:
+        skipped.extend((str(p), _LINKED_FOLDER) for p in folders if p.is_symlink())
+    return [p for p in folders if not p.is_symlink()]
+
+
+_LINKED_FOLDER = ("linked folder: not followed (a link can loop back or repeat another folder's images; "
+                  "put the folder itself here)")
 
 
 def is_domainbed_folder(root: str | os.PathLike) -> bool:
@@ -197,36 +208,85 @@ class DomainScan:
 Verify = Literal["none", "header", "full"]
 
 
+# Larger images are skipped from their header, before decoding: 64 Mpx (8192 x 8192, 200 MB as
+# RGB) is beyond any camera a data set comes from and far beyond CLIP's 224 px input. It is set
+# below Pillow's own bomb limit (89 Mpx), which Pillow would only warn about, decoding up to twice
+# it (0.6 GB) first; above that limit Pillow still warns once while opening. Longer than wide (or
+# the reverse) by more than MAX_ASPECT is a strip, not a photo: resized to CLIP's square it is noise.
+MAX_PIXELS = 1 << 26
+MAX_ASPECT = 50
+
+
+class RejectedImage(ValueError):
+    """An image that decodes, but not to anything the model should see (too large, a strip, a
+    32-bit image with no known scale to 8 bits); the message is the reason."""
+
+
+def _size_problem(size: tuple[int, int]) -> str | None:
+    width, height = size
+    if width * height > MAX_PIXELS:
+        return (f"too large: {width}x{height} pixels, over the limit of {MAX_PIXELS:,} "
+                "(a decompression bomb or a scan; resize it to use it)")
+    if min(width, height) < 1 or max(width, height) > MAX_ASPECT * min(width, height):
+        return f"absurd aspect ratio: {width}x{height} pixels (more than {MAX_ASPECT}:1)"
+    return None
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    """``Image.open`` with the size checked from the header, before any pixel is decoded."""
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as e:  # over twice Pillow's own limit: ours is lower, say it alike
+        raise RejectedImage(f"too large: {e}") from None
+    problem = _size_problem(im.size)
+    if problem:
+        im.close()
+        raise RejectedImage(problem)
+    return im
+
+
 def _check_image(path: Path, verify: Verify) -> str | None:
     """None if the file looks like a usable image, else the reason to skip it."""
     if verify == "none":
         return None
     try:
-        with Image.open(path) as im:
-            if verify == "full":
-                im.load()  # decodes everything: catches truncated JPEGs, costs milliseconds
-            else:
+        if verify == "full":
+            load_image(path)  # decodes everything as the model will: catches truncated JPEGs, costs milliseconds
+        else:
+            with _open(path) as im:
                 im.verify()  # header and structure only: cheap
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except RejectedImage as e:
+        return str(e)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         return f"unreadable image: {type(e).__name__}: {e}"
     return None
 
 
-def _triage(path: Path) -> str | None:
-    """Reasons that need no decoding: hidden, not an image by extension, empty."""
+def _triage(path: Path, base: Path) -> str | None:
+    """Reasons that need no decoding: hidden, not an image by extension, not a regular file (a
+    FIFO would block the reader forever, a device never ends), a link leaving the data folder, empty."""
     if _is_hidden(path.name):
         return "hidden file"
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return f"not an image file: {path.suffix or '(no extension)'}"
     try:
-        size = path.stat().st_size
-    except OSError as e:  # a dangling link, a file removed mid-scan, no permission
+        info = path.stat()
+    except OSError as e:  # a dangling or looping link, a file removed mid-scan, no permission
         return f"unreadable file: {type(e).__name__}: {e}"
-    return "empty file: 0 bytes" if size == 0 else None
+    if not stat.S_ISREG(info.st_mode):
+        return f"not a regular file: {_FILE_KINDS.get(stat.S_IFMT(info.st_mode), 'special file')}"
+    if path.is_symlink() and not path.resolve().is_relative_to(base.resolve()):
+        return f"link leaving the data folder: points to {path.resolve()}"
+    return "empty file: 0 bytes" if info.st_size == 0 else None
 
 
-def _class_files(class_dir: Path, skipped: list[tuple[str, str]]) -> list[Path]:
-    """Candidate image files under one class folder (recursively, like ImageFolder)."""
+_FILE_KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+               stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
+
+
+def _class_files(class_dir: Path, base: Path, skipped: list[tuple[str, str]]) -> list[Path]:
+    """Candidate image files under one class folder (recursively, like ImageFolder; a folder named
+    like an image is a folder here, never opened as an image)."""
     files = []
 
     def unreadable(err: OSError) -> None:  # os.walk drops a folder it cannot list unless told
@@ -236,10 +296,13 @@ def _class_files(class_dir: Path, skipped: list[tuple[str, str]]) -> list[Path]:
         for d in [d for d in dirnames if _is_hidden(d)]:
             skipped.append((str(Path(dirpath) / d), "hidden folder"))
             dirnames.remove(d)
+        for d in [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:  # os.walk drops them silently
+            skipped.append((str(Path(dirpath) / d), _LINKED_FOLDER))
+            dirnames.remove(d)
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            reason = _triage(path)
+            reason = _triage(path, base)
             if reason is None:
                 files.append(path)
             else:
@@ -316,10 +379,11 @@ def scan_domain_folder(
     skipped: list[tuple[str, str]] = []
     _stray_files(base, "at the dataset root", skipped, metadata_ok=True)
     per_domain: dict[str, dict[str, list[Path]]] = {}
-    for domain_dir in _visible_subdirs(base):
+    for domain_dir in _visible_subdirs(base, skipped):
         try:
             _stray_files(domain_dir, f"domain {domain_dir.name!r}", skipped)
-            per_domain[domain_dir.name] = {c.name: _class_files(c, skipped) for c in _visible_subdirs(domain_dir)}
+            per_domain[domain_dir.name] = {c.name: _class_files(c, base, skipped)
+                                           for c in _visible_subdirs(domain_dir, skipped)}
         except OSError as e:
             skipped.append((str(domain_dir), f"unreadable folder: {type(e).__name__}: {e}"))
     per_domain = {d: _verified(f, verify, skipped, max_per_domain, seed, d) for d, f in per_domain.items()}
@@ -365,6 +429,7 @@ def _assemble(base: Path, per_domain: dict, skipped: list, dataset: str | None) 
     classes = tuple(sorted(set().union(*per_domain.values())))
     if len(classes) < 2:
         raise InvalidInput(f"only one class ({classes[0]!r}) in {str(base)!r}; classification needs at least two")
+    notes += _name_collisions("class", classes) + _name_collisions("domain", tuple(per_domain))
     missing = tuple((d, c) for d, fc in per_domain.items() for c in classes if c not in fc)
     reasons = dict(skipped)
     for d, c in missing:
@@ -388,6 +453,38 @@ def _assemble(base: Path, per_domain: dict, skipped: list, dataset: str | None) 
         dataset=dataset,
         notes=tuple(notes),
     )
+
+
+def _name_collisions(kind: str, folders: tuple[str, ...]) -> list[str]:
+    """A note for each group of folders that read as one name (``Dog``/``dog``, ``dog_x``/``dog-x``,
+    ``café`` in NFC and NFD): their prompts are identical, so zero-shot cannot tell them apart, and
+    a case-insensitive file system would merge them."""
+    groups: dict[str, list[str]] = {}
+    for folder in folders:
+        groups.setdefault(unicodedata.normalize("NFKC", readable_name(folder)).casefold(), []).append(folder)
+    return [f"{kind} folders {_shown(same)} all read as {name!r} (identical prompts; one folder "
+            "on a case-insensitive disk); rename all but one" for name, same in groups.items() if len(same) > 1]
+
+
+def _shown(folders: list[str]) -> str:
+    """The folders quoted; as code points (``ascii``) when some differ only in Unicode form
+    (NFC and NFD ``café`` print alike)."""
+    alike = len({unicodedata.normalize("NFC", f) for f in folders}) < len(folders)
+    return ", ".join(map(ascii if alike else repr, folders))
+
+
+def _wide_values_to_8_bits(values: np.ndarray) -> np.ndarray:
+    """32-bit grey (Pillow's "I" and "F": scientific TIFFs) as 8 bits. The file does not say its
+    scale, so it is read from the range the values are in; converting as Pillow does would clip
+    0-1 floats to a black image, silently."""
+    if not np.isfinite(values).all():
+        raise RejectedImage("32-bit image with NaN or infinite values")
+    low, high = values.min(), values.max()
+    scale = next((top for top in (1.0, 255.0, 65535.0) if low >= 0 and high <= top), None)
+    if scale is None:
+        raise RejectedImage(f"32-bit image with values from {low:g} to {high:g}: no known scale to 8 bits "
+                            "(convert it to 0-1, 0-255 or 0-65535)")
+    return np.round(values * (255.0 / scale)).astype(np.uint8)
 
 
 def split_mask(labels: np.ndarray, domains: np.ndarray, val_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
@@ -416,15 +513,23 @@ def split_mask(labels: np.ndarray, domains: np.ndarray, val_fraction: float = 0.
 def load_image(path: str | os.PathLike) -> Image.Image:
     """One image as an upright 8-bit RGB PIL image, fully loaded and with the file closed.
 
-    EXIF orientation is applied; transparency is composited on white (a black background
-    would be a colour the photo never had); 16-bit grey is scaled, not clipped; CMYK,
-    palette and grey images are converted. Raises OSError-family errors on corrupt files.
+    EXIF orientation is applied; an animation gives its first frame; transparency is
+    composited on white (a black background would be a colour the photo never had); 16-bit
+    grey is scaled, not clipped; 32-bit integer or float grey is scaled from the range its
+    values are in (0-1, 0-255 or 0-65535); CMYK, palette and grey images are converted.
+    Raises :class:`RejectedImage` for images too large (checked before decoding), of an
+    absurd aspect ratio or of 32-bit values with no known scale, and OSError-family errors
+    on corrupt files.
     """
-    with Image.open(path) as im:
+    with _open(path) as im:
+        im.seek(0)
         im.load()
+        sixteen_bit = im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG")  # older Pillows: "I"
         im = ImageOps.exif_transpose(im)
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+    if sixteen_bit:
         im = Image.fromarray(np.clip(np.asarray(im, dtype=np.float64) / 257.0, 0, 255).astype(np.uint8))
+    if im.mode in ("I", "F"):
+        im = Image.fromarray(_wide_values_to_8_bits(np.asarray(im, dtype=np.float32)))
     if im.mode == "P":
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA"):

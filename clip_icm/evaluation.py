@@ -17,6 +17,7 @@ copy of the EmbeddingSet from which the target domain has been removed.
 """
 from __future__ import annotations
 
+import numbers
 import warnings
 import weakref
 from dataclasses import dataclass, replace
@@ -33,7 +34,7 @@ from clip_icm.errors import InvalidInput, check_names
 from clip_icm.interventions import DEFAULT_TEMPLATE, names_domain
 from clip_icm.methods import ALL_METHODS
 from clip_icm.projection import (LAM_MODES, LinearProjection, OrthCaliProjection, PairMoments, ReleasedMoments,
-                                 stack_pairs)
+                                 as_matrix, stack_pairs)
 from clip_icm.seeding import rng, seed_hash
 
 FULL_SPACE = methods.FULL_SPACE.name  # the method column's name for CLIP's full space
@@ -82,10 +83,15 @@ class EvalConfig:
         check_names("zero-shot prompt set", (self.prompts,), tuple(PROMPT_SETS))
         check_names("lam scale", (self.lam_mode,), LAM_MODES)
         check_names("Orth-Cali query", (self.orth_cali_queries,), ORTH_CALI_QUERIES)
-        if self.n_components < 1:
-            raise InvalidInput(f"n_components (K) must be at least 1, got {self.n_components}")
-        if not np.isfinite(self.lam) or not np.isfinite(self.orth_cali_lam):
-            raise InvalidInput(f"lam must be finite, got lam={self.lam}, orth_cali_lam={self.orth_cali_lam}")
+        k = self.n_components
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidInput(f"n_components (K) must be an integer of at least 1, got {k!r}")
+        if not all(_is_finite_number(v) for v in (self.lam, self.orth_cali_lam)):
+            raise InvalidInput(f"lam must be a finite number, got lam={self.lam!r}, orth_cali_lam={self.orth_cali_lam!r}")
+
+
+def _is_finite_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and bool(np.isfinite(value))
 
 
 def zero_shot_classifier(text_features: np.ndarray, projection: object = None, renormalise: bool = True) -> np.ndarray:
@@ -98,6 +104,8 @@ def zero_shot_classifier(text_features: np.ndarray, projection: object = None, r
     text = np.asarray(text_features, dtype=np.float64)
     if text.ndim != 3:
         raise InvalidInput(f"text_features must be (templates, classes, D), got shape {text.shape}")
+    if not np.isfinite(text).all():
+        raise InvalidInput("text_features contains NaN or inf values")
     T, C, D = text.shape
     flat = unit_rows(text.reshape(T * C, D))
     if projection is not None:
@@ -110,7 +118,7 @@ def zero_shot_predict(
     features: np.ndarray, text_features: np.ndarray, projection: object = None, renormalise: bool = True
 ) -> np.ndarray:
     """Class index per row: cosine between projected, L2-normalised images and class weights."""
-    X = np.asarray(features, dtype=np.float64)
+    X = _features_for(features, text_features)
     if projection is not None:
         X = projection.transform(X)
     return np.argmax(unit_rows(X) @ zero_shot_classifier(text_features, projection, renormalise).T, axis=1)
@@ -120,7 +128,17 @@ def zero_shot_predict_text_only(features: np.ndarray, text_features: np.ndarray,
     """Zero-shot for a text-only method (Orth-Cali): class text calibrated by ``projection`` and
     re-normalised, image features untouched."""
     weights = zero_shot_classifier(text_features, projection)
-    return np.argmax(unit_rows(np.asarray(features, dtype=np.float64)) @ weights.T, axis=1)
+    return np.argmax(unit_rows(_features_for(features, text_features)) @ weights.T, axis=1)
+
+
+def _features_for(features: object, text_features: object) -> np.ndarray:
+    """Image rows checked against the prompts: finite (an argmax over NaN says class 0, silently)
+    and of the prompts' dimension."""
+    X = as_matrix(features, "features")
+    dim = np.shape(text_features)[-1]
+    if X.shape[1] != dim:
+        raise InvalidInput(f"features have {X.shape[1]} dimensions, text_features {dim}")
+    return X
 
 
 def fit_linear_probe(
@@ -140,6 +158,12 @@ def fit_linear_probe(
     """
     if not Cs:
         raise InvalidInput("Cs must name at least one C")
+    train_X, val_X = as_matrix(train_X, "train_X"), as_matrix(val_X, "val_X")
+    for X, y, name in ((train_X, train_y, "train"), (val_X, val_y, "val")):
+        if len(X) != len(y):
+            raise InvalidInput(f"{name}_X has {len(X)} rows and {name}_y {len(y)} labels")
+    if len(val_X) and val_X.shape[1] != train_X.shape[1]:
+        raise InvalidInput(f"val_X has {val_X.shape[1]} dimensions, train_X {train_X.shape[1]}")
     if len(np.unique(train_y)) < 2:
         raise InvalidInput("the linear probe needs at least 2 classes in its training rows")
     scaler = StandardScaler().fit(train_X)

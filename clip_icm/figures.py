@@ -5,6 +5,8 @@ box/lasso selection can be mapped back to images whatever trace a point sits in.
 """
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -19,6 +21,13 @@ ROLE_SYMBOLS = {"source": "circle", "target": "x"}
 POINT_COLUMNS = ("id", "class", "domain", "role", "prediction", "correct")
 HONEST_TITLE = "source validation (honest)"
 PEEKING_TITLE = "target (peeking - for illustration only)"
+
+
+def as_text(value: object) -> str:
+    """``value`` as plotly text that shows as itself: plotly reads a pseudo-HTML in every label,
+    legend, tick and hover (``<b>``, ``<br>``, ``<a href=...>`` would restyle or link), so a
+    name from a folder or a user is escaped as HTML entities, which plotly shows literally."""
+    return html.escape(str(value), quote=False)
 
 
 def _check_columns(frame: pd.DataFrame, needed: tuple[str, ...], what: str) -> None:
@@ -44,11 +53,11 @@ def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class
         for role, symbol in ROLE_SYMBOLS.items():
             mask = ((points[colour_by] == group) & (points["role"] == role)).to_numpy()
             if mask.any():
-                trace = _scatter_trace(xy[mask], points[mask], f"{group} ({role})", PALETTE[g_index % len(PALETTE)],
+                trace = _scatter_trace(xy[mask], points[mask], f"{as_text(group)} ({role})", PALETTE[g_index % len(PALETTE)],
                                        symbol, webgl=len(xy) > WEBGL_ABOVE)
                 fig.add_trace(trace.update(legendgroup=str(group)))  # a legend click hides both roles
     fig.update_layout(
-        title=title,
+        title=as_text(title),
         xaxis=dict(showticklabels=False, title=None),
         yaxis=dict(showticklabels=False, title=None),
         legend=dict(font=dict(size=10)),
@@ -64,9 +73,9 @@ WEBGL_ABOVE = 5000  # points; SVG scatter slows down past a few thousand, WebGL 
 
 def _scatter_trace(xy: np.ndarray, pts: pd.DataFrame, name: str, colour: str, symbol: str,
                    webgl: bool = False) -> go.Scatter | go.Scattergl:
+    names = [[as_text(v) for v in pts[column]] for column in ("class", "domain", "prediction")]
     custom = np.stack(
-        [pts["id"].to_numpy(), pts["class"], pts["domain"], pts["prediction"],
-         np.where(pts["correct"].to_numpy(dtype=bool), "correct", "wrong")],
+        [pts["id"].to_numpy(), *names, np.where(pts["correct"].to_numpy(dtype=bool), "correct", "wrong")],
         axis=1,
     )
     return (go.Scattergl if webgl else go.Scatter)(
@@ -75,6 +84,11 @@ def _scatter_trace(xy: np.ndarray, pts: pd.DataFrame, name: str, colour: str, sy
         hovertemplate="class: %{customdata[1]}<br>domain: %{customdata[2]}<br>"
         "prediction: %{customdata[3]} (%{customdata[4]})<extra>#%{customdata[0]}</extra>",
     )
+
+
+def _template_text(value: object) -> str:
+    """:func:`as_text` for a hovertemplate's literal part, where ``%{`` would start a field."""
+    return as_text(value).replace("%{", "%&#123;")
 
 
 def selected_ids(selection: object) -> list[int]:
@@ -102,21 +116,21 @@ def accuracy_bars(table: pd.DataFrame, target: str, title: str = "Accuracy per d
     """Grouped bars: x = domain (target marked); one colour per method, zero-shot hatched."""
     _check_columns(table, ("domain", "method", "protocol", "label", "accuracy"), "accuracy_bars")
     domains = list(dict.fromkeys(table["domain"].tolist()))
-    ticks = {d: (f"<b>{d} (target)</b>" if d == target else d) for d in domains}
+    ticks = {d: (f"<b>{as_text(d)} (target)</b>" if d == target else as_text(d)) for d in domains}
     fig = go.Figure()
     for i, ((method, protocol, label), rows) in enumerate(table.groupby(["method", "protocol", "label"], sort=False)):
         rows = rows.set_index("domain").reindex(domains)
         fig.add_trace(go.Bar(
-            x=[ticks[d] for d in domains], y=rows["accuracy"], name=str(label),
+            x=[ticks[d] for d in domains], y=rows["accuracy"], name=as_text(label),
             marker=dict(color=_colour(method, i),
                         pattern=dict(shape="/" if protocol == "zero-shot" else "", fillmode="overlay",
                                      fgcolor="white", fgopacity=0.6)),
-            hovertemplate=f"{label}<br>%{{x}}: %{{y:.1%}}<extra></extra>",
+            hovertemplate=f"{_template_text(label)}<br>%{{x}}: %{{y:.1%}}<extra></extra>",
         ))
     if target in ticks:
         fig.add_vrect(x0=domains.index(target) - 0.5, x1=domains.index(target) + 0.5,
                       fillcolor="gold", opacity=0.15, line_width=0, layer="below")
-    fig.update_layout(barmode="group", title=title, yaxis=dict(title="accuracy", range=[0, 1], tickformat=".0%"),
+    fig.update_layout(barmode="group", title=as_text(title), yaxis=dict(title="accuracy", range=[0, 1], tickformat=".0%"),
                       legend=dict(orientation="h", y=-0.2), margin=dict(l=10, r=10, t=40, b=10), height=420)
     return fig
 
@@ -191,8 +205,8 @@ def confusion_heatmaps(matrices: dict[str, np.ndarray], class_names: list[str], 
     share of that class, so a learner sees which class the shortcut turns into which."""
     if not matrices:
         raise InvalidInput("confusion_heatmaps needs at least one matrix")
-    names = list(matrices)
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[titles.get(n, n) for n in names],
+    names, shown = list(matrices), [as_text(c) for c in class_names]
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[as_text(titles.get(n, n)) for n in names],
                         horizontal_spacing=0.14)
     for col, name in enumerate(names, 1):
         counts = np.asarray(matrices[name], dtype=float)
@@ -200,7 +214,7 @@ def confusion_heatmaps(matrices: dict[str, np.ndarray], class_names: list[str], 
             raise InvalidInput(f"{name}: a {counts.shape} matrix for {len(class_names)} classes")
         shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         fig.add_trace(go.Heatmap(
-            z=shares, x=class_names, y=class_names, zmin=0, zmax=1, colorscale="Blues", showscale=col == len(names),
+            z=shares, x=shown, y=shown, zmin=0, zmax=1, colorscale="Blues", showscale=col == len(names),
             text=counts.astype(int), texttemplate="%{text}", colorbar=dict(tickformat=".0%"),
             hovertemplate="true %{y} → predicted %{x}: %{text} (%{z:.0%} of the class)<extra></extra>",
         ), row=1, col=col)
@@ -217,7 +231,7 @@ def playground_accuracy(frame: pd.DataFrame, x: str = "shift", y: str = "accurac
     fig = go.Figure()
     for i, (name, rows) in enumerate(frame.groupby(colour, sort=False)):
         rows = rows.sort_values(x)
-        fig.add_trace(go.Scatter(x=rows[x], y=rows[y], mode="lines+markers", name=str(name),
+        fig.add_trace(go.Scatter(x=rows[x], y=rows[y], mode="lines+markers", name=as_text(name),
                                  line=dict(color=PALETTE[i % len(PALETTE)])))
     fig.update_layout(title=title, xaxis_title=x.replace("_", " "), yaxis=dict(title=y.replace("_", " "), range=[0, 1.02]),
                       margin=dict(l=10, r=10, t=40, b=10), height=380, legend=dict(orientation="h", y=-0.25))
@@ -229,9 +243,9 @@ def playground_recovery(table: pd.DataFrame) -> go.Figure:
     _check_columns(table, ("method", "r2_inv", "r2_var"), "playground_recovery")
     per = table.drop_duplicates("method")
     fig = go.Figure([
-        go.Bar(x=per["method"], y=per["r2_inv"].clip(lower=0), name="R² of invariant factors (want 1)",
+        go.Bar(x=per["method"].map(as_text), y=per["r2_inv"].clip(lower=0), name="R² of invariant factors (want 1)",
                marker_color="#2ca02c"),
-        go.Bar(x=per["method"], y=per["r2_var"].clip(lower=0), name="R² of variant factors (want 0)",
+        go.Bar(x=per["method"].map(as_text), y=per["r2_var"].clip(lower=0), name="R² of variant factors (want 0)",
                marker_color="#d62728"),
     ])
     fig.update_layout(barmode="group", title="What each space still knows", yaxis=dict(range=[0, 1.05]),

@@ -207,8 +207,9 @@ class _Embedder:
         results: dict[int, _Chunk] = {}
         for j, key in enumerate(job.keys):
             entry = self.store.get_entry(key)
-            if entry is not None:
-                results[j] = _Chunk(entry[0], {int(k): v for k, v in entry[1].get("failed", {}).items()})
+            failed = None if entry is None else _stored_failures(*entry)
+            if failed is not None:
+                results[j] = _Chunk(entry[0], failed)
         self.reused += len(results)
         done = sum(len(chunks[j]) for j in results)
         self._report(stage, done, len(items))
@@ -262,6 +263,23 @@ class _Embedder:
         self.computed += 1
         self._report(stage, len(texts), len(texts))
         return np.asarray(array.astype(np.float16), np.float32)  # same values as a later cache hit
+
+
+def _stored_failures(vectors: np.ndarray, meta: dict) -> dict[int, str] | None:
+    """The decode errors an image entry's metadata records, {row: reason}; None (so the chunk is
+    embedded again) when they cannot be what :meth:`_Embedder._compute` wrote: not a mapping of
+    rows of this chunk to texts, or naming a row that is not the zeros a failed image leaves."""
+    failed = meta.get("failed", {})
+    if not isinstance(failed, dict):
+        return None
+    rows = {}
+    for row, reason in failed.items():
+        if not (isinstance(row, str) and row.isdecimal() and isinstance(reason, str)):
+            return None
+        rows[int(row)] = reason
+    if any(row >= len(vectors) or vectors[row].any() for row in rows):
+        return None
+    return rows
 
 
 class _Chunk(NamedTuple):

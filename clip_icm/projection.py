@@ -20,7 +20,9 @@ The methods (their specs: :data:`clip_icm.methods.METHODS`):
 """
 from __future__ import annotations
 
+import numbers
 import warnings
+
 import numpy as np
 import scipy.linalg
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -42,8 +44,12 @@ class NegativeLamWarning(UserWarning):
     """A negative lam rewards directions that move under intervention (only the released slice accepts it)."""
 
 
-def _as_matrix(X: object, name: str) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
+def as_matrix(X: object, name: str) -> np.ndarray:
+    """``X`` as a 2-D float64 array of finite numbers, or an :class:`InvalidInput` naming ``name``."""
+    try:
+        X = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError) as e:  # strings, None, ragged rows
+        raise InvalidInput(f"{name} must be a 2-D array of numbers ({e})") from None
     if X.ndim != 2:
         raise InvalidInput(f"{name} must be a 2-D array (rows, dims), got shape {X.shape}")
     if not np.isfinite(X).all():
@@ -53,12 +59,14 @@ def _as_matrix(X: object, name: str) -> np.ndarray:
 
 def _check_pairs(Z: object, Z_do: object) -> tuple[np.ndarray, np.ndarray]:
     """Validate a pair stack; every problem is a ValueError that names it."""
-    Z, Z_do = _as_matrix(Z, "Z"), _as_matrix(Z_do, "Z_do")
+    Z, Z_do = as_matrix(Z, "Z"), as_matrix(Z_do, "Z_do")
     if Z.shape != Z_do.shape:
         raise InvalidInput(f"Z {Z.shape} and Z_do {Z_do.shape} must have the same shape (row i pairs with row i)")
     n, dim = Z.shape
     if n < 2:
         raise InvalidInput(f"need at least 2 pairs to fit a projection, got {n}")
+    if not Z.any():
+        raise InvalidInput("Z is all zeros: no direction carries any energy, so there is no subspace to keep")
     if n < dim:
         warnings.warn(
             f"only {n} pairs for {dim} dimensions: the estimate is rank-deficient", RankDeficientWarning, stacklevel=4
@@ -69,7 +77,7 @@ def _check_pairs(Z: object, Z_do: object) -> tuple[np.ndarray, np.ndarray]:
 def _check_lam(lam: float, selection: str = "top") -> float:
     """lam >= 0, except for the released slice: the released code accepts any float, so the
     hypothesis "the authors ran a negative lam" can be tried there (with a warning)."""
-    if not np.isfinite(lam):
+    if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not np.isfinite(lam):
         raise InvalidInput(f"lam must be a finite number, got {lam!r}")
     if lam < 0 and selection != "as_released":
         raise InvalidInput(f"lam must be >= 0 with selection={selection!r}, got {lam!r}; a negative lam is "
@@ -120,6 +128,9 @@ class PairMoments:
     _KEEP = 8  # eigendecompositions kept per stack (D = 1024: 8 MB each)
 
     def __init__(self, zz: np.ndarray, dd: np.ndarray, n: int) -> None:
+        if not (np.isfinite(zz).all() and np.isfinite(dd).all()):
+            raise InvalidInput("Z and Z_do are so large that they overflow their second moments; rescale them "
+                               "(CLIP embeddings are near unit norm)")
         self.zz, self.dd, self.n = zz, dd, n
         self._spectra: dict[object, tuple[np.ndarray, np.ndarray]] = {}
         self._touched: np.ndarray | None | bool = False  # False: not computed yet
@@ -127,7 +138,8 @@ class PairMoments:
     @classmethod
     def of(cls, Z: object, Z_do: object) -> "PairMoments":
         Z, Z_do = _check_pairs(Z, Z_do)
-        return cls(_moment(Z), _moment(Z - Z_do), len(Z))
+        with np.errstate(over="ignore", invalid="ignore"):  # refused in __init__, in the caller's terms
+            return cls(_moment(Z), _moment(Z - Z_do), len(Z))
 
     @property
     def dim(self) -> int:
@@ -156,13 +168,20 @@ class PairMoments:
                 self._touched = vectors[:, values > values[-1] * floor]
         return self._touched
 
+    def matrix(self, lam: float | None) -> np.ndarray:
+        """``M = zz - lam * dd`` (``dd`` for ``lam=None``), refused where a huge lam overflows it."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            matrix = self.dd if lam is None else self.zz - lam * self.dd
+        if not np.isfinite(matrix).all():
+            raise InvalidInput(f"lam={lam:g} times the pairs' Delta'Delta/n overflows float64; use a smaller lam")
+        return matrix
+
     def eigh(self, lam: float | None) -> tuple[np.ndarray, np.ndarray]:
         """Eigenvalues (ascending) and eigenvectors of ``zz - lam * dd``; ``lam=None``: of ``dd``."""
         if lam not in self._spectra:
             if len(self._spectra) >= self._KEEP:
                 self._spectra.pop(next(iter(self._spectra)))
-            matrix = self.dd if lam is None else self.zz - lam * self.dd
-            self._spectra[lam] = scipy.linalg.eigh(matrix)
+            self._spectra[lam] = scipy.linalg.eigh(self.matrix(lam))
         return self._spectra[lam]
 
 
@@ -174,9 +193,10 @@ class ReleasedMoments(PairMoments):
 
     def __init__(self, Z: object, Z_do: object) -> None:
         Z, Z_do = _check_pairs(Z, Z_do)
-        self.z, self.z_do = Z.astype(np.float32), Z_do.astype(np.float32)
-        z, delta = self.z.astype(np.float64), (self.z - self.z_do).astype(np.float64)
-        super().__init__(_moment(z), _moment(delta), len(Z))
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused in PairMoments.__init__
+            self.z, self.z_do = Z.astype(np.float32), Z_do.astype(np.float32)
+            z, delta = self.z.astype(np.float64), (self.z - self.z_do).astype(np.float64)
+            super().__init__(_moment(z), _moment(delta), len(Z))
 
     def touched_basis(self) -> None:
         return None  # the released code solves the full D x D eigenproblem
@@ -213,7 +233,7 @@ class LinearProjection(TransformerMixin, BaseEstimator):
 
     def _check_input(self, X: object, name: str = "X") -> np.ndarray:
         check_is_fitted(self, "components_")
-        X = _as_matrix(X, name)
+        X = as_matrix(X, name)
         if X.shape[1] != self.n_features_in_:
             raise InvalidInput(f"{name} has {X.shape[1]} features, the projection was fitted on {self.n_features_in_}")
         return X
@@ -224,7 +244,7 @@ class LinearProjection(TransformerMixin, BaseEstimator):
     def inverse_transform(self, Y: object) -> np.ndarray:
         """Map projected rows back to D dims (least-squares preimage for a non-orthogonal map)."""
         check_is_fitted(self, "components_")
-        Y = _as_matrix(Y, "Y")
+        Y = as_matrix(Y, "Y")
         if Y.shape[1] != self.components_.shape[0]:
             raise InvalidInput(f"Y has {Y.shape[1]} columns, the projection has {self.components_.shape[0]} outputs")
         if self._orthonormal:
@@ -302,7 +322,7 @@ class InvariantProjection(LinearProjection):
                               f"touch (rank of [Z; Delta]): keeping those {basis.shape[1]}", RankDeficientWarning,
                               stacklevel=4)
                 k = basis.shape[1]
-            values, inner = scipy.linalg.eigh(basis.T @ (moments.zz - lam * moments.dd) @ basis)
+            values, inner = scipy.linalg.eigh(basis.T @ moments.matrix(lam) @ basis)
             vectors = basis @ inner
         chosen = vectors[:, -k:][:, ::-1] if self.selection == "top" else vectors[:, :k]
         self.components_ = _flip_signs(chosen.T)
@@ -385,11 +405,11 @@ class OrthCaliProjection(LinearProjection):
 
     def fit(self, Z: object, Z_do: object, spurious: object = None) -> "OrthCaliProjection":
         lam = _check_lam(self.lam)
-        Z, Z_do = _as_matrix(Z, "Z"), _as_matrix(Z_do, "Z_do")
+        Z, Z_do = as_matrix(Z, "Z"), as_matrix(Z_do, "Z_do")
         if Z.shape != Z_do.shape:
             raise InvalidInput(f"Z {Z.shape} and Z_do {Z_do.shape} must have the same shape (row i pairs with row i)")
         dim = Z.shape[1]
-        V = np.zeros((0, dim)) if spurious is None else _as_matrix(spurious, "spurious")
+        V = np.zeros((0, dim)) if spurious is None else as_matrix(spurious, "spurious")
         if V.shape[1] != dim:
             raise InvalidInput(f"spurious prompts have {V.shape[1]} dims, the pairs {dim}")
         if len(Z) == 0 and len(V) == 0:
@@ -412,7 +432,7 @@ class OrthCaliProjection(LinearProjection):
         the spurious prompts span what tells the classes apart, and P0 takes it away; a random
         subspace of the same size takes about n_removed_ / D."""
         check_is_fitted(self, "components_")
-        C = unit_rows(_as_matrix(class_text, "class_text"))
+        C = unit_rows(as_matrix(class_text, "class_text"))
         C = C - C.mean(axis=0)
         energy = float(np.sum(C * C))
         return float(np.sum((C @ self.spurious_projector_) ** 2) / energy) if energy > 0 else float("nan")

@@ -10,8 +10,13 @@ its checksum, so
   at most);
 - two writers of the same entry never mix bytes: each publishes a complete data file
   and the last manifest wins, pointing at a complete file;
-- a truncated or altered data file fails the checksum and the entry counts as missing,
-  so it is recomputed.
+- a truncated or altered data file, or altered metadata, fails its checksum and the entry
+  counts as missing, so it is recomputed;
+- the manifest names its data file, but a reader follows only the one name ``put`` writes
+  beside it, and only to a regular file (never ``../``, an absolute path, a FIFO or a device).
+
+Checksums catch corruption, not a writer with access to the folder: such a writer can forge
+a consistent entry (see docs/SECURITY.md).
 
 Keys are hashes (:func:`make_key`) of everything that changes the vectors; the callers
 (:mod:`clip_icm.pipeline`) decide what goes in, and say in ``meta`` what an entry is (``kind``,
@@ -41,6 +46,7 @@ import io
 import json
 import logging
 import os
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -54,7 +60,7 @@ from clip_icm.errors import InvalidInput
 from clip_icm.hashing import digest, file_digest, json_digest
 from clip_icm.resources import cache_dir
 
-FORMAT = 1
+FORMAT = 2  # 2: the manifest's meta has a checksum too (meta_sha256)
 SIZE_RECHECK_S = 60  # how long a store trusts its running total before walking the folder again
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,8 @@ def atomic_write(path: Path, write: Callable[[object], None]) -> None:
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # POSIX: mkstemp's 0600 whatever the umask would lock a shared cache's group out
+            os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -85,6 +93,21 @@ def atomic_write(path: Path, write: Callable[[object], None]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read from /proc where Linux has it: setting and restoring it (the only
+    portable way) would give a file another thread creates meanwhile the wrong mode."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @dataclass
@@ -127,9 +150,11 @@ class EmbeddingStore:
                     return None
                 touch(manifest_path)
                 manifest = json.loads(held.raw)
-                data_path = manifest_path.parent / manifest["data"]
+                data_path = _data_path(manifest_path, key, manifest)
                 if manifest["format"] != FORMAT or file_digest(data_path) != manifest["sha256"]:
                     raise ValueError("checksum mismatch")
+                if manifest["meta_sha256"] != json_digest(manifest["meta"]) or not isinstance(manifest["meta"], dict):
+                    raise ValueError("metadata checksum mismatch")
                 array = np.load(data_path, mmap_mode="r")
                 if list(array.shape) != manifest["shape"] or array.dtype != np.float16:
                     raise ValueError("shape or dtype mismatch")
@@ -137,7 +162,7 @@ class EmbeddingStore:
             self.stats.corrupt += 1
             return None
         self.stats.hits += 1
-        return array, manifest.get("meta", {})
+        return array, manifest["meta"]
 
     def put(self, key: str, array: np.ndarray, meta: dict | None = None) -> None:
         """Store ``array`` as float16 under ``key`` (atomically; safe against concurrent writers
@@ -151,8 +176,9 @@ class EmbeddingStore:
         payload = _npy_bytes(data)
         sha = digest(payload)
         data_file = f"{key}.{sha[:16]}.npy"
+        meta = json.loads(json.dumps(meta or {}))  # as a reader will see it (int keys become str), for its checksum
         manifest = {"format": FORMAT, "key": key, "data": data_file, "sha256": sha,
-                    "shape": list(data.shape), "dtype": "float16", "meta": meta or {}}
+                    "shape": list(data.shape), "dtype": "float16", "meta": meta, "meta_sha256": json_digest(meta)}
         manifest_bytes = json.dumps(manifest, indent=1).encode()
         self._make_room(key, len(payload) + len(manifest_bytes))
         with writing(folder):
@@ -198,6 +224,18 @@ class EmbeddingStore:
         array = compute()
         self.put(key, array, meta)
         return np.asarray(array, dtype=np.float16)
+
+
+def _data_path(manifest_path: Path, key: str, manifest: dict) -> Path:
+    """The data file a manifest names, trusted only as the one name :meth:`EmbeddingStore.put`
+    writes beside it (so never ``../x`` or an absolute path) and only as a regular file (a FIFO
+    or ``/dev/zero`` linked there would hang the checksum); anything else is a corrupt entry."""
+    if manifest["data"] != f"{key}.{str(manifest['sha256'])[:16]}.npy":
+        raise ValueError("data file name is not the one the store writes")
+    path = manifest_path.parent / manifest["data"]
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise ValueError("data file is not a regular file")
+    return path
 
 
 def _npy_bytes(data: np.ndarray) -> bytes:

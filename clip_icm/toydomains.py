@@ -479,10 +479,26 @@ def generate_toydomains(
 
 
 def load_factors(root: str | os.PathLike) -> "pandas.DataFrame":  # noqa: F821 (lazy import)
-    """``root/factors.csv`` as a DataFrame indexed by the image path relative to ``root``."""
+    """``root/factors.csv`` as a DataFrame indexed by the image path relative to ``root``; a file
+    of that name that is not the generator's table (another tool's, damaged) is an InvalidInput."""
     import pandas as pd
 
-    return pd.read_csv(Path(root) / "factors.csv").set_index("path", drop=False)
+    path = Path(root) / "factors.csv"
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as e:  # pandas' ParserError and EmptyDataError are ValueErrors
+        raise InvalidInput(f"{path} is not a ToyDomains factors table ({e}); {_NOT_FACTORS}") from None
+    missing = [c for c in _NEEDED_COLUMNS if c not in table.columns]
+    if missing:
+        raise InvalidInput(f"{path} is not a ToyDomains factors table: it lacks the column(s) {', '.join(missing)}; "
+                           f"{_NOT_FACTORS}")
+    return table.set_index("path", drop=False)
+
+
+# What Factors.from_row and the pipeline read of a row; the other columns are optional.
+_NEEDED_COLUMNS = ("path", "cls", "style", "colour", "background", "x", "y", "size", "rotation", "seed")
+_NOT_FACTORS = ("a folder holding a factors.csv is read as a ToyDomains world (true swaps, usual-look prompts); "
+                "rename the file to use the folder as plain images")
 
 
 # The bundled demo: what `python -m clip_icm evaluate` and the dashboard use by default.
@@ -520,9 +536,11 @@ def draw_demo_data_elsewhere(root: str | os.PathLike | None = None) -> subproces
 
 
 def _has_demo(root: Path) -> bool:
-    recipe_file = root / "recipe.json"
-    return (recipe_file.is_file() and (root / "factors.csv").is_file()
-            and json.loads(recipe_file.read_text()) == DEMO_RECIPE.to_json())
+    try:
+        recipe = json.loads((root / "recipe.json").read_text())
+    except (OSError, ValueError):  # absent, or damaged (a full disk, an editor): the world is drawn again
+        return False
+    return (root / "factors.csv").is_file() and recipe == DEMO_RECIPE.to_json()
 
 
 __all__ = [

@@ -32,7 +32,9 @@ def keep_settings() -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="CLIP-ICM Explorer", page_icon=":material/hub:", layout="wide")
+    # An emoji favicon is an inline image; a :material/...: one is fetched from fonts.gstatic.com,
+    # and then also the pages' icons (the sidebar's come from the font Streamlit bundles).
+    st.set_page_config(page_title="CLIP-ICM Explorer", page_icon="🔬", layout="wide")
     keep_settings()
     navigation = st.navigation([
         st.Page(pages.explorer_page, title="Explorer", icon=":material/scatter_plot:", default=True),

@@ -17,6 +17,7 @@ from clip_icm import defaults, evaluation, methods, service
 from clip_icm.embeddings import EmbeddingSet
 from clip_icm.errors import InvalidInput
 from dashboard import cached
+from dashboard.texts import plain
 
 LAMS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 100000.0)
 
@@ -65,12 +66,12 @@ def _folder_ui() -> dict | None:
     try:
         found = service.detect_folder(root, service.data_roots(exposed=_served_beyond_this_machine()))
     except service.ServiceError as e:
-        st.error(str(e))
+        st.error(plain(str(e)))  # it quotes the typed text: shown as typed, never as Markdown
         return None
     options = list(found["datasets"]) + (["(this folder)"] if found["is_dataset"] else [])
     if not options:
         st.error("No PACS/VLCS/OfficeHome/TerraIncognita/DomainNet folder found there, and the folder itself "
-                 f"cannot be used: {found['problem']}")
+                 f"cannot be used: {plain(found['problem'])}")
         return None
     dataset = st.selectbox("Data set", options, key=_valid("ctl_dataset", options, options[0]))
     return {"root": found["path"], "dataset": None if dataset == "(this folder)" else dataset}

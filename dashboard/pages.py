@@ -80,12 +80,12 @@ def load_embeddings(request: service.EmbeddingRequest) -> EmbeddingSet | None:
             with box.status("Preparing embeddings…", expanded=True):
                 emb = _build(request, notes)
         except service.ServiceError as e:
-            box.error(str(e))  # in place of the status box: the reason, in full, at the top of the page
+            box.error(texts.plain(str(e)))  # in place of the status box: the reason, in full, at the top of the page
             return None
         box.empty()
         slot.update(emb=emb, notes=notes)
     for note in slot["notes"]:
-        st.warning(note)
+        st.warning(texts.plain(note))  # notes quote folder names
     return slot["emb"]
 
 
@@ -300,7 +300,7 @@ def _summary(ctx: Context) -> None:
     pairs = ", ".join(f"{n} {k}" for k, n in info["pairs"].items()) or "none"
     st.caption(f"{info['images']} images · D = {info['dim']} · {info['classes']} classes · "
                f"{info['domains']} domains · pairs: {pairs} · model: {ctx.request.model_label} · "
-               f"target: **{ctx.choice.target}**")
+               f"target: **{texts.plain(ctx.choice.target)}**")
 
 
 def _accuracy_section(ctx: Context, K: int, lam: float):
@@ -371,7 +371,7 @@ def _headline(table, choice: controls.ProjectionChoice) -> None:
     for col, protocol in zip(st.columns(2), ("linear probe", "zero-shot")):
         clip = target.get((evaluation.FULL_SPACE, protocol), np.nan)
         ours = target.get((choice.method, protocol), np.nan)
-        col.metric(f"{label} {protocol} on {choice.target}", f"{ours:.1%}", f"{ours - clip:+.1%} vs CLIP")
+        col.metric(f"{label} {protocol} on {texts.plain(choice.target)}", f"{ours:.1%}", f"{ours - clip:+.1%} vs CLIP")
 
 
 def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
@@ -431,7 +431,7 @@ def _thumbs(emb: EmbeddingSet, rows: list[int]) -> None:
     if all(im is not None for im in images) and images:
         st.image(images, caption=[_caption(emb, r) for r in rows], width=88)
     else:
-        st.write(", ".join(_caption(emb, r) for r in rows))
+        st.write(texts.plain(", ".join(_caption(emb, r) for r in rows)))
 
 
 def _confusion_section(ctx: Context, K: int, lam: float) -> None:

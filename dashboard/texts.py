@@ -2,6 +2,22 @@
 from __future__ import annotations
 
 import math
+import re
+
+# What makes Markdown or Streamlit read a name inside a sentence: links and Streamlit's
+# ``:red[...]`` ([ ]), autolinks and HTML (< > &, the colon of http://, the @ of an e-mail
+# address, the dot of www.), emphasis and code (* _ ~ `), maths ($), tables (|), icons and
+# emoji (:material/...:, :smile:). The marks that act only at the start of a line (# - + 1.)
+# never start these one-line messages.
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_\[\]<>&~:$|@])|(?<=www)(\.)", re.IGNORECASE)
+
+
+def plain(text: str) -> str:
+    """``text`` (a folder, class or domain name, or a message quoting one) for Streamlit's Markdown
+    boxes (``st.error``, ``st.warning``...), each mark above backslash-escaped, so a name shows
+    as typed and is never a link."""
+    return _MARKDOWN_PUNCTUATION.sub(lambda mark: "\\" + mark.group(), text)
+
 
 ABOUT = r"""
 CLIP-ICM (Song et al., *Learning Invariant Causal Mechanism from Vision-Language Models*, ICML 2025)

@@ -275,14 +275,26 @@ def folder_path(root: str, roots: tuple[Path, ...] | None = None) -> Path:
     saying why it may not be read: absent, or outside ``roots`` (see :func:`data_roots`)."""
     if not root or not root.strip():
         raise ServiceError("Folder not found: (empty)")
-    path = Path(root.strip()).expanduser().resolve()
-    if roots is not None and not any(path == r or r in path.parents for r in roots):
-        allowed = ", ".join(str(r) for r in roots)
-        raise ServiceError(f"{root} is outside the folders this dashboard may read ({allowed}); "
-                           f"the server's operator can list others in ${DATA_ROOTS_VAR}.")
-    if not path.is_dir():
-        raise ServiceError(f"Folder not found: {root}")
+    shown = _shown_path(root)
+    try:
+        path = Path(root.strip()).expanduser().resolve()
+        if roots is not None and not any(path == r or r in path.parents for r in roots):
+            allowed = ", ".join(str(r) for r in roots)
+            raise ServiceError(f"{shown} is outside the folders this dashboard may read ({allowed}); "
+                               f"the server's operator can list others in ${DATA_ROOTS_VAR}.")
+        if not path.is_dir():
+            raise ServiceError(f"Folder not found: {shown}")
+    # ~nosuchuser: RuntimeError; a NUL byte: ValueError; a name longer than the system allows: OSError
+    except (RuntimeError, ValueError, OSError) as e:
+        raise ServiceError(f"Folder not found: {shown} ({e.strerror if isinstance(e, OSError) else e})") from None
     return path
+
+
+def _shown_path(root: str, limit: int = 120) -> str:
+    """What the user typed, fit for a message: control characters (a NUL) escaped, and a
+    very long path shortened in the middle."""
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in root.strip())
+    return text if len(text) <= limit else f"{text[:limit // 2]}…{text[-limit // 2:]} ({len(root):,} characters)"
 
 
 def too_broad(path: Path) -> str | None:
