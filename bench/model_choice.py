@@ -9,6 +9,8 @@ every candidate's target accuracy, the chosen one, and the issue's three tests: 
 within 1 point of the best of CLIP zero-shot, CLIP probe and augmentation probe; on the world's
 shifted target, at least the CLIP probe + 10 points (or within 1 point of the best candidate where
 none reaches that); the mean over targets at least every single method-and-head's mean - 0.5.
+Also, from source rows only, why the ICM probe loses where it loses (docs/CHOICE.md): its accuracy on a
+held-out source domain and the domains' share of the source variance in CLIP's and ICM's space.
 Target labels only score.
 """
 from __future__ import annotations
@@ -17,12 +19,13 @@ import argparse
 import os
 import platform
 import time
+from dataclasses import replace
 
 import pandas as pd
 
-from clip_icm import cli
+from clip_icm import cli, evaluation
 from clip_icm import toydomains as td
-from clip_icm.choice import candidates, target_summary
+from clip_icm.choice import HELD_OUT, candidates, domain_share, target_summary
 from clip_icm.evaluation import FULL_SPACE
 from clip_icm.resources import cache_dir
 
@@ -72,8 +75,21 @@ def world_rows(name: str) -> list[dict]:
     for target, made in choices.items():
         row = target_summary(frame[frame.target == target], made)
         row["target"] += " (shifted)" if target == shifted else ""
-        rows.append(dict(world=name, **row))
+        rows.append(dict(world=name, **row, **why_icm_probe(run.embeddings, target, config, row, made)))
     return rows
+
+
+def why_icm_probe(emb, target: str, config, row: dict, made) -> dict:
+    """Source-only facts behind the ICM probe's losses (docs/CHOICE.md): its accuracy on a held-out
+    source domain and on its validation rows, and the share of the source images' variance that
+    lies between the domains in CLIP's space and in ICM's (at the row's K and lam)."""
+    checks = made.table.set_index("candidate").loc["ICM probe"]
+    sources = evaluation.selection_view(emb, target, config, "interventional")
+    at = replace(config, n_components=row["K"], lam=row["lam"])
+    inside = evaluation.fit_projection(sources, None, "icm", at).transform(sources.features)
+    return {"ICM probe held out": checks[f"{HELD_OUT} accuracy"], "ICM probe validation": checks["validation accuracy"],
+            "domain share CLIP": domain_share(sources.features, sources.domains),
+            "domain share ICM": domain_share(inside, sources.domains)}
 
 
 def verdicts(table: pd.DataFrame) -> pd.DataFrame:
@@ -112,6 +128,13 @@ def main() -> None:
           f"worlds whose chosen mean is within 0.5 point of every method-and-head's mean: "
           f"{int((worst_gap.drop('all worlds') <= 0.005 + 1e-9).sum())} of {len(args.worlds)}")
     print(f"choices: {table.chosen.value_counts().to_dict()}")
+    share = table["domain share ICM"] - table["domain share CLIP"]
+    print(f"domains' share of the source variance: CLIP {table['domain share CLIP'].min():.3f}-"
+          f"{table['domain share CLIP'].max():.3f}, ICM {table['domain share ICM'].min():.3f}-"
+          f"{table['domain share ICM'].max():.3f}; higher in ICM's space on {int((share > 0).sum())} of {len(table)} targets; "
+          f"ICM probe on a held-out source domain {table['ICM probe held out'].min():.3f}-"
+          f"{table['ICM probe held out'].max():.3f} (validation {table['ICM probe validation'].min():.3f}-"
+          f"{table['ICM probe validation'].max():.3f})")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from clip_icm import evaluation, methods
-from clip_icm.embeddings import EmbeddingSet
+from clip_icm.embeddings import EmbeddingSet, unit_rows
 from clip_icm.errors import InvalidInput
 from clip_icm.evaluation import FULL_SPACE, LINEAR_PROBE, ZERO_SHOT, EvalConfig
 from clip_icm.seeding import rng
@@ -99,13 +99,15 @@ class Choice:
     """The choice for one target: ``table`` holds one row per candidate (columns candidate, method,
     protocol, score, se, margin, chosen, and each check's accuracy averaged over source domains);
     ``why`` says in a sentence or two why the chosen one won (and, where it is no projection, where
-    the projection falls short). ``versus_clip`` (filled by
+    the projection falls short); ``shortfall``, where a projected probe fails on a held-out source
+    domain, says why in numbers (:func:`probe_shortfall`). ``versus_clip`` (filled by
     :func:`evaluate_and_choose`, from target labels) describes how the chosen one then did against
     CLIP's two heads on the target (:func:`paired_difference`): the result, not an input."""
 
     target: str
     table: pd.DataFrame
     why: str
+    shortfall: str | None = None
     versus_clip: pd.DataFrame | None = None
 
     @property
@@ -137,7 +139,7 @@ def choose_model(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConfig
             chosen = i
     table["margin"], table["challenged"] = margins, [table.candidate[j] for j in challenged]
     table["chosen"] = np.arange(len(table)) == chosen
-    return Choice(target, table, _why(table, chosen))
+    return Choice(target, table, _why(table, chosen), probe_shortfall(emb, target, config, table))
 
 
 def _check_means(outcomes: list[tuple[str, str, np.ndarray]]) -> dict[str, float]:
@@ -180,6 +182,39 @@ def _why(table: pd.DataFrame, chosen: int) -> str:
     weakest = min(CHECK_WORDS, key=lambda column: icm.get(column, np.inf))
     return (f"{sentence} The projection does not help here: {icm.candidate} scores {icm.score:.1%}, and on "
             f"{CHECK_WORDS[weakest]} it gets {icm[weakest]:.1%} against {pick[weakest]:.1%}.")
+
+
+def domain_share(features: np.ndarray, domains: np.ndarray) -> float:
+    """The share of the (L2-normalised, centred) features' variance that lies between the domains'
+    means: how much of the space tells the domains apart."""
+    X = unit_rows(np.asarray(features, dtype=np.float64))
+    X -= X.mean(axis=0)
+    between = sum((domains == d).sum() * np.sum(X[domains == d].mean(axis=0) ** 2) for d in np.unique(domains))
+    return float(between / np.sum(X ** 2))
+
+
+def probe_shortfall(emb: EmbeddingSet, target: str, config: EvalConfig, table: pd.DataFrame) -> str | None:
+    """Why a projected probe that was not chosen fails where it fails on a source domain held out
+    (the typical case, see docs/CHOICE.md): that check's accuracy beside its validation rows', and
+    how much of the source images' variance tells the domains apart in its space and in CLIP's.
+    Source rows only. None where no projected probe lost on that check."""
+    projected = table.method.map(lambda m: methods.spec(m).estimator not in (None, "IdentityProjection"))
+    lost = table[projected & (table.protocol == LINEAR_PROBE) & ~table.chosen]
+    held_out = f"{HELD_OUT} accuracy"
+    if lost.empty or min(CHECK_WORDS, key=lambda column: lost.iloc[0].get(column, np.inf)) != held_out:
+        return None
+    row = lost.iloc[0]
+    sources = evaluation.selection_view(emb, target, config, "interventional")
+    inside = domain_share(evaluation.fit_projection(sources, None, row.method, config).transform(sources.features),
+                          sources.domains)
+    full = domain_share(sources.features, sources.domains)
+    sentence = (f"Why {row.candidate} falls short: on a source domain it never trained on it gets "
+                f"{row[held_out]:.1%}, against {row['validation accuracy']:.1%} on its validation rows")
+    if inside <= full:
+        return f"{sentence}."
+    return (f"{sentence}. Its space keeps what tells the domains apart (they explain {inside:.0%} of the source "
+            f"images' variance in its {config.n_components} dimensions, {full:.0%} in CLIP's), so a probe trained "
+            "there need not carry over to a new domain, and the target is one.")
 
 
 def _row(table: pd.DataFrame, candidate: str) -> int:

@@ -453,7 +453,8 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--select", default=None, choices=("none", *SCORING_NAMES),
                     help="choose K and lam per target on source data only: source_val, source_domains (leave one "
                     "source domain out) or interventional (validation + intervened validation); none = --k/--lam "
-                    "(default: interventional on the demo, none elsewhere)")
+                    "(default: interventional, on every data set; none where --k or --lam is typed, under --protocol "
+                    "released and for --task open_class)")
     ev.add_argument("--select-for", default="probe", choices=("probe", "zero-shot"),
                     help="which predictor the selection rule scores (default %(default)s)")
     ev.add_argument("--protocol", metavar="NAME", default="ours",
@@ -731,6 +732,8 @@ def _choice_text(choices: dict) -> str:
             lines.append(f"No model choice for {target}: {c}")
             continue
         lines.append(f"{target}: deploy {c.chosen.candidate}. {c.why}")
+        if c.shortfall:
+            lines.append(f"    {c.shortfall}")
         for row in c.versus_clip.itertuples():
             lines.append(f"    on {target}, {c.chosen.candidate} vs {row.versus}: {row.difference * 100:+.1f} points "
                          f"(95% paired bootstrap {row.low * 100:+.1f} to {row.high * 100:+.1f}; McNemar p = "

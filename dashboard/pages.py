@@ -239,6 +239,8 @@ def _model_choice_lead(ctx: Context, table: pd.DataFrame | None) -> None:
     row = choice.target_summary(frame, made)
     st.success(f"**For {c.target}, deploy {row['chosen']}** ({row['chosen_accuracy']:.1%} on {c.target}). "
                f"{made.why}")
+    if made.shortfall:
+        st.caption(made.shortfall)
     against = "; ".join(f"{v.difference * 100:+.1f} points vs {v.versus} (95 % interval {v.low * 100:+.1f} to "
                         f"{v.high * 100:+.1f}, McNemar p = {v.p_value:.2g})" for v in made.versus_clip.itertuples())
     st.caption(f"Chosen on source data only: per source domain the worst of its validation rows, their intervened "

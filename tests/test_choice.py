@@ -123,3 +123,37 @@ def test_paired_difference_on_known_rows():
 def test_paired_difference_refuses_rows_that_do_not_pair(a, b):
     with pytest.raises(InvalidInput, match="paired_difference"):
         choice.paired_difference(a, b)
+
+
+def test_domain_share_is_the_between_domain_part_of_the_variance():
+    domains = np.array(["a", "a", "b", "b"])
+    apart = np.array([[1.0, 0.1], [1.0, -0.1], [-1.0, 0.1], [-1.0, -0.1]])  # unit rows after scaling
+    # centred unit rows: (±0.995, ±0.0995); between-domain part: the first coordinate's
+    assert choice.domain_share(apart, domains) == pytest.approx(1 / (1 + 0.1 ** 2))
+    across = np.array(["a", "b", "a", "b"])  # now the domains differ only in the second coordinate
+    assert choice.domain_share(apart, across) == pytest.approx(0.1 ** 2 / (1 + 0.1 ** 2))
+    with_one = np.array(["a"] * 4)
+    assert choice.domain_share(apart, with_one) == 0
+
+
+def _lost_table(made, held_out: float, intervened: float) -> pd.DataFrame:
+    """made's table with the ICM probe not chosen and the given check accuracies."""
+    table = made.table.copy()
+    probe = (table.method == "icm") & (table.protocol == LINEAR_PROBE)
+    table["chosen"] = np.arange(len(table)) == 0
+    table.loc[probe, ["validation accuracy", "intervened accuracy", f"{choice.HELD_OUT} accuracy"]] = \
+        [0.99, intervened, held_out]
+    return table
+
+
+def test_the_shortfall_says_why_a_probe_fails_on_a_held_out_domain(emb, made):
+    said = choice.probe_shortfall(emb, TARGET, CONFIG, _lost_table(made, held_out=0.8, intervened=0.95))
+    assert said.startswith("Why ICM probe falls short") and "80.0%" in said and "99.0%" in said
+    sources = emb.domains != TARGET
+    full = choice.domain_share(emb.features[sources], emb.domains[sources])
+    assert f"{full:.0%} in CLIP's" in said or said.endswith("validation rows.")
+    # another check is the weakest: nothing to explain here
+    assert choice.probe_shortfall(emb, TARGET, CONFIG, _lost_table(made, held_out=0.9, intervened=0.5)) is None
+    chosen = _lost_table(made, held_out=0.8, intervened=0.95)
+    chosen["chosen"] = (chosen.method == "icm") & (chosen.protocol == LINEAR_PROBE)
+    assert choice.probe_shortfall(emb, TARGET, CONFIG, chosen) is None  # it won: no shortfall

@@ -147,6 +147,24 @@ def test_a_choice_of_k_and_lam_is_kept_in_the_store_by_content(emb, tmp_path, mo
     assert len(calls) == 3  # another target, config or set of domains: chosen again
 
 
+def test_the_model_choice_is_kept_in_the_store_with_every_field(emb, tmp_path, monkeypatch):
+    from dataclasses import fields
+
+    from clip_icm import choice
+    from clip_icm.store import EmbeddingStore
+
+    frame, made = service.evaluate_and_choose(emb, "sketch", _config(), store=EmbeddingStore(tmp_path))
+    monkeypatch.setattr(choice, "evaluate_and_choose", lambda *a, **kw: pytest.fail("chosen again"))
+    again_frame, again = service.evaluate_and_choose(emb, "sketch", _config(), store=EmbeddingStore(tmp_path))
+    pd.testing.assert_frame_equal(again_frame, frame)
+    for field in fields(choice.Choice):  # a field added to Choice and not kept fails here
+        mine, kept = getattr(made, field.name), getattr(again, field.name)
+        if isinstance(mine, pd.DataFrame):
+            pd.testing.assert_frame_equal(kept, mine)
+        else:
+            assert kept == mine, field.name
+
+
 def test_accuracy_tables_and_confusions_are_kept_in_the_store_exactly(emb, tmp_path, monkeypatch):
     from clip_icm.store import EmbeddingStore
 

@@ -37,6 +37,9 @@ def message(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+KEPT_FORMAT = 2  # raised whenever what a kept result encodes changes, so that an older entry is never decoded
+
+
 def kept(store, emb, parts: tuple, compute: Callable[[], T], encode: Callable[[T], object],
          decode: Callable[[object], T]) -> T:
     """``compute()``, kept in the on-disk ``store`` (an EmbeddingStore) under the content key of
@@ -48,7 +51,7 @@ def kept(store, emb, parts: tuple, compute: Callable[[], T], encode: Callable[[T
         return compute()
     from clip_icm.store import make_key
 
-    key = make_key("result", emb.key, repr(parts))
+    key = make_key("result", KEPT_FORMAT, emb.key, repr(parts))
     entry = store.get_entry(key)
     if entry is not None and "value" in entry[1]:
         return decode(entry[1]["value"])

@@ -157,9 +157,9 @@ def evaluate_and_choose(emb: EmbeddingSet, target: str, config: evaluation.EvalC
 
     return kept(store, emb, ("evaluate and choose", target, config), compute,
                 lambda done: {"frame": _frame_json(done[0]), "table": _frame_json(done[1].table), "why": done[1].why,
-                              "versus_clip": _frame_json(done[1].versus_clip)},
+                              "shortfall": done[1].shortfall, "versus_clip": _frame_json(done[1].versus_clip)},
                 lambda done: (_json_frame(done["frame"]),
-                              choice.Choice(target, _json_frame(done["table"]), done["why"],
+                              choice.Choice(target, _json_frame(done["table"]), done["why"], done["shortfall"],
                                             _json_frame(done["versus_clip"]))))
 
 
