@@ -145,16 +145,18 @@ def select_k_lam(emb: EmbeddingSet, c: controls.ProjectionChoice, start: dict) -
 
 
 def _selection_note(ctx: Context) -> None:
-    """Says in words what chose K and lam, and whether the source data prefer the method over CLIP."""
+    """Says in words what chose K and lam, and how the method scores against CLIP on that rule's checks
+    (which model to deploy is the model choice's answer above, whose checks also hold domains out)."""
     s, c = ctx.selection, ctx.choice
     if s is None:
         st.caption(f"K = {ctx.K} and λ = {ctx.lam:g} are set by hand (sliders).")
         return
     label = service.method_label(c.method)
-    verdict = (f"the source data prefer {label} to CLIP" if s.score > s.full_space_score
-               else f"the source data do not prefer {label} to CLIP")
+    verdict = "above" if s.score > s.full_space_score else "not above"
     text = (f"K = {s.K} and λ = {s.lam:g} chosen by **{evaluation.SCORING_LABELS[s.rule]}** ({s.protocol}); "
-            f"no target label. Score {s.score:.1%} vs {s.full_space_score:.1%} for CLIP: {verdict}.")
+            f"no target label. On this rule's checks {label} scores {s.score:.1%}, {verdict} CLIP's "
+            f"{s.full_space_score:.1%} with the same head; which model to deploy is the choice above, whose "
+            "checks also hold each source domain out.")
     if s.rule == "interventional":
         used = evaluation.intervened_val_for(ctx.emb, c.target)
         checks = ", ".join(chk.name for chk in used) or "none"
