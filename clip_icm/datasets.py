@@ -192,6 +192,12 @@ class DomainScan:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def folder(self) -> Path:
+        """The folder the data's files lie in: ``root``, or a manifest's folder."""
+        root = Path(self.root)
+        return root.parent if root.is_file() else root
+
     def skipped_summary(self) -> dict[str, int]:
         """How many files were skipped for each kind of reason (text before the first ':')."""
         counts: dict[str, int] = {}
