@@ -149,7 +149,9 @@ def _csv_names(text: str) -> tuple[str, ...]:
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data (default: the bundled ToyDomains demo, generated on first use)")
     data.add_argument("--root", metavar="DIR", default=None,
-                      help="DomainBed-layout folder: <root>/<domain>/<class>/<image>, or a folder holding <dataset>/")
+                      help="DomainBed-layout folder: <root>/<domain>/<class>/<image>, or a folder holding <dataset>/; "
+                      "or a manifest FILE (.csv, .jsonl, .parquet) with the columns path, label, domain (paths "
+                      "relative to its folder)")
     data.add_argument("--dataset", metavar="NAME", default=None,
                       help="PACS, VLCS, OfficeHome, TerraIncognita or DomainNet under --root")
     data.add_argument("--max-per-domain", metavar="N", type=int, default=None,
@@ -239,16 +241,20 @@ def _age(text: str) -> float:
 
 def _configs(args: argparse.Namespace):
     from clip_icm.backend import ModelConfig
+    from clip_icm.datasets import is_manifest
     from clip_icm.pipeline import DataConfig, InterventionConfig
 
     for flag in ("max_per_domain", "batch_size", "n_pairs"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise InvalidInput(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    if args.root is not None and not os.path.isdir(args.root):
-        raise InvalidInput(f"--root {args.root!r} is not a folder")
+    manifest = args.root is not None and is_manifest(args.root)
+    if args.root is not None and not manifest and not os.path.isdir(args.root):
+        raise InvalidInput(f"--root {args.root!r} is not a folder, nor a manifest (.csv, .jsonl, .parquet)")
     if args.dataset is not None and args.root is None:  # else the demo would be evaluated under its name
         raise InvalidInput(f"--dataset {args.dataset} needs --root, the folder that holds it")
+    if args.dataset is not None and manifest:
+        raise InvalidInput(f"--dataset {args.dataset} names a folder under --root; a manifest lists its images itself")
     if not 0.0 <= args.val_fraction < 1.0:
         raise InvalidInput(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     data = DataConfig(args.root, args.dataset, args.max_per_domain, args.val_fraction, args.seed)

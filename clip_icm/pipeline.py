@@ -43,8 +43,8 @@ import numpy as np
 from clip_icm import background, defaults
 from clip_icm.backend import (ClipBackend, ImageDecodeError, Intervention, ModelConfig, file_stamp, load_model,
                               model_key)
-from clip_icm.datasets import (DomainScan, _check_image, _triage, load_image, readable_name, released_name,
-                               scan_domain_folder, split_mask)
+from clip_icm.datasets import (DomainScan, _check_image, _triage, is_manifest, load_image, readable_name,
+                               released_name, scan_domain_folder, scan_manifest, split_mask)
 from clip_icm.embeddings import EmbeddingSet, PairSet, PromptSet
 from clip_icm.errors import InvalidInput, check_names
 from clip_icm.hashing import file_digest
@@ -61,7 +61,8 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which images: ``root=None`` is the bundled ToyDomains demo (generated on first use)."""
+    """Which images: ``root=None`` is the bundled ToyDomains demo (generated on first use); ``root`` a
+    DomainBed-layout folder, or a manifest table (.csv, .jsonl, .parquet: datasets.scan_manifest)."""
 
     root: str | None = None
     dataset: str | None = None
@@ -76,6 +77,9 @@ class DataConfig:
             raise InvalidInput(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.dataset is not None and self.root is None:  # else the demo would be evaluated under its name
             raise InvalidInput(f"dataset {self.dataset} needs a root, the folder that holds it")
+        if self.dataset is not None and is_manifest(self.root):
+            raise InvalidInput(f"dataset {self.dataset} names a folder under a data root; a manifest "
+                               f"({self.root}) lists its images itself")
 
 
 @dataclass(frozen=True)
@@ -350,12 +354,15 @@ class _Subset:
 
 
 def scan_data(data: DataConfig) -> DomainScan:
-    """The folder scan of ``data`` (the bundled demo, generated on first use, when ``root`` is None)."""
+    """The scan of ``data``: its folder or manifest (the bundled demo, generated on first use, when
+    ``root`` is None)."""
     root = data.root
     if root is None:
         from clip_icm.toydomains import ensure_demo_data
 
         root = ensure_demo_data()
+    if is_manifest(root):
+        return scan_manifest(root, data.max_per_domain, data.seed)
     return scan_domain_folder(root, data.dataset, data.max_per_domain, data.seed)
 
 
