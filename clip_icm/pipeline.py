@@ -18,7 +18,9 @@ the validation rows that choose K, lam and C never shaped the projection:
 - ``text:<bank>``: (anchor, variant) prompt pairs of each text bank, per class;
 - ``cross-modal``: (f_I(x), f_T(variant prompt of x's class)); includes the modality gap;
 - ``true:<factor>``: ToyDomains only: the same object re-rendered with another colour,
-  background or style.
+  background or style;
+- ``image-pairs:<file>`` and ``captions:<file>``: a user's own image pairs and caption pairs
+  (:mod:`clip_icm.user_pairs`); image pairs only where their first image is a training row.
 
 Intervened validation rows (``EmbeddingSet.intervened_val``, for the "interventional"
 selection rule; never fitted): every *validation* row with its variant factors changed:
@@ -29,7 +31,10 @@ selection rule; never fitted): every *validation* row with its variant factors c
   usual colour and scene of another class, that table read from the other domains' *training*
   rows (so a shortcut would point to that class);
 - ``image:<...>``: the chosen image interventions applied to the validation rows (the generic,
-  weaker check for folders whose factors are unknown).
+  weaker check for folders whose factors are unknown);
+- ``val image-pairs:<file>`` (kind "pairs"): a user's image pairs whose first image is a
+  validation row, scored on their second image with the first's class. A user's caption pairs
+  add none: text has no validation images of its own.
 """
 from __future__ import annotations
 

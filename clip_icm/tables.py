@@ -69,6 +69,9 @@ def read_table(path: str | os.PathLike, required: Sequence[str], optional: Seque
                            f"it has: {', '.join(columns) or '(none)'}")
     if not rows:
         raise InvalidInput(f"{what} file {str(path)!r} has a header but no rows")
+    nul = next((i for i, row in enumerate(rows) if any("\x00" in v for v in row.values())), None)
+    if nul is not None:  # no path or caption holds one; a file that does is binary, or damaged
+        raise InvalidInput(f"{what} file {str(path)!r}: line {lines[nul]} holds a NUL character")
     rows = [{**{c: "" for c in optional}, **row} for row in rows]
     return Table(path, digest(raw), tuple(columns), tuple(rows), tuple(lines))
 

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clip_icm.errors import InvalidInput
-from clip_icm.interventions import _words
+from clip_icm.interventions import words_of
 from clip_icm.tables import Table, read_table
 
 CAPTION_COLUMNS = ("caption", "caption_do")
+OWN_PREFIXES = ("image-pairs:", "captions:")  # how a pair set from a user's file is named
 IMAGE_PAIR_COLUMNS = ("path", "path_do")
 
 
@@ -109,7 +110,7 @@ def read_caption_pairs(path: str | os.PathLike) -> CaptionPairs:
 
 def names_class(caption: str, class_name: str) -> bool:
     """True when the words of ``class_name`` ("guitar_case" -> guitar, case) appear in ``caption`` in order."""
-    words, wanted = _words(caption), _words(class_name)
+    words, wanted = words_of(caption), words_of(class_name)
     return any(words[i:i + len(wanted)] == wanted for i in range(len(words) - len(wanted) + 1)) if wanted else False
 
 

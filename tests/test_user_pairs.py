@@ -61,6 +61,7 @@ def _embed(root, model, store_dir, **cfg):
     ("p.jsonl", b'{"caption": "a", "caption_do": "b"}\n{"caption": "a"\n', "line 2 is not valid JSON"),
     ("p.jsonl", b'["a", "b"]\n', "line 1 is not a JSON object"),
     ("p.jsonl", b'{"caption": "a", "caption_do": "b"}\n{"caption": "c"}\n', "line 2 has the keys caption"),
+    ("p.csv", b"caption,caption_do\na,b\nc\x00,d\n", "line 3 holds a NUL character"),
     ("p.txt", b"caption,caption_do\na,b\n", "unknown format '.txt'"),
     ("p.parquet", b"PAR1 not really", "is not a readable Parquet file"),
 ])
