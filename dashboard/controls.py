@@ -60,6 +60,11 @@ def data_ui() -> dict | None:
 
 
 def _folder_ui() -> dict | None:
+    st.file_uploader("…or upload a .zip of the data set, or a manifest", type=["zip", "csv", "parquet", "jsonl"],
+                     key="ctl_upload", on_change=_take_upload, args=("ctl_upload", service.upload_data, "ctl_root"),
+                     help="A zip of a DomainBed tree, or of images with a manifest; unpacked into the cache "
+                          "folder (no path may leave it, no links, capped size and file count)")
+    _said_upload("ctl_root")
     root = st.text_input("DomainBed root folder, or a manifest file", key=_default("ctl_root", ""),
                          help="root/<dataset>/<domain>/<class>/*.jpg, or a folder that is one data set; or a table "
                               "(.csv, .parquet, .jsonl) with the columns path, label, domain, paths relative to it")
@@ -78,6 +83,33 @@ def _folder_ui() -> dict | None:
         return None
     dataset = st.selectbox("Data set", options, key=_valid("ctl_dataset", options, options[0]))
     return {"root": found["path"], "dataset": None if dataset == this else dataset}
+
+
+def _take_upload(key: str, keep, field: str) -> None:
+    """Keep a newly uploaded file (``keep``: a service.upload_* function) and put its path in the text
+    field ``field`` (replacing a data path, adding a line to a list of files). Runs before the rerun,
+    so the field shows the path; an upload once taken is not taken again on the next reruns."""
+    files = st.session_state.get(key)
+    files = files if isinstance(files, list) else [files] if files is not None else []
+    paths, errors = [], []
+    for file in files:
+        try:
+            paths.append(keep(file.getvalue(), file.name))
+        except service.ServiceError as e:
+            errors.append(str(e))
+    st.session_state[f"{field}_upload_errors"] = errors
+    if not paths:
+        return
+    if field == "ctl_root":
+        st.session_state[field] = paths[0]
+    else:
+        kept = [line for line in st.session_state.get(field, "").splitlines() if line.strip()]
+        st.session_state[field] = "\n".join(dict.fromkeys(kept + paths))
+
+
+def _said_upload(field: str) -> None:
+    for error in st.session_state.get(f"{field}_upload_errors", []):
+        st.error(plain(error))
 
 
 def _served_beyond_this_machine() -> bool:
@@ -172,6 +204,10 @@ def _own_pairs_ui() -> tuple[tuple[str, ...], tuple[str, ...]]:
                    "Parquet with path, path_do, relative to the data set's folder. One file per line.")
         out = []
         for kind, label in (("captions", "Caption pairs files"), ("images", "Image pairs files")):
+            st.file_uploader(f"Upload {label.lower()}", type=["csv", "jsonl", "parquet"], accept_multiple_files=True,
+                             key=f"ctl_upload_{kind}", on_change=_take_upload,
+                             args=(f"ctl_upload_{kind}", service.upload_pairs, f"ctl_own_{kind}"))
+            _said_upload(f"ctl_own_{kind}")
             text = st.text_area(label, key=_default(f"ctl_own_{kind}", ""), height=68)
             out.append(tuple(p for p in (_pairs_file_ui(line.strip(), kind) for line in text.splitlines()
                                          if line.strip()) if p))

@@ -97,3 +97,31 @@ def test_the_explorer_embeds_a_manifest_with_caption_and_image_pairs_and_shows_t
     assert [(e.before, e.after) for e in texts][0] == ("a photo of a cat.", "a photo of a cat at night.")
     images = service.pair_examples(request, emb, "image-pairs:cams")
     assert len(images) == 4 and images[0].caption == "img/day_cat_0.png" and images[0].after.size == (112, 112)
+
+
+def test_uploads_become_paths_inside_the_allowed_folders(tmp_path, monkeypatch, world):
+    import io
+    import zipfile
+
+    monkeypatch.setenv("CLIP_ICM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(service.DATA_ROOTS_VAR, str(tmp_path / "nowhere"))  # an operator's list without the cache
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(world.rglob("*")):
+            if path.is_file():
+                archive.write(path, f"upload/{path.relative_to(world)}")
+    root = service.upload_data(buffer.getvalue(), "my data.zip")
+    assert Path(root).name == "m.csv" and Path(root).parent.parent.parent == tmp_path / "cache" / "uploads"
+    roots = service.data_roots(exposed=True)
+    assert service.detect_folder(root, roots)["manifest"]  # uploads are always readable: they came through the page
+    pairs = service.upload_pairs((world / "night.csv").read_bytes(), "night.csv")
+    assert service.pairs_preview(pairs, "captions", roots).name == "captions:night"
+    with pytest.raises(service.ServiceError, match="Could not unpack the upload: the zip entry '../x' would land"):
+        bad = io.BytesIO()
+        with zipfile.ZipFile(bad, "w") as archive:
+            archive.writestr("../x", b"x")
+        service.upload_data(bad.getvalue(), "bad.zip")
+    with pytest.raises(service.ServiceError, match="Upload a .zip of the data set, or a manifest"):
+        service.upload_data(b"x", "notes.txt")
+    with pytest.raises(service.ServiceError, match="A pairs file is a .csv, .jsonl or .parquet table"):
+        service.upload_pairs(b"x", "pairs.xlsx")

@@ -22,7 +22,8 @@ from clip_icm.service.requests import (DATA_ROOTS_VAR, SOURCES, EmbeddingRequest
                                        PairsPreview, data_roots, default_target, describe, detect_folder,
                                        device_and_precision, folder_path, has_true_factors, intervention_config,
                                        load_embeddings, open_clip_architectures, open_clip_tags, pair_examples,
-                                       pairs_preview, restrict_domains, text_banks, too_broad)
+                                       pairs_preview, restrict_domains, text_banks, too_broad, upload_data,
+                                       upload_pairs)
 
 __all__ = [
     "USER_ERRORS", "Progress", "ServiceError", "content_key",
@@ -34,7 +35,7 @@ __all__ = [
     "MAP_POINTS", "full_layout", "invariant_layout", "nearest_neighbours", "plot_ids", "point_table", "predictions",
     "thumbnail",
     "DATA_ROOTS_VAR", "SOURCES", "EmbeddingRequest", "InterventionChoice", "PairExample", "PairsPreview",
-    "pairs_preview", "data_roots",
+    "pairs_preview", "upload_data", "upload_pairs", "data_roots",
     "default_target", "describe", "detect_folder", "device_and_precision", "folder_path", "has_true_factors",
     "intervention_config", "load_embeddings", "open_clip_architectures", "open_clip_tags", "pair_examples",
     "restrict_domains", "text_banks", "too_broad",

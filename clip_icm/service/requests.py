@@ -312,11 +312,14 @@ def data_roots(exposed: bool) -> tuple[Path, ...] | None:
     ``$CLIP_ICM_DATA_ROOTS`` (folders joined by ``os.pathsep``) when set; else, when the page
     is served beyond this machine (``exposed``), the clip-icm cache folder (where the demo world is
     generated) and the user's home, so that whoever reaches the port cannot browse the machine's
-    files; else no limit.
+    files; else no limit. The uploads folder (uploads.uploads_dir()) is always among them: it holds
+    only what was uploaded through the page.
     """
+    from clip_icm.uploads import uploads_dir
+
     listed = [p for p in os.environ.get(DATA_ROOTS_VAR, "").split(os.pathsep) if p.strip()]
     if listed:
-        return tuple(Path(p).expanduser().resolve() for p in listed)
+        return tuple(Path(p).expanduser().resolve() for p in listed) + (uploads_dir().resolve(),)
     if exposed:
         from clip_icm.resources import cache_dir
 
@@ -356,6 +359,30 @@ def _data_path(root: str, roots: tuple[Path, ...] | None, dataset: str | None) -
     if dataset is None and too_broad(path):
         raise ServiceError(too_broad(path))
     return path
+
+
+def upload_data(data: bytes, name: str) -> str:
+    """An uploaded data set: a zip (of a DomainBed tree, or of images and a manifest) unpacked under
+    the uploads module's guards, or a manifest table kept as it is; returns what to scan (a folder
+    or a manifest) for the data field."""
+    from clip_icm import uploads
+    from clip_icm.tables import table_format
+
+    if name.lower().endswith(".zip"):
+        return str(uploads.data_in(guard("Could not unpack the upload", uploads.unpack_zip, data)))
+    if table_format(name) is None:
+        raise ServiceError(f"Upload a .zip of the data set, or a manifest (.csv, .parquet, .jsonl); got {name!r}")
+    return str(guard("Could not keep the upload", uploads.save_upload, data, name))
+
+
+def upload_pairs(data: bytes, name: str) -> str:
+    """An uploaded pairs file, kept by content; returns its path for the pairs field."""
+    from clip_icm import uploads
+    from clip_icm.tables import table_format
+
+    if table_format(name) is None:
+        raise ServiceError(f"A pairs file is a .csv, .jsonl or .parquet table; got {name!r}")
+    return str(guard("Could not keep the upload", uploads.save_upload, data, name))
 
 
 @dataclass(frozen=True)
