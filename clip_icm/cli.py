@@ -186,7 +186,7 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     pairs.add_argument("--true-swaps", metavar="LIST", type=_csv_names, default=None,
                        help="ToyDomains only: true pairs re-rendered with another colour, background and/or style "
                        "(names: colour, background, style; default colour,background where the folder has the "
-                       "generator's factors.csv, as the demo does; none elsewhere)")
+                       "generator's factors.csv (or a manifest with its columns), as the demo does; none elsewhere)")
     pairs.add_argument("--text-pairs", metavar="FILE", action="append", default=[],
                        help="your own caption pairs: a CSV or JSONL file with the columns caption, caption_do and "
                        "optionally class; the pair set captions:<file name>. Repeat for several files")

@@ -423,16 +423,19 @@ def _factor_rows(scan: DomainScan) -> list[dict]:
 
 
 def _factor_rows_of(root: Path, paths: Sequence[str]) -> list[dict]:
-    factors_file = root / "factors.csv"
-    if not factors_file.is_file():
-        raise InvalidInput(f"true swaps need the ToyDomains dataset (a folder with factors.csv); {root} has none")
-    from clip_icm.toydomains import load_factors
+    """The true factors of the images at ``paths``: from ``root/factors.csv``, or from ``root`` itself
+    when it is a manifest with the factor columns."""
+    if not defaults.has_factors(str(root)):
+        raise InvalidInput(f"true swaps need the ToyDomains dataset (a folder with factors.csv, or a manifest with "
+                           f"its factor columns); {root} has none")
+    from clip_icm.toydomains import load_factor_table
 
-    table = load_factors(root)
-    relative = [str(Path(p).relative_to(root)) for p in paths]
+    table_file, folder = (root, root.parent) if is_manifest(root) else (root / "factors.csv", root)
+    table = load_factor_table(table_file)
+    relative = [str(Path(p).relative_to(folder)) for p in paths]
     absent = [r for r in relative if r not in table.index]
     if absent:
-        raise InvalidInput(f"factors.csv in {root} has no row for {len(absent)} image(s), e.g. {absent[0]}")
+        raise InvalidInput(f"{table_file} has no factors for {len(absent)} image(s), e.g. {absent[0]}")
     return table.loc[relative].to_dict("records")
 
 
@@ -671,7 +674,7 @@ def _intervened_val_kinds(cfg: InterventionConfig, scan: DomainScan) -> tuple[st
     if cfg.intervened_val is not None:
         return cfg.intervened_val
     own = ("pairs",) if cfg.image_pairs else ()
-    if (Path(scan.root) / "factors.csv").is_file():
+    if defaults.has_factors(scan.root):
         return ("counterfactual", *own)
     return ("image", *own) if cfg.image else own
 

@@ -102,7 +102,8 @@ def read_caption_pairs(path: str | os.PathLike) -> CaptionPairs:
             raise InvalidInput(f"caption pairs file {str(table.path)!r} has no row with a class")
     notes = [f"{table.where(i)}: the class {row['class']!r} is named in one caption only (a pair should change "
              "what varies, never the class)" for i, row in zip(keep, rows)
-             if with_classes and names_class(row["caption"], row["class"]) != names_class(row["caption_do"], row["class"])]
+             if with_classes and names_class(row["caption"], row["class"]) != names_class(row["caption_do"],
+                                                                                           row["class"])]
     return CaptionPairs(pair_set_name("captions", table.path), table.digest, tuple(r["caption"] for r in rows),
                         tuple(r["caption_do"] for r in rows),
                         tuple(r["class"] for r in rows) if with_classes else None, tuple(skipped), tuple(notes))

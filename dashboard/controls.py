@@ -186,7 +186,8 @@ def interventions_ui(bundled_world: bool) -> service.InterventionChoice:
     kinds = ["counterfactual", "conflict"] if bundled_world else ["image"] if ops else []
     kinds += ["pairs"] if images else []
     checks = st.multiselect("Intervened validation rows (scored by the interventional rule, never fitted)", kinds,
-                            key=_valid_multi("ctl_checks", kinds, list(dict.fromkeys(kinds[:1] + kinds[-1:] if images else kinds[:1]))),
+                            key=_valid_multi("ctl_checks", kinds, list(dict.fromkeys(kinds[:1] + kinds[-1:] if images
+                                                                                     else kinds[:1]))),
                             help="counterfactual: colour and scene re-drawn; conflict: set to another class's usual "
                                  "colour and scene (read from source training rows); image: the image interventions "
                                  "above, applied to the validation rows (the generic, weaker check); pairs: your "

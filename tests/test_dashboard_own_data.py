@@ -89,9 +89,8 @@ def test_the_explorer_embeds_a_manifest_with_caption_and_image_pairs_and_shows_t
     assert any("named in one caption only" in w.value for w in at.sidebar.warning)
     fitted = at.sidebar.multiselect(key="ctl_pairs").value
     assert "captions:night" in fitted and "image-pairs:cams" in fitted
-    request = service.EmbeddingRequest(source="folder", root=str(world / "m.csv"),
-                                       interventions=service.InterventionChoice(
-                                           text_pairs=(str(world / "night.csv"),), image_pairs=(str(world / "cams.csv"),)))
+    choice = service.InterventionChoice(text_pairs=(str(world / "night.csv"),), image_pairs=(str(world / "cams.csv"),))
+    request = service.EmbeddingRequest(source="folder", root=str(world / "m.csv"), interventions=choice)
     emb = service.load_embeddings(request)
     texts = service.pair_examples(request, emb, "captions:night")
     assert [(e.before, e.after) for e in texts][0] == ("a photo of a cat.", "a photo of a cat at night.")

@@ -183,3 +183,32 @@ def test_the_example_manifest_has_the_columns_a_scan_reads():
 
     table = read_table(Path(__file__).resolve().parent.parent / "data" / "examples" / "manifest.csv", MANIFEST_COLUMNS)
     assert len(table.rows) == 4 and {r["domain"] for r in table.rows} == {"location_38", "location_46"}
+
+
+def test_a_toydomains_world_listed_in_a_manifest_keeps_its_true_swaps_and_numbers(tmp_path, model):
+    """factors.csv plus a label column is a manifest whose factor columns stand for factors.csv: the
+    demo's defaults (true swaps, counterfactual validation, usual-look prompts) give the same pairs,
+    intervened validation rows and per-domain table as the folder."""
+    from clip_icm import defaults
+    from clip_icm.toydomains import generate_toydomains, load_factors
+
+    root = generate_toydomains(tmp_path / "toy", n_per_class_per_domain=3, image_size=32)
+    factors = load_factors(root).reset_index(drop=True)
+    factors.assign(label=factors.cls).to_parquet(root / "world.parquet")
+    factors.drop(columns=["colour"]).assign(label=factors.cls).to_csv(root / "plain.csv", index=False)
+    assert defaults.has_factors(str(root / "world.parquet")) and not defaults.has_factors(str(root / "plain.csv"))
+    cfg = InterventionConfig(image=(), text_banks=(), templates="single", true_swaps=defaults.DEMO_TRUE_SWAPS,
+                             look_prompts=True)
+    store = EmbeddingStore(tmp_path / "c")
+    a = embed_dataset(DataConfig(str(root)), model, cfg, store).embeddings
+    b = embed_dataset(DataConfig(str(root / "world.parquet")), model, cfg, store).embeddings
+    assert [p.name for p in b.pairs] == ["true:colour", "true:background"]
+    assert [c.name for c in b.intervened_val] == ["counterfactual:colour+background"]
+    for p, q in zip(a.pairs + a.intervened_val, b.pairs + b.intervened_val):
+        np.testing.assert_array_equal(p.z_do, q.z_do)
+    assert a.look_prompts.keys() == b.look_prompts.keys()
+    config = EvalConfig(8, 1.0, "relative", ("icm",), defaults.DEMO_PAIR_SETS, prompts="usual_look")
+    pd.testing.assert_frame_equal(_quiet(leave_one_domain_out, a, config=config),
+                                  _quiet(leave_one_domain_out, b, config=config))
+    with pytest.raises(InvalidInput, match="true swaps need the ToyDomains dataset"):
+        embed_dataset(DataConfig(str(root / "plain.csv")), model, cfg, store)

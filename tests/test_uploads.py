@@ -89,6 +89,7 @@ def test_bombs_and_crowds_are_refused_from_the_headers(tmp_path):
 
 def test_a_single_file_is_kept_by_content_under_a_safe_name(tmp_path):
     first = save_upload(b"caption,caption_do\na,b\n", "../../my pairs.csv", tmp_path)
-    assert first.parent.parent == tmp_path and first.name == "my_pairs.csv" and first.read_bytes().startswith(b"caption")
+    assert first.parent.parent == tmp_path and first.name == "my_pairs.csv"
+    assert first.read_bytes().startswith(b"caption")
     assert save_upload(b"caption,caption_do\na,b\n", "my pairs.csv", tmp_path) == first
     assert save_upload(b"other", "my pairs.csv", tmp_path).parent != first.parent

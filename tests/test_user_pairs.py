@@ -157,7 +157,8 @@ def test_caption_pairs_change_the_key_with_the_files_content_and_report_unknown_
 
 def test_caption_pairs_without_a_class_column_have_no_labels_and_two_files_of_one_name_clash(tmp_path, messy, model):
     path = _csv(tmp_path / "free.csv", ["caption", "caption_do"], [["a dog on grass.", "a dog on snow."]])
-    own = _embed(messy.root, model, tmp_path / "c", **BARE, text_pairs=(str(path),)).embeddings.pair_set("captions:free")
+    run = _embed(messy.root, model, tmp_path / "c", **BARE, text_pairs=(str(path),))
+    own = run.embeddings.pair_set("captions:free")
     assert own.labels is None and own.variant_words.tolist() == ["snow"]
     (tmp_path / "other").mkdir()
     twin = _csv(tmp_path / "other" / "free.csv", ["caption", "caption_do"], [["a", "b"]])
