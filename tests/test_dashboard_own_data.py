@@ -124,3 +124,17 @@ def test_uploads_become_paths_inside_the_allowed_folders(tmp_path, monkeypatch, 
         service.upload_data(b"x", "notes.txt")
     with pytest.raises(service.ServiceError, match="A pairs file is a .csv, .jsonl or .parquet table"):
         service.upload_pairs(b"x", "pairs.xlsx")
+
+
+def test_a_pairs_file_or_manifest_edited_in_place_is_another_request(world):
+    import os
+
+    choice = service.InterventionChoice(text_pairs=(str(world / "night.csv"),))
+    request = service.EmbeddingRequest(source="folder", root=str(world / "m.csv"), interventions=choice)
+    before = request.key
+    assert request.key == before  # stable while nothing changes
+    for path in (world / "night.csv", world / "m.csv"):
+        path.write_text(path.read_text() + "\n")
+        os.utime(path, ns=(1, 1))  # whatever the clock's resolution
+        assert request.key != before
+        before = request.key

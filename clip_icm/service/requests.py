@@ -3,6 +3,7 @@ and data choices the controls offer (architectures, devices, folders and their a
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,13 +71,29 @@ class EmbeddingRequest:
 
     @property
     def key(self) -> str:
-        return content_key(self)
+        """Content key of the request, and of the files it names by path that a user may edit in
+        place (a manifest, pairs files): an edited file is another request, never stale embeddings."""
+        files = ((self.root,) if self.source == "folder" else ()) + self.interventions.text_pairs
+        return content_key(self, _stamps(files + self.interventions.image_pairs))
 
     @property
     def model_label(self) -> str:
         if self.source == "synthetic":
             return "synthetic SCM"
         return self.model + (f" / {self.pretrained}" if self.pretrained else "")
+
+
+def _stamps(paths: tuple[str, ...]) -> tuple:
+    """(size, mtime in ns) of each path that is a file; () for a folder or a path that is not there."""
+    out = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except (OSError, ValueError):
+            out.append(())
+            continue
+        out.append((info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else ())
+    return tuple(out)
 
 
 def load_embeddings(request: EmbeddingRequest, progress: Progress | None = None,
