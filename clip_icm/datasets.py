@@ -399,6 +399,18 @@ def scan_domain_folder(
 MANIFEST_COLUMNS = ("path", "label", "domain")
 
 
+def _listed_file_problem(path: Path, base: Path) -> str | None:
+    """Why a file a table names cannot be an image, found without decoding: missing, or any reason
+    the folder scan skips a file for (:func:`_triage`); None if it may be one."""
+    return "missing file: no such file" if not os.path.lexists(path) else _triage(path, base)
+
+
+def image_file_problem(path: Path, base: Path, verify: Verify = "header") -> str | None:
+    """Why the file at ``path`` (named by a user's table, under ``base``) cannot be used as an
+    image, as the scans say it; None when it can."""
+    return _listed_file_problem(path, base) or _check_image(path, verify)
+
+
 def is_manifest(root: str | os.PathLike) -> bool:
     """True when ``root`` names a data set manifest (a table: .csv, .jsonl, .parquet) rather than a folder."""
     from clip_icm.tables import table_format
@@ -447,7 +459,7 @@ def scan_manifest(
             skipped.append((table.where(i), f"duplicate row: the image of line {table.lines[first[path.resolve()]]}"))
             continue
         first[path.resolve()] = i
-        reason = "missing file: no such file" if not os.path.lexists(path) else _triage(path, inside)
+        reason = _listed_file_problem(path, inside)
         if reason:
             skipped.append((str(path), reason))
             continue

@@ -48,8 +48,8 @@ import numpy as np
 from clip_icm import background, defaults
 from clip_icm.backend import (ClipBackend, ImageDecodeError, Intervention, ModelConfig, file_stamp, load_model,
                               model_key)
-from clip_icm.datasets import (DomainScan, _check_image, _triage, is_manifest, load_image, readable_name,
-                               released_name, scan_domain_folder, scan_manifest, split_mask)
+from clip_icm.datasets import (DomainScan, image_file_problem, is_manifest, load_image, readable_name, released_name,
+                               scan_domain_folder, scan_manifest, split_mask)
 from clip_icm.embeddings import EmbeddingSet, PairSet, PromptSet
 from clip_icm.errors import InvalidInput, check_names
 from clip_icm.hashing import file_digest
@@ -873,8 +873,7 @@ def _pair_problem(b: _Build, index: dict[str, int], first: Path, second: Path, p
     if first == second:
         return "not a pair: path and path_do are the same file", None, None
     if j is None:
-        reason = "missing file: no such file" if not second.exists() else _triage(second, b.folder.resolve())
-        reason = reason or _check_image(second, "header")
+        reason = image_file_problem(second, b.folder.resolve())
         return (f"{reason} ({path_do})" if reason else None), i, None
     if b.rows.labels[i] != b.rows.labels[j]:
         return "different classes: an intervention keeps the class, these two images are labelled apart", None, None

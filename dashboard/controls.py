@@ -1,7 +1,9 @@
 """Widget groups: each ``*_ui()`` draws its widgets and returns plain values.
 
 Widget keys start with ``ctl_`` so that app.py can keep their values while the user
-visits a page that does not draw them (Streamlit drops the state of unseen widgets).
+visits a page that does not draw them (Streamlit drops the state of unseen widgets). The
+upload buttons' keys (``upload_*``) do not: a file uploader's value cannot be stored back, and
+what it uploaded lives on as the path it wrote into its ``ctl_`` field.
 Defaults live in session state (:func:`_default`), never in the widget call, so a
 kept value and a default never fight.
 """
@@ -61,7 +63,7 @@ def data_ui() -> dict | None:
 
 def _folder_ui() -> dict | None:
     st.file_uploader("…or upload a .zip of the data set, or a manifest", type=["zip", "csv", "parquet", "jsonl"],
-                     key="ctl_upload", on_change=_take_upload, args=("ctl_upload", service.upload_data, "ctl_root"),
+                     key="upload_data", on_change=_take_upload, args=("upload_data", service.upload_data, "ctl_root"),
                      help="A zip of a DomainBed tree, or of images with a manifest; unpacked into the cache "
                           "folder (no path may leave it, no links, capped size and file count)")
     _said_upload("ctl_root")
@@ -206,8 +208,8 @@ def _own_pairs_ui() -> tuple[tuple[str, ...], tuple[str, ...]]:
         out = []
         for kind, label in (("captions", "Caption pairs files"), ("images", "Image pairs files")):
             st.file_uploader(f"Upload {label.lower()}", type=["csv", "jsonl", "parquet"], accept_multiple_files=True,
-                             key=f"ctl_upload_{kind}", on_change=_take_upload,
-                             args=(f"ctl_upload_{kind}", service.upload_pairs, f"ctl_own_{kind}"))
+                             key=f"upload_{kind}", on_change=_take_upload,
+                             args=(f"upload_{kind}", service.upload_pairs, f"ctl_own_{kind}"))
             _said_upload(f"ctl_own_{kind}")
             text = st.text_area(label, key=_default(f"ctl_own_{kind}", ""), height=68)
             out.append(tuple(p for p in (_pairs_file_ui(line.strip(), kind) for line in text.splitlines()
