@@ -394,6 +394,7 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
     if previous is not None and previous is not inv_job:
         service.layout_worker().demote(previous)
     st.session_state["invariant_layout_job"] = inv_job
+    _speculate(ctx, ids, K, lam)
     full_points = service.point_table(emb, ids, c.target,
                                       cached.predictions(emb.key, "", evaluation.FULL_SPACE, emb, None))
     inv_points = service.point_table(emb, ids, c.target, cached.predictions(emb.key, fit_key, fit.method, emb, fit))
@@ -453,9 +454,37 @@ def _layout_status(jobs: list) -> None:
             "the maps follow by themselves.", icon="⏳")
 
 
+def _speculate(ctx: Context, ids: np.ndarray, K: int, lam: float) -> None:
+    """Queue, at the lowest priority, the invariant layouts of the K and lam cells the selection rule
+    considered, nearest to the sliders' position first, so that a slider move often lands on a stored
+    layout. Bounded: at most the worker's MAX_SPECULATIVE wait at once, never more than the rule's grid
+    (20 cells at D = 512), each kept in the store; dropped when a page asks for another data set."""
+    s, c = ctx.selection, ctx.choice
+    if s is None:
+        return
+    Ks, lams = sorted(set(s.scores.K)), sorted(set(s.scores.lam))
+    here = (_nearest(Ks, K), _nearest(lams, lam))
+    cells = sorted(((k, x) for k in Ks for x in lams),
+                   key=lambda cell: abs(Ks.index(cell[0]) - here[0]) + abs(lams.index(cell[1]) - here[1]))
+    for cell_K, cell_lam in [(s.K, s.lam), *cells]:
+        if (cell_K, cell_lam) == (K, lam):
+            continue
+        cell_K, cell_lam = int(cell_K), float(cell_lam)
+        config = controls.eval_config(c, cell_K, cell_lam, (c.method,))
+        job = service.invariant_layout_job(ctx.emb, ids, _fit_key(ctx, cell_K, cell_lam),
+                                           lambda config=config: service.fit(ctx.emb, c.target, c.method, config),
+                                           _invariant_label(c.method, cell_K, cell_lam),
+                                           store=cached.results_store(), priority=service.SPECULATIVE)
+        if job is None:  # the worker has enough waiting
+            return
+
+
 def _invariant_label(method: str, K: int, lam: float) -> str:
     return f"invariant space ({service.method_label(method)}, K = {K}, λ = {lam:g})"
 
+
+def _nearest(values: list, value: float) -> int:
+    return min(range(len(values)), key=lambda i: abs(values[i] - value))
 
 
 @st.fragment

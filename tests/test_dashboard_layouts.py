@@ -1,6 +1,7 @@
 """The Explorer's maps come from the background layout worker: a rerun never waits for a layout
 (streamlit.testing.v1.AppTest on the synthetic source; a layout is held on an event to show it)."""
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -135,3 +136,26 @@ def test_a_user_error_in_a_layout_reads_as_its_message(monkeypatch):
     why = texts.plain("layout_2d needs a non-empty 2-D array, got shape (0,)")
     assert [e.value for e in at.error] == [f"The full space layout failed: {why}",
                                            f"The invariant space (ICM, K = 8, λ = 1) layout failed: {why}"]
+
+
+def test_the_cells_the_selection_considered_are_laid_out_before_a_slider_lands_on_them(monkeypatch):
+    at = _settled(_app(ctl_selection="source_val"))
+    assert not at.exception and not _laying_out(at)
+    K, lam = at.sidebar.slider(key="ctl_K").value, at.sidebar.select_slider(key="ctl_lam").value
+    cells = {(int(k), float(l)) for k, l in (re.search(r"K = (\d+), λ = (\S+)\)", job.label).groups()
+                                             for job in service.layout_worker().jobs() if "invariant" in job.label)}
+    assert len(cells) > 2  # the chosen cell and neighbours of it
+    # a cell one slider away from the chosen one (moving a slider turns the selection off)
+    neighbour = next(c for c in sorted(cells) if (c[0] == K) != (c[1] == lam))
+
+    def no_more(*args, **kwargs):
+        raise AssertionError("a layout was computed after the slider moved")
+
+    monkeypatch.setattr(reduce, "layout_2d", no_more)
+    if neighbour[0] != K:
+        at.sidebar.slider(key="ctl_K").set_value(neighbour[0]).run()
+    else:
+        at.sidebar.select_slider(key="ctl_lam").set_value(neighbour[1]).run()
+    assert not at.exception and not at.error and not _laying_out(at)
+    assert at.sidebar.selectbox(key="ctl_selection").value == "off"
+    assert f"Invariant space (ICM, K = {neighbour[0]}, lam = {neighbour[1]:g})" in _titles(at)
