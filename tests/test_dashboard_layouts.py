@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from clip_icm import reduce, service
+from clip_icm import service
 from dashboard import cached, texts
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
@@ -46,16 +46,24 @@ def _laying_out(at: AppTest) -> list[str]:
     return [i.value for i in at.info if "laying out" in i.value]
 
 
+def _lay_out_with(monkeypatch, replacement) -> None:
+    """The server's worker computes its layouts with ``replacement(lay_out, X, init=..., seed=...)``,
+    ``lay_out`` its own (UMAP in the worker's process)."""
+    worker = service.layout_worker()
+    lay_out = worker.lay_out
+    monkeypatch.setattr(worker, "lay_out", lambda X, **kwargs: replacement(lay_out, X, **kwargs))
+
+
 def _hold_layouts(monkeypatch) -> tuple[threading.Event, list]:
     """Every layout from now on waits for the returned event (at most a minute: never a hung test)."""
-    gate, started, layout = threading.Event(), [], reduce.layout_2d
+    gate, started = threading.Event(), []
 
-    def held(*args, **kwargs):
+    def held(lay_out, X, **kwargs):
         started.append(kwargs.get("init") is not None)
         gate.wait(60)
-        return layout(*args, **kwargs)
+        return lay_out(X, **kwargs)
 
-    monkeypatch.setattr(reduce, "layout_2d", held)
+    _lay_out_with(monkeypatch, held)
     return gate, started
 
 
@@ -101,14 +109,14 @@ def test_a_new_data_set_shows_placeholders_until_both_maps_are_laid_out(monkeypa
 
 
 def test_a_failing_layout_is_a_message_on_the_page_and_can_be_tried_again(monkeypatch):
-    layout = reduce.layout_2d
+    failing = [True]
 
-    def invariant_fails(*args, **kwargs):
-        if kwargs.get("init") is not None:
+    def invariant_fails(lay_out, X, **kwargs):
+        if failing[0] and kwargs.get("init") is not None:
             raise RuntimeError("numba exploded")
-        return layout(*args, **kwargs)
+        return lay_out(X, **kwargs)
 
-    monkeypatch.setattr(reduce, "layout_2d", invariant_fails)
+    _lay_out_with(monkeypatch, invariant_fails)
     at = _settled(_app(ctl_selection="off"))
     assert not at.exception and not _laying_out(at)
     # (a message is shown as plain text: texts.plain escapes what markdown would read)
@@ -117,23 +125,21 @@ def test_a_failing_layout_is_a_message_on_the_page_and_can_be_tried_again(monkey
     assert "Full CLIP space" in _titles(at) and len(at.get("plotly_chart")) == 3  # the full map is drawn
     at.run()  # a rerun shows the same message: the failed layout is not tried on every rerun
     assert len(at.error) == 1 and service.layout_worker().waiting() == 0
-    monkeypatch.setattr(reduce, "layout_2d", layout)
+    failing[0] = False
     at.button(key="relayout_umap_invariant").click().run()
     _settled(at)
     assert not at.error and "Invariant space (ICM, K = 8, lam = 1)" in _titles(at)
 
 
-def test_a_user_error_in_a_layout_reads_as_its_message(monkeypatch):
-    from clip_icm.errors import InvalidInput
+def test_a_user_error_in_the_layout_process_reads_as_its_message(monkeypatch):
+    def refuses(lay_out, X, **kwargs):
+        return lay_out(X[:0], **kwargs)  # no rows: the layout process refuses them, with reduce's message
 
-    def refuses(*args, **kwargs):
-        raise InvalidInput("layout_2d needs a non-empty 2-D array, got shape (0,)")
-
-    monkeypatch.setattr(reduce, "layout_2d", refuses)
+    _lay_out_with(monkeypatch, refuses)
     at = _settled(_app(ctl_selection="off"))
     assert not at.exception
     # the full layout fails, and the invariant one, which starts from it, says the same
-    why = texts.plain("layout_2d needs a non-empty 2-D array, got shape (0,)")
+    why = texts.plain("layout_2d needs a non-empty 2-D array, got shape (0, 16)")
     assert [e.value for e in at.error] == [f"The full space layout failed: {why}",
                                            f"The invariant space (ICM, K = 8, λ = 1) layout failed: {why}"]
 
@@ -148,10 +154,10 @@ def test_the_cells_the_selection_considered_are_laid_out_before_a_slider_lands_o
     # a cell one slider away from the chosen one (moving a slider turns the selection off)
     neighbour = next(c for c in sorted(cells) if (c[0] == K) != (c[1] == lam))
 
-    def no_more(*args, **kwargs):
+    def no_more(lay_out, X, **kwargs):
         raise AssertionError("a layout was computed after the slider moved")
 
-    monkeypatch.setattr(reduce, "layout_2d", no_more)
+    _lay_out_with(monkeypatch, no_more)
     if neighbour[0] != K:
         at.sidebar.slider(key="ctl_K").set_value(neighbour[0]).run()
     else:

@@ -161,3 +161,20 @@ def test_a_speculative_layout_fits_in_the_worker_and_a_failed_full_layout_fails_
                                        "invariant", worker=worker)
     assert worker.wait_idle(WAIT_S)
     assert isinstance(job.error(), RuntimeError) and str(job.error()) == "numba exploded"
+
+
+def test_the_servers_worker_lays_out_in_a_process_of_its_own_the_same_layout_and_its_errors():
+    from threadpoolctl import threadpool_limits
+
+    from clip_icm import reduce
+
+    worker = LayoutWorker(separate_process=True)
+    X = np.random.default_rng(0).normal(size=(200, 16)).astype(np.float32)
+    init = np.random.default_rng(1).normal(size=(200, 2))
+    there = worker.lay_out(X, seed=3)
+    with threadpool_limits(1, user_api="blas"):  # as the dashboard's process, and the layout process, run
+        np.testing.assert_array_equal(there, reduce.layout_2d(X, seed=3))
+        np.testing.assert_array_equal(worker.lay_out(X, init=init), reduce.layout_2d(X, init=init))
+    with pytest.raises(InvalidInput, match=r"got shape \(0, 16\)"):
+        worker.lay_out(X[:0])
+    np.testing.assert_array_equal(worker.lay_out(X, seed=3), there)  # the process goes on after an error

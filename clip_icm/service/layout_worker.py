@@ -6,10 +6,11 @@ page submits a job, keyed by content (the same parts as the layout store's key),
 and polls; a job another session submitted with the same key is the same job.
 
 One thread, not a pool: UMAP runs single-threaded so that a seed gives the same layout run to run,
-and a second layout at once would only take the core the page's own work needs. A thread, not a
-process: the embeddings are not copied, and a test can hold a layout on an event. (umap's epochs are
-numba code that holds the GIL for one epoch at a time, tens of milliseconds at 10,000 points: the
-page runs between them; bench/bench_refit.py --dashboard measures what a rerun costs meanwhile.)
+and a second layout at once would only take the core the page's own work needs. The thread keeps the
+queue and the store; the UMAP itself (``lay_out``) runs, for the server's worker (``shared()``), in a
+separate process of its own, started on the first layout: umap's numba code holds the GIL, and in
+this process's thread it slowed a 10,000-image K change's rerun from 3.7 to 5.4 s (bench/RESULTS.md).
+That process imports umap, and this one never does.
 
 Jobs run by priority, then in order of submission: what a page is waiting for (NOW) before
 speculative layouts (SPECULATIVE: K and λ cells the page may show next), which are bounded in
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import multiprocessing
 import threading
 import time
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -76,11 +79,28 @@ def ready(job: Job | None) -> bool:
     return job is not None and job.result() is not None
 
 
-class LayoutWorker:
-    """A priority queue of layout jobs and the one thread that runs them (started on the first job)."""
+def _limit_blas() -> None:
+    """In the layout process: one BLAS thread, as the dashboard's own process runs (app.py), so that
+    the neighbours' matrix products round as they did there."""
+    from threadpoolctl import threadpool_limits
 
-    def __init__(self, max_kept: int = MAX_KEPT, max_speculative: int = MAX_SPECULATIVE) -> None:
-        self.max_kept, self.max_speculative = max_kept, max_speculative
+    threadpool_limits(1, user_api="blas")
+
+
+def _layout_2d(X: np.ndarray, init: np.ndarray | None, seed: int) -> np.ndarray:
+    from clip_icm import reduce
+
+    return reduce.layout_2d(X, init=init, seed=seed)
+
+
+class LayoutWorker:
+    """A priority queue of layout jobs and the one thread that runs them (started on the first job);
+    ``separate_process``: ``lay_out`` runs UMAP in a process of its own rather than in this thread."""
+
+    def __init__(self, max_kept: int = MAX_KEPT, max_speculative: int = MAX_SPECULATIVE,
+                 separate_process: bool = False) -> None:
+        self.max_kept, self.max_speculative, self.separate_process = max_kept, max_speculative, separate_process
+        self._process: ProcessPoolExecutor | None = None
         self._jobs: dict[str, Job] = {}
         self._queue: list[tuple[int, int, Job]] = []
         self._order = itertools.count()
@@ -112,6 +132,29 @@ class LayoutWorker:
                 self._thread.start()
             self._wake.notify()
             return job
+
+    def lay_out(self, X: np.ndarray, *, init: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+        """reduce.layout_2d of ``X``: in the worker's own process when it has one (started on first
+        use, spawned: this process has threads; one that died is replaced at the next layout), else here."""
+        if not self.separate_process:
+            from clip_icm import reduce
+
+            return reduce.layout_2d(X, init=init, seed=seed)
+        from clip_icm import reduce
+
+        reduce.wait_for_compilation()  # the kernels this server compiles in the background, loaded there
+        with self._wake:
+            if self._process is None:
+                self._process = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=_limit_blas)
+            process = self._process
+        try:
+            return process.submit(_layout_2d, X, init, seed).result()
+        except BrokenProcessPool as error:
+            with self._wake:
+                if self._process is process:
+                    self._process = None
+            raise RuntimeError("the layout process ended before the layout did (out of memory?); "
+                               "the next layout starts a new one") from error
 
     def finished(self, key: str, xy: np.ndarray, *, label: str, group: str) -> Job:
         """Hold ``xy`` as the finished job of ``key`` (a layout read from the store), so that the next
@@ -249,5 +292,5 @@ def shared() -> LayoutWorker:
     global _shared
     with _shared_lock:
         if _shared is None:
-            _shared = LayoutWorker()
+            _shared = LayoutWorker(separate_process=True)
         return _shared

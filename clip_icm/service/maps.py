@@ -89,16 +89,19 @@ def _invariant_parts(ids: np.ndarray, fitted: Fit, full_xy: np.ndarray, seed: in
     return ("invariant", ids.tolist(), components, start, seed)
 
 
-def full_layout(emb: EmbeddingSet, ids: np.ndarray, seed: int = 0, store=None) -> np.ndarray:
-    return _stored_layout(store, _full_parts(ids, seed), lambda: reduce.layout_2d(emb.features[ids], seed=seed),
-                          emb)
+def full_layout(emb: EmbeddingSet, ids: np.ndarray, seed: int = 0, store=None,
+                lay_out: Callable[..., np.ndarray] | None = None) -> np.ndarray:
+    """``lay_out``: what computes it (reduce.layout_2d here by default; a worker's process for a job)."""
+    lay_out = lay_out or reduce.layout_2d
+    return _stored_layout(store, _full_parts(ids, seed), lambda: lay_out(emb.features[ids], seed=seed), emb)
 
 
 def invariant_layout(emb: EmbeddingSet, ids: np.ndarray, fitted: Fit, full_xy: np.ndarray, seed: int = 0,
-                     store=None) -> np.ndarray:
+                     store=None, lay_out: Callable[..., np.ndarray] | None = None) -> np.ndarray:
     """Layout of the projected rows, started from (and aligned to) the full-space layout."""
+    lay_out = lay_out or reduce.layout_2d
     return _stored_layout(store, _invariant_parts(ids, fitted, full_xy, seed),
-                          lambda: reduce.layout_2d(fitted.transform(emb.features[ids]), init=full_xy, seed=seed), emb)
+                          lambda: lay_out(fitted.transform(emb.features[ids]), init=full_xy, seed=seed), emb)
 
 
 # ---------------------------------------------------------------- the same layouts, in the background
@@ -131,23 +134,25 @@ def full_layout_job(emb: EmbeddingSet, ids: np.ndarray, seed: int = 0, store=Non
     stored = _stored_or_none(store, emb, parts)
     if stored is not None:
         return worker.finished(key, stored, label="full space", group=emb.key)
-    return worker.submit(key, lambda: full_layout(emb, ids, seed, store), label="full space", group=emb.key)
+    return worker.submit(key, lambda: full_layout(emb, ids, seed, store, worker.lay_out), label="full space",
+                         group=emb.key)
 
 
 def invariant_layout_job(emb: EmbeddingSet, ids: np.ndarray, fit_key: str, make_fit: Callable[[], Fit], label: str,
                          seed: int = 0, store=None, worker: LayoutWorker | None = None,
                          priority: int = NOW) -> Job | None:
     """The invariant layout of the fit that ``make_fit`` returns (``fit_key``: its content key) as a
-    job of ``worker``; after the full-space layout it starts from (which it waits for, or computes).
+    job of ``worker``, after the full-space layout it starts from (queued first, at NOW, so the worker has
+    run it; were it not done, it is computed here, from the store when it is there).
     ``priority`` SPECULATIVE: a layout the page may show next (None: refused, the worker has enough)."""
     worker = worker or shared()
     full = full_layout_job(emb, ids, seed, store, worker)
 
     def compute() -> np.ndarray:
-        full_xy = full.result() if full.future.done() else full_layout(emb, ids, seed, store)
+        full_xy = full.result() if full.future.done() else full_layout(emb, ids, seed, store, worker.lay_out)
         if full_xy is None:  # the full layout failed: say why here too
             raise full.error()
-        return invariant_layout(emb, ids, make_fit(), full_xy, seed, store)
+        return invariant_layout(emb, ids, make_fit(), full_xy, seed, store, worker.lay_out)
 
     key = _job_key(emb, "invariant", ids.tolist(), fit_key, seed)
     if priority == NOW and ready(full) and not ready(worker.get(key)):
