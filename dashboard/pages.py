@@ -310,8 +310,9 @@ def _accuracy_section(ctx: Context, K: int, lam: float):
         return _open_class_section(ctx, K, lam)
     st.subheader("Accuracy per domain")
     try:
-        frames = [cached.evaluate(emb.key, c.target, controls.eval_config(c, K, lam, (m,)), emb)
-                  for m in (c.method, *c.baselines)]
+        # a baseline that reads neither K nor lam is evaluated once for every slider position
+        configs = [service.with_unused_fixed(m, controls.eval_config(c, K, lam, (m,))) for m in (c.method, *c.baselines)]
+        frames = [cached.evaluate(emb.key, c.target, config, emb).assign(K=K, lam=lam) for config in configs]
     except service.ServiceError as e:
         st.error(str(e))
         return None

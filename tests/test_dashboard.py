@@ -294,10 +294,10 @@ def test_default_demo_opens_on_the_honest_story_with_gallery_confusions_and_prom
     _ok(at)
     added = {k: v for k, v in _store_entries(tmp_path / "store").items() if k not in before}
     # no embeddings: the two UMAP layouts, and results kept for a restart (empty arrays: the choice of
-    # K and lam and CLIP's score beside it, an accuracy table per method and baseline, the confusions,
-    # and the model choice of each of the four targets)
+    # K and lam and CLIP's score beside it, an accuracy table per method and baseline, the confusions
+    # of CLIP and of ICM, and the model choice of each of the four targets)
     layouts = [shape for shape in added.values() if shape != [0]]
-    assert len(layouts) == 2 and all(shape[1] == 2 for shape in layouts) and len(added) == 2 + 2 + 3 + 1 + 4
+    assert len(layouts) == 2 and all(shape[1] == 2 for shape in layouts) and len(added) == 2 + 2 + 3 + 2 + 4
     # the model to deploy is the CLI's choice for the same target
     assert f"**For cartoon, deploy {_chosen_label(tmp_path / 'cli.csv', 'cartoon')}**" in at.success[0].value
     shown = _table(at)["cartoon (target)"]

@@ -16,7 +16,8 @@ from clip_icm.service.exports import accuracy_csv, figure_png, png_available, pr
 from clip_icm.service.fitting import (Fit, accuracy_table, accuracy_wide, choose_hyperparameters, confusion,
                                       eval_config, evaluate, evaluate_and_choose, evaluate_open_class, fit,
                                       full_space_score, method_label, open_class_wide, orth_cali_summary,
-                                      playground, projection_defaults, sweep, target_confusions)
+                                      playground, projection_defaults, sweep, target_confusions,
+                                      with_unused_fixed)
 from clip_icm.service.layout_worker import SPECULATIVE, Job as LayoutJob, LayoutWorker
 from clip_icm.service.layout_worker import ready as layout_ready, shared as layout_worker
 from clip_icm.service.maps import (MAP_POINTS, full_layout, full_layout_job, invariant_layout, invariant_layout_job,
@@ -33,7 +34,7 @@ __all__ = [
     "Fit", "accuracy_table", "accuracy_wide", "choose_hyperparameters", "confusion", "eval_config", "evaluate",
     "evaluate_and_choose", "evaluate_open_class", "fit", "full_space_score", "method_label", "open_class_wide",
     "orth_cali_summary", "playground",
-    "projection_defaults", "sweep", "target_confusions",
+    "projection_defaults", "sweep", "target_confusions", "with_unused_fixed",
     "SPECULATIVE", "LayoutJob", "LayoutWorker", "layout_ready", "layout_worker",
     "MAP_POINTS", "full_layout", "full_layout_job", "invariant_layout", "invariant_layout_job", "nearest_neighbours",
     "plot_ids", "point_table", "predictions", "thumbnail",
