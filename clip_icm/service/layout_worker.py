@@ -45,9 +45,8 @@ class Job:
     label: str
     group: str
     priority: int
-    compute: Callable[[], np.ndarray] = field(repr=False)
+    compute: Callable[[], np.ndarray] | None = field(repr=False)
     future: Future = field(default_factory=Future, repr=False)
-    submitted_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     finished_at: float | None = None
     order: int = 0  # of its latest place in the queue (a job moved up has an older, dead one)
@@ -159,7 +158,7 @@ class LayoutWorker:
     def finished(self, key: str, xy: np.ndarray, *, label: str, group: str) -> Job:
         """Hold ``xy`` as the finished job of ``key`` (a layout read from the store), so that the next
         rerun finds it here."""
-        job = Job(key, label, group, NOW, compute=lambda: xy)
+        job = Job(key, label, group, NOW, compute=None)
         job.future.set_result(xy)
         with self._wake:
             job.started_at = job.finished_at = time.monotonic()
@@ -192,14 +191,13 @@ class LayoutWorker:
             first = sum(1 for j in self._waiting_jobs() if (j.priority, j.order) < (job.priority, job.order))
             return first + (self._running is not None)
 
-    def forget(self, key: str | None = None) -> None:
-        """Forget the job of ``key`` (a failed layout is asked for again), or every job (tests);
-        waiting ones are cancelled, a running one finishes unseen."""
+    def forget(self) -> None:
+        """Forget every job (dashboard.cached.clear, between tests): waiting ones are cancelled, a
+        running one finishes unseen."""
         with self._wake:
-            for job in [self._jobs.get(key)] if key is not None else list(self._jobs.values()):
-                if job is not None:
-                    job.future.cancel()
-                    self._jobs.pop(job.key, None)
+            for job in list(self._jobs.values()):
+                job.future.cancel()
+                del self._jobs[job.key]
 
     def forget_failed(self) -> int:
         """Forget every failed job, so that the page asks for it again; how many."""
@@ -208,11 +206,6 @@ class LayoutWorker:
             for job in failed:
                 del self._jobs[job.key]
             return len(failed)
-
-    def cancel_speculative(self, group: str | None = None) -> int:
-        """Cancel the waiting speculative jobs (of ``group``, or all); how many."""
-        with self._wake:
-            return self._drop_speculative(lambda job: group is None or job.group == group)
 
     def waiting(self, priority: int | None = None) -> int:
         with self._wake:
@@ -278,7 +271,8 @@ class LayoutWorker:
             else:
                 job.future.set_result(result)
             with self._wake:
-                job.finished_at, self._running = time.monotonic(), None
+                # what it computed from (the embeddings, a fit) is not kept alive by a finished job
+                job.compute, job.finished_at, self._running = None, time.monotonic(), None
                 self._trim()
                 self._wake.notify_all()
 
