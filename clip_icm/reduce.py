@@ -99,6 +99,12 @@ def compile_in_background() -> None:
                 _compiler = background.start("from clip_icm import reduce\nreduce.warm_up()", low_priority=True)
 
 
+def wait_for_compilation() -> None:
+    """Wait (up to COMPILE_WAIT_S) for compile_in_background()'s process, if this process started one:
+    compiling the same kernels meanwhile, here or in a layout process, would only share the cores with it."""
+    background.wait(_compiler, COMPILE_WAIT_S)
+
+
 def layout_2d(
     X: np.ndarray,
     *,
@@ -151,8 +157,7 @@ def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n
           search: str | None = None) -> np.ndarray:
     """``search``, how the neighbours are found: "exact" (exact_neighbours, handed to umap),
     "descent" (pynndescent's approximate search); None: exact up to BLAS_KNN_LIMIT rows."""
-    # compiling the same kernels here meanwhile would only share the cores with that process
-    background.wait(_compiler, COMPILE_WAIT_S)
+    wait_for_compilation()
     import umap  # lazy: seconds to import, numba compilation on first use
 
     from clip_icm import umap_cache

@@ -88,16 +88,10 @@ def results_store() -> EmbeddingStore:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def full_layout(emb_key: str, max_points: int, _emb: EmbeddingSet) -> tuple[np.ndarray, np.ndarray]:
-    ids = service.plot_ids(_emb, max_points)
-    return ids, service.full_layout(_emb, ids, store=results_store())
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def invariant_layout(emb_key: str, fit_key: str, max_points: int, _emb: EmbeddingSet,
-                     _fit: service.Fit) -> np.ndarray:
-    ids, full_xy = full_layout(emb_key, max_points, _emb)
-    return service.invariant_layout(_emb, ids, _fit, full_xy, store=results_store())
+def plot_ids(emb_key: str, max_points: int, _emb: EmbeddingSet) -> np.ndarray:
+    """The rows on the maps (the layouts themselves come from service.layout_worker, not from here:
+    a Streamlit cache would make the page wait for them)."""
+    return service.plot_ids(_emb, max_points)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -124,6 +118,7 @@ def cache_info(folder: str) -> dict:
 
 
 def clear() -> None:
-    """Empty every cache (tests call this between runs)."""
+    """Empty every cache and forget the background worker's layouts (tests call this between runs)."""
     st.cache_data.clear()
     st.cache_resource.clear()
+    service.layout_worker().forget()

@@ -314,8 +314,9 @@ def _accuracy_section(ctx: Context, K: int, lam: float):
         return _open_class_section(ctx, K, lam)
     st.subheader("Accuracy per domain")
     try:
-        frames = [cached.evaluate(emb.key, c.target, controls.eval_config(c, K, lam, (m,)), emb)
-                  for m in (c.method, *c.baselines)]
+        # a baseline that reads neither K nor lam is evaluated once for every slider position
+        configs = [service.with_unused_fixed(m, controls.eval_config(c, K, lam, (m,))) for m in (c.method, *c.baselines)]
+        frames = [cached.evaluate(emb.key, c.target, config, emb).assign(K=K, lam=lam) for config in configs]
     except service.ServiceError as e:
         st.error(str(e))
         return None
@@ -379,40 +380,142 @@ def _headline(table, choice: controls.ProjectionChoice) -> None:
 
 
 def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
-    """The two layouts side by side, then the selection; returns the figures (for export)."""
-    emb = ctx.emb
+    """The two layouts side by side, then the selection; returns the figures drawn (for export).
+    The layouts come from the background worker: the page never waits for one. A pending layout shows
+    the last map of that space (marked stale) or a placeholder, and a status that redraws the page
+    once it is ready."""
+    emb, c = ctx.emb, ctx.choice
     st.subheader("Full CLIP space vs invariant space (UMAP)")
     colour = controls.colour_ui()
     max_points = controls.map_points_ui(len(emb.labels))
-    left, right = st.columns(2)
-    with left, st.spinner("Laying out the full space (a new server's first UMAP compiles numba's kernels, "
-                          "~10 s once, or loads them; above 20,000 points ~40 s more)…"):
-        ids, full_xy = cached.full_layout(emb.key, max_points, emb)
-    fit_key = _fit_key(ctx, K, lam)
-    full_points = service.point_table(emb, ids, ctx.choice.target,
-                                      cached.predictions(emb.key, "", evaluation.FULL_SPACE, emb, None))
-    inv_points = service.point_table(emb, ids, ctx.choice.target,
-                                     cached.predictions(emb.key, fit_key, fit.method, emb, fit))
-    full_fig = figures.scatter_layout(full_xy, full_points, colour, "Full CLIP space")
-    with right, st.spinner("Laying out the invariant space…"):
-        inv_xy = cached.invariant_layout(emb.key, fit_key, max_points, emb, fit)
+    ids = cached.plot_ids(emb.key, max_points, emb)
+    store, fit_key = cached.results_store(), _fit_key(ctx, K, lam)
     label = service.method_label(fit.method)
-    inv_fig = figures.scatter_layout(inv_xy, inv_points, colour, f"Invariant space ({label}, K = {K}, lam = {lam:g})")
-    _maps_and_selection(emb, ids, fit, full_fig, inv_fig)
-    return {"umap_full": full_fig, "umap_invariant": inv_fig}
+    inv_title = f"Invariant space ({label}, K = {K}, lam = {lam:g})"
+    full_job = service.full_layout_job(emb, ids, store=store)
+    inv_job = service.invariant_layout_job(emb, ids, fit_key, lambda: fit, _invariant_label(c.method, K, lam),
+                                           store=store)
+    previous = st.session_state.get("invariant_layout_job")  # a slider dragged on: its last stop can wait
+    if previous is not None and previous is not inv_job:
+        service.layout_worker().demote(previous)
+    st.session_state["invariant_layout_job"] = inv_job
+    _speculate(ctx, ids, K, lam)
+    full_points = service.point_table(emb, ids, c.target,
+                                      cached.predictions(emb.key, "", evaluation.FULL_SPACE, emb, None))
+    inv_points = service.point_table(emb, ids, c.target, cached.predictions(emb.key, fit_key, fit.method, emb, fit))
+    space = (emb.key, id(emb) if not emb.key else "", max_points)  # "that space": the same points, another fit
+    full_fig = _map_figure(full_job, full_points, colour, "Full CLIP space")
+    inv_fig = _map_figure(inv_job, inv_points, colour, inv_title)
+    if inv_fig is not None:
+        st.session_state["last_invariant_map"] = (space, inv_job.result(), inv_points, inv_title)
+    elif inv_job.pending:
+        inv_fig = _stale_map(space, colour, K, lam)
+    pending = [job for job in (full_job, inv_job) if job.pending]
+    if pending:
+        _layout_status(pending)
+    _maps_and_selection(emb, ids, fit, full_fig, inv_fig,
+                        {"umap_full": _layout_failure(full_job), "umap_invariant": _layout_failure(inv_job)})
+    drawn = {"umap_full": (full_fig, full_job), "umap_invariant": (inv_fig, inv_job)}
+    return {name: fig for name, (fig, job) in drawn.items() if fig is not None and service.layout_ready(job)}
+
+
+def _map_figure(job: service.LayoutJob, points: pd.DataFrame, colour: str, title: str):
+    """The map of a finished layout job; None while it is pending or when it failed."""
+    xy = job.result()
+    return None if xy is None else figures.scatter_layout(xy, points, colour, title)
+
+
+def _stale_map(space: tuple, colour: str, K: int, lam: float):
+    """The last invariant map this session drew of the same points, dimmed and titled as stale; None if none."""
+    last = st.session_state.get("last_invariant_map")
+    if last is None or last[0] != space:
+        return None
+    _, xy, points, title = last
+    fig = figures.scatter_layout(xy, points, colour, f"Stale: {title}; laying out K = {K}, lam = {lam:g}")
+    return fig.update_traces(opacity=0.35)
+
+
+def _layout_failure(job: service.LayoutJob) -> str | None:
+    error = job.error()
+    if error is None:
+        return None
+    what = service.message(error) if isinstance(error, service.USER_ERRORS) else f"{type(error).__name__}: {error}"
+    return f"The {job.label} layout failed: {texts.plain(what)}"
+
+
+LAYOUT_POLL_S = 1.0
+
+
+@st.fragment(run_every=LAYOUT_POLL_S)
+def _layout_status(jobs: list) -> None:
+    """While layouts are pending: where each stands, polled every LAYOUT_POLL_S; once none is, the
+    whole page reruns (and draws the maps and their exports), which no longer draws this: polling stops."""
+    pending = [job for job in jobs if job.pending]
+    if not pending:
+        st.rerun()
+    worker = service.layout_worker()
+    stands = "; ".join(f"{job.label}, {job.progress(worker.ahead_of(job))}" for job in pending)
+    st.info(f"Maps laying out in the background ({stands}). The numbers above are already for this setting; "
+            "the maps follow by themselves.", icon="⏳")
+
+
+def _speculate(ctx: Context, ids: np.ndarray, K: int, lam: float) -> None:
+    """Queue, at the lowest priority, the invariant layouts of the K and lam cells the selection rule
+    considered, nearest to the sliders' position first, so that a slider move often lands on a stored
+    layout. Bounded: at most the worker's MAX_SPECULATIVE wait at once, never more than the rule's grid
+    (20 cells at D = 512), each kept in the store; dropped when a page asks for another data set."""
+    s, c = ctx.selection, ctx.choice
+    if s is None:
+        return
+    Ks, lams = sorted(set(s.scores.K)), sorted(set(s.scores.lam))
+    here = (_nearest(Ks, K), _nearest(lams, lam))
+    cells = sorted(((k, x) for k in Ks for x in lams),
+                   key=lambda cell: abs(Ks.index(cell[0]) - here[0]) + abs(lams.index(cell[1]) - here[1]))
+    for cell_K, cell_lam in [(s.K, s.lam), *cells]:
+        if (cell_K, cell_lam) == (K, lam):
+            continue
+        cell_K, cell_lam = int(cell_K), float(cell_lam)
+        config = controls.eval_config(c, cell_K, cell_lam, (c.method,))
+        job = service.invariant_layout_job(ctx.emb, ids, _fit_key(ctx, cell_K, cell_lam),
+                                           lambda config=config: service.fit(ctx.emb, c.target, c.method, config),
+                                           _invariant_label(c.method, cell_K, cell_lam),
+                                           store=cached.results_store(), priority=service.SPECULATIVE)
+        if job is None:  # the worker has enough waiting
+            return
+
+
+def _invariant_label(method: str, K: int, lam: float) -> str:
+    return f"invariant space ({service.method_label(method)}, K = {K}, λ = {lam:g})"
+
+
+def _nearest(values: list, value: float) -> int:
+    return min(range(len(values)), key=lambda i: abs(values[i] - value))
 
 
 @st.fragment
-def _maps_and_selection(emb: EmbeddingSet, ids: np.ndarray, fit: service.Fit, full_fig, inv_fig) -> None:
+def _maps_and_selection(emb: EmbeddingSet, ids: np.ndarray, fit: service.Fit, full_fig, inv_fig,
+                        failures: dict) -> None:
     """The two maps and what is selected on them: a fragment, so that a box or lasso selection
-    reruns only this part (the figures are made outside it), not the accuracy and the layouts."""
+    reruns only this part (the figures are made outside it), not the accuracy and the layouts.
+    A map not laid out yet is a placeholder; one whose layout failed, the reason and a retry."""
     left, right = st.columns(2)
-    selection = left.plotly_chart(full_fig, key="umap_full", on_select="rerun", selection_mode=("box", "lasso"))
-    selection_inv = right.plotly_chart(inv_fig, key="umap_invariant", on_select="rerun", selection_mode=("box", "lasso"))
+    selections = []
+    for column, fig, key, space in ((left, full_fig, "umap_full", "full space"),
+                                    (right, inv_fig, "umap_invariant", "invariant space")):
+        with column:
+            if failures[key] is not None:
+                st.error(failures[key])
+                if st.button("Lay it out again", key=f"relayout_{key}"):
+                    service.layout_worker().forget_failed()
+                    st.rerun()
+            elif fig is None:
+                st.info(f"The {space} map is laying out in the background; it appears here when ready.")
+            else:
+                selections.append(st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("box", "lasso")))
     st.caption("Circles: source domains, crosses: the target domain. Hover shows the zero-shot prediction in that "
                "space. Layouts share an initialisation so that the two pictures are comparable. Select points "
                "(box or lasso) to see their images and nearest neighbours.")
-    picked = sorted(set(figures.selected_ids(selection)) | set(figures.selected_ids(selection_inv)))
+    picked = sorted(set().union(*(figures.selected_ids(selection) for selection in selections)))
     if picked:
         _selection_view(emb, ids, picked, fit)
 

@@ -6,11 +6,13 @@ UI tests run on the synthetic source (fast, no model); one test runs the real de
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from clip_icm import service
 from dashboard import cached
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,16 +21,27 @@ TIMEOUT = 240
 
 
 @pytest.fixture(autouse=True)
-def clean_caches():
+def clean_caches(monkeypatch):
+    # No speculative layouts here (tests/test_dashboard_layouts.py has them): they would only add
+    # layouts to wait for, and entries to the store that a test counts.
+    monkeypatch.setattr(service.layout_worker(), "max_speculative", 0)
     cached.clear()
     yield
     cached.clear()
+    assert service.layout_worker().wait_idle(TIMEOUT)
 
 
 def _app(**state) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     for key, value in {"ctl_source": "synthetic", "ctl_n_synth": 100, **state}.items():
         at.session_state[key] = value
+    return _settled(at.run())
+
+
+def _settled(at: AppTest) -> AppTest:
+    """The page once the background worker has laid out its maps (what the page's polling redraws;
+    tests/test_dashboard_layouts.py tests the page while they are pending)."""
+    assert service.layout_worker().wait_idle(TIMEOUT)
     return at.run()
 
 
@@ -95,19 +108,20 @@ def test_changing_target_k_lam_and_method_updates_the_accuracy_table():
     assert "PCA linear probe" in _table(at).index
 
 
-def test_picking_a_baseline_keeps_the_invariant_layout(monkeypatch):
-    from clip_icm import service
+def test_picking_a_baseline_keeps_the_invariant_layout(tmp_path, monkeypatch):
+    from clip_icm.service import maps
 
+    monkeypatch.setenv("CLIP_ICM_CACHE", str(tmp_path))  # no layout of an earlier test in the store
     calls = []
-    layout = service.invariant_layout
-    monkeypatch.setattr(service, "invariant_layout", lambda *a, **kw: calls.append(1) or layout(*a, **kw))
+    layout = maps.invariant_layout
+    monkeypatch.setattr(maps, "invariant_layout", lambda *a, **kw: calls.append(1) or layout(*a, **kw))
     at = _app()
     assert len(calls) == 1
-    at.sidebar.multiselect(key="ctl_baselines").set_value(["pca"]).run()
+    _settled(at.sidebar.multiselect(key="ctl_baselines").set_value(["pca"]).run())
     _ok(at)
     assert "PCA linear probe" in _table(at).index
     assert len(calls) == 1  # the fit did not change, so neither does its layout
-    at.sidebar.slider(key="ctl_K").set_value(2).run()
+    _settled(at.sidebar.slider(key="ctl_K").set_value(2).run())
     assert len(calls) == 2
 
 
@@ -147,8 +161,6 @@ def test_interventional_selection_without_intervened_rows_is_a_message(monkeypat
 
 
 def test_above_the_map_limit_a_visible_control_and_a_stratified_subsample(monkeypatch):
-    from clip_icm import service
-
     monkeypatch.setattr(service, "MAP_POINTS", 120)
     at = _app()
     _ok(at)
@@ -278,14 +290,14 @@ def test_default_demo_opens_on_the_honest_story_with_gallery_confusions_and_prom
     assert main(["evaluate", "--target", "cartoon", "--quiet", "--out", str(tmp_path / "cli.csv")]) == 0
     cli = pd.read_csv(tmp_path / "cli.csv").query("role == 'target'").set_index(["method", "protocol"]).accuracy
     before = _store_entries(tmp_path / "store")
-    at = AppTest.from_file(APP, default_timeout=600).run()
+    at = _settled(AppTest.from_file(APP, default_timeout=600).run())
     _ok(at)
     added = {k: v for k, v in _store_entries(tmp_path / "store").items() if k not in before}
     # no embeddings: the two UMAP layouts, and results kept for a restart (empty arrays: the choice of
-    # K and lam and CLIP's score beside it, an accuracy table per method and baseline, the confusions,
-    # and the model choice of each of the four targets)
+    # K and lam and CLIP's score beside it, an accuracy table per method and baseline, the confusions
+    # of CLIP and of ICM, and the model choice of each of the four targets)
     layouts = [shape for shape in added.values() if shape != [0]]
-    assert len(layouts) == 2 and all(shape[1] == 2 for shape in layouts) and len(added) == 2 + 2 + 3 + 1 + 4
+    assert len(layouts) == 2 and all(shape[1] == 2 for shape in layouts) and len(added) == 2 + 2 + 3 + 2 + 4
     # the model to deploy is the CLI's choice for the same target
     assert f"**For cartoon, deploy {_chosen_label(tmp_path / 'cli.csv', 'cartoon')}**" in at.success[0].value
     shown = _table(at)["cartoon (target)"]
@@ -347,7 +359,8 @@ def test_embedding_progress_times_each_stage_on_its_own_and_lists_those_done(mon
     clock = iter([0.0, 0.0, 100.0, 100.0, 110.0])
     monkeypatch.setattr(pages.st, "progress", lambda *a, **kw: Element())
     monkeypatch.setattr(pages.st, "empty", Element)
-    monkeypatch.setattr(pages.time, "monotonic", lambda: next(clock))
+    # the page's clock only (patching time.monotonic itself would stop every other clock, the layout worker's too)
+    monkeypatch.setattr(pages, "time", SimpleNamespace(monotonic=lambda: next(clock)))
     progress = pages.StageProgress()
     progress("images", 0, 10)
     progress("images", 10, 10)

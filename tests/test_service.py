@@ -189,6 +189,20 @@ def test_accuracy_tables_and_confusions_are_kept_in_the_store_exactly(emb, tmp_p
         service.target_confusions(emb, "sketch", "icm", config, evaluation.ZERO_SHOT, store=EmbeddingStore(tmp_path))
 
 
+def test_what_a_method_does_not_read_of_k_and_lam_is_fixed_so_its_results_are_shared(emb):
+    fixed = {K: service.with_unused_fixed("augmentation", _config(K, 10.0 * K, ("augmentation",))) for K in (2, 6)}
+    assert fixed[2] == fixed[6] and (fixed[2].n_components, fixed[2].lam) == (1, 1.0)
+    pca = service.with_unused_fixed("pca", _config(6, 60.0, ("pca",)))  # PCA reads K only
+    assert (pca.n_components, pca.lam) == (6, 1.0)
+    assert service.with_unused_fixed("icm", _config(6, 60.0)) == _config(6, 60.0)
+    # what it claims: the augmentation baseline's accuracies do not move with K and lam
+    by_K = [service.evaluate(emb, "sketch", _config(K, 10.0 * K, ("augmentation",))) for K in (2, 6)]
+    pd.testing.assert_series_equal(by_K[0].accuracy, by_K[1].accuracy)
+    matrices = [service.target_confusions(emb, "sketch", "icm", _config(K)) for K in (2, 6)]
+    np.testing.assert_array_equal(matrices[0]["CLIP"], matrices[1]["CLIP"])
+    assert not np.array_equal(matrices[0]["icm"], matrices[1]["icm"])
+
+
 def test_sweep_has_honest_and_peeking_columns(emb):
     frame = service.sweep(emb, "sketch", "icm", _config(), (2, 4), (10.0,))
     assert list(frame.K) == [2, 4]

@@ -7,17 +7,21 @@ can cause (a missing folder, weights not on disk, an empty domain) come out as
 
 One module per reason to change: ``requests`` (what to embed, the embeddings, the model and
 data choices), ``fitting`` (fits, accuracy, selection, sweeps, confusions, the playground),
-``maps`` (points, layouts, neighbours, thumbnails) and ``exports`` (downloads); ``base`` holds
+``maps`` (points, layouts, neighbours, thumbnails), ``layout_worker`` (the thread that computes the
+layouts off the page) and ``exports`` (downloads); ``base`` holds
 the error type they share. The dashboard reads them all through this package.
 """
-from clip_icm.service.base import USER_ERRORS, Progress, ServiceError, content_key
+from clip_icm.service.base import USER_ERRORS, Progress, ServiceError, content_key, message
 from clip_icm.service.exports import accuracy_csv, figure_png, png_available, projection_npz
 from clip_icm.service.fitting import (Fit, accuracy_table, accuracy_wide, choose_hyperparameters, confusion,
                                       eval_config, evaluate, evaluate_and_choose, evaluate_open_class, fit,
                                       full_space_score, method_label, open_class_wide, orth_cali_summary,
-                                      playground, projection_defaults, sweep, target_confusions)
-from clip_icm.service.maps import (MAP_POINTS, full_layout, invariant_layout, nearest_neighbours, plot_ids,
-                                   point_table, predictions, thumbnail)
+                                      playground, projection_defaults, sweep, target_confusions,
+                                      with_unused_fixed)
+from clip_icm.service.layout_worker import SPECULATIVE, Job as LayoutJob, LayoutWorker
+from clip_icm.service.layout_worker import ready as layout_ready, shared as layout_worker
+from clip_icm.service.maps import (MAP_POINTS, full_layout, full_layout_job, invariant_layout, invariant_layout_job,
+                                   nearest_neighbours, plot_ids, point_table, predictions, thumbnail)
 from clip_icm.service.requests import (DATA_ROOTS_VAR, SOURCES, EmbeddingRequest, InterventionChoice, PairExample,
                                        PairsPreview, data_roots, default_target, describe, detect_folder,
                                        device_and_precision, folder_path, has_true_factors, intervention_config,
@@ -26,14 +30,15 @@ from clip_icm.service.requests import (DATA_ROOTS_VAR, SOURCES, EmbeddingRequest
                                        upload_pairs)
 
 __all__ = [
-    "USER_ERRORS", "Progress", "ServiceError", "content_key",
+    "USER_ERRORS", "Progress", "ServiceError", "content_key", "message",
     "accuracy_csv", "figure_png", "png_available", "projection_npz",
     "Fit", "accuracy_table", "accuracy_wide", "choose_hyperparameters", "confusion", "eval_config", "evaluate",
     "evaluate_and_choose", "evaluate_open_class", "fit", "full_space_score", "method_label", "open_class_wide",
     "orth_cali_summary", "playground",
-    "projection_defaults", "sweep", "target_confusions",
-    "MAP_POINTS", "full_layout", "invariant_layout", "nearest_neighbours", "plot_ids", "point_table", "predictions",
-    "thumbnail",
+    "projection_defaults", "sweep", "target_confusions", "with_unused_fixed",
+    "SPECULATIVE", "LayoutJob", "LayoutWorker", "layout_ready", "layout_worker",
+    "MAP_POINTS", "full_layout", "full_layout_job", "invariant_layout", "invariant_layout_job", "nearest_neighbours",
+    "plot_ids", "point_table", "predictions", "thumbnail",
     "DATA_ROOTS_VAR", "SOURCES", "EmbeddingRequest", "InterventionChoice", "PairExample", "PairsPreview",
     "pairs_preview", "upload_data", "upload_pairs", "data_roots",
     "default_target", "describe", "detect_folder", "device_and_precision", "folder_path", "has_true_factors",

@@ -1,5 +1,6 @@
 """The maps: which rows are drawn, their hover metadata, the two UMAP layouts (kept in the on-disk
-store), nearest neighbours and thumbnails."""
+store; computed by the background worker of ``layout_worker`` for the page), nearest neighbours and
+thumbnails."""
 from __future__ import annotations
 
 from typing import Callable
@@ -13,6 +14,7 @@ from clip_icm.errors import InvalidInput
 from clip_icm.hashing import digest
 from clip_icm.seeding import rng
 from clip_icm.service.fitting import Fit
+from clip_icm.service.layout_worker import NOW, Job, LayoutWorker, ready, shared
 
 MAP_POINTS = 20_000  # every point on the maps up to this many; a stratified subsample above
 
@@ -61,30 +63,103 @@ def point_table(emb: EmbeddingSet, ids: np.ndarray, target: str, predicted: np.n
     })
 
 
+def _store_key(emb: EmbeddingSet, key_parts: tuple) -> str:
+    from clip_icm.store import make_key
+
+    return make_key("layout", emb.key, *key_parts)
+
+
 def _stored_layout(store, key_parts: tuple, compute: Callable[[], np.ndarray], emb: EmbeddingSet) -> np.ndarray:
     """A layout from the on-disk store when ``store`` is given and the embeddings have a content
     key (a restarted server redraws at once), else computed. Stored as float16, so a computed
     layout is returned rounded the same way: both runs draw the same picture."""
     if store is None or not emb.key:
         return compute()
-    from clip_icm.store import make_key
-
     meta = {"kind": "layouts", **emb.origin}
-    return np.asarray(store.get_or_compute(make_key("layout", emb.key, *key_parts), compute, meta), dtype=np.float32)
+    return np.asarray(store.get_or_compute(_store_key(emb, key_parts), compute, meta), dtype=np.float32)
 
 
-def full_layout(emb: EmbeddingSet, ids: np.ndarray, seed: int = 0, store=None) -> np.ndarray:
-    return _stored_layout(store, ("full", ids.tolist(), seed), lambda: reduce.layout_2d(emb.features[ids], seed=seed),
-                          emb)
+def _full_parts(ids: np.ndarray, seed: int) -> tuple:
+    return ("full", ids.tolist(), seed)
+
+
+def _invariant_parts(ids: np.ndarray, fitted: Fit, full_xy: np.ndarray, seed: int) -> tuple:
+    components = digest(np.ascontiguousarray(fitted.projection.components_).tobytes())
+    start = digest(np.ascontiguousarray(full_xy, dtype=np.float32).tobytes())
+    return ("invariant", ids.tolist(), components, start, seed)
+
+
+def full_layout(emb: EmbeddingSet, ids: np.ndarray, seed: int = 0, store=None,
+                lay_out: Callable[..., np.ndarray] | None = None) -> np.ndarray:
+    """``lay_out``: what computes it (reduce.layout_2d here by default; a worker's process for a job)."""
+    lay_out = lay_out or reduce.layout_2d
+    return _stored_layout(store, _full_parts(ids, seed), lambda: lay_out(emb.features[ids], seed=seed), emb)
 
 
 def invariant_layout(emb: EmbeddingSet, ids: np.ndarray, fitted: Fit, full_xy: np.ndarray, seed: int = 0,
-                     store=None) -> np.ndarray:
+                     store=None, lay_out: Callable[..., np.ndarray] | None = None) -> np.ndarray:
     """Layout of the projected rows, started from (and aligned to) the full-space layout."""
-    components = digest(np.ascontiguousarray(fitted.projection.components_).tobytes())
-    start = digest(np.ascontiguousarray(full_xy, dtype=np.float32).tobytes())
-    return _stored_layout(store, ("invariant", ids.tolist(), components, start, seed),
-                          lambda: reduce.layout_2d(fitted.transform(emb.features[ids]), init=full_xy, seed=seed), emb)
+    lay_out = lay_out or reduce.layout_2d
+    return _stored_layout(store, _invariant_parts(ids, fitted, full_xy, seed),
+                          lambda: lay_out(fitted.transform(emb.features[ids]), init=full_xy, seed=seed), emb)
+
+
+# ---------------------------------------------------------------- the same layouts, in the background
+
+def _job_key(emb: EmbeddingSet, *parts: object) -> str:
+    """The content key of a layout job: the layout store's, with the fit's content key in place of
+    its components and start (a speculative job knows only what it will fit), plus ``id(emb)``
+    for embeddings without a content key (nothing else tells them apart)."""
+    from clip_icm.store import make_key
+
+    return make_key("layout job", emb.key or f"object {id(emb)}", *parts)
+
+
+def _stored_or_none(store, emb: EmbeddingSet, key_parts: tuple) -> np.ndarray | None:
+    if store is None or not emb.key:
+        return None
+    found = store.get(_store_key(emb, key_parts))
+    return None if found is None else np.asarray(found, dtype=np.float32)
+
+
+def full_layout_job(emb: EmbeddingSet, ids: np.ndarray, seed: int = 0, store=None,
+                    worker: LayoutWorker | None = None) -> Job:
+    """The full-space layout as a job of the background ``worker`` (the process's by default): done
+    when the worker or the store has it, else computed there while the page goes on."""
+    worker = worker or shared()
+    key, parts = _job_key(emb, *_full_parts(ids, seed)), _full_parts(ids, seed)
+    job = worker.get(key)
+    if ready(job):
+        return job
+    stored = _stored_or_none(store, emb, parts)
+    if stored is not None:
+        return worker.finished(key, stored, label="full space", group=emb.key)
+    return worker.submit(key, lambda: full_layout(emb, ids, seed, store, worker.lay_out), label="full space",
+                         group=emb.key)
+
+
+def invariant_layout_job(emb: EmbeddingSet, ids: np.ndarray, fit_key: str, make_fit: Callable[[], Fit], label: str,
+                         seed: int = 0, store=None, worker: LayoutWorker | None = None,
+                         priority: int = NOW) -> Job | None:
+    """The invariant layout of the fit that ``make_fit`` returns (``fit_key``: its content key) as a
+    job of ``worker``, after the full-space layout it starts from (queued first, at NOW, so the worker has
+    run it; were it not done, it is computed here, from the store when it is there).
+    ``priority`` SPECULATIVE: a layout the page may show next (None: refused, the worker has enough)."""
+    worker = worker or shared()
+    full = full_layout_job(emb, ids, seed, store, worker)
+
+    def compute() -> np.ndarray:
+        full_xy = full.result() if full.future.done() else full_layout(emb, ids, seed, store, worker.lay_out)
+        if full_xy is None:  # the full layout failed: say why here too
+            raise full.error()
+        return invariant_layout(emb, ids, make_fit(), full_xy, seed, store, worker.lay_out)
+
+    key = _job_key(emb, "invariant", ids.tolist(), fit_key, seed)
+    if priority == NOW and ready(full) and not ready(worker.get(key)):
+        stored = _stored_or_none(store, emb, _invariant_parts(ids, make_fit(), full.result(), seed))
+        if stored is not None:
+            return worker.finished(key, stored, label=label, group=emb.key)
+    return worker.submit(key, compute, label=label, group=emb.key, priority=priority)
 
 
 def nearest_neighbours(X: np.ndarray, ids: np.ndarray, query: list[int], k: int = 5) -> dict[int, list[int]]:

@@ -1,0 +1,134 @@
+"""A K change in the dashboard at 10,000 images: how long the rerun takes and when the new map is drawn,
+this checkout against a git revision in one run (streamlit.testing.v1.AppTest, no browser).
+
+    python -m bench.bench_rerun [--against main] [--n 10000]
+
+Each checkout runs in a fresh process with an empty store: synthetic SCM embeddings (D = 512, 7 classes,
+4 domains: bench_refit's), K and λ from the sliders, UMAP's kernels compiled beforehand (reduce.warm_up).
+Printed, in seconds:
+- first page: the run that draws the accuracy chart, and until both maps are drawn;
+- K change: until the rerun returns (the numbers on the page are the new K's), and until the invariant
+  map of the new K is drawn. Where the layouts run in the background (layout_worker), the map is drawn
+  by the first rerun after the worker is done (the page's status polls every second: a browser sees it
+  up to a second later); where they do not, by the K change's own rerun;
+- this checkout only, with the selection rule on: once its speculative layouts are done, a K change
+  onto a cell it considered: the rerun, and whether that rerun drew the new map.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Run in the checkout measured (its dashboard/app.py and clip_icm), argv[1]: the number of images.
+CHILD = r'''
+import functools, json, re, sys, time
+from streamlit.testing.v1 import AppTest
+from threadpoolctl import threadpool_limits
+from clip_icm import reduce, scm, service
+
+threadpool_limits(1, user_api="blas")  # as the dashboard runs
+# the synthetic source at D = 512 and argv[1] rows (its slider stops at 500 per domain)
+scm.SCMConfig = functools.partial(scm.SCMConfig, n_invariant=32, n_variant=480, n_classes=7)
+make_embedding_set = scm.make_embedding_set
+scm.make_embedding_set = lambda config, n_per_domain: make_embedding_set(config, n_per_domain=int(sys.argv[1]) // 4)
+reduce.warm_up()
+worker = getattr(service, "layout_worker", None)
+
+
+def titles(at):
+    return [json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "") for c in at.get("plotly_chart")]
+
+
+def drawn(at, k):
+    return any(t.startswith("Invariant space") and f"K = {k}," in t for t in titles(at))
+
+
+def until_drawn(at, k, t0):
+    while not drawn(at, k):
+        if worker is not None:
+            worker().wait_idle(600)
+        at.run()
+    return time.monotonic() - t0
+
+
+def page(selection):
+    at = AppTest.from_file("dashboard/app.py", default_timeout=900)
+    for key, value in {"ctl_source": "synthetic", "ctl_selection": selection}.items():
+        at.session_state[key] = value
+    return at
+
+
+out = {}
+at, t0 = page("off"), time.monotonic()
+at.run()
+out["first page: run"] = time.monotonic() - t0
+assert any(c.value.startswith(f"{sys.argv[1]} images") for c in at.caption), "not the number of images asked for"
+k = at.sidebar.slider(key="ctl_K").value
+out["first page: until both maps"] = until_drawn(at, k, t0)
+t0 = time.monotonic()
+at.sidebar.slider(key="ctl_K").set_value(k + 1).run()
+out["K change: rerun"] = time.monotonic() - t0
+out["K change: until the new invariant map"] = until_drawn(at, k + 1, t0)
+if worker is not None:
+    at = page("source_val")
+    at.run()
+    worker().wait_idle(900)  # the speculative layouts too
+    at.run()
+    k, lam = at.sidebar.slider(key="ctl_K").value, at.sidebar.select_slider(key="ctl_lam").value
+    cells = {int(m.group(1)) for job in worker().jobs()
+             if (m := re.search(r"K = (\d+), λ = (\S+)\)", job.label)) and float(m.group(2)) == lam}
+    other = min((c for c in cells if c != k), key=lambda c: abs(c - k))
+    t0 = time.monotonic()
+    at.sidebar.slider(key="ctl_K").set_value(other).run()
+    out["K change onto a speculated cell: rerun"] = time.monotonic() - t0
+    out["K change onto a speculated cell: map drawn by that rerun (1 = yes)"] = float(drawn(at, other))
+print("RESULT " + json.dumps(out))
+'''
+
+
+def measure(root: Path, n: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as store:
+        env = {**os.environ, "CLIP_ICM_CACHE": store, "PYTHONPATH": str(root), "OPENBLAS_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, "-c", CHILD, str(n)], cwd=root, env=env, capture_output=True,
+                              text=True, check=False)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"the measurement in {root} failed:\n{done.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000, help="images (synthetic rows), a multiple of 4")
+    parser.add_argument("--against", metavar="REV", help="also measure this git revision, after this checkout")
+    args = parser.parse_args()
+    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
+          f"{args.n:,} images, D = 512")
+    results = {"this checkout": measure(ROOT, args.n)}
+    if args.against:
+        with tempfile.TemporaryDirectory() as scratch:
+            other = Path(scratch) / "other"
+            subprocess.run(["git", "worktree", "add", "--detach", str(other), args.against], cwd=ROOT, check=True,
+                           capture_output=True)
+            try:
+                results[args.against] = measure(other, args.n)
+            finally:
+                subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=ROOT, capture_output=True)
+    print(f"(load average {os.getloadavg()[0]:.1f} at the end)\n")
+    names = list(results)
+    print("| measurement | " + " | ".join(f"{name} (s)" for name in names) + " |\n|---|" + "---|" * len(names))
+    for key in results["this checkout"]:
+        print(f"| {key} | " + " | ".join(f"{results[name][key]:.2f}" if key in results[name] else "n/a"
+                                         for name in names) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""The background layout worker (clip_icm/service/layout_worker.py) and the layout jobs of the maps."""
+import threading
+
+import numpy as np
+import pytest
+
+from clip_icm import service
+from clip_icm.errors import InvalidInput
+from clip_icm.service.layout_worker import NOW, SPECULATIVE, LayoutWorker
+from clip_icm.store import EmbeddingStore
+
+WAIT_S = 60  # a bound on every wait, so that a broken worker fails the test instead of hanging it
+
+
+def _blocked(worker: LayoutWorker, gate: threading.Event, ran: list):
+    """A first job that holds the worker's thread until ``gate`` is set."""
+    started = threading.Event()
+
+    def hold():
+        started.set()
+        assert gate.wait(WAIT_S)
+        ran.append("blocker")
+        return np.zeros((1, 2))
+
+    job = worker.submit("blocker", hold, label="blocker", group="a")
+    assert started.wait(WAIT_S)
+    return job
+
+
+def _record(ran: list, name: str):
+    return lambda: ran.append(name) or np.full((1, 2), len(ran), dtype=np.float32)
+
+
+def test_jobs_run_by_priority_then_in_order_and_the_same_key_is_the_same_job():
+    worker, gate, ran = LayoutWorker(), threading.Event(), []
+    try:
+        blocker = _blocked(worker, gate, ran)
+        guess = worker.submit("guess", _record(ran, "guess"), label="guess", group="a", priority=SPECULATIVE)
+        first = worker.submit("first", _record(ran, "first"), label="first", group="a")
+        second = worker.submit("second", _record(ran, "second"), label="second", group="a")
+        assert worker.submit("first", _record(ran, "again"), label="first", group="a") is first
+        assert blocker.progress(0).startswith("running for") and first.progress(worker.ahead_of(first)) == \
+            "queued behind 1 layout"
+        assert worker.ahead_of(second) == 2 and worker.ahead_of(guess) == 3 and guess.pending
+    finally:
+        gate.set()
+    assert worker.wait_idle(WAIT_S)
+    assert ran == ["blocker", "first", "second", "guess"]
+    assert first.result()[0, 0] == 2 and not first.pending and first.error() is None
+
+
+def test_a_speculative_job_asked_for_now_moves_up():
+    worker, gate, ran = LayoutWorker(), threading.Event(), []
+    try:
+        _blocked(worker, gate, ran)
+        guess = worker.submit("guess", _record(ran, "guess"), label="guess", group="a", priority=SPECULATIVE)
+        worker.submit("other", _record(ran, "other"), label="other", group="a")
+        assert worker.submit("guess", _record(ran, "never"), label="guess", group="a") is guess
+        assert guess.priority == NOW and worker.ahead_of(guess) == 2  # the running one, then "other"
+    finally:
+        gate.set()
+    assert worker.wait_idle(WAIT_S)
+    assert ran == ["blocker", "other", "guess"]
+
+
+def test_a_job_the_page_moved_on_from_runs_after_those_asked_for_now():
+    worker, gate, ran = LayoutWorker(), threading.Event(), []
+    try:
+        _blocked(worker, gate, ran)
+        old = worker.submit("K = 3", _record(ran, "K = 3"), label="old", group="a")
+        worker.submit("K = 4", _record(ran, "K = 4"), label="new", group="a")
+        worker.demote(old)
+        assert old.priority == SPECULATIVE and worker.ahead_of(old) == 2
+    finally:
+        gate.set()
+    assert worker.wait_idle(WAIT_S)
+    assert ran == ["blocker", "K = 4", "K = 3"] and old.result() is not None
+
+
+def test_speculative_jobs_are_bounded_and_dropped_when_another_data_set_is_asked_for():
+    worker, gate, ran = LayoutWorker(max_speculative=2), threading.Event(), []
+    try:
+        _blocked(worker, gate, ran)
+        guesses = [worker.submit(f"guess {i}", _record(ran, f"guess {i}"), label="guess", group="a",
+                                 priority=SPECULATIVE) for i in range(3)]
+        assert guesses[2] is None and worker.waiting(SPECULATIVE) == 2  # the bound refuses the third
+        worker.submit("b's map", _record(ran, "b's map"), label="map", group="b")
+        assert all(job.future.cancelled() for job in guesses[:2]) and worker.waiting(SPECULATIVE) == 0
+        assert str(guesses[0].error()) == "the layout was cancelled"
+        worker.submit("b guess", _record(ran, "b guess"), label="guess", group="b", priority=SPECULATIVE)
+        worker.submit("b's next map", _record(ran, "b's next map"), label="map", group="b")  # same data set: kept
+    finally:
+        gate.set()
+    assert worker.wait_idle(WAIT_S)
+    assert ran == ["blocker", "b's map", "b's next map", "b guess"]
+
+
+def test_a_failing_layout_is_its_error_and_the_worker_goes_on():
+    worker = LayoutWorker()
+
+    def fail():
+        raise InvalidInput("no neighbourhood")
+
+    failed = worker.submit("bad", fail, label="bad", group="a")
+    good = worker.submit("good", lambda: np.ones((2, 2)), label="good", group="a")
+    assert worker.wait_idle(WAIT_S)
+    assert isinstance(failed.error(), InvalidInput) and failed.result() is None and not failed.pending
+    assert good.result().sum() == 4
+    assert worker.submit("bad", fail, label="bad", group="a") is failed  # not retried on every rerun
+    assert worker.forget_failed() == 1 and worker.get("bad") is None and worker.get("good") is good
+
+
+def test_finished_jobs_kept_are_bounded():
+    worker = LayoutWorker(max_kept=2)
+    for i in range(4):
+        worker.submit(f"job {i}", lambda: np.zeros((1, 2)), label="job", group="a")
+    assert worker.wait_idle(WAIT_S)
+    assert sorted(job.key for job in worker.jobs()) == ["job 2", "job 3"]
+
+
+def _synthetic():
+    return service.load_embeddings(service.EmbeddingRequest(source="synthetic", n_per_domain=30))
+
+
+def test_layout_jobs_give_the_layouts_of_the_synchronous_path_and_find_the_stored_ones(tmp_path):
+    emb, worker = _synthetic(), LayoutWorker()
+    ids = service.plot_ids(emb)
+    fit = service.fit(emb, "sketch", "icm", service.eval_config(8, 100.0))
+    store = EmbeddingStore(tmp_path)
+    inv = service.invariant_layout_job(emb, ids, "fit 8", lambda: fit, "invariant", store=store, worker=worker)
+    assert worker.wait_idle(WAIT_S) and inv.error() is None
+    full = service.full_layout_job(emb, ids, store=store, worker=worker).result()
+    np.testing.assert_array_equal(full, service.full_layout(emb, ids).astype(np.float16))  # the store keeps float16
+    np.testing.assert_array_equal(inv.result(), service.invariant_layout(emb, ids, fit, full).astype(np.float16))
+    # a restarted server: a new worker finds both in the store at once, without queueing anything
+    again = LayoutWorker()
+    stored = service.invariant_layout_job(emb, ids, "fit 8", lambda: fit, "invariant", store=EmbeddingStore(tmp_path),
+                                          worker=again)
+    assert not stored.pending and again.waiting() == 0 and {job.label for job in again.jobs()} == {"full space",
+                                                                                                 "invariant"}
+    np.testing.assert_array_equal(stored.result(), inv.result())
+
+
+def test_a_speculative_layout_fits_in_the_worker_and_a_failed_full_layout_fails_the_invariant_one(monkeypatch):
+    from clip_icm import reduce
+
+    emb, worker = _synthetic(), LayoutWorker()
+    ids = service.plot_ids(emb)
+    fits = []
+    guess = service.invariant_layout_job(
+        emb, ids, "fit 4", lambda: fits.append(1) or service.fit(emb, "sketch", "icm", service.eval_config(4, 100.0)),
+        "invariant K = 4", worker=worker, priority=SPECULATIVE)
+    assert worker.wait_idle(WAIT_S) and guess.result().shape == (len(ids), 2) and fits == [1]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("numba exploded")
+
+    monkeypatch.setattr(reduce, "layout_2d", broken)
+    other = service.load_embeddings(service.EmbeddingRequest(source="synthetic", n_per_domain=31))
+    job = service.invariant_layout_job(other, service.plot_ids(other), "fit", lambda: pytest.fail("never fitted"),
+                                       "invariant", worker=worker)
+    assert worker.wait_idle(WAIT_S)
+    assert isinstance(job.error(), RuntimeError) and str(job.error()) == "numba exploded"
+
+
+def test_the_servers_worker_lays_out_in_a_process_of_its_own_the_same_layout_and_its_errors():
+    from threadpoolctl import threadpool_limits
+
+    from clip_icm import reduce
+
+    worker = LayoutWorker(separate_process=True)
+    X = np.random.default_rng(0).normal(size=(200, 16)).astype(np.float32)
+    init = np.random.default_rng(1).normal(size=(200, 2))
+    there = worker.lay_out(X, seed=3)
+    with threadpool_limits(1, user_api="blas"):  # as the dashboard's process, and the layout process, run
+        np.testing.assert_array_equal(there, reduce.layout_2d(X, seed=3))
+        np.testing.assert_array_equal(worker.lay_out(X, init=init), reduce.layout_2d(X, init=init))
+    with pytest.raises(InvalidInput, match=r"got shape \(0, 16\)"):
+        worker.lay_out(X[:0])
+    np.testing.assert_array_equal(worker.lay_out(X, seed=3), there)  # the process goes on after an error
