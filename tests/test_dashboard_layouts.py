@@ -67,6 +67,16 @@ def _hold_layouts(monkeypatch) -> tuple[threading.Event, list]:
     return gate, started
 
 
+def _once_started(at: AppTest, started: list, jobs: int = 1) -> AppTest:
+    """The page again once the worker has taken up ``jobs`` held layouts (under load the worker
+    thread may not have picked one up by the time the first rerun draws its status)."""
+    for _ in range(600):
+        if len(started) >= jobs:
+            return at.run()
+        threading.Event().wait(0.1)
+    raise AssertionError(f"the worker took up {len(started)} of {jobs} layouts in a minute")
+
+
 def test_a_k_change_returns_before_its_layout_shows_the_stale_map_and_then_the_new_one(monkeypatch):
     at = _settled(_app(ctl_selection="off"))
     assert not at.exception and not _laying_out(at)
@@ -75,6 +85,7 @@ def test_a_k_change_returns_before_its_layout_shows_the_stale_map_and_then_the_n
     try:
         at.sidebar.slider(key="ctl_K").set_value(3).run()
         # the rerun is back while the invariant layout is still held in the worker
+        at = _once_started(at, started)
         assert not gate.is_set() and started == [True]
         assert not at.exception and not at.error
         assert _titles(at)[0] == "Accuracy per domain (ICM, K = 3, lam = 1)"  # the numbers are already new
@@ -95,7 +106,7 @@ def test_a_k_change_returns_before_its_layout_shows_the_stale_map_and_then_the_n
 def test_a_new_data_set_shows_placeholders_until_both_maps_are_laid_out(monkeypatch):
     gate, started = _hold_layouts(monkeypatch)
     try:
-        at = _app(ctl_selection="off")
+        at = _once_started(_app(ctl_selection="off"), started)
         assert not at.exception and not gate.is_set() and started == [False]  # the full space first
         assert _titles(at)[0].startswith("Accuracy per domain") and len(at.get("plotly_chart")) == 2  # + confusions
         assert "full space, running for" in _laying_out(at)[0]
