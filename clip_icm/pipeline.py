@@ -54,6 +54,9 @@ from clip_icm.interventions import (DEFAULT_TEMPLATE, IMAGE_INTERVENTIONS, TEXT_
 from clip_icm.seeding import rng, seed_hash
 from clip_icm.store import EmbeddingStore, atomic_write, make_key
 
+# progress(stage, done, total). A stage's first report counts the items served from the cache (0 when
+# none; all of them for a stage served whole, which then reports nothing more); later reports add the
+# items computed. A front end shows the first as "served from cache" and rates only for the rest.
 Progress = Callable[[str, int, int], None]
 
 
@@ -256,6 +259,7 @@ class _Embedder:
         hit = self.store.get(key)
         if hit is not None:
             self.reused += 1
+            self._report(stage, len(texts), len(texts))  # served from the cache (Progress)
             return np.asarray(hit, np.float32)
         self._report(stage, 0, len(texts))
         array = self.backend.encode_texts(list(texts))
@@ -518,23 +522,30 @@ def _read_hash_memo(memo_file: Path) -> dict:
 def _hashes(paths: np.ndarray, progress: Progress | None, memo_file: Path) -> np.ndarray:
     """Content hashes of the images; a file whose :func:`file_stamp` (size, mtime, inode,
     ctime) is unchanged since the last run keeps its remembered hash (reading a large
-    dataset every run would cost more than the cache saves)."""
-    memo = _read_hash_memo(memo_file)
-    out, fresh = [], {}
-    for i, path in enumerate(paths.tolist()):
-        stamp, known = file_stamp(path), memo.get(path)
-        trusted = isinstance(known, list) and len(known) == len(stamp) + 1 and known[:-1] == stamp
-        digest = known[-1] if trusted and isinstance(known[-1], str) else file_hash(path)
-        fresh[path] = [*stamp, digest]
-        out.append(digest)
-        if progress is not None and (i + 1) % 1000 == 0:
-            progress("hash images", i + 1, len(paths))
+    dataset every run would cost more than the cache saves). Remembered hashes are the
+    stage's items served from the cache (:data:`Progress`)."""
+    memo, names = _read_hash_memo(memo_file), paths.tolist()
+    stamps = [file_stamp(path) for path in names]
+    digests = [_remembered(memo.get(path), stamp) for path, stamp in zip(names, stamps)]
+    missing = [i for i, digest in enumerate(digests) if digest is None]
+    served = len(paths) - len(missing)
     if progress is not None:
-        progress("hash images", len(paths), len(paths))
+        progress("hash images", served, len(paths))
+    for count, i in enumerate(missing, 1):
+        digests[i] = file_hash(names[i])
+        if progress is not None and (count % 1000 == 0 or count == len(missing)):
+            progress("hash images", served + count, len(paths))
+    fresh = {path: [*stamp, digest] for path, stamp, digest in zip(names, stamps, digests)}
     if fresh != memo:
         memo_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(memo_file, lambda fh: fh.write(json.dumps(fresh).encode()))
-    return np.array(out)
+    return np.array(digests)
+
+
+def _remembered(known: object, stamp: list[int]) -> str | None:
+    """The memo's hash of a file whose stamp is still ``stamp``, else None (read the file)."""
+    trusted = isinstance(known, list) and len(known) == len(stamp) + 1 and known[:-1] == stamp
+    return known[-1] if trusted and isinstance(known[-1], str) else None
 
 
 def intervened_image(path: str, pair_set: str, cfg: InterventionConfig):

@@ -96,7 +96,8 @@ def _build(request: service.EmbeddingRequest, notes: list[str]) -> EmbeddingSet:
 class StageProgress:
     """The embedding pass's progress: a bar for the running stage (its count and the time left at
     that stage's own rate) above a line naming the stages done, with their sizes and times, so that
-    a pass of ten stages does not look like one bar starting over."""
+    a pass of ten stages does not look like one bar starting over. A stage's first report counts
+    the items served from the cache (pipeline.Progress): a stage served whole says so, with no time."""
 
     def __init__(self) -> None:
         self.bar, self.log = st.progress(0.0, text="starting"), st.empty()
@@ -108,16 +109,26 @@ class StageProgress:
         now = time.monotonic()
         if stage != self.stage:
             if self.stage is not None:
-                self.finished.append(stage_summary(self.stage, self.total, now - self.since))
+                self.finished.append(stage_summary(self.stage, self.total, now - self.since, self._served_whole))
                 self.log.caption("Done: " + " · ".join(self.finished))
             self.stage, self.since, self.first_done = stage, now, done  # rows found in the store come first
         self.total = total
-        left = seconds_left(now - self.since, done - self.first_done, total - done)
-        eta = f", about {left:.0f} s left" if left is not None else ""
-        self.bar.progress(min(done / total, 1.0) if total else 1.0, text=f"{stage}: {done}/{total}{eta}")
+        if self._served_whole:
+            text = f"{stage}: served from cache ({total:,} items)"
+        else:
+            left = seconds_left(now - self.since, done - self.first_done, total - done)
+            eta = f", about {left:.0f} s left" if left is not None else ""
+            text = f"{stage}: {done}/{total}{eta}"
+        self.bar.progress(min(done / total, 1.0) if total else 1.0, text=text)
+
+    @property
+    def _served_whole(self) -> bool:
+        return bool(self.total) and self.first_done >= self.total
 
 
-def stage_summary(stage: str, total: int, seconds: float) -> str:
+def stage_summary(stage: str, total: int, seconds: float, served_from_cache: bool = False) -> str:
+    if served_from_cache:  # no time: reading the store is not the stage's work
+        return f"{stage} served from cache ({total:,} items)"
     size = f" {total:,}" if total > 1 else ""
     return f"{stage}{size} ({seconds:.1f} s)"
 
