@@ -841,6 +841,93 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# ---------------------------------------------------------------- export
+TABLE_FORMATS = ("parquet", "arrow")  # service.exports.TABLE_FORMATS (a test pins them)
+
+
+def _add_export_parser(subparsers: argparse._SubParsersAction) -> None:
+    from clip_icm.methods import ALL_METHODS
+
+    p = subparsers.add_parser(
+        "export", help="write the embeddings as one Parquet (or Arrow) table for pandas, DuckDB, Embedding Atlas",
+        description="One row per image: path, domain, class, split, role (the --target held out), the full and\n"
+        "invariant 2-D UMAP coordinates, each method's predicted class (zero-shot and probe, fitted\n"
+        "without the target) and the full and invariant vectors as fixed-size lists; the settings are\n"
+        "in the file's schema metadata (key clip_icm). Columns: docs/EXPORT.md. K and lam are fixed\n"
+        "(no selection runs here: take the ones evaluate chose). Embeds first, through the cache.",
+        epilog="examples:\n  python -m clip_icm export --out demo.parquet\n"
+        "  python -m clip_icm export --root ~/data --dataset PACS --model ViT-B-16-quickgelu --pretrained openai \\\n"
+        "      --target sketch --k 256 --no-coordinates --out pacs.parquet",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_source_args(p)
+    ex = p.add_argument_group("export")
+    ex.add_argument("--out", metavar="FILE", required=True, help="the file to write (replaced atomically)")
+    ex.add_argument("--format", dest="table_format", choices=TABLE_FORMATS, default="parquet",
+                    help="parquet (default) or arrow (the Arrow IPC file, Feather v2)")
+    ex.add_argument("--target", metavar="DOMAIN", default=None,
+                    help="the domain held out of every fit (default: the demo's shifted domain, else the last one)")
+    ex.add_argument("--k", type=int, default=None, help="invariant dimension K (default min(64, D/2))")
+    ex.add_argument("--lam", type=float, default=defaults.LAM, help="intervention weight (default %(default)g)")
+    ex.add_argument("--lam-mode", default=defaults.LAM_MODE, choices=("absolute", "relative"),
+                    help="as in evaluate (default %(default)s)")
+    ex.add_argument("--methods", metavar="LIST", type=_csv_names, default=None,
+                    help=f"methods whose predictions are written: {', '.join(ALL_METHODS)} (default all; CLIP always)")
+    ex.add_argument("--pair-sets", metavar="LIST", type=_csv_names, default=None,
+                    help="pair sets used to fit (default as evaluate)")
+    ex.add_argument("--no-coordinates", dest="coordinates", action="store_false",
+                    help="leave the four coordinate columns null: UMAP of every row is the slow part, and it "
+                    "grows with the rows (docs/EXPORT.md)")
+    # What evaluate lets one change and export keeps at this project's protocol and defaults.
+    p.set_defaults(run=_run_export, protocol="ours", keep_target_styles=False, orth_cali_lam=defaults.ORTH_CALI_LAM,
+                   orth_cali_queries="one")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clip_icm import service
+    from clip_icm.store import EmbeddingStore, atomic_write
+
+    _check_export_args(args)
+    configs = _configs(args)
+    _check_pair_sets(args, configs[2])
+    methods = _methods(args)
+    run = _embed(args, configs, check_target=args.target)
+    emb = run.embeddings
+    target = args.target or service.default_target(emb, "demo" if _on_demo(args) else "folder")
+    config = _eval_config(args, emb.features.shape[1], methods)
+    store = EmbeddingStore(args.cache, max_size=args.cache_max_size)  # the layouts are kept there
+    table = service.embedding_table(emb, target, config, coordinates=args.coordinates, seed=args.seed, store=store)
+    data = service.table_bytes(table, args.table_format)
+    try:
+        atomic_write(Path(args.out), lambda fh: fh.write(data))
+    except OSError as err:
+        raise InvalidInput(f"--out {args.out!r} could not be written ({err.strerror or err})") from None
+    coordinates = "" if args.coordinates else " (coordinates left null: --no-coordinates)"
+    _say(f"Wrote {table.num_rows} rows, {table.num_columns} columns ({args.table_format}) to {args.out}: target "
+         f"{target}, K={config.n_components}, lam={config.lam:g} {config.lam_mode}{coordinates}")
+    _say(_skipped_text(run.skipped))
+    return 0
+
+
+def _check_export_args(args: argparse.Namespace) -> None:
+    """--out and the numbers, before any embedding."""
+    import math
+
+    if args.k is not None and args.k < 1:
+        raise InvalidInput(f"--k must be at least 1, got {args.k}")
+    if not math.isfinite(args.lam) or args.lam < 0:
+        raise InvalidInput(f"--lam must be a finite number >= 0, got {args.lam}")
+    if os.path.isdir(args.out):
+        raise InvalidInput(f"--out {args.out!r} is a folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(parent):
+        raise InvalidInput(f"--out {args.out!r}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InvalidInput(f"--out {args.out!r}: the folder {parent} is not writable")
+
+
 # ---------------------------------------------------------------- cache
 CACHE_KINDS = ("embeddings", "pairs", "layouts", "kept results")  # cache.KINDS (a test pins them)
 
@@ -977,7 +1064,7 @@ def _removed_text(removed) -> str:
 
 # ---------------------------------------------------------------- main
 PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_playground_parser, _add_embed_parser, _add_evaluate_parser, _add_cache_parser,
+    _add_playground_parser, _add_embed_parser, _add_evaluate_parser, _add_cache_parser, _add_export_parser,
 ]
 
 

@@ -505,11 +505,17 @@ def _gallery_section(ctx: Context) -> None:
 
 def _export_section(ctx: Context, fit: service.Fit, table, layouts: dict) -> None:
     with st.expander("Export"):
-        c1, c2 = st.columns(2)
+        c1, c2, c3 = st.columns(3)
         c1.download_button("Projection (.npz)", service.projection_npz(fit, ctx.emb, ctx.request.model_label),
                            file_name=f"projection_{fit.method}_K{fit.K}_lam{fit.lam:g}.npz", key="dl_npz")
         c2.download_button("Accuracy table (.csv)", service.accuracy_csv(table), file_name="accuracy.csv",
                            key="dl_csv")
+        config = controls.eval_config(ctx.choice, fit.K, fit.lam, (ctx.choice.method, *ctx.choice.baselines))
+        c3.download_button("Embeddings table (.parquet)", lambda: embeddings_parquet(ctx.emb, fit.target, config),
+                           file_name=f"embeddings_{fit.target}.parquet", mime="application/vnd.apache.parquet",
+                           key="dl_parquet", help="One row per image: path, domain, class, split, the maps' "
+                           "coordinates (ICM's for the invariant map), each method's predictions and the vectors; "
+                           "columns: docs/EXPORT.md")
         figs = {"accuracy": figures.accuracy_bars(table, ctx.choice.target), **layouts}
         cols = st.columns(len(figs))
         for col, (name, fig) in zip(cols, figs.items()):
@@ -522,6 +528,14 @@ def _export_section(ctx: Context, fit: service.Fit, table, layouts: dict) -> Non
         else:
             st.caption("PNG export needs kaleido and a browser for it; not installed here, so only the "
                        "interactive HTML is offered (it opens offline, plotly.js is inlined).")
+
+
+def embeddings_parquet(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) -> bytes:
+    """The export table (service.embedding_table), made on the click: with the maps' coordinates when
+    the maps draw every row (their layouts are in the store then), else without (UMAP of every row)."""
+    coordinates = len(emb.labels) <= service.MAP_POINTS
+    table = service.embedding_table(emb, target, config, coordinates=coordinates, store=cached.results_store())
+    return service.table_bytes(table, "parquet")
 
 
 # ---------------------------------------------------------------- Diagnostics
