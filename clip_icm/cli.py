@@ -677,13 +677,20 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
         raise InvalidInput(f"--out {args.out!r} is a folder; give a file name")
     if not args.out.lower().endswith((".csv", ".json")):
         raise InvalidInput(f"--out must end in .csv or .json, got {args.out!r}")
-    parent = os.path.dirname(os.path.abspath(args.out))
+    _check_out_file(args.out)
+
+
+def _check_out_file(path: str) -> None:
+    """--out ``path`` can be written: not a folder, in a writable folder, not a read-only file."""
+    if os.path.isdir(path):
+        raise InvalidInput(f"--out {path!r} is a folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise InvalidInput(f"--out {args.out!r}: the folder {parent} does not exist")
+        raise InvalidInput(f"--out {path!r}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
-        raise InvalidInput(f"--out {args.out!r}: the folder {parent} is not writable")
-    if os.path.exists(args.out) and not os.access(args.out, os.W_OK):  # a rename would replace it regardless
-        raise InvalidInput(f"--out {args.out!r} is read-only; remove it or give another file name")
+        raise InvalidInput(f"--out {path!r}: the folder {parent} is not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):  # a rename would replace it regardless
+        raise InvalidInput(f"--out {path!r} is read-only; remove it or give another file name")
 
 
 def _evaluate_splits(args, run, config, targets: list[str], rule: str | None,
@@ -919,13 +926,7 @@ def _check_export_args(args: argparse.Namespace) -> None:
         raise InvalidInput(f"--k must be at least 1, got {args.k}")
     if not math.isfinite(args.lam) or args.lam < 0:
         raise InvalidInput(f"--lam must be a finite number >= 0, got {args.lam}")
-    if os.path.isdir(args.out):
-        raise InvalidInput(f"--out {args.out!r} is a folder; give a file name")
-    parent = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(parent):
-        raise InvalidInput(f"--out {args.out!r}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InvalidInput(f"--out {args.out!r}: the folder {parent} is not writable")
+    _check_out_file(args.out)
 
 
 # ---------------------------------------------------------------- cache
