@@ -291,7 +291,7 @@ def _stage_bar(stage: str, served: int, total: int):
     from tqdm import tqdm
 
     if total and served >= total:  # nothing to compute: a count, no rate, no time left
-        return tqdm(total=total, initial=served, desc=f"{stage}: served from cache ({total} items)",
+        return tqdm(total=total, initial=served, desc=f"{stage}: served from cache ({total:,} items)",
                     bar_format="{desc}", file=sys.stderr, leave=False)
     desc = f"{stage} ({served} served from cache)" if served else stage
     return tqdm(total=total, initial=served, desc=desc, file=sys.stderr, unit="item", leave=False)
@@ -900,6 +900,7 @@ def _run_export(args: argparse.Namespace) -> int:
     configs = _configs(args)
     _check_pair_sets(args, configs[2])
     methods = _methods(args)
+    _check_k_fits_the_model(args, configs[1])
     run = _embed(args, configs, check_target=args.target)
     emb = run.embeddings
     target = args.target or service.default_target(emb, "demo" if _on_demo(args) else "folder")

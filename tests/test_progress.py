@@ -68,7 +68,7 @@ def test_cli_bars_say_served_from_cache_and_give_no_rate_for_it(capsys):
     first = capsys.readouterr().err
     bars("images", 10, 10)
     bars.close()
-    assert "hash images: served from cache (300000 items)" in first
+    assert "hash images: served from cache (300,000 items)" in first
     cached_line = next(part for part in re.split(r"[\r\n]", first) if "hash images" in part)
     assert "/s" not in cached_line and "<" not in cached_line  # no rate, no time left
     partial = next(part for part in re.split(r"[\r\n]", first) if "images (4 served" in part)

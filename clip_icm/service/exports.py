@@ -22,8 +22,8 @@ if TYPE_CHECKING:  # pyarrow is imported when a table is made
 TABLE_FORMATS = ("parquet", "arrow")
 # The columns every exported table has, in order (docs/EXPORT.md says what each holds); then one
 # prediction column per method and protocol: PREDICTION_COLUMN.format(method=..., protocol=...).
-TABLE_COLUMNS = ("path", "domain", "class", "label", "split", "role", "full_x", "full_y", "invariant_x",
-                 "invariant_y", "vector", "invariant_vector")
+COORDINATE_COLUMNS = ("full_x", "full_y", "invariant_x", "invariant_y")
+TABLE_COLUMNS = ("path", "domain", "class", "label", "split", "role", *COORDINATE_COLUMNS, "vector", "invariant_vector")
 PREDICTION_COLUMN = "pred_{method}_{protocol}"
 PROTOCOL_COLUMN_NAMES = {evaluation.ZERO_SHOT: "zero_shot", evaluation.LINEAR_PROBE: "probe"}
 METADATA_KEY = b"clip_icm"  # the schema metadata entry: what the table was made with, as JSON
@@ -69,9 +69,10 @@ def embedding_table(emb: EmbeddingSet, target: str, config: evaluation.EvalConfi
                     seed: int = 0, store=None) -> pa.Table:
     """One row per image of ``emb``: its path, domain, class, split and role (``target`` held out),
     the full and invariant (ICM, fitted without ``target``) 2-D UMAP coordinates (null when
-    ``coordinates`` is False: UMAP of every row takes minutes on a large set), each method's
-    predicted class under both protocols (CLIP first; null where a method has no probe), and the
-    full and invariant vectors as fixed-size lists. The settings are in the schema's metadata."""
+    ``coordinates`` is False: UMAP of every row is the slow part, and grows with the rows), each
+    method's predicted class under both protocols (CLIP first; null where a method has no probe, or
+    cannot be fitted on these embeddings: the metadata's "unavailable" says why), and the full and
+    invariant vectors as fixed-size lists. The settings are in the schema's metadata (METADATA_KEY)."""
     import pyarrow as pa
 
     icm = fit(emb, target, "icm", config)
@@ -107,17 +108,17 @@ def _coordinates(emb: EmbeddingSet, icm: Fit, wanted: bool, seed: int, store) ->
     import pyarrow as pa
 
     if not wanted:
-        return {name: pa.nulls(len(emb.labels), pa.float32()) for name in TABLE_COLUMNS[6:10]}
+        return {name: pa.nulls(len(emb.labels), pa.float32()) for name in COORDINATE_COLUMNS}
     ids = np.arange(len(emb.labels))
     full = maps.full_layout(emb, ids, seed, store)
     invariant = maps.invariant_layout(emb, ids, icm, full, seed, store)
-    return {name: pa.array(xy[:, axis], pa.float32())
-            for name, xy, axis in (("full_x", full, 0), ("full_y", full, 1),
-                                   ("invariant_x", invariant, 0), ("invariant_y", invariant, 1))}
+    values = (full[:, 0], full[:, 1], invariant[:, 0], invariant[:, 1])
+    return {name: pa.array(v, pa.float32()) for name, v in zip(COORDINATE_COLUMNS, values)}
 
 
 def _fixed_size_lists(X: np.ndarray) -> pa.FixedSizeListArray:
-    """Rows of ``X`` as float32 fixed-size lists: DuckDB reads them as FLOAT[D], pandas as arrays."""
+    """Rows of ``X`` as float32 fixed-size lists (pandas reads arrays; DuckDB FLOAT[D] from the Arrow
+    file, FLOAT[] from Parquet, which has no fixed-size list)."""
     import pyarrow as pa
 
     X = np.ascontiguousarray(X, dtype=np.float32)
