@@ -302,13 +302,14 @@ def _embed(args: argparse.Namespace, configs: tuple, check_target: str | None = 
     data, model and intervention configs of :func:`_configs`) through the store."""
     from clip_icm.store import EmbeddingStore
 
+    engine = _engine(args)  # a missing extra fails before the scan
     store = EmbeddingStore(args.cache, max_size=args.cache_max_size)
     _check_cache_writable(store.root)
     with _full_cache_is_one_line(store.root):
-        return _scan_and_embed(args, configs, store, check_target)
+        return _scan_and_embed(args, configs, store, check_target, engine)
 
 
-def _scan_and_embed(args: argparse.Namespace, configs: tuple, store, check_target: str | None):
+def _scan_and_embed(args: argparse.Namespace, configs: tuple, store, check_target: str | None, engine=None):
     from clip_icm import background
     from clip_icm.backend import model_key
     from clip_icm.pipeline import DEMO_DRAW_WAIT_S, embed_dataset, start_drawing_missing_demo
@@ -322,9 +323,23 @@ def _scan_and_embed(args: argparse.Namespace, configs: tuple, store, check_targe
         raise InvalidInput(f"unknown domain {check_target!r}; domains: {', '.join(scan.domain_names)}")
     bars = _Bars(not args.quiet)
     try:
-        return embed_dataset(data, model, pairs, store, bars, scan=scan)
+        return embed_dataset(data, model, pairs, store, bars, scan=scan, engine=engine)
     finally:
         bars.close()
+
+
+def _engine(args: argparse.Namespace):
+    """What encodes the missing chunks: None (this process) or Ray (embed --engine ray)."""
+    if getattr(args, "engine", "local") == "local":  # evaluate and export embed here
+        if getattr(args, "address", None):
+            raise InvalidInput("--address is for --engine ray")
+        return None
+    import functools
+
+    from clip_icm.distributed import RayEncoder, ray_available
+
+    ray_available()
+    return functools.partial(RayEncoder, address=args.address)
 
 
 @contextlib.contextmanager
@@ -419,7 +434,19 @@ def _add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_source_args(p)
+    _add_engine_args(p)
     p.set_defaults(run=_run_embed)
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    engine = p.add_argument_group("engine")
+    engine.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local (default): this process and its decode workers; ray: Ray Data, decoding in "
+                        "CPU tasks and encoding on actors (a GPU each where the cluster has them), the same "
+                        "cache entries (needs the [distributed] extra)")
+    engine.add_argument("--address", metavar="ADDR", default=None,
+                        help="with --engine ray: the cluster to join (e.g. ray://head:10001 or auto; default: "
+                        "a local Ray started here)")
 
 
 def _run_embed(args: argparse.Namespace) -> int:

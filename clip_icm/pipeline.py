@@ -58,6 +58,10 @@ from clip_icm.store import EmbeddingStore, atomic_write, make_key
 # none; all of them for a stage served whole, which then reports nothing more); later reports add the
 # items computed. A front end shows the first as "served from cache" and rates only for the rest.
 Progress = Callable[[str, int, int], None]
+# What builds the encoder from a ModelConfig: load_model (this process, the default), or e.g.
+# clip_icm.distributed.RayEncoder. It needs ClipBackend's embed_dim, iter_encode and encode_texts;
+# the store's keys do not depend on it, so the local store serves what any engine wrote.
+Engine = Callable[[ModelConfig], ClipBackend]
 
 
 @dataclass(frozen=True)
@@ -172,8 +176,10 @@ def chunk_indices(domains: np.ndarray, chunk_size: int) -> list[np.ndarray]:
 class _Embedder:
     """Store-first embedding; builds the model on the first miss only."""
 
-    def __init__(self, model: ModelConfig, store: EmbeddingStore, progress: Progress | None, chunk_size: int):
+    def __init__(self, model: ModelConfig, store: EmbeddingStore, progress: Progress | None, chunk_size: int,
+                 engine: Engine | None = None):
         self.config, self.store, self.progress, self.chunk_size = model, store, progress, chunk_size
+        self.engine = engine
         self.key = model_key(model, memo_dir=store.root / "models")
         self._backend: ClipBackend | None = None
         self.computed = self.reused = 0
@@ -191,7 +197,7 @@ class _Embedder:
     def load(self) -> None:
         """Build the model now (otherwise it is built on the first store miss)."""
         if self._backend is None:
-            self._backend = load_model(self.config)
+            self._backend = (self.engine or load_model)(self.config)
 
     def _report(self, stage: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -426,11 +432,13 @@ def embed_dataset(
     progress: Progress | None = None,
     chunk_size: int = 256,
     scan: DomainScan | None = None,
+    engine: Engine | None = None,
 ) -> EmbeddingRun:
     """Scan, split, embed (through ``store``) and pair; see the module docstring.
 
     ``progress(stage, done, total)`` is called as work advances, per stage. ``scan``: the
-    result of :func:`scan_data` for ``data`` when the caller already has it.
+    result of :func:`scan_data` for ``data`` when the caller already has it. ``engine``: what
+    encodes the missing chunks (:data:`Engine`; default this process).
     """
     store = store if store is not None else EmbeddingStore()
     evicted_before = store.stats.evicted
@@ -438,7 +446,7 @@ def embed_dataset(
     drawing = start_drawing_missing_demo(data) if scan is None else None
     if drawing is not None and progress is not None:
         progress(DRAWING_STAGE, 0, 1)
-    embedder = _Embedder(model, store, progress, chunk_size)
+    embedder = _Embedder(model, store, progress, chunk_size, engine)
     if drawing is not None:
         embedder.load()
         background.wait(drawing, DEMO_DRAW_WAIT_S)  # should it fail, scan_data draws it here or says why not
