@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.ipc
+import pyarrow.parquet
 import pytest
 
 from clip_icm import cli, evaluation, service
