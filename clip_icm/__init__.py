@@ -63,6 +63,12 @@ _API: dict[str, str] = {
     "readable_name": "datasets",
     "scan_domain_folder": "datasets",
     "split_mask": "datasets",
+    # a user's own pairs files and tables
+    "CaptionPairs": "user_pairs",
+    "ImagePairs": "user_pairs",
+    "read_caption_pairs": "user_pairs",
+    "read_image_pairs": "user_pairs",
+    "read_table": "tables",
     # interventions
     "IMAGE_INTERVENTIONS": "interventions",
     "TEXT_BANKS": "interventions",

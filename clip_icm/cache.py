@@ -10,9 +10,10 @@ The folder (:func:`clip_icm.resources.cache_dir`; ``$CLIP_ICM_CACHE`` moves it) 
   manifest holds the value); each says, in its metadata, the data set and model it came from;
 - orphans: data files that no manifest names (an interrupted rewrite, a store from before rewrites
   removed them) and the temp files of killed writes;
-- :data:`PARTS`, which are no entries: the demo's generated images, numba's compiled UMAP kernels
-  and the memos of image hashes and model identities. The size bound and ``prune`` leave them;
-  ``clear --all`` removes them too (each is rebuilt on use).
+- :data:`PARTS`, which are no entries: the demo's generated images, numba's compiled UMAP kernels,
+  the memos of image hashes and model identities, and the dashboard's uploads. The size bound and
+  ``prune`` leave them; ``clear --all`` removes them too (each is rebuilt on use; an upload must be
+  uploaded again).
 
 Removal is safe while other processes use the store: an entry is removed only under its manifest's
 exclusive lock, taken without waiting (:func:`locked`), and only if its manifest is the one
@@ -48,6 +49,7 @@ PARTS = {
     "numba": "compiled UMAP kernels",
     "hashes": "memos of image hashes",
     "models": "memos of model identities",
+    "uploads": "files and unpacked zips uploaded to the dashboard",
 }
 NOT_RECORDED = "(not recorded)"
 

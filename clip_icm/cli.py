@@ -149,7 +149,9 @@ def _csv_names(text: str) -> tuple[str, ...]:
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data (default: the bundled ToyDomains demo, generated on first use)")
     data.add_argument("--root", metavar="DIR", default=None,
-                      help="DomainBed-layout folder: <root>/<domain>/<class>/<image>, or a folder holding <dataset>/")
+                      help="DomainBed-layout folder: <root>/<domain>/<class>/<image>, or a folder holding <dataset>/; "
+                      "or a manifest FILE (.csv, .jsonl, .parquet) with the columns path, label, domain (paths "
+                      "relative to its folder)")
     data.add_argument("--dataset", metavar="NAME", default=None,
                       help="PACS, VLCS, OfficeHome, TerraIncognita or DomainNet under --root")
     data.add_argument("--max-per-domain", metavar="N", type=int, default=None,
@@ -184,7 +186,13 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     pairs.add_argument("--true-swaps", metavar="LIST", type=_csv_names, default=None,
                        help="ToyDomains only: true pairs re-rendered with another colour, background and/or style "
                        "(names: colour, background, style; default colour,background where the folder has the "
-                       "generator's factors.csv, as the demo does; none elsewhere)")
+                       "generator's factors.csv (or a manifest with its columns), as the demo does; none elsewhere)")
+    pairs.add_argument("--text-pairs", metavar="FILE", action="append", default=[],
+                       help="your own caption pairs: a CSV or JSONL file with the columns caption, caption_do and "
+                       "optionally class; the pair set captions:<file name>. Repeat for several files")
+    pairs.add_argument("--image-pairs", metavar="FILE", action="append", default=[],
+                       help="your own image pairs: a CSV, JSONL or Parquet file with the columns path, path_do, "
+                       "relative to the data set's folder; the pair set image-pairs:<file name>. Repeat for several")
     pairs.add_argument("--cross-modal", action="store_true",
                        help="also pair each image with a variant prompt (mixes in CLIP's modality gap)")
     pairs.add_argument("--n-pairs", metavar="N", type=int, default=None,
@@ -194,8 +202,9 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     pairs.add_argument("--intervened-val", metavar="LIST", type=_csv_names, default=None,
                        help="intervened validation rows for --select interventional (scored, never fitted): "
                        "counterfactual (ToyDomains: colour and scene re-drawn), conflict (ToyDomains: another "
-                       "class's usual colour and scene), image (the image interventions), or 'none' (default: "
-                       "counterfactual where the folder has factors.csv, else image)")
+                       "class's usual colour and scene), image (the image interventions), pairs (the --image-pairs "
+                       "whose first image is a validation row), or 'none' (default: counterfactual where the folder "
+                       "has factors.csv, else image; and pairs with --image-pairs)")
     pairs.add_argument("--prompts", default="classes", choices=("classes", "usual_look"),
                        help="zero-shot prompts: the class names (default), or ToyDomains only: each class named "
                        "with its usual colour and scene in the source training rows")
@@ -232,16 +241,20 @@ def _age(text: str) -> float:
 
 def _configs(args: argparse.Namespace):
     from clip_icm.backend import ModelConfig
+    from clip_icm.datasets import is_manifest
     from clip_icm.pipeline import DataConfig, InterventionConfig
 
     for flag in ("max_per_domain", "batch_size", "n_pairs"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise InvalidInput(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    if args.root is not None and not os.path.isdir(args.root):
-        raise InvalidInput(f"--root {args.root!r} is not a folder")
+    manifest = args.root is not None and is_manifest(args.root)
+    if args.root is not None and not manifest and not os.path.isdir(args.root):
+        raise InvalidInput(f"--root {args.root!r} is not a folder, nor a manifest (.csv, .jsonl, .parquet)")
     if args.dataset is not None and args.root is None:  # else the demo would be evaluated under its name
         raise InvalidInput(f"--dataset {args.dataset} needs --root, the folder that holds it")
+    if args.dataset is not None and manifest:
+        raise InvalidInput(f"--dataset {args.dataset} names a folder under --root; a manifest lists its images itself")
     if not 0.0 <= args.val_fraction < 1.0:
         raise InvalidInput(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     data = DataConfig(args.root, args.dataset, args.max_per_domain, args.val_fraction, args.seed)
@@ -253,7 +266,7 @@ def _configs(args: argparse.Namespace):
         true_swaps=defaults.true_swaps(with_factors) if args.true_swaps is None else args.true_swaps,
         cross_modal=args.cross_modal, n_pairs=args.n_pairs, templates=args.templates,
         look_prompts=defaults.look_prompts(with_factors) or args.prompts == "usual_look", seed=args.seed,
-        intervened_val=args.intervened_val,
+        intervened_val=args.intervened_val, text_pairs=tuple(args.text_pairs), image_pairs=tuple(args.image_pairs),
     )
     return data, model, pairs
 
@@ -402,6 +415,14 @@ def _skipped_text(skipped: list[tuple[str, str]], limit: int = 20) -> str:
     return "\n".join(lines)
 
 
+def _say_notes(run, limit: int = 5) -> None:
+    """The kept rows of the user's pairs files worth a look, one line each (at most ``limit``)."""
+    for note in run.notes[:limit]:
+        _say(f"warning: {note}", file=sys.stderr)
+    if len(run.notes) > limit:
+        _say(f"warning: ... and {len(run.notes) - limit} more such pairs", file=sys.stderr)
+
+
 def _run_summary(run, seconds: float) -> str:
     emb = run.embeddings
     counts = ", ".join(f"{d} {int((emb.domains == d).sum())}" for d in emb.domain_names)
@@ -454,6 +475,7 @@ def _run_embed(args: argparse.Namespace) -> int:
     run = _embed(args, _configs(args))
     _say(_run_summary(run, time.perf_counter() - start))
     _say(_skipped_text(run.skipped))
+    _say_notes(run)
     return 0
 
 
@@ -534,8 +556,9 @@ def _eval_config(args: argparse.Namespace, dim: int, methods: tuple[str, ...]):
         raise InvalidInput(f"--k must be between 1 and the embedding dimension {dim}, got {k}")
     pair_sets = args.pair_sets
     # The demo's true-swap default is ours; the released protocol fits on the image pairs instead.
+    # The user's own pairs files join it: they were given to be fitted on.
     if pair_sets is None and _on_demo(args) and args.true_swaps is None and args.protocol == "ours":
-        pair_sets = defaults.DEMO_PAIR_SETS
+        pair_sets = defaults.DEMO_PAIR_SETS + tuple(_own_pair_set_names(args))
     return EvalConfig(n_components=k, lam=args.lam, lam_mode=args.lam_mode, methods=methods,
                       pair_sets=pair_sets, prompts=args.prompts, seed=args.seed, protocol=args.protocol,
                       orth_cali_lam=args.orth_cali_lam, keep_target_styles=args.keep_target_styles,
@@ -662,6 +685,13 @@ def _write_results(path: str, frame: pd.DataFrame, run, config, failed: dict[str
         atomic_write(Path(path), lambda fh: fh.write(data))
     except OSError as err:  # its filename would be the temp file's: name the one the user gave
         raise InvalidInput(f"--out {path!r} could not be written ({err.strerror or err})") from None
+
+
+def _own_pair_set_names(args: argparse.Namespace) -> list[str]:
+    from clip_icm.user_pairs import pair_set_name
+
+    return [pair_set_name("image-pairs", f) for f in args.image_pairs] + [pair_set_name("captions", f)
+                                                                          for f in args.text_pairs]
 
 
 def _check_pair_sets(args: argparse.Namespace, pairs) -> None:
@@ -866,6 +896,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(line)
     _say(_choice_text(choices))
     _say(_skipped_text(run.skipped))
+    _say_notes(run)
     if args.out:
         _say(f"Rows written to {args.out}")
     for target, reason in failed.items():

@@ -192,6 +192,12 @@ class DomainScan:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def folder(self) -> Path:
+        """The folder the data's files lie in: ``root``, or a manifest's folder."""
+        root = Path(self.root)
+        return root.parent if root.is_file() else root
+
     def skipped_summary(self) -> dict[str, int]:
         """How many files were skipped for each kind of reason (text before the first ':')."""
         counts: dict[str, int] = {}
@@ -390,6 +396,80 @@ def scan_domain_folder(
     return _assemble(base, per_domain, skipped, dataset)
 
 
+MANIFEST_COLUMNS = ("path", "label", "domain")
+
+
+def _listed_file_problem(path: Path, base: Path) -> str | None:
+    """Why a file a table names cannot be an image, found without decoding: missing, or any reason
+    the folder scan skips a file for (:func:`_triage`); None if it may be one."""
+    return "missing file: no such file" if not os.path.lexists(path) else _triage(path, base)
+
+
+def image_file_problem(path: Path, base: Path, verify: Verify = "header") -> str | None:
+    """Why the file at ``path`` (named by a user's table, under ``base``) cannot be used as an
+    image, as the scans say it; None when it can."""
+    return _listed_file_problem(path, base) or _check_image(path, verify)
+
+
+def is_manifest(root: str | os.PathLike) -> bool:
+    """True when ``root`` names a data set manifest (a table: .csv, .jsonl, .parquet) rather than a folder."""
+    from clip_icm.tables import table_format
+
+    return table_format(root) is not None and not Path(root).is_dir()
+
+
+def scan_manifest(
+    manifest: str | os.PathLike,
+    max_per_domain: int | None = None,
+    seed: int = 0,
+    verify: Verify = "header",
+) -> DomainScan:
+    """Scan a data set listed in a table (CSV, JSONL or Parquet) with the columns ``path`` (relative
+    to the table's folder), ``label`` (the class, as a folder name would be) and ``domain``: the same
+    DomainScan, class indices and skipped-file report as :func:`scan_domain_folder` gives the same
+    images in folders (``root`` is the table; :attr:`DomainScan.folder` its folder).
+
+    A bad table is one InvalidInput line (:func:`clip_icm.tables.read_table`), and so is a row whose
+    path leaves the table's folder (the table was written for another folder, or to read files it
+    should not). Rows with an empty cell, a path listed before, or a file that is missing, a folder
+    or not a readable image are skipped, each with its line or path and the reason.
+    """
+    from clip_icm.tables import read_table
+
+    if verify not in ("none", "header", "full"):
+        raise InvalidInput(f"verify must be 'none', 'header' or 'full', got {verify!r}")
+    if max_per_domain is not None and max_per_domain < 1:
+        raise InvalidInput(f"max_per_domain must be at least 1, got {max_per_domain}")
+    table = read_table(manifest, MANIFEST_COLUMNS, what="data set manifest")
+    folder = table.path.parent
+    inside = folder.resolve()
+    skipped: list[tuple[str, str]] = []
+    per_domain: dict[str, dict[str, list[Path]]] = {}
+    first: dict[Path, int] = {}
+    for i, row in enumerate(table.rows):
+        empty = [c for c in MANIFEST_COLUMNS if not row[c]]
+        if empty:
+            skipped.append((table.where(i), f"empty cell: {', '.join(empty)} is empty"))
+            continue
+        path = folder / row["path"]
+        if not path.resolve().is_relative_to(inside):
+            raise InvalidInput(f"data set manifest {str(table.path)!r}: {table.where(i)} names {row['path']!r}, "
+                               f"outside the manifest's folder {str(inside)!r}; paths must lie inside it")
+        if path.resolve() in first:
+            skipped.append((table.where(i), f"duplicate row: the image of line {table.lines[first[path.resolve()]]}"))
+            continue
+        first[path.resolve()] = i
+        reason = _listed_file_problem(path, inside)
+        if reason:
+            skipped.append((str(path), reason))
+            continue
+        per_domain.setdefault(row["domain"], {}).setdefault(row["label"], []).append(path)
+    # sorted as a folder scan lists domains, classes and files, so both scans of one data set agree row for row
+    per_domain = {d: _verified({c: sorted(f) for c, f in sorted(per_domain[d].items())}, verify, skipped,
+                               max_per_domain, seed, d) for d in sorted(per_domain)}
+    return _assemble(table.path, per_domain, skipped, None)
+
+
 def _verified(
     files_by_class: dict[str, list[Path]], verify: Verify, skipped: list, limit: int | None, seed: int, domain: str
 ) -> dict[str, list[Path]]:
@@ -420,11 +500,12 @@ def _assemble(base: Path, per_domain: dict, skipped: list, dataset: str | None) 
              for d, fc in per_domain.items() if not fc]
     per_domain = {d: fc for d, fc in per_domain.items() if fc}
     if not per_domain:
-        raise InvalidInput(f"no readable images found in {str(base)!r} (layout: <domain>/<class>/<image>)")
+        layout = "" if base.is_file() else " (layout: <domain>/<class>/<image>)"
+        raise InvalidInput(f"no readable images found in {str(base)!r}{layout}")
     if len(per_domain) < 2:
         raise InvalidInput(
             f"only one domain with images in {str(base)!r} ({next(iter(per_domain))!r}); "
-            "domain generalisation needs at least two domain folders"
+            "domain generalisation needs at least two domains"
         )
     classes = tuple(sorted(set().union(*per_domain.values())))
     if len(classes) < 2:

@@ -34,6 +34,10 @@ def has_factors(root: str | None, dataset: str | None = None) -> bool:
     from clip_icm import datasets
 
     base = Path(root).expanduser()
+    if datasets.is_manifest(base):
+        from clip_icm.toydomains import has_factor_columns
+
+        return has_factor_columns(base)
     folder = datasets.DATASETS.get(dataset).locate(base) if dataset in datasets.DATASETS else base
     return folder is not None and (folder / "factors.csv").is_file()
 

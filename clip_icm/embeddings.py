@@ -35,7 +35,10 @@ class PairSet:
     was built for (it read the other domains' training rows); None when it serves every target.
     ``variant_words`` (optional, text pairs) holds the words of each pair's variant prompt that
     its anchor lacks ("sketch", "sandy beach"), so that leave-one-domain-out can drop the
-    prompts that name the held-out domain.
+    prompts that name the held-out domain. ``domains_do`` (optional) names the domain of each
+    pair's intervened image where it can differ from its source's (a user's image pairs that join
+    two images of the data set, the same animal seen by two cameras); leave-one-domain-out then
+    drops a pair when either image is from the held-out domain.
     """
 
     name: str
@@ -46,6 +49,7 @@ class PairSet:
     labels: np.ndarray | None = None
     held_out: str | None = None
     variant_words: np.ndarray | None = None
+    domains_do: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.z.shape != self.z_do.shape or self.z.ndim != 2:
@@ -53,16 +57,18 @@ class PairSet:
                 f"pair set {self.name!r}: z {self.z.shape} and z_do {self.z_do.shape} "
                 "must be 2-D arrays of the same shape"
             )
-        for name in ("domains", "labels", "variant_words"):
+        for name in ("domains", "labels", "variant_words", "domains_do"):
             column = getattr(self, name)
             if column is not None and len(column) != len(self.z):
                 raise InvalidInput(f"pair set {self.name!r}: {len(column)} {name} for {len(self.z)} pairs")
 
     def excluding(self, domain: str) -> "PairSet":
-        """The pairs whose source image is not from ``domain`` (all of them for text pairs)."""
+        """The pairs whose source image (and intervened image, where ``domains_do`` says) is not
+        from ``domain`` (all of them for text pairs)."""
         if self.domains is None:
             return self
-        return self.subset(self.domains != domain)
+        keep = self.domains != domain
+        return self.subset(keep if self.domains_do is None else keep & (self.domains_do != domain))
 
     def subset(self, keep: np.ndarray) -> "PairSet":
         """The pairs where the boolean mask ``keep`` is True (every per-pair column follows)."""
@@ -70,7 +76,8 @@ class PairSet:
             return None if column is None else column[keep]
 
         return replace(self, z=self.z[keep], z_do=self.z_do[keep], domains=take(self.domains),
-                       labels=take(self.labels), variant_words=take(self.variant_words))
+                       labels=take(self.labels), variant_words=take(self.variant_words),
+                       domains_do=take(self.domains_do))
 
     def for_classes(self, classes: np.ndarray) -> "PairSet":
         """The pairs whose class is in ``classes``; a set without class labels cannot say, so it raises."""

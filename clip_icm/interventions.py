@@ -457,7 +457,7 @@ def text_pair_words(
             for anchor, variant in _variant_plan(pool, n_pairs_per_class, rng("text pairs", seed, name))]
 
 
-def _words(text: str) -> list[str]:
+def words_of(text: str) -> list[str]:
     """Lower-case words of a text; camelCase and ``_`` / ``-`` / spaces split (domain names use all three)."""
     text = re.sub(r"([a-z])([A-Z])", r"\1 \2", text.replace("{}", " "))
     return re.findall(r"[a-z0-9]+", text.lower())
@@ -465,14 +465,14 @@ def _words(text: str) -> list[str]:
 
 def variant_words(anchor: str, variant: str) -> str:
     """The words of ``variant`` that ``anchor`` lacks: what a pair changes ("a sketch of a {}." -> "sketch")."""
-    common = set(_words(anchor))
-    return " ".join(w for w in _words(variant) if w not in common)
+    common = set(words_of(anchor))
+    return " ".join(w for w in words_of(variant) if w not in common)
 
 
 def names_domain(words: str, domain: str) -> bool:
     """True when a prompt's variant words contain a word of the domain's name ("art_painting" ->
     art, painting). Words under 3 letters are ignored, so that "a" or "of" never match."""
-    return bool({w for w in _words(domain) if len(w) >= 3} & set(words.split()))
+    return bool({w for w in words_of(domain) if len(w) >= 3} & set(words.split()))
 
 
 # Orth-Cali's spurious prompts describe the spurious attribute without a class; a template filled

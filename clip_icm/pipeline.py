@@ -18,7 +18,9 @@ the validation rows that choose K, lam and C never shaped the projection:
 - ``text:<bank>``: (anchor, variant) prompt pairs of each text bank, per class;
 - ``cross-modal``: (f_I(x), f_T(variant prompt of x's class)); includes the modality gap;
 - ``true:<factor>``: ToyDomains only: the same object re-rendered with another colour,
-  background or style.
+  background or style;
+- ``image-pairs:<file>`` and ``captions:<file>``: a user's own image pairs and caption pairs
+  (:mod:`clip_icm.user_pairs`); image pairs only where their first image is a training row.
 
 Intervened validation rows (``EmbeddingSet.intervened_val``, for the "interventional"
 selection rule; never fitted): every *validation* row with its variant factors changed:
@@ -29,12 +31,15 @@ selection rule; never fitted): every *validation* row with its variant factors c
   usual colour and scene of another class, that table read from the other domains' *training*
   rows (so a shortcut would point to that class);
 - ``image:<...>``: the chosen image interventions applied to the validation rows (the generic,
-  weaker check for folders whose factors are unknown).
+  weaker check for folders whose factors are unknown);
+- ``val image-pairs:<file>`` (kind "pairs"): a user's image pairs whose first image is a
+  validation row, scored on their second image with the first's class. A user's caption pairs
+  add none: text has no validation images of its own.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -43,16 +48,18 @@ import numpy as np
 from clip_icm import background, defaults
 from clip_icm.backend import (ClipBackend, ImageDecodeError, Intervention, ModelConfig, file_stamp, load_model,
                               model_key)
-from clip_icm.datasets import DomainScan, load_image, released_name, scan_domain_folder, split_mask
+from clip_icm.datasets import (DomainScan, image_file_problem, is_manifest, load_image, readable_name, released_name,
+                               scan_domain_folder, scan_manifest, split_mask)
 from clip_icm.embeddings import EmbeddingSet, PairSet, PromptSet
 from clip_icm.errors import InvalidInput, check_names
 from clip_icm.hashing import file_digest
 from clip_icm.interventions import (DEFAULT_TEMPLATE, IMAGE_INTERVENTIONS, TEXT_BANKS, ZERO_SHOT_TEMPLATES,
                                     RandomIntervention, TextBank, attribute_prompts, cross_modal_texts, cross_modal_words,
                                     make_image_intervention, make_text_pairs, resolve_banks, spurious_prompts,
-                                    text_pair_words)
+                                    text_pair_words, variant_words)
 from clip_icm.seeding import rng, seed_hash
 from clip_icm.store import EmbeddingStore, atomic_write, make_key
+from clip_icm.user_pairs import CaptionPairs, ImagePairs, pair_set_name, read_caption_pairs, read_image_pairs
 
 # progress(stage, done, total). A stage's first report counts the items served from the cache (0 when
 # none; all of them for a stage served whole, which then reports nothing more); later reports add the
@@ -66,7 +73,8 @@ Engine = Callable[[ModelConfig], ClipBackend]
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which images: ``root=None`` is the bundled ToyDomains demo (generated on first use)."""
+    """Which images: ``root=None`` is the bundled ToyDomains demo (generated on first use); ``root`` a
+    DomainBed-layout folder, or a manifest table (.csv, .jsonl, .parquet: datasets.scan_manifest)."""
 
     root: str | None = None
     dataset: str | None = None
@@ -81,6 +89,9 @@ class DataConfig:
             raise InvalidInput(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.dataset is not None and self.root is None:  # else the demo would be evaluated under its name
             raise InvalidInput(f"dataset {self.dataset} needs a root, the folder that holds it")
+        if self.dataset is not None and is_manifest(self.root):
+            raise InvalidInput(f"dataset {self.dataset} names a folder under a data root; a manifest "
+                               f"({self.root}) lists its images itself")
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,9 @@ class InterventionConfig:
                     factors.csv, else "image" when image ops are chosen
     look_prompts:   also embed, per held-out domain, prompts naming each class by its usual look
                     in the other domains' training rows (ToyDomains only)
+    text_pairs:     caption pairs files (user_pairs.read_caption_pairs), one pair set each
+    image_pairs:    image pairs files (user_pairs.read_image_pairs), one pair set each; n_pairs does
+                    not subsample them (each row is a pair someone chose)
     """
 
     image: tuple[str, ...] = defaults.IMAGE_OPS
@@ -116,6 +130,8 @@ class InterventionConfig:
     intervened_val: tuple[str, ...] | None = None
     look_prompts: bool = False
     seed: int = 0
+    text_pairs: tuple[str, ...] = ()
+    image_pairs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Every name checked here, so that a typo fails before anything is embedded."""
@@ -133,11 +149,26 @@ class InterventionConfig:
         if self.cross_modal and not self.text_banks:  # it would build nothing and say nothing
             raise InvalidInput("cross-modal pairs pair each image with a variant prompt of the text banks: "
                                "choose at least one text bank")
+        if "pairs" in (self.intervened_val or ()) and not self.image_pairs:
+            raise InvalidInput("intervened validation 'pairs' reads the image pairs files: give at least one")
+        _read_own_pairs(self)  # a bad file fails here, in one line, before anything is embedded
 
 
 # The two variant factors the ToyDomains recipe can make spurious, re-drawn together.
 COUNTERFACTUAL_CHANGE = ("colour", "background")
-INTERVENED_VAL_KINDS = ("counterfactual", "conflict", "image")
+INTERVENED_VAL_KINDS = ("counterfactual", "conflict", "image", "pairs")
+
+
+def _read_own_pairs(cfg: InterventionConfig) -> tuple[list[CaptionPairs], list[ImagePairs]]:
+    """The user's caption and image pairs files of ``cfg``, read; two files of one pair set name
+    are an error (their pairs would be indistinguishable in --pair-sets)."""
+    captions = [read_caption_pairs(path) for path in cfg.text_pairs]
+    images = [read_image_pairs(path) for path in cfg.image_pairs]
+    names = [own.name for own in (*captions, *images)]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InvalidInput(f"two pairs files make the pair set {twice[0]}: rename one of them")
+    return captions, images
 
 
 @dataclass
@@ -145,7 +176,8 @@ class EmbeddingRun:
     """An EmbeddingSet and how it was made.
 
     skipped:      (path, reason) of every file left out: by the folder scan, or because it
-                  failed to decode while embedding
+                  failed to decode while embedding; and (pairs file:line, reason) of every row of
+                  the user's pairs files left out
     model_loaded: False when every vector came from the store
     computed / reused: number of store entries computed and reused
     """
@@ -157,6 +189,7 @@ class EmbeddingRun:
     computed: int
     reused: int
     evicted: int = 0  # entries the store's size bound removed during the run
+    notes: tuple[str, ...] = ()  # kept rows of the user's pairs files worth a look (user_pairs.CaptionPairs.notes)
 
 
 def file_hash(path: str | Path) -> str:
@@ -336,12 +369,15 @@ class _Subset:
 
 
 def scan_data(data: DataConfig) -> DomainScan:
-    """The folder scan of ``data`` (the bundled demo, generated on first use, when ``root`` is None)."""
+    """The scan of ``data``: its folder or manifest (the bundled demo, generated on first use, when
+    ``root`` is None)."""
     root = data.root
     if root is None:
         from clip_icm.toydomains import ensure_demo_data
 
         root = ensure_demo_data()
+    if is_manifest(root):
+        return scan_manifest(root, data.max_per_domain, data.seed)
     return scan_domain_folder(root, data.dataset, data.max_per_domain, data.seed)
 
 
@@ -370,10 +406,11 @@ def planned_pair_sets(cfg: InterventionConfig) -> list[str]:
     embedding (so a wrong ``--pair-sets`` name never costs an embedding run)."""
     names = [name for name, _ in _image_interventions(cfg)]
     names += [f"true:{change}" for change in cfg.true_swaps]
+    names += [pair_set_name("image-pairs", path) for path in cfg.image_pairs]
     if cfg.text_banks:
         names += [f"text:{bank.name}" for bank in resolve_banks(cfg.text_banks)]
         names += ["cross-modal"] if cfg.cross_modal else []
-    return names
+    return names + [pair_set_name("captions", path) for path in cfg.text_pairs]
 
 
 class _Counterfactuals:
@@ -396,16 +433,19 @@ def _factor_rows(scan: DomainScan) -> list[dict]:
 
 
 def _factor_rows_of(root: Path, paths: Sequence[str]) -> list[dict]:
-    factors_file = root / "factors.csv"
-    if not factors_file.is_file():
-        raise InvalidInput(f"true swaps need the ToyDomains dataset (a folder with factors.csv); {root} has none")
-    from clip_icm.toydomains import load_factors
+    """The true factors of the images at ``paths``: from ``root/factors.csv``, or from ``root`` itself
+    when it is a manifest with the factor columns."""
+    if not defaults.has_factors(str(root)):
+        raise InvalidInput(f"true swaps need the ToyDomains dataset (a folder with factors.csv, or a manifest with "
+                           f"its factor columns); {root} has none")
+    from clip_icm.toydomains import load_factor_table
 
-    table = load_factors(root)
-    relative = [str(Path(p).relative_to(root)) for p in paths]
+    table_file, folder = (root, root.parent) if is_manifest(root) else (root / "factors.csv", root)
+    table = load_factor_table(table_file)
+    relative = [str(Path(p).relative_to(folder)) for p in paths]
     absent = [r for r in relative if r not in table.index]
     if absent:
-        raise InvalidInput(f"factors.csv in {root} has no row for {len(absent)} image(s), e.g. {absent[0]}")
+        raise InvalidInput(f"{table_file} has no factors for {len(absent)} image(s), e.g. {absent[0]}")
     return table.loc[relative].to_dict("records")
 
 
@@ -467,24 +507,29 @@ def embed_dataset(
         all_factor_rows = _factor_rows(scan)
         factor_rows = [all_factor_rows[i] for i in keep]
     class_names = list(scan.class_names)
-    build = _Build(embedder, interventions, rows, factor_rows, class_names)
+    own_captions, own_images = _read_own_pairs(interventions)
+    build = _Build(embedder, interventions, rows, factor_rows, class_names, scan.folder)
     pairs = _image_pairs(build)
     if interventions.true_swaps:
         pairs += _true_pairs(build)
-    pairs += _text_pairs(build)
-    intervened_val = _intervened_val(build, checks)
+    own_fit, own_val = _own_image_pairs(build, own_images, "pairs" in checks)
+    pairs += own_fit + _text_pairs(build) + _caption_pairs(build, own_captions)
+    intervened_val = _intervened_val(build, checks) + own_val
     look = _look_prompts(build) if interventions.look_prompts else {}
     templates = ZERO_SHOT_TEMPLATES.get(interventions.templates)
     prompts = [t.format(c) for t in templates for c in class_names]
     text = embedder.texts("class prompts", prompts, kind="embeddings").reshape(len(templates), len(class_names), -1)
-    key = make_key("embedding set", embedder.key, hashes.tolist(), asdict(data), _config_id(interventions, checks))
+    key = make_key("embedding set", embedder.key, hashes.tolist(), asdict(data),
+                   _config_id(interventions, checks, own_captions + own_images))
     emb = EmbeddingSet(features, labels, domains, is_train, class_names, text, pairs, paths, key, intervened_val, look,
                        templates=tuple(templates), spurious=_spurious(build),
                        attribute_prompts=_attribute_prompts(build),
                        released_class_text=_released_class_text(embedder, scan.class_folders, class_names),
                        origin=embedder.origin)
+    skipped += [row for own in (*own_captions, *own_images) for row in own.skipped] + build.skipped
+    notes = tuple(note for own in own_captions for note in own.notes)
     return EmbeddingRun(emb, scan, skipped, embedder.loaded, embedder.computed, embedder.reused,
-                        store.stats.evicted - evicted_before)
+                        store.stats.evicted - evicted_before, notes)
 
 
 DEMO_NAME = "ToyDomains demo"
@@ -508,11 +553,14 @@ def build_embedding_set(
     return embed_dataset(data, model, interventions, store, progress).embeddings
 
 
-def _config_id(cfg: InterventionConfig, intervened_val: tuple[str, ...]) -> dict:
+def _config_id(cfg: InterventionConfig, intervened_val: tuple[str, ...], own: list) -> dict:
     """The config as it was resolved for this folder: "automatic" intervened validation and the
-    kinds it resolved to are one key, so both front ends' defaults share an EmbeddingSet key."""
+    kinds it resolved to are one key, so both front ends' defaults share an EmbeddingSet key. The
+    user's pairs files are their pair set names and content digests, not where they lie."""
     out = asdict(cfg)
     out["intervened_val"] = list(intervened_val)
+    out["text_pairs"] = out["image_pairs"] = None
+    out["own pairs"] = [[pairs.name, pairs.digest] for pairs in own]
     out["text_banks"] = [asdict(b) for b in resolve_banks(cfg.text_banks)] if cfg.text_banks else []
     return out
 
@@ -603,6 +651,8 @@ class _Build:
     rows: _Rows
     factor_rows: list[dict] | None
     class_names: list[str]
+    folder: Path  # the data set's folder: paths in the user's image pairs files are relative to it
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # rows of the user's pairs files left out here
 
 
 def _image_pair_set(b: _Build, name: str, op, picked: np.ndarray, kind: str) -> PairSet:
@@ -642,9 +692,10 @@ def _true_pairs(b: _Build) -> list[PairSet]:
 def _intervened_val_kinds(cfg: InterventionConfig, scan: DomainScan) -> tuple[str, ...]:
     if cfg.intervened_val is not None:
         return cfg.intervened_val
-    if (Path(scan.root) / "factors.csv").is_file():
-        return ("counterfactual",)
-    return ("image",) if cfg.image else ()
+    own = ("pairs",) if cfg.image_pairs else ()
+    if defaults.has_factors(scan.root):
+        return ("counterfactual", *own)
+    return ("image", *own) if cfg.image else own
 
 
 def _intervened_val(b: _Build, kinds: tuple[str, ...]) -> list[PairSet]:
@@ -739,6 +790,133 @@ def _text_pairs(b: _Build) -> list[PairSet]:
         pairs = rows.pair_set("cross-modal", "cross-modal", picked, embedder.texts("cross-modal", texts_do))
         out.append(replace(pairs, variant_words=np.array(cross_modal_words(len(picked), cfg.text_banks, cfg.seed))))
     return out
+
+
+def _caption_pairs(b: _Build, files: list[CaptionPairs]) -> list[PairSet]:
+    """A text pair set per caption pairs file; a ``class`` cell names a class of the data set (its
+    folder or its readable name), else its row is skipped; without a class column the pairs have
+    no class labels (the open-class task then refuses them, as it cannot keep new classes out)."""
+    out = []
+    for own in files:
+        keep, labels = _caption_classes(b, own)
+        texts = [own.texts[i] for i in keep]
+        texts_do = [own.texts_do[i] for i in keep]
+        both = b.embedder.texts(own.name, texts + texts_do)
+        words = np.array([variant_words(t, t_do) for t, t_do in zip(texts, texts_do)])
+        out.append(PairSet(own.name, "text", both[:len(texts)], both[len(texts):], labels=labels, variant_words=words))
+    return out
+
+
+def _caption_classes(b: _Build, own: CaptionPairs) -> tuple[list[int], np.ndarray | None]:
+    """The rows of ``own`` to keep and their class indices (None without a class column)."""
+    if own.classes is None:
+        return list(range(len(own.texts))), None
+    index = {name: c for c, name in enumerate(b.class_names)}
+    found = [index.get(readable_name(cell)) for cell in own.classes]
+    keep = [i for i, c in enumerate(found) if c is not None]
+    b.skipped.extend((f"{own.name}, pair {i + 1}", f"unknown class: {own.classes[i]!r} is not a class of the data set "
+                      f"({', '.join(b.class_names)})") for i, c in enumerate(found) if c is None)
+    if not keep:
+        raise InvalidInput(f"caption pairs {own.name}: no pair names a class of the data set "
+                           f"({', '.join(b.class_names)})")
+    return keep, np.array([found[i] for i in keep], dtype=np.int64)
+
+
+class _Placed(NamedTuple):
+    """The pairs of one image pairs file placed in the data set: each pair's source row, and its
+    intervened image: a row of the data set (``row_do`` >= 0) or a file outside it (``row_do`` -1)."""
+
+    rows: np.ndarray
+    row_do: np.ndarray
+    paths_do: list[str]
+    where: list[str]
+
+
+def _own_image_pairs(b: _Build, files: list[ImagePairs], as_val: bool) -> tuple[list[PairSet], list[PairSet]]:
+    """Per image pairs file: the pair set of the pairs whose first image is a training row, and
+    (``as_val``) the intervened validation set of those whose first image is a validation row."""
+    index = {str(Path(p).resolve()): i for i, p in enumerate(b.rows.paths.tolist())}
+    fit, val = [], []
+    for own in files:
+        placed = _place(b, own, index)
+        z_do, ok = _own_intervened(b, own, placed)
+        train = ok & b.rows.is_train[placed.rows]
+        if not train.any():
+            raise InvalidInput(f"image pairs {own.name}: no usable pair starts at a training image of the data set "
+                               f"({len(own.paths)} rows, {len(own.skipped) + int((~ok).sum())} skipped)")
+        fit.append(_own_pair_set(b, own.name, "image", placed, z_do, train))
+        held = ok & ~b.rows.is_train[placed.rows]
+        if as_val and held.any():
+            val.append(_own_pair_set(b, f"val {own.name}", "intervened validation", placed, z_do, held))
+        elif held.any():
+            b.skipped.extend((placed.where[i], "validation row: its first image is held out for validation, which "
+                              "never shapes the projection") for i in np.flatnonzero(held))
+    return fit, val
+
+
+def _own_pair_set(b: _Build, name: str, kind: str, placed: _Placed, z_do: np.ndarray, keep: np.ndarray) -> PairSet:
+    rows, row_do = placed.rows[keep], placed.row_do[keep]
+    domains_do = np.where(row_do >= 0, b.rows.domains[np.maximum(row_do, 0)], b.rows.domains[rows])
+    return replace(b.rows.pair_set(name, kind, rows, z_do[keep]), domains_do=domains_do)
+
+
+def _place(b: _Build, own: ImagePairs, index: dict[str, int]) -> _Placed:
+    """Each usable pair's rows; a path outside the data set's folder refuses the whole file (it
+    was written for another folder, or to read files it should not); other problems skip a pair."""
+    folder = b.folder.resolve()
+    rows, row_do, paths_do, where = [], [], [], []
+    for path, path_do, at in zip(own.paths, own.paths_do, own.where):
+        first, second = (folder / path).resolve(), (folder / path_do).resolve()
+        for given, resolved in ((path, first), (path_do, second)):
+            if not resolved.is_relative_to(folder):
+                raise InvalidInput(f"image pairs {own.name}: {at} names {given!r}, outside the data set's folder "
+                                   f"{str(folder)!r}; paths must lie inside it")
+        problem, i, j = _pair_problem(b, index, first, second, path_do)
+        if problem:
+            b.skipped.append((at, problem))
+            continue
+        rows.append(i)
+        row_do.append(-1 if j is None else j)
+        paths_do.append(str(second))
+        where.append(at)
+    return _Placed(np.array(rows, dtype=np.int64), np.array(row_do, dtype=np.int64), paths_do, where)
+
+
+def _pair_problem(b: _Build, index: dict[str, int], first: Path, second: Path, path_do: str
+                  ) -> tuple[str | None, int | None, int | None]:
+    """(why the pair is skipped or None, its source row, its intervened image's row or None)."""
+    i, j = index.get(str(first)), index.get(str(second))
+    if i is None:
+        return ("not in the data set: its first image is none of the data set's readable images (its domain and "
+                "class would be unknown)"), None, None
+    if first == second:
+        return "not a pair: path and path_do are the same file", None, None
+    if j is None:
+        reason = image_file_problem(second, b.folder.resolve())
+        return (f"{reason} ({path_do})" if reason else None), i, None
+    if b.rows.labels[i] != b.rows.labels[j]:
+        return "different classes: an intervention keeps the class, these two images are labelled apart", None, None
+    if b.rows.is_train[i] and not b.rows.is_train[j]:
+        return ("validation row: its intervened image is held out for validation, which never shapes the "
+                "projection"), None, None
+    return None, i, j
+
+
+def _own_intervened(b: _Build, own: ImagePairs, placed: _Placed) -> tuple[np.ndarray, np.ndarray]:
+    """The intervened images' embeddings (a data set image's own row; any other file embedded as
+    it is, through the store) and which pairs survived (a file that fails to decode is skipped)."""
+    z_do = b.rows.features[np.maximum(placed.row_do, 0)].copy()
+    ok = np.ones(len(placed.rows), dtype=bool)
+    outside = np.flatnonzero(placed.row_do < 0)
+    if len(outside):
+        paths = np.array([placed.paths_do[i] for i in outside])
+        hashes = np.array([file_hash(p) for p in paths])
+        vectors, failed = b.embedder.images(own.name, paths, hashes, b.rows.domains[placed.rows[outside]])
+        z_do[outside] = vectors
+        for k, why in failed.items():
+            ok[outside[k]] = False
+            b.skipped.append((placed.where[outside[k]], f"unreadable image: {why} ({paths[k]})"))
+    return z_do, ok
 
 
 def _released_class_text(embedder: _Embedder, folders: Sequence[str], class_names: list[str]) -> np.ndarray | None:

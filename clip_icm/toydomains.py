@@ -481,11 +481,18 @@ def generate_toydomains(
 def load_factors(root: str | os.PathLike) -> "pandas.DataFrame":  # noqa: F821 (lazy import)
     """``root/factors.csv`` as a DataFrame indexed by the image path relative to ``root``; a file
     of that name that is not the generator's table (another tool's, damaged) is an InvalidInput."""
+    return load_factor_table(Path(root) / "factors.csv")
+
+
+def load_factor_table(path: str | os.PathLike) -> "pandas.DataFrame":  # noqa: F821 (lazy import)
+    """A table of the true factors indexed by image path: the generator's factors.csv, or a data set
+    manifest (.csv, .parquet, .jsonl) that carries the same columns (:func:`has_factor_columns`)."""
     import pandas as pd
 
-    path = Path(root) / "factors.csv"
+    path = Path(path)
+    readers = {".parquet": pd.read_parquet, ".jsonl": lambda p: pd.read_json(p, lines=True)}
     try:
-        table = pd.read_csv(path)
+        table = readers.get(path.suffix.lower(), pd.read_csv)(path)
     except (ValueError, UnicodeDecodeError) as e:  # pandas' ParserError and EmptyDataError are ValueErrors
         raise InvalidInput(f"{path} is not a ToyDomains factors table ({e}); {_NOT_FACTORS}") from None
     missing = [c for c in _NEEDED_COLUMNS if c not in table.columns]
@@ -493,6 +500,17 @@ def load_factors(root: str | os.PathLike) -> "pandas.DataFrame":  # noqa: F821 (
         raise InvalidInput(f"{path} is not a ToyDomains factors table: it lacks the column(s) {', '.join(missing)}; "
                            f"{_NOT_FACTORS}")
     return table.set_index("path", drop=False)
+
+
+def has_factor_columns(manifest: str | os.PathLike) -> bool:
+    """True when a data set manifest also holds every factor column of factors.csv (a ToyDomains
+    world listed in a table): it then stands for factors.csv (true swaps, counterfactual validation)."""
+    from clip_icm.tables import read_table
+
+    try:
+        return all(c in read_table(manifest, ()).columns for c in _NEEDED_COLUMNS)
+    except InvalidInput:  # the scan says what is wrong with the table
+        return False
 
 
 # What Factors.from_row and the pipeline read of a row; the other columns are optional.

@@ -1,7 +1,9 @@
 """Widget groups: each ``*_ui()`` draws its widgets and returns plain values.
 
 Widget keys start with ``ctl_`` so that app.py can keep their values while the user
-visits a page that does not draw them (Streamlit drops the state of unseen widgets).
+visits a page that does not draw them (Streamlit drops the state of unseen widgets). The
+upload buttons' keys (``upload_*``) do not: a file uploader's value cannot be stored back, and
+what it uploaded lives on as the path it wrote into its ``ctl_`` field.
 Defaults live in session state (:func:`_default`), never in the widget call, so a
 kept value and a default never fight.
 """
@@ -16,6 +18,7 @@ import streamlit as st
 from clip_icm import defaults, evaluation, methods, service
 from clip_icm.embeddings import EmbeddingSet
 from clip_icm.errors import InvalidInput
+from clip_icm.user_pairs import OWN_PREFIXES
 from dashboard import cached
 from dashboard.texts import plain
 
@@ -59,8 +62,14 @@ def data_ui() -> dict | None:
 
 
 def _folder_ui() -> dict | None:
-    root = st.text_input("DomainBed root folder", key=_default("ctl_root", ""),
-                         help="root/<dataset>/<domain>/<class>/*.jpg, or a folder that is one data set")
+    st.file_uploader("…or upload a .zip of the data set, or a manifest", type=["zip", "csv", "parquet", "jsonl"],
+                     key="upload_data", on_change=_take_upload, args=("upload_data", service.upload_data, "ctl_root"),
+                     help="A zip of a DomainBed tree, or of images with a manifest; unpacked into the cache "
+                          "folder (no path may leave it, no links, capped size and file count)")
+    _said_upload("ctl_root")
+    root = st.text_input("DomainBed root folder, or a manifest file", key=_default("ctl_root", ""),
+                         help="root/<dataset>/<domain>/<class>/*.jpg, or a folder that is one data set; or a table "
+                              "(.csv, .parquet, .jsonl) with the columns path, label, domain, paths relative to it")
     if not root:
         return {"root": ""}
     try:
@@ -68,13 +77,41 @@ def _folder_ui() -> dict | None:
     except service.ServiceError as e:
         st.error(plain(str(e)))  # it quotes the typed text: shown as typed, never as Markdown
         return None
-    options = list(found["datasets"]) + (["(this folder)"] if found["is_dataset"] else [])
+    this = "(this manifest)" if found.get("manifest") else "(this folder)"
+    options = list(found["datasets"]) + ([this] if found["is_dataset"] else [])
     if not options:
         st.error("No PACS/VLCS/OfficeHome/TerraIncognita/DomainNet folder found there, and the folder itself "
                  f"cannot be used: {plain(found['problem'])}")
         return None
     dataset = st.selectbox("Data set", options, key=_valid("ctl_dataset", options, options[0]))
-    return {"root": found["path"], "dataset": None if dataset == "(this folder)" else dataset}
+    return {"root": found["path"], "dataset": None if dataset == this else dataset}
+
+
+def _take_upload(key: str, keep, field: str) -> None:
+    """Keep a newly uploaded file (``keep``: a service.upload_* function) and put its path in the text
+    field ``field`` (replacing a data path, adding a line to a list of files). Runs before the rerun,
+    so the field shows the path; an upload once taken is not taken again on the next reruns."""
+    files = st.session_state.get(key)
+    files = files if isinstance(files, list) else [files] if files is not None else []
+    paths, errors = [], []
+    for file in files:
+        try:
+            paths.append(keep(file.getvalue(), file.name))
+        except service.ServiceError as e:
+            errors.append(str(e))
+    st.session_state[f"{field}_upload_errors"] = errors
+    if not paths:
+        return
+    if field == "ctl_root":
+        st.session_state[field] = paths[0]
+    else:
+        kept = [line for line in st.session_state.get(field, "").splitlines() if line.strip()]
+        st.session_state[field] = "\n".join(dict.fromkeys(kept + paths))
+
+
+def _said_upload(field: str) -> None:
+    for error in st.session_state.get(f"{field}_upload_errors", []):
+        st.error(plain(error))
 
 
 def _served_beyond_this_machine() -> bool:
@@ -147,14 +184,61 @@ def interventions_ui(bundled_world: bool) -> service.InterventionChoice:
     n_pairs = st.number_input("Image pairs per set (0 = one per training image)", 0, 1_000_000, step=64,
                               key=_default("ctl_n_pairs", defaults.N_PAIRS or 0),
                               help="Each pair set embeds this many edited images.")
+    captions, images = _own_pairs_ui()
     kinds = ["counterfactual", "conflict"] if bundled_world else ["image"] if ops else []
+    kinds += ["pairs"] if images else []
     checks = st.multiselect("Intervened validation rows (scored by the interventional rule, never fitted)", kinds,
-                            key=_valid_multi("ctl_checks", kinds, kinds[:1]),
+                            key=_valid_multi("ctl_checks", kinds, list(dict.fromkeys(kinds[:1] + kinds[-1:] if images
+                                                                                     else kinds[:1]))),
                             help="counterfactual: colour and scene re-drawn; conflict: set to another class's usual "
                                  "colour and scene (read from source training rows); image: the image interventions "
-                                 "above, applied to the validation rows (the generic, weaker check)")
+                                 "above, applied to the validation rows (the generic, weaker check); pairs: your "
+                                 "image pairs whose first image is a validation row")
     return service.InterventionChoice(tuple(ops), strengths, edited, swaps, bool(cross), int(n_pairs),
-                                      look_prompts=defaults.look_prompts(bundled_world), intervened_val=tuple(checks))
+                                      look_prompts=defaults.look_prompts(bundled_world), intervened_val=tuple(checks),
+                                      text_pairs=captions, image_pairs=images)
+
+
+def _own_pairs_ui() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Paths of the user's caption pairs and image pairs files, each previewed; a file that cannot
+    be used is an error and left out (so the page still shows the rest)."""
+    with st.expander("Your own pairs (files)"):
+        st.caption("Caption pairs: CSV or JSONL with caption, caption_do (and class). Image pairs: CSV, JSONL or "
+                   "Parquet with path, path_do, relative to the data set's folder. One file per line.")
+        out = []
+        for kind, label in (("captions", "Caption pairs files"), ("images", "Image pairs files")):
+            st.file_uploader(f"Upload {label.lower()}", type=["csv", "jsonl", "parquet"], accept_multiple_files=True,
+                             key=f"upload_{kind}", on_change=_take_upload,
+                             args=(f"upload_{kind}", service.upload_pairs, f"ctl_own_{kind}"))
+            _said_upload(f"ctl_own_{kind}")
+            text = st.text_area(label, key=_default(f"ctl_own_{kind}", ""), height=68)
+            out.append(tuple(p for p in (_pairs_file_ui(line.strip(), kind) for line in text.splitlines()
+                                         if line.strip()) if p))
+    return out[0], out[1]
+
+
+def _pairs_file_ui(path: str, kind: str) -> str | None:
+    roots = service.data_roots(exposed=_served_beyond_this_machine())
+    try:
+        preview = service.pairs_preview(path, kind, roots)
+    except service.ServiceError as e:
+        st.error(plain(str(e)))
+        return None
+    skipped = f", {len(preview.skipped)} rows skipped (e.g. {preview.skipped[0][1]})" if preview.skipped else ""
+    st.caption(plain(f"{preview.name}: {preview.rows} pairs{skipped}"))
+    for before, after, words in preview.examples:
+        st.markdown(f"{plain(before)} → {_highlighted(after, words)}")
+    for note in preview.notes[:3]:
+        st.warning(plain(note))
+    return preview.path
+
+
+def _highlighted(text: str, words: str) -> str:
+    """``text`` for Markdown with the words of ``words`` (the pair's variant words) in bold."""
+    from clip_icm.interventions import words_of
+
+    changed = set(words.split())
+    return " ".join(f"**{plain(w)}**" if changed & set(words_of(w)) else plain(w) for w in text.split())
 
 
 def _strengths_ui(ops: list[str], registry) -> tuple:
@@ -255,6 +339,7 @@ def projection_ui(emb: EmbeddingSet, default_target: str, start: dict) -> Projec
                                key=_valid_multi("ctl_baselines", rest, [m for m in start["baselines"] if m in rest]))
     pair_names = [p.name for p in emb.pairs]
     wanted = [p for p in start["pair_sets"] or pair_names if p in pair_names]
+    wanted += [p for p in pair_names if p.startswith(OWN_PREFIXES) and p not in wanted]  # given to be fitted on
     pairs = st.multiselect("Fit on pair sets", pair_names, key=_valid_multi("ctl_pairs", pair_names, wanted or None))
     prompt_sets = [p for p in evaluation.PROMPT_SETS if p == "classes" or emb.look_prompts]
     prompts = st.radio("Zero-shot prompts", prompt_sets, format_func=evaluation.PROMPT_SETS.get,

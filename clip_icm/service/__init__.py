@@ -20,10 +20,11 @@ from clip_icm.service.fitting import (Fit, accuracy_table, accuracy_wide, choose
 from clip_icm.service.maps import (MAP_POINTS, full_layout, invariant_layout, nearest_neighbours, plot_ids,
                                    point_table, predictions, thumbnail)
 from clip_icm.service.requests import (DATA_ROOTS_VAR, SOURCES, EmbeddingRequest, InterventionChoice, PairExample,
-                                       data_roots, default_target, describe, detect_folder, device_and_precision,
-                                       folder_path, has_true_factors, intervention_config, load_embeddings,
-                                       open_clip_architectures, open_clip_tags, pair_examples, restrict_domains,
-                                       text_banks, too_broad)
+                                       PairsPreview, data_roots, default_target, describe, detect_folder,
+                                       device_and_precision, folder_path, has_true_factors, intervention_config,
+                                       load_embeddings, open_clip_architectures, open_clip_tags, pair_examples,
+                                       pairs_preview, restrict_domains, text_banks, too_broad, upload_data,
+                                       upload_pairs)
 
 __all__ = [
     "USER_ERRORS", "Progress", "ServiceError", "content_key",
@@ -35,7 +36,8 @@ __all__ = [
     "projection_defaults", "sweep", "target_confusions",
     "MAP_POINTS", "full_layout", "invariant_layout", "nearest_neighbours", "plot_ids", "point_table", "predictions",
     "thumbnail",
-    "DATA_ROOTS_VAR", "SOURCES", "EmbeddingRequest", "InterventionChoice", "PairExample", "data_roots",
+    "DATA_ROOTS_VAR", "SOURCES", "EmbeddingRequest", "InterventionChoice", "PairExample", "PairsPreview",
+    "pairs_preview", "upload_data", "upload_pairs", "data_roots",
     "default_target", "describe", "detect_folder", "device_and_precision", "folder_path", "has_true_factors",
     "intervention_config", "load_embeddings", "open_clip_architectures", "open_clip_tags", "pair_examples",
     "restrict_domains", "text_banks", "too_broad",

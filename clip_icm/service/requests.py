@@ -3,6 +3,7 @@ and data choices the controls offer (architectures, devices, folders and their a
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,9 @@ class InterventionChoice:
     strengths: ((op, ((param, value), ...)), ...); text_banks: ((bank name, (template, ...)), ...);
     true_swaps: factors to re-render (bundled world only); n_pairs: image pairs (0 = one per image);
     look_prompts: also embed the "usual source look" zero-shot prompts (bundled world only);
-    intervened_val: which intervened validation sets (pipeline.INTERVENED_VAL_KINDS; None = automatic).
+    intervened_val: which intervened validation sets (pipeline.INTERVENED_VAL_KINDS; None = automatic);
+    text_pairs / image_pairs: the user's caption pairs and image pairs files (user_pairs), checked
+    against the allowed folders by :func:`pairs_preview` before they get here.
     """
 
     image_ops: tuple[str, ...] = defaults.IMAGE_OPS
@@ -45,6 +48,8 @@ class InterventionChoice:
     look_prompts: bool = False
     intervened_val: tuple[str, ...] | None = None
     seed: int = 0
+    text_pairs: tuple[str, ...] = ()
+    image_pairs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,13 +71,29 @@ class EmbeddingRequest:
 
     @property
     def key(self) -> str:
-        return content_key(self)
+        """Content key of the request, and of the files it names by path that a user may edit in
+        place (a manifest, pairs files): an edited file is another request, never stale embeddings."""
+        files = ((self.root,) if self.source == "folder" else ()) + self.interventions.text_pairs
+        return content_key(self, _stamps(files + self.interventions.image_pairs))
 
     @property
     def model_label(self) -> str:
         if self.source == "synthetic":
             return "synthetic SCM"
         return self.model + (f" / {self.pretrained}" if self.pretrained else "")
+
+
+def _stamps(paths: tuple[str, ...]) -> tuple:
+    """(size, mtime in ns) of each path that is a file; () for a folder or a path that is not there."""
+    out = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except (OSError, ValueError):
+            out.append(())
+            continue
+        out.append((info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else ())
+    return tuple(out)
 
 
 def load_embeddings(request: EmbeddingRequest, progress: Progress | None = None,
@@ -109,10 +130,7 @@ def _pipeline_embeddings(request: EmbeddingRequest, progress: Progress | None, n
 
     root = None
     if request.source == "folder":
-        path = folder_path(request.root, data_roots(exposed=False))
-        if request.dataset is None and too_broad(path):
-            raise ServiceError(too_broad(path))
-        root = str(path)
+        root = str(_data_path(request.root, data_roots(exposed=False), request.dataset))
     data = pipeline.DataConfig(root=root, dataset=request.dataset, max_per_domain=request.max_per_domain)
     model = backend.ModelConfig(request.model, request.pretrained, request.device, request.precision)
     run = pipeline.embed_dataset(data, model, intervention_config(request.interventions), progress=progress)
@@ -150,7 +168,8 @@ def intervention_config(choice: InterventionChoice):
     return InterventionConfig(image=tuple(choice.image_ops), text_banks=tuple(banks), true_swaps=choice.true_swaps,
                               cross_modal=choice.cross_modal, n_pairs=choice.n_pairs or None, seed=choice.seed,
                               strengths=choice.strengths, look_prompts=choice.look_prompts,
-                              intervened_val=choice.intervened_val)
+                              intervened_val=choice.intervened_val, text_pairs=choice.text_pairs,
+                              image_pairs=choice.image_pairs)
 
 
 def _synthetic(request: EmbeddingRequest) -> EmbeddingSet:
@@ -203,6 +222,10 @@ def pair_examples(request: EmbeddingRequest, emb: EmbeddingSet, pair_set: str, n
     cfg = intervention_config(request.interventions)
     if pair_set.startswith("text:"):
         return _text_examples(cfg, emb, pair_set, n)
+    if pair_set.startswith("captions:"):
+        return _caption_examples(cfg, pair_set, n)
+    if pair_set.removeprefix("val ").startswith("image-pairs:"):
+        return _image_pair_examples(cfg, request, pair_set.removeprefix("val "), n)
     if emb.paths is None or not str(emb.paths[0]):
         raise ServiceError(f"{pair_set}: these embeddings have no image files to show")
     pool = ~emb.is_train if any(c.name == pair_set for c in emb.intervened_val) else emb.is_train
@@ -223,6 +246,54 @@ def _text_examples(cfg, emb: EmbeddingSet, pair_set: str, n: int) -> list[PairEx
     texts, texts_do, index = make_text_pairs(emb.class_names, banks, cfg.text_pairs_per_class, cfg.seed)
     first = [int(np.flatnonzero(index == c)[0]) for c in range(len(emb.class_names))][:n]  # one pair per class
     return [PairExample(emb.class_names[index[i]], texts[i], texts_do[i]) for i in first]
+
+
+def _caption_examples(cfg, pair_set: str, n: int) -> list[PairExample]:
+    from clip_icm.user_pairs import read_caption_pairs
+
+    for path in cfg.text_pairs:
+        own = guard(f"Could not read {pair_set}", read_caption_pairs, path)
+        if own.name == pair_set:
+            classes = own.classes or ("",) * len(own.texts)
+            return [PairExample(c, t, t_do) for c, t, t_do in zip(classes, own.texts, own.texts_do)][:n]
+    raise ServiceError(f"no caption pairs file makes {pair_set!r} in these interventions")
+
+
+def _image_pair_examples(cfg, request: EmbeddingRequest, pair_set: str, n: int) -> list[PairExample]:
+    """The first pairs of an image pairs file whose two files decode, as thumbnails."""
+    from clip_icm.datasets import load_image
+    from clip_icm.user_pairs import read_image_pairs
+
+    folder = _data_folder(request)
+    for path in cfg.image_pairs:
+        own = guard(f"Could not read {pair_set}", read_image_pairs, path)
+        if own.name != pair_set:
+            continue
+        out = []
+        for first, second in zip(own.paths, own.paths_do):
+            try:
+                images = [load_image(folder / p).resize((112, 112)) for p in (first, second)]
+            except (OSError, ValueError):  # the pipeline skipped and reported this pair
+                continue
+            out.append(PairExample(first, *images))
+            if len(out) == n:
+                break
+        return out
+    raise ServiceError(f"no image pairs file makes {pair_set!r} in these interventions")
+
+
+def _data_folder(request: EmbeddingRequest) -> Path:
+    """The folder the request's images lie in (the paths of image pairs files are relative to it)."""
+    from clip_icm import datasets
+
+    if request.source != "folder":
+        from clip_icm.toydomains import ensure_demo_data
+
+        return Path(ensure_demo_data())
+    path = _data_path(request.root, data_roots(exposed=False), request.dataset)
+    if datasets.is_manifest(path):
+        return path.parent
+    return datasets.DATASETS.get(request.dataset).locate(path) if request.dataset else path
 
 
 def open_clip_architectures() -> list[str]:
@@ -258,11 +329,14 @@ def data_roots(exposed: bool) -> tuple[Path, ...] | None:
     ``$CLIP_ICM_DATA_ROOTS`` (folders joined by ``os.pathsep``) when set; else, when the page
     is served beyond this machine (``exposed``), the clip-icm cache folder (where the demo world is
     generated) and the user's home, so that whoever reaches the port cannot browse the machine's
-    files; else no limit.
+    files; else no limit. The uploads folder (uploads.uploads_dir()) is always among them: it holds
+    only what was uploaded through the page.
     """
+    from clip_icm.uploads import uploads_dir
+
     listed = [p for p in os.environ.get(DATA_ROOTS_VAR, "").split(os.pathsep) if p.strip()]
     if listed:
-        return tuple(Path(p).expanduser().resolve() for p in listed)
+        return tuple(Path(p).expanduser().resolve() for p in listed) + (uploads_dir().resolve(),)
     if exposed:
         from clip_icm.resources import cache_dir
 
@@ -270,11 +344,12 @@ def data_roots(exposed: bool) -> tuple[Path, ...] | None:
     return None
 
 
-def folder_path(root: str, roots: tuple[Path, ...] | None = None) -> Path:
+def folder_path(root: str, roots: tuple[Path, ...] | None = None, kind: str = "Folder") -> Path:
     """The folder a user typed, resolved (``~`` expanded, links followed), or a ServiceError
-    saying why it may not be read: absent, or outside ``roots`` (see :func:`data_roots`)."""
+    saying why it may not be read: absent, or outside ``roots`` (see :func:`data_roots`).
+    ``kind="File"``: a file instead (a manifest, a pairs file), under the same rules."""
     if not root or not root.strip():
-        raise ServiceError("Folder not found: (empty)")
+        raise ServiceError(f"{kind} not found: (empty)")
     shown = _shown_path(root)
     try:
         path = Path(root.strip()).expanduser().resolve()
@@ -282,12 +357,81 @@ def folder_path(root: str, roots: tuple[Path, ...] | None = None) -> Path:
             allowed = ", ".join(str(r) for r in roots)
             raise ServiceError(f"{shown} is outside the folders this dashboard may read ({allowed}); "
                                f"the server's operator can list others in ${DATA_ROOTS_VAR}.")
-        if not path.is_dir():
-            raise ServiceError(f"Folder not found: {shown}")
+        if not (path.is_dir() if kind == "Folder" else path.is_file()):
+            raise ServiceError(f"{kind} not found: {shown}")
     # ~nosuchuser: RuntimeError; a NUL byte: ValueError; a name longer than the system allows: OSError
     except (RuntimeError, ValueError, OSError) as e:
-        raise ServiceError(f"Folder not found: {shown} ({e.strerror if isinstance(e, OSError) else e})") from None
+        raise ServiceError(f"{kind} not found: {shown} ({e.strerror if isinstance(e, OSError) else e})") from None
     return path
+
+
+def _data_path(root: str, roots: tuple[Path, ...] | None, dataset: str | None) -> Path:
+    """A data set's folder or manifest file, as :func:`folder_path` checks it (a folder also
+    must not be too broad to scan whole)."""
+    from clip_icm import datasets
+
+    if datasets.is_manifest(root.strip()):
+        return folder_path(root, roots, kind="File")
+    path = folder_path(root, roots)
+    if dataset is None and too_broad(path):
+        raise ServiceError(too_broad(path))
+    return path
+
+
+def upload_data(data: bytes, name: str) -> str:
+    """An uploaded data set: a zip (of a DomainBed tree, or of images and a manifest) unpacked under
+    the uploads module's guards, or a manifest table kept as it is; returns what to scan (a folder
+    or a manifest) for the data field."""
+    from clip_icm import uploads
+    from clip_icm.tables import table_format
+
+    if name.lower().endswith(".zip"):
+        return str(uploads.data_in(guard("Could not unpack the upload", uploads.unpack_zip, data)))
+    if table_format(name) is None:
+        raise ServiceError(f"Upload a .zip of the data set, or a manifest (.csv, .parquet, .jsonl); got {name!r}")
+    return str(guard("Could not keep the upload", uploads.save_upload, data, name))
+
+
+def upload_pairs(data: bytes, name: str) -> str:
+    """An uploaded pairs file, kept by content; returns its path for the pairs field."""
+    from clip_icm import uploads
+    from clip_icm.tables import table_format
+
+    if table_format(name) is None:
+        raise ServiceError(f"A pairs file is a .csv, .jsonl or .parquet table; got {name!r}")
+    return str(guard("Could not keep the upload", uploads.save_upload, data, name))
+
+
+@dataclass(frozen=True)
+class PairsPreview:
+    """What a pairs file holds, for the sidebar: its pair set name, usable rows, the first few
+    (before, after, the words that differ), what it skips and what it warns about."""
+
+    name: str
+    path: str
+    rows: int
+    examples: tuple[tuple[str, str, str], ...]
+    skipped: tuple[tuple[str, str], ...]
+    notes: tuple[str, ...]
+
+
+def pairs_preview(path: str, kind: str, roots: tuple[Path, ...] | None = None, n: int = 3) -> PairsPreview:
+    """Read the ``kind`` ("captions" or "images") pairs file at ``path``, a file inside ``roots``
+    (see :func:`data_roots`: an exposed page reads no file outside them, not even to say what is
+    wrong with it)."""
+    from clip_icm.interventions import variant_words
+    from clip_icm.user_pairs import read_caption_pairs, read_image_pairs
+
+    resolved = str(folder_path(path, roots, kind="File"))
+    if kind == "captions":
+        own = guard("Could not read the caption pairs", read_caption_pairs, resolved)
+        firsts, seconds, notes = own.texts, own.texts_do, own.notes
+        words = [variant_words(t, t_do) for t, t_do in zip(firsts[:n], seconds[:n])]
+    else:
+        own = guard("Could not read the image pairs", read_image_pairs, resolved)
+        firsts, seconds, notes, words = own.paths, own.paths_do, (), [""] * n
+    return PairsPreview(own.name, resolved, len(firsts), tuple(zip(firsts[:n], seconds[:n], words)), own.skipped,
+                        tuple(notes))
 
 
 def _shown_path(root: str, limit: int = 120) -> str:
@@ -313,6 +457,9 @@ def detect_folder(root: str, roots: tuple[Path, ...] | None = None) -> dict[str,
     when it is neither, why not). ``roots``: see :func:`data_roots`."""
     from clip_icm import datasets
 
+    if datasets.is_manifest(root.strip()):  # a table that lists the data set: scanned as it is embedded
+        return {"datasets": [], "is_dataset": True, "path": str(folder_path(root, roots, kind="File")),
+                "problem": None, "manifest": True}
     path = folder_path(root, roots)
     try:
         problem = too_broad(path) or (None if datasets.is_domainbed_folder(path) else datasets.layout_problem(path))
