@@ -28,11 +28,12 @@ import numpy as np
 from PIL import Image
 
 
-def make_images(root: Path, n: int, size: int = 256, seed: int = 0) -> list[Path]:
-    """n JPEGs with smooth structure plus noise (realistic JPEG size and decode cost)."""
+def make_images(root: Path, n: int, size: int = 256, seed: int = 0, start: int = 0) -> list[Path]:
+    """n JPEGs with smooth structure plus noise (realistic JPEG size and decode cost), numbered
+    from ``start`` (so that processes can each write a share of one folder: give each its own seed)."""
     g = np.random.default_rng(seed)
     paths = []
-    for i in range(n):
+    for i in range(start, start + n):
         folder = root / f"domain{i % 2}" / f"class{(i // 2) % 2}"
         folder.mkdir(parents=True, exist_ok=True)
         coarse = g.uniform(0, 255, (8, 8, 3)).astype(np.uint8)

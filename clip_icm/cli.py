@@ -276,7 +276,9 @@ def _on_demo(args: argparse.Namespace) -> bool:
 
 
 class _Bars:
-    """tqdm progress bars on stderr, one per pipeline stage."""
+    """tqdm progress bars on stderr, one per pipeline stage. A stage's first report counts the items
+    served from the cache (pipeline.Progress): they are said to be so, and the rate and time left
+    count only the items computed after them (a stage served whole once printed 300,000 it/s)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled, self.stage, self.bar = enabled, None, None
@@ -284,13 +286,12 @@ class _Bars:
     def __call__(self, stage: str, done: int, total: int) -> None:
         if not self.enabled:
             return
-        from tqdm import tqdm
-
         if stage != self.stage:
             self.close()
-            self.stage, self.bar = stage, tqdm(total=total, desc=stage, file=sys.stderr, unit="item", leave=False)
+            self.stage, self.bar = stage, _stage_bar(stage, done, total)
+            return
         self.bar.n = done
-        self.bar.refresh()
+        self.bar.refresh()  # refresh, not update: the rate stays (n - initial) / elapsed
 
     def close(self) -> None:
         if self.bar is not None:
@@ -298,18 +299,30 @@ class _Bars:
         self.stage, self.bar = None, None
 
 
+def _stage_bar(stage: str, served: int, total: int):
+    """A stage's bar, opened at its first report: ``served`` items came from the cache."""
+    from tqdm import tqdm
+
+    if total and served >= total:  # nothing to compute: a count, no rate, no time left
+        return tqdm(total=total, initial=served, desc=f"{stage}: served from cache ({total:,} items)",
+                    bar_format="{desc}", file=sys.stderr, leave=False)
+    desc = f"{stage} ({served} served from cache)" if served else stage
+    return tqdm(total=total, initial=served, desc=desc, file=sys.stderr, unit="item", leave=False)
+
+
 def _embed(args: argparse.Namespace, configs: tuple, check_target: str | None = None):
     """Scan (checking the target domain before any embedding), then embed ``configs`` (the
     data, model and intervention configs of :func:`_configs`) through the store."""
     from clip_icm.store import EmbeddingStore
 
+    engine = _engine(args)  # a missing extra fails before the scan
     store = EmbeddingStore(args.cache, max_size=args.cache_max_size)
     _check_cache_writable(store.root)
     with _full_cache_is_one_line(store.root):
-        return _scan_and_embed(args, configs, store, check_target)
+        return _scan_and_embed(args, configs, store, check_target, engine)
 
 
-def _scan_and_embed(args: argparse.Namespace, configs: tuple, store, check_target: str | None):
+def _scan_and_embed(args: argparse.Namespace, configs: tuple, store, check_target: str | None, engine=None):
     from clip_icm import background
     from clip_icm.backend import model_key
     from clip_icm.pipeline import DEMO_DRAW_WAIT_S, embed_dataset, start_drawing_missing_demo
@@ -323,9 +336,23 @@ def _scan_and_embed(args: argparse.Namespace, configs: tuple, store, check_targe
         raise InvalidInput(f"unknown domain {check_target!r}; domains: {', '.join(scan.domain_names)}")
     bars = _Bars(not args.quiet)
     try:
-        return embed_dataset(data, model, pairs, store, bars, scan=scan)
+        return embed_dataset(data, model, pairs, store, bars, scan=scan, engine=engine)
     finally:
         bars.close()
+
+
+def _engine(args: argparse.Namespace):
+    """What encodes the missing chunks: None (this process) or Ray (embed --engine ray)."""
+    if getattr(args, "engine", "local") == "local":  # evaluate and export embed here
+        if getattr(args, "address", None):
+            raise InvalidInput("--address is for --engine ray")
+        return None
+    import functools
+
+    from clip_icm.distributed import RayEncoder, ray_available
+
+    ray_available()
+    return functools.partial(RayEncoder, address=args.address)
 
 
 @contextlib.contextmanager
@@ -428,7 +455,19 @@ def _add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_source_args(p)
+    _add_engine_args(p)
     p.set_defaults(run=_run_embed)
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    engine = p.add_argument_group("engine")
+    engine.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local (default): this process and its decode workers; ray: Ray Data, decoding in "
+                        "CPU tasks and encoding on actors (a GPU each where the cluster has them), the same "
+                        "cache entries (needs the [distributed] extra)")
+    engine.add_argument("--address", metavar="ADDR", default=None,
+                        help="with --engine ray: the cluster to join (e.g. ray://head:10001 or auto; default: "
+                        "a local Ray started here)")
 
 
 def _run_embed(args: argparse.Namespace) -> int:
@@ -695,13 +734,20 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
         raise InvalidInput(f"--out {args.out!r} is a folder; give a file name")
     if not args.out.lower().endswith((".csv", ".json")):
         raise InvalidInput(f"--out must end in .csv or .json, got {args.out!r}")
-    parent = os.path.dirname(os.path.abspath(args.out))
+    _check_out_file(args.out)
+
+
+def _check_out_file(path: str) -> None:
+    """--out ``path`` can be written: not a folder, in a writable folder, not a read-only file."""
+    if os.path.isdir(path):
+        raise InvalidInput(f"--out {path!r} is a folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise InvalidInput(f"--out {args.out!r}: the folder {parent} does not exist")
+        raise InvalidInput(f"--out {path!r}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
-        raise InvalidInput(f"--out {args.out!r}: the folder {parent} is not writable")
-    if os.path.exists(args.out) and not os.access(args.out, os.W_OK):  # a rename would replace it regardless
-        raise InvalidInput(f"--out {args.out!r} is read-only; remove it or give another file name")
+        raise InvalidInput(f"--out {path!r}: the folder {parent} is not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):  # a rename would replace it regardless
+        raise InvalidInput(f"--out {path!r} is read-only; remove it or give another file name")
 
 
 def _evaluate_splits(args, run, config, targets: list[str], rule: str | None,
@@ -860,6 +906,88 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# ---------------------------------------------------------------- export
+TABLE_FORMATS = ("parquet", "arrow")  # service.exports.TABLE_FORMATS (a test pins them)
+
+
+def _add_export_parser(subparsers: argparse._SubParsersAction) -> None:
+    from clip_icm.methods import ALL_METHODS
+
+    p = subparsers.add_parser(
+        "export", help="write the embeddings as one Parquet (or Arrow) table for pandas, DuckDB, Embedding Atlas",
+        description="One row per image: path, domain, class, split, role (the --target held out), the full and\n"
+        "invariant 2-D UMAP coordinates, each method's predicted class (zero-shot and probe, fitted\n"
+        "without the target) and the full and invariant vectors as fixed-size lists; the settings are\n"
+        "in the file's schema metadata (key clip_icm). Columns: docs/EXPORT.md. K and lam are fixed\n"
+        "(no selection runs here: take the ones evaluate chose). Embeds first, through the cache.",
+        epilog="examples:\n  python -m clip_icm export --out demo.parquet\n"
+        "  python -m clip_icm export --root ~/data --dataset PACS --model ViT-B-16-quickgelu --pretrained openai \\\n"
+        "      --target sketch --k 256 --no-coordinates --out pacs.parquet",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_source_args(p)
+    ex = p.add_argument_group("export")
+    ex.add_argument("--out", metavar="FILE", required=True, help="the file to write (replaced atomically)")
+    ex.add_argument("--format", dest="table_format", choices=TABLE_FORMATS, default="parquet",
+                    help="parquet (default) or arrow (the Arrow IPC file, Feather v2)")
+    ex.add_argument("--target", metavar="DOMAIN", default=None,
+                    help="the domain held out of every fit (default: the demo's shifted domain, else the last one)")
+    ex.add_argument("--k", type=int, default=None, help="invariant dimension K (default min(64, D/2))")
+    ex.add_argument("--lam", type=float, default=defaults.LAM, help="intervention weight (default %(default)g)")
+    ex.add_argument("--lam-mode", default=defaults.LAM_MODE, choices=("absolute", "relative"),
+                    help="as in evaluate (default %(default)s)")
+    ex.add_argument("--methods", metavar="LIST", type=_csv_names, default=None,
+                    help=f"methods whose predictions are written: {', '.join(ALL_METHODS)} (default all; CLIP always)")
+    ex.add_argument("--pair-sets", metavar="LIST", type=_csv_names, default=None,
+                    help="pair sets used to fit (default as evaluate)")
+    ex.add_argument("--no-coordinates", dest="coordinates", action="store_false",
+                    help="leave the four coordinate columns null: UMAP of every row is the slow part, and it "
+                    "grows with the rows (docs/EXPORT.md)")
+    # What evaluate lets one change and export keeps at this project's protocol and defaults.
+    p.set_defaults(run=_run_export, protocol="ours", keep_target_styles=False, orth_cali_lam=defaults.ORTH_CALI_LAM,
+                   orth_cali_queries="one")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clip_icm import service
+    from clip_icm.store import EmbeddingStore, atomic_write
+
+    _check_export_args(args)
+    configs = _configs(args)
+    _check_pair_sets(args, configs[2])
+    methods = _methods(args)
+    _check_k_fits_the_model(args, configs[1])
+    run = _embed(args, configs, check_target=args.target)
+    emb = run.embeddings
+    target = args.target or service.default_target(emb, "demo" if _on_demo(args) else "folder")
+    config = _eval_config(args, emb.features.shape[1], methods)
+    store = EmbeddingStore(args.cache, max_size=args.cache_max_size)  # the layouts are kept there
+    table = service.embedding_table(emb, target, config, coordinates=args.coordinates, seed=args.seed, store=store)
+    data = service.table_bytes(table, args.table_format)
+    try:
+        atomic_write(Path(args.out), lambda fh: fh.write(data))
+    except OSError as err:
+        raise InvalidInput(f"--out {args.out!r} could not be written ({err.strerror or err})") from None
+    coordinates = "" if args.coordinates else " (coordinates left null: --no-coordinates)"
+    _say(f"Wrote {table.num_rows} rows, {table.num_columns} columns ({args.table_format}) to {args.out}: target "
+         f"{target}, K={config.n_components}, lam={config.lam:g} {config.lam_mode}{coordinates}")
+    _say(_skipped_text(run.skipped))
+    return 0
+
+
+def _check_export_args(args: argparse.Namespace) -> None:
+    """--out and the numbers, before any embedding."""
+    import math
+
+    if args.k is not None and args.k < 1:
+        raise InvalidInput(f"--k must be at least 1, got {args.k}")
+    if not math.isfinite(args.lam) or args.lam < 0:
+        raise InvalidInput(f"--lam must be a finite number >= 0, got {args.lam}")
+    _check_out_file(args.out)
+
+
 # ---------------------------------------------------------------- cache
 CACHE_KINDS = ("embeddings", "pairs", "layouts", "kept results")  # cache.KINDS (a test pins them)
 
@@ -996,7 +1124,7 @@ def _removed_text(removed) -> str:
 
 # ---------------------------------------------------------------- main
 PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_playground_parser, _add_embed_parser, _add_evaluate_parser, _add_cache_parser,
+    _add_playground_parser, _add_embed_parser, _add_evaluate_parser, _add_cache_parser, _add_export_parser,
 ]
 
 

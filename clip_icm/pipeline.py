@@ -61,7 +61,14 @@ from clip_icm.seeding import rng, seed_hash
 from clip_icm.store import EmbeddingStore, atomic_write, make_key
 from clip_icm.user_pairs import CaptionPairs, ImagePairs, pair_set_name, read_caption_pairs, read_image_pairs
 
+# progress(stage, done, total). A stage's first report counts the items served from the cache (0 when
+# none; all of them for a stage served whole, which then reports nothing more); later reports add the
+# items computed. A front end shows the first as "served from cache" and rates only for the rest.
 Progress = Callable[[str, int, int], None]
+# What builds the encoder from a ModelConfig: load_model (this process, the default), or e.g.
+# clip_icm.distributed.RayEncoder. It needs ClipBackend's embed_dim, iter_encode and encode_texts;
+# the store's keys do not depend on it, so the local store serves what any engine wrote.
+Engine = Callable[[ModelConfig], ClipBackend]
 
 
 @dataclass(frozen=True)
@@ -202,8 +209,10 @@ def chunk_indices(domains: np.ndarray, chunk_size: int) -> list[np.ndarray]:
 class _Embedder:
     """Store-first embedding; builds the model on the first miss only."""
 
-    def __init__(self, model: ModelConfig, store: EmbeddingStore, progress: Progress | None, chunk_size: int):
+    def __init__(self, model: ModelConfig, store: EmbeddingStore, progress: Progress | None, chunk_size: int,
+                 engine: Engine | None = None):
         self.config, self.store, self.progress, self.chunk_size = model, store, progress, chunk_size
+        self.engine = engine
         self.key = model_key(model, memo_dir=store.root / "models")
         self._backend: ClipBackend | None = None
         self.computed = self.reused = 0
@@ -221,7 +230,7 @@ class _Embedder:
     def load(self) -> None:
         """Build the model now (otherwise it is built on the first store miss)."""
         if self._backend is None:
-            self._backend = load_model(self.config)
+            self._backend = (self.engine or load_model)(self.config)
 
     def _report(self, stage: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -289,6 +298,7 @@ class _Embedder:
         hit = self.store.get(key)
         if hit is not None:
             self.reused += 1
+            self._report(stage, len(texts), len(texts))  # served from the cache (Progress)
             return np.asarray(hit, np.float32)
         self._report(stage, 0, len(texts))
         array = self.backend.encode_texts(list(texts))
@@ -462,11 +472,13 @@ def embed_dataset(
     progress: Progress | None = None,
     chunk_size: int = 256,
     scan: DomainScan | None = None,
+    engine: Engine | None = None,
 ) -> EmbeddingRun:
     """Scan, split, embed (through ``store``) and pair; see the module docstring.
 
     ``progress(stage, done, total)`` is called as work advances, per stage. ``scan``: the
-    result of :func:`scan_data` for ``data`` when the caller already has it.
+    result of :func:`scan_data` for ``data`` when the caller already has it. ``engine``: what
+    encodes the missing chunks (:data:`Engine`; default this process).
     """
     store = store if store is not None else EmbeddingStore()
     evicted_before = store.stats.evicted
@@ -474,7 +486,7 @@ def embed_dataset(
     drawing = start_drawing_missing_demo(data) if scan is None else None
     if drawing is not None and progress is not None:
         progress(DRAWING_STAGE, 0, 1)
-    embedder = _Embedder(model, store, progress, chunk_size)
+    embedder = _Embedder(model, store, progress, chunk_size, engine)
     if drawing is not None:
         embedder.load()
         background.wait(drawing, DEMO_DRAW_WAIT_S)  # should it fail, scan_data draws it here or says why not
@@ -566,23 +578,30 @@ def _read_hash_memo(memo_file: Path) -> dict:
 def _hashes(paths: np.ndarray, progress: Progress | None, memo_file: Path) -> np.ndarray:
     """Content hashes of the images; a file whose :func:`file_stamp` (size, mtime, inode,
     ctime) is unchanged since the last run keeps its remembered hash (reading a large
-    dataset every run would cost more than the cache saves)."""
-    memo = _read_hash_memo(memo_file)
-    out, fresh = [], {}
-    for i, path in enumerate(paths.tolist()):
-        stamp, known = file_stamp(path), memo.get(path)
-        trusted = isinstance(known, list) and len(known) == len(stamp) + 1 and known[:-1] == stamp
-        digest = known[-1] if trusted and isinstance(known[-1], str) else file_hash(path)
-        fresh[path] = [*stamp, digest]
-        out.append(digest)
-        if progress is not None and (i + 1) % 1000 == 0:
-            progress("hash images", i + 1, len(paths))
+    dataset every run would cost more than the cache saves). Remembered hashes are the
+    stage's items served from the cache (:data:`Progress`)."""
+    memo, names = _read_hash_memo(memo_file), paths.tolist()
+    stamps = [file_stamp(path) for path in names]
+    digests = [_remembered(memo.get(path), stamp) for path, stamp in zip(names, stamps)]
+    missing = [i for i, digest in enumerate(digests) if digest is None]
+    served = len(paths) - len(missing)
     if progress is not None:
-        progress("hash images", len(paths), len(paths))
+        progress("hash images", served, len(paths))
+    for count, i in enumerate(missing, 1):
+        digests[i] = file_hash(names[i])
+        if progress is not None and (count % 1000 == 0 or count == len(missing)):
+            progress("hash images", served + count, len(paths))
+    fresh = {path: [*stamp, digest] for path, stamp, digest in zip(names, stamps, digests)}
     if fresh != memo:
         memo_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(memo_file, lambda fh: fh.write(json.dumps(fresh).encode()))
-    return np.array(out)
+    return np.array(digests)
+
+
+def _remembered(known: object, stamp: list[int]) -> str | None:
+    """The memo's hash of a file whose stamp is still ``stamp``, else None (read the file)."""
+    trusted = isinstance(known, list) and len(known) == len(stamp) + 1 and known[:-1] == stamp
+    return known[-1] if trusted and isinstance(known[-1], str) else None
 
 
 def intervened_image(path: str, pair_set: str, cfg: InterventionConfig):

@@ -51,7 +51,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -242,3 +242,15 @@ def _npy_bytes(data: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, data, allow_pickle=False)
     return buffer.getvalue()
+
+
+def stored_pairs(store: EmbeddingStore, keys: Iterable[tuple[str, str]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(Z, Z_do) of each pair of entry keys, memory-mapped (read-only float16, read when summed): the
+    parts :meth:`clip_icm.projection.PairMoments.streamed` sums block by block. A missing or damaged
+    entry is an error naming it, not a smaller stack."""
+    for z_key, z_do_key in keys:
+        Z, Z_do = store.get(z_key), store.get(z_do_key)
+        for key, array in ((z_key, Z), (z_do_key, Z_do)):
+            if array is None:
+                raise InvalidInput(f"no stored entry {key[:16]}... in {store.root} (removed, or damaged); embed again")
+        yield Z, Z_do

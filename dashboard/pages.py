@@ -96,7 +96,8 @@ def _build(request: service.EmbeddingRequest, notes: list[str]) -> EmbeddingSet:
 class StageProgress:
     """The embedding pass's progress: a bar for the running stage (its count and the time left at
     that stage's own rate) above a line naming the stages done, with their sizes and times, so that
-    a pass of ten stages does not look like one bar starting over."""
+    a pass of ten stages does not look like one bar starting over. A stage's first report counts
+    the items served from the cache (pipeline.Progress): a stage served whole says so, with no time."""
 
     def __init__(self) -> None:
         self.bar, self.log = st.progress(0.0, text="starting"), st.empty()
@@ -108,16 +109,26 @@ class StageProgress:
         now = time.monotonic()
         if stage != self.stage:
             if self.stage is not None:
-                self.finished.append(stage_summary(self.stage, self.total, now - self.since))
+                self.finished.append(stage_summary(self.stage, self.total, now - self.since, self._served_whole))
                 self.log.caption("Done: " + " · ".join(self.finished))
             self.stage, self.since, self.first_done = stage, now, done  # rows found in the store come first
         self.total = total
-        left = seconds_left(now - self.since, done - self.first_done, total - done)
-        eta = f", about {left:.0f} s left" if left is not None else ""
-        self.bar.progress(min(done / total, 1.0) if total else 1.0, text=f"{stage}: {done}/{total}{eta}")
+        if self._served_whole:
+            text = f"{stage}: served from cache ({total:,} items)"
+        else:
+            left = seconds_left(now - self.since, done - self.first_done, total - done)
+            eta = f", about {left:.0f} s left" if left is not None else ""
+            text = f"{stage}: {done}/{total}{eta}"
+        self.bar.progress(min(done / total, 1.0) if total else 1.0, text=text)
+
+    @property
+    def _served_whole(self) -> bool:
+        return bool(self.total) and self.first_done >= self.total
 
 
-def stage_summary(stage: str, total: int, seconds: float) -> str:
+def stage_summary(stage: str, total: int, seconds: float, served_from_cache: bool = False) -> str:
+    if served_from_cache:  # no time: reading the store is not the stage's work
+        return f"{stage} served from cache ({total:,} items)"
     size = f" {total:,}" if total > 1 else ""
     return f"{stage}{size} ({seconds:.1f} s)"
 
@@ -597,11 +608,17 @@ def _gallery_section(ctx: Context) -> None:
 
 def _export_section(ctx: Context, fit: service.Fit, table, layouts: dict) -> None:
     with st.expander("Export"):
-        c1, c2 = st.columns(2)
+        c1, c2, c3 = st.columns(3)
         c1.download_button("Projection (.npz)", service.projection_npz(fit, ctx.emb, ctx.request.model_label),
                            file_name=f"projection_{fit.method}_K{fit.K}_lam{fit.lam:g}.npz", key="dl_npz")
         c2.download_button("Accuracy table (.csv)", service.accuracy_csv(table), file_name="accuracy.csv",
                            key="dl_csv")
+        config = controls.eval_config(ctx.choice, fit.K, fit.lam, (ctx.choice.method, *ctx.choice.baselines))
+        c3.download_button("Embeddings table (.parquet)", lambda: embeddings_parquet(ctx.emb, fit.target, config),
+                           file_name=f"embeddings_{fit.target}.parquet", mime="application/vnd.apache.parquet",
+                           key="dl_parquet", help="One row per image: path, domain, class, split, the maps' "
+                           "coordinates (ICM's for the invariant map), each method's predictions and the vectors; "
+                           "columns: docs/EXPORT.md")
         figs = {"accuracy": figures.accuracy_bars(table, ctx.choice.target), **layouts}
         cols = st.columns(len(figs))
         for col, (name, fig) in zip(cols, figs.items()):
@@ -614,6 +631,14 @@ def _export_section(ctx: Context, fit: service.Fit, table, layouts: dict) -> Non
         else:
             st.caption("PNG export needs kaleido and a browser for it; not installed here, so only the "
                        "interactive HTML is offered (it opens offline, plotly.js is inlined).")
+
+
+def embeddings_parquet(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) -> bytes:
+    """The export table (service.embedding_table), made on the click: with the maps' coordinates when
+    the maps draw every row (their layouts are in the store then), else without (UMAP of every row)."""
+    coordinates = len(emb.labels) <= service.MAP_POINTS
+    table = service.embedding_table(emb, target, config, coordinates=coordinates, store=cached.results_store())
+    return service.table_bytes(table, "parquet")
 
 
 # ---------------------------------------------------------------- Diagnostics

@@ -85,8 +85,8 @@ def test_explorer_opens_with_both_layouts_and_the_accuracy_chart():
     assert "sketch (target)" in table.columns and "ICM linear probe" in table.index
     assert [m.label for m in at.metric][0] == "ICM linear probe on sketch"
     labels = [b.label for b in at.get("download_button")]
-    assert {"Projection (.npz)", "Accuracy table (.csv)", "accuracy (.html)", "umap_full (.html)",
-            "umap_invariant (.html)"} <= set(labels)
+    assert {"Projection (.npz)", "Accuracy table (.csv)", "Embeddings table (.parquet)", "accuracy (.html)",
+            "umap_full (.html)", "umap_invariant (.html)"} <= set(labels)
 
 
 def test_changing_target_k_lam_and_method_updates_the_accuracy_table():

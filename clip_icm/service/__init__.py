@@ -12,7 +12,8 @@ layouts off the page) and ``exports`` (downloads); ``base`` holds
 the error type they share. The dashboard reads them all through this package.
 """
 from clip_icm.service.base import USER_ERRORS, Progress, ServiceError, content_key, message
-from clip_icm.service.exports import accuracy_csv, figure_png, png_available, projection_npz
+from clip_icm.service.exports import (TABLE_FORMATS, accuracy_csv, embedding_table, figure_png, png_available,
+                                      projection_npz, table_bytes)
 from clip_icm.service.fitting import (Fit, accuracy_table, accuracy_wide, choose_hyperparameters, confusion,
                                       eval_config, evaluate, evaluate_and_choose, evaluate_open_class, fit,
                                       full_space_score, method_label, open_class_wide, orth_cali_summary,
@@ -31,7 +32,8 @@ from clip_icm.service.requests import (DATA_ROOTS_VAR, SOURCES, EmbeddingRequest
 
 __all__ = [
     "USER_ERRORS", "Progress", "ServiceError", "content_key", "message",
-    "accuracy_csv", "figure_png", "png_available", "projection_npz",
+    "TABLE_FORMATS", "accuracy_csv", "embedding_table", "figure_png", "png_available", "projection_npz",
+    "table_bytes",
     "Fit", "accuracy_table", "accuracy_wide", "choose_hyperparameters", "confusion", "eval_config", "evaluate",
     "evaluate_and_choose", "evaluate_open_class", "fit", "full_space_score", "method_label", "open_class_wide",
     "orth_cali_summary", "playground",
