@@ -342,9 +342,8 @@ def _gallery_expander(at: AppTest):
     return next(e for e in at.expander if e.label.startswith("Interventions gallery"))
 
 
-def test_embedding_progress_times_each_stage_on_its_own_and_lists_those_done(monkeypatch):
-    """The time left is the running stage's own rate (it was the whole pass's: a late stage of a
-    cold demo claimed minutes), and the stages done stay listed under the bar."""
+def _page_progress(monkeypatch, ticks: list[float]) -> tuple[dict[str, list[str]], object]:
+    """The page's StageProgress drawing into lists (the bar's texts, the stages done) on a clock of ``ticks``."""
     from dashboard import pages
 
     shown: dict[str, list[str]] = {"bar": [], "done": []}
@@ -356,12 +355,20 @@ def test_embedding_progress_times_each_stage_on_its_own_and_lists_those_done(mon
         def caption(self, text):
             shown["done"].append(text)
 
-    clock = iter([0.0, 0.0, 100.0, 100.0, 110.0])
+    clock = iter(ticks)
     monkeypatch.setattr(pages.st, "progress", lambda *a, **kw: Element())
     monkeypatch.setattr(pages.st, "empty", Element)
     # the page's clock only (patching time.monotonic itself would stop every other clock, the layout worker's too)
     monkeypatch.setattr(pages, "time", SimpleNamespace(monotonic=lambda: next(clock)))
-    progress = pages.StageProgress()
+    return shown, pages.StageProgress()
+
+
+def test_embedding_progress_times_each_stage_on_its_own_and_lists_those_done(monkeypatch):
+    """The time left is the running stage's own rate (it was the whole pass's: a late stage of a
+    cold demo claimed minutes), and the stages done stay listed under the bar."""
+    from dashboard import pages
+
+    shown, progress = _page_progress(monkeypatch, [0.0, 0.0, 100.0, 100.0, 110.0])
     progress("images", 0, 10)
     progress("images", 10, 10)
     progress("true:colour", 0, 100)
@@ -370,6 +377,19 @@ def test_embedding_progress_times_each_stage_on_its_own_and_lists_those_done(mon
     assert shown["done"] == ["Done: images 10 (100.0 s)"]
     assert pages.stage_summary("drawing the demo world and loading the model", 1, 3.94) == (
         "drawing the demo world and loading the model (3.9 s)")  # a one-step stage shows no count
+
+
+def test_page_progress_says_served_from_cache_and_times_only_what_it_computes(monkeypatch):
+    shown, progress = _page_progress(monkeypatch, [0.0, 0.0, 5.0, 15.0, 20.0])
+    progress("hash images", 1200, 1200)
+    assert shown["bar"][-1] == "hash images: served from cache (1,200 items)"
+    progress("images", 40, 100)  # 40 from the store
+    assert shown["bar"][-1] == "images: 40/100" and shown["done"] == [
+        "Done: hash images served from cache (1,200 items)"]
+    progress("images", 50, 100)  # 10 computed in 10 s: 50 left take 50 s (not 40 + 10 done in 10 s)
+    assert shown["bar"][-1] == "images: 50/100, about 50 s left"
+    progress("class prompts", 7, 7)
+    assert shown["done"][-1].endswith("images 100 (15.0 s)")
 
 
 def test_a_new_target_returns_the_old_one_to_the_sources():

@@ -1,6 +1,6 @@
 """Progress that tells the truth (issue 21, item 5): a stage's first report counts the items served
 from the cache (pipeline.Progress); the CLI and the dashboard say "served from cache" for those and
-give rates and times left only for items computed."""
+give rates and times left only for items computed (the dashboard's StageProgress: tests/test_dashboard.py)."""
 import re
 import warnings
 
@@ -80,31 +80,3 @@ def test_cli_bars_stay_silent_when_quiet(capsys):
     bars = cli._Bars(enabled=False)
     bars("images", 10, 10)
     assert capsys.readouterr().err == ""
-
-
-def test_dashboard_progress_says_served_from_cache_and_times_only_what_it_computes(monkeypatch):
-    from dashboard import pages
-
-    shown: dict[str, list[str]] = {"bar": [], "done": []}
-
-    class Element:
-        def progress(self, value, text):
-            shown["bar"].append(text)
-
-        def caption(self, text):
-            shown["done"].append(text)
-
-    clock = iter([0.0, 0.0, 5.0, 15.0, 20.0])
-    monkeypatch.setattr(pages.st, "progress", lambda *a, **kw: Element())
-    monkeypatch.setattr(pages.st, "empty", Element)
-    monkeypatch.setattr(pages.time, "monotonic", lambda: next(clock))
-    progress = pages.StageProgress()
-    progress("hash images", 1200, 1200)
-    assert shown["bar"][-1] == "hash images: served from cache (1,200 items)"
-    progress("images", 40, 100)  # 40 from the store
-    assert shown["bar"][-1] == "images: 40/100" and shown["done"] == [
-        "Done: hash images served from cache (1,200 items)"]
-    progress("images", 50, 100)  # 10 computed in 10 s: 50 left take 50 s (not 40 + 10 done in 10 s)
-    assert shown["bar"][-1] == "images: 50/100, about 50 s left"
-    progress("class prompts", 7, 7)
-    assert shown["done"][-1].endswith("images 100 (15.0 s)")
