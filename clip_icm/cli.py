@@ -157,7 +157,8 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     data.add_argument("--max-per-domain", metavar="N", type=int, default=None,
                       help="at most N images per domain (a quick look)")
     data.add_argument("--val-fraction", metavar="F", type=float, default=0.2,
-                      help="per-domain validation split (default %(default)s)")
+                      help="per-domain validation split (default %(default)s; evaluate and export need it above 0: "
+                      "the probe's C, K and lam and the model are chosen on it)")
     data.add_argument("--seed", metavar="N", type=int, default=0,
                       help="seed of the split and subsampling (default %(default)s)")
     model = p.add_argument_group("model (default: toy-clip, the tiny CLIP trained on ToyDomains)")
@@ -719,10 +720,19 @@ def _check_k_fits_the_model(args: argparse.Namespace, model) -> None:
         raise InvalidInput(f"--k must be between 1 and the embedding dimension {dim} of {model.name}, got {args.k}")
 
 
+def _check_validation_rows(args: argparse.Namespace) -> None:
+    """Our protocol chooses the probe's C, K and lam and the model on the sources' validation rows:
+    --val-fraction 0 leaves none (the released protocol draws its own split)."""
+    if args.val_fraction == 0 and args.protocol == "ours":
+        raise InvalidInput(f"{args.command} needs source validation rows (the probe's C, K and lam and the model "
+                           "to deploy are chosen on them): give --val-fraction above 0 (default 0.2)")
+
+
 def _check_evaluate_args(args: argparse.Namespace) -> None:
     """Everything that can be checked without the embeddings, so a typo never costs an embedding run."""
     import math
 
+    _check_validation_rows(args)
     if args.k is not None and args.k < 1:
         raise InvalidInput(f"--k must be at least 1, got {args.k}")
     if not math.isfinite(args.lam) or args.lam < 0 and tuple(args.methods or ()) != ("icm_as_released",):
@@ -955,6 +965,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from clip_icm.store import EmbeddingStore, atomic_write
 
     _check_export_args(args)
+    _check_validation_rows(args)
     configs = _configs(args)
     _check_pair_sets(args, configs[2])
     methods = _methods(args)

@@ -101,6 +101,7 @@ def test_select_chooses_k_and_lam_per_target_and_names_the_rule(setup, tmp_path,
     (["--methods", "magic"], "unknown projection method 'magic'; available: augmentation, icm"),
     (["--out", "r.txt"], "--out must end in .csv or .json"),
     (["--interventions", "greyscale"], "greyscale"),
+    (["--val-fraction", "0"], "evaluate needs source validation rows"),  # was sklearn's "0 samples" traceback line
 ])
 def test_bad_input_is_one_line_and_nonzero(setup, tmp_path, capsys, extra, message):
     assert main(["evaluate", *_args(setup, tmp_path / "c"), *extra]) == 1

@@ -115,7 +115,9 @@ def test_bad_export_arguments_fail_before_any_embedding(setup, tmp_path, capsys)
     assert cli.main(["export", *args, "--k", "0", "--out", str(tmp_path / "a.parquet")]) == 1
     assert cli.main(["export", *args, "--k", "33", "--out", str(tmp_path / "a.parquet")]) == 1  # D is 32
     assert cli.main(["export", *args, "--target", "mars", "--out", str(tmp_path / "a.parquet")]) == 1
+    assert cli.main(["export", *args, "--val-fraction", "0", "--out", str(tmp_path / "a.parquet")]) == 1
     err = capsys.readouterr().err
+    assert "export needs source validation rows" in err
     assert "does not exist" in err and "is a folder" in err and "--k must be at least 1" in err
     assert "embedding dimension 32" in err and "unknown domain 'mars'" in err
     assert "Traceback" not in err and not (tmp_path / "a.parquet").exists()
