@@ -173,7 +173,7 @@ def _why(table: pd.DataFrame, chosen: int) -> str:
     else:
         sentence = (f"It is the simplest, and no other candidate beats it on the source checks by more than the "
                     f"uncertainty (closest: {closest.candidate}, {_points(closest.score - pick.score)} more).")
-    projected = table[table.method.map(lambda m: methods.spec(m).estimator not in (None, "IdentityProjection"))]
+    projected = table[_projected(table)]
     if projected.empty or pick.name in projected.index:
         return sentence
     icm = projected.loc[projected.score.idxmax()]
@@ -198,8 +198,7 @@ def probe_shortfall(emb: EmbeddingSet, target: str, config: EvalConfig, table: p
     (the typical case, see docs/CHOICE.md): that check's accuracy beside its validation rows', and
     how much of the source images' variance tells the domains apart in its space and in CLIP's.
     Source rows only. None where no projected probe lost on that check."""
-    projected = table.method.map(lambda m: methods.spec(m).estimator not in (None, "IdentityProjection"))
-    lost = table[projected & (table.protocol == LINEAR_PROBE) & ~table.chosen]
+    lost = table[_projected(table) & (table.protocol == LINEAR_PROBE) & ~table.chosen]
     held_out = f"{HELD_OUT} accuracy"
     if lost.empty or min(CHECK_WORDS, key=lambda column: lost.iloc[0].get(column, np.inf)) != held_out:
         return None
@@ -215,6 +214,11 @@ def probe_shortfall(emb: EmbeddingSet, target: str, config: EvalConfig, table: p
     return (f"{sentence}. Its space keeps what tells the domains apart (they explain {inside:.0%} of the source "
             f"images' variance in its {config.n_components} dimensions, {full:.0%} in CLIP's), so a probe trained "
             "there need not carry over to a new domain, and the target is one.")
+
+
+def _projected(table: pd.DataFrame) -> pd.Series:
+    """Which candidates' methods project (CLIP and augmentation keep the full space)."""
+    return table.method.map(lambda m: methods.spec(m).estimator not in (None, "IdentityProjection"))
 
 
 def _row(table: pd.DataFrame, candidate: str) -> int:
