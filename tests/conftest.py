@@ -2,6 +2,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 # Nothing in the tests may reach a model hub: fail fast instead of hanging on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -13,3 +15,13 @@ _CACHE = os.environ["CLIP_ICM_CACHE"] = tempfile.mkdtemp(prefix="clip-icm-tests-
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_CACHE, ignore_errors=True)
 
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny random open_clip model (tests.tiny_clip) in a local-dir folder, one per test module."""
+    from clip_icm.backend import ModelConfig
+    from tests.tiny_clip import write_local_dir
+
+    folder = write_local_dir(tmp_path_factory.mktemp("tiny"))
+    return ModelConfig(f"local-dir:{folder}", pretrained="none", batch_size=4, num_workers=0)

@@ -10,12 +10,10 @@ import pytest
 
 import clip_icm.pipeline as pipeline
 from clip_icm import cli
-from clip_icm.backend import ModelConfig
 from clip_icm.distributed import RayEncoder
 from clip_icm.pipeline import DataConfig, InterventionConfig, embed_dataset
 from clip_icm.store import EmbeddingStore
 from tests.folders import make_messy_domainbed
-from tests.tiny_clip import write_local_dir
 
 try:
     import ray
@@ -41,12 +39,6 @@ def local_ray():
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return make_messy_domainbed(tmp_path_factory.mktemp("messy"), n_per_class=4, truncated=True)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    tiny = write_local_dir(tmp_path_factory.mktemp("tiny"))
-    return ModelConfig(f"local-dir:{tiny}", pretrained="none", batch_size=4, num_workers=0)
 
 
 def _run(folder, model, store, pairs=PAIRS, **kw):

@@ -9,14 +9,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clip_icm.backend import ModelConfig
 from clip_icm.datasets import scan_domain_folder, scan_manifest
 from clip_icm.errors import InvalidInput
 from clip_icm.evaluation import EvalConfig, leave_one_domain_out
 from clip_icm.pipeline import DataConfig, InterventionConfig, embed_dataset
 from clip_icm.store import EmbeddingStore
 from tests.folders import class_image, make_messy_domainbed
-from tests.tiny_clip import write_local_dir
 
 FEW = InterventionConfig(image=("invert",), text_banks=("styles",), text_pairs_per_class=2, templates="single")
 
@@ -24,12 +22,6 @@ FEW = InterventionConfig(image=("invert",), text_banks=("styles",), text_pairs_p
 @pytest.fixture(scope="module")
 def messy(tmp_path_factory):
     return make_messy_domainbed(tmp_path_factory.mktemp("messy"), n_per_class=4)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    folder = write_local_dir(tmp_path_factory.mktemp("tiny"))
-    return ModelConfig(f"local-dir:{folder}", pretrained="none", batch_size=4, num_workers=0)
 
 
 def _quiet(fn, *args, **kw):

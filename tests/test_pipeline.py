@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 import clip_icm.pipeline as pipeline
-from clip_icm.backend import ClipBackend, ModelConfig
+from clip_icm.backend import ClipBackend
 from clip_icm.pipeline import DataConfig, InterventionConfig, build_embedding_set, chunk_indices, embed_dataset
 from clip_icm.store import EmbeddingStore
 from tests.folders import make_messy_domainbed
-from tests.tiny_clip import write_local_dir
 
 FEW = InterventionConfig(text_pairs_per_class=2, templates="single")
 
@@ -18,12 +17,6 @@ FEW = InterventionConfig(text_pairs_per_class=2, templates="single")
 @pytest.fixture(scope="module")
 def messy(tmp_path_factory):
     return make_messy_domainbed(tmp_path_factory.mktemp("messy"), n_per_class=4, truncated=True)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    folder = write_local_dir(tmp_path_factory.mktemp("tiny"))
-    return ModelConfig(f"local-dir:{folder}", pretrained="none", batch_size=4, num_workers=0)
 
 
 @pytest.fixture

@@ -7,11 +7,9 @@ import warnings
 import pytest
 
 from clip_icm import cli
-from clip_icm.backend import ModelConfig
 from clip_icm.pipeline import DataConfig, InterventionConfig, embed_dataset
 from clip_icm.store import EmbeddingStore
 from tests.folders import make_messy_domainbed
-from tests.tiny_clip import write_local_dir
 
 FEW = InterventionConfig(image=("grayscale",), text_banks=("styles",), text_pairs_per_class=2, templates="single")
 
@@ -19,12 +17,6 @@ FEW = InterventionConfig(image=("grayscale",), text_banks=("styles",), text_pair
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return make_messy_domainbed(tmp_path_factory.mktemp("messy"), n_per_class=4)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    tiny = write_local_dir(tmp_path_factory.mktemp("tiny"))
-    return ModelConfig(f"local-dir:{tiny}", pretrained="none", batch_size=4, num_workers=0)
 
 
 def _reports(folder, model, store, **kw) -> dict[str, list[tuple[int, int]]]:

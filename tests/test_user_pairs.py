@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_icm.backend import ModelConfig
 from clip_icm.errors import InvalidInput
 from clip_icm.evaluation import without_domain
 from clip_icm.interventions import make_text_pairs, text_pair_words
@@ -19,7 +18,6 @@ from clip_icm.store import EmbeddingStore
 from clip_icm.tables import read_table
 from clip_icm.user_pairs import read_caption_pairs, read_image_pairs
 from tests.folders import make_messy_domainbed
-from tests.tiny_clip import write_local_dir
 
 BARE = dict(image=(), text_banks=(), templates="single", intervened_val=())
 
@@ -27,12 +25,6 @@ BARE = dict(image=(), text_banks=(), templates="single", intervened_val=())
 @pytest.fixture(scope="module")
 def messy(tmp_path_factory):
     return make_messy_domainbed(tmp_path_factory.mktemp("messy"), n_per_class=4)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    folder = write_local_dir(tmp_path_factory.mktemp("tiny"))
-    return ModelConfig(f"local-dir:{folder}", pretrained="none", batch_size=4, num_workers=0)
 
 
 def _csv(path: Path, header, rows) -> Path:
