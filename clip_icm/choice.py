@@ -216,9 +216,14 @@ def probe_shortfall(emb: EmbeddingSet, target: str, config: EvalConfig, table: p
             "there need not carry over to a new domain, and the target is one.")
 
 
+def projects(method: str) -> bool:
+    """Whether ``method`` projects the embeddings (CLIP and augmentation keep the full space)."""
+    return methods.spec(method).estimator not in (None, "IdentityProjection")
+
+
 def _projected(table: pd.DataFrame) -> pd.Series:
-    """Which candidates' methods project (CLIP and augmentation keep the full space)."""
-    return table.method.map(lambda m: methods.spec(m).estimator not in (None, "IdentityProjection"))
+    """Which candidates' methods project."""
+    return table.method.map(projects)
 
 
 def _row(table: pd.DataFrame, candidate: str) -> int:

@@ -999,6 +999,123 @@ def _check_export_args(args: argparse.Namespace) -> None:
     _check_out_file(args.out)
 
 
+# ---------------------------------------------------------------- report
+
+
+def _add_report_parser(subparsers: argparse._SubParsersAction) -> None:
+    from clip_icm.methods import ALL_METHODS
+
+    p = subparsers.add_parser(
+        "report", help="write one self-contained HTML report of a target: the story's figures, the table, the choice",
+        description="One HTML file that opens offline (plotly.js inlined, thumbnails embedded): the world and its\n"
+        "shift, CLIP's map and the invariant map, the target's confusion matrices, the interventions, the\n"
+        "spectrum and invariance ratio, accuracy per domain, the model to deploy (chosen without a target\n"
+        "label) for the target and for every domain held out in turn, and the provenance. The same\n"
+        "functions and store as the dashboard, so the numbers are its numbers. docs/REPORT.md.",
+        epilog="examples:\n  python -m clip_icm report --out demo-report.html\n"
+        "  python -m clip_icm report --target cartoon --k 16 --lam 0.5 --out cartoon.html --images figures/\n"
+        "  python -m clip_icm report --root ~/data --dataset PACS --model ViT-B-16-quickgelu --pretrained openai \\\n"
+        "      --target sketch --out pacs-sketch.html",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_source_args(p)
+    rep = p.add_argument_group("report")
+    rep.add_argument("--out", metavar="FILE", required=True, help="the .html file to write (replaced atomically)")
+    rep.add_argument("--target", metavar="DOMAIN", default=None,
+                     help="the domain held out (default: the demo's shifted domain, else the last one)")
+    rep.add_argument("--k", type=int, default=None, help="invariant dimension K (default: chosen by --select)")
+    rep.add_argument("--lam", type=float, default=None, help="intervention weight lambda (default: chosen by --select)")
+    rep.add_argument("--lam-mode", default=defaults.LAM_MODE, choices=("absolute", "relative"),
+                     help="as in evaluate (default %(default)s)")
+    rep.add_argument("--select", default=None, choices=("none", *SCORING_NAMES),
+                     help="the rule that chooses K and lam on source data (default: interventional; none where --k "
+                     "or --lam is typed)")
+    rep.add_argument("--methods", metavar="LIST", type=_csv_names, default=None,
+                     help=f"methods, comma-separated ({', '.join(ALL_METHODS)}): the first is drawn (maps, confusions, "
+                     "spectrum), all are in the accuracy chart (default: icm, then the dashboard's baselines: "
+                     f"{', '.join(defaults.DEMO_BASELINES)} on the demo, augmentation elsewhere)")
+    rep.add_argument("--pair-sets", metavar="LIST", type=_csv_names, default=None,
+                     help="pair sets used to fit (default as evaluate)")
+    rep.add_argument("--this-target-only", dest="every_target", action="store_false",
+                     help="leave out the model choice for every other domain held out in turn (the slow part)")
+    rep.add_argument("--images", metavar="DIR", default=None,
+                     help="also write every figure as PNG and SVG into DIR (needs kaleido: the [images] extra)")
+    # What evaluate lets one change and the report keeps at this project's protocol and defaults.
+    p.set_defaults(run=_run_report, protocol="ours", task="domain_shift", keep_target_styles=False,
+                   orth_cali_lam=defaults.ORTH_CALI_LAM, orth_cali_queries="one")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from clip_icm import report, service
+    from clip_icm.store import EmbeddingStore
+
+    _check_report_args(args)
+    _check_validation_rows(args)
+    configs = _configs(args)
+    _check_pair_sets(args, configs[2])
+    methods = _report_methods(args)
+    _check_k_fits_the_model(args, configs[1])
+    run = _embed(args, configs, check_target=args.target)
+    emb = run.embeddings
+    target = args.target or service.default_target(emb, "demo" if _on_demo(args) else "folder")
+    config = _eval_config(args, emb.features.shape[1], methods[1:])
+    settings = report.Settings(method=methods[0], scoring=args.rule, model=configs[1].name
+                               + (f" / {configs[1].pretrained}" if configs[1].pretrained else ""),
+                               interventions=configs[2], every_target=args.every_target, seed=args.seed)
+    say = None if args.quiet else (lambda line: _say(line, file=sys.stderr))
+    store = EmbeddingStore(args.cache, max_size=args.cache_max_size)  # the dashboard's layouts and results
+    made = report.build(emb, target, config, settings, store=store, say=say)
+    try:
+        report.write(args.out, made.html)
+    except OSError as err:
+        raise InvalidInput(f"--out {args.out!r} could not be written ({err.strerror or err})") from None
+    _say(f"Wrote the report to {args.out} ({len(made.html) / 1e6:.1f} MB, {len(made.figures)} figures): target "
+         f"{target}; opens offline in any browser")
+    if args.images:
+        written = report.write_images(made.figures, args.images)
+        _say(f"Wrote {len(written)} images (PNG and SVG) to {args.images}")
+    _say(_skipped_text(run.skipped))
+    return 0
+
+
+def _report_methods(args: argparse.Namespace) -> tuple[str, ...]:
+    """The drawn method first, then the baselines beside it (the dashboard's by default)."""
+    if args.methods is not None:
+        if not args.methods:
+            raise InvalidInput("--methods needs at least one method")
+        return _methods(args)
+    return ("icm", *(defaults.DEMO_BASELINES if _on_demo(args) else ("augmentation",)))
+
+
+def _report_rule(args: argparse.Namespace) -> str | None:
+    if args.select is not None:
+        return None if args.select == "none" else args.select
+    return None if args.k is not None or args.lam is not None else defaults.SELECTION
+
+
+def _check_report_args(args: argparse.Namespace) -> None:
+    """--out, --images and the numbers, before any embedding (as export's and evaluate's checks)."""
+    import math
+
+    if args.k is not None and args.k < 1:
+        raise InvalidInput(f"--k must be at least 1, got {args.k}")
+    if args.lam is not None and (not math.isfinite(args.lam) or args.lam < 0):
+        raise InvalidInput(f"--lam must be a finite number >= 0, got {args.lam}")
+    if not args.out.lower().endswith((".html", ".htm")):
+        raise InvalidInput(f"--out must end in .html, got {args.out!r}")
+    _check_out_file(args.out)
+    if args.images is not None:
+        from clip_icm.service import png_available
+
+        if os.path.exists(args.images) and not os.path.isdir(args.images):
+            raise InvalidInput(f"--images {args.images!r} is a file; give a folder")
+        if not png_available():
+            raise InvalidInput("--images needs kaleido, which is not installed: pip install kaleido (or the "
+                               "package's [images] extra); without --images the HTML report needs nothing more")
+    args.rule = _report_rule(args)
+    args.lam = defaults.LAM if args.lam is None else args.lam  # the fixed lam where --select none and none typed
+
+
 # ---------------------------------------------------------------- cache
 CACHE_KINDS = ("embeddings", "pairs", "layouts", "kept results")  # cache.KINDS (a test pins them)
 
@@ -1136,6 +1253,7 @@ def _removed_text(removed) -> str:
 # ---------------------------------------------------------------- main
 PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_playground_parser, _add_embed_parser, _add_evaluate_parser, _add_cache_parser, _add_export_parser,
+    _add_report_parser,
 ]
 
 

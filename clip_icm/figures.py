@@ -148,7 +148,8 @@ def choice_scores(table: pd.DataFrame, target: str) -> go.Figure:
               for score, se, chosen in zip(table["score"], table["se"], table["chosen"])],
         textposition="outside", cliponaxis=False))
     low = max(0.0, float((table["score"] - 2 * table["se"]).min()) - 0.05)
-    fig.update_layout(title=f"Source-only score of each candidate for {target} (± one bootstrap standard error)",
+    fig.update_layout(title=f"Source-only score of each candidate for {as_text(target)} "
+                            "(± one bootstrap standard error)",
                       xaxis=dict(range=[low, 1.08], tickformat=".0%", title="score (no target label)"),
                       yaxis=dict(autorange="reversed"), height=320, margin=dict(l=10, r=10, t=50, b=40))
     return fig
@@ -172,6 +173,17 @@ def spectrum_figure(eigenvalues: np.ndarray, k: int, selection: str = "top") -> 
     fig.add_hline(y=0, line_color="#888888", line_width=1)
     fig.update_layout(title="Eigenvalues of M = Z'Z/n - lam Delta'Delta/n", xaxis_title="rank (largest first)",
                       yaxis_title="eigenvalue", margin=dict(l=10, r=10, t=40, b=10), height=360)
+    return fig
+
+
+def invariance_ratios(full: float, projected: float, label: str) -> go.Figure:
+    """How far the interventions move the embeddings, ||Delta A|| / ||Z A||, in the full space (A = I)
+    and in the projected one: lower is more invariant."""
+    fig = go.Figure(go.Bar(x=["CLIP, full space", as_text(label)], y=[full, projected],
+                           marker_color=["#7f7f7f", "#1f77b4"], text=[f"{v:.3f}" for v in (full, projected)],
+                           textposition="outside", cliponaxis=False, hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
+    fig.update_layout(title="Invariance ratio ||ΔA|| / ||ZA|| (lower: the interventions move it less)",
+                      yaxis=dict(title="ratio", rangemode="tozero"), margin=dict(l=10, r=10, t=50, b=10), height=340)
     return fig
 
 

@@ -12,7 +12,8 @@ layouts off the page) and ``exports`` (downloads); ``base`` holds
 the error type they share. The dashboard reads them all through this package.
 """
 from clip_icm.service.base import USER_ERRORS, Progress, ServiceError, content_key, message
-from clip_icm.service.exports import (TABLE_FORMATS, accuracy_csv, embedding_table, figure_png, png_available,
+from clip_icm.service.exports import (TABLE_FORMATS, accuracy_csv, embedding_table, figure_png, figure_svg,
+                                      png_available,
                                       projection_npz, table_bytes)
 from clip_icm.service.fitting import (Fit, accuracy_table, accuracy_wide, choose_hyperparameters, confusion,
                                       eval_config, evaluate, evaluate_and_choose, evaluate_open_class, fit,
@@ -25,6 +26,7 @@ from clip_icm.service.maps import (MAP_POINTS, full_layout, full_layout_job, inv
                                    nearest_neighbours, plot_ids, point_table, predictions, thumbnail)
 from clip_icm.service.requests import (DATA_ROOTS_VAR, SOURCES, EmbeddingRequest, InterventionChoice, PairExample,
                                        PairsPreview, data_roots, default_target, describe, detect_folder,
+                                       examples_of_pairs,
                                        device_and_precision, folder_path, has_true_factors, intervention_config,
                                        load_embeddings, open_clip_architectures, open_clip_tags, pair_examples,
                                        pairs_preview, restrict_domains, text_banks, too_broad, upload_data,
@@ -32,7 +34,7 @@ from clip_icm.service.requests import (DATA_ROOTS_VAR, SOURCES, EmbeddingRequest
 
 __all__ = [
     "USER_ERRORS", "Progress", "ServiceError", "content_key", "message",
-    "TABLE_FORMATS", "accuracy_csv", "embedding_table", "figure_png", "png_available", "projection_npz",
+    "TABLE_FORMATS", "accuracy_csv", "embedding_table", "figure_png", "figure_svg", "png_available", "projection_npz",
     "table_bytes",
     "Fit", "accuracy_table", "accuracy_wide", "choose_hyperparameters", "confusion", "eval_config", "evaluate",
     "evaluate_and_choose", "evaluate_open_class", "fit", "full_space_score", "method_label", "open_class_wide",
@@ -43,7 +45,8 @@ __all__ = [
     "plot_ids", "point_table", "predictions", "thumbnail",
     "DATA_ROOTS_VAR", "SOURCES", "EmbeddingRequest", "InterventionChoice", "PairExample", "PairsPreview",
     "pairs_preview", "upload_data", "upload_pairs", "data_roots",
-    "default_target", "describe", "detect_folder", "device_and_precision", "folder_path", "has_true_factors",
+    "default_target", "describe", "detect_folder", "device_and_precision", "examples_of_pairs", "folder_path",
+    "has_true_factors",
     "intervention_config", "load_embeddings", "open_clip_architectures", "open_clip_tags", "pair_examples",
     "restrict_domains", "text_banks", "too_broad",
 ]

@@ -47,7 +47,7 @@ def accuracy_csv(table: pd.DataFrame) -> bytes:
 
 
 def png_available() -> bool:
-    """Static PNG export needs kaleido (and its browser); offline without it we skip PNGs."""
+    """Static PNG and SVG export need kaleido (and its browser); offline without it we skip PNGs."""
     try:
         import kaleido  # noqa: F401
     except ImportError:
@@ -57,10 +57,19 @@ def png_available() -> bool:
 
 def figure_png(fig) -> bytes | None:
     """PNG bytes of a plotly figure, or None when static export does not work here."""
+    return _figure_image(fig, "png", scale=2)
+
+
+def figure_svg(fig) -> bytes | None:
+    """SVG bytes of a plotly figure, or None when static export does not work here."""
+    return _figure_image(fig, "svg")
+
+
+def _figure_image(fig, image_format: str, **options) -> bytes | None:
     if not png_available():
         return None
     try:
-        return fig.to_image(format="png", scale=2)
+        return fig.to_image(format=image_format, **options)
     except Exception:  # kaleido failing to find or start a browser has no single error type
         return None
 

@@ -217,15 +217,25 @@ class PairExample:
 def pair_examples(request: EmbeddingRequest, emb: EmbeddingSet, pair_set: str, n: int = 4) -> list[PairExample]:
     """A few pairs of ``pair_set`` (or of an intervened validation set) as the pipeline makes
     them: images of different classes with their intervened versions, or prompt pairs."""
+    own_images = pair_set.removeprefix("val ").startswith("image-pairs:")
+    return examples_of_pairs(intervention_config(request.interventions), emb, pair_set, n,
+                             _data_folder(request) if own_images else None)
+
+
+def examples_of_pairs(cfg, emb: EmbeddingSet, pair_set: str, n: int = 4, folder: Path | None = None
+                      ) -> list[PairExample]:
+    """:func:`pair_examples` from the pipeline's InterventionConfig ``cfg`` (what the CLI holds);
+    ``folder``: the data set's folder, which an image pairs file's paths are relative to."""
     from clip_icm.pipeline import intervened_image
 
-    cfg = intervention_config(request.interventions)
     if pair_set.startswith("text:"):
         return _text_examples(cfg, emb, pair_set, n)
     if pair_set.startswith("captions:"):
         return _caption_examples(cfg, pair_set, n)
     if pair_set.removeprefix("val ").startswith("image-pairs:"):
-        return _image_pair_examples(cfg, request, pair_set.removeprefix("val "), n)
+        if folder is None:
+            raise ServiceError(f"{pair_set}: showing an image pairs file needs its data folder")
+        return _image_pair_examples(cfg, folder, pair_set.removeprefix("val "), n)
     if emb.paths is None or not str(emb.paths[0]):
         raise ServiceError(f"{pair_set}: these embeddings have no image files to show")
     pool = ~emb.is_train if any(c.name == pair_set for c in emb.intervened_val) else emb.is_train
@@ -259,12 +269,11 @@ def _caption_examples(cfg, pair_set: str, n: int) -> list[PairExample]:
     raise ServiceError(f"no caption pairs file makes {pair_set!r} in these interventions")
 
 
-def _image_pair_examples(cfg, request: EmbeddingRequest, pair_set: str, n: int) -> list[PairExample]:
+def _image_pair_examples(cfg, folder: Path, pair_set: str, n: int) -> list[PairExample]:
     """The first pairs of an image pairs file whose two files decode, as thumbnails."""
     from clip_icm.datasets import load_image
     from clip_icm.user_pairs import read_image_pairs
 
-    folder = _data_folder(request)
     for path in cfg.image_pairs:
         own = guard(f"Could not read {pair_set}", read_image_pairs, path)
         if own.name != pair_set:
