@@ -1101,9 +1101,9 @@ def _check_report_args(args: argparse.Namespace) -> None:
         raise InvalidInput(f"--k must be at least 1, got {args.k}")
     if args.lam is not None and (not math.isfinite(args.lam) or args.lam < 0):
         raise InvalidInput(f"--lam must be a finite number >= 0, got {args.lam}")
+    _check_out_file(args.out)
     if not args.out.lower().endswith((".html", ".htm")):
         raise InvalidInput(f"--out must end in .html, got {args.out!r}")
-    _check_out_file(args.out)
     if args.images is not None:
         from clip_icm.service import png_available
 
