@@ -1104,14 +1104,20 @@ def _check_report_args(args: argparse.Namespace) -> None:
     _check_out_file(args.out)
     if not args.out.lower().endswith((".html", ".htm")):
         raise InvalidInput(f"--out must end in .html, got {args.out!r}")
+    import importlib.util
+
+    missing = [name for name in ("plotly", "umap") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InvalidInput(f"report draws with plotly and umap-learn, and {' and '.join(missing)} is not installed: "
+                           "pip install '.[dashboard]'")
     if args.images is not None:
         from clip_icm.service import png_available
 
         if os.path.exists(args.images) and not os.path.isdir(args.images):
             raise InvalidInput(f"--images {args.images!r} is a file; give a folder")
         if not png_available():
-            raise InvalidInput("--images needs kaleido, which is not installed: pip install kaleido (or the "
-                               "package's [images] extra); without --images the HTML report needs nothing more")
+            raise InvalidInput("--images needs kaleido, which is not installed: pip install '.[images]' (kaleido, "
+                               "which drives an installed Chrome or Chromium); the HTML report needs no --images")
     args.rule = _report_rule(args)
     args.lam = defaults.LAM if args.lam is None else args.lam  # the fixed lam where --select none and none typed
 

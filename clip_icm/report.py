@@ -90,8 +90,7 @@ def write(path: str | Path, text: str) -> None:
 def write_images(figs: dict, folder: str | Path) -> list[Path]:
     """Each figure as ``<name>.png`` and ``<name>.svg`` in ``folder`` (created); needs kaleido."""
     if not service.png_available():
-        raise InvalidInput("static images need kaleido, which is not installed: pip install kaleido "
-                           "(or the package's [images] extra)")
+        raise InvalidInput("static images need kaleido, which is not installed: pip install '.[images]'")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []

@@ -174,3 +174,18 @@ def test_the_library_refuses_an_unknown_target_or_method():
         report.build(emb, "moon", service.eval_config(4, 1.0))
     with pytest.raises(KeyError, match="nope"):
         report.build(emb, "sketch", service.eval_config(4, 1.0), report.Settings(method="nope"))
+
+
+def test_static_images_are_a_png_and_an_svg_per_figure_or_one_line_why_not(tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+
+    figs = {"accuracy": go.Figure(go.Bar(y=[1, 2])), "spectrum": go.Figure(go.Scatter(y=[3, 1]))}
+    monkeypatch.setattr(service, "png_available", lambda: True)
+    monkeypatch.setattr(service, "figure_png", lambda fig: b"png of " + fig.data[0].type.encode())
+    monkeypatch.setattr(service, "figure_svg", lambda fig: b"svg of " + fig.data[0].type.encode())
+    written = report.write_images(figs, tmp_path / "img")
+    assert sorted(p.name for p in written) == ["accuracy.png", "accuracy.svg", "spectrum.png", "spectrum.svg"]
+    assert (tmp_path / "img" / "spectrum.svg").read_bytes() == b"svg of scatter"
+    monkeypatch.setattr(service, "figure_png", lambda fig: None)  # kaleido there, but no browser it can start
+    with pytest.raises(report.InvalidInput, match="kaleido could not export the figures"):
+        report.write_images(figs, tmp_path / "img2")
