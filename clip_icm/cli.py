@@ -874,7 +874,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     _check_pair_sets(args, configs[2])
     methods = _methods(args)
     _check_k_fits_the_model(args, configs[1])
-    from clip_icm.evaluation import LINEAR_PROBE, PROMPT_SETS, SCORING_LABELS, ZERO_SHOT
+    from clip_icm.evaluation import PROMPT_SETS, SCORING_LABELS
 
     start = time.perf_counter()
     run = _embed(args, configs, check_target=args.target)
@@ -882,7 +882,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     config = _eval_config(args, emb.features.shape[1], methods)
     targets = list(emb.domain_names) if args.target == "all" else [args.target]
     rule = _selection(args)
-    protocol = LINEAR_PROBE if args.select_for == "probe" else ZERO_SHOT
+    protocol = _select_for(args)
     choices = {}
     if args.task == "open_class":
         frame, failed = _open_class_splits(args, run, config, targets), {}
@@ -1030,6 +1030,8 @@ def _add_report_parser(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument("--select", default=None, choices=("none", *SCORING_NAMES),
                      help="the rule that chooses K and lam on source data (default: interventional; none where --k "
                      "or --lam is typed)")
+    rep.add_argument("--select-for", default="probe", choices=("probe", "zero-shot"),
+                     help="which predictor the selection rule scores (default %(default)s)")
     rep.add_argument("--methods", metavar="LIST", type=_csv_names, default=None,
                      help=f"methods, comma-separated ({', '.join(ALL_METHODS)}): the first is drawn (maps, confusions, "
                      "spectrum), all are in the accuracy chart (default: icm, then the dashboard's baselines: "
@@ -1059,7 +1061,7 @@ def _run_report(args: argparse.Namespace) -> int:
     emb = run.embeddings
     target = args.target or service.default_target(emb, "demo" if _on_demo(args) else "folder")
     config = _eval_config(args, emb.features.shape[1], methods[1:])
-    settings = report.Settings(method=methods[0], scoring=args.rule, model=configs[1].name
+    settings = report.Settings(method=methods[0], scoring=args.rule, select_for=_select_for(args), model=configs[1].name
                                + (f" / {configs[1].pretrained}" if configs[1].pretrained else ""),
                                interventions=configs[2], every_target=args.every_target, seed=args.seed)
     say = None if args.quiet else (lambda line: _say(line, file=sys.stderr))
@@ -1076,6 +1078,12 @@ def _run_report(args: argparse.Namespace) -> int:
         _say(f"Wrote {len(written)} images (PNG and SVG) to {args.images}")
     _say(_skipped_text(run.skipped))
     return 0
+
+
+def _select_for(args: argparse.Namespace) -> str:
+    from clip_icm.evaluation import LINEAR_PROBE, ZERO_SHOT
+
+    return LINEAR_PROBE if args.select_for == "probe" else ZERO_SHOT
 
 
 def _report_methods(args: argparse.Namespace) -> tuple[str, ...]:

@@ -39,13 +39,15 @@ class Settings:
     """What the report shows beyond the embeddings, the target and the EvalConfig.
 
     method: the method whose maps, confusions and spectrum are drawn (beside CLIP); scoring: the rule
-    that chooses its K and lam on source data (None: the config's K and lam, set by hand); model: the
+    that chooses its K and lam on source data (None: the config's K and lam, set by hand), scoring the
+    ``select_for`` head (evaluation.LINEAR_PROBE or ZERO_SHOT, as the dashboard's control); model: the
     model's label, for the provenance; interventions: the pipeline's InterventionConfig, to draw the
     pairs (None: no pictures of them); every_target: the model choice for each domain held out in turn.
     """
 
     method: str = "icm"
     scoring: str | None = defaults.SELECTION
+    select_for: str = evaluation.LINEAR_PROBE
     model: str = ""
     interventions: object = None
     every_target: bool = True
@@ -130,8 +132,8 @@ class _Parts:
         start = replace(self.config, n_components=defaults.k(dim), lam=defaults.LAM, methods=(self.method,))
         Ks, lams = methods.spec(self.method).grid(dim, self.config.lam_mode, start.n_components, start.lam)
         K, lam, _ = service.choose_hyperparameters(self.emb, self.target, self.method, start, Ks, lams, s.scoring,
-                                                   evaluation.LINEAR_PROBE, store=self.store)
-        return K, lam, f"chosen by {evaluation.SCORING_LABELS[s.scoring]} on source data only"
+                                                   s.select_for, store=self.store)
+        return K, lam, f"chosen by {evaluation.SCORING_LABELS[s.scoring]} ({s.select_for}) on source data only"
 
     def add(self, name: str, fig) -> str:
         self.figures[name] = fig
