@@ -311,9 +311,12 @@ def domains_ui(emb: EmbeddingSet, default_target: str, target_box=None) -> tuple
 
 def _old_target_back_to_the_sources(target: str, others: list[str]) -> None:
     """The previous target was no source only because it was held out: a new target returns it to the
-    sources (else cartoon -> sketch -> cartoon silently trains on two domains instead of three)."""
+    sources (else cartoon -> sketch -> cartoon silently trains on two domains instead of three), and
+    the rule that a slider turned off chooses K and lam again."""
     previous = st.session_state.get("ctl_previous_target")
     st.session_state["ctl_previous_target"] = target
+    if previous is not None and previous != target:
+        back_to_the_rule()  # a K and lam set by hand for one target (e.g. 16 and 30) are no choice for another
     kept = st.session_state.get("ctl_sources")
     if previous in others and kept is not None and previous not in kept:
         st.session_state["ctl_sources"] = [d for d in others if d in kept or d == previous]
@@ -383,8 +386,20 @@ def protocol_ui() -> tuple[str, str, bool]:
     return protocol, task, bool(keep)
 
 
+HAND_SET_FROM = "ctl_hand_set_from"  # the rule a slider move turned off, for back_to_the_rule
+
+
 def _selection_off() -> None:
+    if st.session_state.get("ctl_selection", "off") != "off":
+        st.session_state[HAND_SET_FROM] = st.session_state["ctl_selection"]
     st.session_state["ctl_selection"] = "off"
+
+
+def back_to_the_rule() -> None:
+    """Undo a slider's hand setting: the rule that chose K and lam before chooses them again."""
+    rule = st.session_state.pop(HAND_SET_FROM, None)
+    if rule is not None:
+        st.session_state["ctl_selection"] = rule
 
 
 def k_lam_ui(dim: int, start: dict, chosen: tuple[int, float] | None, method: str) -> tuple[int, float]:

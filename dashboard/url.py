@@ -1,8 +1,9 @@
 """The state a person may want to share lives in the address (TensorBoard Projector's bookmarks):
-the page (its path, or ``?page=``), the Story's step, the data set, the target, K and λ (when set
+the page (its path: "/" is the Story, "/explorer"...; or ``?page=explorer``, which puts that page
+at "/"), the Story's step, the data set, the target, K and λ (when set
 by hand), the method and its baselines. A bookmarked address reopens the same view:
 
-    /story?step=3&source=demo&target=cartoon
+    /?step=3&source=demo&target=cartoon
     /explorer?source=demo&target=sketch&method=icm&baselines=pca,augment&K=16&lam=30
 
 The address is read once, on a session's first run (a bookmark opens a new session); from then on

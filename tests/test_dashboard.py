@@ -33,6 +33,7 @@ def clean_caches(monkeypatch):
 
 def _app(**state) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["page"] = "explorer"  # "/" opens the Story
     for key, value in {"ctl_source": "synthetic", "ctl_n_synth": 100, **state}.items():
         at.session_state[key] = value
     return _settled(at.run())
@@ -240,6 +241,9 @@ def test_playground_page_reacts_to_its_sliders():
     _ok(at)
     assert len(at.get("plotly_chart")) == 2
     before = at.dataframe[0].value
+    # columns a reader can name (not run_playground's id_accuracy, r2_inv...), predictors by their labels
+    assert "accuracy, shifted environment" in before.columns and not any("_" in c for c in before.columns)
+    assert set(before["predictor"]) == {"CLIP", "ICM", "ICM (as released)"}
     at.slider(key="pg_noise").set_value(1.0).run()
     _ok(at)
     assert not at.dataframe[0].value.equals(before)
@@ -293,7 +297,9 @@ def test_default_demo_opens_on_the_honest_story_with_gallery_confusions_and_prom
     assert main(["evaluate", "--target", "cartoon", "--quiet", "--out", str(tmp_path / "cli.csv")]) == 0
     cli = pd.read_csv(tmp_path / "cli.csv").query("role == 'target'").set_index(["method", "protocol"]).accuracy
     before = _store_entries(tmp_path / "store")
-    at = _settled(AppTest.from_file(APP, default_timeout=600).run())
+    at = AppTest.from_file(APP, default_timeout=600)
+    at.query_params["page"] = "explorer"
+    at = _settled(at.run())
     _ok(at)
     added = {k: v for k, v in _store_entries(tmp_path / "store").items() if k not in before}
     # no embeddings: the two UMAP layouts, and results kept for a restart (empty arrays: the choice of

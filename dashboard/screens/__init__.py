@@ -11,8 +11,8 @@ DEFAULT = "story"
 
 def registry(default: str = DEFAULT) -> dict:
     """Every page by name, in the sidebar's order. ``default`` is the page at the address "/" (the
-    Story unless ``?page=`` names another); each page also has its own path (/story, /explorer...),
-    which identifies it for links whichever is the default."""
+    Story unless ``?page=`` names another). The others have their own paths (/explorer...); the
+    url_path also names the page for links (st.page_link), whichever is the default."""
     import streamlit as st
 
     from dashboard.screens import about, diagnostics, explorer, playground, story

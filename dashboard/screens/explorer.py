@@ -107,7 +107,11 @@ def _hand_setting_note(ctx: Context, table: pd.DataFrame, rule: dict) -> None:
     yours, theirs = float(mine.accuracy.iloc[0]), rule["ICM probe"]
     text = (f"Your K = {ctx.K}, λ = {ctx.lam:g}: ICM probe {yours:.1%} on {c.target}. The rule chose K = {rule['K']}, "
             f"λ = {rule['lam']:g}: ICM probe {theirs:.1%}.")
-    (st.warning if yours < theirs - 0.05 else st.info)(text + " Set “Choose K and λ by” back to a rule to return.")
+    (st.warning if yours < theirs - 0.05 else st.info)(text)
+    if st.session_state.get(controls.HAND_SET_FROM):
+        st.button("Back to the chosen K and λ", key="back_to_rule", on_click=controls.back_to_the_rule)
+    else:
+        st.caption("Set “Choose K and λ by” (Advanced) back to a rule to return.")
 
 
 def _targets_overview(ctx: Context) -> None:
@@ -146,11 +150,10 @@ def _overview_table(frame: pd.DataFrame):
 
 
 def _summary(ctx: Context) -> None:
+    """The data in words; the pair sets (pipeline names) are under Advanced > Interventions."""
     info = service.describe(ctx.emb)
-    pairs = ", ".join(f"{n} {k}" for k, n in info["pairs"].items()) or "none"
-    st.caption(f"{info['images']} images · D = {info['dim']} · {info['classes']} classes · "
-               f"{info['domains']} domains · pairs: {pairs} · model: {ctx.request.model_label} · "
-               f"target: **{texts.plain(ctx.choice.target)}**")
+    st.caption(f"{info['images']:,} images of {info['classes']} classes in {info['domains']} domains · "
+               f"model: {ctx.request.model_label} · target (held out): **{texts.plain(ctx.choice.target)}**")
 
 
 def _accuracy_section(ctx: Context, K: int, lam: float):
@@ -210,7 +213,12 @@ def _open_class_section(ctx: Context, K: int, lam: float):
     except service.ServiceError as e:
         st.error(str(e))
         return None
-    st.dataframe(service.open_class_wide(frame, c.target).style.format("{:.1%}", na_rep="n/a"))
+    wide = service.open_class_wide(frame, c.target)
+    # the target's three columns first, the sources' below: one table of every domain's was wider than the page
+    on_target = [col for col in wide.columns if col[0] == f"{c.target} (target)"]
+    st.dataframe(wide[on_target].style.format("{:.1%}", na_rep="n/a"))
+    st.markdown("On the source domains' validation rows")
+    st.dataframe(wide.drop(columns=on_target).style.format("{:.1%}", na_rep="n/a"))
     st.caption("A seeded half of the classes (base) is all any fit sees, from the source domains only; zero-shot "
                "then names every class. HM: harmonic mean of base and new accuracy.")
     return None
@@ -222,7 +230,8 @@ def _headline(table, choice: controls.ProjectionChoice) -> None:
     for col, protocol in zip(st.columns(2), ("linear probe", "zero-shot")):
         clip = target.get((evaluation.FULL_SPACE, protocol), np.nan)
         ours = target.get((choice.method, protocol), np.nan)
-        col.metric(f"{label} {protocol} on {texts.plain(choice.target)}", f"{ours:.1%}", f"{ours - clip:+.1%} vs CLIP")
+        col.metric(f"{label} {protocol} on {texts.plain(choice.target)}", f"{ours:.1%}",
+                   f"{ours - clip:+.1%} vs CLIP's {clip:.1%}")
 
 
 def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
@@ -239,7 +248,7 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
     label = service.method_label(fit.method)
     inv_title = f"Invariant space ({label}, K = {K}, lam = {lam:g})"
     full_job = service.full_layout_job(emb, ids, store=store)
-    inv_job = service.invariant_layout_job(emb, ids, fit_key, lambda: fit, invariant_label(c.method, K, lam),
+    inv_job = service.invariant_layout_job(emb, ids, this_fit, lambda: fit, invariant_label(c.method, K, lam),
                                            store=store)
     previous = st.session_state.get("invariant_layout_job")  # a slider dragged on: its last stop can wait
     if previous is not None and previous is not inv_job:
@@ -248,7 +257,7 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
     _speculate(ctx, ids, K, lam)
     full_points = service.point_table(emb, ids, c.target,
                                       cached.predictions(emb.key, "", evaluation.FULL_SPACE, emb, None))
-    inv_points = service.point_table(emb, ids, c.target, cached.predictions(emb.key, fit_key, fit.method, emb, fit))
+    inv_points = service.point_table(emb, ids, c.target, cached.predictions(emb.key, this_fit, fit.method, emb, fit))
     space = (emb.key, id(emb) if not emb.key else "", max_points)  # "that space": the same points, another fit
     full_fig = map_figure(full_job, full_points, colour, "Full CLIP space")
     inv_fig = map_figure(inv_job, inv_points, colour, inv_title)
@@ -334,16 +343,19 @@ def _maps_and_selection(emb: EmbeddingSet, ids: np.ndarray, fit: service.Fit, fu
             else:
                 selections.append(st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("box", "lasso")))
     st.caption("Circles: source domains, crosses: the target domain. Hover shows the zero-shot prediction in that "
-               "space. Layouts share an initialisation so that the two pictures are comparable. Select points "
-               "(box or lasso) to see their images and nearest neighbours.")
+               "space. Layouts share an initialisation so that the two pictures are comparable. Dragging on a "
+               "map lasso-selects points (the toolbar switches to box select, zoom or pan) and shows their images "
+               "and nearest neighbours.")
     picked = sorted(set().union(*(figures.selected_ids(selection) for selection in selections)))
     if picked:
         _selection_view(emb, ids, picked, fit)
 
 
 def _selection_view(emb: EmbeddingSet, ids: np.ndarray, picked: list[int], fit: service.Fit) -> None:
-    st.markdown(f"**{len(picked)} selected**")
-    _thumbs(emb, picked[:THUMBS])
+    shown = service.sample_rows(picked, THUMBS)
+    sample = f" (a seeded sample of {len(shown)})" if len(shown) < len(picked) else ""
+    st.markdown(f"**{len(picked)} selected**{sample}")
+    _thumbs(emb, shown)
     query = st.selectbox("Nearest neighbours of", picked, format_func=lambda i: _caption(emb, i), key="nn_query")
     for title, X in (("full space", emb.features), ("invariant space", fit.transform(emb.features))):
         st.markdown(f"Nearest in the **{title}**")
@@ -376,7 +388,8 @@ def _confusion_section(ctx: Context, K: int, lam: float) -> None:
     titles = {evaluation.FULL_SPACE: f"CLIP, full space ({protocol})",
               c.method: f"{service.method_label(c.method)}, K = {K} ({protocol})"}
     st.plotly_chart(figures.confusion_heatmaps(matrices, emb.class_names, titles), key="confusions")
-    st.caption("Rows: the true class; columns: the predicted one; each row in shares of its class. Off the "
+    st.caption("Rows: the true class; columns: the predicted one. Each cell shows a count of images; its colour is "
+               "that count's share of the row's class. Off the "
                "diagonal is where a shortcut sends a class: on the bundled world, to the class whose usual colour "
                "and scene it has in the target.")
 

@@ -38,5 +38,6 @@ def playground_page() -> None:
     right.plotly_chart(figures.playground_recovery(shown.assign(method=shown["predictor"])), key="pg_rec")
     angles = table.drop_duplicates("method").set_index("method")["max_angle"]
     st.markdown(texts.playground_angles(angles.get("icm", np.nan), angles.get("icm_as_released", np.nan)))
-    st.dataframe(table, hide_index=True)
+    readable = shown.drop(columns="method")[list(texts.PLAYGROUND_COLUMNS)].rename(columns=texts.PLAYGROUND_COLUMNS)
+    st.dataframe(readable, hide_index=True)
 
