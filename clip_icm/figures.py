@@ -36,9 +36,11 @@ def _check_columns(frame: pd.DataFrame, needed: tuple[str, ...], what: str) -> N
         raise InvalidInput(f"{what} needs columns {', '.join(missing)}; got {', '.join(map(str, frame.columns))}")
 
 
-def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class", title: str = "") -> go.Figure:
+def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class", title: str = "",
+                   colours: dict[str, str] | None = None) -> go.Figure:
     """One 2-D layout: colour by ``class``, ``domain`` or another column of ``points`` (the Story's
-    true shortcut factor), marker by source/target role.
+    true shortcut factor), marker by source/target role. ``colours`` gives a group its own colour
+    (the colour factor's "red" drawn red); the others take the palette's.
 
     ``points`` has one row per point of ``xy`` with columns id, class, domain, role,
     prediction, correct (see :data:`POINT_COLUMNS`).
@@ -54,8 +56,9 @@ def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class
         for role, symbol in ROLE_SYMBOLS.items():
             mask = ((points[colour_by] == group) & (points["role"] == role)).to_numpy()
             if mask.any():
-                trace = _scatter_trace(xy[mask], points[mask], f"{as_text(group)} ({role})", PALETTE[g_index % len(PALETTE)],
-                                       symbol, webgl=len(xy) > WEBGL_ABOVE)
+                colour = (colours or {}).get(str(group), PALETTE[g_index % len(PALETTE)])
+                trace = _scatter_trace(xy[mask], points[mask], f"{as_text(group)} ({role})", colour, symbol,
+                                       webgl=len(xy) > WEBGL_ABOVE)
                 fig.add_trace(trace.update(legendgroup=str(group)))  # a legend click hides both roles
     fig.update_layout(
         title=as_text(title),
@@ -103,6 +106,16 @@ def selected_ids(selection: object) -> list[int]:
         if custom is not None:
             ids.append(int(custom[0] if isinstance(custom, (list, tuple)) else custom))
     return sorted(set(ids))
+
+
+def with_highlight(fig: go.Figure, ids: list[int]) -> go.Figure:
+    """A copy of a map with the points of global ``ids`` shown and the others faded: a selection on
+    one map drawn on the other (linked brushing; the ids are ``customdata[0]``)."""
+    wanted, out = set(int(i) for i in ids), go.Figure(fig)
+    for trace in out.data:
+        trace.selectedpoints = [i for i, row in enumerate(trace.customdata) if int(row[0]) in wanted]
+        trace.unselected = dict(marker=dict(opacity=0.12))
+    return out
 
 
 def _colour(method: str, i: int) -> str:

@@ -102,20 +102,20 @@ def playground_angles(icm: float, released: float) -> str:
 
 # ---------------------------------------------------------------- the Story page
 
-STORY_TITLE = "The story: why CLIP fails under a shift, and what an invariant projection does about it"
-STORY_INTRO = ("Eight short steps on the data and settings in the sidebar; each picture is computed live. "
-               "The Explorer (left) has every control and table.")
+STORY_TITLE = "The story: CLIP under a domain shift"
+STORY_INTRO = ("Eight short steps, each computed live on the data and settings in the sidebar. The Explorer "
+               "(left) has every control and table.")
 
 # One entry per step, in order: (slug for ?step=, short title for the step indicator, heading).
 STORY_STEPS = (
-    ("world", "The world", "1. The world, and how it shifts"),
+    ("world", "World", "1. The world, and how it shifts"),
     ("clip-map", "CLIP's map", "2. What CLIP sees: its map, by class and by the shortcut"),
-    ("failure", "What goes wrong", "3. What goes wrong on the held-out domain"),
+    ("failure", "Failure", "3. What goes wrong on the held-out domain"),
     ("interventions", "Interventions", "4. Interventions: the same object, the shortcut changed"),
-    ("projection", "The projection", "5. What the projection keeps and what it removes"),
+    ("projection", "Projection", "5. What the projection keeps and what it removes"),
     ("invariant-map", "Invariant map", "6. The map after the projection"),
-    ("choice", "The honest choice", "7. Every target, and the model to deploy"),
-    ("limits", "Where it does not help", "8. Where it does not help, and why"),
+    ("choice", "Choice", "7. Every target, and the model to deploy"),
+    ("limits", "Limits", "8. Where it does not help, and why"),
 )
 
 MATHS = {

@@ -51,7 +51,7 @@ def test_the_story_is_the_first_page_and_opens_on_its_first_step():
     _ok(at)
     assert at.title[0].value == texts.STORY_TITLE
     assert _heading(at) == HEADINGS[0]
-    assert at.query_params["step"] == ["1"]
+    assert at.query_params["step"] == "1"
 
 
 @pytest.mark.parametrize("step", range(1, len(HEADINGS) + 1))
@@ -71,7 +71,7 @@ def test_next_and_back_move_one_step_and_back_is_off_on_the_first():
     at = _open({})
     assert at.button(key="story_back").disabled
     at.button(key="story_next").click().run()
-    assert _heading(at) == HEADINGS[1] and at.query_params["step"] == ["2"]
+    assert _heading(at) == HEADINGS[1] and at.query_params["step"] == "2"
     at.button(key="story_next").click().run()
     at.button(key="story_back").click().run()
     _ok(at)
@@ -97,7 +97,7 @@ def test_a_deep_link_reopens_the_step_target_k_and_lam():
     assert at.session_state["ctl_selection"] == "off"  # a bookmarked hand setting is not re-chosen
     assert at.session_state["ctl_baselines"] == ["pca"]
     # the page writes what it shows back: the address it leaves is the one that reopens it
-    shown = {name: at.query_params[name][0] for name in ("step", "target", "K", "lam", "method", "baselines")}
+    shown = {name: at.query_params[name] for name in ("step", "target", "K", "lam", "method", "baselines")}
     assert shown == {"step": "3", "target": "photo", "K": "4", "lam": "30", "method": "icm", "baselines": "pca"}
     again = _open(shown)
     assert _heading(again) == HEADINGS[2] and again.session_state["ctl_target"] == "photo"

@@ -73,6 +73,6 @@ explorer._selection_view(emb, service.plot_ids(emb), list(range(40)), fit)
 def test_about_says_what_the_demos_maps_show():
     at = _page("about.about_page")
     _ok(at)
-    text = " ".join(m.value for m in at.markdown)
+    text = " ".join(" ".join(m.value for m in at.markdown).split())
     assert "domains mix" not in text
-    assert "islands" in text and "colour" in text
+    assert "an island per class and domain" in text and "colour shortcut" in text

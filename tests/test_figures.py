@@ -56,6 +56,16 @@ def test_scatter_colours_by_a_factor_column_and_not_by_an_id_or_a_flag():
             figures.scatter_layout(xy, points, column)
 
 
+def test_with_highlight_selects_the_same_ids_on_another_map_and_fades_the_rest():
+    xy, points = _points()
+    fig = figures.scatter_layout(xy, points)
+    brushed = figures.with_highlight(fig, [100, 105, 111])
+    shown = {int(trace.customdata[i][0]) for trace in brushed.data for i in trace.selectedpoints}
+    assert shown == {100, 105, 111}
+    assert all(trace.unselected.marker.opacity < 0.5 for trace in brushed.data)
+    assert all(trace.selectedpoints is None for trace in fig.data)  # the map itself is left as it was
+
+
 def test_targets_overview_outlines_the_chosen_candidate_of_each_target():
     rows = pd.DataFrame({"target": ["photo", "sketch"], "CLIP zero-shot": [0.9, 0.6], "ICM probe": [0.8, 0.7],
                          "chosen": ["CLIP zero-shot", "ICM probe"]})

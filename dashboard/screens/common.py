@@ -191,10 +191,11 @@ def choice_config(ctx: Context) -> evaluation.EvalConfig | None:
 
 
 
-def map_figure(job: service.LayoutJob, points: pd.DataFrame, colour: str, title: str):
+def map_figure(job: service.LayoutJob, points: pd.DataFrame, colour: str, title: str,
+               colours: dict[str, str] | None = None):
     """The map of a finished layout job; None while it is pending or when it failed."""
     xy = job.result()
-    return None if xy is None else figures.scatter_layout(xy, points, colour, title)
+    return None if xy is None else figures.scatter_layout(xy, points, colour, title, colours)
 
 
 

@@ -330,6 +330,9 @@ def _maps_and_selection(emb: EmbeddingSet, ids: np.ndarray, fit: service.Fit, fu
     A map not laid out yet is a placeholder; one whose layout failed, the reason and a retry."""
     left, right = st.columns(2)
     selections = []
+    # linked brushing: what is selected on one map is highlighted on the other
+    chosen = {key: figures.selected_ids(st.session_state.get(key)) for key in ("umap_full", "umap_invariant")}
+    brushed = {"umap_full": chosen["umap_invariant"], "umap_invariant": chosen["umap_full"]}
     for column, fig, key, space in ((left, full_fig, "umap_full", "full space"),
                                     (right, inv_fig, "umap_invariant", "invariant space")):
         with column:
@@ -341,11 +344,12 @@ def _maps_and_selection(emb: EmbeddingSet, ids: np.ndarray, fit: service.Fit, fu
             elif fig is None:
                 st.info(f"The {space} map is laying out in the background; it appears here when ready.")
             else:
+                fig = figures.with_highlight(fig, brushed[key]) if brushed[key] else fig
                 selections.append(st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("box", "lasso")))
     st.caption("Circles: source domains, crosses: the target domain. Hover shows the zero-shot prediction in that "
                "space. Layouts share an initialisation so that the two pictures are comparable. Dragging on a "
-               "map lasso-selects points (the toolbar switches to box select, zoom or pan) and shows their images "
-               "and nearest neighbours.")
+               "map lasso-selects points (the toolbar switches to box select, zoom or pan), highlights them on the "
+               "other map and shows their images and nearest neighbours.")
     picked = sorted(set().union(*(figures.selected_ids(selection) for selection in selections)))
     if picked:
         _selection_view(emb, ids, picked, fit)

@@ -21,6 +21,16 @@ from dashboard.screens.common import (Context, choice_config, fit_key, fitted, i
 STEP_KEY = "story_step"  # the index shown, 0-based; the address carries it 1-based
 
 
+def _factor_colours() -> dict[str, str]:
+    """The demo's colour factor drawn in its own colours (a "red (source)" legend entry in blue misleads)."""
+    from clip_icm.toydomains import COLOURS
+
+    return {name: f"rgb{rgb}" for name, rgb in COLOURS.items()}
+
+
+FACTOR_COLOURS = _factor_colours()
+
+
 def story_page() -> None:
     st.title(texts.STORY_TITLE)
     st.caption(texts.STORY_INTRO)
@@ -139,7 +149,7 @@ def _map_pair(ctx: Context, job: service.LayoutJob, X: np.ndarray, predicted: np
         return
     left, right = st.columns(2)
     for column, by in ((left, "class"), (right, second)):
-        fig = map_figure(job, points, by, f"{title}, coloured by {by}")
+        fig = map_figure(job, points, by, f"{title}, coloured by {by}", FACTOR_COLOURS if by != "class" else None)
         if fig is None:
             column.info(f"The {job.label} map is laying out in the background; it appears here when ready.")
         else:
@@ -257,7 +267,8 @@ def projection_step(ctx: Context) -> None:
     if fit.eigenvalues is not None and spectrum is not None:
         st.plotly_chart(figures.spectrum_figure(fit.eigenvalues, ctx.K, spectrum), key="story_spectrum")
     kept = fit.invariance_ratio / fit.full_ratio if fit.full_ratio else float("nan")
-    st.markdown(f"M weighs each direction of CLIP's space: its energy in the images minus λ = {ctx.lam:g} times "
+    scale = " (relative to the pairs' energy)" if ctx.choice.lam_mode == "relative" else ""
+    st.markdown(f"M weighs each direction of CLIP's space: its energy in the images minus λ = {ctx.lam:g}{scale} times "
                 f"how much the interventions move it. The projection keeps the K = {ctx.K} directions on top (blue) "
                 f"and drops the rest. On held-out pairs the kept directions move {texts.share(kept)} as much as the "
                 f"whole space does (invariance ratio {fit.invariance_ratio:.3f} against {fit.full_ratio:.3f}).")
@@ -371,9 +382,13 @@ def limits_step(ctx: Context) -> None:
                                                                                           subset=["ICM − CLIP"]),
                  hide_index=True)
     flat = gap[gap["ICM − CLIP"] <= 0.01].target.tolist()
+    probe_gain = rows[candidates[-1]] - rows[candidates[1]]  # ICM probe against CLIP probe
+    helped = [f"{target} (+{gain * 100:.0f} points, where CLIP zero-shot gets {texts.share(zero_shot)})"
+              for target, gain, zero_shot in zip(rows.target, probe_gain, rows[candidates[0]]) if gain > 0.05]
     st.markdown(
         (f"On {', '.join(flat)} the projection is no better than CLIP's best head. " if flat else
          "On every target the projection is above CLIP's best head here. ")
+        + (f"Its probe beats CLIP's probe on {', '.join(helped)}. " if helped else "")
         + "It can only remove what the interventions change: a shortcut they do not touch stays, and where CLIP "
         "zero-shot already reads the object (no shortcut learned) there is nothing to remove. Too large a λ or "
         "too small a K also drops what tells the classes apart. Below: a synthetic world where the shift is yours "
@@ -397,6 +412,10 @@ def _shift_try_it() -> None:
     shown = table.assign(predictor=table["method"].map(service.method_label))
     st.plotly_chart(figures.playground_accuracy(shown, "shift", "ood_accuracy", "predictor",
                                                 "Synthetic world: accuracy as the shift grows"), key="story_shift_chart")
+    at_top = shown[shown["shift"] == shown["shift"].max()].set_index("predictor")["ood_accuracy"]
+    st.markdown(f"At a shift of {top:g}, the full-space predictor gets {texts.share(at_top.get('CLIP', np.nan))} and "
+                f"ICM {texts.share(at_top.get('ICM', np.nan))}: here the interventions change exactly the shortcut, "
+                "which is when the projection pays.")
 
 
 STEPS: dict[str, Callable[[Context], None]] = {
