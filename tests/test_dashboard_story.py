@@ -120,6 +120,28 @@ def test_a_bad_address_opens_a_usable_view(bad):
     assert at.subheader or at.title
 
 
+def test_the_choice_of_every_target_is_made_in_the_background_and_the_step_follows(monkeypatch):
+    """Steps 7 and 8 never compute four model choices in a rerun: the worker makes them (started on
+    any step), the step shows a status meanwhile and draws from the store once they are made."""
+    import threading
+
+    monkeypatch.setattr(service.layout_worker(), "max_speculative", 8)
+    gate, choose = threading.Event(), service.evaluate_and_choose
+    monkeypatch.setattr(service, "evaluate_and_choose", lambda *a, **kw: gate.wait(60) and choose(*a, **kw))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["step"] = "choice"
+    for key, value in {"ctl_source": "synthetic", "ctl_n_synth": 60}.items():
+        at.session_state[key] = value
+    at.run()
+    _ok(at)
+    assert any("in the background" in i.value for i in at.info) and not at.get("plotly_chart")
+    gate.set()
+    assert service.layout_worker().wait_idle(TIMEOUT)
+    at.run()
+    _ok(at)
+    assert at.get("plotly_chart") and not any("in the background" in i.value for i in at.info)
+
+
 def test_step_from_address_reads_numbers_and_slugs():
     assert story.step_from_address("failure") == 2
     assert story.step_from_address("1") == 0

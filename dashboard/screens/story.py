@@ -38,6 +38,7 @@ def story_page() -> None:
     if ctx is None:
         return
     step = _current_step()
+    _every_target_job(ctx)  # steps 7 and 8 read it: started while the reader is on the first ones
     _step_indicator(step)
     slug, _, heading = texts.STORY_STEPS[step]
     st.subheader(heading)
@@ -133,7 +134,7 @@ def _usual_share(values: np.ndarray, labels: np.ndarray, sources: np.ndarray) ->
     return float(has_usual[sources].mean()), float(has_usual[~sources].mean()) if (~sources).any() else float("nan")
 
 
-def _map_pair(ctx: Context, job: service.LayoutJob, X: np.ndarray, predicted: np.ndarray, title: str, key: str) -> None:
+def _map_pair(ctx: Context, job: service.LayoutJob, predicted: np.ndarray, title: str, key: str) -> None:
     """One space's layout twice, coloured by class and by the shortcut (by domain where none is
     known), from the background worker: a pending layout is a placeholder and a polling status."""
     ids = cached.plot_ids(ctx.emb.key, service.MAP_POINTS, ctx.emb)
@@ -189,7 +190,7 @@ def clip_map_step(ctx: Context) -> None:
     ids = cached.plot_ids(emb.key, service.MAP_POINTS, emb)
     job = service.full_layout_job(emb, ids, store=cached.results_store())
     predicted = cached.predictions(emb.key, "", evaluation.FULL_SPACE, emb, None)
-    _map_pair(ctx, job, emb.features, predicted, "CLIP's space", "story_full")
+    _map_pair(ctx, job, predicted, "CLIP's space", "story_full")
     agreement = cached.neighbour_agreement(emb.key, "", emb, None, _shortcut(ctx))
     text = (f"Each dot is an image, placed so that images CLIP finds similar lie close (UMAP). Of each image's 10 "
             f"nearest neighbours in CLIP's space, {texts.share(agreement['class'])} share its class and "
@@ -300,8 +301,7 @@ def invariant_map_step(ctx: Context) -> None:
     job = service.invariant_layout_job(emb, ids, key, lambda: fit, invariant_label(c.method, ctx.K, ctx.lam),
                                        store=cached.results_store())
     predicted = cached.predictions(emb.key, key, fit.method, emb, fit)
-    _map_pair(ctx, job, fit.transform(emb.features), predicted, f"Invariant space (K = {ctx.K}, λ = {ctx.lam:g})",
-              "story_invariant")
+    _map_pair(ctx, job, predicted, f"Invariant space (K = {ctx.K}, λ = {ctx.lam:g})", "story_invariant")
     before = cached.neighbour_agreement(emb.key, "", emb, None, _shortcut(ctx))
     after = cached.neighbour_agreement(emb.key, key, emb, fit, _shortcut(ctx))
     moves = [f"class {texts.share(before['class'])} → {texts.share(after['class'])}",
@@ -352,11 +352,45 @@ def choice_step(ctx: Context) -> None:
     _maths("choice")
 
 
+def _every_target_job(ctx: Context) -> service.LayoutJob | None:
+    """The model choice of every target, made by the background worker into the results store at the
+    lowest priority (after the maps): a first visit to step 7 (four choices, 10-12 s on the 2-core
+    machine) would otherwise compute them in the rerun. None where there is no choice to make, or the
+    worker has enough speculative work waiting (then the step computes it itself)."""
+    config = choice_config(ctx)
+    if config is None:
+        return None
+    emb, store = ctx.every_domain, cached.results_store()
+
+    def compute() -> np.ndarray:
+        for target in emb.domain_names:
+            service.evaluate_and_choose(emb, target, config, store=store)
+        return np.empty(0)
+
+    return service.layout_worker().submit(service.content_key("every target's model choice", emb.key, config),
+                                          compute, label="the model choice of every target", group=ctx.emb.key,
+                                          priority=service.SPECULATIVE)
+
+
+@st.fragment(run_every=1.0)
+def _choice_status(job: service.LayoutJob) -> None:
+    """Polls the background choice; once it is done, the step draws (from the store)."""
+    if not job.pending:
+        st.rerun()
+    st.info(f"Choosing the model for every target in the background, from source data only "
+            f"({job.progress(service.layout_worker().ahead_of(job))}); this step follows by itself.", icon="⏳")
+
+
 def _every_target(ctx: Context) -> pd.DataFrame | None:
-    """choice.target_summary of every domain held out in turn (the Explorer's overview, its cached calls)."""
+    """choice.target_summary of every domain held out in turn (the Explorer's overview, its cached calls);
+    None (after a status that polls) while the background worker is still making it."""
     config = choice_config(ctx)
     if config is None:
         st.info("The model choice runs under this project's protocol on the domain-shift task (see the sidebar).")
+        return None
+    job = _every_target_job(ctx)
+    if job is not None and job.pending:
+        _choice_status(job)
         return None
     emb, rows = ctx.every_domain, []
     try:
