@@ -3,7 +3,7 @@
     python docs/story/shots.py [OUT_FOLDER]   (default: docs/story)
 
 Starts `streamlit run dashboard/app.py` (the demo, the cache folder of $CLIP_ICM_CACHE), opens
-/?step=N for each step in one browser page, waits until no spinner and no "laying out"
+/?step=N for each step in one browser page, waits until no spinner and no "in the background"
 status is left, and saves step-N-<slug>.png (the window: what a reader sees first) for each.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dashboard import texts  # noqa: E402
 from tests.test_browser import CHROMIUM, _free_port, _wait_http  # noqa: E402
 
 NOT_DONE = ("document.querySelectorAll('[data-testid=\"stSpinner\"]').length === 0 && "
-            "!document.body.innerText.includes('laying out in the background')")
+            "!document.body.innerText.includes('in the background')")
 
 
 def main() -> None:
