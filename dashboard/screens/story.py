@@ -308,9 +308,16 @@ def invariant_map_step(ctx: Context) -> None:
              f"domain {texts.share(before['domain'])} → {texts.share(after['domain'])}"]
     if "colour" in after:
         moves.append(f"colour {texts.share(before['colour'])} → {texts.share(after['colour'])}")
+    table = _accuracy(ctx)
+    probe = ""
+    if table is not None:
+        ours = _accuracy_of(table, c.method, evaluation.LINEAR_PROBE, "target")
+        clip = _accuracy_of(table, evaluation.FULL_SPACE, evaluation.LINEAR_PROBE, "target")
+        probe = (f" A probe trained on the sources in this space gets {texts.share(ours)} of {c.target}'s images "
+                 f"right, against {texts.share(clip)} in CLIP's space.")
     st.markdown(f"The same images in the kept directions only. Shares of the 10 nearest neighbours with the same "
                 f"value, CLIP's space → the invariant one: {'; '.join(moves)}. "
-                + _what_moved(before, after))
+                + _what_moved(before, after) + probe)
     _lam_try_it(ctx)
     _maths("predict")
 
@@ -320,8 +327,8 @@ def _what_moved(before: dict, after: dict) -> str:
     nuisance = "colour" if "colour" in after else "domain"
     dropped = before[nuisance] - after[nuisance]
     if dropped > 0.02:
-        return (f"Images now group less by {nuisance}: the projection removed part of it. Where the islands per "
-                "domain stay, the style still separates them; the probe then learns less of the shortcut.")
+        return (f"Images now group less by {nuisance}: the projection removed part of it. Where islands per "
+                "domain stay, the domain's style is still there: no pair changed it.")
     return (f"Images group by {nuisance} about as much as before: at this K and λ the projection removed little of "
             "it (try a larger λ, or see the Explorer).")
 
