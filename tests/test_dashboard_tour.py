@@ -76,3 +76,11 @@ def test_about_says_what_the_demos_maps_show():
     text = " ".join(" ".join(m.value for m in at.markdown).split())
     assert "domains mix" not in text
     assert "an island per class and domain" in text and "colour shortcut" in text
+
+
+def test_which_class_becomes_which_comes_before_the_maps():
+    at = _app()
+    headings = [h.value for h in at.subheader]
+    confusion = next(i for i, h in enumerate(headings) if h.startswith("Which class becomes which"))
+    maps = next(i for i, h in enumerate(headings) if h.startswith("Full CLIP space vs invariant space"))
+    assert confusion < maps

@@ -35,8 +35,9 @@ def explorer_page() -> None:
     fit = fitted(ctx, K, lam)
     if fit is None:
         return
-    layouts = _umap_section(ctx, fit, K, lam)
+    # which class becomes which: the picture a stakeholder reads at once, above the maps (it was ~1,900 px down)
     _confusion_section(ctx, K, lam)
+    layouts = _umap_section(ctx, fit, K, lam)
     _gallery_section(ctx)
     if table is not None:
         _export_section(ctx, fit, table, layouts)

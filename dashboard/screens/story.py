@@ -78,16 +78,16 @@ def _step_indicator(step: int) -> None:
     st.progress((step + 1) / n, text=f"Step {step + 1} of {n}")
     for i, (column, (_, short, _)) in enumerate(zip(st.columns(n), texts.STORY_STEPS)):
         column.button(f"{i + 1}. {short}", key=f"story_jump_{i}", on_click=_go, args=(i,),
-                      type="primary" if i == step else "tertiary", use_container_width=True)
+                      type="primary" if i == step else "tertiary", width="stretch")
 
 
 def _next_and_back(step: int) -> None:
     st.divider()
     back, _, forward = st.columns([1, 4, 1])
     back.button("← Back", key="story_back", on_click=_go, args=(step - 1,), disabled=step == 0,
-                use_container_width=True)
+                width="stretch")
     if step < len(texts.STORY_STEPS) - 1:
-        forward.button("Next →", key="story_next", on_click=_go, args=(step + 1,), use_container_width=True)
+        forward.button("Next →", key="story_next", on_click=_go, args=(step + 1,), width="stretch")
     else:
         forward.page_link(registry()["explorer"], label="Open the Explorer →")
 
