@@ -84,3 +84,10 @@ def test_which_class_becomes_which_comes_before_the_maps():
     confusion = next(i for i, h in enumerate(headings) if h.startswith("Which class becomes which"))
     maps = next(i for i, h in enumerate(headings) if h.startswith("Full CLIP space vs invariant space"))
     assert confusion < maps
+
+
+def test_the_orth_cali_note_shows_only_beside_an_orth_cali_row():
+    without = _app()
+    assert not any("Orth-Cali" in c.value for c in without.caption)
+    with_it = _app(ctl_baselines=["orth_cali"])
+    assert any("Orth-Cali calibrates class text only" in c.value for c in with_it.caption)

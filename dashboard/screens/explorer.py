@@ -193,8 +193,11 @@ def _protocol_note(ctx: Context) -> None:
     rows = "the target's 20% holdout" if spec.target_rows == "holdout" else "the whole target domain"
     scale = (f" λ is read as {spec.lam_mode} under this protocol." if spec.lam_mode
              and spec.lam_mode != ctx.choice.lam_mode else "")
-    st.caption(f"Protocol: **{spec.label}** (target scored on {rows}). Orth-Cali calibrates class text only: "
-               f"zero-shot, its probe is n/a.{scale}")
+    shown = (ctx.choice.method, *ctx.choice.baselines)
+    # said only where an Orth-Cali row is in the table (the tour read it as jargon on every page)
+    orth_cali = (" Orth-Cali calibrates class text only: zero-shot, its probe is n/a."
+                 if any(methods.spec(m).text_only for m in shown) else "")
+    st.caption(f"Protocol: **{spec.label}** (target scored on {rows}).{orth_cali}{scale}")
     if spec.precision and ctx.request.source != "synthetic":
         try:
             _, precision = service.device_and_precision(ctx.request.device, ctx.request.precision)
