@@ -43,6 +43,7 @@ def main() -> None:
             for step, (slug, _, heading) in enumerate(texts.STORY_STEPS, 1):
                 page.goto(f"{url}/?step={step}")  # the Story is the page at "/"
                 page.get_by_text(heading).first.wait_for(timeout=600_000)
+                page.get_by_text("← Back").first.wait_for(timeout=600_000)  # drawn last: the step is all there
                 page.wait_for_function(NOT_DONE, timeout=600_000)
                 page.wait_for_timeout(2500)  # plotly draws after the element appears
                 errors = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
