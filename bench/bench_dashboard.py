@@ -124,7 +124,7 @@ def _first_page(page, url: str, source: str, server_pid: int, folder: str | None
     its path into the sidebar."""
     cpu_before = _cpu_seconds(server_pid)
     start = time.monotonic()
-    page.goto(url + ("/" if source == "demo" else f"/?source={source}"))
+    page.goto(url + ("/explorer" if source == "demo" else f"/explorer?source={source}"))  # "/" is the Story
     if folder:
         _type_folder(page, folder)
     page.locator(".js-plotly-plot .gtitle", has_text="Accuracy per domain").first.wait_for(timeout=600_000)

@@ -61,6 +61,7 @@ def until_drawn(at, k, t0):
 
 def page(selection):
     at = AppTest.from_file("dashboard/app.py", default_timeout=900)
+    at.query_params["page"] = "explorer"  # "/" is the Story (a revision before it ignores this)
     for key, value in {"ctl_source": "synthetic", "ctl_selection": selection}.items():
         at.session_state[key] = value
     return at

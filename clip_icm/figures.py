@@ -36,15 +36,18 @@ def _check_columns(frame: pd.DataFrame, needed: tuple[str, ...], what: str) -> N
         raise InvalidInput(f"{what} needs columns {', '.join(missing)}; got {', '.join(map(str, frame.columns))}")
 
 
-def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class", title: str = "") -> go.Figure:
-    """One 2-D layout: colour by ``class`` or ``domain``, marker by source/target role.
+def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class", title: str = "",
+                   colours: dict[str, str] | None = None) -> go.Figure:
+    """One 2-D layout: colour by ``class``, ``domain`` or another column of ``points`` (the Story's
+    true shortcut factor), marker by source/target role. ``colours`` gives a group its own colour
+    (the colour factor's "red" drawn red); the others take the palette's.
 
     ``points`` has one row per point of ``xy`` with columns id, class, domain, role,
     prediction, correct (see :data:`POINT_COLUMNS`).
     """
     _check_columns(points, POINT_COLUMNS, "scatter_layout")
-    if colour_by not in ("class", "domain"):
-        raise InvalidInput(f"colour_by must be 'class' or 'domain', got {colour_by!r}")
+    if colour_by not in points.columns or colour_by in ("id", "role", "correct"):
+        raise InvalidInput(f"colour_by must be 'class', 'domain' or a factor column of the points, got {colour_by!r}")
     if len(xy) != len(points):
         raise InvalidInput(f"{len(xy)} layout rows for {len(points)} points")
     fig = go.Figure()
@@ -53,8 +56,9 @@ def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class
         for role, symbol in ROLE_SYMBOLS.items():
             mask = ((points[colour_by] == group) & (points["role"] == role)).to_numpy()
             if mask.any():
-                trace = _scatter_trace(xy[mask], points[mask], f"{as_text(group)} ({role})", PALETTE[g_index % len(PALETTE)],
-                                       symbol, webgl=len(xy) > WEBGL_ABOVE)
+                colour = (colours or {}).get(str(group), PALETTE[g_index % len(PALETTE)])
+                trace = _scatter_trace(xy[mask], points[mask], f"{as_text(group)} ({role})", colour, symbol,
+                                       webgl=len(xy) > WEBGL_ABOVE)
                 fig.add_trace(trace.update(legendgroup=str(group)))  # a legend click hides both roles
     fig.update_layout(
         title=as_text(title),
@@ -102,6 +106,16 @@ def selected_ids(selection: object) -> list[int]:
         if custom is not None:
             ids.append(int(custom[0] if isinstance(custom, (list, tuple)) else custom))
     return sorted(set(ids))
+
+
+def with_highlight(fig: go.Figure, ids: list[int]) -> go.Figure:
+    """A copy of a map with the points of global ``ids`` shown and the others faded: a selection on
+    one map drawn on the other (linked brushing; the ids are ``customdata[0]``)."""
+    wanted, out = set(int(i) for i in ids), go.Figure(fig)
+    for trace in out.data:
+        trace.selectedpoints = [i for i, row in enumerate(trace.customdata) if int(row[0]) in wanted]
+        trace.unselected = dict(marker=dict(opacity=0.12))
+    return out
 
 
 def _colour(method: str, i: int) -> str:
@@ -262,6 +276,48 @@ def playground_recovery(table: pd.DataFrame) -> go.Figure:
     ])
     fig.update_layout(barmode="group", title="What each space still knows", yaxis=dict(range=[0, 1.05]),
                       margin=dict(l=10, r=10, t=40, b=10), height=380, legend=dict(orientation="h", y=-0.15))
+    return fig
+
+
+def targets_overview(rows: pd.DataFrame, candidates: list[str]) -> go.Figure:
+    """Each held-out target's accuracy per candidate (grouped bars), the candidate chosen for it on
+    source data outlined in black: where the projection helps and where it does not, at a glance.
+    ``rows``: one per target with a column per candidate and ``chosen`` (choice.target_summary)."""
+    _check_columns(rows, ("target", "chosen", *candidates), "targets_overview")
+    fig = go.Figure()
+    for i, name in enumerate(candidates):
+        chosen = (rows["chosen"] == name).to_numpy()
+        fig.add_trace(go.Bar(
+            x=rows["target"].map(as_text), y=rows[name], name=as_text(name), marker_color=PALETTE[i % len(PALETTE)],
+            marker_line=dict(color=np.where(chosen, "black", "rgba(0,0,0,0)"), width=np.where(chosen, 3, 0)),
+            text=[f"{v:.0%}" + (" ✓" if c else "") for v, c in zip(rows[name], chosen)], textposition="outside",
+            hovertemplate="%{x}: %{y:.1%}<extra>" + _template_text(name) + "</extra>",
+        ))
+    fig.update_layout(barmode="group", title="Accuracy on each target held out in turn (✓ outlined: the model "
+                      "chosen from source data)", yaxis=dict(range=[0, 1.12], tickformat=".0%", title="target accuracy"),
+                      xaxis_title="target domain (held out)", margin=dict(l=10, r=10, t=50, b=10), height=420,
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def image_grid(images: dict[tuple[str, str], object], rows: list[str], columns: list[str], highlight: str = "",
+               title: str = "") -> go.Figure:
+    """Thumbnails on a grid, one per (row, column) key of ``images`` (PIL images; a missing one is a
+    blank): the Story's world at a glance, classes down, domains across, ``highlight`` (the target
+    domain) named in its column title."""
+    fig = make_subplots(rows=len(rows), cols=len(columns), horizontal_spacing=0.01, vertical_spacing=0.01,
+                        column_titles=[as_text(c) + (" (target)" if c == highlight else "") for c in columns],
+                        row_titles=[as_text(r) for r in rows])
+    for i, row in enumerate(rows, 1):
+        for j, column in enumerate(columns, 1):
+            image = images.get((row, column))
+            if image is not None:
+                fig.add_trace(go.Image(z=np.asarray(image.convert("RGB")), hoverinfo="skip"), row=i, col=j)
+            fig.update_xaxes(visible=False, row=i, col=j)
+            fig.update_yaxes(visible=False, row=i, col=j)
+    fig.update_annotations(font_size=12)
+    fig.update_layout(title=as_text(title), height=70 * len(rows) + 60, width=110 * len(columns) + 120,
+                      margin=dict(l=10, r=90, t=60 if title else 30, b=10))
     return fig
 
 

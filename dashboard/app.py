@@ -21,7 +21,8 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 threadpool_limits(1, user_api="blas")
 
-from dashboard import pages  # noqa: E402
+from dashboard import url  # noqa: E402
+from dashboard.screens import registry  # noqa: E402
 
 
 def keep_settings() -> None:
@@ -36,12 +37,9 @@ def main() -> None:
     # and then also the pages' icons (the sidebar's come from the font Streamlit bundles).
     st.set_page_config(page_title="CLIP-ICM Explorer", page_icon="🔬", layout="wide")
     keep_settings()
-    navigation = st.navigation([
-        st.Page(pages.explorer_page, title="Explorer", icon=":material/scatter_plot:", default=True),
-        st.Page(pages.diagnostics_page, title="Diagnostics", icon=":material/monitoring:", url_path="diagnostics"),
-        st.Page(pages.playground_page, title="Causal playground", icon=":material/science:", url_path="playground"),
-        st.Page(pages.about_page, title="About the method", icon=":material/menu_book:", url_path="about"),
-    ])
+    url.read_settings_once()
+    # "/" opens the Story; "/?page=explorer" (or "/explorer") another page: a bookmark of any view
+    navigation = st.navigation(list(registry(st.query_params.get("page", "story")).values()))
     navigation.run()
 
 

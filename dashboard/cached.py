@@ -80,6 +80,28 @@ def predictions(emb_key: str, fit_key: str, method: str, _emb: EmbeddingSet, _fi
     return service.predictions(_emb, None if _fit is None else _fit.projection, method)
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def true_factor(request_key: str, factor: str, _request: service.EmbeddingRequest, _emb: EmbeddingSet) -> np.ndarray | None:
+    return service.true_factor(_request, _emb, factor)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def example_rows(emb_key: str, domains: tuple[str, ...], _emb: EmbeddingSet) -> dict:
+    return service.example_rows(_emb, list(domains))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def neighbour_agreement(emb_key: str, fit_key: str, _emb: EmbeddingSet, _fit: service.Fit | None,
+                        _factor: np.ndarray | None = None) -> dict[str, float]:
+    """How much a space (CLIP's, or a fit's when ``_fit``) groups images by class, by domain and, where
+    the world knows it, by the shortcut factor: service.neighbour_agreement of each."""
+    X = _emb.features if _fit is None else _fit.transform(_emb.features)
+    values = {"class": _emb.labels, "domain": _emb.domains}
+    if _factor is not None:
+        values["colour"] = _factor
+    return {name: service.neighbour_agreement(X, v) for name, v in values.items()}
+
+
 @st.cache_resource(show_spinner=False)
 def results_store() -> EmbeddingStore:
     """Layouts, the chosen K and lam with CLIP's score, accuracy tables and confusion matrices also

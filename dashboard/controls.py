@@ -43,9 +43,9 @@ def _valid(key: str, options: list, fallback: object) -> str:
 def data_ui() -> dict | None:
     """Data source, folder and per-domain cap. Returns a dict of EmbeddingRequest fields, or
     None when the folder cannot be used (the reason is shown; nothing must be scanned)."""
-    first = st.query_params.get("source", "demo")  # ?source=synthetic opens without images or model
+    # ?source=synthetic (dashboard/url.py) opens without images or model; an unknown name, on the demo
     source = st.radio("Data", list(service.SOURCES), format_func=service.SOURCES.get,
-                      key=_default("ctl_source", first if first in service.SOURCES else "demo"))
+                      key=_valid("ctl_source", list(service.SOURCES), "demo"))
     out: dict = {"source": source}
     if source == "folder":
         folder = _folder_ui()
@@ -296,11 +296,12 @@ class ProjectionChoice:
     keep_target_styles: bool = False
 
 
-def domains_ui(emb: EmbeddingSet, default_target: str) -> tuple[str, tuple[str, ...]]:
-    """The held-out target domain and the source domains (all others by default)."""
+def domains_ui(emb: EmbeddingSet, default_target: str, target_box=None) -> tuple[str, tuple[str, ...]]:
+    """The held-out target domain (drawn in ``target_box``, e.g. the sidebar's first settings) and the
+    source domains (all others by default)."""
     names = emb.domain_names
     _forget_other_data_sets_domains(emb)
-    target = st.selectbox("Target domain (held out)", names,
+    target = (target_box or st).selectbox("Target domain (held out)", names,
                           key=_valid("ctl_target", names, default_target if default_target in names else names[-1]))
     others = [d for d in names if d != target]
     _old_target_back_to_the_sources(target, others)
@@ -310,9 +311,12 @@ def domains_ui(emb: EmbeddingSet, default_target: str) -> tuple[str, tuple[str, 
 
 def _old_target_back_to_the_sources(target: str, others: list[str]) -> None:
     """The previous target was no source only because it was held out: a new target returns it to the
-    sources (else cartoon -> sketch -> cartoon silently trains on two domains instead of three)."""
+    sources (else cartoon -> sketch -> cartoon silently trains on two domains instead of three), and
+    the rule that a slider turned off chooses K and lam again."""
     previous = st.session_state.get("ctl_previous_target")
     st.session_state["ctl_previous_target"] = target
+    if previous is not None and previous != target:
+        back_to_the_rule()  # a K and lam set by hand for one target (e.g. 16 and 30) are no choice for another
     kept = st.session_state.get("ctl_sources")
     if previous in others and kept is not None and previous not in kept:
         st.session_state["ctl_sources"] = [d for d in others if d in kept or d == previous]
@@ -328,9 +332,9 @@ def _forget_other_data_sets_domains(emb: EmbeddingSet) -> None:
     st.session_state["ctl_domains_of"] = data_set
 
 
-def projection_ui(emb: EmbeddingSet, default_target: str, start: dict) -> ProjectionChoice:
+def projection_ui(emb: EmbeddingSet, default_target: str, start: dict, target_box=None) -> ProjectionChoice:
     """Method, baselines, pair sets, prompts and how K and lam are chosen (sliders: k_lam_ui)."""
-    target, sources = domains_ui(emb, default_target)
+    target, sources = domains_ui(emb, default_target, target_box)
     names = list(methods.ALL_METHODS)
     method = st.selectbox("Method", names, format_func=methods.label, key=_valid("ctl_method", names, "icm"),
                           help="; ".join(f"{spec.label}: {spec.description}" for spec in methods.SPECS))
@@ -382,8 +386,20 @@ def protocol_ui() -> tuple[str, str, bool]:
     return protocol, task, bool(keep)
 
 
+HAND_SET_FROM = "ctl_hand_set_from"  # the rule a slider move turned off, for back_to_the_rule
+
+
 def _selection_off() -> None:
+    if st.session_state.get("ctl_selection", "off") != "off":
+        st.session_state[HAND_SET_FROM] = st.session_state["ctl_selection"]
     st.session_state["ctl_selection"] = "off"
+
+
+def back_to_the_rule() -> None:
+    """Undo a slider's hand setting: the rule that chose K and lam before chooses them again."""
+    rule = st.session_state.pop(HAND_SET_FROM, None)
+    if rule is not None:
+        st.session_state["ctl_selection"] = rule
 
 
 def k_lam_ui(dim: int, start: dict, chosen: tuple[int, float] | None, method: str) -> tuple[int, float]:

@@ -76,7 +76,7 @@ def test_dashboard_in_chromium_shows_both_layouts_and_the_accuracy_chart(server,
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         page = browser.new_page(viewport={"width": 1600, "height": 2000})
-        page.goto(server + "/")
+        page.goto(server + "/explorer")  # "/" opens the Story
         for title in PLOT_TITLES:
             page.locator(".js-plotly-plot .gtitle", has_text=title).first.wait_for(timeout=300_000)
         page.get_by_text("Which class becomes which").first.wait_for(timeout=120_000)

@@ -33,6 +33,7 @@ def clean_caches(monkeypatch):
 
 def _app(**state) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["page"] = "explorer"  # "/" opens the Story
     for key, value in {"ctl_source": "synthetic", "ctl_n_synth": 100, **state}.items():
         at.session_state[key] = value
     return _settled(at.run())
@@ -46,8 +47,11 @@ def _settled(at: AppTest) -> AppTest:
 
 
 def _page(call: str, **state) -> AppTest:
-    """One page function on its own (AppTest.switch_page only knows file pages)."""
-    script = f"import sys; sys.path.insert(0, {str(ROOT)!r})\nfrom dashboard import pages\npages.{call}()\n"
+    """One page function on its own (AppTest.switch_page only knows file pages): ``call`` is
+    "module.function" in dashboard/screens/."""
+    module, function = call.split(".")
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\nfrom dashboard.screens import {module}\n"
+              f"{module}.{function}()\n")
     at = AppTest.from_string(script, default_timeout=TIMEOUT)
     for key, value in state.items():
         at.session_state[key] = value
@@ -210,7 +214,7 @@ def test_intervention_controls_and_a_bad_template_give_an_error_message(tmp_path
 
 
 def test_diagnostics_page_shows_spectrum_ratio_and_sweep():
-    at = _page("diagnostics_page", ctl_source="synthetic", ctl_n_synth=60, ctl_selection="off")
+    at = _page("diagnostics.diagnostics_page", ctl_source="synthetic", ctl_n_synth=60, ctl_selection="off")
     _ok(at)
     assert at.metric[0].label.startswith("Invariance ratio")
     # the spectrum and the model choice's candidates with their uncertainty; the sweep waits for its toggle
@@ -224,7 +228,7 @@ def test_diagnostics_page_shows_spectrum_ratio_and_sweep():
 
 
 def test_diagnostics_sweep_shows_the_score_of_the_rule_that_chose_k_and_lam():
-    at = _page("diagnostics_page", ctl_source="synthetic", ctl_n_synth=60, ctl_selection="source_domains",
+    at = _page("diagnostics.diagnostics_page", ctl_source="synthetic", ctl_n_synth=60, ctl_selection="source_domains",
                ctl_sweep=True)
     _ok(at)
     assert any("Star: chosen by leave one source domain out" in c.value for c in at.caption)
@@ -233,10 +237,13 @@ def test_diagnostics_sweep_shows_the_score_of_the_rule_that_chose_k_and_lam():
 
 
 def test_playground_page_reacts_to_its_sliders():
-    at = _page("playground_page")
+    at = _page("playground.playground_page")
     _ok(at)
     assert len(at.get("plotly_chart")) == 2
     before = at.dataframe[0].value
+    # columns a reader can name (not run_playground's id_accuracy, r2_inv...), predictors by their labels
+    assert "accuracy, shifted environment" in before.columns and not any("_" in c for c in before.columns)
+    assert set(before["predictor"]) == {"CLIP", "ICM", "ICM (as released)"}
     at.slider(key="pg_noise").set_value(1.0).run()
     _ok(at)
     assert not at.dataframe[0].value.equals(before)
@@ -244,7 +251,7 @@ def test_playground_page_reacts_to_its_sliders():
 
 
 def test_about_page_explains_the_released_slice():
-    at = _page("about_page")
+    at = _page("about.about_page")
     _ok(at)
     text = " ".join(m.value for m in at.markdown)
     assert "eigh" in text and "K largest" in text and "as released" in text
@@ -255,10 +262,10 @@ def test_selection_shows_images_and_neighbours_in_both_spaces():
 import sys; sys.path.insert(0, {str(ROOT)!r})
 from clip_icm import service
 from clip_icm.scm import SCMConfig
-from dashboard import pages
+from dashboard.screens import explorer
 emb = service.load_embeddings(service.EmbeddingRequest(source="synthetic", n_per_domain=30))
 fit = service.fit(emb, "sketch", "icm", service.eval_config(8, 100.0))
-pages._selection_view(emb, service.plot_ids(emb), [3, 40], fit)
+explorer._selection_view(emb, service.plot_ids(emb), [3, 40], fit)
 """
     at = AppTest.from_string(script, default_timeout=TIMEOUT).run()
     _ok(at)
@@ -290,7 +297,9 @@ def test_default_demo_opens_on_the_honest_story_with_gallery_confusions_and_prom
     assert main(["evaluate", "--target", "cartoon", "--quiet", "--out", str(tmp_path / "cli.csv")]) == 0
     cli = pd.read_csv(tmp_path / "cli.csv").query("role == 'target'").set_index(["method", "protocol"]).accuracy
     before = _store_entries(tmp_path / "store")
-    at = _settled(AppTest.from_file(APP, default_timeout=600).run())
+    at = AppTest.from_file(APP, default_timeout=600)
+    at.query_params["page"] = "explorer"
+    at = _settled(at.run())
     _ok(at)
     added = {k: v for k, v in _store_entries(tmp_path / "store").items() if k not in before}
     # no embeddings: the two UMAP layouts, and results kept for a restart (empty arrays: the choice of
@@ -344,7 +353,7 @@ def _gallery_expander(at: AppTest):
 
 def _page_progress(monkeypatch, ticks: list[float]) -> tuple[dict[str, list[str]], object]:
     """The page's StageProgress drawing into lists (the bar's texts, the stages done) on a clock of ``ticks``."""
-    from dashboard import pages
+    from dashboard.screens import common
 
     shown: dict[str, list[str]] = {"bar": [], "done": []}
 
@@ -356,17 +365,17 @@ def _page_progress(monkeypatch, ticks: list[float]) -> tuple[dict[str, list[str]
             shown["done"].append(text)
 
     clock = iter(ticks)
-    monkeypatch.setattr(pages.st, "progress", lambda *a, **kw: Element())
-    monkeypatch.setattr(pages.st, "empty", Element)
+    monkeypatch.setattr(common.st, "progress", lambda *a, **kw: Element())
+    monkeypatch.setattr(common.st, "empty", Element)
     # the page's clock only (patching time.monotonic itself would stop every other clock, the layout worker's too)
-    monkeypatch.setattr(pages, "time", SimpleNamespace(monotonic=lambda: next(clock)))
-    return shown, pages.StageProgress()
+    monkeypatch.setattr(common, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    return shown, common.StageProgress()
 
 
 def test_embedding_progress_times_each_stage_on_its_own_and_lists_those_done(monkeypatch):
     """The time left is the running stage's own rate (it was the whole pass's: a late stage of a
     cold demo claimed minutes), and the stages done stay listed under the bar."""
-    from dashboard import pages
+    from dashboard.screens import common
 
     shown, progress = _page_progress(monkeypatch, [0.0, 0.0, 100.0, 100.0, 110.0])
     progress("images", 0, 10)
@@ -375,7 +384,7 @@ def test_embedding_progress_times_each_stage_on_its_own_and_lists_those_done(mon
     progress("true:colour", 50, 100)
     assert shown["bar"][-1] == "true:colour: 50/100, about 10 s left"
     assert shown["done"] == ["Done: images 10 (100.0 s)"]
-    assert pages.stage_summary("drawing the demo world and loading the model", 1, 3.94) == (
+    assert common.stage_summary("drawing the demo world and loading the model", 1, 3.94) == (
         "drawing the demo world and loading the model (3.9 s)")  # a one-step stage shows no count
 
 

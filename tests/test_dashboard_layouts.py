@@ -27,6 +27,7 @@ def fresh(tmp_path, monkeypatch):
 
 def _app(**state) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["page"] = "explorer"  # "/" opens the Story
     for key, value in {"ctl_source": "synthetic", "ctl_n_synth": 100, **state}.items():
         at.session_state[key] = value
     return at.run()

@@ -76,6 +76,7 @@ def test_the_explorer_embeds_a_manifest_with_caption_and_image_pairs_and_shows_t
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(APP, default_timeout=600)
+    at.query_params["page"] = "explorer"  # "/" opens the Story
     for key, value in {"ctl_source": "folder", "ctl_root": str(world / "m.csv"),
                        "ctl_own_captions": str(world / "night.csv"), "ctl_own_images": str(world / "cams.csv"),
                        "ctl_ops": ["invert"], "ctl_banks": []}.items():

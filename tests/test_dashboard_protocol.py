@@ -35,10 +35,14 @@ def test_open_class_task_shows_base_new_and_harmonic_mean():
     table = at.dataframe[0].value
     assert ("sketch (target)", "harmonic mean") in table.columns and ("sketch (target)", "new") in table.columns
     assert "ICM" in table.index and "CLIP" in table.index
+    # the target's table, then the sources': no table of every domain's twelve columns (it overflowed the page)
+    assert {domain for domain, _ in table.columns} == {"sketch (target)"} and len(table.columns) == 3
+    sources = at.dataframe[1].value
+    assert "sketch (target)" not in {domain for domain, _ in sources.columns} and len(sources.columns) <= 9
 
 
 def test_diagnostics_show_the_centred_ratio_beside_the_uncentred():
-    at = _page("diagnostics_page", ctl_source="synthetic", ctl_n_synth=100)
+    at = _page("diagnostics.diagnostics_page", ctl_source="synthetic", ctl_n_synth=100)
     _ok(at)
     labels = [m.label for m in at.metric]
     assert labels[:2] == ["Invariance ratio ||ΔA|| / ||ZA||", "Centred invariance ratio ||ΔA|| / ||(Z − mean Z)A||"]
@@ -46,10 +50,10 @@ def test_diagnostics_show_the_centred_ratio_beside_the_uncentred():
 
 
 def test_diagnostics_say_what_orth_cali_p0_removes():
-    at = _page("diagnostics_page", ctl_source="synthetic", ctl_n_synth=100, ctl_baselines=["orth_cali"])
+    at = _page("diagnostics.diagnostics_page", ctl_source="synthetic", ctl_n_synth=100, ctl_baselines=["orth_cali"])
     _ok(at)
     notes = [c.value for c in (*at.caption, *at.warning) if "P0 removes" in c.value]
     assert len(notes) == 1 and notes[0].startswith("Orth-Cali: P0 removes") and "of D = " in notes[0]
     assert "between-class energy" in notes[0]
-    without = _page("diagnostics_page", ctl_source="synthetic", ctl_n_synth=100, ctl_baselines=[])
+    without = _page("diagnostics.diagnostics_page", ctl_source="synthetic", ctl_n_synth=100, ctl_baselines=[])
     assert not [c.value for c in (*without.caption, *without.warning) if "P0 removes" in c.value]

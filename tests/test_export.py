@@ -132,14 +132,14 @@ def test_the_clis_format_names_are_the_services():
 def test_the_dashboards_parquet_download_is_the_table_with_coordinates(monkeypatch, tmp_path):
     import io
 
-    from dashboard import pages
+    from dashboard.screens import explorer
 
     monkeypatch.setenv("CLIP_ICM_CACHE", str(tmp_path))
     emb = service.load_embeddings(service.EmbeddingRequest(source="synthetic", n_per_domain=20))
     config = evaluation.EvalConfig(n_components=4, methods=("icm",))
-    frame = pd.read_parquet(io.BytesIO(pages.embeddings_parquet(emb, "sketch", config)))
+    frame = pd.read_parquet(io.BytesIO(explorer.embeddings_parquet(emb, "sketch", config)))
     assert list(frame.columns) == [*exports.TABLE_COLUMNS, *_prediction_columns(["icm"])]
     assert frame[["full_x", "full_y", "invariant_x", "invariant_y"]].notna().all().all()
     monkeypatch.setattr(service, "MAP_POINTS", len(emb.labels) - 1)  # maps that subsample: no UMAP of every row
-    frame = pd.read_parquet(io.BytesIO(pages.embeddings_parquet(emb, "sketch", config)))
+    frame = pd.read_parquet(io.BytesIO(explorer.embeddings_parquet(emb, "sketch", config)))
     assert frame.full_x.isna().all() and len(frame) == len(emb.labels)

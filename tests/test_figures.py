@@ -46,6 +46,49 @@ def test_scatter_rejects_bad_input():
         figures.scatter_layout(xy[:-1], points)
 
 
+def test_scatter_colours_by_a_factor_column_and_not_by_an_id_or_a_flag():
+    xy, points = _points()
+    points["colour (shortcut)"] = np.array(["red", "blue"])[np.arange(len(points)) % 2]
+    fig = figures.scatter_layout(xy, points, "colour (shortcut)")
+    assert {trace.name.split(" (")[0] for trace in fig.data} == {"red", "blue"}
+    for column in ("id", "correct", "role"):
+        with pytest.raises(ValueError, match="colour_by"):
+            figures.scatter_layout(xy, points, column)
+
+
+def test_with_highlight_selects_the_same_ids_on_another_map_and_fades_the_rest():
+    xy, points = _points()
+    fig = figures.scatter_layout(xy, points)
+    brushed = figures.with_highlight(fig, [100, 105, 111])
+    shown = {int(trace.customdata[i][0]) for trace in brushed.data for i in trace.selectedpoints}
+    assert shown == {100, 105, 111}
+    assert all(trace.unselected.marker.opacity < 0.5 for trace in brushed.data)
+    assert all(trace.selectedpoints is None for trace in fig.data)  # the map itself is left as it was
+
+
+def test_targets_overview_outlines_the_chosen_candidate_of_each_target():
+    rows = pd.DataFrame({"target": ["photo", "sketch"], "CLIP zero-shot": [0.9, 0.6], "ICM probe": [0.8, 0.7],
+                         "chosen": ["CLIP zero-shot", "ICM probe"]})
+    fig = figures.targets_overview(rows, ["CLIP zero-shot", "ICM probe"])
+    zero_shot, probe = fig.data
+    assert list(zero_shot.y) == [0.9, 0.6] and list(zero_shot.marker.line.width) == [3, 0]
+    assert list(probe.marker.line.width) == [0, 3] and probe.text[1].endswith("✓")
+    with pytest.raises(ValueError, match="needs columns"):
+        figures.targets_overview(rows.drop(columns="chosen"), ["CLIP zero-shot"])
+
+
+def test_image_grid_puts_each_image_in_its_class_row_and_domain_column():
+    from PIL import Image
+
+    red, blue = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
+    fig = figures.image_grid({("cat", "photo"): red, ("dog", "sketch"): blue}, ["cat", "dog"], ["photo", "sketch"],
+                             highlight="sketch")
+    assert len(fig.data) == 2  # a missing (class, domain) is a blank cell, not an error
+    assert tuple(fig.data[0].z[0, 0]) == (255, 0, 0) and tuple(fig.data[1].z[0, 0]) == (0, 0, 255)
+    titles = {a.text for a in fig.layout.annotations}
+    assert {"photo", "sketch (target)", "cat", "dog"} <= titles
+
+
 def test_selected_ids_reads_customdata_from_a_selection():
     selection = {"selection": {"points": [{"customdata": [105, "cat"]}, {"customdata": [101, "dog"]},
                                           {"customdata": [105, "cat"]}, {"x": 1}]}}

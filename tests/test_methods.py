@@ -107,6 +107,7 @@ def test_a_new_method_is_one_entry_and_every_front_end_lists_it(one_more_method)
     assert f"{spec.label} linear probe" in set(table.label)
     assert figures.accuracy_bars(table, "sketch").data[-1].marker.color == spec.colour
     at = AppTest.from_file(APP, default_timeout=240)
+    at.query_params["page"] = "explorer"  # "/" opens the Story
     for key, value in {"ctl_source": "synthetic", "ctl_n_synth": 60, "ctl_baselines": [spec.name]}.items():
         at.session_state[key] = value
     at.run()
@@ -119,6 +120,7 @@ def test_a_new_method_is_one_entry_and_every_front_end_lists_it(one_more_method)
                                                       ("augmentation", False, False)])
 def test_a_slider_the_method_does_not_use_is_greyed_out(method, k_used, lam_used):
     at = AppTest.from_file(APP, default_timeout=240)
+    at.query_params["page"] = "explorer"  # "/" opens the Story
     for key, value in {"ctl_source": "synthetic", "ctl_n_synth": 60, "ctl_method": method}.items():
         at.session_state[key] = value
     at.run()

@@ -107,6 +107,7 @@ def test_a_bad_checkpoint_in_the_dashboard_is_a_message_at_the_top(tmp_path):
     notes.write_text("not weights\n")
     cached.clear()
     at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=240)
+    at.query_params["page"] = "explorer"  # "/" opens the Story
     for key, value in {"ctl_source": "demo", "ctl_cap": 2, "ctl_model_kind": "local", "ctl_local_arch": "toy-clip",
                        "ctl_ckpt": str(notes), "ctl_n_pairs": 8}.items():
         at.session_state[key] = value

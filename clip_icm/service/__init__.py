@@ -23,14 +23,15 @@ from clip_icm.service.fitting import (Fit, accuracy_table, accuracy_wide, choose
 from clip_icm.service.layout_worker import SPECULATIVE, Job as LayoutJob, LayoutWorker
 from clip_icm.service.layout_worker import ready as layout_ready, shared as layout_worker
 from clip_icm.service.maps import (MAP_POINTS, full_layout, full_layout_job, invariant_layout, invariant_layout_job,
-                                   nearest_neighbours, plot_ids, point_table, predictions, thumbnail)
+                                   example_rows, nearest_neighbours, neighbour_agreement, plot_ids, point_table, predictions,
+                                   sample_rows, thumbnail)
 from clip_icm.service.requests import (DATA_ROOTS_VAR, SOURCES, EmbeddingRequest, InterventionChoice, PairExample,
                                        PairsPreview, data_roots, default_target, describe, detect_folder,
                                        examples_of_pairs,
                                        device_and_precision, folder_path, has_true_factors, intervention_config,
                                        load_embeddings, open_clip_architectures, open_clip_tags, pair_examples,
-                                       pairs_preview, restrict_domains, text_banks, too_broad, upload_data,
-                                       upload_pairs)
+                                       pairs_preview, restrict_domains, text_banks, too_broad, true_factor,
+                                       upload_data, upload_pairs)
 
 __all__ = [
     "USER_ERRORS", "Progress", "ServiceError", "content_key", "message",
@@ -42,11 +43,11 @@ __all__ = [
     "projection_defaults", "sweep", "target_confusions", "with_unused_fixed",
     "SPECULATIVE", "LayoutJob", "LayoutWorker", "layout_ready", "layout_worker",
     "MAP_POINTS", "full_layout", "full_layout_job", "invariant_layout", "invariant_layout_job", "nearest_neighbours",
-    "plot_ids", "point_table", "predictions", "thumbnail",
+    "example_rows", "neighbour_agreement", "plot_ids", "point_table", "predictions", "sample_rows", "thumbnail",
     "DATA_ROOTS_VAR", "SOURCES", "EmbeddingRequest", "InterventionChoice", "PairExample", "PairsPreview",
     "pairs_preview", "upload_data", "upload_pairs", "data_roots",
     "default_target", "describe", "detect_folder", "device_and_precision", "examples_of_pairs", "folder_path",
     "has_true_factors",
     "intervention_config", "load_embeddings", "open_clip_architectures", "open_clip_tags", "pair_examples",
-    "restrict_domains", "text_banks", "too_broad",
+    "restrict_domains", "text_banks", "too_broad", "true_factor",
 ]

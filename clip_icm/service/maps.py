@@ -12,7 +12,7 @@ from clip_icm import evaluation, methods, reduce
 from clip_icm.embeddings import EmbeddingSet, unit_rows
 from clip_icm.errors import InvalidInput
 from clip_icm.hashing import digest
-from clip_icm.seeding import rng
+from clip_icm.seeding import rng, seed_hash
 from clip_icm.service.fitting import Fit
 from clip_icm.service.layout_worker import NOW, Job, LayoutWorker, ready, shared
 
@@ -173,6 +173,41 @@ def nearest_neighbours(X: np.ndarray, ids: np.ndarray, query: list[int], k: int 
         v = unit_rows(X[q])
         order = [int(pool[i]) for i in np.argsort(-(unit @ v), kind="stable") if pool[i] != q]
         out[int(q)] = order[:k]
+    return out
+
+
+def neighbour_agreement(X: np.ndarray, values: np.ndarray, k: int = 10, max_rows: int = 2000, seed: int = 0) -> float:
+    """The share of each row's ``k`` most cosine-similar other rows that have its value (its class, its
+    domain, its colour): how much a space groups images by that value (chance: the value's share).
+    Above ``max_rows`` rows, a seeded sample of them asks (the answer is a mean; the cost is n^2)."""
+    if k < 1 or len(X) <= k:
+        raise InvalidInput(f"k must be between 1 and {len(X) - 1}, got {k}")
+    rows = np.asarray(sample_rows(np.arange(len(X)), max_rows, seed))
+    unit = unit_rows(X[rows])
+    similar = unit @ unit.T
+    np.fill_diagonal(similar, -np.inf)
+    nearest = np.argpartition(-similar, k, axis=1)[:, :k]
+    values = np.asarray(values)[rows]
+    return float((values[nearest] == values[:, None]).mean())
+
+
+def sample_rows(rows: list[int] | np.ndarray, n: int, seed: int = 0) -> list[int]:
+    """At most ``n`` of ``rows``, a seeded sample in row order (the lowest row ids of a selection
+    are one class of one domain: the data sets are stored class by class)."""
+    rows = np.asarray(sorted(set(int(r) for r in rows)), dtype=int)
+    if len(rows) <= n:
+        return rows.tolist()
+    return sorted(rng(seed, "sample_rows").choice(rows, size=n, replace=False).tolist())
+
+
+def example_rows(emb: EmbeddingSet, domains: list[str], seed: int = 0) -> dict[tuple[str, str], int]:
+    """One seeded row per (class, domain) that has any: the world at a glance, class by domain."""
+    out = {}
+    for domain in domains:
+        for label, name in enumerate(emb.class_names):
+            rows = np.flatnonzero((emb.domains == domain) & (emb.labels == label))
+            if len(rows):
+                out[(name, domain)] = sample_rows(rows, 1, seed_hash(seed, name, domain))[0]
     return out
 
 

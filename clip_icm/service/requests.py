@@ -11,6 +11,7 @@ import numpy as np
 
 from clip_icm import defaults, evaluation
 from clip_icm.embeddings import EmbeddingSet
+from clip_icm.errors import InvalidInput
 from clip_icm.service.base import USER_ERRORS, Progress, ServiceError, content_key, guard, message
 from clip_icm.service.maps import thumbnail
 
@@ -330,6 +331,24 @@ def has_true_factors(source: str, root: str = "", dataset: str | None = None) ->
     if source == "demo":
         return True
     return source == "folder" and bool(root) and defaults.has_factors(root, dataset)
+
+
+def true_factor(request: EmbeddingRequest, emb: EmbeddingSet, factor: str = "colour") -> np.ndarray | None:
+    """Each row's true value of a factor of the ToyDomains world (e.g. its colour, the demo's
+    shortcut), read from the generator's factors.csv; None where the data have no such table."""
+    from clip_icm.toydomains import load_factors
+
+    if not has_true_factors(request.source, request.root, request.dataset) or emb.paths is None:
+        return None
+    folder = _data_folder(request)
+    try:
+        table = load_factors(folder)
+    except (OSError, InvalidInput):
+        return None
+    relative = [os.path.relpath(str(p), folder) for p in emb.paths]
+    if factor not in table.columns or not set(relative) <= set(table.index):
+        return None
+    return table.loc[relative, factor].astype(str).to_numpy()
 
 
 def data_roots(exposed: bool) -> tuple[Path, ...] | None:

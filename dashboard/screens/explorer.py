@@ -1,158 +1,51 @@
-"""The dashboard's pages, one function each: widgets in, service calls, figures out."""
+"""Explorer: the model to deploy, accuracy per domain, the two maps, confusions, interventions, export."""
 from __future__ import annotations
-
-import time
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clip_icm import choice, defaults, evaluation, figures, methods, reduce, service
+from clip_icm import choice, evaluation, figures, methods, reduce, service
 from clip_icm.embeddings import EmbeddingSet
 from dashboard import cached, controls, texts
+from dashboard.screens.common import (Context, choice_config, fit_key, fitted, invariant_label, layout_failure,
+                                    layout_status, map_figure, settings_context)
 
 THUMBS = 12
 
 
-@dataclass(frozen=True)
-class Selection:
-    """What a selection rule chose, and its score for the chosen setting and for CLIP."""
+# ---------------------------------------------------------------- Explorer
 
-    K: int
-    lam: float
-    rule: str
-    protocol: str
-    score: float
-    full_space_score: float
-    scores: pd.DataFrame  # the rule's score of every grid setting (columns K, lam, score)
-
-
-@dataclass(frozen=True)
-class Context:
-    request: service.EmbeddingRequest
-    emb: EmbeddingSet  # the chosen target and sources
-    choice: controls.ProjectionChoice
-    K: int
-    lam: float
-    selection: Selection | None
-    every_domain: EmbeddingSet  # before the domain choice: each domain held out in turn for the overview
-
-
-# ---------------------------------------------------------------- shared: settings and embeddings
-
-def settings_context() -> Context | None:
-    """Sidebar settings, then the embeddings (with progress); None (after an error message) if they fail."""
-    with st.sidebar:
-        with st.expander("Data and model", expanded=True):
-            data = controls.data_ui()
-            model = controls.model_ui() if data is None or data["source"] != "synthetic" else {}
-        if data is None:  # the folder picker said why; nothing is scanned
-            return None
-        interventions = service.InterventionChoice()
-        if data["source"] != "synthetic":
-            with st.expander("Interventions"):
-                world = service.has_true_factors(data["source"], data.get("root", ""), data.get("dataset"))
-                interventions = controls.interventions_ui(bundled_world=world)
-    request = service.EmbeddingRequest(**data, **model, interventions=interventions)
-    emb = load_embeddings(request)
-    if emb is None:
-        return None
-    start = service.projection_defaults(request.source, emb.features.shape[1])
-    every_domain = emb
-    with st.sidebar, st.expander("Domains and projection", expanded=True):
-        choice = controls.projection_ui(emb, service.default_target(emb, request.source), start)
-        emb = service.restrict_domains(emb, (choice.target, *choice.sources))
-        selection = select_k_lam(emb, choice, start)
-        K, lam = controls.k_lam_ui(emb.features.shape[1], start,
-                                   None if selection is None else (selection.K, selection.lam), choice.method)
-    with st.sidebar:
-        controls.cache_ui(emb)
-    return Context(request, emb, choice, K, lam, selection, every_domain)
+def explorer_page() -> None:
+    st.title("CLIP-ICM Explorer")
+    # UMAP's kernels compile (or load from numba's cache) in another process, on the core that the
+    # embedding pass leaves idle, rather than in this one, where compilation would hold the GIL.
+    reduce.compile_in_background()
+    ctx = settings_context()
+    if ctx is None:
+        return
+    _summary(ctx)
+    # The page leads with the model to deploy and every target at a glance; both are filled after the
+    # accuracy chart (which a K or lam change must update quickly) and the maps, in these places.
+    lead, overview = st.container(), st.container()
+    K, lam = ctx.K, ctx.lam
+    table = _accuracy_section(ctx, K, lam)
+    with lead:
+        _model_choice_lead(ctx, table)
+    fit = fitted(ctx, K, lam)
+    if fit is None:
+        return
+    # which class becomes which: the picture a stakeholder reads at once, above the maps (it was ~1,900 px down)
+    _confusion_section(ctx, K, lam)
+    layouts = _umap_section(ctx, fit, K, lam)
+    _gallery_section(ctx)
+    if table is not None:
+        _export_section(ctx, fit, table, layouts)
+    with overview:
+        _targets_overview(ctx)
 
 
-def load_embeddings(request: service.EmbeddingRequest) -> EmbeddingSet | None:
-    """From the resource cache, or built here with a progress bar (counts and time left)."""
-    slot = cached.embedding_slot(request.key)
-    if "emb" not in slot:
-        box, notes = st.empty(), []
-        try:
-            with box.status("Preparing embeddings…", expanded=True):
-                emb = _build(request, notes)
-        except service.ServiceError as e:
-            box.error(texts.plain(str(e)))  # in place of the status box: the reason, in full, at the top of the page
-            return None
-        box.empty()
-        slot.update(emb=emb, notes=notes)
-    for note in slot["notes"]:
-        st.warning(texts.plain(note))  # notes quote folder names
-    return slot["emb"]
 
-
-def _build(request: service.EmbeddingRequest, notes: list[str]) -> EmbeddingSet:
-    return service.load_embeddings(request, StageProgress(), notes)
-
-
-class StageProgress:
-    """The embedding pass's progress: a bar for the running stage (its count and the time left at
-    that stage's own rate) above a line naming the stages done, with their sizes and times, so that
-    a pass of ten stages does not look like one bar starting over. A stage's first report counts
-    the items served from the cache (pipeline.Progress): a stage served whole says so, with no time."""
-
-    def __init__(self) -> None:
-        self.bar, self.log = st.progress(0.0, text="starting"), st.empty()
-        self.stage: str | None = None
-        self.since, self.first_done, self.total = time.monotonic(), 0, 0
-        self.finished: list[str] = []
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if stage != self.stage:
-            if self.stage is not None:
-                self.finished.append(stage_summary(self.stage, self.total, now - self.since, self._served_whole))
-                self.log.caption("Done: " + " · ".join(self.finished))
-            self.stage, self.since, self.first_done = stage, now, done  # rows found in the store come first
-        self.total = total
-        if self._served_whole:
-            text = f"{stage}: served from cache ({total:,} items)"
-        else:
-            left = seconds_left(now - self.since, done - self.first_done, total - done)
-            eta = f", about {left:.0f} s left" if left is not None else ""
-            text = f"{stage}: {done}/{total}{eta}"
-        self.bar.progress(min(done / total, 1.0) if total else 1.0, text=text)
-
-    @property
-    def _served_whole(self) -> bool:
-        return bool(self.total) and self.first_done >= self.total
-
-
-def stage_summary(stage: str, total: int, seconds: float, served_from_cache: bool = False) -> str:
-    if served_from_cache:  # no time: reading the store is not the stage's work
-        return f"{stage} served from cache ({total:,} items)"
-    size = f" {total:,}" if total > 1 else ""
-    return f"{stage}{size} ({seconds:.1f} s)"
-
-
-def seconds_left(elapsed: float, done: int, remaining: int) -> float | None:
-    """At the rate of the ``done`` items computed in ``elapsed`` seconds; None before the first."""
-    return elapsed / done * remaining if done > 0 else None
-
-
-def select_k_lam(emb: EmbeddingSet, c: controls.ProjectionChoice, start: dict) -> Selection | None:
-    """Run the chosen selection rule on source data (cached); None when it is off or fails
-    (after an error message: the sliders then decide)."""
-    if c.selection == "off":
-        return None
-    config = controls.eval_config(c, start["K"], start["lam"], (c.method,))
-    Ks, lams = methods.spec(c.method).grid(emb.features.shape[1], c.lam_mode, start["K"], start["lam"])
-    try:
-        with st.spinner(f"Choosing K and λ ({len(Ks) * len(lams)} settings, source data only)…"):
-            K, lam, scores = cached.choose(emb.key, c.target, c.method, config, Ks, lams, c.selection, c.protocol, emb)
-            full = cached.full_space_score(emb.key, c.target, config, c.selection, c.protocol, emb)
-    except service.ServiceError as e:
-        st.error(f"{e} Selection is off; the sliders decide.")
-        return None
-    return Selection(K, lam, c.selection, c.protocol, float(scores.score.max()), full, scores)
 
 
 def _selection_note(ctx: Context) -> None:
@@ -179,67 +72,10 @@ def _selection_note(ctx: Context) -> None:
     st.info(text)
 
 
-def fitted(ctx: Context, K: int, lam: float) -> service.Fit | None:
-    """The fitted projection (cached); None after an error message."""
-    c = ctx.choice
-    try:
-        return cached.fit(ctx.emb.key, c.target, c.method, controls.eval_config(c, K, lam, (c.method,)), ctx.emb)
-    except service.ServiceError as e:
-        st.error(str(e))
-        return None
-
-
-def _fit_key(ctx: Context, K: int, lam: float) -> str:
-    """What the fit depends on (cached.fit's arguments), so that picking a baseline keeps the
-    invariant layout and predictions cached."""
-    c = ctx.choice
-    return service.content_key(ctx.emb.key, c.target, c.method, controls.eval_config(c, K, lam, (c.method,)))
-
-
-# ---------------------------------------------------------------- Explorer
-
-def explorer_page() -> None:
-    st.title("CLIP-ICM Explorer")
-    # UMAP's kernels compile (or load from numba's cache) in another process, on the core that the
-    # embedding pass leaves idle, rather than in this one, where compilation would hold the GIL.
-    reduce.compile_in_background()
-    ctx = settings_context()
-    if ctx is None:
-        return
-    _summary(ctx)
-    # The page leads with the model to deploy and every target at a glance; both are filled after the
-    # accuracy chart (which a K or lam change must update quickly) and the maps, in these places.
-    lead, overview = st.container(), st.container()
-    K, lam = ctx.K, ctx.lam
-    table = _accuracy_section(ctx, K, lam)
-    with lead:
-        _model_choice_lead(ctx, table)
-    fit = fitted(ctx, K, lam)
-    if fit is None:
-        return
-    layouts = _umap_section(ctx, fit, K, lam)
-    _confusion_section(ctx, K, lam)
-    _gallery_section(ctx)
-    if table is not None:
-        _export_section(ctx, fit, table, layouts)
-    with overview:
-        _targets_overview(ctx)
-
-
-def _choice_config(ctx: Context) -> evaluation.EvalConfig | None:
-    """The setting the model choice starts from (its rule picks K and lam, so the sliders are not in it);
-    None where it does not apply (the released preset chose nothing; the open-class task has no probe)."""
-    c = ctx.choice
-    if c.task != "domain_shift" or c.eval_protocol != "ours":
-        return None
-    dim = ctx.emb.features.shape[1]
-    return controls.eval_config(c, defaults.k(dim), defaults.LAM, ())
-
-
 def _model_choice_lead(ctx: Context, table: pd.DataFrame | None) -> None:
     """The model to deploy on the selected target, chosen without its labels, in a sentence; then how it
     did against CLIP (with the labels: a description), and the sliders' setting beside the rule's."""
-    config, c = _choice_config(ctx), ctx.choice
+    config, c = choice_config(ctx), ctx.choice
     if config is None:
         st.caption("The model choice runs under this project's protocol on the domain-shift task.")
         return
@@ -272,13 +108,17 @@ def _hand_setting_note(ctx: Context, table: pd.DataFrame, rule: dict) -> None:
     yours, theirs = float(mine.accuracy.iloc[0]), rule["ICM probe"]
     text = (f"Your K = {ctx.K}, λ = {ctx.lam:g}: ICM probe {yours:.1%} on {c.target}. The rule chose K = {rule['K']}, "
             f"λ = {rule['lam']:g}: ICM probe {theirs:.1%}.")
-    (st.warning if yours < theirs - 0.05 else st.info)(text + " Set “Choose K and λ by” back to a rule to return.")
+    (st.warning if yours < theirs - 0.05 else st.info)(text)
+    if st.session_state.get(controls.HAND_SET_FROM):
+        st.button("Back to the chosen K and λ", key="back_to_rule", on_click=controls.back_to_the_rule)
+    else:
+        st.caption("Set “Choose K and λ by” (Advanced) back to a rule to return.")
 
 
 def _targets_overview(ctx: Context) -> None:
     """Every domain held out in turn (the others as sources): each candidate's accuracy and the model
     chosen for it, so where the projection helps and where it does not shows without a control."""
-    config = _choice_config(ctx)
+    config = choice_config(ctx)
     if config is None:
         return
     emb, rows = ctx.every_domain, []
@@ -311,11 +151,10 @@ def _overview_table(frame: pd.DataFrame):
 
 
 def _summary(ctx: Context) -> None:
+    """The data in words; the pair sets (pipeline names) are under Advanced > Interventions."""
     info = service.describe(ctx.emb)
-    pairs = ", ".join(f"{n} {k}" for k, n in info["pairs"].items()) or "none"
-    st.caption(f"{info['images']} images · D = {info['dim']} · {info['classes']} classes · "
-               f"{info['domains']} domains · pairs: {pairs} · model: {ctx.request.model_label} · "
-               f"target: **{texts.plain(ctx.choice.target)}**")
+    st.caption(f"{info['images']:,} images of {info['classes']} classes in {info['domains']} domains · "
+               f"model: {ctx.request.model_label} · target (held out): **{texts.plain(ctx.choice.target)}**")
 
 
 def _accuracy_section(ctx: Context, K: int, lam: float):
@@ -354,8 +193,11 @@ def _protocol_note(ctx: Context) -> None:
     rows = "the target's 20% holdout" if spec.target_rows == "holdout" else "the whole target domain"
     scale = (f" λ is read as {spec.lam_mode} under this protocol." if spec.lam_mode
              and spec.lam_mode != ctx.choice.lam_mode else "")
-    st.caption(f"Protocol: **{spec.label}** (target scored on {rows}). Orth-Cali calibrates class text only: "
-               f"zero-shot, its probe is n/a.{scale}")
+    shown = (ctx.choice.method, *ctx.choice.baselines)
+    # said only where an Orth-Cali row is in the table (the tour read it as jargon on every page)
+    orth_cali = (" Orth-Cali calibrates class text only: zero-shot, its probe is n/a."
+                 if any(methods.spec(m).text_only for m in shown) else "")
+    st.caption(f"Protocol: **{spec.label}** (target scored on {rows}).{orth_cali}{scale}")
     if spec.precision and ctx.request.source != "synthetic":
         try:
             _, precision = service.device_and_precision(ctx.request.device, ctx.request.precision)
@@ -375,7 +217,12 @@ def _open_class_section(ctx: Context, K: int, lam: float):
     except service.ServiceError as e:
         st.error(str(e))
         return None
-    st.dataframe(service.open_class_wide(frame, c.target).style.format("{:.1%}", na_rep="n/a"))
+    wide = service.open_class_wide(frame, c.target)
+    # the target's three columns first, the sources' below: one table of every domain's was wider than the page
+    on_target = [col for col in wide.columns if col[0] == f"{c.target} (target)"]
+    st.dataframe(wide[on_target].style.format("{:.1%}", na_rep="n/a"))
+    st.markdown("On the source domains' validation rows")
+    st.dataframe(wide.drop(columns=on_target).style.format("{:.1%}", na_rep="n/a"))
     st.caption("A seeded half of the classes (base) is all any fit sees, from the source domains only; zero-shot "
                "then names every class. HM: harmonic mean of base and new accuracy.")
     return None
@@ -387,7 +234,8 @@ def _headline(table, choice: controls.ProjectionChoice) -> None:
     for col, protocol in zip(st.columns(2), ("linear probe", "zero-shot")):
         clip = target.get((evaluation.FULL_SPACE, protocol), np.nan)
         ours = target.get((choice.method, protocol), np.nan)
-        col.metric(f"{label} {protocol} on {texts.plain(choice.target)}", f"{ours:.1%}", f"{ours - clip:+.1%} vs CLIP")
+        col.metric(f"{label} {protocol} on {texts.plain(choice.target)}", f"{ours:.1%}",
+                   f"{ours - clip:+.1%} vs CLIP's {clip:.1%}")
 
 
 def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
@@ -400,11 +248,11 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
     colour = controls.colour_ui()
     max_points = controls.map_points_ui(len(emb.labels))
     ids = cached.plot_ids(emb.key, max_points, emb)
-    store, fit_key = cached.results_store(), _fit_key(ctx, K, lam)
+    store, this_fit = cached.results_store(), fit_key(ctx, K, lam)
     label = service.method_label(fit.method)
     inv_title = f"Invariant space ({label}, K = {K}, lam = {lam:g})"
     full_job = service.full_layout_job(emb, ids, store=store)
-    inv_job = service.invariant_layout_job(emb, ids, fit_key, lambda: fit, _invariant_label(c.method, K, lam),
+    inv_job = service.invariant_layout_job(emb, ids, this_fit, lambda: fit, invariant_label(c.method, K, lam),
                                            store=store)
     previous = st.session_state.get("invariant_layout_job")  # a slider dragged on: its last stop can wait
     if previous is not None and previous is not inv_job:
@@ -413,27 +261,24 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
     _speculate(ctx, ids, K, lam)
     full_points = service.point_table(emb, ids, c.target,
                                       cached.predictions(emb.key, "", evaluation.FULL_SPACE, emb, None))
-    inv_points = service.point_table(emb, ids, c.target, cached.predictions(emb.key, fit_key, fit.method, emb, fit))
+    inv_points = service.point_table(emb, ids, c.target, cached.predictions(emb.key, this_fit, fit.method, emb, fit))
     space = (emb.key, id(emb) if not emb.key else "", max_points)  # "that space": the same points, another fit
-    full_fig = _map_figure(full_job, full_points, colour, "Full CLIP space")
-    inv_fig = _map_figure(inv_job, inv_points, colour, inv_title)
+    full_fig = map_figure(full_job, full_points, colour, "Full CLIP space")
+    inv_fig = map_figure(inv_job, inv_points, colour, inv_title)
     if inv_fig is not None:
         st.session_state["last_invariant_map"] = (space, inv_job.result(), inv_points, inv_title)
     elif inv_job.pending:
         inv_fig = _stale_map(space, colour, K, lam)
     pending = [job for job in (full_job, inv_job) if job.pending]
     if pending:
-        _layout_status(pending)
+        layout_status(pending)
     _maps_and_selection(emb, ids, fit, full_fig, inv_fig,
-                        {"umap_full": _layout_failure(full_job), "umap_invariant": _layout_failure(inv_job)})
+                        {"umap_full": layout_failure(full_job), "umap_invariant": layout_failure(inv_job)})
     drawn = {"umap_full": (full_fig, full_job), "umap_invariant": (inv_fig, inv_job)}
     return {name: fig for name, (fig, job) in drawn.items() if fig is not None and service.layout_ready(job)}
 
 
-def _map_figure(job: service.LayoutJob, points: pd.DataFrame, colour: str, title: str):
-    """The map of a finished layout job; None while it is pending or when it failed."""
-    xy = job.result()
-    return None if xy is None else figures.scatter_layout(xy, points, colour, title)
+
 
 
 def _stale_map(space: tuple, colour: str, K: int, lam: float):
@@ -446,28 +291,7 @@ def _stale_map(space: tuple, colour: str, K: int, lam: float):
     return fig.update_traces(opacity=0.35)
 
 
-def _layout_failure(job: service.LayoutJob) -> str | None:
-    error = job.error()
-    if error is None:
-        return None
-    what = service.message(error) if isinstance(error, service.USER_ERRORS) else f"{type(error).__name__}: {error}"
-    return f"The {job.label} layout failed: {texts.plain(what)}"
 
-
-LAYOUT_POLL_S = 1.0
-
-
-@st.fragment(run_every=LAYOUT_POLL_S)
-def _layout_status(jobs: list) -> None:
-    """While layouts are pending: where each stands, polled every LAYOUT_POLL_S; once none is, the
-    whole page reruns (and draws the maps and their exports), which no longer draws this: polling stops."""
-    pending = [job for job in jobs if job.pending]
-    if not pending:
-        st.rerun()
-    worker = service.layout_worker()
-    stands = "; ".join(f"{job.label}, {job.progress(worker.ahead_of(job))}" for job in pending)
-    st.info(f"Maps laying out in the background ({stands}). The numbers above are already for this setting; "
-            "the maps follow by themselves.", icon="⏳")
 
 
 def _speculate(ctx: Context, ids: np.ndarray, K: int, lam: float) -> None:
@@ -487,16 +311,15 @@ def _speculate(ctx: Context, ids: np.ndarray, K: int, lam: float) -> None:
             continue
         cell_K, cell_lam = int(cell_K), float(cell_lam)
         config = controls.eval_config(c, cell_K, cell_lam, (c.method,))
-        job = service.invariant_layout_job(ctx.emb, ids, _fit_key(ctx, cell_K, cell_lam),
+        job = service.invariant_layout_job(ctx.emb, ids, fit_key(ctx, cell_K, cell_lam),
                                            lambda config=config: service.fit(ctx.emb, c.target, c.method, config),
-                                           _invariant_label(c.method, cell_K, cell_lam),
+                                           invariant_label(c.method, cell_K, cell_lam),
                                            store=cached.results_store(), priority=service.SPECULATIVE)
         if job is None:  # the worker has enough waiting
             return
 
 
-def _invariant_label(method: str, K: int, lam: float) -> str:
-    return f"invariant space ({service.method_label(method)}, K = {K}, λ = {lam:g})"
+
 
 
 def _nearest(values: list, value: float) -> int:
@@ -511,6 +334,9 @@ def _maps_and_selection(emb: EmbeddingSet, ids: np.ndarray, fit: service.Fit, fu
     A map not laid out yet is a placeholder; one whose layout failed, the reason and a retry."""
     left, right = st.columns(2)
     selections = []
+    # linked brushing: what is selected on one map is highlighted on the other
+    chosen = {key: figures.selected_ids(st.session_state.get(key)) for key in ("umap_full", "umap_invariant")}
+    brushed = {"umap_full": chosen["umap_invariant"], "umap_invariant": chosen["umap_full"]}
     for column, fig, key, space in ((left, full_fig, "umap_full", "full space"),
                                     (right, inv_fig, "umap_invariant", "invariant space")):
         with column:
@@ -522,18 +348,22 @@ def _maps_and_selection(emb: EmbeddingSet, ids: np.ndarray, fit: service.Fit, fu
             elif fig is None:
                 st.info(f"The {space} map is laying out in the background; it appears here when ready.")
             else:
+                fig = figures.with_highlight(fig, brushed[key]) if brushed[key] else fig
                 selections.append(st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("box", "lasso")))
     st.caption("Circles: source domains, crosses: the target domain. Hover shows the zero-shot prediction in that "
-               "space. Layouts share an initialisation so that the two pictures are comparable. Select points "
-               "(box or lasso) to see their images and nearest neighbours.")
+               "space. Layouts share an initialisation so that the two pictures are comparable. Dragging on a "
+               "map lasso-selects points (the toolbar switches to box select, zoom or pan), highlights them on the "
+               "other map and shows their images and nearest neighbours.")
     picked = sorted(set().union(*(figures.selected_ids(selection) for selection in selections)))
     if picked:
         _selection_view(emb, ids, picked, fit)
 
 
 def _selection_view(emb: EmbeddingSet, ids: np.ndarray, picked: list[int], fit: service.Fit) -> None:
-    st.markdown(f"**{len(picked)} selected**")
-    _thumbs(emb, picked[:THUMBS])
+    shown = service.sample_rows(picked, THUMBS)
+    sample = f" (a seeded sample of {len(shown)})" if len(shown) < len(picked) else ""
+    st.markdown(f"**{len(picked)} selected**{sample}")
+    _thumbs(emb, shown)
     query = st.selectbox("Nearest neighbours of", picked, format_func=lambda i: _caption(emb, i), key="nn_query")
     for title, X in (("full space", emb.features), ("invariant space", fit.transform(emb.features))):
         st.markdown(f"Nearest in the **{title}**")
@@ -566,7 +396,8 @@ def _confusion_section(ctx: Context, K: int, lam: float) -> None:
     titles = {evaluation.FULL_SPACE: f"CLIP, full space ({protocol})",
               c.method: f"{service.method_label(c.method)}, K = {K} ({protocol})"}
     st.plotly_chart(figures.confusion_heatmaps(matrices, emb.class_names, titles), key="confusions")
-    st.caption("Rows: the true class; columns: the predicted one; each row in shares of its class. Off the "
+    st.caption("Rows: the true class; columns: the predicted one. Each cell shows a count of images; its colour is "
+               "that count's share of the row's class. Off the "
                "diagonal is where a shortcut sends a class: on the bundled world, to the class whose usual colour "
                "and scene it has in the target.")
 
@@ -641,137 +472,3 @@ def embeddings_parquet(emb: EmbeddingSet, target: str, config: evaluation.EvalCo
     return service.table_bytes(table, "parquet")
 
 
-# ---------------------------------------------------------------- Diagnostics
-
-def diagnostics_page() -> None:
-    st.title("Diagnostics")
-    ctx = settings_context()
-    if ctx is None:
-        return
-    K, lam = ctx.K, ctx.lam
-    fit = fitted(ctx, K, lam)
-    if fit is None:
-        return
-    c1, c2 = st.columns(2)
-    c1.metric("Invariance ratio ||ΔA|| / ||ZA||", f"{fit.invariance_ratio:.3f}",
-              f"{fit.invariance_ratio - fit.full_ratio:+.3f} vs full space ({fit.full_ratio:.3f})", delta_color="inverse")
-    c1.metric("Centred invariance ratio ||ΔA|| / ||(Z − mean Z)A||", f"{fit.centred_ratio:.3f}")
-    c2.caption(f"Measured on {fit.ratio_pairs}. Small means the kept directions barely move when the variant "
-               "factors are intervened on. The uncentred ratio is flattered by CLIP's large common mean (any "
-               "subspace that keeps the mean direction looks invariant); the centred one compares the movement "
-               "with the spread between images.")
-    spectrum = methods.spec(fit.method).spectrum
-    if fit.eigenvalues is not None and spectrum is not None:
-        st.plotly_chart(figures.spectrum_figure(fit.eigenvalues, K, spectrum), key="spectrum")
-    else:
-        st.caption(f"{service.method_label(fit.method)} has no eigenvalue spectrum of M.")
-    _orth_cali_caption(ctx, K, lam)
-    _choice_scores_section(ctx)
-    _sweep_section(ctx, K, lam)
-
-
-def _choice_scores_section(ctx: Context) -> None:
-    """The model choice's candidates with their scores and uncertainty (what chose the model on the Explorer)."""
-    config = _choice_config(ctx)
-    if config is None:
-        return
-    try:
-        _, made = cached.evaluate_and_choose(ctx.emb.key, ctx.choice.target, config, ctx.emb)
-    except service.ServiceError as e:
-        st.caption(f"No model choice: {e}")
-        return
-    st.subheader("Which model to deploy")
-    st.plotly_chart(figures.choice_scores(made.table, ctx.choice.target), key="choice_scores")
-    checks = made.table.set_index("candidate")[[col for col in made.table.columns if col.endswith(" accuracy")]]
-    st.dataframe(checks.style.format("{:.1%}"))
-    st.caption(f"{made.why} Each check's accuracy is averaged over the source domains; the score takes, per "
-               "source domain, the worst of its checks. No target label is read.")
-
-
-def _orth_cali_caption(ctx: Context, K: int, lam: float) -> None:
-    """What the Orth-Cali baselines' P0 removes, and a warning when it is most of the class signal."""
-    c = ctx.choice
-    for method in [m for m in (c.method, *c.baselines) if methods.spec(m).text_only]:
-        try:
-            text, warn = service.orth_cali_summary(ctx.emb, c.target, method, controls.eval_config(c, K, lam, (method,)))
-        except service.ServiceError as e:
-            st.caption(str(e))
-            continue
-        (st.warning if warn else st.caption)(text + (" Most of what tells the classes apart goes with it "
-                                                      "(docs/FAITHFULNESS.md)." if warn else ""))
-
-
-@st.fragment
-def _sweep_section(ctx: Context, K: int, lam: float) -> None:
-    """A fragment: turning the sweep on or off reruns only this section."""
-    st.subheader("K x lam sweep")
-    st.markdown(texts.SWEEP_NOTE)
-    if not controls.sweep_ui():
-        return
-    c, emb = ctx.choice, ctx.emb
-    Ks, lams = methods.spec(c.method).grid(emb.features.shape[1], c.lam_mode, K, lam)
-    config = controls.eval_config(c, K, lam, (c.method,))
-    bar, frames = st.progress(0.0, text="sweep"), []
-    try:
-        for i, k in enumerate(Ks):  # one K per cached call, so the bar can move between them
-            bar.progress(i / len(Ks), text=f"sweep: K = {k} ({i + 1}/{len(Ks)}, {len(lams)} lam values each)")
-            frames.append(cached.sweep(emb.key, c.target, c.method, config, (k,), lams, emb))
-    except service.ServiceError as e:
-        st.error(str(e))
-        return
-    bar.empty()
-    frame = pd.concat(frames, ignore_index=True)
-    s = ctx.selection
-    if s is not None and s.protocol == evaluation.LINEAR_PROBE:  # the sweep scores the probe
-        # the left map shows what chose K and lam on the Explorer: the same grid, the same scores
-        frame = frame.merge(s.scores.rename(columns={"score": "selection_score"}), on=["K", "lam"])
-        rule = evaluation.SCORING_LABELS[s.rule]
-        fig = figures.sweep_heatmaps(frame, (s.K, s.lam), "selection_score", f"{rule} (honest)")
-        star = f"Star: chosen by {rule} (K = {s.K}, lam = {s.lam:g})"
-    else:
-        best = frame.loc[frame["source_val_accuracy"].idxmax()]
-        fig = figures.sweep_heatmaps(frame, (int(best.K), float(best.lam)))
-        star = f"Star: best on source validation (K = {int(best.K)}, lam = {best.lam:g})"
-    st.plotly_chart(fig, key="sweep")
-    st.caption(f"{star}. The right map uses target labels and is shown only to illustrate the gap; never "
-               "choose from it.")
-
-
-# ---------------------------------------------------------------- Causal playground and About
-
-def playground_page() -> None:
-    from clip_icm.scm import SCMConfig
-
-    st.title("Causal playground")
-    st.markdown(texts.PLAYGROUND_INTRO)
-    c1, c2, c3 = st.columns(3)
-    corr = c1.slider("Spurious correlation in training", 0.5, 1.0, 0.9, 0.05, key="pg_corr")
-    top_shift = c1.slider("Largest test-time shift", 0.25, 1.0, 1.0, 0.25, key="pg_shift",
-                          help="1 = the shortcut points to the wrong class every time")
-    noise = c2.slider("Observation noise", 0.0, 2.0, 0.0, 0.1, key="pg_noise")
-    n_inv = c2.slider("Invariant dimensions", 1, 16, 8, key="pg_inv")
-    n_var = c3.slider("Variant dimensions", 1, 16, 8, key="pg_var")
-    extra = c3.slider("Extra embedding dimensions", 0, 48, 0, 4, key="pg_extra")
-    lam = c3.select_slider("lam", [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6], defaults.PLAYGROUND_LAM, key="pg_lam")
-    config = SCMConfig(n_invariant=n_inv, n_variant=n_var, dim=n_inv + n_var + extra, spurious_correlation=corr,
-                       noise=noise)
-    shifts = tuple(float(x) for x in np.linspace(0.0, top_shift, 5))
-    try:
-        with st.spinner("Sampling the world and fitting…"):
-            table = cached.playground(config, shifts, lam, None)
-    except service.ServiceError as e:
-        st.error(str(e))
-        return
-    shown = table.assign(predictor=table["method"].map(service.method_label))
-    left, right = st.columns(2)
-    left.plotly_chart(figures.playground_accuracy(shown, "shift", "ood_accuracy", "predictor",
-                                                  "Accuracy on the shifted environment"), key="pg_acc")
-    right.plotly_chart(figures.playground_recovery(shown.assign(method=shown["predictor"])), key="pg_rec")
-    angles = table.drop_duplicates("method").set_index("method")["max_angle"]
-    st.markdown(texts.playground_angles(angles.get("icm", np.nan), angles.get("icm_as_released", np.nan)))
-    st.dataframe(table, hide_index=True)
-
-
-def about_page() -> None:
-    st.title("About the method")
-    st.markdown(texts.ABOUT)
