@@ -90,7 +90,7 @@ def test_explorer_opens_with_both_layouts_and_the_accuracy_chart():
     assert [m.label for m in at.metric][0] == "ICM linear probe on sketch"
     labels = [b.label for b in at.get("download_button")]
     assert {"Projection (.npz)", "Accuracy table (.csv)", "Embeddings table (.parquet)", "accuracy (.html)",
-            "umap_full (.html)", "umap_invariant (.html)"} <= set(labels)
+            "umap_full (.html)", "umap_invariant (.html)", "Report (one .html file)"} <= set(labels)
 
 
 def test_changing_target_k_lam_and_method_updates_the_accuracy_table():
@@ -452,3 +452,23 @@ def test_cache_settings_show_the_size_bound_it_and_clear_this_data_sets_entries(
     assert not at.exception and any("$CLIP_ICM_CACHE_MAX_SIZE: not a size: 'lots'" in e.value for e in at.error)
     at.sidebar.text_input(key="cache_bound").set_value("").run()
     assert cache.MAX_SIZE_VAR not in os.environ
+
+
+def test_the_explorers_report_button_makes_the_report_at_the_pages_settings(monkeypatch, tmp_path):
+    """The button hands Streamlit a maker (the file is built on a click): at K and lam set by hand it is
+    the report at those, for the page's target and method, opened on the page's store."""
+    from dashboard import controls
+    from dashboard.screens import common, explorer
+
+    monkeypatch.setenv("CLIP_ICM_CACHE", str(tmp_path))
+    request = service.EmbeddingRequest(source="synthetic", n_per_domain=30)
+    emb = service.load_embeddings(request)
+    target = emb.domain_names[-1]
+    choice = controls.ProjectionChoice(target=target, sources=tuple(emb.domain_names[:-1]), method="icm",
+                                       baselines=(), lam_mode="relative", selection="off",
+                                       protocol="linear probe", prompts="classes", pair_sets=())
+    ctx = common.Context(request=request, emb=emb, choice=choice, K=3, lam=2.0, selection=None, every_domain=emb)
+    fit = common.fitted(ctx, 3, 2.0)
+    html = explorer._report_maker(ctx, fit)()
+    assert html.startswith("<!DOCTYPE html>") and "K = 3" in html and "λ = 2" in html
+    assert f"{target}" in html and html.count("<script") >= 2

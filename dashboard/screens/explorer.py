@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clip_icm import choice, evaluation, figures, methods, reduce, service
+from clip_icm import choice, evaluation, figures, methods, reduce, report, service
 from clip_icm.embeddings import EmbeddingSet
 from dashboard import cached, controls, texts
 from dashboard.screens.common import (Context, choice_config, fit_key, fitted, invariant_label, layout_failure,
@@ -43,9 +43,6 @@ def explorer_page() -> None:
         _export_section(ctx, fit, table, layouts)
     with overview:
         _targets_overview(ctx)
-
-
-
 
 
 def _selection_note(ctx: Context) -> None:
@@ -450,6 +447,11 @@ def _export_section(ctx: Context, fit: service.Fit, table, layouts: dict) -> Non
                            key="dl_parquet", help="One row per image: path, domain, class, split, the maps' "
                            "coordinates (ICM's for the invariant map), each method's predictions and the vectors; "
                            "columns: docs/EXPORT.md")
+        st.download_button("Report (one .html file)", _report_maker(ctx, fit), file_name=f"report_{fit.target}.html",
+                           mime="text/html", key="dl_report",
+                           help="One self-contained file to hand out (opens offline): the world, both maps, the "
+                           "confusions, the interventions, the projection, the model to deploy on every target "
+                           "and the provenance, at these settings (docs/REPORT.md). Takes a few seconds.")
         figs = {"accuracy": figures.accuracy_bars(table, ctx.choice.target), **layouts}
         cols = st.columns(len(figs))
         for col, (name, fig) in zip(cols, figs.items()):
@@ -462,6 +464,20 @@ def _export_section(ctx: Context, fit: service.Fit, table, layouts: dict) -> Non
         else:
             st.caption("PNG export needs kaleido and a browser for it; not installed here, so only the "
                        "interactive HTML is offered (it opens offline, plotly.js is inlined).")
+
+
+def _report_maker(ctx: Context, fit: service.Fit):
+    """Makes the one-file report (clip_icm.report) at the page's settings when the button asks for it:
+    the rule's K and lam when a rule chose them, the sliders' otherwise; its layouts and results come
+    from the page's store. The settings are read now, in the page's run; the file is built on a click."""
+    c = ctx.choice
+    config = controls.eval_config(c, fit.K, fit.lam, c.baselines)
+    settings = report.Settings(method=c.method, scoring=None if ctx.selection is None else c.selection,
+                               select_for=c.protocol, model=ctx.request.model_label,
+                               interventions=service.intervention_config(ctx.request.interventions),
+                               max_points=st.session_state.get("ctl_map_points", service.MAP_POINTS))
+    store = cached.results_store()
+    return lambda: report.build(ctx.emb, c.target, config, settings, store=store).html
 
 
 def embeddings_parquet(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) -> bytes:
