@@ -244,7 +244,7 @@ def _model_choice_lead(ctx: Context, table: pd.DataFrame | None) -> None:
         st.caption("The model choice runs under this project's protocol on the domain-shift task.")
         return
     try:
-        with st.spinner(f"Choosing the model to deploy on {c.target} (source data only)…"):
+        with st.spinner(f"Choosing the model to deploy on {c.target} (no target label)…"):
             frame, made = cached.evaluate_and_choose(ctx.emb.key, c.target, config, ctx.emb)
     except service.ServiceError as e:
         st.warning(f"No model choice for {c.target}: {e}")
@@ -256,9 +256,9 @@ def _model_choice_lead(ctx: Context, table: pd.DataFrame | None) -> None:
         st.caption(made.shortfall)
     against = "; ".join(f"{v.difference * 100:+.1f} points vs {v.versus} (95 % interval {v.low * 100:+.1f} to "
                         f"{v.high * 100:+.1f}, McNemar p = {v.p_value:.2g})" for v in made.versus_clip.itertuples())
-    st.caption(f"Chosen on source data only: per source domain the worst of its validation rows, their intervened "
-               f"copies and the domain held out; the simplest model unless a more complex one scores higher by more "
-               f"than one standard error of their difference (scores on Diagnostics). With {c.target}'s labels, afterwards: {against}.")
+    rule = choice.rule_text(made.mode)
+    st.caption(f"{rule[0].upper()}{rule[1:]} (scores on Diagnostics). With {c.target}'s labels, "
+               f"afterwards: {against}.")
     if table is not None and (ctx.K, ctx.lam) != (row["K"], row["lam"]) and methods.spec(c.method).tunes_k:
         _hand_setting_note(ctx, table, row)
 
@@ -684,8 +684,8 @@ def _choice_scores_section(ctx: Context) -> None:
     st.plotly_chart(figures.choice_scores(made.table, ctx.choice.target), key="choice_scores")
     checks = made.table.set_index("candidate")[[col for col in made.table.columns if col.endswith(" accuracy")]]
     st.dataframe(checks.style.format("{:.1%}"))
-    st.caption(f"{made.why} Each check's accuracy is averaged over the source domains; the score takes, per "
-               "source domain, the worst of its checks. No target label is read.")
+    st.caption(f"{made.why} Each check's accuracy is averaged over the source domains. The score: "
+               f"{choice.rule_text(made.mode)}.")
 
 
 def _orth_cali_caption(ctx: Context, K: int, lam: float) -> None:

@@ -113,6 +113,9 @@ def test_the_default_mode_reads_the_unlabelled_target_and_says_so(made, source_o
     assert "target images" not in source_only.why and "on the source checks" in source_only.why
     assert "unlabelled target images" in choice.rule_text("unlabelled-target")
     assert "target images" not in choice.rule_text("source-only")
+    # the noisier evidence needs the wider margin, and the sentence says which
+    assert "two standard errors" in choice.rule_text("unlabelled-target")
+    assert "one standard error" in choice.rule_text("source-only")
 
 
 @pytest.mark.parametrize("mode", defaults.CHOICE_MODES)
