@@ -5,7 +5,7 @@
 Each world is opened as a user opens a folder: embedded with the CLI's defaults (every pair set
 built; the true swaps and counterfactual validation its factors.csv allows), K and lam chosen by the
 interventional rule, then clip_icm.choice picks the model per target, in each of its modes (the CLI's
-default, which also reads the unlabelled target images, and source-only). Printed per world and target:
+default, source-only, and the one that also reads the unlabelled target images). Printed per world and target:
 every candidate's target accuracy, the chosen one in each mode, and, per mode, the issue's three tests: the chosen model
 within 1 point of the best of CLIP zero-shot, CLIP probe and augmentation probe; on the world's
 shifted target, at least the CLIP probe + 10 points (or within 1 point of the best candidate where
@@ -94,8 +94,8 @@ def world_rows(name: str) -> list[dict]:
         row = target_summary(frame[frame.target == target], made)
         row["target"] += " (shifted)" if target == shifted else ""
         at = replace(config, n_components=row["K"], lam=row["lam"])
-        source_only = choose_model(run.embeddings, target, at, "source-only").chosen.candidate
-        row.update({"chosen source-only": source_only, "source-only accuracy": row[source_only]})
+        other = choose_model(run.embeddings, target, at, OTHER_MODE).chosen.candidate
+        row.update({f"chosen {OTHER_MODE}": other, f"{OTHER_MODE} accuracy": row[other]})
         rows.append(dict(world=name, **row, **why_icm_probe(run.embeddings, target, config, row, made)))
     return rows
 
@@ -113,7 +113,8 @@ def why_icm_probe(emb, target: str, config, row: dict, made) -> dict:
             "domain share ICM": domain_share(inside, sources.domains)}
 
 
-MODES = {defaults.CHOICE: "chosen_accuracy", "source-only": "source-only accuracy"}
+OTHER_MODE = next(mode for mode in defaults.CHOICE_MODES if mode != defaults.CHOICE)
+MODES = {defaults.CHOICE: "chosen_accuracy", OTHER_MODE: f"{OTHER_MODE} accuracy"}
 
 
 def verdicts(table: pd.DataFrame, accuracy: str) -> tuple[pd.Series, pd.Series, pd.Series]:
@@ -151,7 +152,7 @@ def main() -> None:
     table["within 1 pt of best simple"] = verdicts(table, "chosen_accuracy")[0]
     print("\ntarget accuracy of every candidate and of the chosen one (chosen without a target label)\n")
     print(markdown(table))
-    labels = [c.label for c in candidates()] + ["chosen_accuracy", "source-only accuracy"]
+    labels = [c.label for c in candidates()] + list(MODES.values())
     means = table.groupby("world")[labels].mean()
     means.loc["all worlds"] = table[labels].mean()
     print("\nmean over each world's targets\n")
@@ -164,8 +165,8 @@ def main() -> None:
             some = table[table.world.isin(worlds)]
             if len(some) and len(some) < len(table):
                 print(f"  {mode}, on the {name} alone: {summary_line(some, accuracy)}")
-    print(f"choices ({defaults.CHOICE}): {table.chosen.value_counts().to_dict()}; source-only: "
-          f"{table['chosen source-only'].value_counts().to_dict()}")
+    print(f"choices ({defaults.CHOICE}): {table.chosen.value_counts().to_dict()}; {OTHER_MODE}: "
+          f"{table[f'chosen {OTHER_MODE}'].value_counts().to_dict()}")
     share = table["domain share ICM"] - table["domain share CLIP"]
     print(f"domains' share of the source variance: CLIP {table['domain share CLIP'].min():.3f}-"
           f"{table['domain share CLIP'].max():.3f}, ICM {table['domain share ICM'].min():.3f}-"

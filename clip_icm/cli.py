@@ -518,9 +518,9 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
                     "(default: interventional, on every data set; none where --k or --lam is typed, under --protocol "
                     "released and for --task open_class)")
     ev.add_argument("--choice", default=defaults.CHOICE, choices=defaults.CHOICE_MODES,
-                    help="what the model to deploy per target is chosen on, never a target label: unlabelled-target "
-                    "(default) also reads how sure each candidate is on the target's images; source-only reads no "
-                    "target image (docs/CHOICE.md)")
+                    help="what the model to deploy per target is chosen on, never a target label: source-only "
+                    "(default) reads no target image; unlabelled-target also reads how sure each candidate is on the "
+                    "target's images (better on the worlds it was developed on, not on fresh ones: docs/CHOICE.md)")
     ev.add_argument("--select-for", default="probe", choices=("probe", "zero-shot"),
                     help="which predictor the selection rule scores (default %(default)s)")
     ev.add_argument("--protocol", metavar="NAME", default="ours",

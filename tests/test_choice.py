@@ -1,4 +1,4 @@
-"""The model choice (clip_icm.choice): one score for every candidate (source checks, and in the default mode
+"""The model choice (clip_icm.choice): one score for every candidate (source checks, and in the opt-in mode
 how sure it is on the unlabelled target images), the simplest unless beaten by more than the paired standard
 error, deterministic, blind to target labels (and, source-only, to target images); and the paired description
 of a result."""
@@ -85,8 +85,8 @@ def test_no_target_label_reaches_the_choice(emb, made):
 
 
 @pytest.fixture(scope="module")
-def source_only(emb):
-    return choice.choose_model(emb, TARGET, CONFIG, "source-only")
+def unlabelled(emb):
+    return choice.choose_model(emb, TARGET, CONFIG, "unlabelled-target")
 
 
 def _with_target(emb, labels=None, features=None):
@@ -100,17 +100,17 @@ def _with_target(emb, labels=None, features=None):
     return replace(emb, labels=new_labels, features=new_features, key=emb.key + "-changed target")
 
 
-def test_the_default_mode_reads_the_unlabelled_target_and_says_so(made, source_only):
-    assert made.mode == defaults.CHOICE == "unlabelled-target" and source_only.mode == "source-only"
-    table = made.table
+def test_the_unlabelled_mode_reads_the_target_images_and_says_so(made, unlabelled):
+    assert made.mode == defaults.CHOICE == "source-only" and unlabelled.mode == "unlabelled-target"
+    table = unlabelled.table
     # half the source score, half the share of target images it is sure on
     assert np.allclose(table.score, (table["source score"] + table[choice.SURE]) / 2)
     assert ((table[choice.SURE] >= 0) & (table[choice.SURE] <= 1)).all()
     # the source checks are the same in both modes; the source-only mode has no target column
-    pd.testing.assert_series_equal(table["source score"], source_only.table["source score"])
-    assert choice.SURE not in source_only.table and np.allclose(source_only.table.score, source_only.table["source score"])
-    assert "unlabelled target images, never their labels" in made.why
-    assert "target images" not in source_only.why and "on the source checks" in source_only.why
+    pd.testing.assert_series_equal(table["source score"], made.table["source score"])
+    assert choice.SURE not in made.table and np.allclose(made.table.score, made.table["source score"])
+    assert "unlabelled target images, never their labels" in unlabelled.why
+    assert "target images" not in made.why and "on the source checks" in made.why
     assert "unlabelled target images" in choice.rule_text("unlabelled-target")
     assert "target images" not in choice.rule_text("source-only")
     # the noisier evidence needs the wider margin, and the sentence says which
@@ -126,21 +126,21 @@ def test_permuting_the_target_labels_leaves_each_mode_unchanged(emb, mode):
                                   choice.choose_model(emb, TARGET, CONFIG, mode).table)
 
 
-def test_the_source_only_mode_never_reads_a_target_image(emb, made, source_only):
+def test_the_source_only_mode_never_reads_a_target_image(emb, made, unlabelled):
     # NaN target images: any arithmetic on them would show (a NaN score, or sklearn refusing them).
     blind = _with_target(emb, features=np.full((int(np.sum(emb.domains == TARGET)), emb.features.shape[1]), np.nan))
-    pd.testing.assert_frame_equal(choice.choose_model(blind, TARGET, CONFIG, "source-only").table, source_only.table)
+    pd.testing.assert_frame_equal(choice.choose_model(blind, TARGET, CONFIG, "source-only").table, made.table)
     # ... while the unlabelled mode does read them: noise in place of the target's images changes its sure share
     noise = np.random.default_rng(4).normal(size=(int(np.sum(emb.domains == TARGET)), emb.features.shape[1]))
-    moved = choice.choose_model(_with_target(emb, features=noise), TARGET, CONFIG).table
-    assert not np.allclose(moved[choice.SURE], made.table[choice.SURE])
-    pd.testing.assert_series_equal(moved["source score"], made.table["source score"])
+    moved = choice.choose_model(_with_target(emb, features=noise), TARGET, CONFIG, "unlabelled-target").table
+    assert not np.allclose(moved[choice.SURE], unlabelled.table[choice.SURE])
+    pd.testing.assert_series_equal(moved["source score"], unlabelled.table["source score"])
 
 
-def test_a_probe_whose_shortcut_breaks_on_the_target_is_unsure_there(emb, made):
+def test_a_probe_whose_shortcut_breaks_on_the_target_is_unsure_there(unlabelled):
     # The target reverses the shortcut that CLIP's probe learned: it is unsure on far more target images
     # than the 5 % of source validation rows it is unsure on by construction.
-    sure = made.table.set_index("candidate")[choice.SURE]
+    sure = unlabelled.table.set_index("candidate")[choice.SURE]
     assert sure["CLIP probe"] < 0.8 and sure["CLIP probe"] < sure["ICM probe"]
 
 
