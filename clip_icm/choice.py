@@ -16,15 +16,15 @@ source domain looks perfect there. Per source domain it takes the worst of:
 then averages over source domains.
 
 With ``mode="unlabelled-target"`` (opt-in; defaults.CHOICE is source-only) the score also reads the
-target's images, never their labels: it averages the source score above with the share of the target images on which the
-candidate is at least as sure of its answer (the gap between its two top classes) as on 95 % of the
-source validation rows. Source checks cannot see that class-name prompts fit paintings less well
+target's images, never their labels: it averages the source score above with the share of the
+target images on which the candidate is at least as sure of its answer (the gap between its two top
+classes) as on 95 % of the source validation rows. Source checks cannot see that class-name prompts fit paintings less well
 than photos; a zero-shot head that is unsure on most paintings can. A probe whose shortcut breaks
 on the target is unsure there too. A more complex candidate must win by two standard errors in
 this mode (MARGIN_SES). It is not the default because it did not hold on worlds drawn after it was
-developed: on each of two later sets it deployed a model 2.5 or 3.5 points below CLIP zero-shot on a
-shifted art target, where every candidate is unsure on the paintings (docs/CHOICE.md). ``mode="source-only"`` reads no
-target image at all.
+developed: on each of two later sets it deployed a model 2.5 or 3.5 points below CLIP zero-shot on
+a shifted art target, where every candidate is unsure on the paintings (docs/CHOICE.md).
+``mode="source-only"`` reads no target image at all.
 
 Its uncertainty is a paired bootstrap over the rows of every
 check (the same resampled rows for each candidate), so the difference between two candidates has
@@ -100,7 +100,8 @@ def check_outcomes(emb: EmbeddingSet, target: str, method: str, heads: tuple[str
     is the whole data set: the target's rows, pairs and labels are dropped before anything runs.
     ``predictor``: ``method`` already fitted on every source domain (None: fitted here)."""
     sources = source_view(emb, target, config)
-    predictor = predictor or evaluation.fitted_predictor(sources, None, method, config)
+    if predictor is None:
+        predictor = evaluation.fitted_predictor(sources, None, method, config)
     outcomes = {head: evaluation.validation_outcomes(sources, predictor, head, config) for head in heads}
     for domain in sources.domain_names:
         without = evaluation.fitted_predictor(sources, domain, method, config)
@@ -170,6 +171,7 @@ class Choice:
 
 
 def check_mode(mode: str) -> str:
+    """``mode`` if it is one of defaults.CHOICE_MODES, else an error that lists them."""
     if mode not in defaults.CHOICE_MODES:
         raise InvalidInput(f"the model choice's mode must be one of {', '.join(defaults.CHOICE_MODES)}; got {mode!r}")
     return mode
