@@ -517,6 +517,10 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
                     "source domain out) or interventional (validation + intervened validation); none = --k/--lam "
                     "(default: interventional, on every data set; none where --k or --lam is typed, under --protocol "
                     "released and for --task open_class)")
+    ev.add_argument("--choice", default=defaults.CHOICE, choices=defaults.CHOICE_MODES,
+                    help="what the model to deploy per target is chosen on, never a target label: source-only "
+                    "(default) reads no target image; unlabelled-target also reads how sure each candidate is on the "
+                    "target's images (better on the worlds it was developed on, not on fresh ones: docs/CHOICE.md)")
     ev.add_argument("--select-for", default="probe", choices=("probe", "zero-shot"),
                     help="which predictor the selection rule scores (default %(default)s)")
     ev.add_argument("--protocol", metavar="NAME", default="ours",
@@ -780,7 +784,7 @@ def _evaluate_splits(args, run, config, targets: list[str], rule: str | None,
             try:
                 if config.protocol != "ours":  # the released preset reproduces the released code, which chose nothing
                     raise InvalidInput(f"the model choice runs under this project's protocol, not {config.protocol!r}")
-                frame, choices[target] = evaluate_and_choose(run.embeddings, target, config, rule, protocol)
+                frame, choices[target] = evaluate_and_choose(run.embeddings, target, config, rule, protocol, args.choice)
             except ValueError as err:
                 choices[target] = str(err)  # the reason the choice could not run
                 try:
@@ -797,21 +801,21 @@ def _evaluate_splits(args, run, config, targets: list[str], rule: str | None,
 
 
 def _choice_text(choices: dict) -> str:
-    """Per target: every candidate's source score ± its standard error (the chosen one starred), then
+    """Per target: every candidate's score ± its standard error (the chosen one starred), then
     why, then how the chosen model did against CLIP on the target (a description, not an input)."""
     import pandas as pd
+
+    from clip_icm.choice import rule_text
 
     reasons = {target: c for target, c in choices.items() if isinstance(c, str)}
     if len(set(reasons.values())) == 1 and len(reasons) == len(choices):  # the same reason for every target: once
         return f"No model choice: {next(iter(reasons.values()))}\n"
-    lines = ["Model to deploy, per target (chosen without a target label: per source domain the worst of its "
-             "validation rows, their intervened copies and the domain held out, averaged; the simplest candidate "
-             "unless a more complex one scores higher by more than one standard error of their difference)", ""]
     made = {target: c for target, c in choices.items() if not isinstance(c, str)}
+    lines = [f"Model to deploy, per target ({rule_text(next(iter(made.values())).mode) if made else 'none'})", ""]
     if made:
         scores = pd.DataFrame({target: {row.candidate: f"{row.score:.3f}±{row.se:.3f}{'*' if row.chosen else ' '}"
                                         for row in c.table.itertuples()} for target, c in made.items()}).T
-        scores.index.name = "source score"
+        scores.index.name = "score"
         lines += [scores.to_string(), ""]
     for target, c in choices.items():
         if isinstance(c, str):
@@ -1038,6 +1042,8 @@ def _add_report_parser(subparsers: argparse._SubParsersAction) -> None:
                      f"{', '.join(defaults.DEMO_BASELINES)} on the demo, augmentation elsewhere)")
     rep.add_argument("--pair-sets", metavar="LIST", type=_csv_names, default=None,
                      help="pair sets used to fit (default as evaluate)")
+    rep.add_argument("--choice", default=defaults.CHOICE, choices=defaults.CHOICE_MODES,
+                     help="what the model to deploy is chosen on, as in evaluate (default %(default)s)")
     rep.add_argument("--this-target-only", dest="every_target", action="store_false",
                      help="leave out the model choice for every other domain held out in turn (the slow part)")
     rep.add_argument("--images", metavar="DIR", default=None,
@@ -1063,7 +1069,8 @@ def _run_report(args: argparse.Namespace) -> int:
     config = _eval_config(args, emb.features.shape[1], methods[1:])
     settings = report.Settings(method=methods[0], scoring=args.rule, select_for=_select_for(args), model=configs[1].name
                                + (f" / {configs[1].pretrained}" if configs[1].pretrained else ""),
-                               interventions=configs[2], every_target=args.every_target, seed=args.seed)
+                               interventions=configs[2], every_target=args.every_target, seed=args.seed,
+                               choice_mode=args.choice)
     say = None if args.quiet else (lambda line: _say(line, file=sys.stderr))
     store = EmbeddingStore(args.cache, max_size=args.cache_max_size)  # the dashboard's layouts and results
     made = report.build(emb, target, config, settings, store=store, say=say)

@@ -417,6 +417,16 @@ class _Predictor:
             return np.argmax(unit_rows(np.asarray(projected, dtype=np.float64)) @ self.weights.T, axis=1)
         return None if self.probe is None else self.probe.predict(projected)
 
+    def class_scores(self, projected: np.ndarray, protocol: str) -> np.ndarray:
+        """(N, C) how strongly each row points to each class, whose argmax :meth:`predict` returns:
+        cosine (the released arithmetic: dot product) for zero-shot, the probe's probabilities."""
+        if protocol == ZERO_SHOT:
+            X = np.asarray(projected, dtype=np.float64)
+            return (X if self.released else unit_rows(X)) @ self.weights.T
+        if self.probe is None:
+            raise InvalidInput("a text-only method has no probe to score rows with")
+        return self.probe.predict_proba(projected)
+
     def predict_rows(self) -> dict[str, np.ndarray]:
         """Both protocols' class index of every row of the EmbeddingSet it was fitted on."""
         return {protocol: self.predict(self.projected, protocol) for protocol in (ZERO_SHOT, LINEAR_PROBE)}

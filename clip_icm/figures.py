@@ -150,7 +150,7 @@ def accuracy_bars(table: pd.DataFrame, target: str, title: str = "Accuracy per d
 
 
 def choice_scores(table: pd.DataFrame, target: str) -> go.Figure:
-    """Each model-choice candidate's source-only score with its bootstrap standard error (clip_icm.choice);
+    """Each model-choice candidate's score (no target label) with its bootstrap standard error (clip_icm.choice);
     the chosen one solid, the others pale."""
     _check_columns(table, ("candidate", "method", "score", "se", "chosen"), "model choice table")
     fig = go.Figure(go.Bar(
@@ -162,7 +162,7 @@ def choice_scores(table: pd.DataFrame, target: str) -> go.Figure:
               for score, se, chosen in zip(table["score"], table["se"], table["chosen"])],
         textposition="outside", cliponaxis=False))
     low = max(0.0, float((table["score"] - 2 * table["se"]).min()) - 0.05)
-    fig.update_layout(title=f"Source-only score of each candidate for {as_text(target)} "
+    fig.update_layout(title=f"Score of each candidate for {as_text(target)}, no target label "
                             "(± one bootstrap standard error)",
                       xaxis=dict(range=[low, 1.08], tickformat=".0%", title="score (no target label)"),
                       yaxis=dict(autorange="reversed"), height=320, margin=dict(l=10, r=10, t=50, b=40))

@@ -42,7 +42,8 @@ class Settings:
     that chooses its K and lam on source data (None: the config's K and lam, set by hand), scoring the
     ``select_for`` head (evaluation.LINEAR_PROBE or ZERO_SHOT, as the dashboard's control); model: the
     model's label, for the provenance; interventions: the pipeline's InterventionConfig, to draw the
-    pairs (None: no pictures of them); every_target: the model choice for each domain held out in turn.
+    pairs (None: no pictures of them); every_target: the model choice for each domain held out in turn;
+    choice_mode: what that choice reads (a name in defaults.CHOICE_MODES; never a target label).
     """
 
     method: str = "icm"
@@ -53,6 +54,7 @@ class Settings:
     every_target: bool = True
     seed: int = 0
     max_points: int = service.MAP_POINTS
+    choice_mode: str = defaults.CHOICE
 
 
 @dataclass
@@ -260,10 +262,14 @@ class _Parts:
         """The setting the model choice starts from, as the dashboard's (its rule picks K and lam)."""
         return replace(self.config, n_components=defaults.k(self.emb.features.shape[1]), lam=defaults.LAM, methods=())
 
+    def _evaluate_and_choose(self, target: str):
+        return service.evaluate_and_choose(self.emb, target, self._choice_config(), self.store,
+                                           mode=self.settings.choice_mode)
+
     def _choice(self) -> str:
-        self.say(f"report: choosing the model to deploy on {self.target} (source data only)")
+        self.say(f"report: choosing the model to deploy on {self.target} ({self.settings.choice_mode})")
         try:
-            frame, made = service.evaluate_and_choose(self.emb, self.target, self._choice_config(), self.store)
+            frame, made = self._evaluate_and_choose(self.target)
         except service.ServiceError as err:
             return f"<p class='note'>No model choice for {_e(self.target)}: {_e(err)}</p>"
         row = choice.target_summary(frame, made)
@@ -277,10 +283,8 @@ class _Parts:
         return (f"<h3>The model to deploy on {_e(self.target)}</h3>"
                 f"<p class='verdict'><b>Deploy {_e(row['chosen'])}</b> ({row['chosen_accuracy']:.1%} on "
                 f"{_e(self.target)}). {_e(made.why)}</p>{shortfall}"
-                "<p>Chosen on source data only: per source domain the worst of its validation rows, their intervened "
-                "copies and the domain held out; the simplest model unless a more complex one scores higher by more "
-                "than one standard error of their difference (docs/CHOICE.md). With the target's labels, afterwards "
-                f"(a description, not used to choose): {against}.</p>" + scores + _frame_table(checks, percent=True))
+                f"<p>{_e(_sentence(choice.rule_text(made.mode)))} (docs/CHOICE.md). With the target's labels, "
+                f"afterwards (a description, not used to choose): {against}.</p>" + scores + _frame_table(checks, percent=True))
 
     def _overview(self) -> str:
         if not self.settings.every_target:
@@ -289,8 +293,7 @@ class _Parts:
         for i, target in enumerate(self.emb.domain_names):
             self.say(f"report: every target at a glance: {target} ({i + 1}/{len(self.emb.domain_names)})")
             try:
-                rows.append(choice.target_summary(*service.evaluate_and_choose(self.emb, target,
-                                                                               self._choice_config(), self.store)))
+                rows.append(choice.target_summary(*self._evaluate_and_choose(target)))
             except service.ServiceError as err:
                 return f"<p class='note'>No overview of every target: {_e(err)}</p>"
         return "<h3>Every target at a glance</h3>" + overview_html(pd.DataFrame(rows))
@@ -434,3 +437,7 @@ def _frame_table(frame: pd.DataFrame, percent: bool = False) -> str:
     body = "".join("<tr><th>" + _e(i) + "</th>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
                    for i, row in zip(frame.index, frame.itertuples(index=False)))
     return f"<table class='numbers'><tr>{head}</tr>{body}</table>"
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]

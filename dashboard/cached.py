@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clip_icm import evaluation, service
+from clip_icm import defaults, evaluation, service
 from clip_icm.embeddings import EmbeddingSet
 from clip_icm.store import EmbeddingStore
 
@@ -47,8 +47,9 @@ def choose(emb_key: str, target: str, method: str, config: evaluation.EvalConfig
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def evaluate_and_choose(emb_key: str, target: str, config: evaluation.EvalConfig, _emb: EmbeddingSet):
-    return service.evaluate_and_choose(_emb, target, config, store=results_store())
+def evaluate_and_choose(emb_key: str, target: str, config: evaluation.EvalConfig, _emb: EmbeddingSet,
+                        mode: str = defaults.CHOICE):
+    return service.evaluate_and_choose(_emb, target, config, store=results_store(), mode=mode)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

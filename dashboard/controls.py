@@ -294,6 +294,7 @@ class ProjectionChoice:
     eval_protocol: str = "ours"  # a name in clip_icm.protocols.PROTOCOLS (ours / released)
     task: str = "domain_shift"
     keep_target_styles: bool = False
+    choice_mode: str = defaults.CHOICE  # what the model choice reads: a name in defaults.CHOICE_MODES
 
 
 def domains_ui(emb: EmbeddingSet, default_target: str, target_box=None) -> tuple[str, tuple[str, ...]]:
@@ -361,8 +362,16 @@ def projection_ui(emb: EmbeddingSet, default_target: str, start: dict, target_bo
     protocol = st.radio("Selection scores the", protocols, horizontal=True, disabled=selection == "off",
                         key=_valid("ctl_select_protocol", protocols, evaluation.LINEAR_PROBE))
     eval_protocol, task, keep = protocol_ui()
+    choice_mode = st.radio("The model choice reads", list(defaults.CHOICE_MODES), format_func=CHOICE_MODE_LABELS.get,
+                           key=_valid("ctl_choice_mode", list(defaults.CHOICE_MODES), defaults.CHOICE),
+                           help="Never a target label. The unlabelled target images help where a probe's shortcut "
+                           "breaks, but on fresh worlds they also once deployed a broken model (docs/CHOICE.md), "
+                           "so source data only is the default.")
     return ProjectionChoice(target, sources, method, tuple(baselines), lam_mode, selection, protocol, prompts,
-                            tuple(pairs), eval_protocol, task, keep)
+                            tuple(pairs), eval_protocol, task, keep, choice_mode)
+
+
+CHOICE_MODE_LABELS = {"source-only": "source data only", "unlabelled-target": "source data and the target's unlabelled images"}
 
 
 TASK_LABELS = {"domain_shift": "Domain shift (all classes)", "open_class": "Open class (50/50 base / new)"}

@@ -1,12 +1,14 @@
-"""The model choice (clip_icm.choice): one source-only score for every candidate, the simplest within one
-standard error of the best, deterministic, blind to target labels; and the paired description of a result."""
+"""The model choice (clip_icm.choice): one score for every candidate (source checks, and in the opt-in mode
+how sure it is on the unlabelled target images), the simplest unless beaten by more than the paired standard
+error, deterministic, blind to target labels (and, source-only, to target images); and the paired description
+of a result."""
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from clip_icm import choice, methods
+from clip_icm import choice, defaults, methods
 from clip_icm.errors import InvalidInput
 from clip_icm.evaluation import FULL_SPACE, LINEAR_PROBE, ZERO_SHOT, EvalConfig, without_domain
 from clip_icm.scm import SCMConfig, make_embedding_set
@@ -80,6 +82,73 @@ def test_no_target_label_reaches_the_choice(emb, made):
         checks.append(replace(check, labels=moved))
     permuted = replace(emb, labels=labels, intervened_val=checks, key=emb.key + "-permuted")
     pd.testing.assert_frame_equal(choice.choose_model(permuted, TARGET, CONFIG).table, made.table)
+
+
+@pytest.fixture(scope="module")
+def unlabelled(emb):
+    return choice.choose_model(emb, TARGET, CONFIG, "unlabelled-target")
+
+
+def _with_target(emb, labels=None, features=None):
+    """emb with the target's labels and/or image features replaced (every other row as it was)."""
+    in_target = emb.domains == TARGET
+    new_labels, new_features = emb.labels.copy(), emb.features.copy()
+    if labels is not None:
+        new_labels[in_target] = labels
+    if features is not None:
+        new_features[in_target] = features
+    return replace(emb, labels=new_labels, features=new_features, key=emb.key + "-changed target")
+
+
+def test_the_unlabelled_mode_reads_the_target_images_and_says_so(made, unlabelled):
+    assert made.mode == defaults.CHOICE == "source-only" and unlabelled.mode == "unlabelled-target"
+    table = unlabelled.table
+    # half the source score, half the share of target images it is sure on
+    assert np.allclose(table.score, (table["source score"] + table[choice.SURE]) / 2)
+    assert ((table[choice.SURE] >= 0) & (table[choice.SURE] <= 1)).all()
+    # the source checks are the same in both modes; the source-only mode has no target column
+    pd.testing.assert_series_equal(table["source score"], made.table["source score"])
+    assert choice.SURE not in made.table and np.allclose(made.table.score, made.table["source score"])
+    assert "unlabelled target images, never their labels" in unlabelled.why
+    assert "target images" not in made.why and "on the source checks" in made.why
+    assert "unlabelled target images" in choice.rule_text("unlabelled-target")
+    assert "target images" not in choice.rule_text("source-only")
+    # the noisier evidence needs the wider margin, and the sentence says which
+    assert "two standard errors" in choice.rule_text("unlabelled-target")
+    assert "one standard error" in choice.rule_text("source-only")
+
+
+@pytest.mark.parametrize("mode", defaults.CHOICE_MODES)
+def test_permuting_the_target_labels_leaves_each_mode_unchanged(emb, mode):
+    labels = np.random.default_rng(3).permutation(emb.labels[emb.domains == TARGET])
+    assert (labels != emb.labels[emb.domains == TARGET]).any()
+    pd.testing.assert_frame_equal(choice.choose_model(_with_target(emb, labels=labels), TARGET, CONFIG, mode).table,
+                                  choice.choose_model(emb, TARGET, CONFIG, mode).table)
+
+
+def test_the_source_only_mode_never_reads_a_target_image(emb, made, unlabelled):
+    # NaN target images: any arithmetic on them would show (a NaN score, or sklearn refusing them).
+    blind = _with_target(emb, features=np.full((int(np.sum(emb.domains == TARGET)), emb.features.shape[1]), np.nan))
+    pd.testing.assert_frame_equal(choice.choose_model(blind, TARGET, CONFIG, "source-only").table, made.table)
+    # ... while the unlabelled mode does read them: noise in place of the target's images changes its sure share
+    noise = np.random.default_rng(4).normal(size=(int(np.sum(emb.domains == TARGET)), emb.features.shape[1]))
+    moved = choice.choose_model(_with_target(emb, features=noise), TARGET, CONFIG, "unlabelled-target").table
+    assert not np.allclose(moved[choice.SURE], unlabelled.table[choice.SURE])
+    pd.testing.assert_series_equal(moved["source score"], unlabelled.table["source score"])
+
+
+def test_a_probe_whose_shortcut_breaks_on_the_target_is_unsure_there(unlabelled):
+    # The target reverses the shortcut that CLIP's probe learned: it is unsure on far more target images
+    # than the 5 % of source validation rows it is unsure on by construction.
+    sure = unlabelled.table.set_index("candidate")[choice.SURE]
+    assert sure["CLIP probe"] < 0.8 and sure["CLIP probe"] < sure["ICM probe"]
+
+
+def test_a_mode_that_is_not_one_is_refused(emb):
+    with pytest.raises(InvalidInput, match="source-only, unlabelled-target"):
+        choice.choose_model(emb, TARGET, CONFIG, "target-labels")
+    with pytest.raises(InvalidInput, match="mode"):
+        choice.evaluate_and_choose(emb, TARGET, CONFIG, scoring=None, mode="oracle")
 
 
 def test_every_source_domain_is_scored_on_validation_intervened_and_held_out_rows(emb):

@@ -58,6 +58,7 @@ def test_evaluate_messy_folder_is_complete_and_reproducible(setup, tmp_path, cap
     assert rows.groupby("target").chosen.sum().to_dict() == {d: 1 for d in messy.domains}
     assert (rows[rows.chosen].role == "target").all()
     assert "Model to deploy, per target" in first.out
+    assert "target images" not in first.out  # by default the choice reads no target image
     assert all(f"{domain}: deploy " in first.out for domain in messy.domains)
     skipped = json.loads(out2.read_text())["skipped"]
     assert any(path.endswith("truncated.jpg") for path, _ in skipped)
@@ -65,10 +66,13 @@ def test_evaluate_messy_folder_is_complete_and_reproducible(setup, tmp_path, cap
 
 def test_single_target_and_options(setup, tmp_path, capsys):
     code = main(["evaluate", *_args(setup, tmp_path / "c"), "--target", "Real World", "--k", "8", "--lam", "10",
-                 "--methods", "icm", "--interventions", "grayscale,invert", "--per-op", "--out", str(tmp_path / "r.csv")])
+                 "--methods", "icm", "--interventions", "grayscale,invert", "--per-op", "--choice", "unlabelled-target",
+                 "--out", str(tmp_path / "r.csv")])
     assert code == 0
     out = capsys.readouterr().out
     assert "K=8, lam=10" in out and "image:grayscale" in out and "image:invert" in out
+    # --choice unlabelled-target: the choice also reads the target's images, and says so
+    assert "Model to deploy, per target" in out and "unlabelled target images" in out and "never their labels" in out
     rows = pd.read_csv(tmp_path / "r.csv")
     # --k / --lam by hand: no selection; the model choice's candidates are evaluated beside the methods asked for
     assert set(rows.target) == {"Real World"} and set(rows.method) == {"CLIP", "icm", "augmentation"}

@@ -472,3 +472,20 @@ def test_the_explorers_report_button_makes_the_report_at_the_pages_settings(monk
     html = explorer._report_maker(ctx, fit)()
     assert html.startswith("<!DOCTYPE html>") and "K = 3" in html and "λ = 2" in html
     assert f"{target}" in html and html.count("<script") >= 2
+
+
+def test_the_model_choice_reads_the_unlabelled_target_images_only_when_asked():
+    """Source data only by default; the Advanced control switches the choice (never a label) to also reading
+    the target's unlabelled images, and the page's rule caption and overview say which."""
+    def rule_captions(at):
+        return [c.value for c in at.caption if "chosen without a target label" in c.value.lower()]
+
+    at = _app()
+    _ok(at)
+    assert rule_captions(at) and not any("unlabelled target images" in c for c in rule_captions(at))
+    assert any("from source data only" in c.value for c in at.caption)
+    at.sidebar.radio(key="ctl_choice_mode").set_value("unlabelled-target").run()
+    at = _settled(at)
+    _ok(at)
+    assert any("unlabelled target images" in c for c in rule_captions(at))
+    assert any("from source data and the target's unlabelled images" in c.value for c in at.caption)

@@ -37,7 +37,7 @@ def message(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-KEPT_FORMAT = 2  # raised whenever what a kept result encodes changes, so that an older entry is never decoded
+KEPT_FORMAT = 3  # raised whenever what a kept result encodes changes, so that an older entry is never decoded
 
 
 def kept(store, emb, parts: tuple, compute: Callable[[], T], encode: Callable[[T], object],

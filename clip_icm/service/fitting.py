@@ -147,20 +147,22 @@ def choose_hyperparameters(emb: EmbeddingSet, target: str, method: str, config: 
                 lambda choice: (choice["K"], choice["lam"], _json_frame(choice["scores"])))
 
 
-def evaluate_and_choose(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, store=None
-                        ) -> tuple[pd.DataFrame, choice.Choice]:
+def evaluate_and_choose(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, store=None,
+                        mode: str = defaults.CHOICE) -> tuple[pd.DataFrame, choice.Choice]:
     """choice.evaluate_and_choose with the default rule (K and lam for the probe, then the model to
-    deploy): what the CLI's evaluate prints for ``target``; kept in ``store`` (see base.kept)."""
+    deploy, ``mode`` saying what it reads): what the CLI's evaluate prints for ``target``; kept in
+    ``store`` (see base.kept)."""
     def compute():
         return guard("Could not choose the model", choice.evaluate_and_choose, emb, target, config,
-                     defaults.SELECTION, evaluation.LINEAR_PROBE)
+                     defaults.SELECTION, evaluation.LINEAR_PROBE, mode)
 
-    return kept(store, emb, ("evaluate and choose", target, config), compute,
+    return kept(store, emb, ("evaluate and choose", target, config, mode), compute,
                 lambda done: {"frame": _frame_json(done[0]), "table": _frame_json(done[1].table), "why": done[1].why,
-                              "shortfall": done[1].shortfall, "versus_clip": _frame_json(done[1].versus_clip)},
+                              "shortfall": done[1].shortfall, "versus_clip": _frame_json(done[1].versus_clip),
+                              "mode": done[1].mode},
                 lambda done: (_json_frame(done["frame"]),
                               choice.Choice(target, _json_frame(done["table"]), done["why"], done["shortfall"],
-                                            _json_frame(done["versus_clip"]))))
+                                            _json_frame(done["versus_clip"]), done["mode"])))
 
 
 def full_space_score(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, scoring: str,

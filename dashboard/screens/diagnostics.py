@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from clip_icm import evaluation, figures, methods, service
+from clip_icm import choice, evaluation, figures, methods, service
 from dashboard import cached, controls, texts
 from dashboard.screens.common import Context, choice_config, fitted, settings_context
 
@@ -42,7 +42,7 @@ def _choice_scores_section(ctx: Context) -> None:
     if config is None:
         return
     try:
-        _, made = cached.evaluate_and_choose(ctx.emb.key, ctx.choice.target, config, ctx.emb)
+        _, made = cached.evaluate_and_choose(ctx.emb.key, ctx.choice.target, config, ctx.emb, ctx.choice.choice_mode)
     except service.ServiceError as e:
         st.caption(f"No model choice: {e}")
         return
@@ -50,8 +50,8 @@ def _choice_scores_section(ctx: Context) -> None:
     st.plotly_chart(figures.choice_scores(made.table, ctx.choice.target), key="choice_scores")
     checks = made.table.set_index("candidate")[[col for col in made.table.columns if col.endswith(" accuracy")]]
     st.dataframe(checks.style.format("{:.1%}"))
-    st.caption(f"{made.why} Each check's accuracy is averaged over the source domains; the score takes, per "
-               "source domain, the worst of its checks. No target label is read.")
+    st.caption(f"{made.why} Each check's accuracy is averaged over the source domains. The score: "
+               f"{choice.rule_text(made.mode)}.")
 
 
 def _orth_cali_caption(ctx: Context, K: int, lam: float) -> None:

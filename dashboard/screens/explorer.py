@@ -77,8 +77,8 @@ def _model_choice_lead(ctx: Context, table: pd.DataFrame | None) -> None:
         st.caption("The model choice runs under this project's protocol on the domain-shift task.")
         return
     try:
-        with st.spinner(f"Choosing the model to deploy on {c.target} (source data only)…"):
-            frame, made = cached.evaluate_and_choose(ctx.emb.key, c.target, config, ctx.emb)
+        with st.spinner(f"Choosing the model to deploy on {c.target} (no target label)…"):
+            frame, made = cached.evaluate_and_choose(ctx.emb.key, c.target, config, ctx.emb, c.choice_mode)
     except service.ServiceError as e:
         st.warning(f"No model choice for {c.target}: {e}")
         return
@@ -89,9 +89,9 @@ def _model_choice_lead(ctx: Context, table: pd.DataFrame | None) -> None:
         st.caption(made.shortfall)
     against = "; ".join(f"{v.difference * 100:+.1f} points vs {v.versus} (95 % interval {v.low * 100:+.1f} to "
                         f"{v.high * 100:+.1f}, McNemar p = {v.p_value:.2g})" for v in made.versus_clip.itertuples())
-    st.caption(f"Chosen on source data only: per source domain the worst of its validation rows, their intervened "
-               f"copies and the domain held out; the simplest model unless a more complex one scores higher by more "
-               f"than one standard error of their difference (scores on Diagnostics). With {c.target}'s labels, afterwards: {against}.")
+    rule = choice.rule_text(made.mode)
+    st.caption(f"{rule[0].upper()}{rule[1:]} (scores on Diagnostics). With {c.target}'s labels, "
+               f"afterwards: {against}.")
     if table is not None and (ctx.K, ctx.lam) != (row["K"], row["lam"]) and methods.spec(c.method).tunes_k:
         _hand_setting_note(ctx, table, row)
 
@@ -124,7 +124,8 @@ def _targets_overview(ctx: Context) -> None:
         for i, target in enumerate(emb.domain_names):
             bar.progress(i / len(emb.domain_names), text=f"every target at a glance: {target} "
                                                           f"({i + 1}/{len(emb.domain_names)})")
-            rows.append(choice.target_summary(*cached.evaluate_and_choose(emb.key, target, config, emb)))
+            rows.append(choice.target_summary(*cached.evaluate_and_choose(emb.key, target, config, emb,
+                                                                          ctx.choice.choice_mode)))
     except service.ServiceError as e:
         bar.empty()
         st.caption(f"No overview of every target: {e}")
@@ -132,7 +133,8 @@ def _targets_overview(ctx: Context) -> None:
     bar.empty()
     st.markdown("**Every target at a glance**: each domain held out in turn, the others as sources")
     st.dataframe(_overview_table(pd.DataFrame(rows)), hide_index=True)
-    st.caption("Deploy: chosen without the target's labels. The accuracies use them, to show the result.")
+    st.caption(f"Deploy: chosen without the target's labels, from {controls.CHOICE_MODE_LABELS[ctx.choice.choice_mode]}. "
+               "The accuracies use the labels, to show the result.")
 
 
 def _overview_table(frame: pd.DataFrame):
@@ -475,7 +477,8 @@ def _report_maker(ctx: Context, fit: service.Fit):
     settings = report.Settings(method=c.method, scoring=None if ctx.selection is None else c.selection,
                                select_for=c.protocol, model=ctx.request.model_label,
                                interventions=service.intervention_config(ctx.request.interventions),
-                               max_points=st.session_state.get("ctl_map_points", service.MAP_POINTS))
+                               max_points=st.session_state.get("ctl_map_points", service.MAP_POINTS),
+                               choice_mode=c.choice_mode)
     store = cached.results_store()
     return lambda: report.build(ctx.emb, c.target, config, settings, store=store).html
 
@@ -486,5 +489,3 @@ def embeddings_parquet(emb: EmbeddingSet, target: str, config: evaluation.EvalCo
     coordinates = len(emb.labels) <= service.MAP_POINTS
     table = service.embedding_table(emb, target, config, coordinates=coordinates, store=cached.results_store())
     return service.table_bytes(table, "parquet")
-
-

@@ -343,7 +343,7 @@ def choice_step(ctx: Context) -> None:
     chosen = rows.chosen.value_counts()
     icm = [label for label in candidates if label.startswith("ICM")]
     wins = rows[rows.chosen.isin(icm)].target.tolist()
-    text = (f"For each domain held out in turn, the model to deploy is chosen from source data only (the worst of "
+    text = (f"For each domain held out in turn, the model to deploy is chosen from {_reads(ctx)} (the worst of "
             f"validation, intervened validation and a held-out source domain, the simplest model unless another "
             f"beats it by more than the noise). **{clip_zero_shot}** is chosen on {int(chosen.get(clip_zero_shot, 0))} "
             f"of {len(rows)} targets: with plain class-name prompts it learns nothing from the sources, so it has no "
@@ -367,25 +367,30 @@ def _every_target_job(ctx: Context) -> service.LayoutJob | None:
     config = choice_config(ctx)
     if config is None:
         return None
-    emb, store = ctx.every_domain, cached.results_store()
+    emb, store, mode = ctx.every_domain, cached.results_store(), ctx.choice.choice_mode
 
     def compute() -> np.ndarray:
         for target in emb.domain_names:
-            service.evaluate_and_choose(emb, target, config, store=store)
+            service.evaluate_and_choose(emb, target, config, store=store, mode=mode)
         return np.empty(0)
 
-    return service.layout_worker().submit(service.content_key("every target's model choice", emb.key, config),
+    return service.layout_worker().submit(service.content_key("every target's model choice", emb.key, config, mode),
                                           compute, label="the model choice of every target", group=ctx.emb.key,
                                           priority=service.SPECULATIVE)
 
 
 @st.fragment(run_every=1.0)
-def _choice_status(job: service.LayoutJob) -> None:
+def _choice_status(job: service.LayoutJob, reads: str) -> None:
     """Polls the background choice; once it is done, the step draws (from the store)."""
     if not job.pending:
         st.rerun()
-    st.info(f"Choosing the model for every target in the background, from source data only "
+    st.info(f"Choosing the model for every target in the background, from {reads} "
             f"({job.progress(service.layout_worker().ahead_of(job))}); this step follows by itself.", icon="⏳")
+
+
+def _reads(ctx: Context) -> str:
+    """What the model choice reads, in words (never a target label)."""
+    return controls.CHOICE_MODE_LABELS[ctx.choice.choice_mode]
 
 
 def _every_target(ctx: Context) -> pd.DataFrame | None:
@@ -397,13 +402,14 @@ def _every_target(ctx: Context) -> pd.DataFrame | None:
         return None
     job = _every_target_job(ctx)
     if job is not None and job.pending:
-        _choice_status(job)
+        _choice_status(job, _reads(ctx))
         return None
     emb, rows = ctx.every_domain, []
     try:
-        with st.spinner("Choosing the model for every target (source data only)…"):
+        with st.spinner(f"Choosing the model for every target ({_reads(ctx)})…"):
             for target in emb.domain_names:
-                rows.append(choice.target_summary(*cached.evaluate_and_choose(emb.key, target, config, emb)))
+                rows.append(choice.target_summary(*cached.evaluate_and_choose(emb.key, target, config, emb,
+                                                                              ctx.choice.choice_mode)))
     except service.ServiceError as e:
         st.error(str(e))
         return None
