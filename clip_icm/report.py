@@ -242,7 +242,8 @@ class _Parts:
         table = self._accuracy()
         bars = self.add("accuracy", figures.accuracy_bars(table, self.target, f"Accuracy per domain "
                                                            f"({methods.label(self.method)}, K = {self.K}, "
-                                                           f"lam = {self.lam:g})"))
+                                                           f"lam = {self.lam:g})",
+                                                           focus=(evaluation.FULL_SPACE, self.method)))
         wide = service.accuracy_wide(table, self.target)
         return _section("result", "6. The result, and which model to deploy",
                         bars + _frame_table(wide, percent=True) + self._choice() + self._overview())

@@ -112,6 +112,15 @@ def test_accuracy_bars_mark_the_target():
     ticks = list(fig.data[0].x)
     assert ticks[1] == "<b>sketch (target)</b>" and ticks[0] == "photo"
     assert len(fig.layout.shapes) == 1  # the highlighted band behind the target
+    assert {t.opacity for t in fig.data} == {1.0}  # no focus: every method solid
+
+
+def test_accuracy_bars_draw_the_baselines_pale_beside_the_focus():
+    table = pd.concat([_accuracy(), _accuracy().query("method == 'icm'").assign(method="pca", label="pca")])
+    fig = figures.accuracy_bars(table, "sketch", focus=("CLIP", "icm"))
+    opacity = {t.name: t.opacity for t in fig.data}
+    assert opacity["CLIP zero-shot"] == opacity["icm linear probe"] == 1.0
+    assert opacity["pca"] == figures.BASELINE_OPACITY < 1.0
 
 
 def test_spectrum_highlights_the_kept_eigenvalues():

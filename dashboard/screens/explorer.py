@@ -174,7 +174,10 @@ def _accuracy_section(ctx: Context, K: int, lam: float):
     _selection_note(ctx)
     chart, numbers = st.tabs(["Chart", "Table"])
     title = f"Accuracy per domain ({service.method_label(c.method)}, K = {K}, lam = {lam:g})"
-    chart.plotly_chart(figures.accuracy_bars(table, c.target, title), key="accuracy_chart")
+    chart.plotly_chart(figures.accuracy_bars(table, c.target, title, focus=(evaluation.FULL_SPACE, c.method)),
+                       key="accuracy_chart")
+    if c.baselines:
+        chart.caption("Solid: CLIP and the method; pale: the baselines beside them (Advanced).")
     wide = service.accuracy_wide(table, c.target)
     change = "target change vs CLIP"
     numbers.dataframe(wide.style.format("{:.1%}", subset=[col for col in wide.columns if col != change], na_rep="n/a")
@@ -454,7 +457,8 @@ def _export_section(ctx: Context, fit: service.Fit, table, layouts: dict) -> Non
                            help="One self-contained file to hand out (opens offline): the world, both maps, the "
                            "confusions, the interventions, the projection, the model to deploy on every target "
                            "and the provenance, at these settings (docs/REPORT.md). Takes a few seconds.")
-        figs = {"accuracy": figures.accuracy_bars(table, ctx.choice.target), **layouts}
+        figs = {"accuracy": figures.accuracy_bars(table, ctx.choice.target,
+                                                  focus=(evaluation.FULL_SPACE, ctx.choice.method)), **layouts}
         cols = st.columns(len(figs))
         for col, (name, fig) in zip(cols, figs.items()):
             col.download_button(f"{name} (.html)", lambda fig=fig: figures.figure_html(fig),
