@@ -94,3 +94,11 @@ def playground_angles(icm: float, released: float) -> str:
         f"Largest principal angle to the true invariant subspace: **ICM {icm:.3g} rad** "
         f"(0 = recovered exactly), **as released {released:.3g} rad** (π/2 ≈ 1.571 = orthogonal to it)."
     )
+
+
+def queue_place(ahead: int, cap: int) -> str:
+    """What a session waiting at the server's gate (service.gate) sees."""
+    place = "next in line" if ahead == 0 else f"{ahead} ahead of you"
+    jobs = "one heavy job" if cap == 1 else f"{cap} heavy jobs"
+    return (f"queued: {place}. This server runs {jobs} at a time (a selection grid, a model choice, a sweep, "
+            "an embedding pass) so that each finishes sooner; this page goes on by itself.")
