@@ -51,10 +51,15 @@ def _heavy(cached_function: Callable) -> Callable:
     return call
 
 
-def heavy(function: Callable, *args, **kwargs):
-    """``function(*args, **kwargs)`` (heavy, not cached here: the embedding pass) inside a slot of the gate."""
+def build_once(slot: dict, notes: list[str], build: Callable[[], EmbeddingSet]) -> EmbeddingSet:
+    """The embeddings of ``slot`` (an ``embedding_slot``): ``build()`` inside a slot of the gate, unless
+    another session filled it while this one waited (then its notes are added to ``notes``): a class that
+    opens the page at once embeds, or reads the store, once rather than once a student."""
     with queue_place() as on_wait, service.heavy_jobs().slot(on_wait):
-        return function(*args, **kwargs)
+        if "emb" in slot:
+            notes.extend(slot["notes"])
+            return slot["emb"]
+        return build()
 
 
 @contextlib.contextmanager

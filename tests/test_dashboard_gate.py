@@ -88,3 +88,26 @@ def test_a_page_stopped_while_it_waits_gives_its_place_up_and_the_next_run_compu
     at.run()
     assert not at.exception and not at.dataframe[0].value.equals(before)
     assert (one_slot.running(), one_slot.waiting()) == (0, 0)
+
+
+def test_a_session_that_waited_for_the_embeddings_takes_those_another_one_built(one_slot):
+    slot, built, got = {}, [], []
+    release, holder = _hold(one_slot)  # the session that embeds first
+
+    def second_session():
+        notes = []
+        emb = cached.build_once(slot, notes, lambda: built.append("again") or "rebuilt")
+        got.append((emb, notes))
+    waiter = threading.Thread(target=second_session, daemon=True)
+    waiter.start()
+    for _ in range(TIMEOUT * 100):
+        if one_slot.waiting() == 1:
+            break
+        threading.Event().wait(0.01)
+    assert one_slot.waiting() == 1
+    slot.update(emb="embeddings", notes=["2 images skipped"])  # what the first session filled in
+    release.set()
+    holder.join(TIMEOUT)
+    waiter.join(TIMEOUT)
+    assert got == [("embeddings", ["2 images skipped"])] and built == []
+    assert cached.build_once({}, [], lambda: "built") == "built"  # an empty slot is built
