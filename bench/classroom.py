@@ -49,6 +49,7 @@ from bench.bench_dashboard import _cpu_seconds, _processes, _serve, _stop  # noq
 from tests.test_browser import CHROMIUM  # noqa: E402
 
 TIMEOUT_MS = 300_000  # a step that takes longer is counted as an error (with what the page showed)
+KEY_TRIES = 5
 STATE_JS = """() => {
   const texts = sel => [...document.querySelectorAll(sel)].map(e => e.textContent);
   return {
@@ -98,6 +99,7 @@ class Session:
     seen: dict = field(default_factory=dict)  # (target, K, lam) -> headline metrics shown
     history: set = field(default_factory=set)  # every (target, K, lam) it has had
     stale_reads: list[str] = field(default_factory=list)
+    lost_presses: int = 0  # key presses the slider did not take (pressed again)
 
 
 class Memory(threading.Thread):
@@ -185,10 +187,18 @@ async def _step(page, s: Session, label: str, key: str, target: str, expected) -
     """One arrow key on the slider labelled ``label``; the page settles on ``expected()`` of the old setting."""
     old = await _setting(page)
     K, lam = expected(*old)
-    slider = page.locator('[data-testid="stSlider"]', has_text=label).get_by_role("slider")
-    await slider.focus()
+    slider = page.locator('[data-testid="stSlider"]', has_text=label).get_by_role("slider")  # an input, type range
+    before = await slider.input_value()
     start = time.monotonic()
-    await page.keyboard.press(key)
+    for _ in range(KEY_TRIES):  # a press on a slider that a rerun redraws meanwhile can be lost: the
+        await slider.focus()    # slider's own value (set in the browser at once) says whether it was taken
+        await page.keyboard.press(key)
+        try:
+            await page.wait_for_function("([el, v]) => el.value !== v", arg=[await slider.element_handle(), before],
+                                         timeout=5000, polling=100)
+            break
+        except Exception:  # noqa: BLE001 - Playwright's TimeoutError: press again
+            s.lost_presses += 1
     await page.wait_for_function(SETTLED_JS, arg=[target, K, lam], timeout=TIMEOUT_MS, polling=100)
     s.reruns.append(time.monotonic() - start)
     await _check(page, s, target, K, lam)
@@ -323,6 +333,7 @@ def run(n: int, store: str) -> None:
     print(f"errors: {len(errors)}")
     for line in errors[:20]:
         print("  " + line)
+    print(f"key presses the slider did not take (pressed again): {sum(s.lost_presses for s in sessions)}")
     stale = [f"session {s.index}: {read}" for s in sessions for read in s.stale_reads]
     print(f"stale reads (the session's own earlier setting, read mid-rerun): {len(stale)}")
     for line in stale[:10]:
