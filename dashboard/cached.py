@@ -5,8 +5,17 @@ EmbeddingSet's own key, which covers model, data and interventions) plus the sma
 parameters, and receives the EmbeddingSet itself as an unhashed ``_emb`` argument.
 The EmbeddingSet is a read-only resource (``cache_resource``): ``cache_data`` would
 pickle and copy its arrays on every rerun.
+
+The heavy ones (the selection grid, the model choice and its overview, sweeps, the open-class table, the
+playground) pass service.heavy_jobs, the server's cap on heavy jobs at once: a cached value comes at
+once, a missing one waits its turn with its place in the queue on the page (``_heavy``). What a slider
+move recomputes (fit, accuracy, predictions, confusions) is light and does not wait.
 """
 from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -15,6 +24,62 @@ import streamlit as st
 from clip_icm import defaults, evaluation, service
 from clip_icm.embeddings import EmbeddingSet
 from clip_icm.store import EmbeddingStore
+from dashboard import texts
+
+
+class _NeedsSlot(Exception):
+    """Raised by a heavy cached function's body run without a slot: nothing is cached, and ``_heavy``
+    calls it again once it holds one. The wait happens outside the cached function, where the page may
+    draw (an element a cached function updates must be its own, for Streamlit to replay it)."""
+
+
+def _slot_held() -> None:
+    if not service.heavy_jobs().holds():
+        raise _NeedsSlot
+
+
+def _heavy(cached_function: Callable) -> Callable:
+    """``cached_function`` (whose body starts with ``_slot_held()``) called as is when its value is cached,
+    else again inside a slot of the server's gate, the page showing its place while it waits."""
+    @functools.wraps(cached_function)
+    def call(*args, **kwargs):
+        try:
+            return cached_function(*args, **kwargs)
+        except _NeedsSlot:
+            with queue_place() as on_wait, service.heavy_jobs().slot(on_wait):
+                return cached_function(*args, **kwargs)
+    return call
+
+
+def build_once(slot: dict, notes: list[str], build: Callable[[], EmbeddingSet]) -> EmbeddingSet:
+    """The embeddings of ``slot`` (an ``embedding_slot``): ``build()`` inside a slot of the gate, unless
+    another session filled it while this one waited (then its notes are added to ``notes``): a class that
+    opens the page at once embeds, or reads the store, once rather than once a student."""
+    with queue_place() as on_wait, service.heavy_jobs().slot(on_wait):
+        if "emb" in slot:
+            notes.extend(slot["notes"])
+            return slot["emb"]
+        return build()
+
+
+@contextlib.contextmanager
+def queue_place() -> Iterator[Callable[[int], None]]:
+    """A callback that shows the wait's place in the queue (a box made on its first call, removed after).
+    Redrawn on every poll: that is also where Streamlit stops a session that left or reruns, so its place
+    is given up (service.gate)."""
+    box = None
+
+    def show(ahead: int) -> None:
+        nonlocal box
+        if box is None:
+            box = st.empty()
+        box.info(texts.queue_place(ahead, service.heavy_jobs().cap), icon="⏳")
+
+    try:
+        yield show
+    finally:
+        if box is not None:
+            box.empty()
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -35,27 +100,43 @@ def evaluate(emb_key: str, target: str, config: evaluation.EvalConfig, _emb: Emb
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def evaluate_open_class(emb_key: str, target: str, config: evaluation.EvalConfig, _emb: EmbeddingSet) -> pd.DataFrame:
+def _evaluate_open_class(emb_key: str, target: str, config: evaluation.EvalConfig, _emb: EmbeddingSet) -> pd.DataFrame:
+    _slot_held()
     return service.evaluate_open_class(_emb, target, config)
 
 
+evaluate_open_class = _heavy(_evaluate_open_class)
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
-def choose(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, Ks: tuple, lams: tuple,
-           scoring: str, protocol: str, _emb: EmbeddingSet) -> tuple[int, float, pd.DataFrame]:
+def _choose(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, Ks: tuple, lams: tuple,
+            scoring: str, protocol: str, _emb: EmbeddingSet) -> tuple[int, float, pd.DataFrame]:
+    _slot_held()
     return service.choose_hyperparameters(_emb, target, method, config, Ks, lams, scoring, protocol,
                                           store=results_store())
 
 
+choose = _heavy(_choose)
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
-def evaluate_and_choose(emb_key: str, target: str, config: evaluation.EvalConfig, _emb: EmbeddingSet,
-                        mode: str = defaults.CHOICE):
+def _evaluate_and_choose(emb_key: str, target: str, config: evaluation.EvalConfig, _emb: EmbeddingSet,
+                         mode: str = defaults.CHOICE):
+    _slot_held()
     return service.evaluate_and_choose(_emb, target, config, store=results_store(), mode=mode)
 
 
+evaluate_and_choose = _heavy(_evaluate_and_choose)
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
-def full_space_score(emb_key: str, target: str, config: evaluation.EvalConfig, scoring: str, protocol: str,
-                     _emb: EmbeddingSet) -> float:
+def _full_space_score(emb_key: str, target: str, config: evaluation.EvalConfig, scoring: str, protocol: str,
+                      _emb: EmbeddingSet) -> float:
+    _slot_held()
     return service.full_space_score(_emb, target, config, scoring, protocol, store=results_store())
+
+
+full_space_score = _heavy(_full_space_score)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -71,9 +152,13 @@ def pair_examples(emb_key: str, request_key: str, pair_set: str, _request: servi
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def sweep(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, Ks: tuple, lams: tuple,
-          _emb: EmbeddingSet) -> pd.DataFrame:
+def _sweep(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, Ks: tuple, lams: tuple,
+           _emb: EmbeddingSet) -> pd.DataFrame:
+    _slot_held()
     return service.sweep(_emb, target, method, config, Ks, lams)
+
+
+sweep = _heavy(_sweep)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -118,8 +203,12 @@ def plot_ids(emb_key: str, max_points: int, _emb: EmbeddingSet) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def playground(config: object, shifts: tuple, lam: float, n_components: int | None) -> pd.DataFrame:
+def _playground(config: object, shifts: tuple, lam: float, n_components: int | None) -> pd.DataFrame:
+    _slot_held()
     return service.playground(config, shifts, lam, n_components)
+
+
+playground = _heavy(_playground)
 
 
 @st.cache_data(show_spinner=False)

@@ -162,3 +162,11 @@ PLAYGROUND_COLUMNS = {
     "r2_inv": "R² of the invariant factors (want 1)",
     "r2_var": "R² of the variant factors (want 0)",
 }
+
+
+def queue_place(ahead: int, cap: int) -> str:
+    """What a session waiting at the server's gate (service.gate) sees."""
+    place = "next in line" if ahead == 0 else f"{ahead} ahead of you"
+    jobs = "one heavy job" if cap == 1 else f"{cap} heavy jobs"
+    return (f"queued: {place}. This server runs {jobs} at a time (a selection grid, a model choice, a sweep, "
+            "an embedding pass) so that each finishes sooner; this page goes on by itself.")

@@ -8,7 +8,8 @@ can cause (a missing folder, weights not on disk, an empty domain) come out as
 One module per reason to change: ``requests`` (what to embed, the embeddings, the model and
 data choices), ``fitting`` (fits, accuracy, selection, sweeps, confusions, the playground),
 ``maps`` (points, layouts, neighbours, thumbnails), ``layout_worker`` (the thread that computes the
-layouts off the page) and ``exports`` (downloads); ``base`` holds
+layouts off the page), ``gate`` (the cap on heavy jobs run at once by a server's sessions) and
+``exports`` (downloads); ``base`` holds
 the error type they share. The dashboard reads them all through this package.
 """
 from clip_icm.service.base import USER_ERRORS, Progress, ServiceError, content_key, message
@@ -20,6 +21,7 @@ from clip_icm.service.fitting import (Fit, accuracy_table, accuracy_wide, choose
                                       full_space_score, method_label, open_class_wide, orth_cali_summary,
                                       playground, projection_defaults, sweep, target_confusions,
                                       with_unused_fixed)
+from clip_icm.service.gate import Gate, heavy_jobs
 from clip_icm.service.layout_worker import SPECULATIVE, Job as LayoutJob, LayoutWorker
 from clip_icm.service.layout_worker import ready as layout_ready, shared as layout_worker
 from clip_icm.service.maps import (MAP_POINTS, full_layout, full_layout_job, invariant_layout, invariant_layout_job,
@@ -41,6 +43,7 @@ __all__ = [
     "evaluate_and_choose", "evaluate_open_class", "fit", "full_space_score", "method_label", "open_class_wide",
     "orth_cali_summary", "playground",
     "projection_defaults", "sweep", "target_confusions", "with_unused_fixed",
+    "Gate", "heavy_jobs",
     "SPECULATIVE", "LayoutJob", "LayoutWorker", "layout_ready", "layout_worker",
     "MAP_POINTS", "full_layout", "full_layout_job", "invariant_layout", "invariant_layout_job", "nearest_neighbours",
     "example_rows", "neighbour_agreement", "plot_ids", "point_table", "predictions", "sample_rows", "thumbnail",

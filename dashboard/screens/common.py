@@ -84,7 +84,7 @@ def load_embeddings(request: service.EmbeddingRequest) -> EmbeddingSet | None:
         box, notes = st.empty(), []
         try:
             with box.status("Preparing embeddings…", expanded=True):
-                emb = _build(request, notes)
+                emb = cached.build_once(slot, notes, lambda: _build(request, notes))
         except service.ServiceError as e:
             box.error(texts.plain(str(e)))  # in place of the status box: the reason, in full, at the top of the page
             return None
