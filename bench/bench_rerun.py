@@ -38,7 +38,7 @@ threadpool_limits(1, user_api="blas")  # as the dashboard runs
 # the synthetic source at D = 512 and argv[1] rows (its slider stops at 500 per domain)
 scm.SCMConfig = functools.partial(scm.SCMConfig, n_invariant=32, n_variant=480, n_classes=7)
 make_embedding_set = scm.make_embedding_set
-scm.make_embedding_set = lambda config, n_per_domain: make_embedding_set(config, n_per_domain=int(sys.argv[1]) // 4)
+scm.make_embedding_set = lambda config, n_per_domain, **kw: make_embedding_set(config, n_per_domain=int(sys.argv[1]) // 4, **kw)
 reduce.warm_up()
 worker = getattr(service, "layout_worker", None)
 

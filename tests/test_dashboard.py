@@ -80,14 +80,14 @@ def test_explorer_opens_with_both_layouts_and_the_accuracy_chart():
     assert len(at.get("plotly_chart")) == 4  # accuracy bars + two UMAP panels + confusion matrices
     # The page leads with the model to deploy on the target, and shows every target with its choice.
     lead = at.success[0].value
-    assert lead.startswith("**For sketch, deploy ") and "source checks" in lead
+    assert lead.startswith("**For env 4, deploy ") and "source checks" in lead
     overview = _overview(at)
-    assert list(overview.target) == ["photo", "art_painting", "cartoon", "sketch"]
+    assert list(overview.target) == ["env 1", "env 2", "env 3", "env 4"]
     assert set(overview.deploy) <= {"CLIP zero-shot", "CLIP probe", "Augmentation probe", "ICM zero-shot", "ICM probe"}
-    assert overview.set_index("target").loc["sketch", "deploy"] in lead
+    assert overview.set_index("target").loc["env 4", "deploy"] in lead
     table = _table(at)
-    assert "sketch (target)" in table.columns and "ICM linear probe" in table.index
-    assert [m.label for m in at.metric][0] == "ICM linear probe on sketch"
+    assert "env 4 (target)" in table.columns and "ICM linear probe" in table.index
+    assert [m.label for m in at.metric][0] == "ICM linear probe on env 4"
     labels = [b.label for b in at.get("download_button")]
     assert {"Projection (.npz)", "Accuracy table (.csv)", "Embeddings table (.parquet)", "accuracy (.html)",
             "umap_full (.html)", "umap_invariant (.html)", "Report (one .html file)"} <= set(labels)
@@ -104,9 +104,9 @@ def test_changing_target_k_lam_and_method_updates_the_accuracy_table():
     at.sidebar.select_slider(key="ctl_lam").set_value(10.0).run()
     _ok(at)
     assert not _table(at).loc["ICM linear probe"].equals(after_k.loc["ICM linear probe"])
-    at.sidebar.selectbox(key="ctl_target").set_value("photo").run()
+    at.sidebar.selectbox(key="ctl_target").set_value("env 1").run()
     _ok(at)
-    assert "photo (target)" in _table(at).columns and at.metric[0].label.endswith("on photo")
+    assert "env 1 (target)" in _table(at).columns and at.metric[0].label.endswith("on env 1")
     at.sidebar.multiselect(key="ctl_baselines").set_value(["pca"]).run()
     _ok(at)
     assert "PCA linear probe" in _table(at).index
@@ -177,9 +177,9 @@ def test_above_the_map_limit_a_visible_control_and_a_stratified_subsample(monkey
 
 def test_sources_can_be_narrowed():
     at = _app()
-    at.sidebar.multiselect(key="ctl_sources").set_value(["photo"]).run()
+    at.sidebar.multiselect(key="ctl_sources").set_value(["env 1"]).run()
     _ok(at)
-    assert list(_table(at).columns) == ["photo", "sketch (target)", "target change vs CLIP"]
+    assert list(_table(at).columns) == ["env 1", "env 4 (target)", "target change vs CLIP"]
 
 
 def test_missing_folder_is_an_error_message_not_an_exception():
@@ -264,7 +264,7 @@ from clip_icm import service
 from clip_icm.scm import SCMConfig
 from dashboard.screens import explorer
 emb = service.load_embeddings(service.EmbeddingRequest(source="synthetic", n_per_domain=30))
-fit = service.fit(emb, "sketch", "icm", service.eval_config(8, 100.0))
+fit = service.fit(emb, "env 4", "icm", service.eval_config(8, 100.0))
 explorer._selection_view(emb, service.plot_ids(emb), [3, 40], fit)
 """
     at = AppTest.from_string(script, default_timeout=TIMEOUT).run()
@@ -403,18 +403,18 @@ def test_page_progress_says_served_from_cache_and_times_only_what_it_computes(mo
 
 def test_a_new_target_returns_the_old_one_to_the_sources():
     at = _app()
-    domains = ["photo", "art_painting", "cartoon", "sketch"]
-    assert at.sidebar.multiselect(key="ctl_sources").value == ["photo", "art_painting", "cartoon"]
-    at.sidebar.selectbox(key="ctl_target").set_value("cartoon").run()
-    at.sidebar.selectbox(key="ctl_target").set_value("sketch").run()
+    domains = ["env 1", "env 2", "env 3", "env 4"]
+    assert at.sidebar.multiselect(key="ctl_sources").value == ["env 1", "env 2", "env 3"]
+    at.sidebar.selectbox(key="ctl_target").set_value("env 3").run()
+    at.sidebar.selectbox(key="ctl_target").set_value("env 4").run()
     _ok(at)
-    assert at.sidebar.multiselect(key="ctl_sources").value == [d for d in domains if d != "sketch"]
-    assert list(_table(at).columns)[:3] == ["photo", "art_painting", "cartoon"]
+    assert at.sidebar.multiselect(key="ctl_sources").value == [d for d in domains if d != "env 4"]
+    assert list(_table(at).columns)[:3] == ["env 1", "env 2", "env 3"]
     # a source the user took out stays out
-    at.sidebar.multiselect(key="ctl_sources").set_value(["photo", "cartoon"]).run()
-    at.sidebar.selectbox(key="ctl_target").set_value("cartoon").run()
+    at.sidebar.multiselect(key="ctl_sources").set_value(["env 1", "env 3"]).run()
+    at.sidebar.selectbox(key="ctl_target").set_value("env 3").run()
     _ok(at)
-    assert at.sidebar.multiselect(key="ctl_sources").value == ["photo", "sketch"]
+    assert at.sidebar.multiselect(key="ctl_sources").value == ["env 1", "env 4"]
 
 
 def test_cache_settings_show_the_size_bound_it_and_clear_this_data_sets_entries(tmp_path, monkeypatch):

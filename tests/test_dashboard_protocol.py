@@ -33,12 +33,12 @@ def test_open_class_task_shows_base_new_and_harmonic_mean():
     at.sidebar.radio(key="ctl_task").set_value("open_class").run()
     _ok(at)
     table = at.dataframe[0].value
-    assert ("sketch (target)", "harmonic mean") in table.columns and ("sketch (target)", "new") in table.columns
+    assert ("env 4 (target)", "harmonic mean") in table.columns and ("env 4 (target)", "new") in table.columns
     assert "ICM" in table.index and "CLIP" in table.index
     # the target's table, then the sources': no table of every domain's twelve columns (it overflowed the page)
-    assert {domain for domain, _ in table.columns} == {"sketch (target)"} and len(table.columns) == 3
+    assert {domain for domain, _ in table.columns} == {"env 4 (target)"} and len(table.columns) == 3
     sources = at.dataframe[1].value
-    assert "sketch (target)" not in {domain for domain, _ in sources.columns} and len(sources.columns) <= 9
+    assert "env 4 (target)" not in {domain for domain, _ in sources.columns} and len(sources.columns) <= 9
 
 
 def test_diagnostics_show_the_centred_ratio_beside_the_uncentred():

@@ -26,7 +26,7 @@ def clean_caches(monkeypatch):
 
 
 def _open(address: dict[str, str], **state) -> AppTest:
-    """The app at an address ("/?step=3&target=photo"), settled once the maps are laid out."""
+    """The app at an address ("/?step=3&target=env 1"), settled once the maps are laid out."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     for name, value in address.items():
         at.query_params[name] = value
@@ -88,27 +88,27 @@ def test_the_last_step_leads_to_the_explorer():
 
 
 def test_a_deep_link_reopens_the_step_target_k_and_lam():
-    address = {"step": "failure", "target": "photo", "K": "4", "lam": "30", "method": "icm", "baselines": "pca"}
+    address = {"step": "failure", "target": "env 1", "K": "4", "lam": "30", "method": "icm", "baselines": "pca"}
     at = _open(address)
     _ok(at)
     assert _heading(at) == HEADINGS[2]
-    assert at.session_state["ctl_target"] == "photo"
+    assert at.session_state["ctl_target"] == "env 1"
     assert (at.session_state["ctl_K"], at.session_state["ctl_lam"]) == (4, 30.0)
     assert at.session_state["ctl_selection"] == "off"  # a bookmarked hand setting is not re-chosen
     assert at.session_state["ctl_baselines"] == ["pca"]
     # the page writes what it shows back: the address it leaves is the one that reopens it
     shown = {name: at.query_params[name] for name in ("step", "target", "K", "lam", "method", "baselines")}
-    assert shown == {"step": "3", "target": "photo", "K": "4", "lam": "30", "method": "icm", "baselines": "pca"}
+    assert shown == {"step": "3", "target": "env 1", "K": "4", "lam": "30", "method": "icm", "baselines": "pca"}
     again = _open(shown)
-    assert _heading(again) == HEADINGS[2] and again.session_state["ctl_target"] == "photo"
+    assert _heading(again) == HEADINGS[2] and again.session_state["ctl_target"] == "env 1"
     assert (again.session_state["ctl_K"], again.session_state["ctl_lam"]) == (4, 30.0)
 
 
 def test_a_deep_link_opens_another_page_and_a_rule_chosen_k_stays_out_of_the_address():
-    at = _open({"page": "explorer", "target": "photo"})
+    at = _open({"page": "explorer", "target": "env 1"})
     _ok(at)
     assert at.title[0].value == "CLIP-ICM Explorer"
-    assert at.session_state["ctl_target"] == "photo"
+    assert at.session_state["ctl_target"] == "env 1"
     assert "K" not in at.query_params and "lam" not in at.query_params  # the rule chose them: chosen again
 
 

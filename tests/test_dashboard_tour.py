@@ -18,7 +18,7 @@ def test_a_hand_setting_can_go_back_to_the_rule_and_does_not_follow_to_another_t
     _ok(at)
     assert at.session_state["ctl_selection"] == "source_val"
     at.sidebar.slider(key="ctl_K").set_value(1).run()
-    at.sidebar.selectbox(key="ctl_target").set_value("photo").run()
+    at.sidebar.selectbox(key="ctl_target").set_value("env 1").run()
     _ok(at)
     assert at.session_state["ctl_selection"] == "source_val"  # the new target's K and lam are chosen again
     assert any("chosen by" in i.value for i in at.info)
@@ -59,7 +59,7 @@ import sys; sys.path.insert(0, {str(ROOT)!r})
 from clip_icm import service
 from dashboard.screens import explorer
 emb = service.load_embeddings(service.EmbeddingRequest(source="synthetic", n_per_domain=30))
-fit = service.fit(emb, "sketch", "icm", service.eval_config(8, 100.0))
+fit = service.fit(emb, "env 4", "icm", service.eval_config(8, 100.0))
 explorer._selection_view(emb, service.plot_ids(emb), list(range(40)), fit)
 """
     at = AppTest.from_string(script, default_timeout=TIMEOUT).run()

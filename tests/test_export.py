@@ -81,10 +81,10 @@ def test_embedding_table_coordinates_and_vectors_are_the_services_own():
     emb = service.load_embeddings(service.EmbeddingRequest(
         source="synthetic", synthetic=SCMConfig(n_invariant=4, n_variant=4, dim=16), n_per_domain=20))
     config = evaluation.EvalConfig(n_components=4, methods=("icm",))
-    table = service.embedding_table(emb, "sketch", config)
+    table = service.embedding_table(emb, "env 4", config)
     ids = np.arange(len(emb.labels))
     full = maps.full_layout(emb, ids)
-    icm = service.fit(emb, "sketch", "icm", config)
+    icm = service.fit(emb, "env 4", "icm", config)
     np.testing.assert_allclose(table["full_x"].to_numpy(), full[:, 0], rtol=1e-6)
     np.testing.assert_allclose(table["invariant_y"].to_numpy(), maps.invariant_layout(emb, ids, icm, full)[:, 1],
                                rtol=1e-5, atol=1e-5)
@@ -92,7 +92,7 @@ def test_embedding_table_coordinates_and_vectors_are_the_services_own():
     np.testing.assert_array_equal(vectors, emb.features.astype(np.float32))
     np.testing.assert_allclose(np.stack(table["invariant_vector"].to_numpy(zero_copy_only=False)),
                                icm.transform(emb.features), rtol=1e-5, atol=1e-5)
-    predicted = evaluation.predict_all(emb, "sketch", "icm", config)[evaluation.LINEAR_PROBE]
+    predicted = evaluation.predict_all(emb, "env 4", "icm", config)[evaluation.LINEAR_PROBE]
     assert table["pred_icm_probe"].to_pylist() == [emb.class_names[i] for i in predicted]
 
 
@@ -100,7 +100,7 @@ def test_a_method_that_cannot_be_fitted_is_null_and_says_why():
     emb = service.load_embeddings(service.EmbeddingRequest(source="synthetic", n_per_domain=20))
     emb = dataclasses.replace(emb, attribute_prompts=None)  # as embeddings made without text banks
     config = evaluation.EvalConfig(n_components=4, methods=("orth_cali_class_free",))  # built from bank prompts
-    table = service.embedding_table(emb, "sketch", config, coordinates=False)
+    table = service.embedding_table(emb, "env 4", config, coordinates=False)
     assert table["pred_orth_cali_class_free_zero_shot"].null_count == table.num_rows
     about = json.loads(table.schema.metadata[exports.METADATA_KEY])
     assert "text banks" in about["unavailable"]["orth_cali_class_free"]
@@ -137,9 +137,9 @@ def test_the_dashboards_parquet_download_is_the_table_with_coordinates(monkeypat
     monkeypatch.setenv("CLIP_ICM_CACHE", str(tmp_path))
     emb = service.load_embeddings(service.EmbeddingRequest(source="synthetic", n_per_domain=20))
     config = evaluation.EvalConfig(n_components=4, methods=("icm",))
-    frame = pd.read_parquet(io.BytesIO(explorer.embeddings_parquet(emb, "sketch", config)))
+    frame = pd.read_parquet(io.BytesIO(explorer.embeddings_parquet(emb, "env 4", config)))
     assert list(frame.columns) == [*exports.TABLE_COLUMNS, *_prediction_columns(["icm"])]
     assert frame[["full_x", "full_y", "invariant_x", "invariant_y"]].notna().all().all()
     monkeypatch.setattr(service, "MAP_POINTS", len(emb.labels) - 1)  # maps that subsample: no UMAP of every row
-    frame = pd.read_parquet(io.BytesIO(explorer.embeddings_parquet(emb, "sketch", config)))
+    frame = pd.read_parquet(io.BytesIO(explorer.embeddings_parquet(emb, "env 4", config)))
     assert frame.full_x.isna().all() and len(frame) == len(emb.labels)

@@ -125,7 +125,7 @@ def _synthetic():
 def test_layout_jobs_give_the_layouts_of_the_synchronous_path_and_find_the_stored_ones(tmp_path):
     emb, worker = _synthetic(), LayoutWorker()
     ids = service.plot_ids(emb)
-    fit = service.fit(emb, "sketch", "icm", service.eval_config(8, 100.0))
+    fit = service.fit(emb, "env 4", "icm", service.eval_config(8, 100.0))
     store = EmbeddingStore(tmp_path)
     inv = service.invariant_layout_job(emb, ids, "fit 8", lambda: fit, "invariant", store=store, worker=worker)
     assert worker.wait_idle(WAIT_S) and inv.error() is None
@@ -148,7 +148,7 @@ def test_a_speculative_layout_fits_in_the_worker_and_a_failed_full_layout_fails_
     ids = service.plot_ids(emb)
     fits = []
     guess = service.invariant_layout_job(
-        emb, ids, "fit 4", lambda: fits.append(1) or service.fit(emb, "sketch", "icm", service.eval_config(4, 100.0)),
+        emb, ids, "fit 4", lambda: fits.append(1) or service.fit(emb, "env 4", "icm", service.eval_config(4, 100.0)),
         "invariant K = 4", worker=worker, priority=SPECULATIVE)
     assert worker.wait_idle(WAIT_S) and guess.result().shape == (len(ids), 2) and fits == [1]
 

@@ -22,8 +22,10 @@ def _config(K=4, lam=1000.0, methods=("icm",)):
 
 
 def test_synthetic_request_loads_and_its_key_follows_its_content(emb):
-    assert emb.features.shape == (240, 16) and emb.domain_names[-1] == "sketch"
-    assert service.default_target(emb, "synthetic") == "sketch"
+    assert emb.features.shape == (240, 16) and emb.domain_names[-1] == "env 4"
+    # vectors an SCM draws, named as environments: not after PACS's image domains (the tour, issue 25)
+    assert emb.domain_names == list(service.SYNTHETIC_DOMAINS) == ["env 1", "env 2", "env 3", "env 4"]
+    assert service.default_target(emb, "synthetic") == "env 4"
     other = service.EmbeddingRequest(source="synthetic", n_per_domain=61)
     assert SYNTH.key == service.EmbeddingRequest(**{**SYNTH.__dict__}).key != other.key
 
@@ -93,27 +95,27 @@ def test_detect_folder(tmp_path):
 
 
 def test_fit_measures_invariance_on_held_out_pairs(emb):
-    good = service.fit(emb, "sketch", "icm", _config())
-    bad = service.fit(emb, "sketch", "icm_as_released", _config(methods=("icm_as_released",)))
+    good = service.fit(emb, "env 4", "icm", _config())
+    bad = service.fit(emb, "env 4", "icm_as_released", _config(methods=("icm_as_released",)))
     assert good.ratio_pairs.startswith("held-out target-domain")
     assert good.invariance_ratio < 0.5 * good.full_ratio  # the kept directions ignore interventions
     assert bad.invariance_ratio > good.invariance_ratio
     assert good.transform(emb.features).shape == (len(emb.labels), 4)
     with pytest.raises(service.ServiceError, match="Could not fit"):
-        service.fit(emb, "sketch", "icm", _config(K=99))
+        service.fit(emb, "env 4", "icm", _config(K=99))
 
 
 def test_accuracy_table_merges_methods_and_measures_change_vs_clip(emb):
-    frames = [service.evaluate(emb, "sketch", _config(methods=(m,))) for m in ("icm", "pca")]
+    frames = [service.evaluate(emb, "env 4", _config(methods=(m,))) for m in ("icm", "pca")]
     table = service.accuracy_table(frames)
     assert not table.duplicated(["domain", "method", "protocol"]).any()
     assert list(dict.fromkeys(table["method"])) == ["CLIP", "icm", "pca"]
     assert (table.loc[table.method == "CLIP", "change_vs_clip"] == 0).all()
-    row = table[(table.method == "icm") & (table.domain == "sketch") & (table.protocol == "linear probe")].iloc[0]
-    clip = table[(table.method == "CLIP") & (table.domain == "sketch") & (table.protocol == "linear probe")].iloc[0]
+    row = table[(table.method == "icm") & (table.domain == "env 4") & (table.protocol == "linear probe")].iloc[0]
+    clip = table[(table.method == "CLIP") & (table.domain == "env 4") & (table.protocol == "linear probe")].iloc[0]
     assert row.change_vs_clip == pytest.approx(row.accuracy - clip.accuracy)
-    wide = service.accuracy_wide(table, "sketch")
-    assert "sketch (target)" in wide.columns and "ICM linear probe" in wide.index
+    wide = service.accuracy_wide(table, "env 4")
+    assert "env 4 (target)" in wide.columns and "ICM linear probe" in wide.index
     assert wide.loc["CLIP zero-shot", "target change vs CLIP"] == 0
 
 
@@ -123,7 +125,7 @@ def test_evaluate_rejects_an_unknown_target(emb):
 
 
 def test_choose_hyperparameters_uses_the_grid(emb):
-    K, lam, scores = service.choose_hyperparameters(emb, "sketch", "icm", _config(), (2, 4), (1.0, 1000.0))
+    K, lam, scores = service.choose_hyperparameters(emb, "env 4", "icm", _config(), (2, 4), (1.0, 1000.0))
     assert (K, lam) in set(zip(scores.K, scores.lam)) and len(scores) == 4
 
 
@@ -131,18 +133,18 @@ def test_a_choice_of_k_and_lam_is_kept_in_the_store_by_content(emb, tmp_path, mo
     from clip_icm.store import EmbeddingStore
 
     grid = ((2, 4), (1.0, 1000.0))
-    first = service.choose_hyperparameters(emb, "sketch", "icm", _config(), *grid, store=EmbeddingStore(tmp_path))
-    clip = service.full_space_score(emb, "sketch", _config(), "source_val", store=EmbeddingStore(tmp_path))
+    first = service.choose_hyperparameters(emb, "env 4", "icm", _config(), *grid, store=EmbeddingStore(tmp_path))
+    clip = service.full_space_score(emb, "env 4", _config(), "source_val", store=EmbeddingStore(tmp_path))
     calls = []
     select, score = evaluation.select_hyperparameters, evaluation.source_score
     monkeypatch.setattr(evaluation, "select_hyperparameters", lambda *a, **kw: calls.append(1) or select(*a, **kw))
     monkeypatch.setattr(evaluation, "source_score", lambda *a, **kw: calls.append(1) or score(*a, **kw))
-    again = service.choose_hyperparameters(emb, "sketch", "icm", _config(), *grid, store=EmbeddingStore(tmp_path))
-    assert service.full_space_score(emb, "sketch", _config(), "source_val", store=EmbeddingStore(tmp_path)) == clip
+    again = service.choose_hyperparameters(emb, "env 4", "icm", _config(), *grid, store=EmbeddingStore(tmp_path))
+    assert service.full_space_score(emb, "env 4", _config(), "source_val", store=EmbeddingStore(tmp_path)) == clip
     assert not calls and again[:2] == first[:2]  # a restart reads the choice and CLIP's score back
     pd.testing.assert_frame_equal(again[2], first[2])  # every setting's score, exactly
-    for changed in ((emb, "photo", _config()), (emb, "sketch", _config(lam=10.0)),
-                    (service.restrict_domains(emb, ("sketch", "photo")), "sketch", _config())):
+    for changed in ((emb, "env 1", _config()), (emb, "env 4", _config(lam=10.0)),
+                    (service.restrict_domains(emb, ("env 4", "env 1")), "env 4", _config())):
         service.choose_hyperparameters(*changed[:2], "icm", changed[2], *grid, store=EmbeddingStore(tmp_path))
     assert len(calls) == 3  # another target, config or set of domains: chosen again
 
@@ -153,9 +155,9 @@ def test_the_model_choice_is_kept_in_the_store_with_every_field(emb, tmp_path, m
     from clip_icm import choice
     from clip_icm.store import EmbeddingStore
 
-    frame, made = service.evaluate_and_choose(emb, "sketch", _config(), store=EmbeddingStore(tmp_path))
+    frame, made = service.evaluate_and_choose(emb, "env 4", _config(), store=EmbeddingStore(tmp_path))
     monkeypatch.setattr(choice, "evaluate_and_choose", lambda *a, **kw: pytest.fail("chosen again"))
-    again_frame, again = service.evaluate_and_choose(emb, "sketch", _config(), store=EmbeddingStore(tmp_path))
+    again_frame, again = service.evaluate_and_choose(emb, "env 4", _config(), store=EmbeddingStore(tmp_path))
     pd.testing.assert_frame_equal(again_frame, frame)
     for field in fields(choice.Choice):  # a field added to Choice and not kept fails here
         mine, kept = getattr(made, field.name), getattr(again, field.name)
@@ -169,24 +171,24 @@ def test_accuracy_tables_and_confusions_are_kept_in_the_store_exactly(emb, tmp_p
     from clip_icm.store import EmbeddingStore
 
     config = _config(methods=("icm", "orth_cali"))  # Orth-Cali's probe is n/a (NaN): kept as such
-    frame = service.evaluate(emb, "sketch", config, store=EmbeddingStore(tmp_path))
-    matrices = service.target_confusions(emb, "sketch", "icm", config, store=EmbeddingStore(tmp_path))
+    frame = service.evaluate(emb, "env 4", config, store=EmbeddingStore(tmp_path))
+    matrices = service.target_confusions(emb, "env 4", "icm", config, store=EmbeddingStore(tmp_path))
 
     def refit(*args, **kwargs):
         raise AssertionError("fitted again")
 
     monkeypatch.setattr(evaluation, "evaluate_split", refit)
     monkeypatch.setattr(evaluation, "predict_all", refit)
-    again = service.evaluate(emb, "sketch", config, store=EmbeddingStore(tmp_path))  # a restart
+    again = service.evaluate(emb, "env 4", config, store=EmbeddingStore(tmp_path))  # a restart
     pd.testing.assert_frame_equal(again, frame)  # values, NaN and dtypes
     assert frame.accuracy.isna().any()
-    kept = service.target_confusions(emb, "sketch", "icm", config, store=EmbeddingStore(tmp_path))
+    kept = service.target_confusions(emb, "env 4", "icm", config, store=EmbeddingStore(tmp_path))
     assert kept.keys() == matrices.keys()
     for name in matrices:
         np.testing.assert_array_equal(kept[name], matrices[name])
         assert kept[name].dtype == matrices[name].dtype
     with pytest.raises(AssertionError, match="fitted again"):  # another protocol is another result
-        service.target_confusions(emb, "sketch", "icm", config, evaluation.ZERO_SHOT, store=EmbeddingStore(tmp_path))
+        service.target_confusions(emb, "env 4", "icm", config, evaluation.ZERO_SHOT, store=EmbeddingStore(tmp_path))
 
 
 def test_what_a_method_does_not_read_of_k_and_lam_is_fixed_so_its_results_are_shared(emb):
@@ -196,15 +198,15 @@ def test_what_a_method_does_not_read_of_k_and_lam_is_fixed_so_its_results_are_sh
     assert (pca.n_components, pca.lam) == (6, 1.0)
     assert service.with_unused_fixed("icm", _config(6, 60.0)) == _config(6, 60.0)
     # what it claims: the augmentation baseline's accuracies do not move with K and lam
-    by_K = [service.evaluate(emb, "sketch", _config(K, 10.0 * K, ("augmentation",))) for K in (2, 6)]
+    by_K = [service.evaluate(emb, "env 4", _config(K, 10.0 * K, ("augmentation",))) for K in (2, 6)]
     pd.testing.assert_series_equal(by_K[0].accuracy, by_K[1].accuracy)
-    matrices = [service.target_confusions(emb, "sketch", "icm", _config(K)) for K in (2, 6)]
+    matrices = [service.target_confusions(emb, "env 4", "icm", _config(K)) for K in (2, 6)]
     np.testing.assert_array_equal(matrices[0]["CLIP"], matrices[1]["CLIP"])
     assert not np.array_equal(matrices[0]["icm"], matrices[1]["icm"])
 
 
 def test_sweep_has_honest_and_peeking_columns(emb):
-    frame = service.sweep(emb, "sketch", "icm", _config(), (2, 4), (10.0,))
+    frame = service.sweep(emb, "env 4", "icm", _config(), (2, 4), (10.0,))
     assert list(frame.K) == [2, 4]
     assert {"source_val_accuracy", "target_accuracy"} <= set(frame.columns)
 
@@ -234,10 +236,10 @@ def test_confusion_counts_true_against_predicted():
 
 
 def test_target_confusions_cover_the_target_rows(emb):
-    matrices = service.target_confusions(emb, "sketch", "icm", _config())
+    matrices = service.target_confusions(emb, "env 4", "icm", _config())
     assert set(matrices) == {"CLIP", "icm"}
     for counts in matrices.values():
-        assert counts.sum() == int((emb.domains == "sketch").sum())
+        assert counts.sum() == int((emb.domains == "env 4").sum())
 
 
 def test_pair_examples_without_images_is_a_clear_error(emb):
@@ -246,9 +248,9 @@ def test_pair_examples_without_images_is_a_clear_error(emb):
 
 
 def test_restrict_domains_drops_rows_and_pairs(emb):
-    small = service.restrict_domains(emb, ("photo", "sketch"))
-    assert small.domain_names == ["photo", "sketch"]
-    assert all(p.domains is None or set(p.domains) <= {"photo", "sketch"} for p in small.pairs)
+    small = service.restrict_domains(emb, ("env 1", "env 4"))
+    assert small.domain_names == ["env 1", "env 4"]
+    assert all(p.domains is None or set(p.domains) <= {"env 1", "env 4"} for p in small.pairs)
     assert small.key != emb.key
 
 
@@ -256,8 +258,8 @@ def test_points_predictions_and_neighbours(emb):
     ids = service.plot_ids(emb, max_points=50)
     assert len(ids) == 50 and np.all(np.diff(ids) > 0)
     predicted = service.predictions(emb)
-    points = service.point_table(emb, ids, "sketch", predicted)
-    assert (points["role"] == np.where(emb.domains[ids] == "sketch", "target", "source")).all()
+    points = service.point_table(emb, ids, "env 4", predicted)
+    assert (points["role"] == np.where(emb.domains[ids] == "env 4", "target", "source")).all()
     assert (points["correct"] == (predicted[ids] == emb.labels[ids])).all()
     nn = service.nearest_neighbours(emb.features, ids, [int(ids[0])], k=3)[int(ids[0])]
     assert len(nn) == 3 and int(ids[0]) not in nn and set(nn) <= set(ids.tolist())
@@ -297,14 +299,14 @@ def test_layouts_are_stored_by_content(emb, tmp_path, monkeypatch):
     layout = reduce.layout_2d
     monkeypatch.setattr(reduce, "layout_2d", lambda *a, **kw: calls.append(1) or layout(*a, **kw))
     ids = service.plot_ids(emb, max_points=40)
-    fit = service.fit(emb, "sketch", "icm", _config())
+    fit = service.fit(emb, "env 4", "icm", _config())
     first = service.full_layout(emb, ids, store=store)
     inv = service.invariant_layout(emb, ids, fit, first, store=store)
     assert len(calls) == 2
     np.testing.assert_array_equal(service.full_layout(emb, ids, store=EmbeddingStore(tmp_path)), first)  # a restart
     np.testing.assert_array_equal(service.invariant_layout(emb, ids, fit, first, store=store), inv)
     assert len(calls) == 2  # both read back
-    other = service.fit(emb, "sketch", "icm", service.eval_config(4, 10.0))
+    other = service.fit(emb, "env 4", "icm", service.eval_config(4, 10.0))
     service.invariant_layout(emb, ids, other, first, store=store)
     assert len(calls) == 3  # another fit, another layout
 
@@ -312,12 +314,12 @@ def test_layouts_are_stored_by_content(emb, tmp_path, monkeypatch):
 def test_layouts_share_rows_and_init(emb):
     ids = service.plot_ids(emb, max_points=40)
     full = service.full_layout(emb, ids)
-    inv = service.invariant_layout(emb, ids, service.fit(emb, "sketch", "icm", _config()), full)
+    inv = service.invariant_layout(emb, ids, service.fit(emb, "env 4", "icm", _config()), full)
     assert full.shape == inv.shape == (40, 2)
 
 
 def test_projection_npz_round_trip(emb):
-    fitted = service.fit(emb, "sketch", "icm", _config())
+    fitted = service.fit(emb, "env 4", "icm", _config())
     data = np.load(io.BytesIO(service.projection_npz(fitted, emb, "toy-clip")))
     assert data["components"].shape == (4, 16)
     assert int(data["K"]) == 4 and float(data["lam"]) == 1000.0 and str(data["method"]) == "icm"
@@ -326,12 +328,12 @@ def test_projection_npz_round_trip(emb):
 
 
 def test_accuracy_csv_and_png(emb):
-    table = service.accuracy_table([service.evaluate(emb, "sketch", _config())])
+    table = service.accuracy_table([service.evaluate(emb, "env 4", _config())])
     back = pd.read_csv(io.BytesIO(service.accuracy_csv(table)))
     assert list(back.columns) == list(table.columns) and len(back) == len(table)
     from clip_icm.figures import accuracy_bars
 
-    png = service.figure_png(accuracy_bars(table, "sketch"))
+    png = service.figure_png(accuracy_bars(table, "env 4"))
     assert png is None if not service.png_available() else png[:4] == b"\x89PNG"
 
 

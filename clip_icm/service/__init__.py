@@ -27,7 +27,7 @@ from clip_icm.service.layout_worker import ready as layout_ready, shared as layo
 from clip_icm.service.maps import (MAP_POINTS, full_layout, full_layout_job, invariant_layout, invariant_layout_job,
                                    example_rows, nearest_neighbours, neighbour_agreement, plot_ids, point_table, predictions,
                                    sample_rows, thumbnail)
-from clip_icm.service.requests import (DATA_ROOTS_VAR, SOURCES, EmbeddingRequest, InterventionChoice, PairExample,
+from clip_icm.service.requests import (DATA_ROOTS_VAR, SOURCES, SYNTHETIC_DOMAINS, EmbeddingRequest, InterventionChoice, PairExample,
                                        PairsPreview, data_roots, default_target, describe, detect_folder,
                                        examples_of_pairs,
                                        device_and_precision, folder_path, has_true_factors, intervention_config,
@@ -47,7 +47,7 @@ __all__ = [
     "SPECULATIVE", "LayoutJob", "LayoutWorker", "layout_ready", "layout_worker",
     "MAP_POINTS", "full_layout", "full_layout_job", "invariant_layout", "invariant_layout_job", "nearest_neighbours",
     "example_rows", "neighbour_agreement", "plot_ids", "point_table", "predictions", "sample_rows", "thumbnail",
-    "DATA_ROOTS_VAR", "SOURCES", "EmbeddingRequest", "InterventionChoice", "PairExample", "PairsPreview",
+    "DATA_ROOTS_VAR", "SOURCES", "SYNTHETIC_DOMAINS", "EmbeddingRequest", "InterventionChoice", "PairExample", "PairsPreview",
     "pairs_preview", "upload_data", "upload_pairs", "data_roots",
     "default_target", "describe", "detect_folder", "device_and_precision", "examples_of_pairs", "folder_path",
     "has_true_factors",

@@ -173,10 +173,15 @@ def intervention_config(choice: InterventionChoice):
                               image_pairs=choice.image_pairs)
 
 
+# The synthetic source's environments: vectors an SCM draws, not images, so not named after PACS's domains.
+SYNTHETIC_DOMAINS = ("env 1", "env 2", "env 3", "env 4")
+
+
 def _synthetic(request: EmbeddingRequest) -> EmbeddingSet:
     from clip_icm import scm
 
-    return scm.make_embedding_set(request.synthetic or scm.SCMConfig(), n_per_domain=request.n_per_domain)
+    return scm.make_embedding_set(request.synthetic or scm.SCMConfig(), n_per_domain=request.n_per_domain,
+                                  domains=SYNTHETIC_DOMAINS)
 
 
 def default_target(emb: EmbeddingSet, source: str) -> str:
