@@ -47,6 +47,18 @@ def test_the_maps_say_that_a_drag_lasso_selects():
     assert any("lasso-selects" in c.value for c in at.caption)
 
 
+def test_a_click_on_a_map_selects_its_point_so_its_image_shows():
+    """Hover cannot show an image in a plotly map; a click selects the point, and a selection shows its
+    images (tests/test_dashboard.py's test_selection_shows_images_and_neighbours_in_both_spaces)."""
+    at = _app()
+    from streamlit.proto.PlotlyChart_pb2 import PlotlyChart
+
+    maps = [chart for chart in at.get("plotly_chart") if "umap_" in chart.proto.id]
+    assert len(maps) == 2
+    assert all(PlotlyChart.SelectionMode.POINTS in chart.proto.selection_mode for chart in maps)
+    assert any("click a point to see its image" in c.value for c in at.caption)
+
+
 def test_the_confusion_caption_says_counts_in_the_cells_and_shares_in_the_colour():
     at = _app()
     caption = next(c.value for c in at.caption if c.value.startswith("Rows: the true class"))

@@ -351,11 +351,12 @@ def _maps_and_selection(emb: EmbeddingSet, ids: np.ndarray, fit: service.Fit, fu
                 st.info(f"The {space} map is laying out in the background; it appears here when ready.")
             else:
                 fig = figures.with_highlight(fig, brushed[key]) if brushed[key] else fig
-                selections.append(st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("box", "lasso")))
-    st.caption("Circles: source domains, crosses: the target domain. Hover shows the zero-shot prediction in that "
-               "space. Layouts share an initialisation so that the two pictures are comparable. Dragging on a "
-               "map lasso-selects points (the toolbar switches to box select, zoom or pan), highlights them on the "
-               "other map and shows their images and nearest neighbours.")
+                selections.append(st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("points", "box", "lasso")))
+    st.caption("Circles: source domains, crosses: the target domain. Hover shows the class, the domain and the "
+               "zero-shot prediction in that space; **click a point to see its image** and its nearest neighbours in "
+               "each space (a plotly map cannot show an image on hover). Layouts share an initialisation so that the "
+               "two pictures are comparable. Dragging on a map lasso-selects points (the toolbar switches to box "
+               "select, zoom or pan), highlights them on the other map and shows their images.")
     picked = sorted(set().union(*(figures.selected_ids(selection) for selection in selections)))
     if picked:
         _selection_view(emb, ids, picked, fit)
