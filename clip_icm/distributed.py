@@ -11,6 +11,7 @@ encoded in this process.
 """
 from __future__ import annotations
 
+import os
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -27,6 +28,10 @@ def ray_available() -> None:
 
 
 def _ray():
+    # Ray Data's progress bars otherwise replace builtins.print, for good, in this process: numba then
+    # cannot compile any function that prints (pynndescent's neighbour descent, on the next large UMAP
+    # map in the same process, failed with "Untyped global name 'print'").
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     try:
         import ray
         import ray.data  # noqa: F401

@@ -1,7 +1,9 @@
 """The embedding pass on a local Ray (issue 21, items 1-2): the same keys and vectors as the local
 path, entries the local store serves unchanged, and a killed run resumed with only the missing
 chunks. Needs the [distributed] extra (ray)."""
+import builtins
 import sys
+import types
 import warnings
 from pathlib import Path
 
@@ -110,3 +112,23 @@ def test_engine_ray_without_the_extra_is_one_line_before_the_scan(tmp_path, monk
     assert not (tmp_path / "c" / "toydomains").exists()  # before the demo world was drawn
     assert cli.main(["embed", "--address", "auto", "--cache", str(tmp_path / "c"), "--quiet"]) == 1
     assert "--address is for --engine ray" in capsys.readouterr().err
+
+
+@needs_ray
+def test_ray_datas_progress_bars_leave_print_alone(monkeypatch):
+    """Ray Data's progress bars (ray.experimental.tqdm_ray) replace builtins.print for good unless told not
+    to; numba then cannot compile any function that prints: a UMAP map large enough for pynndescent failed
+    after a Ray run in the same process ("Untyped global name 'print'")."""
+    from clip_icm import distributed
+
+    monkeypatch.delenv("RAY_TQDM_PATCH_PRINT", raising=False)
+    original = builtins.print
+    distributed.ray_available()  # what every Ray path calls first
+    from ray.experimental import tqdm_ray
+
+    monkeypatch.setattr(tqdm_ray, "_manager", None)  # as in a process that has shown no bar yet
+    try:
+        tqdm_ray.instance()
+        assert builtins.print is original and isinstance(builtins.print, types.BuiltinFunctionType)
+    finally:
+        builtins.print = original
