@@ -1,4 +1,7 @@
 """The background layout worker (clip_icm/service/layout_worker.py) and the layout jobs of the maps."""
+import multiprocessing
+import os
+import signal
 import threading
 
 import numpy as np
@@ -178,3 +181,19 @@ def test_the_servers_worker_lays_out_in_a_process_of_its_own_the_same_layout_and
     with pytest.raises(InvalidInput, match=r"got shape \(0, 16\)"):
         worker.lay_out(X[:0])
     np.testing.assert_array_equal(worker.lay_out(X, seed=3), there)  # the process goes on after an error
+
+
+def test_a_layout_process_that_dies_is_a_clear_error_and_the_next_layout_starts_a_new_one():
+    """The server's UMAP process killed (by the OOM killer, say) while the page waits on it: the layout
+    fails with a sentence, never a hang, and the next layout gets a new process and the same picture."""
+    worker = LayoutWorker(separate_process=True)
+    X = np.random.default_rng(0).normal(size=(200, 16)).astype(np.float32)
+    before = set(multiprocessing.active_children())
+    first = worker.lay_out(X, seed=3)
+    (layout_process,) = set(multiprocessing.active_children()) - before
+    os.kill(layout_process.pid, signal.SIGKILL)
+    layout_process.join(30)
+    with pytest.raises(RuntimeError, match="the layout process ended before the layout did"):
+        worker.lay_out(X, seed=3)
+    np.testing.assert_array_equal(worker.lay_out(X, seed=3), first)
+
