@@ -676,9 +676,6 @@ def _open_class_table(frame: pd.DataFrame, spec) -> pd.DataFrame:
 def _write_results(path: str, frame: pd.DataFrame, run, config, failed: dict[str, str]) -> None:
     """Replace ``path`` with every row so far (atomically: a reader or a crash never sees half a file)."""
     from dataclasses import asdict
-    from pathlib import Path
-
-    from clip_icm.store import atomic_write
 
     if path.lower().endswith(".json"):
         payload = {"config": asdict(config), "embedding_key": run.embeddings.key,
@@ -686,10 +683,36 @@ def _write_results(path: str, frame: pd.DataFrame, run, config, failed: dict[str
         data = json.dumps(payload, indent=1, default=str).encode()
     else:  # .csv: _check_evaluate_args checked the suffix before embedding
         data = frame.to_csv(index=False).encode()
+    _write_out(path, data)
+
+
+def _write_out(path: str, data: bytes) -> None:
+    """``data`` to --out ``path``, atomically (a reader never sees half a file)."""
+    from pathlib import Path
+
+    from clip_icm.store import atomic_write
+
     try:
         atomic_write(Path(path), lambda fh: fh.write(data))
     except OSError as err:  # its filename would be the temp file's: name the one the user gave
         raise InvalidInput(f"--out {path!r} could not be written ({err.strerror or err})") from None
+
+
+def _checked_configs(args: argparse.Namespace, pick_methods) -> tuple[tuple, tuple[str, ...]]:
+    """The pipeline's configs (building them checks the op, bank, template and swap names), the pair
+    sets, ``pick_methods(args)`` and K against the model: all checked before any embedding."""
+    configs = _configs(args)
+    _check_pair_sets(args, configs[2])
+    methods = pick_methods(args)
+    _check_k_fits_the_model(args, configs[1])
+    return configs, methods
+
+
+def _target_or_default(args: argparse.Namespace, emb) -> str:
+    """--target, else the demo's shifted domain or a folder's last (what the dashboard opens on)."""
+    from clip_icm import service
+
+    return args.target or service.default_target(emb, "demo" if _on_demo(args) else "folder")
 
 
 def _own_pair_set_names(args: argparse.Namespace) -> list[str]:
@@ -874,10 +897,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     # embedding run (minutes with ViT-B on PACS).
     spec = _protocol_args(args)  # fills the lam and precision the protocol fixes; checks protocol and task names
     _check_evaluate_args(args)
-    configs = _configs(args)  # building them checks the op, bank, template and swap names
-    _check_pair_sets(args, configs[2])
-    methods = _methods(args)
-    _check_k_fits_the_model(args, configs[1])
+    configs, methods = _checked_configs(args, _methods)
     from clip_icm.evaluation import PROMPT_SETS, SCORING_LABELS
 
     start = time.perf_counter()
@@ -963,28 +983,19 @@ def _add_export_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from clip_icm import service
-    from clip_icm.store import EmbeddingStore, atomic_write
+    from clip_icm.store import EmbeddingStore
 
     _check_export_args(args)
     _check_validation_rows(args)
-    configs = _configs(args)
-    _check_pair_sets(args, configs[2])
-    methods = _methods(args)
-    _check_k_fits_the_model(args, configs[1])
+    configs, methods = _checked_configs(args, _methods)
     run = _embed(args, configs, check_target=args.target)
     emb = run.embeddings
-    target = args.target or service.default_target(emb, "demo" if _on_demo(args) else "folder")
+    target = _target_or_default(args, emb)
     config = _eval_config(args, emb.features.shape[1], methods)
     store = EmbeddingStore(args.cache, max_size=args.cache_max_size)  # the layouts are kept there
     table = service.embedding_table(emb, target, config, coordinates=args.coordinates, seed=args.seed, store=store)
-    data = service.table_bytes(table, args.table_format)
-    try:
-        atomic_write(Path(args.out), lambda fh: fh.write(data))
-    except OSError as err:
-        raise InvalidInput(f"--out {args.out!r} could not be written ({err.strerror or err})") from None
+    _write_out(args.out, service.table_bytes(table, args.table_format))
     coordinates = "" if args.coordinates else " (coordinates left null: --no-coordinates)"
     _say(f"Wrote {table.num_rows} rows, {table.num_columns} columns ({args.table_format}) to {args.out}: target "
          f"{target}, K={config.n_components}, lam={config.lam:g} {config.lam_mode}{coordinates}")
@@ -1054,18 +1065,15 @@ def _add_report_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from clip_icm import report, service
+    from clip_icm import report
     from clip_icm.store import EmbeddingStore
 
     _check_report_args(args)
     _check_validation_rows(args)
-    configs = _configs(args)
-    _check_pair_sets(args, configs[2])
-    methods = _report_methods(args)
-    _check_k_fits_the_model(args, configs[1])
+    configs, methods = _checked_configs(args, _report_methods)
     run = _embed(args, configs, check_target=args.target)
     emb = run.embeddings
-    target = args.target or service.default_target(emb, "demo" if _on_demo(args) else "folder")
+    target = _target_or_default(args, emb)
     config = _eval_config(args, emb.features.shape[1], methods[1:])
     settings = report.Settings(method=methods[0], scoring=args.rule, select_for=_select_for(args), model=configs[1].name
                                + (f" / {configs[1].pretrained}" if configs[1].pretrained else ""),
@@ -1074,10 +1082,7 @@ def _run_report(args: argparse.Namespace) -> int:
     say = None if args.quiet else (lambda line: _say(line, file=sys.stderr))
     store = EmbeddingStore(args.cache, max_size=args.cache_max_size)  # the dashboard's layouts and results
     made = report.build(emb, target, config, settings, store=store, say=say)
-    try:
-        report.write(args.out, made.html)
-    except OSError as err:
-        raise InvalidInput(f"--out {args.out!r} could not be written ({err.strerror or err})") from None
+    _write_out(args.out, made.html.encode())
     _say(f"Wrote the report to {args.out} ({len(made.html) / 1e6:.1f} MB, {len(made.figures)} figures): target "
          f"{target}; opens offline in any browser")
     if args.images:
