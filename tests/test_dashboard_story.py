@@ -8,21 +8,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from clip_icm import service
-from dashboard import cached, texts
+from dashboard import texts
 from dashboard.screens import story
+from tests.test_dashboard import APP, TIMEOUT, _ok, clean_caches  # noqa: F401 (the fixture)
 
-APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
-TIMEOUT = 240
 HEADINGS = [heading for _, _, heading in texts.STORY_STEPS]
-
-
-@pytest.fixture(autouse=True)
-def clean_caches(monkeypatch):
-    monkeypatch.setattr(service.layout_worker(), "max_speculative", 0)
-    cached.clear()
-    yield
-    cached.clear()
-    assert service.layout_worker().wait_idle(TIMEOUT)
 
 
 def _open(address: dict[str, str], **state) -> AppTest:
@@ -35,11 +25,6 @@ def _open(address: dict[str, str], **state) -> AppTest:
     at.run()
     assert service.layout_worker().wait_idle(TIMEOUT)
     return at.run()
-
-
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 def _heading(at: AppTest) -> str:
