@@ -226,6 +226,12 @@ def rule_text(mode: str = defaults.CHOICE) -> str:
             f"higher by more than {errors} of their difference")
 
 
+def rule_sentence(mode: str = defaults.CHOICE) -> str:
+    """rule_text as a sentence of its own (capitalised): the page's caption and the report."""
+    text = rule_text(mode)
+    return text[:1].upper() + text[1:]
+
+
 def _check_means(outcomes: list[tuple[str, str, np.ndarray]]) -> dict[str, float]:
     """Each kind of check's accuracy, averaged over the source domains that have it (for the tables)."""
     by_check: dict[str, list[float]] = {}

@@ -284,7 +284,7 @@ class _Parts:
         return (f"<h3>The model to deploy on {_e(self.target)}</h3>"
                 f"<p class='verdict'><b>Deploy {_e(row['chosen'])}</b> ({row['chosen_accuracy']:.1%} on "
                 f"{_e(self.target)}). {_e(made.why)}</p>{shortfall}"
-                f"<p>{_e(_sentence(choice.rule_text(made.mode)))} (docs/CHOICE.md). With the target's labels, "
+                f"<p>{_e(choice.rule_sentence(made.mode))} (docs/CHOICE.md). With the target's labels, "
                 f"afterwards (a description, not used to choose): {against}.</p>" + scores + _frame_table(checks, percent=True))
 
     def _overview(self) -> str:
@@ -438,7 +438,3 @@ def _frame_table(frame: pd.DataFrame, percent: bool = False) -> str:
     body = "".join("<tr><th>" + _e(i) + "</th>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
                    for i, row in zip(frame.index, frame.itertuples(index=False)))
     return f"<table class='numbers'><tr>{head}</tr>{body}</table>"
-
-
-def _sentence(text: str) -> str:
-    return text[:1].upper() + text[1:]

@@ -89,8 +89,7 @@ def _model_choice_lead(ctx: Context, table: pd.DataFrame | None) -> None:
         st.caption(made.shortfall)
     against = "; ".join(f"{v.difference * 100:+.1f} points vs {v.versus} (95 % interval {v.low * 100:+.1f} to "
                         f"{v.high * 100:+.1f}, McNemar p = {v.p_value:.2g})" for v in made.versus_clip.itertuples())
-    rule = choice.rule_text(made.mode)
-    st.caption(f"{rule[0].upper()}{rule[1:]} (scores on Diagnostics). With {c.target}'s labels, "
+    st.caption(f"{choice.rule_sentence(made.mode)} (scores on Diagnostics). With {c.target}'s labels, "
                f"afterwards: {against}.")
     if table is not None and (ctx.K, ctx.lam) != (row["K"], row["lam"]) and methods.spec(c.method).tunes_k:
         _hand_setting_note(ctx, table, row)
