@@ -80,7 +80,7 @@ def main() -> None:
     from clip_icm.store import EmbeddingStore
     from dashboard import cached, texts
 
-    kept_results = cached.results_store
+    kept_results = cached.store
 
     warm = _session(1, args.target)
     embed = _timed_run(warm)  # loads the embeddings into the resource cache (and draws step 1)
@@ -99,14 +99,14 @@ def main() -> None:
             st.cache_data.clear()  # the resource cache (embeddings, store, worker) stays, as in a server
             with tempfile.TemporaryDirectory() as empty:
                 if args.cold_results:
-                    cached.results_store = lambda store=EmbeddingStore(empty): store
+                    cached.store = lambda store=EmbeddingStore(empty): store
                     service.layout_worker().forget()  # its finished jobs wrote into another store
                 drawn, done = _first_visit(_session(step, args.target))
                 first.append(drawn)
                 complete.append(done)
                 again.append(_timed_run(_session(step, args.target)))
                 service.layout_worker().wait_idle(600)
-                cached.results_store = kept_results
+                cached.store = kept_results
         row = (statistics.median(first), statistics.median(complete), statistics.median(again))
         worst = max(worst, row[0], row[2])
         print(f"{step}. {short:<29} {row[0]:>16.2f} {row[1]:>10.2f} {row[2]:>10.2f}", flush=True)

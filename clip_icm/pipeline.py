@@ -482,13 +482,15 @@ def embed_dataset(
     """
     store = store if store is not None else EmbeddingStore()
     evicted_before = store.stats.evicted
-    # a world that new has no stored embeddings: the model is needed anyway, so it loads meanwhile
+    # a world that new has no stored embeddings, so the model loads meanwhile: unless the store has a
+    # seed (the dashboard's, dashboard/demo_store.py), which may hold them all
     drawing = start_drawing_missing_demo(data) if scan is None else None
     if drawing is not None and progress is not None:
         progress(DRAWING_STAGE, 0, 1)
     embedder = _Embedder(model, store, progress, chunk_size, engine)
     if drawing is not None:
-        embedder.load()
+        if store.seed is None:
+            embedder.load()
         background.wait(drawing, DEMO_DRAW_WAIT_S)  # should it fail, scan_data draws it here or says why not
         embedder._report(DRAWING_STAGE, 1, 1)
     scan = scan if scan is not None else scan_data(data)
@@ -536,10 +538,12 @@ DEMO_NAME = "ToyDomains demo"
 
 
 def _origin(data: DataConfig, scan: DomainScan, model: ModelConfig) -> dict[str, str]:
-    """What the cache calls these embeddings: the data set's name and folder, and the model."""
+    """What the cache calls these embeddings: the data set's name and folder, and the model. The demo's
+    folder is left out: it lies in the cache folder, wherever that is, and an entry's meta must be the
+    same in every cache for the dashboard's seed (dashboard/demo_store.py) to be one."""
     name = DEMO_NAME if data.root is None else (data.dataset or Path(scan.root).name)
     label = f"{model.name} / {model.pretrained}" if model.pretrained else model.name
-    return {"dataset": name, "folder": str(scan.root), "model": label}
+    return {"dataset": name, "folder": "" if data.root is None else str(scan.root), "model": label}
 
 
 def build_embedding_set(

@@ -365,10 +365,11 @@ def provenance(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, se
                lam: float, chosen_by: str) -> dict[str, str]:
     """What the report was made with, as label -> text."""
     pair_sets = ", ".join(config.pair_sets) if config.pair_sets is not None else "all built"
+    dataset, folder = emb.origin.get("dataset", "unknown"), emb.origin.get("folder")
     return {
         "package": f"clip-icm-explorer {_version()}",
         "model": settings.model or emb.origin.get("model", "unknown"),
-        "data set": f"{emb.origin.get('dataset', 'unknown')} ({emb.origin.get('folder', '')})",
+        "data set": f"{dataset} ({folder})" if folder else dataset,  # the demo's folder is not recorded
         "embeddings content key": emb.key or "none (embeddings made in memory)",
         "images": f"{len(emb.labels)}, D = {emb.features.shape[1]}",
         "target": target,

@@ -116,17 +116,25 @@ class StoreStats:
     misses: int = 0
     corrupt: int = 0   # entries found broken (reported as missing, so the caller recomputes them)
     evicted: int = 0   # entries removed to keep the store under its size bound
+    seeded: int = 0    # entries copied in from the seed folder (also counted as hits)
 
 
 class EmbeddingStore:
     """Content-keyed float16 arrays on disk; see the module docstring for the guarantees.
 
     ``max_size``: the bound in bytes of the store's entries (None: :func:`size_bound`, the
-    environment's); a write that would pass it first removes the least recently used entries."""
+    environment's); a write that would pass it first removes the least recently used entries.
 
-    def __init__(self, root: str | Path | None = None, max_size: int | None = None) -> None:
+    ``seed``: a read-only folder in the same layout (the dashboard ships one for the bundled demo's
+    first views: ``dashboard/demo_store.py``). A key missing from ``root`` is looked up there and, when
+    found and its checksums hold, copied into ``root``. Keys are content hashes, so a seed entry is only
+    ever read for exactly the inputs it was computed from."""
+
+    def __init__(self, root: str | Path | None = None, max_size: int | None = None,
+                 seed: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.max_size = max_size
+        self.seed = Path(seed) if seed is not None else None
         self.stats = StoreStats()
         self._size: int | None = None  # running total of the entries, while the bound is checked
         self._size_at = 0.0
@@ -141,28 +149,40 @@ class EmbeddingStore:
         return None if entry is None else entry[0]
 
     def get_entry(self, key: str) -> tuple[np.ndarray, dict] | None:
-        """(array, the ``meta`` it was stored with), or None if missing or corrupt."""
+        """(array, the ``meta`` it was stored with), or None if missing or corrupt. An entry missing
+        here but found in the ``seed`` folder is copied in first (see the class docstring)."""
         manifest_path = self._manifest(key)
         try:
             with locked(manifest_path) as held:  # until the array is mapped: see the module docstring
                 if held is None:
-                    self.stats.misses += 1
-                    return None
+                    return self._from_seed(key)
                 touch(manifest_path)
-                manifest = json.loads(held.raw)
-                data_path = _data_path(manifest_path, key, manifest)
-                if manifest["format"] != FORMAT or file_digest(data_path) != manifest["sha256"]:
-                    raise ValueError("checksum mismatch")
-                if manifest["meta_sha256"] != json_digest(manifest["meta"]) or not isinstance(manifest["meta"], dict):
-                    raise ValueError("metadata checksum mismatch")
-                array = np.load(data_path, mmap_mode="r")
-                if list(array.shape) != manifest["shape"] or array.dtype != np.float16:
-                    raise ValueError("shape or dtype mismatch")
+                array, meta = _checked(manifest_path, key, held.raw)
         except (OSError, ValueError, KeyError, TypeError):
             self.stats.corrupt += 1
             return None
         self.stats.hits += 1
-        return array, manifest["meta"]
+        return array, meta
+
+    def _from_seed(self, key: str) -> tuple[np.ndarray, dict] | None:
+        """A missing entry from the read-only ``seed`` folder, checked as any entry is, then put here
+        (so that the size bound, ``cache info`` and ``cache prune`` see it as they see any other)."""
+        if self.seed is None:
+            self.stats.misses += 1
+            return None
+        manifest_path = self.seed / key[:2] / f"{key}.json"
+        try:
+            array, meta = _checked(manifest_path, key, manifest_path.read_bytes())
+        except (OSError, ValueError, KeyError, TypeError):
+            self.stats.misses += 1
+            return None
+        self.stats.seeded += 1
+        try:
+            self.put(key, array, meta)
+        except OSError:  # a read-only or full cache folder: the seed's own copy serves
+            self.stats.hits += 1
+            return array, meta
+        return self.get_entry(key)
 
     def put(self, key: str, array: np.ndarray, meta: dict | None = None) -> None:
         """Store ``array`` as float16 under ``key`` (atomically; safe against concurrent writers
@@ -224,6 +244,21 @@ class EmbeddingStore:
         array = compute()
         self.put(key, array, meta)
         return np.asarray(array, dtype=np.float16)
+
+
+def _checked(manifest_path: Path, key: str, raw: bytes) -> tuple[np.ndarray, dict]:
+    """The array (memory-mapped) and meta of the manifest ``raw`` read at ``manifest_path``; raises
+    ValueError (or OSError, KeyError, TypeError) where the entry is not what the manifest says."""
+    manifest = json.loads(raw)
+    data_path = _data_path(manifest_path, key, manifest)
+    if manifest["format"] != FORMAT or file_digest(data_path) != manifest["sha256"]:
+        raise ValueError("checksum mismatch")
+    if manifest["meta_sha256"] != json_digest(manifest["meta"]) or not isinstance(manifest["meta"], dict):
+        raise ValueError("metadata checksum mismatch")
+    array = np.load(data_path, mmap_mode="r")
+    if list(array.shape) != manifest["shape"] or array.dtype != np.float16:
+        raise ValueError("shape or dtype mismatch")
+    return array, manifest["meta"]
 
 
 def _data_path(manifest_path: Path, key: str, manifest: dict) -> Path:

@@ -24,7 +24,7 @@ import streamlit as st
 from clip_icm import defaults, evaluation, service
 from clip_icm.embeddings import EmbeddingSet
 from clip_icm.store import EmbeddingStore
-from dashboard import texts
+from dashboard import demo_store, texts
 
 
 class _NeedsSlot(Exception):
@@ -96,7 +96,7 @@ def fit(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, _
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def evaluate(emb_key: str, target: str, config: evaluation.EvalConfig, _emb: EmbeddingSet) -> pd.DataFrame:
-    return service.evaluate(_emb, target, config, store=results_store())
+    return service.evaluate(_emb, target, config, store=store())
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -113,7 +113,7 @@ def _choose(emb_key: str, target: str, method: str, config: evaluation.EvalConfi
             scoring: str, protocol: str, _emb: EmbeddingSet) -> tuple[int, float, pd.DataFrame]:
     _slot_held()
     return service.choose_hyperparameters(_emb, target, method, config, Ks, lams, scoring, protocol,
-                                          store=results_store())
+                                          store=store())
 
 
 choose = _heavy(_choose)
@@ -123,7 +123,7 @@ choose = _heavy(_choose)
 def _evaluate_and_choose(emb_key: str, target: str, config: evaluation.EvalConfig, _emb: EmbeddingSet,
                          mode: str = defaults.CHOICE):
     _slot_held()
-    return service.evaluate_and_choose(_emb, target, config, store=results_store(), mode=mode)
+    return service.evaluate_and_choose(_emb, target, config, store=store(), mode=mode)
 
 
 evaluate_and_choose = _heavy(_evaluate_and_choose)
@@ -133,7 +133,7 @@ evaluate_and_choose = _heavy(_evaluate_and_choose)
 def _full_space_score(emb_key: str, target: str, config: evaluation.EvalConfig, scoring: str, protocol: str,
                       _emb: EmbeddingSet) -> float:
     _slot_held()
-    return service.full_space_score(_emb, target, config, scoring, protocol, store=results_store())
+    return service.full_space_score(_emb, target, config, scoring, protocol, store=store())
 
 
 full_space_score = _heavy(_full_space_score)
@@ -142,7 +142,7 @@ full_space_score = _heavy(_full_space_score)
 @st.cache_data(show_spinner=False, max_entries=32)
 def target_confusions(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, protocol: str,
                       _emb: EmbeddingSet) -> dict[str, np.ndarray]:
-    return service.target_confusions(_emb, target, method, config, protocol, store=results_store())
+    return service.target_confusions(_emb, target, method, config, protocol, store=store())
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -189,10 +189,11 @@ def neighbour_agreement(emb_key: str, fit_key: str, _emb: EmbeddingSet, _fit: se
 
 
 @st.cache_resource(show_spinner=False)
-def results_store() -> EmbeddingStore:
-    """Layouts, the chosen K and lam with CLIP's score, accuracy tables and confusion matrices also
-    go to the on-disk store, so that a restarted server redraws at once."""
-    return EmbeddingStore()
+def store() -> EmbeddingStore:
+    """The on-disk store of the embeddings, and also of the layouts, the chosen K and lam with CLIP's
+    score, accuracy tables and confusion matrices, so that a restarted server redraws at once. Seeded
+    with the bundled demo's first views (dashboard/demo_store.py), so that a fresh clone's does too."""
+    return EmbeddingStore(seed=demo_store.folder())
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

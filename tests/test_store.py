@@ -124,3 +124,46 @@ def test_concurrent_writers_never_publish_a_mixed_entry(tmp_path):
     assert not [f for f in os.listdir(tmp_path / key[:2]) if f.endswith(".tmp")]
     # each rewrite removed the data file it replaced: only the last one is left
     assert sorted(os.listdir(tmp_path / key[:2])) == sorted([f"{key}.json", _data_file(reader, key).name])
+
+
+# ---------------------------------------------------------------- a seed folder (the dashboard's demo seed)
+
+def _seed(tmp_path, key="cd" * 20):
+    """A seed folder holding one entry, written by a store as any entry is."""
+    EmbeddingStore(tmp_path / "seed").put(key, _array(3), meta={"kind": "embeddings", "dataset": "seeded"})
+    return tmp_path / "seed", key
+
+
+def test_a_key_missing_here_is_copied_in_from_the_seed_and_then_read_as_ones_own(tmp_path):
+    seed, key = _seed(tmp_path)
+    store = EmbeddingStore(tmp_path / "cache", seed=seed)
+    array, meta = store.get_entry(key)
+    np.testing.assert_array_equal(array, EmbeddingStore(seed).get(key))
+    assert meta == {"kind": "embeddings", "dataset": "seeded"}
+    assert (store.root / key[:2] / f"{key}.json").is_file()  # the size bound and `cache prune` see it now
+    assert _data_file(store, key).parent == store.root / key[:2]  # served from the cache's own copy
+    store.get(key)
+    assert (store.stats.seeded, store.stats.hits, store.stats.misses) == (1, 2, 0)
+    assert store.get("ef" * 20) is None and store.stats.misses == 1  # in neither
+
+
+def test_a_damaged_seed_entry_is_a_miss_and_is_not_copied(tmp_path):
+    seed, key = _seed(tmp_path)
+    data = _data_file(EmbeddingStore(seed), key)
+    data.write_bytes(data.read_bytes()[:-8] + b"\0" * 8)
+    store = EmbeddingStore(tmp_path / "cache", seed=seed)
+    assert store.get(key) is None
+    assert not (store.root / key[:2]).exists()
+    assert (store.stats.seeded, store.stats.misses) == (0, 1)
+
+
+def test_a_cache_folder_that_cannot_be_written_is_served_the_seeds_own_copy(tmp_path, monkeypatch):
+    seed, key = _seed(tmp_path)
+    store = EmbeddingStore(tmp_path / "cache", seed=seed)
+
+    def read_only(*args, **kwargs):  # what a read-only folder does to a user who is not root (tests run as root)
+        raise PermissionError(13, "Permission denied", str(store.root))
+
+    monkeypatch.setattr(store, "put", read_only)
+    np.testing.assert_array_equal(store.get(key), EmbeddingStore(seed).get(key))
+    assert (store.stats.seeded, store.stats.hits) == (1, 1)

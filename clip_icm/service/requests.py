@@ -98,20 +98,21 @@ def _stamps(paths: tuple[str, ...]) -> tuple:
 
 
 def load_embeddings(request: EmbeddingRequest, progress: Progress | None = None,
-                    notes: list[str] | None = None) -> EmbeddingSet:
-    """Embeddings for a request; user errors become :class:`ServiceError`. What the scan
+                    notes: list[str] | None = None, store=None) -> EmbeddingSet:
+    """Embeddings for a request, through ``store`` (an EmbeddingStore; None: the user's cache folder);
+    user errors become :class:`ServiceError`. What the scan
     noted (a domain without readable images, a class missing from a domain) and the files
     skipped are appended to ``notes`` when given, so that the page can show them. They come
     from the scan's report, not from capturing warnings: ``warnings.catch_warnings`` is
     process-wide, so it would also catch (and mute) another thread's (the UMAP warm-up's)."""
     found: list[str] = []
-    emb = _load(request, progress, found)
+    emb = _load(request, progress, found, store)
     if notes is not None:
         notes.extend(found)
     return emb
 
 
-def _load(request: EmbeddingRequest, progress: Progress | None, notes: list[str]) -> EmbeddingSet:
+def _load(request: EmbeddingRequest, progress: Progress | None, notes: list[str], store) -> EmbeddingSet:
     if request.source not in SOURCES:
         raise ServiceError(f"unknown data source {request.source!r}; choose one of {', '.join(SOURCES)}")
     if request.source == "folder" and not request.root:
@@ -119,14 +120,15 @@ def _load(request: EmbeddingRequest, progress: Progress | None, notes: list[str]
     try:
         if request.source == "synthetic":
             return _synthetic(request)
-        return _pipeline_embeddings(request, progress, notes)
+        return _pipeline_embeddings(request, progress, notes, store)
     except ServiceError:
         raise
     except USER_ERRORS as e:
         raise ServiceError(f"Could not build the embeddings: {message(e)}") from e
 
 
-def _pipeline_embeddings(request: EmbeddingRequest, progress: Progress | None, notes: list[str]) -> EmbeddingSet:
+def _pipeline_embeddings(request: EmbeddingRequest, progress: Progress | None, notes: list[str],
+                         store) -> EmbeddingSet:
     from clip_icm import backend, pipeline  # lazy: pulls in torch
 
     root = None
@@ -134,7 +136,8 @@ def _pipeline_embeddings(request: EmbeddingRequest, progress: Progress | None, n
         root = str(_data_path(request.root, data_roots(exposed=False), request.dataset))
     data = pipeline.DataConfig(root=root, dataset=request.dataset, max_per_domain=request.max_per_domain)
     model = backend.ModelConfig(request.model, request.pretrained, request.device, request.precision)
-    run = pipeline.embed_dataset(data, model, intervention_config(request.interventions), progress=progress)
+    run = pipeline.embed_dataset(data, model, intervention_config(request.interventions), progress=progress,
+                                 store=store)
     notes.extend(run.scan.notes)
     if run.skipped:
         examples = "; ".join(f"{Path(p).name}: {why}" for p, why in run.skipped[:3])

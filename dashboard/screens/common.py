@@ -96,7 +96,7 @@ def load_embeddings(request: service.EmbeddingRequest) -> EmbeddingSet | None:
 
 
 def _build(request: service.EmbeddingRequest, notes: list[str]) -> EmbeddingSet:
-    return service.load_embeddings(request, StageProgress(), notes)
+    return service.load_embeddings(request, StageProgress(), notes, store=cached.store())
 
 
 class StageProgress:

@@ -249,7 +249,7 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
     colour = controls.colour_ui()
     max_points = controls.map_points_ui(len(emb.labels))
     ids = cached.plot_ids(emb.key, max_points, emb)
-    store, this_fit = cached.results_store(), fit_key(ctx, K, lam)
+    store, this_fit = cached.store(), fit_key(ctx, K, lam)
     label = service.method_label(fit.method)
     inv_title = f"Invariant space ({label}, K = {K}, lam = {lam:g})"
     full_job = service.full_layout_job(emb, ids, store=store)
@@ -315,7 +315,7 @@ def _speculate(ctx: Context, ids: np.ndarray, K: int, lam: float) -> None:
         job = service.invariant_layout_job(ctx.emb, ids, fit_key(ctx, cell_K, cell_lam),
                                            lambda config=config: service.fit(ctx.emb, c.target, c.method, config),
                                            invariant_label(c.method, cell_K, cell_lam),
-                                           store=cached.results_store(), priority=service.SPECULATIVE)
+                                           store=cached.store(), priority=service.SPECULATIVE)
         if job is None:  # the worker has enough waiting
             return
 
@@ -483,7 +483,7 @@ def _report_maker(ctx: Context, fit: service.Fit):
                                interventions=service.intervention_config(ctx.request.interventions),
                                max_points=st.session_state.get("ctl_map_points", service.MAP_POINTS),
                                choice_mode=c.choice_mode)
-    store = cached.results_store()
+    store = cached.store()
     return lambda: report.build(ctx.emb, c.target, config, settings, store=store).html
 
 
@@ -491,5 +491,5 @@ def embeddings_parquet(emb: EmbeddingSet, target: str, config: evaluation.EvalCo
     """The export table (service.embedding_table), made on the click: with the maps' coordinates when
     the maps draw every row (their layouts are in the store then), else without (UMAP of every row)."""
     coordinates = len(emb.labels) <= service.MAP_POINTS
-    table = service.embedding_table(emb, target, config, coordinates=coordinates, store=cached.results_store())
+    table = service.embedding_table(emb, target, config, coordinates=coordinates, store=cached.store())
     return service.table_bytes(table, "parquet")

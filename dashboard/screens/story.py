@@ -188,7 +188,7 @@ def world_step(ctx: Context) -> None:
 def clip_map_step(ctx: Context) -> None:
     emb = ctx.emb
     ids = cached.plot_ids(emb.key, service.MAP_POINTS, emb)
-    job = service.full_layout_job(emb, ids, store=cached.results_store())
+    job = service.full_layout_job(emb, ids, store=cached.store())
     predicted = cached.predictions(emb.key, "", evaluation.FULL_SPACE, emb, None)
     _map_pair(ctx, job, predicted, "CLIP's space", "story_full")
     agreement = cached.neighbour_agreement(emb.key, "", emb, None, _shortcut(ctx))
@@ -299,7 +299,7 @@ def invariant_map_step(ctx: Context) -> None:
     ids = cached.plot_ids(emb.key, service.MAP_POINTS, emb)
     key = fit_key(ctx, ctx.K, ctx.lam)
     job = service.invariant_layout_job(emb, ids, key, lambda: fit, invariant_label(c.method, ctx.K, ctx.lam),
-                                       store=cached.results_store())
+                                       store=cached.store())
     predicted = cached.predictions(emb.key, key, fit.method, emb, fit)
     _map_pair(ctx, job, predicted, f"Invariant space (K = {ctx.K}, λ = {ctx.lam:g})", "story_invariant")
     before = cached.neighbour_agreement(emb.key, "", emb, None, _shortcut(ctx))
@@ -367,7 +367,7 @@ def _every_target_job(ctx: Context) -> service.LayoutJob | None:
     config = choice_config(ctx)
     if config is None:
         return None
-    emb, store, mode = ctx.every_domain, cached.results_store(), ctx.choice.choice_mode
+    emb, store, mode = ctx.every_domain, cached.store(), ctx.choice.choice_mode
 
     def compute() -> np.ndarray:
         for target in emb.domain_names:
