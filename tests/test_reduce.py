@@ -167,11 +167,12 @@ def test_background_compilation_fills_the_cache_that_the_first_layout_loads(tmp_
     assert second["exit"] is None and not kernels & set(second["compiled"])
 
 
-def test_exact_neighbours_match_a_full_sort_of_cosine_distances():
+@pytest.mark.parametrize("chunk", [1, 7, 32, 400])  # runs that do not divide the rows; more columns than rows
+def test_exact_neighbours_match_a_full_sort_of_cosine_distances(chunk):
     from clip_icm.reduce import exact_neighbours
 
     X = unit_rows(np.random.default_rng(1).normal(size=(300, 12)).astype(np.float32))
-    indices, distances = exact_neighbours(X, 8, block=64)  # blocks that do not divide the rows
+    indices, distances = exact_neighbours(X, 8, block=64, chunk=chunk)  # blocks that do not divide the rows
     D = 1.0 - X @ X.T
     np.fill_diagonal(D, -1.0)  # itself first
     expected = np.argsort(D, axis=1, kind="stable")[:, :8]
@@ -179,3 +180,17 @@ def test_exact_neighbours_match_a_full_sort_of_cosine_distances():
     assert (indices[:, 0] == np.arange(300)).all() and np.all(distances[:, 0] == 0.0)
     np.testing.assert_allclose(distances[:, 1:], np.take_along_axis(D, expected, axis=1)[:, 1:], atol=1e-6)
     assert np.all(np.diff(distances, axis=1) >= 0)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 32])
+def test_exact_neighbours_of_equal_distance_come_in_index_order(chunk):
+    """Rows equal to one of 4 unit vectors (distances exactly 0 or 1): each row's 9 neighbours after
+    itself are rows equal to it (any of them: all are as near), in index order; from run to run the same."""
+    from clip_icm.reduce import exact_neighbours
+
+    which = np.random.default_rng(2).integers(0, 4, size=90)  # about 22 rows of each
+    X = np.eye(4, 6, dtype=np.float32)[which]
+    indices, distances = exact_neighbours(X, 10, block=16, chunk=chunk)
+    assert (indices[:, 0] == np.arange(90)).all() and (which[indices] == which[:, None]).all()
+    assert (np.diff(indices[:, 1:], axis=1) > 0).all() and not distances.any()
+    np.testing.assert_array_equal(exact_neighbours(X, 10, block=16, chunk=chunk)[0], indices)
