@@ -11,6 +11,8 @@ the compiled kernels on disk, and compile_in_background() fills that cache from 
 """
 from __future__ import annotations
 
+import functools
+import os
 import subprocess
 import threading
 import warnings
@@ -31,6 +33,16 @@ DEFAULT_EPOCHS = 200
 # 10,000 x 512, but the descent's numba code cannot be cached and compiles for 40-70 s in every
 # new process, and the products grow as n^2 (bench/RESULTS.md).
 BLAS_KNN_LIMIT = 20_000
+# Opt-in: "1" runs UMAP's epochs on every core (numba threads; umap then takes no seed), about
+# 1.6x faster on an idle 2-core machine, but a layout then changes from run to run (the threads race
+# on the points they move) and the layout process takes the cores a page's rerun would use.
+PARALLEL_VAR = "CLIP_ICM_PARALLEL_LAYOUTS"
+
+
+def parallel_layouts() -> bool:
+    """Whether ``$CLIP_ICM_PARALLEL_LAYOUTS`` asks for the parallel, non-deterministic layouts (read
+    at each layout, in the process that computes it: the dashboard's layout process inherits it)."""
+    return os.environ.get(PARALLEL_VAR, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _pca_2d(X: np.ndarray) -> np.ndarray:
@@ -68,8 +80,10 @@ def warm_up() -> None:
     from clip_icm import umap_cache
 
     gen = np.random.default_rng(0)
-    layout_2d(gen.normal(size=(64, 8)))
-    layout_2d(gen.normal(size=(64, 8)), init=gen.normal(size=(64, 2)))
+    layout_2d(gen.normal(size=(64, 8)), parallel=False)
+    layout_2d(gen.normal(size=(64, 8)), init=gen.normal(size=(64, 2)), parallel=False)
+    if parallel_layouts():  # and the parallel epochs' kernel, cached too, though not needed by default
+        layout_2d(gen.normal(size=(64, 8)), init=gen.normal(size=(64, 2)), parallel=True)
     umap_cache.mark_filled()
 
 
@@ -112,13 +126,16 @@ def layout_2d(
     seed: int = 0,
     n_neighbors: int = 15,
     n_epochs: int = DEFAULT_EPOCHS,
+    parallel: bool | None = None,
 ) -> np.ndarray:
     """A 2-D UMAP layout (cosine geometry) of the rows of ``X``.
 
     ``init`` (n, 2) starts the optimisation from a given layout, and the result is
     Procrustes-aligned to it: pass the full-space layout when laying out the
     invariant space to get comparable pictures. Fewer than 5 rows fall back to PCA
-    (UMAP needs a neighbourhood). The seed makes it reproducible (and single-threaded).
+    (UMAP needs a neighbourhood). The seed makes it reproducible: the same input gives the
+    same layout, bit for bit, on one core. ``parallel`` (None: parallel_layouts()) uses every
+    core instead, ignores the seed and is not reproducible.
     """
     X = np.asarray(X)
     if X.ndim != 2 or len(X) == 0:
@@ -129,7 +146,7 @@ def layout_2d(
     if len(X) < 5:
         xy = _pca_2d(X)
     else:
-        xy = _umap(X, init, seed, n_neighbors, n_epochs)
+        xy = _umap(X, init, seed, n_neighbors, n_epochs, parallel=parallel_layouts() if parallel is None else parallel)
     return procrustes_align(xy, init) if init is not None else xy
 
 
@@ -169,10 +186,22 @@ def exact_neighbours(X: np.ndarray, k: int, block: int = 512, chunk: int = 32) -
     return indices, distances
 
 
+@functools.cache
+def _curve_float32() -> tuple[np.float32, np.float32]:
+    """umap's a and b (of its default spread 1 and min_dist 0.1) as float32: its epoch kernel then
+    raises distances to the power b in single precision, and 200 epochs at 10,000 points took 18%
+    less time, for a picture that keeps today's as well as a reseeded one does (bench/RESULTS.md)."""
+    from umap.umap_ import find_ab_params
+
+    a, b = find_ab_params(1.0, 0.1)
+    return np.float32(a), np.float32(b)
+
+
 def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n_epochs: int,
-          search: str | None = None) -> np.ndarray:
+          search: str | None = None, parallel: bool = False) -> np.ndarray:
     """``search``, how the neighbours are found: "exact" (exact_neighbours, handed to umap),
-    "descent" (pynndescent's approximate search); None: exact up to BLAS_KNN_LIMIT rows."""
+    "descent" (pynndescent's approximate search); None: exact up to BLAS_KNN_LIMIT rows.
+    ``parallel``: the epochs on every core, no seed (layout_2d)."""
     wait_for_compilation()
     import umap  # lazy: seconds to import, numba compilation on first use
 
@@ -189,6 +218,7 @@ def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n
     if search not in ("exact", "descent"):
         raise InvalidInput(f"search must be 'exact' or 'descent', got {search!r}")
     k = min(n_neighbors, len(X) - 1)
+    a, b = _curve_float32()
     # umap's own exact search (below 4,096 rows) calls a numba metric once per pair from Python,
     # or takes a distance matrix and compiles a parallel sort of it for 5-8 s in a new process.
     reducer = umap.UMAP(
@@ -197,8 +227,10 @@ def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n
         metric="cosine",
         n_epochs=n_epochs,
         init=_standardise(init) if init is not None else "spectral",
-        random_state=seed,
-        n_jobs=1,  # what a fixed random_state forces anyway; saying so spares the warning
+        a=a,
+        b=b,
+        random_state=None if parallel else seed,  # a seed makes umap run on one thread
+        n_jobs=-1 if parallel else 1,  # what a fixed random_state forces anyway; saying so spares the warning
         force_approximation_algorithm=search == "descent",
         precomputed_knn=exact_neighbours(X, k) if search == "exact" else (None, None, None),
     )
