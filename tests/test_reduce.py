@@ -30,6 +30,35 @@ def test_layout_is_2d_seeded_and_keeps_clusters():
     assert min(gaps) > 2 * spread  # the three blobs stay apart
 
 
+def test_default_layouts_are_identical_run_to_run(monkeypatch):
+    """The default mode is deterministic: the same rows (more than one block of exact_neighbours'
+    products) give the same layouts, bit for bit, full and started from it, whatever
+    CLIP_ICM_PARALLEL_LAYOUTS says when parallel=False is asked for."""
+    X, _ = _blobs(n_per=200, dim=24)
+    full = [layout_2d(X, seed=2, n_epochs=50) for _ in range(2)]
+    invariant = [layout_2d(X[:, :10], init=full[0], seed=2, n_epochs=50) for _ in range(2)]
+    monkeypatch.setenv("CLIP_ICM_PARALLEL_LAYOUTS", "1")
+    forced = layout_2d(X, seed=2, n_epochs=50, parallel=False)
+    assert np.array_equal(full[0], full[1]) and np.array_equal(invariant[0], invariant[1])
+    assert np.array_equal(forced, full[0])
+    assert not np.array_equal(layout_2d(X, seed=3, n_epochs=50, parallel=False), full[0])  # the seed matters
+
+
+@pytest.mark.parametrize("value, parallel", [("1", True), ("on", True), ("0", False), ("", False), (None, False)])
+def test_the_parallel_mode_is_opt_in_by_environment(monkeypatch, value, parallel):
+    from clip_icm import reduce
+
+    if value is None:
+        monkeypatch.delenv(reduce.PARALLEL_VAR, raising=False)
+    else:
+        monkeypatch.setenv(reduce.PARALLEL_VAR, value)
+    asked = []
+    monkeypatch.setattr(reduce, "_umap", lambda X, *args, parallel: asked.append(parallel) or np.zeros((len(X), 2)))
+    layout_2d(np.random.default_rng(0).normal(size=(10, 3)))
+    layout_2d(np.random.default_rng(0).normal(size=(10, 3)), parallel=False)
+    assert reduce.parallel_layouts() is parallel and asked == [parallel, False]
+
+
 def test_shared_init_gives_a_layout_aligned_to_the_reference():
     X, _ = _blobs()
     full = layout_2d(X)
