@@ -2,6 +2,7 @@
 
     python -m bench.bench_umap [--against main] [--n 10000] [--no-demo] [--candidates 200/100 ...] [--parallel] [--seeds 4]
     python -m bench.bench_umap --fresh [--n 10000]
+    python -m bench.bench_umap --profile [--n 10000] [--against main]
 
 For the demo world (1,280 images, toy CLIP, ICM K = 32) and synthetic clustered embeddings
 (the SCM's, 7 classes, 4 domains, D = 512, ``--n`` rows, ICM K = 64), BLAS on one thread as in
@@ -24,6 +25,9 @@ checkout shares with today at the same seed with what today shares with itself a
 processes one after the other on one new, empty store (so numba's cache starts empty): seconds
 of the layout call (umap's import, numba compiling or loading its kernels, the layout) and of the
 whole process.
+
+``--profile``: where the time of a pair of synthetic layouts goes, by stage (neighbours, fuzzy simplicial
+set, spectral start, epochs, Procrustes), this checkout and ``--against``'s, each in a fresh process.
 """
 from __future__ import annotations
 
@@ -229,11 +233,74 @@ def fresh(n: int) -> list[str]:
     return out
 
 
+# Run in the checkout measured: argv[1] the data (.npz, "full" and "invariant"); prints the seconds of
+# each stage of the pair (cProfile's cumulative time of the functions that do them).
+_PROFILE = r'''
+import cProfile, json, os, pstats, sys, time
+import numpy as np
+from threadpoolctl import threadpool_limits
+threadpool_limits(1, user_api="blas")
+from clip_icm import reduce
+reduce.warm_up()
+data = np.load(sys.argv[1])
+STAGES = {"exact_neighbours": "neighbours (matrix products, partial sorts)", "fuzzy_simplicial_set": "fuzzy simplicial set",
+          "spectral_layout": "spectral start", "optimize_layout_euclidean": "epochs", "procrustes_align": "Procrustes"}
+out = {}
+full = None
+for space in ("full", "invariant"):
+    profile = cProfile.Profile()
+    start = time.perf_counter()
+    profile.enable()
+    xy = reduce.layout_2d(data[space], init=full)
+    profile.disable()
+    out[f"{space}: whole layout"] = time.perf_counter() - start
+    full = xy if full is None else full
+    for (_, _, name), row in pstats.Stats(profile).stats.items():
+        if name in STAGES:
+            out[f"{space}: {STAGES[name]}"] = out.get(f"{space}: {STAGES[name]}", 0.0) + row[3]
+out["load average"] = os.getloadavg()[0]
+print("RESULT " + json.dumps(out))
+'''
+
+
+def profile(n: int, against: str | None) -> list[str]:
+    """Where a pair of ``n``-point layouts spends its time, this checkout (and ``against``'s), in fresh processes."""
+    import tempfile
+
+    X_full, X_inv = _synthetic(n)
+    results = {}
+    with tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+        np.savez(scratch / "data.npz", full=X_full, invariant=X_inv)
+        roots = {"this checkout": ROOT}
+        if against:
+            roots[against] = _checkout(against, scratch)
+        try:
+            for name, root in roots.items():
+                env = {**os.environ, "PYTHONPATH": str(root), "OPENBLAS_NUM_THREADS": "1"}
+                done = subprocess.run([sys.executable, "-c", _PROFILE, str(scratch / "data.npz")], cwd=root, env=env,
+                                      capture_output=True, text=True, check=False)
+                line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+                if line is None:
+                    raise RuntimeError(f"the profile in {root} failed:\n{done.stderr[-3000:]}")
+                results[name] = json.loads(line[len("RESULT "):])
+        finally:
+            if against:
+                subprocess.run(["git", "worktree", "remove", "--force", str(roots[against])], cwd=ROOT, capture_output=True)
+    names = list(results)
+    keys = list(dict.fromkeys(k for r in results.values() for k in r))
+    rows = ["| stage | " + " | ".join(f"{name} (s)" for name in names) + " |", "|---|" + "---|" * len(names)]
+    rows += [f"| {key} | " + " | ".join(f"{results[name][key]:.2f}" if key in results[name] else "-" for name in names) + " |"
+             for key in keys]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--no-demo", action="store_true")
     parser.add_argument("--fresh", action="store_true", help="time the first layout in new processes")
+    parser.add_argument("--profile", action="store_true", help="where a synthetic pair's time goes, by stage")
     parser.add_argument("--against", metavar="REV", help="today's layouts from this git revision (default: this checkout)")
     parser.add_argument("--candidates", nargs="*", default=[], metavar="FULL/INVARIANT",
                         help="epochs to try in this checkout, e.g. 200/100")
@@ -244,6 +311,11 @@ def main() -> None:
     if args.fresh:
         print(f"# {platform.node()}, {os.cpu_count()} CPUs, BLAS 1 thread, load average {os.getloadavg()[0]:.1f}")
         print("\n".join(fresh(args.n)))
+        return
+    if args.profile:
+        print(f"# {platform.node()}, {os.cpu_count()} CPUs, BLAS 1 thread, load average {os.getloadavg()[0]:.1f}; "
+              f"synthetic {args.n:,} x 512, invariant K = 64; full, then invariant started from it")
+        print("\n".join(profile(args.n, args.against)))
         return
     print(f"# {platform.node()}, {os.cpu_count()} CPUs, BLAS 1 thread, load average {os.getloadavg()[0]:.1f}; "
           f"today: {args.against or 'this checkout'}; 15 neighbours; overlaps: same as today | embedding")
