@@ -26,16 +26,18 @@ from clip_icm.errors import InvalidInput
 # Few epochs are enough for a few thousand points and keep a layout at a second or two. Fewer
 # lose part of the picture: with 100 (full) or 100 and 50 (invariant, started from the full
 # layout) each point keeps fewer of today's 2-D neighbours than a reseeded layout does, and fewer
-# of its neighbours in the embedding space (python -m bench.bench_umap; bench/RESULTS.md).
+# of its neighbours in the embedding space; 150 for the invariant layout lost too (python -m
+# bench.bench_umap; bench/RESULTS.md).
 DEFAULT_EPOCHS = 200
 # Neighbours are found exactly, from blocks of matrix products, up to this many points (every map
 # the dashboard draws by default); pynndescent's approximate search beyond. Both take 1-2 s at
 # 10,000 x 512, but the descent's numba code cannot be cached and compiles for 40-70 s in every
 # new process, and the products grow as n^2 (bench/RESULTS.md).
 BLAS_KNN_LIMIT = 20_000
-# Opt-in: "1" runs UMAP's epochs on every core (numba threads; umap then takes no seed), about
-# 1.6x faster on an idle 2-core machine, but a layout then changes from run to run (the threads race
-# on the points they move) and the layout process takes the cores a page's rerun would use.
+# Opt-in: "1" runs UMAP's epochs on every core (numba threads; umap then takes no seed). A layout
+# then changes from run to run (the threads race on the points they move; its picture keeps today's
+# as well as a reseeded one does), and the layout process takes the cores a page's rerun would use.
+# Faster only where cores are free: on the shared 2-core machine under load 3 it was not (bench/RESULTS.md).
 PARALLEL_VAR = "CLIP_ICM_PARALLEL_LAYOUTS"
 
 
@@ -153,14 +155,14 @@ def layout_2d(
 def exact_neighbours(X: np.ndarray, k: int, block: int = 512, chunk: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest rows of each row of ``X`` (unit rows) by cosine distance, itself
     first, as (indices int32, distances float32) sorted by distance (equal ones by index): what
-    pynndescent would return, but exact, from blocks of matrix products (about 1.5 s at
-    10,000 x 512 on one core, 0.4 s at 10,000 x 64).
+    pynndescent would return, but exact, from blocks of matrix products (1.4 s at 10,000 x 512 on
+    one core, 0.5 s at 10,000 x 64, under load 3).
 
     Each row's similarities are cut into runs of ``chunk`` columns and only the ``k`` runs with the
     largest maxima are searched: every one of the ``k`` nearest lies in one of them (a run that holds
     one has at most k - 1 runs with a larger maximum), so the result is exact, and the partial sort
-    reads k * chunk candidates instead of every column (it took half of the time at 10,000 x 512,
-    most of it at 10,000 x 64; bench/RESULTS.md)."""
+    reads k * chunk candidates instead of every column (the partial sorts of every column took half
+    of the time at 10,000 x 512, most of it at 10,000 x 64; bench/RESULTS.md)."""
     n = len(X)
     k = min(k, n)
     indices = np.empty((n, k), dtype=np.int32)
@@ -189,8 +191,9 @@ def exact_neighbours(X: np.ndarray, k: int, block: int = 512, chunk: int = 32) -
 @functools.cache
 def _curve_float32() -> tuple[np.float32, np.float32]:
     """umap's a and b (of its default spread 1 and min_dist 0.1) as float32: its epoch kernel then
-    raises distances to the power b in single precision, and 200 epochs at 10,000 points took 18%
-    less time, for a picture that keeps today's as well as a reseeded one does (bench/RESULTS.md)."""
+    takes most of its powers of distances in single precision, and the epochs of a 10,000-point
+    layout take a sixth less time (2.9 s instead of 3.5), for a picture that keeps the float64 one as
+    well as a reseeded one does (python -m bench.bench_umap --profile / --seeds 4; bench/RESULTS.md)."""
     from umap.umap_ import find_ab_params
 
     a, b = find_ab_params(1.0, 0.1)
