@@ -1,37 +1,49 @@
-"""Cheaper UMAP layouts, measured against today's picture by neighbourhood overlap (not by eye).
+"""Faster UMAP layouts, measured against today's picture by neighbourhood overlap (not by eye).
 
-    python -m bench.bench_umap [--n 10000] [--no-demo] [--candidates 200/100 100/50 ...]
+    python -m bench.bench_umap [--against main] [--n 10000] [--no-demo] [--candidates 200/100 ...] [--parallel] [--seeds 4]
     python -m bench.bench_umap --fresh [--n 10000]
+    python -m bench.bench_umap --profile [--n 10000] [--against main]
 
 For the demo world (1,280 images, toy CLIP, ICM K = 32) and synthetic clustered embeddings
 (the SCM's, 7 classes, 4 domains, D = 512, ``--n`` rows, ICM K = 64), BLAS on one thread as in
-the dashboard, it lays out the full space, then the invariant space started from it, with
-today's epochs (reduce.DEFAULT_EPOCHS for both, seed 0) and with each candidate
-``FULL/INVARIANT`` epochs, and prints per layout:
-- seconds;
+the dashboard, it lays out the full space, then the invariant space started from it: "today"
+(the checkout of ``--against``, else this one) with its default epochs and seeds 0 and 1, then
+this checkout with seed 0, with each candidate ``FULL/INVARIANT`` epochs and (``--parallel``) in
+the opt-in parallel mode; each checkout in a fresh process, one after the other. Per layout:
+- seconds, and the pair's against today's seed 0 (ratio);
 - "same as today": the mean share of each point's 15 nearest 2-D neighbours that are also
   among its 15 nearest in today's layout (seed 0);
 - "embedding": the mean share of its 15 nearest 2-D neighbours that are among its 15 nearest
   in the space laid out (cosine), i.e. how much of the real neighbourhood the picture keeps.
 Today's settings with seed 1 are the yardstick: a reseeded layout differs from seed 0 by
-itself, so a candidate whose "same as today" is at least that of seed 1, and whose "embedding"
-is no lower, keeps today's picture as well as today's layout keeps its own.
+itself, so a change whose "same as today" is at least that of seed 1, and whose "embedding"
+is no lower, keeps today's picture as well as today's layout keeps its own. One reseed is one
+draw: with ``--seeds N`` both checkouts lay out seeds 0..N-1, and a summary compares what this
+checkout shares with today at the same seed with what today shares with itself at another seed.
 
 ``--fresh``: the first layout (full space, ``--n`` synthetic rows) in a new Python process, three
 processes one after the other on one new, empty store (so numba's cache starts empty): seconds
 of the layout call (umap's import, numba compiling or loading its kernels, the layout) and of the
 whole process.
+
+``--profile``: where the time of a pair of synthetic layouts goes, by stage (neighbours, fuzzy simplicial
+set, spectral start, epochs, Procrustes), this checkout and ``--against``'s, each in a fresh process.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+ROOT = Path(__file__).resolve().parent.parent
 K_NEIGHBOURS = 15
 
 
@@ -60,40 +72,114 @@ def overlap(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(x, y, assume_unique=True)) / a.shape[1] for x, y in zip(a, b)]))
 
 
-def _pair(X_full: np.ndarray, X_inv: np.ndarray, seed: int, full_epochs: int, inv_epochs: int,
-          full: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float, float]:
-    from clip_icm import reduce
-
+# Run in the checkout measured: argv[1] the data (.npz), argv[2] the runs (JSON), argv[3] where its layouts go.
+CHILD = r'''
+import json, os, sys, time
+import numpy as np
+from threadpoolctl import threadpool_limits
+threadpool_limits(1, user_api="blas")  # as the dashboard runs
+from clip_icm import reduce
+reduce.warm_up()
+data, runs, layouts, seconds = np.load(sys.argv[1]), json.loads(sys.argv[2]), {}, {}
+fulls = {}
+for run in runs:
+    extra = {"parallel": True} if run["parallel"] else {}  # an older checkout has no such argument
+    if extra and not fulls.get("parallel"):  # its kernel compiled (or loaded) before it is timed; runs last,
+        reduce.layout_2d(np.random.default_rng(0).normal(size=(64, 8)), parallel=True)  # its threads idle after
+        fulls["parallel"] = True
+    X_full, X_inv = data[run["data"] + " full"], data[run["data"] + " invariant"]
+    same_full = (run["data"], run["seed"], run["full"], run["parallel"])
     start = time.perf_counter()
-    if full is None:
-        full = reduce.layout_2d(X_full, seed=seed, n_epochs=full_epochs)
+    if same_full in fulls:
+        full, full_s = fulls[same_full], None
+    else:
+        full = reduce.layout_2d(X_full, seed=run["seed"], n_epochs=run["full"], **extra)
+        full_s = time.perf_counter() - start
+        fulls[same_full] = full
     middle = time.perf_counter()
-    invariant = reduce.layout_2d(X_inv, init=full, seed=seed, n_epochs=inv_epochs)
-    return full, invariant, middle - start, time.perf_counter() - middle
+    invariant = reduce.layout_2d(X_inv, init=full, seed=run["seed"], n_epochs=run["invariant"], **extra)
+    seconds[run["name"]] = (full_s, time.perf_counter() - middle, os.getloadavg()[0])
+    layouts[run["name"] + " full"], layouts[run["name"] + " invariant"] = full, invariant
+np.savez(sys.argv[3], **layouts)
+print("RESULT " + json.dumps(seconds))
+'''
 
 
-def compare(name: str, X_full: np.ndarray, X_inv: np.ndarray, candidates: list[tuple[int, int]]) -> list[str]:
+def _run(root: Path, data: Path, runs: list[dict], scratch: Path) -> tuple[dict, dict]:
+    """The layouts and seconds of ``runs`` in the checkout at ``root`` (a fresh process)."""
+    out = scratch / f"layouts {len(list(scratch.iterdir()))}.npz"
+    env = {**os.environ, "PYTHONPATH": str(root), "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", CHILD, str(data), json.dumps(runs), str(out)], cwd=root, env=env,
+                          capture_output=True, text=True, check=False)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"the layouts in {root} failed:\n{done.stderr[-3000:]}")
+    return dict(np.load(out)), json.loads(line[len("RESULT "):])
+
+
+def _checkout(rev: str, scratch: Path) -> Path:
+    other = scratch / "other"
+    subprocess.run(["git", "worktree", "add", "--detach", str(other), rev], cwd=ROOT, check=True, capture_output=True)
+    return other
+
+
+def compare(datasets: dict[str, tuple[np.ndarray, np.ndarray]], candidates: list[tuple[int, int]],
+            parallel: bool, against: str | None, seeds: int = 2) -> tuple[list[str], list[str]]:
+    """The table's rows, and per data set and space the summary over ``seeds`` seeds."""
+    import tempfile
+
     from clip_icm.reduce import DEFAULT_EPOCHS
 
-    hd = {"full": _neighbours_hd(X_full), "invariant": _neighbours_hd(X_inv)}
-    today = _pair(X_full, X_inv, 0, DEFAULT_EPOCHS, DEFAULT_EPOCHS)
-    ref = {"full": _neighbours_2d(today[0]), "invariant": _neighbours_2d(today[1])}
-    rows = []
-    fulls = {(0, DEFAULT_EPOCHS): today[0]}
-    runs = [("today, seed 0", 0, DEFAULT_EPOCHS, DEFAULT_EPOCHS),
-            ("today, seed 1 (yardstick)", 1, DEFAULT_EPOCHS, DEFAULT_EPOCHS)]
-    runs += [(f"{f}/{i} epochs, seed 0", 0, f, i) for f, i in candidates]
-    for label, seed, f, i in runs:
-        reused = label != "today, seed 0" and (seed, f) in fulls
-        result = today if label == "today, seed 0" else _pair(X_full, X_inv, seed, f, i, fulls.get((seed, f)))
-        fulls[(seed, f)] = result[0]
-        cells = []
-        for space, xy in (("full", result[0]), ("invariant", result[1])):
-            nn = _neighbours_2d(xy)
-            cells.append(f"{overlap(nn, ref[space]):.3f} | {overlap(nn, hd[space]):.3f}")
-        full_cell = "(today's)" if reused else f"{result[2]:.2f}"
-        rows.append(f"| {name} | {label} | {full_cell} | {result[3]:.2f} | {cells[0]} | {cells[1]} |")
-    return rows
+    with tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+        data = scratch / "data.npz"
+        np.savez(data, **{f"{name} {space}": X for name, pair in datasets.items()
+                          for space, X in zip(("full", "invariant"), pair)})
+
+        def runs(*cells: tuple[str, int, int, int, bool]) -> list[dict]:
+            return [{"name": f"{name}: {label}", "data": name, "seed": seed, "full": f, "invariant": i, "parallel": par}
+                    for name in datasets for label, seed, f, i, par in cells]
+
+        mine = runs(*[(f"this checkout, seed {seed}", seed, DEFAULT_EPOCHS, DEFAULT_EPOCHS, False) for seed in range(seeds)],
+                    *[(f"this checkout, {f}/{i} epochs", 0, f, i, False) for f, i in candidates],
+                    *([("this checkout, parallel (opt-in)", 0, DEFAULT_EPOCHS, DEFAULT_EPOCHS, True)] if parallel else []))
+        today = runs(*[(f"today, seed {seed}", seed, DEFAULT_EPOCHS, DEFAULT_EPOCHS, False) for seed in range(seeds)])
+        layouts, seconds = _run(ROOT, data, mine, scratch)
+        if against:
+            other = _checkout(against, scratch)
+            try:
+                today_layouts, today_seconds = _run(other, data, today, scratch)
+            finally:
+                subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=ROOT, capture_output=True)
+        else:
+            today_layouts, today_seconds = _run(ROOT, data, today, scratch)
+    layouts.update(today_layouts)
+    seconds.update(today_seconds)
+    rows, summary = [], []
+    for name, (X_full, X_inv) in datasets.items():
+        hd = {"full": _neighbours_hd(X_full), "invariant": _neighbours_hd(X_inv)}
+        ref = {space: _neighbours_2d(layouts[f"{name}: today, seed 0 {space}"]) for space in hd}
+        base = sum(seconds[f"{name}: today, seed 0"][:2])
+        for run in [r["name"] for r in today + mine if r["data"] == name]:
+            full_s, inv_s, load = seconds[run]
+            cells = []
+            for space in ("full", "invariant"):
+                nn = _neighbours_2d(layouts[f"{run} {space}"])
+                cells.append(f"{overlap(nn, ref[space]):.3f} | {overlap(nn, hd[space]):.3f}")
+            pair = None if full_s is None else full_s + inv_s
+            rows.append(f"| {run} | " + ("(reused)" if full_s is None else f"{full_s:.2f}") + f" | {inv_s:.2f} | "
+                        + ("" if pair is None else f"{pair:.2f} ({pair / base:.2f}x)") + f" | {cells[0]} | {cells[1]} | "
+                        f"{load:.1f} |")
+        for space in hd:
+            nn = {(who, seed): _neighbours_2d(layouts[f"{name}: {who}, seed {seed} {space}"])
+                  for who in ("today", "this checkout") for seed in range(seeds)}
+            same_seed = [overlap(nn["this checkout", seed], nn["today", seed]) for seed in range(seeds)]
+            reseeded = [overlap(nn["today", a], nn["today", b]) for a in range(seeds) for b in range(seeds) if a != b]
+            kept = {who: np.mean([overlap(nn[who, seed], hd[space]) for seed in range(seeds)]) for who in ("today", "this checkout")}
+            summary.append(f"| {name} | {space} | {np.mean(same_seed):.3f} ({min(same_seed):.3f}-{max(same_seed):.3f}) | "
+                           f"{np.mean(reseeded):.3f} ({min(reseeded):.3f}-{max(reseeded):.3f}) | "
+                           f"{kept['this checkout']:.3f} | {kept['today']:.3f} |")
+    return rows, summary
 
 
 def _demo() -> tuple[np.ndarray, np.ndarray]:
@@ -130,12 +216,9 @@ with threadpool_limits(1, user_api="blas"):
 
 
 def fresh(n: int) -> list[str]:
-    import subprocess
-    import sys
     import tempfile
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     out = []
     with tempfile.TemporaryDirectory() as store:
         env = {**os.environ, "CLIP_ICM_CACHE": store, "PYTHONPATH": str(root)}
@@ -150,31 +233,104 @@ def fresh(n: int) -> list[str]:
     return out
 
 
+# Run in the checkout measured: argv[1] the data (.npz, "full" and "invariant"); prints the seconds of
+# each stage of the pair (cProfile's cumulative time of the functions that do them).
+_PROFILE = r'''
+import cProfile, json, os, pstats, sys, time
+import numpy as np
+from threadpoolctl import threadpool_limits
+threadpool_limits(1, user_api="blas")
+from clip_icm import reduce
+reduce.warm_up()
+data = np.load(sys.argv[1])
+STAGES = {"exact_neighbours": "neighbours (matrix products, partial sorts)", "fuzzy_simplicial_set": "fuzzy simplicial set",
+          "spectral_layout": "spectral start", "optimize_layout_euclidean": "epochs", "procrustes_align": "Procrustes"}
+out = {}
+full = None
+for space in ("full", "invariant"):
+    profile = cProfile.Profile()
+    start = time.perf_counter()
+    profile.enable()
+    xy = reduce.layout_2d(data[space], init=full)
+    profile.disable()
+    out[f"{space}: whole layout"] = time.perf_counter() - start
+    full = xy if full is None else full
+    for (_, _, name), row in pstats.Stats(profile).stats.items():
+        if name in STAGES:
+            out[f"{space}: {STAGES[name]}"] = out.get(f"{space}: {STAGES[name]}", 0.0) + row[3]
+out["load average"] = os.getloadavg()[0]
+print("RESULT " + json.dumps(out))
+'''
+
+
+def profile(n: int, against: str | None) -> list[str]:
+    """Where a pair of ``n``-point layouts spends its time, this checkout (and ``against``'s), in fresh processes."""
+    import tempfile
+
+    X_full, X_inv = _synthetic(n)
+    results = {}
+    with tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+        np.savez(scratch / "data.npz", full=X_full, invariant=X_inv)
+        roots = {"this checkout": ROOT}
+        if against:
+            roots[against] = _checkout(against, scratch)
+        try:
+            for name, root in roots.items():
+                env = {**os.environ, "PYTHONPATH": str(root), "OPENBLAS_NUM_THREADS": "1"}
+                done = subprocess.run([sys.executable, "-c", _PROFILE, str(scratch / "data.npz")], cwd=root, env=env,
+                                      capture_output=True, text=True, check=False)
+                line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+                if line is None:
+                    raise RuntimeError(f"the profile in {root} failed:\n{done.stderr[-3000:]}")
+                results[name] = json.loads(line[len("RESULT "):])
+        finally:
+            if against:
+                subprocess.run(["git", "worktree", "remove", "--force", str(roots[against])], cwd=ROOT, capture_output=True)
+    names = list(results)
+    keys = list(dict.fromkeys(k for r in results.values() for k in r))
+    rows = ["| stage | " + " | ".join(f"{name} (s)" for name in names) + " |", "|---|" + "---|" * len(names)]
+    rows += [f"| {key} | " + " | ".join(f"{results[name][key]:.2f}" if key in results[name] else "-" for name in names) + " |"
+             for key in keys]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--no-demo", action="store_true")
     parser.add_argument("--fresh", action="store_true", help="time the first layout in new processes")
-    parser.add_argument("--candidates", nargs="+", default=["200/100", "200/50", "100/100", "100/50"])
+    parser.add_argument("--profile", action="store_true", help="where a synthetic pair's time goes, by stage")
+    parser.add_argument("--against", metavar="REV", help="today's layouts from this git revision (default: this checkout)")
+    parser.add_argument("--candidates", nargs="*", default=[], metavar="FULL/INVARIANT",
+                        help="epochs to try in this checkout, e.g. 200/100")
+    parser.add_argument("--parallel", action="store_true", help="also the opt-in parallel layouts of this checkout")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 of today's and this checkout's layouts (N >= 2)")
     args = parser.parse_args()
     candidates = [tuple(int(x) for x in c.split("/")) for c in args.candidates]
     if args.fresh:
         print(f"# {platform.node()}, {os.cpu_count()} CPUs, BLAS 1 thread, load average {os.getloadavg()[0]:.1f}")
         print("\n".join(fresh(args.n)))
         return
-    from clip_icm import reduce
-
+    if args.profile:
+        print(f"# {platform.node()}, {os.cpu_count()} CPUs, BLAS 1 thread, load average {os.getloadavg()[0]:.1f}; "
+              f"synthetic {args.n:,} x 512, invariant K = 64; full, then invariant started from it")
+        print("\n".join(profile(args.n, args.against)))
+        return
     print(f"# {platform.node()}, {os.cpu_count()} CPUs, BLAS 1 thread, load average {os.getloadavg()[0]:.1f}; "
-          f"15 neighbours; overlaps: same as today | embedding")
-    print("\n| data | epochs (full/invariant) | full (s) | invariant (s) | full: same as today | full: embedding "
-          "| invariant: same as today | invariant: embedding |\n|---|---|---|---|---|---|---|---|")
+          f"today: {args.against or 'this checkout'}; 15 neighbours; overlaps: same as today | embedding")
     with threadpool_limits(1, user_api="blas"):
-        reduce.warm_up()
-        data = [] if args.no_demo else [("demo 1,280", _demo)]
-        data.append((f"synthetic {args.n:,}", lambda: _synthetic(args.n)))
-        for name, load in data:
-            X_full, X_inv = load()
-            print("\n".join(compare(name, X_full, X_inv, candidates)), flush=True)
+        datasets = {} if args.no_demo else {"demo 1,280": _demo()}
+        datasets[f"synthetic {args.n:,}"] = _synthetic(args.n)
+    rows, summary = compare(datasets, candidates, args.parallel, args.against, args.seeds)
+    print("\n| layouts | full (s) | invariant (s) | pair (s, against today's) | full: same as today | full: embedding "
+          "| invariant: same as today | invariant: embedding | load |\n|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"\nOver seeds 0-{args.seeds - 1}: 2-D neighbours this checkout shares with today at the same seed, against "
+          "what today shares with itself at another seed (mean, min-max); embedding neighbours kept (mean)\n")
+    print("| data | space | this vs today, same seed | today vs today, other seed | embedding: this | embedding: today |"
+          "\n|---|---|---|---|---|---|")
+    print("\n".join(summary))
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -11,6 +11,8 @@ the compiled kernels on disk, and compile_in_background() fills that cache from 
 """
 from __future__ import annotations
 
+import functools
+import os
 import subprocess
 import threading
 import warnings
@@ -24,13 +26,25 @@ from clip_icm.errors import InvalidInput
 # Few epochs are enough for a few thousand points and keep a layout at a second or two. Fewer
 # lose part of the picture: with 100 (full) or 100 and 50 (invariant, started from the full
 # layout) each point keeps fewer of today's 2-D neighbours than a reseeded layout does, and fewer
-# of its neighbours in the embedding space (python -m bench.bench_umap; bench/RESULTS.md).
+# of its neighbours in the embedding space; 150 for the invariant layout lost too (python -m
+# bench.bench_umap; bench/RESULTS.md).
 DEFAULT_EPOCHS = 200
 # Neighbours are found exactly, from blocks of matrix products, up to this many points (every map
 # the dashboard draws by default); pynndescent's approximate search beyond. Both take 1-2 s at
 # 10,000 x 512, but the descent's numba code cannot be cached and compiles for 40-70 s in every
 # new process, and the products grow as n^2 (bench/RESULTS.md).
 BLAS_KNN_LIMIT = 20_000
+# Opt-in: "1" runs UMAP's epochs on every core (numba threads; umap then takes no seed). A layout
+# then changes from run to run (the threads race on the points they move; its picture keeps today's
+# as well as a reseeded one does), and the layout process takes the cores a page's rerun would use.
+# Faster only where cores are free: on the shared 2-core machine under load 3 it was not (bench/RESULTS.md).
+PARALLEL_VAR = "CLIP_ICM_PARALLEL_LAYOUTS"
+
+
+def parallel_layouts() -> bool:
+    """Whether ``$CLIP_ICM_PARALLEL_LAYOUTS`` asks for the parallel, non-deterministic layouts (read
+    at each layout, in the process that computes it: the dashboard's layout process inherits it)."""
+    return os.environ.get(PARALLEL_VAR, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _pca_2d(X: np.ndarray) -> np.ndarray:
@@ -68,8 +82,10 @@ def warm_up() -> None:
     from clip_icm import umap_cache
 
     gen = np.random.default_rng(0)
-    layout_2d(gen.normal(size=(64, 8)))
-    layout_2d(gen.normal(size=(64, 8)), init=gen.normal(size=(64, 2)))
+    layout_2d(gen.normal(size=(64, 8)), parallel=False)
+    layout_2d(gen.normal(size=(64, 8)), init=gen.normal(size=(64, 2)), parallel=False)
+    if parallel_layouts():  # and the parallel epochs' kernel, cached too, though not needed by default
+        layout_2d(gen.normal(size=(64, 8)), init=gen.normal(size=(64, 2)), parallel=True)
     umap_cache.mark_filled()
 
 
@@ -112,13 +128,16 @@ def layout_2d(
     seed: int = 0,
     n_neighbors: int = 15,
     n_epochs: int = DEFAULT_EPOCHS,
+    parallel: bool | None = None,
 ) -> np.ndarray:
     """A 2-D UMAP layout (cosine geometry) of the rows of ``X``.
 
     ``init`` (n, 2) starts the optimisation from a given layout, and the result is
     Procrustes-aligned to it: pass the full-space layout when laying out the
     invariant space to get comparable pictures. Fewer than 5 rows fall back to PCA
-    (UMAP needs a neighbourhood). The seed makes it reproducible (and single-threaded).
+    (UMAP needs a neighbourhood). The seed makes it reproducible: the same input gives the
+    same layout, bit for bit, on one core. ``parallel`` (None: parallel_layouts()) uses every
+    core instead, ignores the seed and is not reproducible.
     """
     X = np.asarray(X)
     if X.ndim != 2 or len(X) == 0:
@@ -129,34 +148,63 @@ def layout_2d(
     if len(X) < 5:
         xy = _pca_2d(X)
     else:
-        xy = _umap(X, init, seed, n_neighbors, n_epochs)
+        xy = _umap(X, init, seed, n_neighbors, n_epochs, parallel=parallel_layouts() if parallel is None else parallel)
     return procrustes_align(xy, init) if init is not None else xy
 
 
-def exact_neighbours(X: np.ndarray, k: int, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def exact_neighbours(X: np.ndarray, k: int, block: int = 512, chunk: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest rows of each row of ``X`` (unit rows) by cosine distance, itself
-    first, as (indices int32, distances float32) sorted by distance: what pynndescent would
-    return, but exact, from blocks of matrix products (about 2 s at 10,000 x 512 on one core)."""
+    first, as (indices int32, distances float32) sorted by distance (equal ones by index): what
+    pynndescent would return, but exact, from blocks of matrix products (1.4 s at 10,000 x 512 on
+    one core, 0.5 s at 10,000 x 64, under load 3).
+
+    Each row's similarities are cut into runs of ``chunk`` columns and only the ``k`` runs with the
+    largest maxima are searched: every one of the ``k`` nearest lies in one of them (a run that holds
+    one has at most k - 1 runs with a larger maximum), so the result is exact, and the partial sort
+    reads k * chunk candidates instead of every column (the partial sorts of every column took half
+    of the time at 10,000 x 512, most of it at 10,000 x 64; bench/RESULTS.md)."""
     n = len(X)
     k = min(k, n)
     indices = np.empty((n, k), dtype=np.int32)
     distances = np.empty((n, k), dtype=np.float32)
+    n_chunks = n // chunk
+    runs = min(k, n_chunks)
+    rest = np.arange(n_chunks * chunk, n)  # the last columns, fewer than a chunk: always candidates
     for start in range(0, n, block):
         similarity = X[start:start + block] @ X.T
         rows = np.arange(len(similarity))
         similarity[rows, rows + start] = np.inf  # itself first, whatever the rounding
-        top = np.argpartition(similarity, n - k, axis=1)[:, n - k:]
-        top_similarity = np.take_along_axis(similarity, top, axis=1)
-        order = np.argsort(-top_similarity, axis=1, kind="stable")
-        indices[start:start + block] = np.take_along_axis(top, order, axis=1)
+        maxima = similarity[:, :n_chunks * chunk].reshape(len(rows), n_chunks, chunk).max(axis=2)
+        best = np.argpartition(maxima, n_chunks - runs, axis=1)[:, n_chunks - runs:]
+        columns = (best[:, :, None] * chunk + np.arange(chunk)).reshape(len(rows), runs * chunk)
+        columns = np.concatenate([columns, np.broadcast_to(rest, (len(rows), len(rest)))], axis=1)
+        candidates = np.take_along_axis(similarity, columns, axis=1)
+        top = np.argpartition(candidates, candidates.shape[1] - k, axis=1)[:, candidates.shape[1] - k:]
+        top_columns = np.take_along_axis(columns, top, axis=1)
+        top_similarity = np.take_along_axis(candidates, top, axis=1)
+        order = np.lexsort((top_columns, -top_similarity), axis=-1)
+        indices[start:start + block] = np.take_along_axis(top_columns, order, axis=1)
         distances[start:start + block] = np.clip(1.0 - np.take_along_axis(top_similarity, order, axis=1), 0.0, 2.0)
     return indices, distances
 
 
+@functools.cache
+def _curve_float32() -> tuple[np.float32, np.float32]:
+    """umap's a and b (of its default spread 1 and min_dist 0.1) as float32: its epoch kernel then
+    takes most of its powers of distances in single precision, and the epochs of a 10,000-point
+    layout take a sixth less time (2.9 s instead of 3.5), for a picture that keeps the float64 one as
+    well as a reseeded one does (python -m bench.bench_umap --profile / --seeds 4; bench/RESULTS.md)."""
+    from umap.umap_ import find_ab_params
+
+    a, b = find_ab_params(1.0, 0.1)
+    return np.float32(a), np.float32(b)
+
+
 def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n_epochs: int,
-          search: str | None = None) -> np.ndarray:
+          search: str | None = None, parallel: bool = False) -> np.ndarray:
     """``search``, how the neighbours are found: "exact" (exact_neighbours, handed to umap),
-    "descent" (pynndescent's approximate search); None: exact up to BLAS_KNN_LIMIT rows."""
+    "descent" (pynndescent's approximate search); None: exact up to BLAS_KNN_LIMIT rows.
+    ``parallel``: the epochs on every core, no seed (layout_2d)."""
     wait_for_compilation()
     import umap  # lazy: seconds to import, numba compilation on first use
 
@@ -173,6 +221,7 @@ def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n
     if search not in ("exact", "descent"):
         raise InvalidInput(f"search must be 'exact' or 'descent', got {search!r}")
     k = min(n_neighbors, len(X) - 1)
+    a, b = _curve_float32()
     # umap's own exact search (below 4,096 rows) calls a numba metric once per pair from Python,
     # or takes a distance matrix and compiles a parallel sort of it for 5-8 s in a new process.
     reducer = umap.UMAP(
@@ -181,8 +230,10 @@ def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n
         metric="cosine",
         n_epochs=n_epochs,
         init=_standardise(init) if init is not None else "spectral",
-        random_state=seed,
-        n_jobs=1,  # what a fixed random_state forces anyway; saying so spares the warning
+        a=a,
+        b=b,
+        random_state=None if parallel else seed,  # a seed makes umap run on one thread
+        n_jobs=-1 if parallel else 1,  # what a fixed random_state forces anyway; saying so spares the warning
         force_approximation_algorithm=search == "descent",
         precomputed_knn=exact_neighbours(X, k) if search == "exact" else (None, None, None),
     )

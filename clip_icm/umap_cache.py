@@ -31,6 +31,9 @@ KERNELS = (
     ("umap.umap_", "compute_membership_strengths"),
     ("umap.layouts", "_nb_optimize_layout_euclidean_single_epoch"),
 )
+# Cached too, though no default layout calls it (filled() does not wait for it): the epoch of the
+# opt-in parallel layouts (reduce.PARALLEL_VAR), compiled by the first such layout, loaded by the next.
+OPTIONAL_KERNELS = (("umap.layouts", "_nb_optimize_layout_euclidean_single_epoch_parallel"),)
 # Not pynndescent's nn_descent (the approximate neighbour search, 40 s to compile): numba refuses
 # to cache it ("uses dynamic globals"), which is why reduce finds neighbours of up to
 # BLAS_KNN_LIMIT rows by matrix products instead.
@@ -46,8 +49,8 @@ def default_folder() -> Path:
 
 
 def enable(folder: Path | str | None = None) -> dict[str, Path]:
-    """Turn numba's on-disk cache on for the KERNELS (once per process; later calls return what
-    the first did). Returns {"module.name": folder} for each kernel now cached."""
+    """Turn numba's on-disk cache on for the KERNELS and OPTIONAL_KERNELS (once per process; later
+    calls return what the first did). Returns {"module.name": folder} for each kernel now cached."""
     import importlib
 
     import numba
@@ -63,7 +66,7 @@ def enable(folder: Path | str | None = None) -> dict[str, Path]:
         previous = numba.config.CACHE_DIR
         numba.config.CACHE_DIR = os.fspath(folder)
         try:
-            for module_name, name in KERNELS:
+            for module_name, name in KERNELS + OPTIONAL_KERNELS:
                 try:
                     dispatcher = getattr(importlib.import_module(module_name), name)
                     if type(dispatcher._cache).__name__ == "NullCache":  # not cached by its library
@@ -97,7 +100,7 @@ def filled(folder: Path | str | None = None) -> bool:
 def mark_filled(folder: Path | str | None = None) -> None:
     """Record that every kernel is cached (call after layouts ran with all KERNELS enabled)."""
     marker = _marker(folder)
-    if marker is not None and len(enable(folder)) == len(KERNELS):
+    if marker is not None and {f"{module}.{name}" for module, name in KERNELS} <= set(enable(folder)):
         try:
             marker.touch()
         except OSError:

@@ -30,6 +30,35 @@ def test_layout_is_2d_seeded_and_keeps_clusters():
     assert min(gaps) > 2 * spread  # the three blobs stay apart
 
 
+def test_default_layouts_are_identical_run_to_run(monkeypatch):
+    """The default mode is deterministic: the same rows (more than one block of exact_neighbours'
+    products) give the same layouts, bit for bit, full and started from it, whatever
+    CLIP_ICM_PARALLEL_LAYOUTS says when parallel=False is asked for."""
+    X, _ = _blobs(n_per=200, dim=24)
+    full = [layout_2d(X, seed=2, n_epochs=50) for _ in range(2)]
+    invariant = [layout_2d(X[:, :10], init=full[0], seed=2, n_epochs=50) for _ in range(2)]
+    monkeypatch.setenv("CLIP_ICM_PARALLEL_LAYOUTS", "1")
+    forced = layout_2d(X, seed=2, n_epochs=50, parallel=False)
+    assert np.array_equal(full[0], full[1]) and np.array_equal(invariant[0], invariant[1])
+    assert np.array_equal(forced, full[0])
+    assert not np.array_equal(layout_2d(X, seed=3, n_epochs=50, parallel=False), full[0])  # the seed matters
+
+
+@pytest.mark.parametrize("value, parallel", [("1", True), ("on", True), ("0", False), ("", False), (None, False)])
+def test_the_parallel_mode_is_opt_in_by_environment(monkeypatch, value, parallel):
+    from clip_icm import reduce
+
+    if value is None:
+        monkeypatch.delenv(reduce.PARALLEL_VAR, raising=False)
+    else:
+        monkeypatch.setenv(reduce.PARALLEL_VAR, value)
+    asked = []
+    monkeypatch.setattr(reduce, "_umap", lambda X, *args, parallel: asked.append(parallel) or np.zeros((len(X), 2)))
+    layout_2d(np.random.default_rng(0).normal(size=(10, 3)))
+    layout_2d(np.random.default_rng(0).normal(size=(10, 3)), parallel=False)
+    assert reduce.parallel_layouts() is parallel and asked == [parallel, False]
+
+
 def test_shared_init_gives_a_layout_aligned_to_the_reference():
     X, _ = _blobs()
     full = layout_2d(X)
@@ -167,11 +196,12 @@ def test_background_compilation_fills_the_cache_that_the_first_layout_loads(tmp_
     assert second["exit"] is None and not kernels & set(second["compiled"])
 
 
-def test_exact_neighbours_match_a_full_sort_of_cosine_distances():
+@pytest.mark.parametrize("chunk", [1, 7, 32, 400])  # runs that do not divide the rows; more columns than rows
+def test_exact_neighbours_match_a_full_sort_of_cosine_distances(chunk):
     from clip_icm.reduce import exact_neighbours
 
     X = unit_rows(np.random.default_rng(1).normal(size=(300, 12)).astype(np.float32))
-    indices, distances = exact_neighbours(X, 8, block=64)  # blocks that do not divide the rows
+    indices, distances = exact_neighbours(X, 8, block=64, chunk=chunk)  # blocks that do not divide the rows
     D = 1.0 - X @ X.T
     np.fill_diagonal(D, -1.0)  # itself first
     expected = np.argsort(D, axis=1, kind="stable")[:, :8]
@@ -179,3 +209,17 @@ def test_exact_neighbours_match_a_full_sort_of_cosine_distances():
     assert (indices[:, 0] == np.arange(300)).all() and np.all(distances[:, 0] == 0.0)
     np.testing.assert_allclose(distances[:, 1:], np.take_along_axis(D, expected, axis=1)[:, 1:], atol=1e-6)
     assert np.all(np.diff(distances, axis=1) >= 0)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 32])
+def test_exact_neighbours_of_equal_distance_come_in_index_order(chunk):
+    """Rows equal to one of 4 unit vectors (distances exactly 0 or 1): each row's 9 neighbours after
+    itself are rows equal to it (any of them: all are as near), in index order; from run to run the same."""
+    from clip_icm.reduce import exact_neighbours
+
+    which = np.random.default_rng(2).integers(0, 4, size=90)  # about 22 rows of each
+    X = np.eye(4, 6, dtype=np.float32)[which]
+    indices, distances = exact_neighbours(X, 10, block=16, chunk=chunk)
+    assert (indices[:, 0] == np.arange(90)).all() and (which[indices] == which[:, None]).all()
+    assert (np.diff(indices[:, 1:], axis=1) > 0).all() and not distances.any()
+    np.testing.assert_array_equal(exact_neighbours(X, 10, block=16, chunk=chunk)[0], indices)

@@ -6,7 +6,8 @@ page submits a job, keyed by content (the same parts as the layout store's key),
 and polls; a job another session submitted with the same key is the same job.
 
 One thread, not a pool: UMAP runs single-threaded so that a seed gives the same layout run to run,
-and a second layout at once would only take the core the page's own work needs. The thread keeps the
+and a second layout at once would only take the core the page's own work needs (``CLIP_ICM_PARALLEL_LAYOUTS=1``
+opts in to UMAP's epochs on every core instead, not reproducible: reduce.PARALLEL_VAR). The thread keeps the
 queue and the store; the UMAP itself (``lay_out``) runs, for the server's worker (``shared()``), in a
 separate process of its own, started on the first layout: umap's numba code holds the GIL, and in
 this process's thread it slowed a 10,000-image K change's rerun from 3.7 to 5.4 s (bench/RESULTS.md).
