@@ -92,7 +92,8 @@ out = {}
 at, t0 = page("off"), time.monotonic()
 at.run()
 out["first page: run (s)"] = time.monotonic() - t0
-assert any(c.value.startswith(f"{sys.argv[1]} images") for c in at.caption), "not the number of images asked for"
+n = int(sys.argv[1])
+assert any(c.value.startswith((f"{n} images", f"{n:,} images")) for c in at.caption), "not the number of images asked for"
 k = at.sidebar.slider(key="ctl_K").value
 out["first page: until both maps (s)"] = until_drawn(at, k, t0)
 t0 = time.monotonic()
