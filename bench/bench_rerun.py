@@ -1,7 +1,7 @@
 """A K change in the dashboard at 10,000 images: how long the rerun takes and when the new map is drawn,
 this checkout against a git revision in one run (streamlit.testing.v1.AppTest, no browser).
 
-    python -m bench.bench_rerun [--against main] [--n 10000]
+    python -m bench.bench_rerun [--against main] [--n 10000] [--no-speculated]
 
 Each checkout runs in a fresh process with an empty store: synthetic SCM embeddings (D = 512, 7 classes,
 4 domains: bench_refit's), K and λ from the sliders, UMAP's kernels compiled beforehand (reduce.warm_up).
@@ -12,7 +12,11 @@ Printed, in seconds:
   by the first rerun after the worker is done (the page's status polls every second: a browser sees it
   up to a second later); where they do not, by the K change's own rerun;
 - this checkout only, with the selection rule on: once its speculative layouts are done, a K change
-  onto a cell it considered: the rerun, and whether that rerun drew the new map.
+  onto a cell it considered: the rerun, and whether that rerun drew the new map (``--no-speculated``:
+  not measured; at 50,000 images the speculative layouts alone take minutes);
+- memory, in MB: the peak resident memory of the page's process and of the largest process it started
+  (the layout process), and the seconds the synthetic embeddings take to make (part of the first page's
+  run: the issue's 50k goal counts the first table from cached embeddings).
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Run in the checkout measured (its dashboard/app.py and clip_icm), argv[1]: the number of images.
 CHILD = r'''
-import functools, json, re, sys, time
+import functools, json, os, re, resource, sys, time
 from streamlit.testing.v1 import AppTest
 from threadpoolctl import threadpool_limits
 from clip_icm import reduce, scm, service
@@ -41,6 +45,23 @@ make_embedding_set = scm.make_embedding_set
 scm.make_embedding_set = lambda config, n_per_domain, **kw: make_embedding_set(config, n_per_domain=int(sys.argv[1]) // 4, **kw)
 reduce.warm_up()
 worker = getattr(service, "layout_worker", None)
+t0 = time.monotonic()
+make_embedding_set(scm.SCMConfig(), n_per_domain=int(sys.argv[1]) // 4)
+made = time.monotonic() - t0
+
+
+def peak_of_children_mb():
+    """The largest peak resident memory (VmHWM) among the live processes this one started (Linux)."""
+    peaks = [0.0]
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                fields = dict(line.split(":", 1) for line in status)
+        except OSError:
+            continue
+        if int(fields["PPid"]) == os.getpid() and "VmHWM" in fields:
+            peaks.append(int(fields["VmHWM"].split()[0]) / 1024)
+    return max(peaks)
 
 
 def titles(at):
@@ -70,15 +91,15 @@ def page(selection):
 out = {}
 at, t0 = page("off"), time.monotonic()
 at.run()
-out["first page: run"] = time.monotonic() - t0
+out["first page: run (s)"] = time.monotonic() - t0
 assert any(c.value.replace(",", "").startswith(f"{sys.argv[1]} images") for c in at.caption), "not the number of images asked for"
 k = at.sidebar.slider(key="ctl_K").value
-out["first page: until both maps"] = until_drawn(at, k, t0)
+out["first page: until both maps (s)"] = until_drawn(at, k, t0)
 t0 = time.monotonic()
 at.sidebar.slider(key="ctl_K").set_value(k + 1).run()
-out["K change: rerun"] = time.monotonic() - t0
-out["K change: until the new invariant map"] = until_drawn(at, k + 1, t0)
-if worker is not None:
+out["K change: rerun (s)"] = time.monotonic() - t0
+out["K change: until the new invariant map (s)"] = until_drawn(at, k + 1, t0)
+if worker is not None and sys.argv[2] == "speculated":
     at = page("source_val")
     at.run()
     worker().wait_idle(900)  # the speculative layouts too
@@ -89,16 +110,19 @@ if worker is not None:
     other = min((c for c in cells if c != k), key=lambda c: abs(c - k))
     t0 = time.monotonic()
     at.sidebar.slider(key="ctl_K").set_value(other).run()
-    out["K change onto a speculated cell: rerun"] = time.monotonic() - t0
+    out["K change onto a speculated cell: rerun (s)"] = time.monotonic() - t0
     out["K change onto a speculated cell: map drawn by that rerun (1 = yes)"] = float(drawn(at, other))
+out["synthetic embeddings: made in (s)"] = made
+out["peak memory: page process (MB)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["peak memory: largest process it started (MB)"] = peak_of_children_mb()
 print("RESULT " + json.dumps(out))
 '''
 
 
-def measure(root: Path, n: int) -> dict[str, float]:
+def measure(root: Path, n: int, speculated: bool = True) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as store:
         env = {**os.environ, "CLIP_ICM_CACHE": store, "PYTHONPATH": str(root), "OPENBLAS_NUM_THREADS": "1"}
-        done = subprocess.run([sys.executable, "-c", CHILD, str(n)], cwd=root, env=env, capture_output=True,
+        done = subprocess.run([sys.executable, "-c", CHILD, str(n), "speculated" if speculated else "no"], cwd=root, env=env, capture_output=True,
                               text=True, check=False)
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
@@ -110,22 +134,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000, help="images (synthetic rows), a multiple of 4")
     parser.add_argument("--against", metavar="REV", help="also measure this git revision, after this checkout")
+    parser.add_argument("--no-speculated", action="store_true", help="skip the K change onto a speculated cell")
     args = parser.parse_args()
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"{args.n:,} images, D = 512")
-    results = {"this checkout": measure(ROOT, args.n)}
+    results = {"this checkout": measure(ROOT, args.n, not args.no_speculated)}
     if args.against:
         with tempfile.TemporaryDirectory() as scratch:
             other = Path(scratch) / "other"
             subprocess.run(["git", "worktree", "add", "--detach", str(other), args.against], cwd=ROOT, check=True,
                            capture_output=True)
             try:
-                results[args.against] = measure(other, args.n)
+                results[args.against] = measure(other, args.n, not args.no_speculated)
             finally:
                 subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=ROOT, capture_output=True)
     print(f"(load average {os.getloadavg()[0]:.1f} at the end)\n")
     names = list(results)
-    print("| measurement | " + " | ".join(f"{name} (s)" for name in names) + " |\n|---|" + "---|" * len(names))
+    print("| measurement | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     for key in results["this checkout"]:
         print(f"| {key} | " + " | ".join(f"{results[name][key]:.2f}" if key in results[name] else "n/a"
                                          for name in names) + " |")

@@ -178,7 +178,8 @@ class _Parts:
         inv_points = service.point_table(emb, ids, self.target,
                                          service.predictions(emb, self.fit.projection, self.method))
         label = f"{methods.label(self.method)}, K = {self.K}, lam = {self.lam:g}"
-        body = "".join(self.add(f"map_{space}_{colour}", figures.scatter_layout(xy, points, colour, title))
+        note = service.sample_note(len(ids), len(emb.labels), s.seed)
+        body = "".join(self.add(f"map_{space}_{colour}", figures.scatter_layout(xy, points, colour, title + note))
                        for space, xy, points, name in (("full", full, full_points, "Full CLIP space"),
                                                        ("invariant", inv, inv_points, f"Invariant space ({label})"))
                        for colour, title in (("class", f"{name}, by class"), ("domain", f"{name}, by domain")))

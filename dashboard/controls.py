@@ -448,14 +448,15 @@ def colour_ui() -> str:
 
 def map_points_ui(n_rows: int) -> int:
     """Every point up to service.MAP_POINTS; above that a visible cap (a subsample stratified by
-    domain and class) that the user can raise."""
+    domain and class) that the user can raise, to every point up to service.DRAW_LIMIT."""
     if n_rows <= service.MAP_POINTS:
         return service.MAP_POINTS
-    cap = st.number_input("Points on the maps", min(1000, service.MAP_POINTS), n_rows, step=1000,
-                          key=_default("ctl_map_points", service.MAP_POINTS),
-                          help="UMAP's time grows with the number of points.")
+    cap = st.number_input("Points on the maps", min(1000, service.MAP_POINTS), min(n_rows, service.DRAW_LIMIT),
+                          step=1000, key=_default("ctl_map_points", service.MAP_POINTS),
+                          help="UMAP's time grows with the number of points (about a minute for both maps at "
+                               f"20,000 on 2 cores, three at 50,000); a map draws at most {service.DRAW_LIMIT:,}.")
     st.caption(f"Showing {min(int(cap), n_rows):,} of {n_rows:,} images: a subsample stratified by domain and "
-               "class (every domain and class keeps its share).")
+               "class (every domain and class keeps its share; seed 0, the same points on every run).")
     return int(cap)
 
 

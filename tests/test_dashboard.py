@@ -170,9 +170,29 @@ def test_above_the_map_limit_a_visible_control_and_a_stratified_subsample(monkey
     _ok(at)
     assert at.number_input(key="ctl_map_points").value == 120
     assert any("Showing 120 of 400 images" in c.value and "stratified" in c.value for c in at.caption)
+    full, invariant = sorted(_map_titles(at))  # both maps say so in their titles
+    assert full == "Full CLIP space · 120 of 400 images (stratified sample, seed 0)"
+    assert invariant.startswith("Invariant space (ICM, K = ")
+    assert invariant.endswith(") · 120 of 400 images (stratified sample, seed 0)")
     at.number_input(key="ctl_map_points").set_value(200).run()
+    _settled(at)
     _ok(at)
     assert any("Showing 200 of 400 images" in c.value for c in at.caption)
+    assert all("· 200 of 400 images (stratified sample" in t for t in _map_titles(at))
+    at.number_input(key="ctl_map_points").set_value(400).run()
+    _settled(at)
+    assert len(_map_titles(at)) == 2 and not any("of 400 images" in t for t in _map_titles(at))  # every point
+    assert at.number_input(key="ctl_map_points").max == 400
+    monkeypatch.setattr(service, "DRAW_LIMIT", 300)  # what a browser draws bounds the control
+    at.number_input(key="ctl_map_points").set_value(300).run()
+    assert at.number_input(key="ctl_map_points").max == 300
+
+
+def _map_titles(at: AppTest) -> list[str]:
+    import json
+
+    titles = [json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "") for c in at.get("plotly_chart")]
+    return [t for t in titles if t.startswith(("Full CLIP space", "Invariant space"))]
 
 
 def test_sources_can_be_narrowed():

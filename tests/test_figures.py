@@ -168,3 +168,17 @@ def test_many_points_are_drawn_with_webgl():
 
     assert figure(10).data[0].type == "scatter"
     assert figure(figures.WEBGL_ABOVE + 1).data[0].type == "scattergl"
+
+
+def test_every_point_is_drawn_at_the_draw_limit():
+    from clip_icm import service
+
+    n = service.DRAW_LIMIT
+    gen = np.random.default_rng(0)
+    points = pd.DataFrame({"id": np.arange(n), "class": gen.choice(["a", "b", "c"], n),
+                           "domain": gen.choice(["d", "e"], n), "prediction": "a", "correct": True})
+    points["role"] = np.where(points["domain"] == "e", "target", "source")
+    fig = figures.scatter_layout(gen.normal(size=(n, 2)), points)
+    drawn = np.concatenate([np.asarray(trace.customdata[:, 0], dtype=int) for trace in fig.data])
+    assert sorted(drawn.tolist()) == list(range(n))  # each point once, none dropped
+    assert {trace.type for trace in fig.data} == {"scattergl"}

@@ -140,6 +140,15 @@ def test_markup_in_class_and_domain_names_is_shown_as_text():
     assert len(re.findall(r"<script\b", text)) == 1 + len(made.figures)  # plotly.js once, then one per figure
 
 
+def test_maps_of_a_sample_say_so_in_their_titles():
+    emb = make_embedding_set(SCMConfig(n_invariant=3, n_variant=3, dim=12, n_classes=3), n_per_domain=20)
+    made = report.build(emb, emb.domain_names[-1], service.eval_config(4, 1.0, methods=("pca",)),
+                        report.Settings(every_target=False, max_points=30))
+    titles = [made.figures[name].layout.title.text for name in made.figures if name.startswith("map_")]
+    assert len(titles) == 4 and all(t.endswith(" · 30 of 80 images (stratified sample, seed 0)") for t in titles)
+    assert sum(len(trace.x) for trace in made.figures["map_full_class"].data) == 30  # the sample, not every row
+
+
 def test_bad_input_is_one_line(world, tmp_path, capsys, monkeypatch):
     base = ["report", "--root", str(world.root), *ARGS]
     read_only = tmp_path / "locked.html"

@@ -291,6 +291,24 @@ def test_plot_ids_keep_every_point_or_a_stratified_share():
         service.plot_ids(emb, max_points=0)
 
 
+def test_plot_ids_never_exceed_the_draw_limit_and_a_subsample_is_announced(monkeypatch):
+    from clip_icm.scm import make_embedding_set
+    from clip_icm.service import maps
+
+    emb = make_embedding_set(SCMConfig(n_classes=3), n_per_domain=200)  # 800 rows
+    monkeypatch.setattr(maps, "DRAW_LIMIT", 300)
+    ids = service.plot_ids(emb, max_points=10_000)
+    assert len(ids) == 300 and len(set(ids.tolist())) == 300
+    assert service.sample_note(len(ids), len(emb.labels)) == " · 300 of 800 images (stratified sample, seed 0)"
+    assert service.sample_note(800, 800) == ""  # every point: nothing to say
+    other = service.plot_ids(emb, max_points=300, seed=1)
+    assert not np.array_equal(ids, other)  # the seed draws the sample...
+    for domain in emb.domain_names:  # ...and each (domain, class) keeps its share whatever the seed
+        for c in range(3):
+            group = (emb.domains == domain) & (emb.labels == c)
+            assert int(group[ids].sum()) == int(group[other].sum())
+
+
 def test_layouts_are_stored_by_content(emb, tmp_path, monkeypatch):
     from clip_icm import reduce
     from clip_icm.store import EmbeddingStore

@@ -24,9 +24,9 @@ from clip_icm.service.fitting import (Fit, accuracy_table, accuracy_wide, choose
 from clip_icm.service.gate import Gate, heavy_jobs
 from clip_icm.service.layout_worker import SPECULATIVE, Job as LayoutJob, LayoutWorker
 from clip_icm.service.layout_worker import ready as layout_ready, shared as layout_worker
-from clip_icm.service.maps import (MAP_POINTS, full_layout, full_layout_job, invariant_layout, invariant_layout_job,
+from clip_icm.service.maps import (DRAW_LIMIT, MAP_POINTS, full_layout, full_layout_job, invariant_layout, invariant_layout_job,
                                    example_rows, nearest_neighbours, neighbour_agreement, plot_ids, point_table, predictions,
-                                   sample_rows, thumbnail)
+                                   sample_note, sample_rows, thumbnail)
 from clip_icm.service.requests import (DATA_ROOTS_VAR, SOURCES, SYNTHETIC_DOMAINS, EmbeddingRequest, InterventionChoice, PairExample,
                                        PairsPreview, data_roots, default_target, describe, detect_folder,
                                        examples_of_pairs,
@@ -45,8 +45,9 @@ __all__ = [
     "projection_defaults", "sweep", "target_confusions", "with_unused_fixed",
     "Gate", "heavy_jobs",
     "SPECULATIVE", "LayoutJob", "LayoutWorker", "layout_ready", "layout_worker",
-    "MAP_POINTS", "full_layout", "full_layout_job", "invariant_layout", "invariant_layout_job", "nearest_neighbours",
-    "example_rows", "neighbour_agreement", "plot_ids", "point_table", "predictions", "sample_rows", "thumbnail",
+    "DRAW_LIMIT", "MAP_POINTS", "full_layout", "full_layout_job", "invariant_layout", "invariant_layout_job", "nearest_neighbours",
+    "example_rows", "neighbour_agreement", "plot_ids", "point_table", "predictions", "sample_note", "sample_rows",
+    "thumbnail",
     "DATA_ROOTS_VAR", "SOURCES", "SYNTHETIC_DOMAINS", "EmbeddingRequest", "InterventionChoice", "PairExample", "PairsPreview",
     "pairs_preview", "upload_data", "upload_pairs", "data_roots",
     "default_target", "describe", "detect_folder", "device_and_precision", "examples_of_pairs", "folder_path",

@@ -16,15 +16,23 @@ from clip_icm.seeding import rng, seed_hash
 from clip_icm.service.fitting import Fit
 from clip_icm.service.layout_worker import NOW, Job, LayoutWorker, ready, shared
 
-MAP_POINTS = 20_000  # every point on the maps up to this many; a stratified subsample above
+# Every point on the maps up to MAP_POINTS by default, a stratified subsample above (the user may raise
+# it up to DRAW_LIMIT). The layouts bound the default, not the browser: on the 2-core machine the UMAP
+# pair of 20,000 points takes about a minute, of 50,000 about three (python -m bench.bench_refit --umap).
+MAP_POINTS = 20_000
+# The points one map draws in headless Chromium (software WebGL, no GPU) with a draw of at most 3 s and
+# a zoom of at most 1.5 s: 100,000 (200,000: 4.5 s and 2 s; python -m bench.bench_webgl). Above it a
+# map always draws a stratified subsample.
+DRAW_LIMIT = 100_000
 
 
 def plot_ids(emb: EmbeddingSet, max_points: int = MAP_POINTS, seed: int = 0) -> np.ndarray:
-    """Row ids to plot (sorted): all of them, or ``max_points`` drawn so that every (domain,
-    class) group keeps its share of the rows (largest remainders; seeded)."""
+    """Row ids to plot (sorted): all of them, or ``max_points`` (at most DRAW_LIMIT) drawn so that every
+    (domain, class) group keeps its share of the rows (largest remainders; seeded)."""
     n = len(emb.labels)
     if max_points < 1:
         raise InvalidInput(f"max_points must be at least 1, got {max_points}")
+    max_points = min(max_points, DRAW_LIMIT)
     if n <= max_points:
         return np.arange(n)
     groups = {}
@@ -38,6 +46,15 @@ def plot_ids(emb: EmbeddingSet, max_points: int = MAP_POINTS, seed: int = 0) -> 
     gen = rng("plot sample", seed)
     picked = [gen.choice(rows, size=counts[key], replace=False) for key, rows in groups.items() if counts[key]]
     return np.sort(np.concatenate(picked))
+
+
+def sample_note(drawn: int, total: int, seed: int = 0) -> str:
+    """What a map's title adds when it draws a subsample (plot_ids above MAP_POINTS), so that it is never
+    silent (short: the title is one line; the caption under the sliders says how it is drawn): "" when
+    every row is drawn."""
+    if drawn >= total:
+        return ""
+    return f" · {drawn:,} of {total:,} images (stratified sample, seed {seed})"
 
 
 def predictions(emb: EmbeddingSet, projection: object = None, method: str = "icm") -> np.ndarray:

@@ -251,6 +251,7 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
     ids = cached.plot_ids(emb.key, max_points, emb)
     store, this_fit = cached.store(), fit_key(ctx, K, lam)
     label = service.method_label(fit.method)
+    note = service.sample_note(len(ids), len(emb.labels))
     inv_title = f"Invariant space ({label}, K = {K}, lam = {lam:g})"
     full_job = service.full_layout_job(emb, ids, store=store)
     inv_job = service.invariant_layout_job(emb, ids, this_fit, lambda: fit, invariant_label(c.method, K, lam),
@@ -264,12 +265,12 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
                                       cached.predictions(emb.key, "", evaluation.FULL_SPACE, emb, None))
     inv_points = service.point_table(emb, ids, c.target, cached.predictions(emb.key, this_fit, fit.method, emb, fit))
     space = (emb.key, id(emb) if not emb.key else "", max_points)  # "that space": the same points, another fit
-    full_fig = map_figure(full_job, full_points, colour, "Full CLIP space")
-    inv_fig = map_figure(inv_job, inv_points, colour, inv_title)
+    full_fig = map_figure(full_job, full_points, colour, f"Full CLIP space{note}")
+    inv_fig = map_figure(inv_job, inv_points, colour, inv_title + note)
     if inv_fig is not None:
         st.session_state["last_invariant_map"] = (space, inv_job.result(), inv_points, inv_title)
     elif inv_job.pending:
-        inv_fig = _stale_map(space, colour, K, lam)
+        inv_fig = _stale_map(space, colour, K, lam, note)
     pending = [job for job in (full_job, inv_job) if job.pending]
     if pending:
         layout_status(pending)
@@ -282,13 +283,13 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
 
 
 
-def _stale_map(space: tuple, colour: str, K: int, lam: float):
+def _stale_map(space: tuple, colour: str, K: int, lam: float, note: str):
     """The last invariant map this session drew of the same points, dimmed and titled as stale; None if none."""
     last = st.session_state.get("last_invariant_map")
     if last is None or last[0] != space:
         return None
     _, xy, points, title = last
-    fig = figures.scatter_layout(xy, points, colour, f"Stale: {title}; laying out K = {K}, lam = {lam:g}")
+    fig = figures.scatter_layout(xy, points, colour, f"Stale: {title}; laying out K = {K}, lam = {lam:g}{note}")
     return fig.update_traces(opacity=0.35)
 
 

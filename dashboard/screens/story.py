@@ -138,6 +138,7 @@ def _map_pair(ctx: Context, job: service.LayoutJob, predicted: np.ndarray, title
     """One space's layout twice, coloured by class and by the shortcut (by domain where none is
     known), from the background worker: a pending layout is a placeholder and a polling status."""
     ids = cached.plot_ids(ctx.emb.key, service.MAP_POINTS, ctx.emb)
+    note = service.sample_note(len(ids), len(ctx.emb.labels))
     points = service.point_table(ctx.emb, ids, ctx.choice.target, predicted)
     factor = _shortcut(ctx)
     second = "domain"
@@ -150,7 +151,7 @@ def _map_pair(ctx: Context, job: service.LayoutJob, predicted: np.ndarray, title
         return
     left, right = st.columns(2)
     for column, by in ((left, "class"), (right, second)):
-        fig = map_figure(job, points, by, f"{title}, coloured by {by}", FACTOR_COLOURS if by != "class" else None)
+        fig = map_figure(job, points, by, f"{title}, coloured by {by}{note}", FACTOR_COLOURS if by != "class" else None)
         if fig is None:
             column.info(f"The {job.label} map is laying out in the background; it appears here when ready.")
         else:
