@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clip_icm import defaults, evaluation, service
+from clip_icm import choice, defaults, evaluation, figures, service
 from clip_icm.embeddings import EmbeddingSet
 from clip_icm.store import EmbeddingStore
 from dashboard import demo_store, texts
@@ -186,6 +186,31 @@ def neighbour_agreement(emb_key: str, fit_key: str, _emb: EmbeddingSet, _fit: se
     if _factor is not None:
         values["colour"] = _factor
     return {name: service.neighbour_agreement(X, v) for name, v in values.items()}
+
+
+MAP_FIGURES = 48  # about 1 MB each at 1,280 points: a class of 30 on its own settings, their full maps and stale ones
+
+
+@st.cache_resource(show_spinner=False, max_entries=MAP_FIGURES)
+def map_figure(content: str, colour: str, title: str, colours: tuple, dimmed: bool, layout: tuple,
+               _xy: np.ndarray, _points: pd.DataFrame):
+    """figures.scatter_layout of ``_xy`` and ``_points`` (``content``: a digest of both,
+    common.map_content), dimmed to a stale map's opacity and with ``layout`` applied, built once for
+    every session that draws the same map: plotly's sixteen traces cost a rerun more than its numbers
+    (bench/RESULTS.md). One object shared by the sessions, so nobody changes it in place
+    (figures.with_highlight copies)."""
+    fig = figures.scatter_layout(_xy, _points, colour, title, dict(colours) or None)
+    if dimmed:
+        fig.update_traces(opacity=0.35)
+    return fig.update_layout(**dict(layout))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def target_summary(emb_key: str, target: str, config: evaluation.EvalConfig, mode: str, _frame: pd.DataFrame,
+                   _made: choice.Choice) -> dict:
+    """choice.target_summary of evaluate_and_choose(emb_key, target, config, mode)'s result, once per server
+    (the Explorer's lead and overview redo it for every target on every rerun otherwise)."""
+    return choice.target_summary(_frame, _made)
 
 
 @st.cache_resource(show_spinner=False)

@@ -2,13 +2,15 @@
 choice's setting, and the maps drawn from the background layout worker."""
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clip_icm import defaults, evaluation, figures, methods, service
+from clip_icm import defaults, evaluation, methods, service
 from clip_icm.embeddings import EmbeddingSet
 from dashboard import cached, controls, texts, url
 
@@ -192,11 +194,28 @@ def choice_config(ctx: Context) -> evaluation.EvalConfig | None:
 
 
 def map_figure(job: service.LayoutJob, points: pd.DataFrame, colour: str, title: str,
-               colours: dict[str, str] | None = None):
-    """The map of a finished layout job; None while it is pending or when it failed."""
+               colours: dict[str, str] | None = None, *, dimmed: bool = False, **layout):
+    """The map of a finished layout job (None while it is pending or when it failed), from the
+    server's cache of figures (cached.map_figure): sessions drawing the same map share one."""
     xy = job.result()
-    return None if xy is None else figures.scatter_layout(xy, points, colour, title, colours)
+    return None if xy is None else map_of(xy, points, colour, title, colours, dimmed=dimmed, **layout)
 
+
+def map_of(xy: np.ndarray, points: pd.DataFrame, colour: str, title: str, colours: dict[str, str] | None = None,
+           *, dimmed: bool = False, **layout):
+    """figures.scatter_layout through cached.map_figure, keyed by what it draws (map_content), never
+    by who asks: a figure is shared only where every point, colour and word on it is the same."""
+    return cached.map_figure(map_content(xy, points), colour, title, tuple(sorted((colours or {}).items())), dimmed,
+                             tuple(sorted(layout.items())), xy, points)
+
+
+def map_content(xy: np.ndarray, points: pd.DataFrame) -> str:
+    """A digest of a map's coordinates and its points table (every column, the index, the column names)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(np.ascontiguousarray(xy).tobytes())
+    digest.update(repr((xy.shape, xy.dtype.str, list(points.columns))).encode())
+    digest.update(pd.util.hash_pandas_object(points, index=True).to_numpy().tobytes())
+    return digest.hexdigest()
 
 
 def layout_failure(job: service.LayoutJob) -> str | None:

@@ -9,7 +9,7 @@ from clip_icm import choice, evaluation, figures, methods, reduce, report, servi
 from clip_icm.embeddings import EmbeddingSet
 from dashboard import cached, controls, texts
 from dashboard.screens.common import (Context, choice_config, fit_key, fitted, invariant_label, layout_failure,
-                                    layout_status, map_figure, settings_context)
+                                    layout_status, map_figure, map_of, settings_context)
 
 THUMBS = 12
 
@@ -82,7 +82,7 @@ def _model_choice_lead(ctx: Context, table: pd.DataFrame | None) -> None:
     except service.ServiceError as e:
         st.warning(f"No model choice for {c.target}: {e}")
         return
-    row = choice.target_summary(frame, made)
+    row = cached.target_summary(ctx.emb.key, c.target, config, c.choice_mode, frame, made)
     st.success(f"**For {c.target}, deploy {row['chosen']}** ({row['chosen_accuracy']:.1%} on {c.target}). "
                f"{made.why}")
     if made.shortfall:
@@ -123,8 +123,9 @@ def _targets_overview(ctx: Context) -> None:
         for i, target in enumerate(emb.domain_names):
             bar.progress(i / len(emb.domain_names), text=f"every target at a glance: {target} "
                                                           f"({i + 1}/{len(emb.domain_names)})")
-            rows.append(choice.target_summary(*cached.evaluate_and_choose(emb.key, target, config, emb,
-                                                                          ctx.choice.choice_mode)))
+            mode = ctx.choice.choice_mode
+            rows.append(cached.target_summary(emb.key, target, config, mode,
+                                              *cached.evaluate_and_choose(emb.key, target, config, emb, mode)))
     except service.ServiceError as e:
         bar.empty()
         st.caption(f"No overview of every target: {e}")
@@ -289,8 +290,7 @@ def _stale_map(space: tuple, colour: str, K: int, lam: float, note: str):
     if last is None or last[0] != space:
         return None
     _, xy, points, title = last
-    fig = figures.scatter_layout(xy, points, colour, f"Stale: {title}; laying out K = {K}, lam = {lam:g}{note}")
-    return fig.update_traces(opacity=0.35)
+    return map_of(xy, points, colour, f"Stale: {title}; laying out K = {K}, lam = {lam:g}{note}", dimmed=True)
 
 
 
@@ -458,15 +458,17 @@ def _export_section(ctx: Context, fit: service.Fit, table, layouts: dict) -> Non
                            help="One self-contained file to hand out (opens offline): the world, both maps, the "
                            "confusions, the interventions, the projection, the model to deploy on every target "
                            "and the provenance, at these settings (docs/REPORT.md). Takes a few seconds.")
-        figs = {"accuracy": figures.accuracy_bars(table, ctx.choice.target,
-                                                  focus=(evaluation.FULL_SPACE, ctx.choice.method)), **layouts}
+        # made on the click, as the files are: built on every rerun it cost as much as the chart above
+        figs = {"accuracy": lambda: figures.accuracy_bars(table, ctx.choice.target,
+                                                          focus=(evaluation.FULL_SPACE, ctx.choice.method)),
+                **{name: (lambda fig=fig: fig) for name, fig in layouts.items()}}
         cols = st.columns(len(figs))
         for col, (name, fig) in zip(cols, figs.items()):
-            col.download_button(f"{name} (.html)", lambda fig=fig: figures.figure_html(fig),
+            col.download_button(f"{name} (.html)", lambda fig=fig: figures.figure_html(fig()),
                                 file_name=f"{name}.html", mime="text/html", key=f"dl_html_{name}")
         if service.png_available():
             for col, (name, fig) in zip(cols, figs.items()):
-                col.download_button(f"{name} (.png)", lambda fig=fig: service.figure_png(fig) or b"",
+                col.download_button(f"{name} (.png)", lambda fig=fig: service.figure_png(fig()) or b"",
                                     file_name=f"{name}.png", mime="image/png", key=f"dl_png_{name}")
         else:
             st.caption("PNG export needs kaleido and a browser for it; not installed here, so only the "

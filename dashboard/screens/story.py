@@ -151,11 +151,12 @@ def _map_pair(ctx: Context, job: service.LayoutJob, predicted: np.ndarray, title
         return
     left, right = st.columns(2)
     for column, by in ((left, "class"), (right, second)):
-        fig = map_figure(job, points, by, f"{title}, coloured by {by}{note}", FACTOR_COLOURS if by != "class" else None)
+        fig = map_figure(job, points, by, f"{title}, coloured by {by}{note}", FACTOR_COLOURS if by != "class" else None,
+                         height=420, dragmode="pan")
         if fig is None:
             column.info(f"The {job.label} map is laying out in the background; it appears here when ready.")
         else:
-            column.plotly_chart(fig.update_layout(height=420, dragmode="pan"), key=f"{key}_{by}")
+            column.plotly_chart(fig, key=f"{key}_{by}")
     if job.pending:
         layout_status([job])
 
@@ -409,8 +410,9 @@ def _every_target(ctx: Context) -> pd.DataFrame | None:
     try:
         with st.spinner(f"Choosing the model for every target ({_reads(ctx)})…"):
             for target in emb.domain_names:
-                rows.append(choice.target_summary(*cached.evaluate_and_choose(emb.key, target, config, emb,
-                                                                              ctx.choice.choice_mode)))
+                mode = ctx.choice.choice_mode
+                rows.append(cached.target_summary(emb.key, target, config, mode,
+                                                  *cached.evaluate_and_choose(emb.key, target, config, emb, mode)))
     except service.ServiceError as e:
         st.error(str(e))
         return None
