@@ -149,6 +149,7 @@ def _map_pair(ctx: Context, job: service.LayoutJob, predicted: np.ndarray, title
     if failure is not None:
         st.error(failure)
         return
+    pending = job.pending  # read before the maps (explorer._umap_section says why)
     left, right = st.columns(2)
     for column, by in ((left, "class"), (right, second)):
         fig = map_figure(job, points, by, f"{title}, coloured by {by}{note}", FACTOR_COLOURS if by != "class" else None,
@@ -157,7 +158,7 @@ def _map_pair(ctx: Context, job: service.LayoutJob, predicted: np.ndarray, title
             column.info(f"The {job.label} map is laying out in the background; it appears here when ready.")
         else:
             column.plotly_chart(fig, key=f"{key}_{by}")
-    if job.pending:
+    if pending:
         layout_status([job])
 
 
