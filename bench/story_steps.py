@@ -54,6 +54,7 @@ def _first_visit(at) -> tuple[float, float]:
     from clip_icm import service
 
     service.layout_worker().wait_idle(600)
+    service.choice_worker().wait_idle(600)
     at.run()
     return drawn, time.perf_counter() - start
 

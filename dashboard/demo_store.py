@@ -40,6 +40,7 @@ from clip_icm import service
 from dashboard import texts
 
 service.layout_worker().max_speculative = 0  # what they lay out depends on timing; a slider move asks anyway
+service.choice_worker().max_speculative = 0  # the model choices in the page's run: every one of them stored
 views = [{{"page": "story", "step": str(step)}} for step in range(1, len(texts.STORY_STEPS) + 1)]
 for params in views + [{{"page": "explorer"}}]:
     at = AppTest.from_file({app!r}, default_timeout=900)

@@ -28,7 +28,7 @@ def clean_caches(monkeypatch):
     cached.clear()
     yield
     cached.clear()
-    assert service.layout_worker().wait_idle(TIMEOUT)
+    assert workers_idle()
 
 
 def _app(**state) -> AppTest:
@@ -39,10 +39,15 @@ def _app(**state) -> AppTest:
     return _settled(at.run())
 
 
+def workers_idle() -> bool:
+    """Whether the background workers (layouts, model choices) finished what they were asked for."""
+    return service.layout_worker().wait_idle(TIMEOUT) and service.choice_worker().wait_idle(TIMEOUT)
+
+
 def _settled(at: AppTest) -> AppTest:
-    """The page once the background worker has laid out its maps (what the page's polling redraws;
-    tests/test_dashboard_layouts.py tests the page while they are pending)."""
-    assert service.layout_worker().wait_idle(TIMEOUT)
+    """The page once the background workers have laid out its maps and made its model choices (what the
+    page's polling redraws; tests/test_dashboard_layouts.py tests the page while they are pending)."""
+    assert workers_idle()
     return at.run()
 
 

@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from clip_icm import service
 from dashboard import cached, texts
+from tests.test_dashboard import workers_idle
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 TIMEOUT = 240
@@ -22,7 +23,7 @@ def fresh(tmp_path, monkeypatch):
     cached.clear()
     yield
     cached.clear()
-    assert service.layout_worker().wait_idle(TIMEOUT)
+    assert workers_idle()
 
 
 def _app(**state) -> AppTest:
@@ -35,7 +36,7 @@ def _app(**state) -> AppTest:
 
 def _settled(at: AppTest) -> AppTest:
     """The page once the worker has laid out all it was asked for (what its status's polling redraws)."""
-    assert service.layout_worker().wait_idle(TIMEOUT)
+    assert workers_idle()
     return at.run()
 
 

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from clip_icm import service
 from dashboard import texts
 from dashboard.screens import story
-from tests.test_dashboard import APP, TIMEOUT, _ok, clean_caches  # noqa: F401 (the fixture)
+from tests.test_dashboard import APP, TIMEOUT, _ok, clean_caches, workers_idle  # noqa: F401 (the fixture)
 
 HEADINGS = [heading for _, _, heading in texts.STORY_STEPS]
 
@@ -23,7 +23,7 @@ def _open(address: dict[str, str], **state) -> AppTest:
     for key, value in {"ctl_source": "synthetic", "ctl_n_synth": 60, **state}.items():
         at.session_state[key] = value
     at.run()
-    assert service.layout_worker().wait_idle(TIMEOUT)
+    assert workers_idle()
     return at.run()
 
 
@@ -110,7 +110,7 @@ def test_the_choice_of_every_target_is_made_in_the_background_and_the_step_follo
     any step), the step shows a status meanwhile and draws from the store once they are made."""
     import threading
 
-    monkeypatch.setattr(service.layout_worker(), "max_speculative", 8)
+    service.choice_worker().forget()  # an earlier test's finished choice of this world would be read at once
     gate, choose = threading.Event(), service.evaluate_and_choose
     monkeypatch.setattr(service, "evaluate_and_choose", lambda *a, **kw: gate.wait(60) and choose(*a, **kw))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
@@ -121,7 +121,7 @@ def test_the_choice_of_every_target_is_made_in_the_background_and_the_step_follo
     _ok(at)
     assert any("in the background" in i.value for i in at.info) and not at.get("plotly_chart")
     gate.set()
-    assert service.layout_worker().wait_idle(TIMEOUT)
+    assert workers_idle()
     at.run()
     _ok(at)
     assert at.get("plotly_chart") and not any("in the background" in i.value for i in at.info)

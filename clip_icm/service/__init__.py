@@ -23,7 +23,7 @@ from clip_icm.service.fitting import (Fit, accuracy_table, accuracy_wide, choose
                                       with_unused_fixed)
 from clip_icm.service.gate import Gate, heavy_jobs
 from clip_icm.service.layout_worker import SPECULATIVE, Job as LayoutJob, LayoutWorker
-from clip_icm.service.layout_worker import ready as layout_ready, shared as layout_worker
+from clip_icm.service.layout_worker import ready as layout_ready, shared as layout_worker, shared_choices as choice_worker
 from clip_icm.service.maps import (DRAW_LIMIT, MAP_POINTS, full_layout, full_layout_job, invariant_layout, invariant_layout_job,
                                    example_rows, nearest_neighbours, neighbour_agreement, plot_ids, point_table, predictions,
                                    sample_note, sample_rows, thumbnail)
@@ -44,7 +44,7 @@ __all__ = [
     "orth_cali_summary", "playground",
     "projection_defaults", "sweep", "target_confusions", "with_unused_fixed",
     "Gate", "heavy_jobs",
-    "SPECULATIVE", "LayoutJob", "LayoutWorker", "layout_ready", "layout_worker",
+    "SPECULATIVE", "LayoutJob", "LayoutWorker", "choice_worker", "layout_ready", "layout_worker",
     "DRAW_LIMIT", "MAP_POINTS", "full_layout", "full_layout_job", "invariant_layout", "invariant_layout_job", "nearest_neighbours",
     "example_rows", "neighbour_agreement", "plot_ids", "point_table", "predictions", "sample_note", "sample_rows",
     "thumbnail",

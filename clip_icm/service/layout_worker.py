@@ -278,14 +278,24 @@ class LayoutWorker:
                 self._wake.notify_all()
 
 
-_shared: LayoutWorker | None = None
+_shared: dict[str, LayoutWorker] = {}
 _shared_lock = threading.Lock()
 
 
 def shared() -> LayoutWorker:
-    """The process's worker (every session of a server uses this one)."""
-    global _shared
+    """The process's layout worker (every session of a server uses this one)."""
+    return _shared_worker("layouts", separate_process=True)
+
+
+def shared_choices() -> LayoutWorker:
+    """The process's worker for the model choices of every target (the same queue, in a thread of its
+    own): at 20,000 images they take minutes (bench/RESULTS.md), and on the layouts' worker one would hold
+    up every map asked for after it; in the page's rerun, the maps and every control."""
+    return _shared_worker("choices")
+
+
+def _shared_worker(name: str, **kwargs) -> LayoutWorker:
     with _shared_lock:
-        if _shared is None:
-            _shared = LayoutWorker(separate_process=True)
-        return _shared
+        if name not in _shared:
+            _shared[name] = LayoutWorker(**kwargs)
+        return _shared[name]

@@ -193,6 +193,37 @@ def choice_config(ctx: Context) -> evaluation.EvalConfig | None:
 
 
 
+def every_target_choice_job(ctx: Context) -> service.LayoutJob | None:
+    """The model choice of every target, with this page's target first, made by the background choice
+    worker into the results store: at 20,000 images the four choices take minutes, and in a rerun they
+    would hold up the maps and every control (a first visit to the Story's step 7 on the demo, 10-12 s).
+    The pages draw from the store once it is done. None where there is no choice to make, or the worker
+    has enough waiting (then the page computes it itself)."""
+    config = choice_config(ctx)
+    if config is None:
+        return None
+    emb, store, mode = ctx.every_domain, cached.store(), ctx.choice.choice_mode
+    targets = sorted(emb.domain_names, key=lambda target: target != ctx.choice.target)
+
+    def compute() -> np.ndarray:
+        for target in targets:
+            service.evaluate_and_choose(emb, target, config, store=store, mode=mode)
+        return np.empty(0)
+
+    return service.choice_worker().submit(service.content_key("every target's model choice", emb.key, config, mode),
+                                          compute, label="the model choice of every target", group=ctx.emb.key,
+                                          priority=service.SPECULATIVE)
+
+
+@st.fragment(run_every=1.0)
+def choice_status(job: service.LayoutJob, reads: str) -> None:
+    """Polls the background choice; once it is done, the page reruns and draws it (from the store)."""
+    if not job.pending:
+        st.rerun()
+    st.info(f"Choosing the model for every target in the background, from {reads} "
+            f"({job.progress(service.choice_worker().ahead_of(job))}); this part follows by itself.", icon="⏳")
+
+
 def map_figure(job: service.LayoutJob, points: pd.DataFrame, colour: str, title: str,
                colours: dict[str, str] | None = None, *, dimmed: bool = False, **layout):
     """The map of a finished layout job (None while it is pending or when it failed), from the

@@ -8,8 +8,9 @@ import streamlit as st
 from clip_icm import choice, evaluation, figures, methods, reduce, report, service
 from clip_icm.embeddings import EmbeddingSet
 from dashboard import cached, controls, texts
-from dashboard.screens.common import (Context, choice_config, fit_key, fitted, invariant_label, layout_failure,
-                                    layout_status, map_figure, map_of, settings_context)
+from dashboard.screens.common import (Context, choice_config, choice_status, every_target_choice_job, fit_key, fitted,
+                                    invariant_label, layout_failure, layout_status, map_figure, map_of,
+                                    settings_context)
 
 THUMBS = 12
 
@@ -26,12 +27,18 @@ def explorer_page() -> None:
         return
     _summary(ctx)
     # The page leads with the model to deploy and every target at a glance; both are filled after the
-    # accuracy chart (which a K or lam change must update quickly) and the maps, in these places.
+    # accuracy chart (which a K or lam change must update quickly), in these places, from the background
+    # choice worker's results: never computed in a rerun while it has room for them.
     lead, overview = st.container(), st.container()
     K, lam = ctx.K, ctx.lam
     table = _accuracy_section(ctx, K, lam)
+    choosing = every_target_choice_job(ctx)
+    choosing_now = choosing is not None and choosing.pending  # read once: the status that polls, or both parts
     with lead:
-        _model_choice_lead(ctx, table)
+        if choosing_now:
+            choice_status(choosing, controls.CHOICE_MODE_LABELS[ctx.choice.choice_mode])
+        else:
+            _model_choice_lead(ctx, table)
     fit = fitted(ctx, K, lam)
     if fit is None:
         return
@@ -41,8 +48,9 @@ def explorer_page() -> None:
     _gallery_section(ctx)
     if table is not None:
         _export_section(ctx, fit, table, layouts)
-    with overview:
-        _targets_overview(ctx)
+    if not choosing_now:
+        with overview:
+            _targets_overview(ctx)
 
 
 def _selection_note(ctx: Context) -> None:

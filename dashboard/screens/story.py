@@ -15,8 +15,8 @@ import streamlit as st
 from clip_icm import choice, defaults, evaluation, figures, methods, service
 from dashboard import cached, controls, texts
 from dashboard.screens import registry
-from dashboard.screens.common import (Context, choice_config, fit_key, fitted, invariant_label, layout_failure,
-                                    layout_status, map_figure, settings_context)
+from dashboard.screens.common import (Context, choice_config, choice_status, every_target_choice_job, fit_key, fitted,
+                                    invariant_label, layout_failure, layout_status, map_figure, settings_context)
 
 STEP_KEY = "story_step"  # the index shown, 0-based; the address carries it 1-based
 
@@ -38,7 +38,7 @@ def story_page() -> None:
     if ctx is None:
         return
     step = _current_step()
-    _every_target_job(ctx)  # steps 7 and 8 read it: started while the reader is on the first ones
+    every_target_choice_job(ctx)  # steps 7 and 8 read it: started while the reader is on the first ones
     _step_indicator(step)
     slug, _, heading = texts.STORY_STEPS[step]
     st.subheader(heading)
@@ -362,35 +362,6 @@ def choice_step(ctx: Context) -> None:
     _maths("choice")
 
 
-def _every_target_job(ctx: Context) -> service.LayoutJob | None:
-    """The model choice of every target, made by the background worker into the results store at the
-    lowest priority (after the maps): a first visit to step 7 (four choices, 10-12 s on the 2-core
-    machine) would otherwise compute them in the rerun. None where there is no choice to make, or the
-    worker has enough speculative work waiting (then the step computes it itself)."""
-    config = choice_config(ctx)
-    if config is None:
-        return None
-    emb, store, mode = ctx.every_domain, cached.store(), ctx.choice.choice_mode
-
-    def compute() -> np.ndarray:
-        for target in emb.domain_names:
-            service.evaluate_and_choose(emb, target, config, store=store, mode=mode)
-        return np.empty(0)
-
-    return service.layout_worker().submit(service.content_key("every target's model choice", emb.key, config, mode),
-                                          compute, label="the model choice of every target", group=ctx.emb.key,
-                                          priority=service.SPECULATIVE)
-
-
-@st.fragment(run_every=1.0)
-def _choice_status(job: service.LayoutJob, reads: str) -> None:
-    """Polls the background choice; once it is done, the step draws (from the store)."""
-    if not job.pending:
-        st.rerun()
-    st.info(f"Choosing the model for every target in the background, from {reads} "
-            f"({job.progress(service.layout_worker().ahead_of(job))}); this step follows by itself.", icon="⏳")
-
-
 def _reads(ctx: Context) -> str:
     """What the model choice reads, in words (never a target label)."""
     return controls.CHOICE_MODE_LABELS[ctx.choice.choice_mode]
@@ -403,9 +374,9 @@ def _every_target(ctx: Context) -> pd.DataFrame | None:
     if config is None:
         st.info("The model choice runs under this project's protocol on the domain-shift task (see the sidebar).")
         return None
-    job = _every_target_job(ctx)
+    job = every_target_choice_job(ctx)
     if job is not None and job.pending:
-        _choice_status(job, _reads(ctx))
+        choice_status(job, _reads(ctx))
         return None
     emb, rows = ctx.every_domain, []
     try:
