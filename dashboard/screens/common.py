@@ -215,6 +215,13 @@ def every_target_choice_job(ctx: Context) -> service.LayoutJob | None:
                                           priority=service.SPECULATIVE)
 
 
+def target_summary(ctx: Context, target: str, config: evaluation.EvalConfig) -> dict:
+    """choice.target_summary of ``target`` held out of every domain, the others as sources (cached)."""
+    emb, mode = ctx.every_domain, ctx.choice.choice_mode
+    return cached.target_summary(emb.key, target, config, mode,
+                                 *cached.evaluate_and_choose(emb.key, target, config, emb, mode))
+
+
 @st.fragment(run_every=1.0)
 def choice_status(job: service.LayoutJob, reads: str) -> None:
     """Polls the background choice; once it is done, the page reruns and draws it (from the store)."""

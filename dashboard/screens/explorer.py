@@ -10,7 +10,7 @@ from clip_icm.embeddings import EmbeddingSet
 from dashboard import cached, controls, texts
 from dashboard.screens.common import (Context, choice_config, choice_status, every_target_choice_job, fit_key, fitted,
                                     invariant_label, layout_failure, layout_status, map_figure, map_of,
-                                    settings_context)
+                                    settings_context, target_summary)
 
 THUMBS = 12
 
@@ -131,9 +131,7 @@ def _targets_overview(ctx: Context) -> None:
         for i, target in enumerate(emb.domain_names):
             bar.progress(i / len(emb.domain_names), text=f"every target at a glance: {target} "
                                                           f"({i + 1}/{len(emb.domain_names)})")
-            mode = ctx.choice.choice_mode
-            rows.append(cached.target_summary(emb.key, target, config, mode,
-                                              *cached.evaluate_and_choose(emb.key, target, config, emb, mode)))
+            rows.append(target_summary(ctx, target, config))
     except service.ServiceError as e:
         bar.empty()
         st.caption(f"No overview of every target: {e}")

@@ -16,7 +16,8 @@ from clip_icm import choice, defaults, evaluation, figures, methods, service
 from dashboard import cached, controls, texts
 from dashboard.screens import registry
 from dashboard.screens.common import (Context, choice_config, choice_status, every_target_choice_job, fit_key, fitted,
-                                    invariant_label, layout_failure, layout_status, map_figure, settings_context)
+                                    invariant_label, layout_failure, layout_status, map_figure, settings_context,
+                                    target_summary)
 
 STEP_KEY = "story_step"  # the index shown, 0-based; the address carries it 1-based
 
@@ -382,9 +383,7 @@ def _every_target(ctx: Context) -> pd.DataFrame | None:
     try:
         with st.spinner(f"Choosing the model for every target ({_reads(ctx)})…"):
             for target in emb.domain_names:
-                mode = ctx.choice.choice_mode
-                rows.append(cached.target_summary(emb.key, target, config, mode,
-                                                  *cached.evaluate_and_choose(emb.key, target, config, emb, mode)))
+                rows.append(target_summary(ctx, target, config))
     except service.ServiceError as e:
         st.error(str(e))
         return None
