@@ -129,6 +129,7 @@ def layout_2d(
     n_neighbors: int = 15,
     n_epochs: int = DEFAULT_EPOCHS,
     parallel: bool | None = None,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """A 2-D UMAP layout (cosine geometry) of the rows of ``X``.
 
@@ -137,22 +138,49 @@ def layout_2d(
     invariant space to get comparable pictures. Fewer than 5 rows fall back to PCA
     (UMAP needs a neighbourhood). The seed makes it reproducible: the same input gives the
     same layout, bit for bit, on one core. ``parallel`` (None: parallel_layouts()) uses every
-    core instead, ignores the seed and is not reproducible.
+    core instead, ignores the seed and is not reproducible. ``neighbours``: what
+    layout_neighbours(X, n_neighbors) returns, found beforehand (the layout worker searches
+    them in parts, in two processes); None: searched here.
     """
-    X = np.asarray(X)
-    if X.ndim != 2 or len(X) == 0:
-        raise InvalidInput(f"layout_2d needs a non-empty 2-D array, got shape {X.shape}")
-    X = unit_rows(np.asarray(X, dtype=np.float32))
+    X = _layout_rows(X)
     if init is not None and init.shape != (len(X), 2):
         raise InvalidInput(f"init must have shape ({len(X)}, 2), got {init.shape}")
     if len(X) < 5:
         xy = _pca_2d(X)
     else:
-        xy = _umap(X, init, seed, n_neighbors, n_epochs, parallel=parallel_layouts() if parallel is None else parallel)
+        xy = _umap(X, init, seed, n_neighbors, n_epochs, parallel=parallel_layouts() if parallel is None else parallel,
+                   neighbours=neighbours)
     return procrustes_align(xy, init) if init is not None else xy
 
 
-def exact_neighbours(X: np.ndarray, k: int, block: int = 512, chunk: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def _layout_rows(X: np.ndarray) -> np.ndarray:
+    """The rows a layout works on: unit rows, float32."""
+    X = np.asarray(X)
+    if X.ndim != 2 or len(X) == 0:
+        raise InvalidInput(f"layout_2d needs a non-empty 2-D array, got shape {X.shape}")
+    return unit_rows(np.asarray(X, dtype=np.float32))
+
+
+def searches_exactly(n_rows: int) -> bool:
+    """Whether a layout of ``n_rows`` rows takes exact neighbours (layout_neighbours) rather than
+    pynndescent's descent or, below 5 rows, none."""
+    return 5 <= n_rows <= BLAS_KNN_LIMIT
+
+
+def layout_neighbours(X: np.ndarray, n_neighbors: int = 15, rows: range | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The exact neighbours that layout_2d(X, n_neighbors=...) hands to UMAP (searches_exactly(len(X))),
+    of the rows ``rows`` only (every row by default): parts that start at multiples of EXACT_BLOCK are
+    the same matrix products, so their rows are the whole search's, bit for bit."""
+    X = _layout_rows(X)
+    return exact_neighbours(X, min(n_neighbors, len(X) - 1), rows=rows)
+
+
+# Rows per matrix product of exact_neighbours (a 512 x 10,000 block of similarities is 20 MB).
+EXACT_BLOCK = 512
+
+
+def exact_neighbours(X: np.ndarray, k: int, block: int = EXACT_BLOCK, chunk: int = 32,
+                     rows: range | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest rows of each row of ``X`` (unit rows) by cosine distance, itself
     first, as (indices int32, distances float32) sorted by distance (equal ones by index): what
     pynndescent would return, but exact, from blocks of matrix products (1.4 s at 10,000 x 512 on
@@ -162,29 +190,35 @@ def exact_neighbours(X: np.ndarray, k: int, block: int = 512, chunk: int = 32) -
     largest maxima are searched: every one of the ``k`` nearest lies in one of them (a run that holds
     one has at most k - 1 runs with a larger maximum), so the result is exact, and the partial sort
     reads k * chunk candidates instead of every column (the partial sorts of every column took half
-    of the time at 10,000 x 512, most of it at 10,000 x 64; bench/RESULTS.md)."""
+    of the time at 10,000 x 512, most of it at 10,000 x 64; bench/RESULTS.md).
+
+    ``rows`` (step 1): only those rows' neighbours, from blocks starting at ``rows.start``."""
     n = len(X)
     k = min(k, n)
-    indices = np.empty((n, k), dtype=np.int32)
-    distances = np.empty((n, k), dtype=np.float32)
+    rows = range(n) if rows is None else rows
+    if rows.step != 1 or not 0 <= rows.start <= rows.stop <= n:
+        raise InvalidInput(f"rows must be a range of steps of 1 within 0-{n}, got {rows}")
+    indices = np.empty((len(rows), k), dtype=np.int32)
+    distances = np.empty((len(rows), k), dtype=np.float32)
     n_chunks = n // chunk
     runs = min(k, n_chunks)
     rest = np.arange(n_chunks * chunk, n)  # the last columns, fewer than a chunk: always candidates
-    for start in range(0, n, block):
-        similarity = X[start:start + block] @ X.T
-        rows = np.arange(len(similarity))
-        similarity[rows, rows + start] = np.inf  # itself first, whatever the rounding
-        maxima = similarity[:, :n_chunks * chunk].reshape(len(rows), n_chunks, chunk).max(axis=2)
+    for start in range(rows.start, rows.stop, block):
+        similarity = X[start:min(start + block, rows.stop)] @ X.T
+        here = np.arange(len(similarity))
+        similarity[here, here + start] = np.inf  # itself first, whatever the rounding
+        maxima = similarity[:, :n_chunks * chunk].reshape(len(here), n_chunks, chunk).max(axis=2)
         best = np.argpartition(maxima, n_chunks - runs, axis=1)[:, n_chunks - runs:]
-        columns = (best[:, :, None] * chunk + np.arange(chunk)).reshape(len(rows), runs * chunk)
-        columns = np.concatenate([columns, np.broadcast_to(rest, (len(rows), len(rest)))], axis=1)
+        columns = (best[:, :, None] * chunk + np.arange(chunk)).reshape(len(here), runs * chunk)
+        columns = np.concatenate([columns, np.broadcast_to(rest, (len(here), len(rest)))], axis=1)
         candidates = np.take_along_axis(similarity, columns, axis=1)
         top = np.argpartition(candidates, candidates.shape[1] - k, axis=1)[:, candidates.shape[1] - k:]
         top_columns = np.take_along_axis(columns, top, axis=1)
         top_similarity = np.take_along_axis(candidates, top, axis=1)
         order = np.lexsort((top_columns, -top_similarity), axis=-1)
-        indices[start:start + block] = np.take_along_axis(top_columns, order, axis=1)
-        distances[start:start + block] = np.clip(1.0 - np.take_along_axis(top_similarity, order, axis=1), 0.0, 2.0)
+        at = slice(start - rows.start, start - rows.start + len(similarity))
+        indices[at] = np.take_along_axis(top_columns, order, axis=1)
+        distances[at] = np.clip(1.0 - np.take_along_axis(top_similarity, order, axis=1), 0.0, 2.0)
     return indices, distances
 
 
@@ -201,10 +235,11 @@ def _curve_float32() -> tuple[np.float32, np.float32]:
 
 
 def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n_epochs: int,
-          search: str | None = None, parallel: bool = False) -> np.ndarray:
+          search: str | None = None, parallel: bool = False,
+          neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """``search``, how the neighbours are found: "exact" (exact_neighbours, handed to umap),
     "descent" (pynndescent's approximate search); None: exact up to BLAS_KNN_LIMIT rows.
-    ``parallel``: the epochs on every core, no seed (layout_2d)."""
+    ``parallel``: the epochs on every core, no seed; ``neighbours``: the exact ones, found beforehand (layout_2d)."""
     wait_for_compilation()
     import umap  # lazy: seconds to import, numba compilation on first use
 
@@ -221,6 +256,9 @@ def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n
     if search not in ("exact", "descent"):
         raise InvalidInput(f"search must be 'exact' or 'descent', got {search!r}")
     k = min(n_neighbors, len(X) - 1)
+    if neighbours is not None and (search != "exact" or any(part.shape != (len(X), k) for part in neighbours)):
+        raise InvalidInput(f"neighbours given for a layout of {len(X)} rows must be its {k} exact ones per row, "
+                           f"got shapes {[part.shape for part in neighbours]} ({search} search)")
     a, b = _curve_float32()
     # umap's own exact search (below 4,096 rows) calls a numba metric once per pair from Python,
     # or takes a distance matrix and compiles a parallel sort of it for 5-8 s in a new process.
@@ -235,6 +273,6 @@ def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n
         random_state=None if parallel else seed,  # a seed makes umap run on one thread
         n_jobs=-1 if parallel else 1,  # what a fixed random_state forces anyway; saying so spares the warning
         force_approximation_algorithm=search == "descent",
-        precomputed_knn=exact_neighbours(X, k) if search == "exact" else (None, None, None),
+        precomputed_knn=(exact_neighbours(X, k) if neighbours is None else neighbours) if search == "exact" else (None, None, None),
     )
     return reducer.fit_transform(X).astype(np.float32)

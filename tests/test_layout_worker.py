@@ -1,4 +1,5 @@
 """The background layout worker (clip_icm/service/layout_worker.py) and the layout jobs of the maps."""
+import importlib
 import multiprocessing
 import os
 import signal
@@ -197,3 +198,125 @@ def test_a_layout_process_that_dies_is_a_clear_error_and_the_next_layout_starts_
         worker.lay_out(X, seed=3)
     np.testing.assert_array_equal(worker.lay_out(X, seed=3), first)
 
+
+
+def test_a_speculative_job_leaves_a_lane_for_the_pages_own():
+    """Two lanes: a page's layout starts while a speculative one runs, and a second speculative one
+    waits until nothing runs (so the page's next layout never queues behind two of them)."""
+    worker, gate, ran = LayoutWorker(separate_process=True, processes=2), threading.Event(), []
+    started = threading.Event()
+
+    def guess():
+        started.set()
+        assert gate.wait(WAIT_S)
+        ran.append("guess")
+        return np.zeros((1, 2))
+
+    try:
+        first = worker.submit("guess", guess, label="guess", group="a", priority=SPECULATIVE)
+        assert started.wait(WAIT_S)
+        second = worker.submit("guess 2", _record(ran, "guess 2"), label="guess", group="a", priority=SPECULATIVE)
+        page = worker.submit("page", _record(ran, "page"), label="page", group="a")
+        page.future.result(WAIT_S)  # done while the first guess still runs
+        assert ran == ["page"] and first.pending and second.pending and second.started_at is None
+        assert worker.ahead_of(second) == 1  # the running guess
+    finally:
+        gate.set()
+    assert worker.wait_idle(WAIT_S)
+    assert ran == ["page", "guess", "guess 2"]
+
+
+def test_a_job_needing_one_that_no_thread_took_up_runs_it_itself():
+    """outcome(): the invariant layout needs the full one; queued behind a held job in a one-thread
+    worker, the full job runs in the thread that needs it, once."""
+    worker, gate, ran = LayoutWorker(), threading.Event(), []
+    try:
+        _blocked(worker, gate, ran)
+        start = worker.submit("full", _record(ran, "full"), label="full", group="a")
+        assert worker.outcome(start)[0, 0] == 1 and ran == ["full"] and not start.pending  # the blocker still runs
+    finally:
+        gate.set()
+    assert worker.wait_idle(WAIT_S) and ran.count("full") == 1
+
+
+def test_the_pairs_invariant_layout_waits_for_the_full_one_in_the_other_lane_searching_its_neighbours_meanwhile():
+    """Two threads: the invariant job starts beside the full one, searches its neighbours while the full
+    space is laid out, then starts from it: the full space laid out once, the layouts of the synchronous path."""
+    from clip_icm import reduce
+
+    emb, worker = _synthetic(), LayoutWorker(separate_process=True, processes=2)
+    ids = service.plot_ids(emb)
+    fit = service.fit(emb, "env 4", "icm", service.eval_config(8, 100.0))
+    gate, calls = threading.Event(), []
+
+    def lay_out(X, *, init=None, seed=0, neighbours=None):
+        if init is None:
+            assert gate.wait(WAIT_S)  # the full space waits until the invariant one has its neighbours
+        calls.append("invariant" if init is not None else "full")
+        if init is not None:
+            np.testing.assert_array_equal(neighbours[0], reduce.layout_neighbours(X)[0])
+        return reduce.layout_2d(X, init=init, seed=seed, neighbours=neighbours)
+
+    def neighbours(X):
+        calls.append("neighbours")
+        gate.set()
+        return reduce.layout_neighbours(X)
+
+    worker.lay_out, worker.neighbours = lay_out, neighbours
+    inv = service.invariant_layout_job(emb, ids, "fit 8", lambda: fit, "invariant", worker=worker)
+    assert worker.wait_idle(WAIT_S) and inv.error() is None
+    assert calls == ["neighbours", "full", "invariant"] and inv.after is None  # not kept once finished
+    full = service.full_layout(emb, ids)
+    np.testing.assert_array_equal(service.full_layout_job(emb, ids, worker=worker).result(), full)
+    np.testing.assert_array_equal(inv.result(), service.invariant_layout(emb, ids, fit, full))
+
+
+def test_two_layout_processes_search_halves_of_the_neighbours_and_give_the_same_layouts(monkeypatch):
+    """The exact neighbours in two halves, one per lane's process: the whole search's, bit for bit
+    (halves that start at a multiple of its block), and so the same layout as one process's."""
+    from threadpoolctl import threadpool_limits
+
+    from clip_icm import reduce
+
+    monkeypatch.setattr(importlib.import_module("clip_icm.service.layout_worker"), "SPLIT_ROWS", 600)
+    worker = LayoutWorker(separate_process=True, processes=2)
+    X = np.random.default_rng(0).normal(size=(1100, 16)).astype(np.float32)  # halves of 1,024 and 76 rows
+    before = set(multiprocessing.active_children())
+    indices, distances = worker.neighbours(X)
+    assert len(set(multiprocessing.active_children()) - before) == 2  # one process per lane
+    with threadpool_limits(1, user_api="blas"):
+        whole = reduce.layout_neighbours(X)
+        np.testing.assert_array_equal(indices, whole[0])
+        np.testing.assert_array_equal(distances, whole[1])
+        np.testing.assert_array_equal(worker.lay_out(X, seed=3), reduce.layout_2d(X, seed=3))
+    assert worker.neighbours(X[:5, :3])[0].shape == (5, 4) and worker.neighbours(X[:4]) is None  # PCA: none
+
+
+def test_warm_starts_every_lane_and_loads_the_kernels_there():
+    worker = LayoutWorker(separate_process=True, processes=2)
+    worker.warm()
+    worker.warm()  # once
+    worker._warming.join(WAIT_S * 3)
+    assert all(lane.warm and lane.process is not None for lane in worker._lanes)
+    X = np.random.default_rng(0).normal(size=(200, 16)).astype(np.float32)
+    np.testing.assert_array_equal(worker.lay_out(X, seed=3), worker.lay_out(X, seed=3))
+    LayoutWorker().warm()  # no processes: nothing to start
+
+
+@pytest.mark.parametrize("value, processes", [("3", 3), (" 1 ", 1), ("", min(2, os.cpu_count() or 1))])
+def test_the_layout_processes_come_from_the_environment(monkeypatch, value, processes):
+    from clip_icm.service.layout_worker import PROCESSES_VAR, layout_processes
+
+    monkeypatch.setenv(PROCESSES_VAR, value)
+    assert layout_processes() == processes
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_a_bad_number_of_layout_processes_is_refused(monkeypatch, value):
+    from clip_icm.service.layout_worker import PROCESSES_VAR, layout_processes
+
+    monkeypatch.setenv(PROCESSES_VAR, value)
+    with pytest.raises(InvalidInput, match=PROCESSES_VAR):
+        layout_processes()
+    with pytest.raises(InvalidInput, match="at least 1 process"):
+        LayoutWorker(separate_process=True, processes=0)

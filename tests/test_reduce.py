@@ -53,7 +53,7 @@ def test_the_parallel_mode_is_opt_in_by_environment(monkeypatch, value, parallel
     else:
         monkeypatch.setenv(reduce.PARALLEL_VAR, value)
     asked = []
-    monkeypatch.setattr(reduce, "_umap", lambda X, *args, parallel: asked.append(parallel) or np.zeros((len(X), 2)))
+    monkeypatch.setattr(reduce, "_umap", lambda X, *args, parallel, neighbours: asked.append(parallel) or np.zeros((len(X), 2)))
     layout_2d(np.random.default_rng(0).normal(size=(10, 3)))
     layout_2d(np.random.default_rng(0).normal(size=(10, 3)), parallel=False)
     assert reduce.parallel_layouts() is parallel and asked == [parallel, False]

@@ -1,27 +1,32 @@
-"""Layouts computed off the page: one background thread per server process, shared by its sessions.
+"""Layouts computed off the page: background threads per server process, shared by its sessions.
 
-Why: a UMAP layout of 10,000 points takes 5-12 s on the 2-core machine, while a K change's accuracy
+Why: a UMAP layout of 10,000 points takes 3-5 s on the 2-core machine, while a K change's accuracy
 table takes 0.1 s; a page that computed the layout itself froze for the length of the layout. The
 page submits a job, keyed by content (the same parts as the layout store's key), draws what it has
 and polls; a job another session submitted with the same key is the same job.
 
-One thread, not a pool: UMAP runs single-threaded so that a seed gives the same layout run to run,
-and a second layout at once would only take the core the page's own work needs (``CLIP_ICM_PARALLEL_LAYOUTS=1``
-opts in to UMAP's epochs on every core instead, not reproducible: reduce.PARALLEL_VAR). The thread keeps the
-queue and the store; the UMAP itself (``lay_out``) runs, for the server's worker (``shared()``), in a
-separate process of its own, started on the first layout: umap's numba code holds the GIL, and in
-this process's thread it slowed a 10,000-image K change's rerun from 3.7 to 5.4 s (bench/RESULTS.md).
-That process imports umap, and this one never does.
+The server's worker (``shared()``) runs up to ``layout_processes()`` jobs at once (``$CLIP_ICM_LAYOUT_PROCESSES``,
+default min(2, CPUs)), each thread with a UMAP process of its own (a "lane", spawned on its first
+layout): umap's numba code holds the GIL, and in this process's thread it slowed a 10,000-image K
+change's rerun from 3.7 to 5.4 s (bench/RESULTS.md). Each layout stays single-threaded, so a seed gives
+the same layout run to run (``CLIP_ICM_PARALLEL_LAYOUTS=1`` opts in to UMAP's epochs on every core
+instead, not reproducible: reduce.PARALLEL_VAR); two lanes let a page's layout start while a speculative
+one runs, lay out the pair's invariant space's neighbours while its full space is laid out, and search
+one layout's exact neighbours in two halves when the other lane is free (the same rows, bit for bit).
+The processes import umap, and this one never does; ``warm()`` starts them and loads umap's kernels
+there before the first layout needs them (a page drawn from the store).
 
 Jobs run by priority, then in order of submission: what a page is waiting for (NOW) before
 speculative layouts (SPECULATIVE: K and λ cells the page may show next), which are bounded in
-number and dropped when a page asks for a layout of another data set (``group``).
+number, dropped when a page asks for a layout of another data set (``group``), and run only while
+no other job runs: a lane is always left for the page's own.
 """
 from __future__ import annotations
 
 import heapq
 import itertools
 import multiprocessing
+import os
 import threading
 import time
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
@@ -31,11 +36,32 @@ from typing import Callable
 
 import numpy as np
 
+from clip_icm.errors import InvalidInput
+
 NOW, SPECULATIVE = 0, 1
 # Finished jobs kept in memory (the store keeps them on disk): 64 layouts of 20,000 points are 10 MB.
 MAX_KEPT = 64
 # Speculative jobs waiting at once; more are refused until some have run.
 MAX_SPECULATIVE = 8
+PROCESSES_VAR = "CLIP_ICM_LAYOUT_PROCESSES"
+# Exact neighbours of at least this many rows are searched in two halves, one per lane, when the other
+# lane is free: 0.7 s of a 10,000 x 512 layout's 1.4 s (bench/RESULTS.md); below, the transfer costs more.
+SPLIT_ROWS = 4096
+
+
+def layout_processes() -> int:
+    """How many layouts the server's worker runs at once, each in a UMAP process of its own (about
+    0.2 GB each once warm; bench/RESULTS.md): ``$CLIP_ICM_LAYOUT_PROCESSES`` if set, else min(2, CPUs)."""
+    text = os.environ.get(PROCESSES_VAR, "").strip()
+    if not text:
+        return max(1, min(2, os.cpu_count() or 1))
+    try:
+        processes = int(text)
+    except ValueError:
+        raise InvalidInput(f"{PROCESSES_VAR} must be a whole number of processes, not {text!r}") from None
+    if processes < 1:
+        raise InvalidInput(f"{PROCESSES_VAR} must be at least 1, not {processes}")
+    return processes
 
 
 @dataclass(eq=False)
@@ -51,6 +77,7 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     order: int = 0  # of its latest place in the queue (a job moved up has an older, dead one)
+    after: Job | None = field(default=None, repr=False)  # the layout it starts from (the full space's)
 
     @property
     def pending(self) -> bool:
@@ -69,9 +96,12 @@ class Job:
         return self.future.result() if self.future.done() and self.error() is None else None
 
     def progress(self, ahead: int) -> str:
-        """Where it stands, in words: queued (behind ``ahead`` jobs) or running for how long."""
+        """Where it stands, in words: queued (behind ``ahead`` jobs), waiting for the layout it starts
+        from (which another thread lays out), or running for how long."""
         if self.started_at is None:
             return f"queued behind {ahead} layout{'s' if ahead != 1 else ''}" if ahead else "starting"
+        if self.after is not None and self.after.pending:
+            return f"waiting for the {self.after.label} layout"
         return f"running for {time.monotonic() - self.started_at:.0f} s"
 
 
@@ -80,39 +110,69 @@ def ready(job: Job | None) -> bool:
 
 
 def _limit_blas() -> None:
-    """In the layout process: one BLAS thread, as the dashboard's own process runs (app.py), so that
+    """In a layout process: one BLAS thread, as the dashboard's own process runs (app.py), so that
     the neighbours' matrix products round as they did there."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1, user_api="blas")
 
 
-def _layout_2d(X: np.ndarray, init: np.ndarray | None, seed: int) -> np.ndarray:
+def _layout_2d(X: np.ndarray, init: np.ndarray | None, seed: int,
+               neighbours: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
     from clip_icm import reduce
 
-    return reduce.layout_2d(X, init=init, seed=seed)
+    return reduce.layout_2d(X, init=init, seed=seed, neighbours=neighbours)
+
+
+def _layout_neighbours(X: np.ndarray, rows: range) -> tuple[np.ndarray, np.ndarray]:
+    from clip_icm import reduce
+
+    return reduce.layout_neighbours(X, rows=rows)
+
+
+def _warm_up() -> None:
+    from clip_icm import reduce
+
+    reduce.warm_up()
+
+
+class _Lane:
+    """One UMAP process (spawned on first use: the server has threads; one that died is replaced at
+    the next call) and whether it is busy with a layout's epochs (then no half of a search is sent to it)."""
+
+    def __init__(self) -> None:
+        self.process: ProcessPoolExecutor | None = None
+        self.laying_out = False
+        self.warm = False
 
 
 class LayoutWorker:
-    """A priority queue of layout jobs and the one thread that runs them (started on the first job);
-    ``separate_process``: ``lay_out`` runs UMAP in a process of its own rather than in this thread."""
+    """A priority queue of layout jobs and the threads that run them (started on the first job):
+    ``processes`` of them with ``separate_process`` (each lays out in a process of its own), else one,
+    which runs UMAP itself."""
 
     def __init__(self, max_kept: int = MAX_KEPT, max_speculative: int = MAX_SPECULATIVE,
-                 separate_process: bool = False) -> None:
+                 separate_process: bool = False, processes: int = 1) -> None:
+        if processes < 1:
+            raise InvalidInput(f"a layout worker needs at least 1 process, not {processes}")
         self.max_kept, self.max_speculative, self.separate_process = max_kept, max_speculative, separate_process
-        self._process: ProcessPoolExecutor | None = None
+        self.slots = processes if separate_process else 1
+        self._lanes = [_Lane() for _ in range(self.slots)]
+        self._lane_of_thread = threading.local()
         self._jobs: dict[str, Job] = {}
         self._queue: list[tuple[int, int, Job]] = []
         self._order = itertools.count()
         self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._running: Job | None = None
+        self._threads: list[threading.Thread] = []
+        self._running: set[Job] = set()
+        self._warming: threading.Thread | None = None
 
     def submit(self, key: str, compute: Callable[[], np.ndarray], *, label: str, group: str,
-               priority: int = NOW) -> Job | None:
+               priority: int = NOW, after: Job | None = None) -> Job | None:
         """The job of ``key``: the existing one (moved up if asked for sooner), or a new one queued.
         A job asked for NOW drops the waiting speculative jobs of other data sets. None: a speculative
-        job refused because MAX_SPECULATIVE are waiting."""
+        job refused because MAX_SPECULATIVE are waiting. ``after``: the job whose layout this one starts
+        from (its status says so while it waits for it: ``compute`` calls outcome())."""
         with self._wake:
             if priority == NOW:
                 self._drop_speculative(lambda job: job.group != group)
@@ -124,37 +184,80 @@ class LayoutWorker:
                 return job
             if priority == SPECULATIVE and self._waiting(SPECULATIVE) >= self.max_speculative:
                 return None
-            job = Job(key, label, group, priority, compute)
+            job = Job(key, label, group, priority, compute, after=after)
             self._jobs[key] = job
             self._push(job)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name="clip-icm layouts", daemon=True)
-                self._thread.start()
-            self._wake.notify()
+            while len(self._threads) < self.slots:
+                lane = len(self._threads)
+                thread = threading.Thread(target=self._work, args=(lane,), name=f"clip-icm layouts {lane}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            self._wake.notify_all()
             return job
 
-    def lay_out(self, X: np.ndarray, *, init: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
-        """reduce.layout_2d of ``X``: in the worker's own process when it has one (started on first
-        use, spawned: this process has threads; one that died is replaced at the next layout), else here."""
-        if not self.separate_process:
-            from clip_icm import reduce
+    def outcome(self, job: Job) -> np.ndarray:
+        """The layout of ``job``, which another job needs (the invariant layout starts from the full one):
+        waited for while another thread runs it, run in this thread if none has taken it up yet (so a
+        job never waits for one queued behind it). Raises what the job raised (CancelledError if it was
+        cancelled)."""
+        with self._wake:
+            mine = job.started_at is None and not job.future.done() and job.future.set_running_or_notify_cancel()
+            if mine:
+                job.started_at = time.monotonic()
+                self._running.add(job)
+        if mine:
+            self._run(job)
+        return job.future.result()
 
-            return reduce.layout_2d(X, init=init, seed=seed)
+    def lay_out(self, X: np.ndarray, *, init: np.ndarray | None = None, seed: int = 0,
+                neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """reduce.layout_2d of ``X``: in the calling thread's lane's process when the worker has processes
+        (a process that died is replaced at the next layout), else here. Its exact neighbours, unless
+        given, are searched by ``neighbours()`` first."""
         from clip_icm import reduce
 
-        reduce.wait_for_compilation()  # the kernels this server compiles in the background, loaded there
-        with self._wake:
-            if self._process is None:
-                self._process = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=_limit_blas)
-            process = self._process
+        if not self.separate_process:
+            return reduce.layout_2d(X, init=init, seed=seed, neighbours=neighbours)
+        if neighbours is None:
+            neighbours = self.neighbours(X)
+        lane = self._lane()
+        lane.laying_out = True
         try:
-            return process.submit(_layout_2d, X, init, seed).result()
-        except BrokenProcessPool as error:
-            with self._wake:
-                if self._process is process:
-                    self._process = None
-            raise RuntimeError("the layout process ended before the layout did (out of memory?); "
-                               "the next layout starts a new one") from error
+            return self._in_process(lane, _layout_2d, X, init, seed, neighbours)
+        finally:
+            lane.laying_out = False
+
+    def neighbours(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """reduce.layout_neighbours of ``X`` from the worker's processes: in two halves (the same rows,
+        bit for bit) when ``X`` has SPLIT_ROWS rows or more and another lane is not laying out, else
+        in this thread's lane. None where a layout of ``X`` searches no exact neighbours, or the worker
+        has no processes."""
+        from clip_icm import reduce
+
+        if not self.separate_process or not reduce.searches_exactly(len(X)):
+            return None
+        lane = self._lane()
+        free = [other for other in self._lanes if other is not lane and not other.laying_out]
+        if len(X) < SPLIT_ROWS or not free:
+            return self._in_process(lane, _layout_neighbours, X, range(len(X)))
+        block = reduce.EXACT_BLOCK
+        middle = (len(X) // 2 + block - 1) // block * block  # a multiple of the block: the whole search's products
+        other = self._submit_to(free[0], _layout_neighbours, X, range(middle, len(X)))
+        first = self._in_process(lane, _layout_neighbours, X, range(middle))
+        second = self._result_of(free[0], other)
+        return np.concatenate([first[0], second[0]]), np.concatenate([first[1], second[1]])
+
+    def warm(self) -> None:
+        """Start every lane's process and load umap's kernels there, one lane after the other, in the
+        background (once; a page drawn from the store calls this, so that its first K change finds a
+        process ready instead of starting one: a few seconds). Nothing with no processes."""
+        if not self.separate_process:
+            return
+        with self._wake:
+            if self._warming is not None:
+                return
+            self._warming = threading.Thread(target=self._warm_lanes, name="clip-icm layouts warm-up", daemon=True)
+        self._warming.start()
 
     def finished(self, key: str, xy: np.ndarray, *, label: str, group: str) -> Job:
         """Hold ``xy`` as the finished job of ``key`` (a layout read from the store), so that the next
@@ -185,12 +288,12 @@ class LayoutWorker:
             return list(self._jobs.values())
 
     def ahead_of(self, job: Job) -> int:
-        """Jobs that run before ``job`` (the running one included)."""
+        """Jobs that run before ``job`` (the running ones included)."""
         with self._wake:
             if job.started_at is not None:
                 return 0
             first = sum(1 for j in self._waiting_jobs() if (j.priority, j.order) < (job.priority, job.order))
-            return first + (self._running is not None)
+            return first + len(self._running)
 
     def forget(self) -> None:
         """Forget every job (dashboard.cached.clear, between tests): waiting ones are cancelled, a
@@ -216,7 +319,7 @@ class LayoutWorker:
         """Wait until no job waits or runs (tests, benches); whether that happened in time."""
         end = time.monotonic() + timeout_s
         with self._wake:
-            while self._running is not None or self._waiting(None):
+            while self._running or self._waiting(None):
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
@@ -249,33 +352,90 @@ class LayoutWorker:
         for job in finished[:max(0, len(finished) - self.max_kept)]:
             del self._jobs[job.key]
 
-    # ------------------------------------------------------------ the thread
+    # ------------------------------------------------------------ the processes
+
+    def _lane(self) -> _Lane:
+        """The calling thread's lane (the first for a thread that is not the worker's: a test, a bench)."""
+        return self._lanes[getattr(self._lane_of_thread, "index", 0)]
+
+    def _submit_to(self, lane: _Lane, function: Callable, *args) -> tuple[ProcessPoolExecutor, Future]:
+        from clip_icm import reduce
+
+        reduce.wait_for_compilation()  # the kernels this server compiles in the background, loaded there
+        with self._wake:
+            if lane.process is None:
+                lane.process = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=_limit_blas)
+            process = lane.process
+        try:
+            return process, process.submit(function, *args)
+        except BrokenProcessPool as error:
+            self._replace(lane, process, error)
+
+    def _result_of(self, lane: _Lane, submitted: tuple[ProcessPoolExecutor, Future]):
+        process, future = submitted
+        try:
+            return future.result()
+        except BrokenProcessPool as error:
+            self._replace(lane, process, error)
+
+    def _in_process(self, lane: _Lane, function: Callable, *args):
+        return self._result_of(lane, self._submit_to(lane, function, *args))
+
+    def _replace(self, lane: _Lane, process: ProcessPoolExecutor, error: BaseException):
+        with self._wake:
+            if lane.process is process:
+                lane.process, lane.warm = None, False
+        raise RuntimeError("the layout process ended before the layout did (out of memory?); "
+                           "the next layout starts a new one") from error
+
+    def _warm_lanes(self) -> None:
+        for lane in self._lanes:
+            if not lane.warm:
+                try:
+                    self._in_process(lane, _warm_up)
+                except Exception:  # noqa: BLE001 - a layout there meets the same failure and reports it
+                    return
+                lane.warm = True
+
+    # ------------------------------------------------------------ the threads
 
     def _next(self) -> Job:
+        """The next job to run: the first asked for NOW, or the first speculative one once no job runs
+        (a lane stays free for the page's own)."""
         with self._wake:
             while True:
                 while self._queue:
-                    _, order, job = heapq.heappop(self._queue)
-                    if order == job.order and job.started_at is None and job.future.set_running_or_notify_cancel():
-                        job.started_at, self._running = time.monotonic(), job
-                        return job
+                    _, order, job = self._queue[0]
+                    if order == job.order and job.started_at is None and not job.future.done():
+                        if job.priority == SPECULATIVE and self._running:
+                            break  # and waits until no job runs
+                        if job.future.set_running_or_notify_cancel():
+                            heapq.heappop(self._queue)
+                            job.started_at = time.monotonic()
+                            self._running.add(job)
+                            return job
+                    heapq.heappop(self._queue)  # a dead entry: moved up, taken by outcome(), or cancelled
                 self._wake.notify_all()  # wait_idle
                 self._wake.wait()
 
-    def _work(self) -> None:
+    def _run(self, job: Job) -> None:
+        try:
+            result = job.compute()
+        except BaseException as error:  # noqa: BLE001 - every failure reaches the page as its message
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
+        with self._wake:
+            # what it computed from (the embeddings, a fit, the job it started from) is not kept alive by a finished job
+            job.compute, job.after, job.finished_at = None, None, time.monotonic()
+            self._running.discard(job)
+            self._trim()
+            self._wake.notify_all()
+
+    def _work(self, lane: int) -> None:
+        self._lane_of_thread.index = lane
         while True:
-            job = self._next()
-            try:
-                result = job.compute()
-            except BaseException as error:  # noqa: BLE001 - every failure reaches the page as its message
-                job.future.set_exception(error)
-            else:
-                job.future.set_result(result)
-            with self._wake:
-                # what it computed from (the embeddings, a fit) is not kept alive by a finished job
-                job.compute, job.finished_at, self._running = None, time.monotonic(), None
-                self._trim()
-                self._wake.notify_all()
+            self._run(self._next())
 
 
 _shared: dict[str, LayoutWorker] = {}
@@ -284,7 +444,7 @@ _shared_lock = threading.Lock()
 
 def shared() -> LayoutWorker:
     """The process's layout worker (every session of a server uses this one)."""
-    return _shared_worker("layouts", separate_process=True)
+    return _shared_worker("layouts", separate_process=True, processes=layout_processes())
 
 
 def shared_choices() -> LayoutWorker:

@@ -3,6 +3,8 @@ store; computed by the background worker of ``layout_worker`` for the page), nea
 thumbnails."""
 from __future__ import annotations
 
+import functools
+from concurrent.futures import CancelledError
 from typing import Callable
 
 import numpy as np
@@ -159,24 +161,32 @@ def invariant_layout_job(emb: EmbeddingSet, ids: np.ndarray, fit_key: str, make_
                          seed: int = 0, store=None, worker: LayoutWorker | None = None,
                          priority: int = NOW) -> Job | None:
     """The invariant layout of the fit that ``make_fit`` returns (``fit_key``: its content key) as a
-    job of ``worker``, after the full-space layout it starts from (queued first, at NOW, so the worker has
-    run it; were it not done, it is computed here, from the store when it is there).
+    job of ``worker``, after the full-space layout it starts from (queued first, at NOW: waited for while
+    another of the worker's threads lays it out, meanwhile this space's neighbours are searched in this
+    thread's process; run here if no thread has taken it up; computed here if it was cancelled).
     ``priority`` SPECULATIVE: a layout the page may show next (None: refused, the worker has enough)."""
     worker = worker or shared()
     full = full_layout_job(emb, ids, seed, store, worker)
 
     def compute() -> np.ndarray:
-        full_xy = full.result() if full.future.done() else full_layout(emb, ids, seed, store, worker.lay_out)
-        if full_xy is None:  # the full layout failed: say why here too
-            raise full.error()
-        return invariant_layout(emb, ids, make_fit(), full_xy, seed, store, worker.lay_out)
+        fitted = neighbours = None
+        if full.started_at is not None and full.pending:  # laid out in another lane: its neighbours meanwhile
+            fitted = make_fit()
+            neighbours = worker.neighbours(fitted.transform(emb.features[ids]))
+        try:
+            full_xy = worker.outcome(full)  # raises why the full layout failed: the reason here too
+        except CancelledError:
+            full_xy = full_layout(emb, ids, seed, store, worker.lay_out)
+        fitted = make_fit() if fitted is None else fitted
+        lay_out = functools.partial(worker.lay_out, neighbours=neighbours) if neighbours is not None else worker.lay_out
+        return invariant_layout(emb, ids, fitted, full_xy, seed, store, lay_out)
 
     key = _job_key(emb, "invariant", ids.tolist(), fit_key, seed)
     if priority == NOW and ready(full) and not ready(worker.get(key)):
         stored = _stored_or_none(store, emb, _invariant_parts(ids, make_fit(), full.result(), seed))
         if stored is not None:
             return worker.finished(key, stored, label=label, group=emb.key)
-    return worker.submit(key, compute, label=label, group=emb.key, priority=priority)
+    return worker.submit(key, compute, label=label, group=emb.key, priority=priority, after=full)
 
 
 def nearest_neighbours(X: np.ndarray, ids: np.ndarray, query: list[int], k: int = 5) -> dict[int, list[int]]:

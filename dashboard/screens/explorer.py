@@ -276,6 +276,8 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
     # draws its map, with one status poll to spare; read after the maps, a job finishing between the
     # two reads left a stale map or a placeholder with no status to poll for it, for good.
     pending = [job for job in (full_job, inv_job) if job.pending]
+    if not pending:  # drawn from what the worker or the store holds: the layout processes start for the next one
+        service.layout_worker().warm()
     full_fig = map_figure(full_job, full_points, colour, f"Full CLIP space{note}")
     inv_fig = map_figure(inv_job, inv_points, colour, inv_title + note)
     if inv_fig is not None:
