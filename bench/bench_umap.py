@@ -3,6 +3,7 @@
     python -m bench.bench_umap [--against main] [--n 10000] [--no-demo] [--candidates 200/100 ...] [--parallel] [--seeds 4]
     python -m bench.bench_umap --fresh [--n 10000]
     python -m bench.bench_umap --profile [--n 10000] [--against main]
+    python -m bench.bench_umap --lanes [--n 10000] [--rounds 2]
 
 For the demo world (1,280 images, toy CLIP, ICM K = 32) and synthetic clustered embeddings
 (the SCM's, 7 classes, 4 domains, D = 512, ``--n`` rows, ICM K = 64), BLAS on one thread as in
@@ -28,6 +29,13 @@ whole process.
 
 ``--profile``: where the time of a pair of synthetic layouts goes, by stage (neighbours, fuzzy simplicial
 set, spectral start, epochs, Procrustes), this checkout and ``--against``'s, each in a fresh process.
+
+``--lanes``: the pair as the dashboard's server lays it out, jobs of a LayoutWorker with its own processes
+(service.full_layout_job + invariant_layout_job, synthetic ``--n`` rows, no store), with one lane (one
+process: the layouts one after the other) and with two, in one fresh process, the lanes warmed first
+(``warm()``); then a K change (the invariant layout of another fit, the full one done). Seconds from
+submission to the layouts, ``--rounds`` times each, whether both give the same layouts, bit for bit,
+as reduce.layout_2d in one process, and the lanes' peak resident memory.
 """
 from __future__ import annotations
 
@@ -295,12 +303,79 @@ def profile(n: int, against: str | None) -> list[str]:
     return rows
 
 
+# Run in this checkout: argv[1] the number of rows, argv[2] the rounds; prints seconds per lane count.
+_LANES = r'''
+import json, os, sys, time
+import numpy as np
+from threadpoolctl import threadpool_limits
+threadpool_limits(1, user_api="blas")
+from clip_icm import evaluation as ev, reduce, service
+from clip_icm.scm import SCMConfig, make_embedding_set
+from clip_icm.service.layout_worker import LayoutWorker
+
+emb = make_embedding_set(SCMConfig(n_invariant=32, n_variant=480, n_classes=7), n_per_domain=int(sys.argv[1]) // 4)
+ids = service.plot_ids(emb)
+fits = {K: service.fit(emb, "sketch", "icm", ev.EvalConfig(n_components=K, lam=1e4, methods=("icm",))) for K in (64, 65)}
+reference = reduce.layout_2d(emb.features[ids])
+reference = (reference, reduce.layout_2d(fits[64].transform(emb.features[ids]), init=reference))
+out, peaks = {}, {}
+
+
+def peak_of_children_mb():
+    peaks = [0.0]
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                fields = dict(line.split(":", 1) for line in status)
+        except OSError:
+            continue
+        if int(fields["PPid"]) == os.getpid() and "VmHWM" in fields:
+            peaks.append(int(fields["VmHWM"].split()[0]) / 1024)
+    return max(peaks)
+
+
+for lanes in (1, 2):
+    worker = LayoutWorker(separate_process=True, processes=lanes)
+    worker.warm()
+    worker._warming.join()
+    for rnd in range(int(sys.argv[2])):
+        worker.forget()
+        start = time.perf_counter()
+        inv = service.invariant_layout_job(emb, ids, "K 64", lambda: fits[64], "invariant", worker=worker)
+        full = service.full_layout_job(emb, ids, worker=worker)
+        assert worker.wait_idle(600) and inv.error() is None, inv.error()
+        out.setdefault(f"{lanes} lane(s): pair (s)", []).append(time.perf_counter() - start)
+        same = np.array_equal(full.result(), reference[0]) and np.array_equal(inv.result(), reference[1])
+        out[f"{lanes} lane(s): same as reduce.layout_2d"] = [float(same)]
+        start = time.perf_counter()
+        changed = service.invariant_layout_job(emb, ids, "K 65", lambda: fits[65], "invariant 65", worker=worker)
+        assert worker.wait_idle(600) and changed.error() is None, changed.error()
+        out.setdefault(f"{lanes} lane(s): K change, invariant layout (s)", []).append(time.perf_counter() - start)
+    out[f"{lanes} lane(s): peak memory of the largest lane (MB)"] = [peak_of_children_mb()]
+    out[f"{lanes} lane(s): load average"] = [os.getloadavg()[0]]
+print("RESULT " + json.dumps(out))
+'''
+
+
+def lanes(n: int, rounds: int) -> list[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _LANES, str(n), str(rounds)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, check=False)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"the lanes' layouts failed:\n{done.stderr[-3000:]}")
+    return [f"| {key} | " + " / ".join(f"{v:.2f}" for v in values) + " |"
+            for key, values in json.loads(line[len("RESULT "):]).items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--no-demo", action="store_true")
     parser.add_argument("--fresh", action="store_true", help="time the first layout in new processes")
     parser.add_argument("--profile", action="store_true", help="where a synthetic pair's time goes, by stage")
+    parser.add_argument("--lanes", action="store_true", help="the pair as the server's layout worker lays it out, 1 and 2 lanes")
+    parser.add_argument("--rounds", type=int, default=2, help="--lanes: pairs per lane count")
     parser.add_argument("--against", metavar="REV", help="today's layouts from this git revision (default: this checkout)")
     parser.add_argument("--candidates", nargs="*", default=[], metavar="FULL/INVARIANT",
                         help="epochs to try in this checkout, e.g. 200/100")
@@ -311,6 +386,12 @@ def main() -> None:
     if args.fresh:
         print(f"# {platform.node()}, {os.cpu_count()} CPUs, BLAS 1 thread, load average {os.getloadavg()[0]:.1f}")
         print("\n".join(fresh(args.n)))
+        return
+    if args.lanes:
+        print(f"# {platform.node()}, {os.cpu_count()} CPUs, BLAS 1 thread, load average {os.getloadavg()[0]:.1f}; "
+              f"synthetic {args.n:,} x 512, invariant K = 64, then 65; seconds of each round")
+        print("| measurement | value(s) |\n|---|---|")
+        print("\n".join(lanes(args.n, args.rounds)))
         return
     if args.profile:
         print(f"# {platform.node()}, {os.cpu_count()} CPUs, BLAS 1 thread, load average {os.getloadavg()[0]:.1f}; "
