@@ -103,7 +103,9 @@ if sys.argv[2] == "restart":
     time.sleep(float(sys.argv[3]))
 else:
     out["first page: until both maps (s)"] = until_drawn(at, k, t0)
-if sys.argv[2] == "fill":
+if sys.argv[2] == "fill":  # and the model choices the page asked for in the background, stored too
+    if getattr(service, "choice_worker", None) is not None:
+        service.choice_worker().wait_idle(900)
     print("RESULT {}")
     sys.exit()
 t0 = time.monotonic()

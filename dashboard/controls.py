@@ -446,6 +446,13 @@ def colour_ui() -> str:
     return st.radio("Colour by", ["class", "domain"], horizontal=True, key=_default("ctl_colour", "class"))
 
 
+def map_points(n_rows: int) -> int:
+    """What map_points_ui returns in this run, read before it is drawn (the page asks for its layouts first)."""
+    if n_rows <= service.MAP_POINTS:
+        return service.MAP_POINTS
+    return int(st.session_state[_default("ctl_map_points", service.MAP_POINTS)])
+
+
 def map_points_ui(n_rows: int) -> int:
     """Every point up to service.MAP_POINTS; above that a visible cap (a subsample stratified by
     domain and class) that the user can raise, to every point up to service.DRAW_LIMIT."""

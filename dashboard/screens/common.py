@@ -163,13 +163,14 @@ def select_k_lam(emb: EmbeddingSet, c: controls.ProjectionChoice, start: dict) -
     return Selection(K, lam, c.selection, c.protocol, float(scores.score.max()), full, scores)
 
 
-def fitted(ctx: Context, K: int, lam: float) -> service.Fit | None:
-    """The fitted projection (cached); None after an error message."""
+def fitted(ctx: Context, K: int, lam: float, *, say_why: bool = True) -> service.Fit | None:
+    """The fitted projection (cached); None after an error message (``say_why`` False: without one)."""
     c = ctx.choice
     try:
         return cached.fit(ctx.emb.key, c.target, c.method, controls.eval_config(c, K, lam, (c.method,)), ctx.emb)
     except service.ServiceError as e:
-        st.error(str(e))
+        if say_why:
+            st.error(str(e))
         return None
 
 

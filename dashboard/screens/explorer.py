@@ -31,6 +31,8 @@ def explorer_page() -> None:
     # choice worker's results: never computed in a rerun while it has room for them.
     lead, overview = st.container(), st.container()
     K, lam = ctx.K, ctx.lam
+    early_fit = fitted(ctx, K, lam, say_why=False)  # (if it fails, fitted() below says why, in its place)
+    early_layouts = None if early_fit is None else _layout_jobs(ctx, early_fit, K, lam)
     table = _accuracy_section(ctx, K, lam)
     choosing = every_target_choice_job(ctx)
     choosing_now = choosing is not None and choosing.pending  # read once: the status that polls, or both parts
@@ -44,7 +46,7 @@ def explorer_page() -> None:
         return
     # which class becomes which: the picture a stakeholder reads at once, above the maps (it was ~1,900 px down)
     _confusion_section(ctx, K, lam)
-    layouts = _umap_section(ctx, fit, K, lam)
+    layouts = _umap_section(ctx, fit, K, lam, early_layouts or _layout_jobs(ctx, fit, K, lam))
     _gallery_section(ctx)
     if table is not None:
         _export_section(ctx, fit, table, layouts)
@@ -246,27 +248,37 @@ def _headline(table, choice: controls.ProjectionChoice) -> None:
                    f"{ours - clip:+.1%} vs CLIP's {clip:.1%}")
 
 
-def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float) -> dict:
-    """The two layouts side by side, then the selection; returns the figures drawn (for export).
-    The layouts come from the background worker: the page never waits for one. A pending layout shows
-    the last map of that space (marked stale) or a placeholder, and a status that redraws the page
-    once it is ready."""
+def _layout_jobs(ctx: Context, fit: service.Fit, K: int, lam: float) -> tuple:
+    """The points of the maps and their two layout jobs (full, invariant), asked for at the top of the run so
+    that the worker lays out while the run draws the numbers: asked for beside the maps, a K change's
+    layout at 10,000 images started 0.5-1.2 s after the change (bench/RESULTS.md)."""
     emb, c = ctx.emb, ctx.choice
-    st.subheader("Full CLIP space vs invariant space (UMAP)")
-    colour = controls.colour_ui()
-    max_points = controls.map_points_ui(len(emb.labels))
-    ids = cached.plot_ids(emb.key, max_points, emb)
-    store, this_fit = cached.store(), fit_key(ctx, K, lam)
-    label = service.method_label(fit.method)
-    note = service.sample_note(len(ids), len(emb.labels))
-    inv_title = f"Invariant space ({label}, K = {K}, lam = {lam:g})"
+    ids = cached.plot_ids(emb.key, controls.map_points(len(emb.labels)), emb)
+    store = cached.store()
     full_job = service.full_layout_job(emb, ids, store=store)
-    inv_job = service.invariant_layout_job(emb, ids, this_fit, lambda: fit, invariant_label(c.method, K, lam),
-                                           store=store)
+    inv_job = service.invariant_layout_job(emb, ids, fit_key(ctx, K, lam), lambda: fit,
+                                           invariant_label(c.method, K, lam), store=store)
     previous = st.session_state.get("invariant_layout_job")  # a slider dragged on: its last stop can wait
     if previous is not None and previous is not inv_job:
         service.layout_worker().demote(previous)
     st.session_state["invariant_layout_job"] = inv_job
+    return ids, full_job, inv_job
+
+
+def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float, jobs: tuple) -> dict:
+    """The two layouts side by side, then the selection; returns the figures drawn (for export).
+    The layouts come from the background worker (``jobs``: _layout_jobs'): the page never waits for one. A
+    pending layout shows the last map of that space (marked stale) or a placeholder, and a status that
+    redraws the page once it is ready."""
+    emb, c = ctx.emb, ctx.choice
+    st.subheader("Full CLIP space vs invariant space (UMAP)")
+    colour = controls.colour_ui()
+    max_points = controls.map_points_ui(len(emb.labels))  # the value that chose the points of ``jobs`` (controls.map_points)
+    ids, full_job, inv_job = jobs
+    this_fit = fit_key(ctx, K, lam)
+    label = service.method_label(fit.method)
+    note = service.sample_note(len(ids), len(emb.labels))
+    inv_title = f"Invariant space ({label}, K = {K}, lam = {lam:g})"
     _speculate(ctx, ids, K, lam)
     full_points = service.point_table(emb, ids, c.target,
                                       cached.predictions(emb.key, "", evaluation.FULL_SPACE, emb, None))
