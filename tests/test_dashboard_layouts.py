@@ -231,3 +231,23 @@ def test_a_layout_finishing_during_a_run_leaves_no_map_waiting_without_a_status(
     if waiting or stale:  # drawn as not ready: then a status polls for it
         assert status, (waiting, stale)
     assert _map_titles(at) == ["Full CLIP space", "Invariant space (ICM, K = 8, lam = 1)"] or status
+
+
+def test_a_k_change_asks_for_its_layout_before_the_numbers_and_a_first_page_after_them(monkeypatch):
+    """The invariant layout of a K change runs while the rerun draws the accuracy table; a data set's first
+    page asks for its pair only beside its maps, after its numbers, which the pair would slow."""
+    from dashboard.screens import explorer
+
+    seen, real = [], explorer._accuracy_section
+
+    def recording(ctx, K, lam):
+        seen.append((K, any(f"K = {K}," in job.label for job in service.layout_worker().jobs())))
+        return real(ctx, K, lam)
+
+    monkeypatch.setattr(explorer, "_accuracy_section", recording)
+    at = _settled(_app(ctl_selection="off"))
+    assert seen[0] == (8, False)
+    at.sidebar.slider(key="ctl_K").set_value(3).run()
+    assert seen[-1] == (3, True) and not at.exception
+    _settled(at)
+    assert "Invariant space (ICM, K = 3, lam = 1)" in _map_titles(at)

@@ -26,7 +26,7 @@ from clip_icm.service.layout_worker import SPECULATIVE, Job as LayoutJob, Layout
 from clip_icm.service.layout_worker import ready as layout_ready, shared as layout_worker, shared_choices as choice_worker
 from clip_icm.service.maps import (DRAW_LIMIT, MAP_POINTS, full_layout, full_layout_job, invariant_layout, invariant_layout_job,
                                    example_rows, nearest_neighbours, neighbour_agreement, plot_ids, point_table, predictions,
-                                   sample_note, sample_rows, thumbnail)
+                                   ready_full_layout_job, sample_note, sample_rows, thumbnail)
 from clip_icm.service.requests import (DATA_ROOTS_VAR, SOURCES, SYNTHETIC_DOMAINS, EmbeddingRequest, InterventionChoice, PairExample,
                                        PairsPreview, data_roots, default_target, describe, detect_folder,
                                        examples_of_pairs,
@@ -46,8 +46,8 @@ __all__ = [
     "Gate", "heavy_jobs",
     "SPECULATIVE", "LayoutJob", "LayoutWorker", "choice_worker", "layout_ready", "layout_worker",
     "DRAW_LIMIT", "MAP_POINTS", "full_layout", "full_layout_job", "invariant_layout", "invariant_layout_job", "nearest_neighbours",
-    "example_rows", "neighbour_agreement", "plot_ids", "point_table", "predictions", "sample_note", "sample_rows",
-    "thumbnail",
+    "example_rows", "neighbour_agreement", "plot_ids", "point_table", "predictions", "ready_full_layout_job", "sample_note",
+    "sample_rows", "thumbnail",
     "DATA_ROOTS_VAR", "SOURCES", "SYNTHETIC_DOMAINS", "EmbeddingRequest", "InterventionChoice", "PairExample", "PairsPreview",
     "pairs_preview", "upload_data", "upload_pairs", "data_roots",
     "default_target", "describe", "detect_folder", "device_and_precision", "examples_of_pairs", "folder_path",

@@ -146,15 +146,23 @@ def full_layout_job(emb: EmbeddingSet, ids: np.ndarray, seed: int = 0, store=Non
     """The full-space layout as a job of the background ``worker`` (the process's by default): done
     when the worker or the store has it, else computed there while the page goes on."""
     worker = worker or shared()
+    job = ready_full_layout_job(emb, ids, seed, store, worker)
+    if job is not None:
+        return job
+    return worker.submit(_job_key(emb, *_full_parts(ids, seed)), lambda: full_layout(emb, ids, seed, store, worker.lay_out),
+                         label="full space", group=emb.key)
+
+
+def ready_full_layout_job(emb: EmbeddingSet, ids: np.ndarray, seed: int = 0, store=None,
+                          worker: LayoutWorker | None = None) -> Job | None:
+    """full_layout_job's job when the worker or the store has the layout already, else None (nothing queued)."""
+    worker = worker or shared()
     key, parts = _job_key(emb, *_full_parts(ids, seed)), _full_parts(ids, seed)
     job = worker.get(key)
     if ready(job):
         return job
     stored = _stored_or_none(store, emb, parts)
-    if stored is not None:
-        return worker.finished(key, stored, label="full space", group=emb.key)
-    return worker.submit(key, lambda: full_layout(emb, ids, seed, store, worker.lay_out), label="full space",
-                         group=emb.key)
+    return None if stored is None else worker.finished(key, stored, label="full space", group=emb.key)
 
 
 def invariant_layout_job(emb: EmbeddingSet, ids: np.ndarray, fit_key: str, make_fit: Callable[[], Fit], label: str,

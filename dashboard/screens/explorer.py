@@ -31,8 +31,7 @@ def explorer_page() -> None:
     # choice worker's results: never computed in a rerun while it has room for them.
     lead, overview = st.container(), st.container()
     K, lam = ctx.K, ctx.lam
-    early_fit = fitted(ctx, K, lam, say_why=False)  # (if it fails, fitted() below says why, in its place)
-    early_layouts = None if early_fit is None else _layout_jobs(ctx, early_fit, K, lam)
+    early_layouts = _early_layout_jobs(ctx, K, lam)
     table = _accuracy_section(ctx, K, lam)
     choosing = every_target_choice_job(ctx)
     choosing_now = choosing is not None and choosing.pending  # read once: the status that polls, or both parts
@@ -248,10 +247,21 @@ def _headline(table, choice: controls.ProjectionChoice) -> None:
                    f"{ours - clip:+.1%} vs CLIP's {clip:.1%}")
 
 
+def _early_layout_jobs(ctx: Context, K: int, lam: float) -> tuple | None:
+    """_layout_jobs at the top of the run when the full space's layout is at hand (a K or lam change): the
+    worker lays out the invariant space while the run draws the numbers (asked for beside the maps, a K
+    change's layout at 10,000 images started 0.4-1.2 s after the change; bench/RESULTS.md). Else None: a
+    data set's first page asks for its pair beside its maps, after its numbers, which the pair would slow."""
+    emb = ctx.emb
+    ids = cached.plot_ids(emb.key, controls.map_points(len(emb.labels)), emb)
+    if service.ready_full_layout_job(emb, ids, store=cached.store()) is None:
+        return None
+    fit = fitted(ctx, K, lam, say_why=False)  # (if it fails, fitted() says why in its place, below the numbers)
+    return None if fit is None else _layout_jobs(ctx, fit, K, lam)
+
+
 def _layout_jobs(ctx: Context, fit: service.Fit, K: int, lam: float) -> tuple:
-    """The points of the maps and their two layout jobs (full, invariant), asked for at the top of the run so
-    that the worker lays out while the run draws the numbers: asked for beside the maps, a K change's
-    layout at 10,000 images started 0.5-1.2 s after the change (bench/RESULTS.md)."""
+    """The points of the maps and their two layout jobs (full, invariant)."""
     emb, c = ctx.emb, ctx.choice
     ids = cached.plot_ids(emb.key, controls.map_points(len(emb.labels)), emb)
     store = cached.store()
