@@ -212,18 +212,24 @@ def test_a_speculative_job_leaves_a_lane_for_the_pages_own():
         ran.append("guess")
         return np.zeros((1, 2))
 
+    def page_job():
+        ran.append("page")
+        return np.array([[threading.current_thread().name.endswith(" 1"), 0.0]])
+
     try:
         first = worker.submit("guess", guess, label="guess", group="a", priority=SPECULATIVE)
         assert started.wait(WAIT_S)
         second = worker.submit("guess 2", _record(ran, "guess 2"), label="guess", group="a", priority=SPECULATIVE)
-        page = worker.submit("page", _record(ran, "page"), label="page", group="a")
-        page.future.result(WAIT_S)  # done while the first guess still runs
+        page = worker.submit("page", page_job, label="page", group="a")
+        assert page.future.result(WAIT_S)[0, 0] == 1  # done while the first guess still runs, in the second lane
         assert ran == ["page"] and first.pending and second.pending and second.started_at is None
         assert worker.ahead_of(second) == 1  # the running guess
     finally:
         gate.set()
     assert worker.wait_idle(WAIT_S)
     assert ran == ["page", "guess", "guess 2"]
+    alone = worker.submit("alone", page_job, label="page", group="a")
+    assert alone.future.result(WAIT_S)[0, 0] == 0  # a job alone runs in the first lane (its process is warm)
 
 
 def test_a_job_needing_one_that_no_thread_took_up_runs_it_itself():

@@ -165,6 +165,7 @@ class LayoutWorker:
         self._wake = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._running: set[Job] = set()
+        self._busy_lanes: set[int] = set()  # the lanes whose thread runs a job
         self._warming: threading.Thread | None = None
 
     def submit(self, key: str, compute: Callable[[], np.ndarray], *, label: str, group: str,
@@ -223,9 +224,11 @@ class LayoutWorker:
         lane = self._lane()
         lane.laying_out = True
         try:
-            return self._in_process(lane, _layout_2d, X, init, seed, neighbours)
+            xy = self._in_process(lane, _layout_2d, X, init, seed, neighbours)
         finally:
             lane.laying_out = False
+        lane.warm = True  # umap and its kernels loaded there
+        return xy
 
     def neighbours(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """reduce.layout_neighbours of ``X`` from the worker's processes: in two halves (the same rows,
@@ -246,6 +249,14 @@ class LayoutWorker:
         first = self._in_process(lane, _layout_neighbours, X, range(middle))
         second = self._result_of(free[0], other)
         return np.concatenate([first[0], second[0]]), np.concatenate([first[1], second[1]])
+
+    def warm_lane(self) -> None:
+        """Load umap's kernels in the calling thread's lane's process now, if no layout or warm-up has
+        (a job waiting for the layout it starts from, so that its own layout does not pay the import)."""
+        lane = self._lane()
+        if self.separate_process and not lane.warm:
+            self._in_process(lane, _warm_up)
+            lane.warm = True
 
     def warm(self) -> None:
         """Start every lane's process and load umap's kernels there, one lane after the other, in the
@@ -399,12 +410,13 @@ class LayoutWorker:
 
     # ------------------------------------------------------------ the threads
 
-    def _next(self) -> Job:
-        """The next job to run: the first asked for NOW, or the first speculative one once no job runs
-        (a lane stays free for the page's own)."""
+    def _next(self, lane: int) -> Job:
+        """The next job to run in ``lane``: the first asked for NOW, or the first speculative one once no job
+        runs (a lane stays free for the page's own); taken only while every lane before it is busy, so a
+        job alone runs in the first lane, whose process is warm (a second one imports umap on its first layout)."""
         with self._wake:
             while True:
-                while self._queue:
+                while self._queue and self._busy_lanes >= set(range(lane)):
                     _, order, job = self._queue[0]
                     if order == job.order and job.started_at is None and not job.future.done():
                         if job.priority == SPECULATIVE and self._running:
@@ -413,6 +425,7 @@ class LayoutWorker:
                             heapq.heappop(self._queue)
                             job.started_at = time.monotonic()
                             self._running.add(job)
+                            self._busy_lanes.add(lane)
                             return job
                     heapq.heappop(self._queue)  # a dead entry: moved up, taken by outcome(), or cancelled
                 self._wake.notify_all()  # wait_idle
@@ -435,7 +448,10 @@ class LayoutWorker:
     def _work(self, lane: int) -> None:
         self._lane_of_thread.index = lane
         while True:
-            self._run(self._next())
+            self._run(self._next(lane))
+            with self._wake:
+                self._busy_lanes.discard(lane)
+                self._wake.notify_all()
 
 
 _shared: dict[str, LayoutWorker] = {}

@@ -178,9 +178,10 @@ def invariant_layout_job(emb: EmbeddingSet, ids: np.ndarray, fit_key: str, make_
 
     def compute() -> np.ndarray:
         fitted = neighbours = None
-        if full.started_at is not None and full.pending:  # laid out in another lane: its neighbours meanwhile
-            fitted = make_fit()
+        if full.started_at is not None and full.pending:  # laid out in another lane: meanwhile, its neighbours,
+            fitted = make_fit()                                # and umap loaded in this one
             neighbours = worker.neighbours(fitted.transform(emb.features[ids]))
+            worker.warm_lane()
         try:
             full_xy = worker.outcome(full)  # raises why the full layout failed: the reason here too
         except CancelledError:
