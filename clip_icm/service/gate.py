@@ -4,7 +4,7 @@ Why: thirty students on one server each asking for a selection grid, a model-cho
 of another setting would start thirty computations on two cores; each then takes thirty times as long,
 memory grows with every one, and nobody sees why. Behind the gate at most ``cap`` run; the others wait
 their turn and are told their place ("queued: 2 ahead of you"). Layouts do not pass here: they have
-their own queue (layout_worker), in a process of its own.
+their own queue (layout_worker), in processes of their own.
 
 A waiter is told its place every ``poll_s`` through ``on_wait``; whatever ``on_wait`` raises (the
 dashboard's placeholder raises Streamlit's stop or rerun when its session goes away or reruns) ends

@@ -13,8 +13,9 @@ the same layout run to run (``CLIP_ICM_PARALLEL_LAYOUTS=1`` opts in to UMAP's ep
 instead, not reproducible: reduce.PARALLEL_VAR); two lanes let a page's layout start while a speculative
 one runs, lay out the pair's invariant space's neighbours while its full space is laid out, and search
 one layout's exact neighbours in two halves when the other lane is free (the same rows, bit for bit).
-The processes import umap, and this one never does; ``warm()`` starts them and loads umap's kernels
-there before the first layout needs them (a page drawn from the store).
+A job alone runs in the first lane (a lane takes a job only while those before it are busy), whose
+process has umap loaded. The processes import umap, and this one never does; ``warm()`` starts them
+and loads umap's kernels there before the first layout needs them (a page drawn from the store).
 
 Jobs run by priority, then in order of submission: what a page is waiting for (NOW) before
 speculative layouts (SPECULATIVE: K and λ cells the page may show next), which are bounded in
@@ -50,8 +51,9 @@ SPLIT_ROWS = 4096
 
 
 def layout_processes() -> int:
-    """How many layouts the server's worker runs at once, each in a UMAP process of its own (about
-    0.2 GB each once warm; bench/RESULTS.md): ``$CLIP_ICM_LAYOUT_PROCESSES`` if set, else min(2, CPUs)."""
+    """How many layouts the server's worker runs at once, each in a UMAP process of its own (about 0.2 GB
+    of its own once umap is loaded, 0.45 GB resident while it lays out 10,000 points; bench/RESULTS.md):
+    ``$CLIP_ICM_LAYOUT_PROCESSES`` if set, else min(2, CPUs)."""
     text = os.environ.get(PROCESSES_VAR, "").strip()
     if not text:
         return max(1, min(2, os.cpu_count() or 1))
@@ -138,7 +140,8 @@ def _warm_up() -> None:
 
 class _Lane:
     """One UMAP process (spawned on first use: the server has threads; one that died is replaced at
-    the next call) and whether it is busy with a layout's epochs (then no half of a search is sent to it)."""
+    the next call), whether it is busy with a layout (then no half of a search is sent to it) and whether
+    umap's kernels are loaded there (``warm``)."""
 
     def __init__(self) -> None:
         self.process: ProcessPoolExecutor | None = None
