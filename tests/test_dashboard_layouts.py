@@ -112,13 +112,19 @@ def test_a_k_change_returns_before_its_layout_shows_the_stale_map_and_then_the_n
 
 def test_a_new_data_set_shows_placeholders_until_both_maps_are_laid_out(monkeypatch):
     gate, started = _hold_layouts(monkeypatch)
+    worker = service.layout_worker()
     try:
-        at = _once_started(_app(ctl_selection="off"), started)
+        at = _app(ctl_selection="off")
+        for _ in range(600):  # with two lanes, until the second has taken up the invariant job too
+            if worker.slots == 1 or all(job.started_at is not None for job in worker.jobs()):
+                break
+            threading.Event().wait(0.1)
+        at = _once_started(at, started)
         assert not at.exception and not gate.is_set() and started == [False]  # the full space first
         assert _titles(at)[0].startswith("Accuracy per domain") and len(at.get("plotly_chart")) == 2  # + confusions
         assert "full space, running for" in _laying_out(at)[0]
         # with two layout processes, taken up by the worker's other thread, which waits for the full space's layout
-        where = "waiting for the full space layout" if service.layout_worker().slots > 1 else "queued behind 1 layout"
+        where = "waiting for the full space layout" if worker.slots > 1 else "queued behind 1 layout"
         assert f"invariant space (ICM, K = 8, λ = 1), {where}" in _laying_out(at)[0]
         placeholders = [i.value for i in at.info if i.value.endswith("appears here when ready.")]
         assert len(placeholders) == 2

@@ -429,6 +429,7 @@ class LayoutWorker:
                             job.started_at = time.monotonic()
                             self._running.add(job)
                             self._busy_lanes.add(lane)
+                            self._wake.notify_all()  # the next lane may take a job now
                             return job
                     heapq.heappop(self._queue)  # a dead entry: moved up, taken by outcome(), or cancelled
                 self._wake.notify_all()  # wait_idle
