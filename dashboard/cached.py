@@ -205,6 +205,30 @@ def map_figure(content: str, colour: str, title: str, colours: tuple, dimmed: bo
     return fig.update_layout(**dict(layout))
 
 
+# The views below are built once per server for every session on the same setting, as map_figure is:
+# a class moves the same sliders, and building a chart and its tables cost a rerun more than its numbers
+# (bench/RESULTS.md, "A classroom"). Shared objects: nobody changes them in place.
+SHARED_VIEWS = 64
+
+
+@st.cache_resource(show_spinner=False, max_entries=SHARED_VIEWS)
+def accuracy_view(emb_key: str, target: str, configs: tuple[evaluation.EvalConfig, ...], K: int, lam: float,
+                  title: str, focus: tuple[str, ...], _emb: EmbeddingSet) -> tuple[pd.DataFrame, object, pd.DataFrame]:
+    """The accuracy table of ``configs`` (the method and its baselines) at (K, lam), its chart
+    (figures.accuracy_bars) and its wide form (service.accuracy_wide)."""
+    frames = [evaluate(emb_key, target, config, _emb).assign(K=K, lam=lam) for config in configs]
+    table = service.accuracy_table(frames)
+    return table, figures.accuracy_bars(table, target, title, focus=focus), service.accuracy_wide(table, target)
+
+
+@st.cache_resource(show_spinner=False, max_entries=SHARED_VIEWS)
+def confusion_figure(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, protocol: str,
+                     titles: tuple[tuple[str, str], ...], _emb: EmbeddingSet):
+    """figures.confusion_heatmaps of target_confusions(...), titled by ``titles`` (method -> title)."""
+    matrices = target_confusions(emb_key, target, method, config, protocol, _emb)
+    return figures.confusion_heatmaps(matrices, _emb.class_names, dict(titles))
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def target_summary(emb_key: str, target: str, config: evaluation.EvalConfig, mode: str, _frame: pd.DataFrame,
                    _made: choice.Choice) -> dict:

@@ -1,5 +1,8 @@
-"""The server's cache of map figures (cached.map_figure through common.map_of): sessions drawing the
-same map share one figure; any difference in what a map draws makes another; the cache is bounded."""
+"""The server's caches of figures (cached.map_figure through common.map_of, cached.accuracy_view and
+cached.confusion_figure): sessions drawing the same map or chart share one figure; any difference in what
+a map draws makes another; the cache is bounded."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -71,3 +74,26 @@ def test_a_second_session_on_the_same_setting_builds_no_map_and_another_setting_
     assert _map_titles(third) == ["Full CLIP space", "Invariant space (ICM, K = 3, lam = 1)"]
     assert counted[built:] == ["Invariant space (ICM, K = 3, lam = 1)"]  # the full map is shared
     assert _map_titles(_app(ctl_selection="off")) == _map_titles(first)  # the first setting's, not the third's
+
+
+def test_sessions_on_one_setting_share_the_accuracy_chart_and_confusions_and_another_setting_gets_its_own(monkeypatch):
+    built = []
+    for name in ("accuracy_bars", "confusion_heatmaps"):
+        monkeypatch.setattr(figures, name, lambda *a, _build=getattr(figures, name), _name=name, **k:
+                            built.append(_name) or _build(*a, **k))
+
+    def charts(at):
+        specs = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+        return {spec["layout"]["title"]["text"]: spec for spec in specs
+                if spec["layout"].get("title", {}).get("text", "").startswith("Accuracy per domain")}
+
+    first = _app(ctl_selection="off")
+    assert not first.exception and sorted(built) == ["accuracy_bars", "confusion_heatmaps"]
+    second = _app(ctl_selection="off")  # another session, the same data and setting: nothing built again
+    assert not second.exception and len(built) == 2 and charts(second) == charts(first)
+    third = _app(ctl_selection="off", ctl_K=3)
+    assert not third.exception and sorted(built[2:]) == ["accuracy_bars", "confusion_heatmaps"]
+    (title, chart), = charts(third).items()
+    assert "K = 3," in title and chart != next(iter(charts(first).values()))
+    assert [m.value for m in third.metric] != [m.value for m in first.metric]  # its own numbers, not the first's
+    assert list(charts(_app(ctl_selection="off"))) == list(charts(first))  # the first setting's, not the third's

@@ -170,21 +170,20 @@ def _accuracy_section(ctx: Context, K: int, lam: float):
     st.subheader("Accuracy per domain")
     try:
         # a baseline that reads neither K nor lam is evaluated once for every slider position
-        configs = [service.with_unused_fixed(m, controls.eval_config(c, K, lam, (m,))) for m in (c.method, *c.baselines)]
-        frames = [cached.evaluate(emb.key, c.target, config, emb).assign(K=K, lam=lam) for config in configs]
+        configs = tuple(service.with_unused_fixed(m, controls.eval_config(c, K, lam, (m,)))
+                        for m in (c.method, *c.baselines))
+        title = f"Accuracy per domain ({service.method_label(c.method)}, K = {K}, lam = {lam:g})"
+        table, figure, wide = cached.accuracy_view(emb.key, c.target, configs, K, lam, title,
+                                                   (evaluation.FULL_SPACE, c.method), emb)
     except service.ServiceError as e:
         st.error(str(e))
         return None
-    table = service.accuracy_table(frames)
     _headline(table, c)
     _selection_note(ctx)
     chart, numbers = st.tabs(["Chart", "Table"])
-    title = f"Accuracy per domain ({service.method_label(c.method)}, K = {K}, lam = {lam:g})"
-    chart.plotly_chart(figures.accuracy_bars(table, c.target, title, focus=(evaluation.FULL_SPACE, c.method)),
-                       key="accuracy_chart")
+    chart.plotly_chart(figure, key="accuracy_chart")
     if c.baselines:
         chart.caption("Solid: CLIP and the method; pale: the baselines beside them (Advanced).")
-    wide = service.accuracy_wide(table, c.target)
     change = "target change vs CLIP"
     numbers.dataframe(wide.style.format("{:.1%}", subset=[col for col in wide.columns if col != change], na_rep="n/a")
                       .format("{:+.1%}", subset=[change], na_rep="n/a"))
@@ -400,14 +399,14 @@ def _confusion_section(ctx: Context, K: int, lam: float) -> None:
     protocol = st.radio("Predictions of the", [evaluation.LINEAR_PROBE, evaluation.ZERO_SHOT], horizontal=True,
                         key="confusion_protocol")
     try:
-        matrices = cached.target_confusions(emb.key, c.target, c.method, controls.eval_config(c, K, lam, (c.method,)),
-                                            protocol, emb)
+        titles = ((evaluation.FULL_SPACE, f"CLIP, full space ({protocol})"),
+                  (c.method, f"{service.method_label(c.method)}, K = {K} ({protocol})"))
+        figure = cached.confusion_figure(emb.key, c.target, c.method, controls.eval_config(c, K, lam, (c.method,)),
+                                         protocol, titles, emb)
     except service.ServiceError as e:
         st.error(str(e))
         return
-    titles = {evaluation.FULL_SPACE: f"CLIP, full space ({protocol})",
-              c.method: f"{service.method_label(c.method)}, K = {K} ({protocol})"}
-    st.plotly_chart(figures.confusion_heatmaps(matrices, emb.class_names, titles), key="confusions")
+    st.plotly_chart(figure, key="confusions")
     st.caption("Rows: the true class; columns: the predicted one. Each cell shows a count of images; its colour is "
                "that count's share of the row's class. Off the "
                "diagonal is where a shortcut sends a class: on the bundled world, to the class whose usual colour "
