@@ -192,16 +192,13 @@ MAP_FIGURES = 48  # about 1 MB each at 1,280 points: a class of 30 on its own se
 
 
 @st.cache_resource(show_spinner=False, max_entries=MAP_FIGURES)
-def map_figure(content: str, colour: str, title: str, colours: tuple, dimmed: bool, layout: tuple,
-               _xy: np.ndarray, _points: pd.DataFrame):
+def map_figure(content: str, colour: str, title: str, colours: tuple, layout: tuple, _xy: np.ndarray,
+               _points: pd.DataFrame):
     """figures.scatter_layout of ``_xy`` and ``_points`` (``content``: a digest of both,
-    common.map_content), dimmed to a stale map's opacity and with ``layout`` applied, built once for
-    every session that draws the same map: plotly's sixteen traces cost a rerun more than its numbers
-    (bench/RESULTS.md). One object shared by the sessions, so nobody changes it in place
-    (figures.with_highlight copies)."""
+    common.map_content) with ``layout`` applied, built once for every session that draws the same map:
+    plotly's sixteen traces cost a rerun more than its numbers (bench/RESULTS.md). One object shared by
+    the sessions, so nobody changes it in place (figures.with_highlight and figures.as_stale copy)."""
     fig = figures.scatter_layout(_xy, _points, colour, title, dict(colours) or None)
-    if dimmed:
-        fig.update_traces(opacity=0.35)
     return fig.update_layout(**dict(layout))
 
 

@@ -298,7 +298,9 @@ def _stale_map(space: tuple, colour: str, K: int, lam: float, note: str):
     if last is None or last[0] != space:
         return None
     _, xy, points, title = last
-    return map_of(xy, points, colour, f"Stale: {title}; laying out K = {K}, lam = {lam:g}{note}", dimmed=True)
+    # a faded copy of the map drawn last (the figures' cache holds it), not one built again
+    return figures.as_stale(map_of(xy, points, colour, title + note),
+                            f"Stale: {title}; laying out K = {K}, lam = {lam:g}{note}")
 
 
 
