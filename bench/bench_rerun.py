@@ -7,8 +7,8 @@ Each checkout runs in a fresh process with an empty store: synthetic SCM embeddi
 4 domains: bench_refit's), K and λ from the sliders, UMAP's kernels compiled beforehand (reduce.warm_up).
 Printed, in seconds:
 - first page: the run that draws the accuracy chart, and until both maps are drawn;
-- K change: until the rerun returns (the numbers on the page are the new K's), and until the invariant
-  map of the new K is drawn. Where the layouts run in the background (layout_worker), the map is drawn
+- K change (one step), then a λ change (one step): until the rerun returns (the numbers on the page are the
+  new setting's), and until the invariant map of the new setting is drawn. Where the layouts run in the background (layout_worker), the map is drawn
   by the first rerun after the worker is done (the page's status polls every second: a browser sees it
   up to a second later); where they do not, by the K change's own rerun;
 - this checkout only, with the selection rule on: once its speculative layouts are done, a K change
@@ -68,12 +68,13 @@ def titles(at):
     return [json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "") for c in at.get("plotly_chart")]
 
 
-def drawn(at, k):
-    return any(t.startswith("Invariant space") and f"K = {k}," in t for t in titles(at))
+def drawn(at, k, lam=None):
+    setting = f"K = {k}, lam = {lam:g}" if lam is not None else f"K = {k},"
+    return any(t.startswith("Invariant space") and setting in t for t in titles(at))
 
 
-def until_drawn(at, k, t0):
-    while not drawn(at, k):
+def until_drawn(at, k, t0, lam=None):
+    while not drawn(at, k, lam):
         if worker is not None:
             worker().wait_idle(600)
         at.run()
@@ -99,6 +100,12 @@ t0 = time.monotonic()
 at.sidebar.slider(key="ctl_K").set_value(k + 1).run()
 out["K change: rerun (s)"] = time.monotonic() - t0
 out["K change: until the new invariant map (s)"] = until_drawn(at, k + 1, t0)
+lams = [float(option) for option in at.sidebar.select_slider(key="ctl_lam").options]  # dashboard.controls.LAMS
+lam = lams[lams.index(float(at.sidebar.select_slider(key="ctl_lam").value)) + 1]
+t0 = time.monotonic()
+at.sidebar.select_slider(key="ctl_lam").set_value(lam).run()
+out["λ change (one step): rerun (s)"] = time.monotonic() - t0
+out["λ change: until the new invariant map (s)"] = until_drawn(at, k + 1, t0, lam)
 if worker is not None and sys.argv[2] == "speculated":
     at = page("source_val")
     at.run()
