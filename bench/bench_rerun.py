@@ -1,14 +1,15 @@
 """A K change in the dashboard at 10,000 images: how long the rerun takes and when the new map is drawn,
 this checkout against a git revision in one run (streamlit.testing.v1.AppTest, no browser).
 
-    python -m bench.bench_rerun [--against main] [--n 10000] [--no-speculated]
+    python -m bench.bench_rerun [--against main] [--n 10000] [--no-speculated] [--moves 1]
 
 Each checkout runs in a fresh process with an empty store: synthetic SCM embeddings (D = 512, 7 classes,
 4 domains: bench_refit's), K and λ from the sliders, UMAP's kernels compiled beforehand (reduce.warm_up).
 Printed, in seconds:
 - first page: the run that draws the accuracy chart, and until both maps are drawn;
-- K change (one step), then a λ change (one step): until the rerun returns (the numbers on the page are the
-  new setting's), and until the invariant map of the new setting is drawn. Where the layouts run in the background (layout_worker), the map is drawn
+- K change (one step), then a λ change (one step), ``--moves`` times each (medians, and the slowest rerun):
+  until the rerun returns (the numbers on the page are the new setting's), and until the invariant map of
+  the new setting is drawn. Where the layouts run in the background (layout_worker), the map is drawn
   by the first rerun after the worker is done (the page's status polls every second: a browser sees it
   up to a second later); where they do not, by the K change's own rerun;
 - this checkout only, with the selection rule on: once its speculative layouts are done, a K change
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Run in the checkout measured (its dashboard/app.py and clip_icm), argv[1]: the number of images.
 CHILD = r'''
-import functools, json, os, re, resource, sys, time
+import functools, json, os, re, resource, statistics, sys, time
 from streamlit.testing.v1 import AppTest
 from threadpoolctl import threadpool_limits
 from clip_icm import reduce, scm, service
@@ -96,16 +97,25 @@ out["first page: run (s)"] = time.monotonic() - t0
 assert any(c.value.replace(",", "").startswith(f"{sys.argv[1]} images") for c in at.caption), "not the number of images asked for"
 k = at.sidebar.slider(key="ctl_K").value
 out["first page: until both maps (s)"] = until_drawn(at, k, t0)
-t0 = time.monotonic()
-at.sidebar.slider(key="ctl_K").set_value(k + 1).run()
-out["K change: rerun (s)"] = time.monotonic() - t0
-out["K change: until the new invariant map (s)"] = until_drawn(at, k + 1, t0)
 lams = [float(option) for option in at.sidebar.select_slider(key="ctl_lam").options]  # dashboard.controls.LAMS
-lam = lams[lams.index(float(at.sidebar.select_slider(key="ctl_lam").value)) + 1]
-t0 = time.monotonic()
-at.sidebar.select_slider(key="ctl_lam").set_value(lam).run()
-out["λ change (one step): rerun (s)"] = time.monotonic() - t0
-out["λ change: until the new invariant map (s)"] = until_drawn(at, k + 1, t0, lam)
+lam = float(at.sidebar.select_slider(key="ctl_lam").value)
+moves = {"K": ([], []), "λ": ([], [])}
+for _ in range(int(sys.argv[3])):  # K up one step, its map, then λ up one step, its map
+    for name in moves:
+        t0 = time.monotonic()
+        if name == "K":
+            k += 1
+            at.sidebar.slider(key="ctl_K").set_value(k).run()
+        else:
+            lam = lams[lams.index(lam) + 1]
+            at.sidebar.select_slider(key="ctl_lam").set_value(lam).run()
+        moves[name][0].append(time.monotonic() - t0)
+        moves[name][1].append(until_drawn(at, k, t0, lam))
+for name, (reruns, maps) in moves.items():
+    out[f"{name} change: rerun (s)"] = statistics.median(reruns)
+    if len(reruns) > 1:
+        out[f"{name} change: rerun, slowest (s)"] = max(reruns)
+    out[f"{name} change: until the new invariant map (s)"] = statistics.median(maps)
 if worker is not None and sys.argv[2] == "speculated":
     at = page("source_val")
     at.run()
@@ -126,11 +136,11 @@ print("RESULT " + json.dumps(out))
 '''
 
 
-def measure(root: Path, n: int, speculated: bool = True) -> dict[str, float]:
+def measure(root: Path, n: int, speculated: bool = True, moves: int = 1) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as store:
         env = {**os.environ, "CLIP_ICM_CACHE": store, "PYTHONPATH": str(root), "OPENBLAS_NUM_THREADS": "1"}
-        done = subprocess.run([sys.executable, "-c", CHILD, str(n), "speculated" if speculated else "no"], cwd=root, env=env, capture_output=True,
-                              text=True, check=False)
+        done = subprocess.run([sys.executable, "-c", CHILD, str(n), "speculated" if speculated else "no", str(moves)], cwd=root, env=env,
+                              capture_output=True, text=True, check=False)
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"the measurement in {root} failed:\n{done.stderr[-3000:]}")
@@ -142,17 +152,18 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000, help="images (synthetic rows), a multiple of 4")
     parser.add_argument("--against", metavar="REV", help="also measure this git revision, after this checkout")
     parser.add_argument("--no-speculated", action="store_true", help="skip the K change onto a speculated cell")
+    parser.add_argument("--moves", type=int, default=1, help="K and λ changes, each (medians and the slowest printed)")
     args = parser.parse_args()
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"{args.n:,} images, D = 512")
-    results = {"this checkout": measure(ROOT, args.n, not args.no_speculated)}
+    results = {"this checkout": measure(ROOT, args.n, not args.no_speculated, args.moves)}
     if args.against:
         with tempfile.TemporaryDirectory() as scratch:
             other = Path(scratch) / "other"
             subprocess.run(["git", "worktree", "add", "--detach", str(other), args.against], cwd=ROOT, check=True,
                            capture_output=True)
             try:
-                results[args.against] = measure(other, args.n, not args.no_speculated)
+                results[args.against] = measure(other, args.n, not args.no_speculated, args.moves)
             finally:
                 subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=ROOT, capture_output=True)
     print(f"(load average {os.getloadavg()[0]:.1f} at the end)\n")
