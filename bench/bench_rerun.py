@@ -1,23 +1,25 @@
 """A K change in the dashboard at 10,000 images: how long the rerun takes and when the new map is drawn,
 this checkout against a git revision in one run (streamlit.testing.v1.AppTest, no browser).
 
-    python -m bench.bench_rerun [--against main] [--n 10000] [--no-speculated] [--restart]
+    python -m bench.bench_rerun [--against main] [--n 10000] [--no-speculated] [--moves 1] [--restart]
 
 Each checkout runs in a fresh process with an empty store: synthetic SCM embeddings (D = 512, 7 classes,
 4 domains: bench_refit's), K and λ from the sliders, UMAP's kernels compiled beforehand (reduce.warm_up).
 Printed, in seconds:
 - first page: the run that draws the accuracy chart, and until both maps are drawn;
-- K change: until the rerun returns (the numbers on the page are the new K's), and until the invariant
-  map of the new K is drawn. Where the layouts run in the background (layout_worker), the map is drawn
+- K change (one step), then a λ change (one step), ``--moves`` times each (medians, and the slowest rerun):
+  until the rerun returns (the numbers on the page are the new setting's), and until the invariant map of
+  the new setting is drawn. Where the layouts run in the background (layout_worker), the map is drawn
   by the first rerun after the worker is done (the page's status polls every second: a browser sees it
   up to a second later); where they do not, by the K change's own rerun;
 - this checkout only, with the selection rule on: once its speculative layouts are done, a K change
   onto a cell it considered: the rerun, and whether that rerun drew the new map (``--no-speculated``:
   not measured; at 50,000 images the speculative layouts alone take minutes);
-- where the layouts run in the background: when the K change's layout started and finished (after the change);
+- where the layouts run in the background: when the K changes' layouts started and finished (medians,
+  seconds after the change);
 - ``--restart``: instead, a server restarted on a store that holds the first page (one process fills
-  the store, a second, measured, draws the first page from it): that first page, then, after
-  RESTART_PAUSE_S seconds (a user reading it), the K change: its rerun and until its map;
+  the store, its layouts and model choices, a second, measured, draws the first page from it): that
+  first page, then, after RESTART_PAUSE_S seconds (a user reading it), the moves;
 - memory, in MB: the peak resident memory of the page's process and of the largest process it started
   (the layout process), and the seconds the synthetic embeddings take to make (part of the first page's
   run: the issue's 50k goal counts the first table from cached embeddings).
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Run in the checkout measured (its dashboard/app.py and clip_icm), argv[1]: the number of images.
 CHILD = r'''
-import functools, json, os, re, resource, sys, time
+import functools, json, os, re, resource, statistics, sys, time
 from streamlit.testing.v1 import AppTest
 from threadpoolctl import threadpool_limits
 from clip_icm import reduce, scm, service
@@ -72,12 +74,13 @@ def titles(at):
     return [json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "") for c in at.get("plotly_chart")]
 
 
-def drawn(at, k):
-    return any(t.startswith("Invariant space") and f"K = {k}," in t for t in titles(at))
+def drawn(at, k, lam=None):
+    setting = f"K = {k}, lam = {lam:g}" if lam is not None else f"K = {k},"
+    return any(t.startswith("Invariant space") and setting in t for t in titles(at))
 
 
-def until_drawn(at, k, t0):
-    while not drawn(at, k):
+def until_drawn(at, k, t0, lam=None):
+    while not drawn(at, k, lam):
         if worker is not None:
             worker().wait_idle(600)
         at.run()
@@ -100,7 +103,7 @@ assert any(c.value.replace(",", "").startswith(f"{sys.argv[1]} images") for c in
 k = at.sidebar.slider(key="ctl_K").value
 if sys.argv[2] == "restart":
     assert drawn(at, k), "the restarted server's first page did not draw its maps from the store"
-    time.sleep(float(sys.argv[3]))
+    time.sleep(float(sys.argv[4]))
 else:
     out["first page: until both maps (s)"] = until_drawn(at, k, t0)
 if sys.argv[2] == "fill":  # and the model choices the page asked for in the background, stored too
@@ -108,14 +111,33 @@ if sys.argv[2] == "fill":  # and the model choices the page asked for in the bac
         service.choice_worker().wait_idle(900)
     print("RESULT {}")
     sys.exit()
-t0 = time.monotonic()
-at.sidebar.slider(key="ctl_K").set_value(k + 1).run()
-out["K change: rerun (s)"] = time.monotonic() - t0
-out["K change: until the new invariant map (s)"] = until_drawn(at, k + 1, t0)
-if worker is not None:  # when the layout ran, in seconds after the change
-    job = next(job for job in worker().jobs() if f"K = {k + 1}," in job.label)
-    out["K change: its layout started (s)"] = job.started_at - t0
-    out["K change: its layout finished (s)"] = job.finished_at - t0
+lams = [float(option) for option in at.sidebar.select_slider(key="ctl_lam").options]  # dashboard.controls.LAMS
+lam = float(at.sidebar.select_slider(key="ctl_lam").value)
+moves = {"K": ([], []), "λ": ([], [])}
+layout_times = ([], [])  # of the K changes: when their layouts started and finished, after the change
+for _ in range(int(sys.argv[3])):  # K up one step, its map, then λ up one step, its map
+    for name in moves:
+        t0 = time.monotonic()
+        if name == "K":
+            k += 1
+            at.sidebar.slider(key="ctl_K").set_value(k).run()
+        else:
+            lam = lams[lams.index(lam) + 1]
+            at.sidebar.select_slider(key="ctl_lam").set_value(lam).run()
+        moves[name][0].append(time.monotonic() - t0)
+        moves[name][1].append(until_drawn(at, k, t0, lam))
+        if name == "K" and worker is not None:
+            job = next(job for job in worker().jobs() if f"K = {k}, λ = {lam:g})" in job.label)
+            layout_times[0].append(job.started_at - t0)
+            layout_times[1].append(job.finished_at - t0)
+for name, (reruns, maps) in moves.items():
+    out[f"{name} change: rerun (s)"] = statistics.median(reruns)
+    if len(reruns) > 1:
+        out[f"{name} change: rerun, slowest (s)"] = max(reruns)
+    out[f"{name} change: until the new invariant map (s)"] = statistics.median(maps)
+if layout_times[0]:
+    out["K change: its layout started (s)"] = statistics.median(layout_times[0])
+    out["K change: its layout finished (s)"] = statistics.median(layout_times[1])
 if worker is not None and sys.argv[2] == "speculated":
     at = page("source_val")
     at.run()
@@ -140,13 +162,13 @@ print("RESULT " + json.dumps(out))
 RESTART_PAUSE_S = 5.0
 
 
-def measure(root: Path, n: int, speculated: bool = True, restart: bool = False) -> dict[str, float]:
+def measure(root: Path, n: int, speculated: bool = True, moves: int = 1, restart: bool = False) -> dict[str, float]:
     modes = ["fill", "restart"] if restart else ["speculated" if speculated else "no"]
     with tempfile.TemporaryDirectory() as store:
         env = {**os.environ, "CLIP_ICM_CACHE": store, "PYTHONPATH": str(root), "OPENBLAS_NUM_THREADS": "1"}
         for mode in modes:
-            done = subprocess.run([sys.executable, "-c", CHILD, str(n), mode, str(RESTART_PAUSE_S)], cwd=root, env=env,
-                                  capture_output=True, text=True, check=False)
+            done = subprocess.run([sys.executable, "-c", CHILD, str(n), mode, str(moves), str(RESTART_PAUSE_S)], cwd=root,
+                                  env=env, capture_output=True, text=True, check=False)
             line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
                 raise RuntimeError(f"the measurement in {root} ({mode}) failed:\n{done.stderr[-3000:]}")
@@ -158,19 +180,20 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000, help="images (synthetic rows), a multiple of 4")
     parser.add_argument("--against", metavar="REV", help="also measure this git revision, after this checkout")
     parser.add_argument("--no-speculated", action="store_true", help="skip the K change onto a speculated cell")
+    parser.add_argument("--moves", type=int, default=1, help="K and λ changes, each (medians and the slowest printed)")
     parser.add_argument("--restart", action="store_true",
-                        help="a server restarted on a filled store: its first page, then a K change")
+                        help="a server restarted on a filled store: its first page, then the moves")
     args = parser.parse_args()
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"{args.n:,} images, D = 512")
-    results = {"this checkout": measure(ROOT, args.n, not args.no_speculated, args.restart)}
+    results = {"this checkout": measure(ROOT, args.n, not args.no_speculated, args.moves, args.restart)}
     if args.against:
         with tempfile.TemporaryDirectory() as scratch:
             other = Path(scratch) / "other"
             subprocess.run(["git", "worktree", "add", "--detach", str(other), args.against], cwd=ROOT, check=True,
                            capture_output=True)
             try:
-                results[args.against] = measure(other, args.n, not args.no_speculated, args.restart)
+                results[args.against] = measure(other, args.n, not args.no_speculated, args.moves, args.restart)
             finally:
                 subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=ROOT, capture_output=True)
     print(f"(load average {os.getloadavg()[0]:.1f} at the end)\n")

@@ -21,6 +21,7 @@ import numbers
 import warnings
 import weakref
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -214,7 +215,8 @@ class _Memo:
     """What a K or lam change does not change, kept per EmbeddingSet *object* (its arrays are
     read-only by contract) and dropped with it: the pair moments of each (target, pair sets)
     and the full-space rows of each (target, evaluation setting). A refit then costs one
-    eigendecomposition (or a slice of a kept one) and the probe in K dimensions."""
+    eigendecomposition (or a slice of a kept one) and the probe in K dimensions. Also the latest
+    predictions of each (target, method) (:func:`_predicted_rows`)."""
 
     _by_object: dict[int, tuple[weakref.ref, dict]] = {}
 
@@ -517,7 +519,8 @@ def predict_all(emb: EmbeddingSet, target: str, method: str = FULL_SPACE, config
     """Class index of every row under each protocol, for ``method`` (FULL_SPACE = CLIP) fitted
     with ``target`` held out, as evaluate_split scores them (for confusion matrices)."""
     _check_target(emb, target)
-    return fitted_predictor(with_prompts(emb, target, config.prompts), target, method, config).predict_rows()
+    emb, config = apply_protocol(with_prompts(emb, target, config.prompts), config)  # as fitted_predictor
+    return _predicted_rows(emb, target, method, config, lambda: _fitted(emb, target, method, config))
 
 
 def scored_rows(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConfig()) -> dict[str, np.ndarray]:
@@ -532,9 +535,30 @@ def scored_rows(emb: EmbeddingSet, target: str, config: EvalConfig = EvalConfig(
 
 
 def _score_method(emb, target, method, projection, config) -> list[dict]:
-    rows = _accuracy_rows(emb, target, method, _fit_predictor(emb, target, method, projection, config).predict_rows(),
+    """Accuracy rows of ``method`` whose fitted projection is ``projection`` (``_fitted(emb, target, method,
+    config)``, which its predictions are kept under)."""
+    rows = _accuracy_rows(emb, target, method, _predicted_rows(emb, target, method, config, lambda: projection),
                           config)
     return _with_diagnostics(rows, emb, projection, config)
+
+
+def _predicted_rows(emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig,
+                    projection: Callable[[], object]) -> dict[str, np.ndarray | None]:
+    """``_fit_predictor(...).predict_rows()`` (``projection()``: the method's fitted projection), the latest
+    of each (target, method) kept per EmbeddingSet, read-only: a setting's accuracy table and its confusion
+    matrices (:func:`predict_all`) then read the same predictions. At 50,000 images the dashboard fitted
+    the probe twice for every K or lam change, 0.6 s each (bench/RESULTS.md). One setting per (target,
+    method): a slider's positions do not pile up."""
+    memo, key = _Memo.of(emb), ("predictions", target, method)
+    kept = memo.get(key)
+    if kept is not None and kept[0] == config:
+        return dict(kept[1])
+    predicted = _fit_predictor(emb, target, method, projection(), config).predict_rows()
+    for rows in predicted.values():
+        if rows is not None:
+            rows.flags.writeable = False
+    memo[key] = (config, predicted)
+    return dict(predicted)
 
 
 def _with_diagnostics(rows: list[dict], emb: EmbeddingSet, projection, config: EvalConfig) -> list[dict]:

@@ -118,6 +118,16 @@ def with_highlight(fig: go.Figure, ids: list[int]) -> go.Figure:
     return out
 
 
+STALE_OPACITY = 0.35
+
+
+def as_stale(fig: go.Figure, title: str) -> go.Figure:
+    """A copy of a map faded to STALE_OPACITY and titled ``title``: the same figure as
+    ``scatter_layout(..., title)`` faded, without building its traces again (at 20,000 points that took
+    0.3-0.6 s of a slider move's rerun; the copy a tenth of it)."""
+    return go.Figure(fig).update_traces(opacity=STALE_OPACITY).update_layout(title=as_text(title))
+
+
 def _colour(method: str, i: int) -> str:
     """The method's colour (MethodSpec.colour); a trace that is no method takes the palette's i-th."""
     try:

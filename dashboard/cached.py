@@ -192,17 +192,38 @@ MAP_FIGURES = 48  # about 1 MB each at 1,280 points: a class of 30 on its own se
 
 
 @st.cache_resource(show_spinner=False, max_entries=MAP_FIGURES)
-def map_figure(content: str, colour: str, title: str, colours: tuple, dimmed: bool, layout: tuple,
-               _xy: np.ndarray, _points: pd.DataFrame):
+def map_figure(content: str, colour: str, title: str, colours: tuple, layout: tuple, _xy: np.ndarray,
+               _points: pd.DataFrame):
     """figures.scatter_layout of ``_xy`` and ``_points`` (``content``: a digest of both,
-    common.map_content), dimmed to a stale map's opacity and with ``layout`` applied, built once for
-    every session that draws the same map: plotly's sixteen traces cost a rerun more than its numbers
-    (bench/RESULTS.md). One object shared by the sessions, so nobody changes it in place
-    (figures.with_highlight copies)."""
+    common.map_content) with ``layout`` applied, built once for every session that draws the same map:
+    plotly's sixteen traces cost a rerun more than its numbers (bench/RESULTS.md). One object shared by
+    the sessions, so nobody changes it in place (figures.with_highlight and figures.as_stale copy)."""
     fig = figures.scatter_layout(_xy, _points, colour, title, dict(colours) or None)
-    if dimmed:
-        fig.update_traces(opacity=0.35)
     return fig.update_layout(**dict(layout))
+
+
+# The views below are built once per server for every session on the same setting, as map_figure is:
+# a class moves the same sliders, and building a chart and its tables cost a rerun more than its numbers
+# (bench/RESULTS.md, "A classroom"). Shared objects: nobody changes them in place.
+SHARED_VIEWS = 64
+
+
+@st.cache_resource(show_spinner=False, max_entries=SHARED_VIEWS)
+def accuracy_view(emb_key: str, target: str, configs: tuple[evaluation.EvalConfig, ...], K: int, lam: float,
+                  title: str, focus: tuple[str, ...], _emb: EmbeddingSet) -> tuple[pd.DataFrame, object, pd.DataFrame]:
+    """The accuracy table of ``configs`` (the method and its baselines) at (K, lam), its chart
+    (figures.accuracy_bars) and its wide form (service.accuracy_wide)."""
+    frames = [evaluate(emb_key, target, config, _emb).assign(K=K, lam=lam) for config in configs]
+    table = service.accuracy_table(frames)
+    return table, figures.accuracy_bars(table, target, title, focus=focus), service.accuracy_wide(table, target)
+
+
+@st.cache_resource(show_spinner=False, max_entries=SHARED_VIEWS)
+def confusion_figure(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, protocol: str,
+                     titles: tuple[tuple[str, str], ...], _emb: EmbeddingSet):
+    """figures.confusion_heatmaps of target_confusions(...), titled by ``titles`` (method -> title)."""
+    matrices = target_confusions(emb_key, target, method, config, protocol, _emb)
+    return figures.confusion_heatmaps(matrices, _emb.class_names, dict(titles))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

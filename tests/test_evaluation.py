@@ -287,3 +287,44 @@ def test_refits_from_kept_moments_equal_fresh_fits(emb):
     for method in [m for m in ALL_METHODS if not METHODS.get(m).text_only]:  # Orth-Cali fits on prompts
         np.testing.assert_allclose(fit_projection(emb, TARGET, method, CONFIG).components_,
                                    make_projection(method, 6, 1e4).fit(Z, Z_do).components_, atol=1e-10)
+
+
+def test_a_settings_table_and_confusions_read_one_probe_fit(emb, monkeypatch):
+    """predict_all after evaluate_split with the same setting reads the predictions the table scored
+    (the probe is not fitted again); they equal a fresh fit's, are read-only, and another K refits."""
+    from clip_icm import evaluation
+    from clip_icm.evaluation import _Memo
+
+    fits = []
+
+    def counted(*args, **kwargs):
+        fits.append(args[0].shape)
+        return fit_linear_probe(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "fit_linear_probe", counted)
+    config = replace(CONFIG, methods=("icm",))
+    _Memo.clear()
+    frame = evaluate_split(emb, TARGET, config)
+    assert len(fits) == 2  # CLIP's probe and ICM's
+    kept = predict_all(emb, TARGET, "icm", config)
+    clip = predict_all(emb, TARGET, FULL_SPACE, config)
+    assert len(fits) == 2
+    target = emb.domains == TARGET
+    for method, predicted in (("icm", kept), (FULL_SPACE, clip)):
+        for protocol in (ZERO_SHOT, LINEAR_PROBE):
+            row = frame[(frame.method == method) & (frame.protocol == protocol) & (frame.domain == TARGET)]
+            assert row.accuracy.item() == np.mean(predicted[protocol][target] == emb.labels[target])
+    with pytest.raises(ValueError, match="read-only"):
+        kept[LINEAR_PROBE][0] = 0
+    kept["extra"] = None  # the caller's own dict: the kept one is unchanged
+    assert "extra" not in predict_all(emb, TARGET, "icm", config)
+    _Memo.clear()
+    fresh = predict_all(emb, TARGET, "icm", config)
+    assert len(fits) == 3
+    for protocol in (ZERO_SHOT, LINEAR_PROBE):
+        np.testing.assert_array_equal(fresh[protocol], kept[protocol])
+    other = replace(config, n_components=2)
+    predict_all(emb, TARGET, "icm", other)
+    assert len(fits) == 4
+    predict_all(emb, TARGET, "icm", other)
+    assert len(fits) == 4

@@ -6,6 +6,7 @@ import pytest
 from sklearn.exceptions import NotFittedError
 
 from clip_icm.embeddings import PairSet
+from clip_icm.errors import InvalidInput
 from clip_icm.methods import METHODS, make_projection
 from clip_icm.projection import (
     InvariantProjection,
@@ -205,6 +206,10 @@ def test_centred_invariance_ratio():
     A = est.components_
     expected = np.linalg.norm((Z - Z_do) @ A.T) / np.linalg.norm((Z - Z.mean(axis=0)) @ A.T)
     assert centred == pytest.approx(expected)
+    assert est.invariance_ratios(Z, Z_do) == (plain, centred)  # both at once: the very same numbers
+    assert np.isnan(InvariantProjection(2, 0.0).fit(Z, Z_do).invariance_ratios(np.zeros((4, 3)), np.ones((4, 3)))[0])
+    with pytest.raises(InvalidInput, match="same shape"):
+        est.invariance_ratios(Z, Z_do[:10])
 
 
 BAD_INPUTS = [

@@ -48,11 +48,12 @@ def fit(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConf
     held-out pairs (the target domain's image pairs) when there are any."""
     projection = guard("Could not fit the projection", evaluation.fit_projection, emb, target, method, config)
     Z, Z_do, which = _ratio_pairs(emb, target, config)
+    invariance_ratio, centred_ratio = projection.invariance_ratios(Z, Z_do)
     return Fit(
         method=method, K=config.n_components, lam=config.lam, lam_mode=config.lam_mode, target=target,
-        projection=projection, invariance_ratio=projection.invariance_ratio(Z, Z_do),
+        projection=projection, invariance_ratio=invariance_ratio,
         full_ratio=float(np.linalg.norm(Z - Z_do) / max(np.linalg.norm(Z), 1e-12)), ratio_pairs=which,
-        centred_ratio=projection.invariance_ratio(Z, Z_do, centred=True),
+        centred_ratio=centred_ratio,
     )
 
 

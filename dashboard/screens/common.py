@@ -233,18 +233,18 @@ def choice_status(job: service.LayoutJob, reads: str) -> None:
 
 
 def map_figure(job: service.LayoutJob, points: pd.DataFrame, colour: str, title: str,
-               colours: dict[str, str] | None = None, *, dimmed: bool = False, **layout):
+               colours: dict[str, str] | None = None, **layout):
     """The map of a finished layout job (None while it is pending or when it failed), from the
     server's cache of figures (cached.map_figure): sessions drawing the same map share one."""
     xy = job.result()
-    return None if xy is None else map_of(xy, points, colour, title, colours, dimmed=dimmed, **layout)
+    return None if xy is None else map_of(xy, points, colour, title, colours, **layout)
 
 
 def map_of(xy: np.ndarray, points: pd.DataFrame, colour: str, title: str, colours: dict[str, str] | None = None,
-           *, dimmed: bool = False, **layout):
+           **layout):
     """figures.scatter_layout through cached.map_figure, keyed by what it draws (map_content), never
     by who asks: a figure is shared only where every point, colour and word on it is the same."""
-    return cached.map_figure(map_content(xy, points), colour, title, tuple(sorted((colours or {}).items())), dimmed,
+    return cached.map_figure(map_content(xy, points), colour, title, tuple(sorted((colours or {}).items())),
                              tuple(sorted(layout.items())), xy, points)
 
 

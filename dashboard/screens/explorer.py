@@ -171,21 +171,20 @@ def _accuracy_section(ctx: Context, K: int, lam: float):
     st.subheader("Accuracy per domain")
     try:
         # a baseline that reads neither K nor lam is evaluated once for every slider position
-        configs = [service.with_unused_fixed(m, controls.eval_config(c, K, lam, (m,))) for m in (c.method, *c.baselines)]
-        frames = [cached.evaluate(emb.key, c.target, config, emb).assign(K=K, lam=lam) for config in configs]
+        configs = tuple(service.with_unused_fixed(m, controls.eval_config(c, K, lam, (m,)))
+                        for m in (c.method, *c.baselines))
+        title = f"Accuracy per domain ({service.method_label(c.method)}, K = {K}, lam = {lam:g})"
+        table, figure, wide = cached.accuracy_view(emb.key, c.target, configs, K, lam, title,
+                                                   (evaluation.FULL_SPACE, c.method), emb)
     except service.ServiceError as e:
         st.error(str(e))
         return None
-    table = service.accuracy_table(frames)
     _headline(table, c)
     _selection_note(ctx)
     chart, numbers = st.tabs(["Chart", "Table"])
-    title = f"Accuracy per domain ({service.method_label(c.method)}, K = {K}, lam = {lam:g})"
-    chart.plotly_chart(figures.accuracy_bars(table, c.target, title, focus=(evaluation.FULL_SPACE, c.method)),
-                       key="accuracy_chart")
+    chart.plotly_chart(figure, key="accuracy_chart")
     if c.baselines:
         chart.caption("Solid: CLIP and the method; pale: the baselines beside them (Advanced).")
-    wide = service.accuracy_wide(table, c.target)
     change = "target change vs CLIP"
     numbers.dataframe(wide.style.format("{:.1%}", subset=[col for col in wide.columns if col != change], na_rep="n/a")
                       .format("{:+.1%}", subset=[change], na_rep="n/a"))
@@ -292,7 +291,6 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float, jobs: tupl
     _speculate(ctx, ids, K, lam)
     full_points = service.point_table(emb, ids, c.target,
                                       cached.predictions(emb.key, "", evaluation.FULL_SPACE, emb, None))
-    inv_points = service.point_table(emb, ids, c.target, cached.predictions(emb.key, this_fit, fit.method, emb, fit))
     space = (emb.key, id(emb) if not emb.key else "", max_points)  # "that space": the same points, another fit
     # Which jobs are pending is read once, before their maps: a job that finishes after this read
     # draws its map, with one status poll to spare; read after the maps, a job finishing between the
@@ -301,8 +299,13 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float, jobs: tupl
     if not pending:  # drawn from what the worker or the store holds: the layout processes start for the next one
         service.layout_worker().warm()
     full_fig = map_figure(full_job, full_points, colour, f"Full CLIP space{note}")
-    inv_fig = map_figure(inv_job, inv_points, colour, inv_title + note)
-    if inv_fig is not None:
+    inv_fig = None
+    if service.layout_ready(inv_job):
+        # the hover data of a map drawn now only: the zero-shot predictions of every row took 0.2-0.3 s of a
+        # K change's rerun at 50,000 images, whose layout is still pending then (bench/RESULTS.md)
+        predicted = cached.predictions(emb.key, this_fit, fit.method, emb, fit)
+        inv_points = service.point_table(emb, ids, c.target, predicted)
+        inv_fig = map_figure(inv_job, inv_points, colour, inv_title + note)
         st.session_state["last_invariant_map"] = (space, inv_job.result(), inv_points, inv_title)
     elif inv_job in pending:
         inv_fig = _stale_map(space, colour, K, lam, note)
@@ -323,7 +326,9 @@ def _stale_map(space: tuple, colour: str, K: int, lam: float, note: str):
     if last is None or last[0] != space:
         return None
     _, xy, points, title = last
-    return map_of(xy, points, colour, f"Stale: {title}; laying out K = {K}, lam = {lam:g}{note}", dimmed=True)
+    # a faded copy of the map drawn last (the figures' cache holds it), not one built again
+    return figures.as_stale(map_of(xy, points, colour, title + note),
+                            f"Stale: {title}; laying out K = {K}, lam = {lam:g}{note}")
 
 
 
@@ -424,14 +429,14 @@ def _confusion_section(ctx: Context, K: int, lam: float) -> None:
     protocol = st.radio("Predictions of the", [evaluation.LINEAR_PROBE, evaluation.ZERO_SHOT], horizontal=True,
                         key="confusion_protocol")
     try:
-        matrices = cached.target_confusions(emb.key, c.target, c.method, controls.eval_config(c, K, lam, (c.method,)),
-                                            protocol, emb)
+        titles = ((evaluation.FULL_SPACE, f"CLIP, full space ({protocol})"),
+                  (c.method, f"{service.method_label(c.method)}, K = {K} ({protocol})"))
+        figure = cached.confusion_figure(emb.key, c.target, c.method, controls.eval_config(c, K, lam, (c.method,)),
+                                         protocol, titles, emb)
     except service.ServiceError as e:
         st.error(str(e))
         return
-    titles = {evaluation.FULL_SPACE: f"CLIP, full space ({protocol})",
-              c.method: f"{service.method_label(c.method)}, K = {K} ({protocol})"}
-    st.plotly_chart(figures.confusion_heatmaps(matrices, emb.class_names, titles), key="confusions")
+    st.plotly_chart(figure, key="confusions")
     st.caption("Rows: the true class; columns: the predicted one. Each cell shows a count of images; its colour is "
                "that count's share of the row's class. Off the "
                "diagonal is where a shortcut sends a class: on the bundled world, to the class whose usual colour "
