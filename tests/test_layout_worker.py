@@ -309,10 +309,13 @@ def test_warm_starts_every_lane_and_loads_the_kernels_there():
     LayoutWorker().warm()  # no processes: nothing to start
 
 
-@pytest.mark.parametrize("value, processes", [("3", 3), (" 1 ", 1), ("", min(2, os.cpu_count() or 1))])
-def test_the_layout_processes_come_from_the_environment(monkeypatch, value, processes):
+@pytest.mark.parametrize("value, cpus, processes", [("3", 2, 3), (" 1 ", 8, 1), ("", 1, 1), ("", 2, 1), ("", 3, 2),
+                                                    ("", 16, 2), ("", None, 1)])
+def test_the_layout_processes_come_from_the_environment(monkeypatch, value, cpus, processes):
+    """Unset, a core is left to the page runs: min(2, CPUs - 1), at least one (os.cpu_count() may say None)."""
     from clip_icm.service.layout_worker import PROCESSES_VAR, layout_processes
 
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
     monkeypatch.setenv(PROCESSES_VAR, value)
     assert layout_processes() == processes
 

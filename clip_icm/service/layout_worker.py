@@ -6,7 +6,7 @@ page submits a job, keyed by content (the same parts as the layout store's key),
 and polls; a job another session submitted with the same key is the same job.
 
 The server's worker (``shared()``) runs up to ``layout_processes()`` jobs at once (``$CLIP_ICM_LAYOUT_PROCESSES``,
-default min(2, CPUs)), each thread with a UMAP process of its own (a "lane", spawned on its first
+default min(2, CPUs - 1), at least 1), each thread with a UMAP process of its own (a "lane", spawned on its first
 layout): umap's numba code holds the GIL, and in this process's thread it slowed a 10,000-image K
 change's rerun from 3.7 to 5.4 s (bench/RESULTS.md). Each layout stays single-threaded, so a seed gives
 the same layout run to run (``CLIP_ICM_PARALLEL_LAYOUTS=1`` opts in to UMAP's epochs on every core
@@ -53,10 +53,12 @@ SPLIT_ROWS = 4096
 def layout_processes() -> int:
     """How many layouts the server's worker runs at once, each in a UMAP process of its own (about 0.2 GB
     of its own once umap is loaded, 0.45 GB resident while it lays out 10,000 points; bench/RESULTS.md):
-    ``$CLIP_ICM_LAYOUT_PROCESSES`` if set, else min(2, CPUs)."""
+    ``$CLIP_ICM_LAYOUT_PROCESSES`` if set, else min(2, CPUs - 1), at least 1: a core is left to the server's
+    own page runs, which a classroom's sessions share (on 2 cores a second lane took it: slider reruns
+    p95 4.2-5.3 s instead of 3.6-4.3 s at 10 sessions, and 0.37 GB more; bench/RESULTS.md)."""
     text = os.environ.get(PROCESSES_VAR, "").strip()
     if not text:
-        return max(1, min(2, os.cpu_count() or 1))
+        return max(1, min(2, (os.cpu_count() or 1) - 1))
     try:
         processes = int(text)
     except ValueError:
