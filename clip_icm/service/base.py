@@ -2,11 +2,12 @@
 user's mistake into it, and the content key of plain values."""
 from __future__ import annotations
 
+import os
 from typing import Callable, TypeVar
 
 import numpy as np
 
-from clip_icm.errors import UserError
+from clip_icm.errors import InvalidInput, UserError
 from clip_icm.hashing import digest
 
 T = TypeVar("T")
@@ -35,6 +36,21 @@ def guard(what: str, call: Callable, *args, **kwargs):
 
 def message(error: BaseException) -> str:
     return str(error) or type(error).__name__
+
+
+def positive_int_from_env(var: str, default: int, unit: str) -> int:
+    """The whole number of ``unit`` (say "jobs") in environment variable ``var``, at least 1, or
+    ``default`` when it is unset or blank; anything else is an InvalidInput naming the variable."""
+    text = os.environ.get(var, "").strip()
+    if not text:
+        return default
+    try:
+        number = int(text)
+    except ValueError:
+        raise InvalidInput(f"{var} must be a whole number of {unit}, not {text!r}") from None
+    if number < 1:
+        raise InvalidInput(f"{var} must be at least 1, not {number}")
+    return number
 
 
 KEPT_FORMAT = 3  # raised whenever what a kept result encodes changes, so that an older entry is never decoded

@@ -19,6 +19,7 @@ from collections import deque
 from typing import Callable, Iterator
 
 from clip_icm.errors import InvalidInput
+from clip_icm.service.base import positive_int_from_env
 
 CAP_VAR = "CLIP_ICM_HEAVY_JOBS"
 
@@ -26,16 +27,7 @@ CAP_VAR = "CLIP_ICM_HEAVY_JOBS"
 def default_cap() -> int:
     """``$CLIP_ICM_HEAVY_JOBS`` if set, else half the CPUs (at least one): the other half is left to the
     pages' own reruns and the layout process."""
-    text = os.environ.get(CAP_VAR, "").strip()
-    if not text:
-        return max(1, (os.cpu_count() or 2) // 2)
-    try:
-        cap = int(text)
-    except ValueError:
-        raise InvalidInput(f"{CAP_VAR} must be a whole number of jobs, not {text!r}") from None
-    if cap < 1:
-        raise InvalidInput(f"{CAP_VAR} must be at least 1, not {cap}")
-    return cap
+    return positive_int_from_env(CAP_VAR, max(1, (os.cpu_count() or 2) // 2), "jobs")
 
 
 class Gate:

@@ -38,6 +38,7 @@ from typing import Callable
 import numpy as np
 
 from clip_icm.errors import InvalidInput
+from clip_icm.service.base import positive_int_from_env
 
 NOW, SPECULATIVE = 0, 1
 # Finished jobs kept in memory (the store keeps them on disk): 64 layouts of 20,000 points are 10 MB.
@@ -56,16 +57,7 @@ def layout_processes() -> int:
     ``$CLIP_ICM_LAYOUT_PROCESSES`` if set, else min(2, CPUs - 1), at least 1: a core is left to the server's
     own page runs, which a classroom's sessions share (on 2 cores a second lane took it: slider reruns
     p95 4.2-5.3 s instead of 3.6-4.3 s at 10 sessions, and 0.37 GB more; bench/RESULTS.md)."""
-    text = os.environ.get(PROCESSES_VAR, "").strip()
-    if not text:
-        return max(1, min(2, (os.cpu_count() or 1) - 1))
-    try:
-        processes = int(text)
-    except ValueError:
-        raise InvalidInput(f"{PROCESSES_VAR} must be a whole number of processes, not {text!r}") from None
-    if processes < 1:
-        raise InvalidInput(f"{PROCESSES_VAR} must be at least 1, not {processes}")
-    return processes
+    return positive_int_from_env(PROCESSES_VAR, max(1, min(2, (os.cpu_count() or 1) - 1)), "processes")
 
 
 @dataclass(eq=False)
