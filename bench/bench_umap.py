@@ -1,9 +1,10 @@
 """Faster UMAP layouts, measured against today's picture by neighbourhood overlap (not by eye).
 
-    python -m bench.bench_umap [--against main] [--n 10000] [--no-demo] [--candidates 200/100 ...] [--parallel] [--seeds 4]
+    python -m bench.bench_umap [--against main] [--n 10000] [--world-seed 1] [--no-demo] [--candidates 200/100 ...]
+                               [--parallel] [--seeds 4] [--starts own "quick 30"]
     python -m bench.bench_umap --fresh [--n 10000]
     python -m bench.bench_umap --profile [--n 10000] [--against main]
-    python -m bench.bench_umap --lanes [--n 10000] [--rounds 2]
+    python -m bench.bench_umap --lanes [--n 10000] [--rounds 2] [--starts own]
 
 For the demo world (1,280 images, toy CLIP, ICM K = 32) and synthetic clustered embeddings
 (the SCM's, 7 classes, 4 domains, D = 512, ``--n`` rows, ICM K = 64), BLAS on one thread as in
@@ -21,6 +22,12 @@ itself, so a change whose "same as today" is at least that of seed 1, and whose 
 is no lower, keeps today's picture as well as today's layout keeps its own. One reseed is one
 draw: with ``--seeds N`` both checkouts lay out seeds 0..N-1, and a summary compares what this
 checkout shares with today at the same seed with what today shares with itself at another seed.
+How the two maps of a pair read side by side (``comparability``): a point's median shift between its
+full and invariant positions, against random pairs of points, and the 2-D neighbours the maps share.
+``--starts``: this checkout's invariant layouts from another start at every seed, Procrustes-aligned
+to the full layout after (issue 19: a start that does not wait for the full layout lets the two
+layouts run side by side): "own" (umap's spectral start of the invariant space), "quick N" (the full
+space laid out in N epochs). ``--world-seed``: the synthetic world's SCM seed.
 
 ``--fresh``: the first layout (full space, ``--n`` synthetic rows) in a new Python process, three
 processes one after the other on one new, empty store (so numba's cache starts empty): seconds
@@ -35,7 +42,9 @@ set, spectral start, epochs, Procrustes), this checkout and ``--against``'s, eac
 process: the layouts one after the other) and with two, in one fresh process, the lanes warmed first
 (``warm()``); then a K change (the invariant layout of another fit, the full one done). Seconds from
 submission to the layouts, ``--rounds`` times each, whether both give the same layouts, bit for bit,
-as reduce.layout_2d in one process, and the lanes' peak resident memory.
+as reduce.layout_2d in one process, and the lanes' peak resident memory. With ``--starts own``, also the
+pair whose invariant layout is a job of its own from its own start, beside the full one (aligned after),
+and its K change, and the pair whose invariant job starts from the full space laid out in 30 epochs there.
 """
 from __future__ import annotations
 
@@ -105,7 +114,13 @@ for run in runs:
         full_s = time.perf_counter() - start
         fulls[same_full] = full
     middle = time.perf_counter()
-    invariant = reduce.layout_2d(X_inv, init=full, seed=run["seed"], n_epochs=run["invariant"], **extra)
+    start = run.get("start", "full")
+    if start == "full":  # today's: started from the full layout, aligned to it
+        invariant = reduce.layout_2d(X_inv, init=full, seed=run["seed"], n_epochs=run["invariant"], **extra)
+    else:  # "own": umap's spectral start of this space; "quick N": the full space laid out in N epochs; aligned after
+        begin = None if start == "own" else reduce.layout_2d(X_full, seed=run["seed"], n_epochs=int(start.split()[1]), **extra)
+        invariant = reduce.layout_2d(X_inv, init=begin, seed=run["seed"], n_epochs=run["invariant"], **extra)
+        invariant = reduce.procrustes_align(invariant, full)
     seconds[run["name"]] = (full_s, time.perf_counter() - middle, os.getloadavg()[0])
     layouts[run["name"] + " full"], layouts[run["name"] + " invariant"] = full, invariant
 np.savez(sys.argv[3], **layouts)
@@ -131,9 +146,24 @@ def _checkout(rev: str, scratch: Path) -> Path:
     return other
 
 
+def comparability(full: np.ndarray, invariant: np.ndarray) -> tuple[float, float, float]:
+    """How alike the two maps of a pair read side by side: the median distance between a point's full and
+    invariant positions, in units of the full layout's RMS radius; the same for random pairs of points
+    (chance: a seeded permutation of the invariant rows); and the mean share of a point's 15 nearest 2-D
+    neighbours on the full map that are also its 15 nearest on the invariant one."""
+    radius = float(np.sqrt(((full - full.mean(axis=0)) ** 2).sum(axis=1).mean()))
+    shuffled = invariant[np.random.default_rng(0).permutation(len(invariant))]
+    shift = float(np.median(np.linalg.norm(full - invariant, axis=1))) / radius
+    chance = float(np.median(np.linalg.norm(full - shuffled, axis=1))) / radius
+    return shift, chance, overlap(_neighbours_2d(full), _neighbours_2d(invariant))
+
+
 def compare(datasets: dict[str, tuple[np.ndarray, np.ndarray]], candidates: list[tuple[int, int]],
-            parallel: bool, against: str | None, seeds: int = 2) -> tuple[list[str], list[str]]:
-    """The table's rows, and per data set and space the summary over ``seeds`` seeds."""
+            parallel: bool, against: str | None, seeds: int = 2,
+            starts: tuple[str, ...] = ()) -> tuple[list[str], list[str], list[str]]:
+    """The table's rows, per data set and space the summary over ``seeds`` seeds, and per data set and path
+    the pair's comparability over those seeds. ``starts``: invariant layouts of this checkout from another
+    start ("own", "quick N"; see CHILD), aligned to the full layout after, at every seed."""
     import tempfile
 
     from clip_icm.reduce import DEFAULT_EPOCHS
@@ -144,14 +174,18 @@ def compare(datasets: dict[str, tuple[np.ndarray, np.ndarray]], candidates: list
         np.savez(data, **{f"{name} {space}": X for name, pair in datasets.items()
                           for space, X in zip(("full", "invariant"), pair)})
 
-        def runs(*cells: tuple[str, int, int, int, bool]) -> list[dict]:
-            return [{"name": f"{name}: {label}", "data": name, "seed": seed, "full": f, "invariant": i, "parallel": par}
-                    for name in datasets for label, seed, f, i, par in cells]
+        def runs(*cells: tuple) -> list[dict]:
+            return [{"name": f"{name}: {label}", "data": name, "seed": seed, "full": f, "invariant": i, "parallel": par,
+                     "start": start} for name in datasets for label, seed, f, i, par, start in cells]
 
-        mine = runs(*[(f"this checkout, seed {seed}", seed, DEFAULT_EPOCHS, DEFAULT_EPOCHS, False) for seed in range(seeds)],
-                    *[(f"this checkout, {f}/{i} epochs", 0, f, i, False) for f, i in candidates],
-                    *([("this checkout, parallel (opt-in)", 0, DEFAULT_EPOCHS, DEFAULT_EPOCHS, True)] if parallel else []))
-        today = runs(*[(f"today, seed {seed}", seed, DEFAULT_EPOCHS, DEFAULT_EPOCHS, False) for seed in range(seeds)])
+        mine = runs(*[(f"this checkout, seed {seed}", seed, DEFAULT_EPOCHS, DEFAULT_EPOCHS, False, "full")
+                      for seed in range(seeds)],
+                    *[(f"this checkout, {start} start, seed {seed}", seed, DEFAULT_EPOCHS, DEFAULT_EPOCHS, False, start)
+                      for start in starts for seed in range(seeds)],
+                    *[(f"this checkout, {f}/{i} epochs", 0, f, i, False, "full") for f, i in candidates],
+                    *([("this checkout, parallel (opt-in)", 0, DEFAULT_EPOCHS, DEFAULT_EPOCHS, True, "full")]
+                      if parallel else []))
+        today = runs(*[(f"today, seed {seed}", seed, DEFAULT_EPOCHS, DEFAULT_EPOCHS, False, "full") for seed in range(seeds)])
         layouts, seconds = _run(ROOT, data, mine, scratch)
         if against:
             other = _checkout(against, scratch)
@@ -163,7 +197,7 @@ def compare(datasets: dict[str, tuple[np.ndarray, np.ndarray]], candidates: list
             today_layouts, today_seconds = _run(ROOT, data, today, scratch)
     layouts.update(today_layouts)
     seconds.update(today_seconds)
-    rows, summary = [], []
+    rows, summary, pairs = [], [], []
     for name, (X_full, X_inv) in datasets.items():
         hd = {"full": _neighbours_hd(X_full), "invariant": _neighbours_hd(X_inv)}
         ref = {space: _neighbours_2d(layouts[f"{name}: today, seed 0 {space}"]) for space in hd}
@@ -174,20 +208,32 @@ def compare(datasets: dict[str, tuple[np.ndarray, np.ndarray]], candidates: list
             for space in ("full", "invariant"):
                 nn = _neighbours_2d(layouts[f"{run} {space}"])
                 cells.append(f"{overlap(nn, ref[space]):.3f} | {overlap(nn, hd[space]):.3f}")
+            shift, chance, shared = comparability(layouts[f"{run} full"], layouts[f"{run} invariant"])
             pair = None if full_s is None else full_s + inv_s
             rows.append(f"| {run} | " + ("(reused)" if full_s is None else f"{full_s:.2f}") + f" | {inv_s:.2f} | "
                         + ("" if pair is None else f"{pair:.2f} ({pair / base:.2f}x)") + f" | {cells[0]} | {cells[1]} | "
-                        f"{load:.1f} |")
+                        f"{shift:.3f} ({chance:.3f}) | {shared:.3f} | {load:.1f} |")
+        paths = ["today", "this checkout", *[f"this checkout, {start} start" for start in starts]]
+        nn = {(who, seed, space): _neighbours_2d(layouts[f"{name}: {who}, seed {seed} {space}"])
+              for who in paths for seed in range(seeds) for space in hd}
         for space in hd:
-            nn = {(who, seed): _neighbours_2d(layouts[f"{name}: {who}, seed {seed} {space}"])
-                  for who in ("today", "this checkout") for seed in range(seeds)}
-            same_seed = [overlap(nn["this checkout", seed], nn["today", seed]) for seed in range(seeds)]
-            reseeded = [overlap(nn["today", a], nn["today", b]) for a in range(seeds) for b in range(seeds) if a != b]
-            kept = {who: np.mean([overlap(nn[who, seed], hd[space]) for seed in range(seeds)]) for who in ("today", "this checkout")}
-            summary.append(f"| {name} | {space} | {np.mean(same_seed):.3f} ({min(same_seed):.3f}-{max(same_seed):.3f}) | "
-                           f"{np.mean(reseeded):.3f} ({min(reseeded):.3f}-{max(reseeded):.3f}) | "
-                           f"{kept['this checkout']:.3f} | {kept['today']:.3f} |")
-    return rows, summary
+            reseeded = [overlap(nn["today", a, space], nn["today", b, space])
+                        for a in range(seeds) for b in range(seeds) if a != b]
+            kept_today = np.mean([overlap(nn["today", seed, space], hd[space]) for seed in range(seeds)])
+            for who in paths[1:]:
+                same_seed = [overlap(nn[who, seed, space], nn["today", seed, space]) for seed in range(seeds)]
+                kept = np.mean([overlap(nn[who, seed, space], hd[space]) for seed in range(seeds)])
+                summary.append(f"| {name} | {space} | {who} | "
+                               f"{np.mean(same_seed):.3f} ({min(same_seed):.3f}-{max(same_seed):.3f}) | "
+                               f"{np.mean(reseeded):.3f} ({min(reseeded):.3f}-{max(reseeded):.3f}) | "
+                               f"{kept:.3f} | {kept_today:.3f} |")
+        for who in paths:
+            figures = np.array([comparability(layouts[f"{name}: {who}, seed {seed} full"],
+                                              layouts[f"{name}: {who}, seed {seed} invariant"]) for seed in range(seeds)])
+            shift, chance, shared = figures.T
+            pairs.append(f"| {name} | {who} | {shift.mean():.3f} ({shift.min():.3f}-{shift.max():.3f}) | {chance.mean():.3f} | "
+                         f"{(chance - shift).mean() / chance.mean():.2f} | {shared.mean():.3f} |")
+    return rows, summary, pairs
 
 
 def _demo() -> tuple[np.ndarray, np.ndarray]:
@@ -200,12 +246,12 @@ def _demo() -> tuple[np.ndarray, np.ndarray]:
     return emb.features, fit.transform(emb.features)
 
 
-def _synthetic(n: int) -> tuple[np.ndarray, np.ndarray]:
+def _synthetic(n: int, world_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     from clip_icm import evaluation as ev
     from clip_icm import service
     from clip_icm.scm import SCMConfig, make_embedding_set
 
-    emb = make_embedding_set(SCMConfig(n_invariant=32, n_variant=480, n_classes=7), n_per_domain=n // 4)
+    emb = make_embedding_set(SCMConfig(n_invariant=32, n_variant=480, n_classes=7, seed=world_seed), n_per_domain=n // 4)
     fit = service.fit(emb, "sketch", "icm", ev.EvalConfig(n_components=64, lam=1e4, methods=("icm",)))
     return emb.features, fit.transform(emb.features)
 
@@ -303,9 +349,10 @@ def profile(n: int, against: str | None) -> list[str]:
     return rows
 
 
-# Run in this checkout: argv[1] the number of rows, argv[2] the rounds; prints seconds per lane count.
+# Run in this checkout: argv[1] the number of rows, argv[2] the rounds, argv[3] "own" for the own-start pair too;
+# prints seconds per lane count.
 _LANES = r'''
-import json, os, sys, time
+import functools, json, os, sys, time
 import numpy as np
 from threadpoolctl import threadpool_limits
 threadpool_limits(1, user_api="blas")
@@ -318,6 +365,8 @@ ids = service.plot_ids(emb)
 fits = {K: service.fit(emb, "sketch", "icm", ev.EvalConfig(n_components=K, lam=1e4, methods=("icm",))) for K in (64, 65)}
 reference = reduce.layout_2d(emb.features[ids])
 reference = (reference, reduce.layout_2d(fits[64].transform(emb.features[ids]), init=reference))
+if sys.argv[3] == "own":
+    reference_own = reduce.procrustes_align(reduce.layout_2d(fits[64].transform(emb.features[ids])), reference[0])
 out, peaks = {}, {}
 
 
@@ -351,16 +400,44 @@ for lanes in (1, 2):
         changed = service.invariant_layout_job(emb, ids, "K 65", lambda: fits[65], "invariant 65", worker=worker)
         assert worker.wait_idle(600) and changed.error() is None, changed.error()
         out.setdefault(f"{lanes} lane(s): K change, invariant layout (s)", []).append(time.perf_counter() - start)
+        if sys.argv[3] == "own":  # the invariant layout from its own start beside the full one, aligned after (not the default)
+            worker.forget()
+            start = time.perf_counter()
+            full = service.full_layout_job(emb, ids, worker=worker)
+            own = worker.submit("own 64", lambda: worker.lay_out(fits[64].transform(emb.features[ids])), label="own",
+                                group=emb.key)
+            assert worker.wait_idle(600) and own.error() is None, own.error()
+            aligned = reduce.procrustes_align(own.result(), full.result())
+            out.setdefault(f"{lanes} lane(s), own start: pair (s)", []).append(time.perf_counter() - start)
+            same = np.array_equal(aligned, reference_own)
+            out[f"{lanes} lane(s), own start: same as reduce.layout_2d"] = [float(same)]
+            start = time.perf_counter()
+            own = worker.submit("own 65", lambda: worker.lay_out(fits[65].transform(emb.features[ids])), label="own 65",
+                                group=emb.key)
+            assert worker.wait_idle(600) and own.error() is None, own.error()
+            reduce.procrustes_align(own.result(), full.result())
+            out.setdefault(f"{lanes} lane(s), own start: K change, invariant layout (s)", []).append(time.perf_counter() - start)
+            worker.forget()  # "quick 30": the invariant layout's job lays the full space out in 30 epochs as its start first
+            start = time.perf_counter()
+            full = service.full_layout_job(emb, ids, worker=worker)
+            quick_start = functools.partial(reduce.layout_2d, n_epochs=30)  # in the job's lane
+            quick = worker.submit("quick 64", lambda: worker.lay_out(
+                fits[64].transform(emb.features[ids]), init=worker._in_process(worker._lane(), quick_start, emb.features[ids])),
+                label="quick", group=emb.key)
+            assert worker.wait_idle(600) and quick.error() is None, quick.error()
+            reduce.procrustes_align(quick.result(), full.result())
+            out.setdefault(f"{lanes} lane(s), quick 30 start: pair (s)", []).append(time.perf_counter() - start)
     out[f"{lanes} lane(s): peak memory of the largest lane (MB)"] = [peak_of_children_mb()]
     out[f"{lanes} lane(s): load average"] = [os.getloadavg()[0]]
 print("RESULT " + json.dumps(out))
 '''
 
 
-def lanes(n: int, rounds: int) -> list[str]:
+def lanes(n: int, rounds: int, own: bool = False) -> list[str]:
+    """``own``: also the pair with the invariant layout from its own start, a job beside the full one's, aligned after."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", _LANES, str(n), str(rounds)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run([sys.executable, "-c", _LANES, str(n), str(rounds), "own" if own else "-"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=False)
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"the lanes' layouts failed:\n{done.stderr[-3000:]}")
@@ -380,6 +457,10 @@ def main() -> None:
     parser.add_argument("--candidates", nargs="*", default=[], metavar="FULL/INVARIANT",
                         help="epochs to try in this checkout, e.g. 200/100")
     parser.add_argument("--parallel", action="store_true", help="also the opt-in parallel layouts of this checkout")
+    parser.add_argument("--starts", nargs="*", default=[], metavar="START",
+                        help='invariant layouts from another start, aligned after: "own" (its own spectral start), '
+                             '"quick N" (the full space laid out in N epochs)')
+    parser.add_argument("--world-seed", type=int, default=0, help="the synthetic world's SCM seed")
     parser.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 of today's and this checkout's layouts (N >= 2)")
     args = parser.parse_args()
     candidates = [tuple(int(x) for x in c.split("/")) for c in args.candidates]
@@ -391,7 +472,7 @@ def main() -> None:
         print(f"# {platform.node()}, {os.cpu_count()} CPUs, BLAS 1 thread, load average {os.getloadavg()[0]:.1f}; "
               f"synthetic {args.n:,} x 512, invariant K = 64, then 65; seconds of each round")
         print("| measurement | value(s) |\n|---|---|")
-        print("\n".join(lanes(args.n, args.rounds)))
+        print("\n".join(lanes(args.n, args.rounds, "own" in args.starts)))
         return
     if args.profile:
         print(f"# {platform.node()}, {os.cpu_count()} CPUs, BLAS 1 thread, load average {os.getloadavg()[0]:.1f}; "
@@ -402,16 +483,23 @@ def main() -> None:
           f"today: {args.against or 'this checkout'}; 15 neighbours; overlaps: same as today | embedding")
     with threadpool_limits(1, user_api="blas"):
         datasets = {} if args.no_demo else {"demo 1,280": _demo()}
-        datasets[f"synthetic {args.n:,}"] = _synthetic(args.n)
-    rows, summary = compare(datasets, candidates, args.parallel, args.against, args.seeds)
+        datasets[f"synthetic {args.n:,}" + (f" (world seed {args.world_seed})" if args.world_seed else "")] = \
+            _synthetic(args.n, args.world_seed)
+    rows, summary, pairs = compare(datasets, candidates, args.parallel, args.against, args.seeds, tuple(args.starts))
     print("\n| layouts | full (s) | invariant (s) | pair (s, against today's) | full: same as today | full: embedding "
-          "| invariant: same as today | invariant: embedding | load |\n|---|---|---|---|---|---|---|---|---|")
+          "| invariant: same as today | invariant: embedding | pair: shift (chance) | pair: shared 2-D neighbours | load |"
+          "\n|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
-    print(f"\nOver seeds 0-{args.seeds - 1}: 2-D neighbours this checkout shares with today at the same seed, against "
+    print(f"\nOver seeds 0-{args.seeds - 1}: 2-D neighbours a path shares with today at the same seed, against "
           "what today shares with itself at another seed (mean, min-max); embedding neighbours kept (mean)\n")
-    print("| data | space | this vs today, same seed | today vs today, other seed | embedding: this | embedding: today |"
-          "\n|---|---|---|---|---|---|")
+    print("| data | space | path | this vs today, same seed | today vs today, other seed | embedding: this | embedding: today |"
+          "\n|---|---|---|---|---|---|---|")
     print("\n".join(summary))
+    print(f"\nThe pair side by side, over seeds 0-{args.seeds - 1}: a point's median shift between its full and invariant "
+          "positions (full layout's RMS radius = 1; mean, min-max), the same for random pairs of points (chance), the "
+          "share of chance's distance the pair keeps closer ((chance - shift) / chance), 2-D neighbours the two maps share\n")
+    print("| data | path | shift | chance | closer than chance | shared 2-D neighbours |\n|---|---|---|---|---|---|")
+    print("\n".join(pairs))
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 
