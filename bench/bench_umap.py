@@ -27,7 +27,8 @@ full and invariant positions, against random pairs of points, and the 2-D neighb
 ``--starts``: this checkout's invariant layouts from another start at every seed, Procrustes-aligned
 to the full layout after (issue 19: a start that does not wait for the full layout lets the two
 layouts run side by side): "own" (umap's spectral start of the invariant space), "quick N" (the full
-space laid out in N epochs). ``--world-seed``: the synthetic world's SCM seed.
+space laid out in N epochs). ``--world-seed``: the synthetic world's SCM seed; ``--toy-worlds``: seeded toy
+worlds of bench.model_choice besides the demo (toy CLIP, their shifted domain the target, ICM K = 32).
 
 ``--fresh``: the first layout (full space, ``--n`` synthetic rows) in a new Python process, three
 processes one after the other on one new, empty store (so numba's cache starts empty): seconds
@@ -236,12 +237,21 @@ def compare(datasets: dict[str, tuple[np.ndarray, np.ndarray]], candidates: list
     return rows, summary, pairs
 
 
-def _demo() -> tuple[np.ndarray, np.ndarray]:
+def _demo(world: str = "demo") -> tuple[np.ndarray, np.ndarray]:
+    """The demo's embeddings (toy CLIP) and their ICM projection, or those of a seeded toy world of
+    bench.model_choice (``world``: its name there), opened as a folder, its shifted domain the target."""
     from clip_icm import evaluation as ev
     from clip_icm import service
 
-    emb = service.load_embeddings(service.EmbeddingRequest())
-    target = service.default_target(emb, "demo")
+    if world == "demo":
+        emb = service.load_embeddings(service.EmbeddingRequest())
+        target = service.default_target(emb, "demo")
+    else:
+        from bench.model_choice import WORLDS, world_args
+        from clip_icm.toydomains import DEMO_RECIPE
+
+        emb = service.load_embeddings(service.EmbeddingRequest(source="folder", root=world_args(world)[1]))
+        target = WORLDS[world].get("target_domain", DEMO_RECIPE.target_domain)
     fit = service.fit(emb, target, "icm", ev.EvalConfig(n_components=32, lam=1e4, methods=("icm",)))
     return emb.features, fit.transform(emb.features)
 
@@ -460,6 +470,8 @@ def main() -> None:
     parser.add_argument("--starts", nargs="*", default=[], metavar="START",
                         help='invariant layouts from another start, aligned after: "own" (its own spectral start), '
                              '"quick N" (the full space laid out in N epochs)')
+    parser.add_argument("--toy-worlds", nargs="*", default=[], metavar="NAME",
+                        help="also these seeded toy worlds of bench.model_choice (e.g. s7-cartoon-rev), ICM K = 32")
     parser.add_argument("--world-seed", type=int, default=0, help="the synthetic world's SCM seed")
     parser.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 of today's and this checkout's layouts (N >= 2)")
     args = parser.parse_args()
@@ -483,6 +495,8 @@ def main() -> None:
           f"today: {args.against or 'this checkout'}; 15 neighbours; overlaps: same as today | embedding")
     with threadpool_limits(1, user_api="blas"):
         datasets = {} if args.no_demo else {"demo 1,280": _demo()}
+        for world in args.toy_worlds:
+            datasets[f"toy world {world}"] = _demo(world)
         datasets[f"synthetic {args.n:,}" + (f" (world seed {args.world_seed})" if args.world_seed else "")] = \
             _synthetic(args.n, args.world_seed)
     rows, summary, pairs = compare(datasets, candidates, args.parallel, args.against, args.seeds, tuple(args.starts))
