@@ -1,6 +1,6 @@
 """Plotly figures for the dashboard and for export (pure functions: data in, figure out).
 
-Point-level figures carry each point's global row id in ``customdata[0]`` so that a
+Point-level figures carry each point's global row id as its ``customdata`` so that a
 box/lasso selection can be mapped back to images whatever trace a point sits in.
 """
 from __future__ import annotations
@@ -28,6 +28,37 @@ def as_text(value: object) -> str:
     legend, tick and hover (``<b>``, ``<br>``, ``<a href=...>`` would restyle or link), so a
     name from a folder or a user is escaped as HTML entities, which plotly shows literally."""
     return html.escape(str(value), quote=False)
+
+
+class SharedFigure(go.Figure):
+    """A figure that many page runs draw unchanged (the dashboard's caches hand one object to every
+    session): its dict form, which plotly makes afresh for every ``st.plotly_chart`` by deep-copying every
+    trace (10-15 ms a map at 1,280 points, on every rerun: bench/RESULTS.md), is made once and kept until
+    the figure changes (plotly reports every change through its ``_send_*`` hooks). The dict is the
+    figure's: whoever reads it must not change it (Streamlit and plotly.io only serialise it)."""
+
+    _kept_dict: dict | None = None
+
+    def to_dict(self) -> dict:
+        if self._kept_dict is None:
+            self._kept_dict = super().to_dict()
+        return self._kept_dict
+
+    def _forget_dict(self, *args, **kwargs) -> None:
+        self._kept_dict = None
+
+    _send_addTraces_msg = _send_animate_msg = _send_deleteTraces_msg = _send_moveTraces_msg = _forget_dict
+    _send_relayout_msg = _send_restyle_msg = _send_update_msg = _forget_dict
+
+
+def shared(fig: go.Figure) -> SharedFigure:
+    """``fig`` itself as a SharedFigure, not a copy (plotly checks every trace of a copy again: 20-35 ms a
+    figure, bench/RESULTS.md): whoever shares a figure hands it over."""
+    if type(fig) is go.Figure:
+        fig.__class__ = SharedFigure  # a subclass with no state of its own: the object stays as it is
+    elif not isinstance(fig, SharedFigure):
+        raise InvalidInput(f"only a plotly go.Figure can be shared, not a {type(fig).__name__}")
+    return fig
 
 
 def _check_columns(frame: pd.DataFrame, needed: tuple[str, ...], what: str) -> None:
@@ -77,16 +108,16 @@ WEBGL_ABOVE = 5000  # points; SVG scatter slows down past a few thousand, WebGL 
 
 def _scatter_trace(xy: np.ndarray, pts: pd.DataFrame, name: str, colour: str, symbol: str,
                    webgl: bool = False) -> go.Scatter | go.Scattergl:
-    names = [[as_text(v) for v in pts[column]] for column in ("class", "domain", "prediction")]
-    custom = np.stack(
-        [pts["id"].to_numpy(), *names, np.where(pts["correct"].to_numpy(dtype=bool), "correct", "wrong")],
-        axis=1,
-    )
+    # One hover string a point and its id as a number: every st.plotly_chart walks a map's string arrays
+    # item by item to serialise them (five strings a point took 7-10 ms a map at 1,280 points, on every
+    # page run), while a numeric array goes as one block.
+    verdicts = np.where(pts["correct"].to_numpy(dtype=bool), "correct", "wrong")
+    hover = [f"class: {as_text(c)}<br>domain: {as_text(d)}<br>prediction: {as_text(p)} ({verdict})"
+             for c, d, p, verdict in zip(pts["class"], pts["domain"], pts["prediction"], verdicts)]
     return (go.Scattergl if webgl else go.Scatter)(
-        x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, customdata=custom,
+        x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, customdata=pts["id"].to_numpy(), hovertext=hover,
         marker=dict(color=colour, symbol=symbol, size=7 if symbol == "x" else 6, opacity=0.8),
-        hovertemplate="class: %{customdata[1]}<br>domain: %{customdata[2]}<br>"
-        "prediction: %{customdata[3]} (%{customdata[4]})<extra>#%{customdata[0]}</extra>",
+        hovertemplate="%{hovertext}<extra>#%{customdata}</extra>",
     )
 
 
@@ -110,10 +141,10 @@ def selected_ids(selection: object) -> list[int]:
 
 def with_highlight(fig: go.Figure, ids: list[int]) -> go.Figure:
     """A copy of a map with the points of global ``ids`` shown and the others faded: a selection on
-    one map drawn on the other (linked brushing; the ids are ``customdata[0]``)."""
+    one map drawn on the other (linked brushing; the ids are the points' ``customdata``)."""
     wanted, out = set(int(i) for i in ids), go.Figure(fig)
     for trace in out.data:
-        trace.selectedpoints = [i for i, row in enumerate(trace.customdata) if int(row[0]) in wanted]
+        trace.selectedpoints = [i for i, point_id in enumerate(trace.customdata) if int(point_id) in wanted]
         trace.unselected = dict(marker=dict(opacity=0.12))
     return out
 
@@ -124,8 +155,13 @@ STALE_OPACITY = 0.35
 def as_stale(fig: go.Figure, title: str) -> go.Figure:
     """A copy of a map faded to STALE_OPACITY and titled ``title``: the same figure as
     ``scatter_layout(..., title)`` faded, without building its traces again (at 20,000 points that took
-    0.3-0.6 s of a slider move's rerun; the copy a tenth of it)."""
-    return go.Figure(fig).update_traces(opacity=STALE_OPACITY).update_layout(title=as_text(title))
+    0.3-0.6 s of a slider move's rerun; the copy a tenth of it). The copy is made from the map's dict form,
+    whose every trace passed plotly's checks already, without checking them again: a checked copy took
+    23 ms of a K change's rerun at 1,280 points, this one 3 ms."""
+    kept = fig.to_dict()  # not changed below: what changes is copied
+    data = [{**trace, "opacity": STALE_OPACITY} for trace in kept["data"]]
+    layout = {**kept["layout"], "title": {**kept["layout"].get("title", {}), "text": as_text(title)}}
+    return go.Figure({"data": data, "layout": layout}, _validate=False)
 
 
 def _colour(method: str, i: int) -> str:

@@ -6,6 +6,11 @@ parameters, and receives the EmbeddingSet itself as an unhashed ``_emb`` argumen
 The EmbeddingSet is a read-only resource (``cache_resource``): ``cache_data`` would
 pickle and copy its arrays on every rerun.
 
+What every page run reads again (the selection, the model choices and their summaries, the shared
+figures and views) is a ``cache_resource``: one object for every session, handed out as it is, which
+nobody changes in place; a ``cache_data`` value is unpickled afresh on each read (the model choices'
+tables cost a classroom's page runs 20-30 ms each that way, bench/RESULTS.md).
+
 The heavy ones (the selection grid, the model choice and its overview, sweeps, the open-class table, the
 playground) pass service.heavy_jobs, the server's cap on heavy jobs at once: a cached value comes at
 once, a missing one waits its turn with its place in the queue on the page (``_heavy``). What a slider
@@ -108,7 +113,7 @@ def _evaluate_open_class(emb_key: str, target: str, config: evaluation.EvalConfi
 evaluate_open_class = _heavy(_evaluate_open_class)
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
+@st.cache_resource(show_spinner=False, max_entries=32)
 def _choose(emb_key: str, target: str, method: str, config: evaluation.EvalConfig, Ks: tuple, lams: tuple,
             scoring: str, protocol: str, _emb: EmbeddingSet) -> tuple[int, float, pd.DataFrame]:
     _slot_held()
@@ -119,7 +124,7 @@ def _choose(emb_key: str, target: str, method: str, config: evaluation.EvalConfi
 choose = _heavy(_choose)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+@st.cache_resource(show_spinner=False, max_entries=64)
 def _evaluate_and_choose(emb_key: str, target: str, config: evaluation.EvalConfig, _emb: EmbeddingSet,
                          mode: str = defaults.CHOICE):
     _slot_held()
@@ -129,7 +134,7 @@ def _evaluate_and_choose(emb_key: str, target: str, config: evaluation.EvalConfi
 evaluate_and_choose = _heavy(_evaluate_and_choose)
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
+@st.cache_resource(show_spinner=False, max_entries=32)
 def _full_space_score(emb_key: str, target: str, config: evaluation.EvalConfig, scoring: str, protocol: str,
                       _emb: EmbeddingSet) -> float:
     _slot_held()
@@ -197,9 +202,18 @@ def map_figure(content: str, colour: str, title: str, colours: tuple, layout: tu
     """figures.scatter_layout of ``_xy`` and ``_points`` (``content``: a digest of both,
     common.map_content) with ``layout`` applied, built once for every session that draws the same map:
     plotly's sixteen traces cost a rerun more than its numbers (bench/RESULTS.md). One object shared by
-    the sessions, so nobody changes it in place (figures.with_highlight and figures.as_stale copy)."""
+    the sessions (a figures.SharedFigure, serialised once), so nobody changes it in place
+    (figures.with_highlight copies)."""
     fig = figures.scatter_layout(_xy, _points, colour, title, dict(colours) or None)
-    return fig.update_layout(**dict(layout))
+    return figures.shared(fig.update_layout(**dict(layout)))
+
+
+@st.cache_resource(show_spinner=False, max_entries=MAP_FIGURES)
+def stale_map_figure(content: str, colour: str, title: str, stale_title: str, _xy: np.ndarray,
+                     _points: pd.DataFrame):
+    """map_figure's map faded and titled ``stale_title`` (figures.as_stale): what a session shows of a
+    space while its new layout is pending, made once rather than on each of its reruns."""
+    return figures.shared(figures.as_stale(map_figure(content, colour, title, (), (), _xy, _points), stale_title))
 
 
 # The views below are built once per server for every session on the same setting, as map_figure is:
@@ -215,7 +229,8 @@ def accuracy_view(emb_key: str, target: str, configs: tuple[evaluation.EvalConfi
     (figures.accuracy_bars) and its wide form (service.accuracy_wide)."""
     frames = [evaluate(emb_key, target, config, _emb).assign(K=K, lam=lam) for config in configs]
     table = service.accuracy_table(frames)
-    return table, figures.accuracy_bars(table, target, title, focus=focus), service.accuracy_wide(table, target)
+    chart = figures.shared(figures.accuracy_bars(table, target, title, focus=focus))
+    return table, chart, service.accuracy_wide(table, target)
 
 
 @st.cache_resource(show_spinner=False, max_entries=SHARED_VIEWS)
@@ -223,10 +238,20 @@ def confusion_figure(emb_key: str, target: str, method: str, config: evaluation.
                      titles: tuple[tuple[str, str], ...], _emb: EmbeddingSet):
     """figures.confusion_heatmaps of target_confusions(...), titled by ``titles`` (method -> title)."""
     matrices = target_confusions(emb_key, target, method, config, protocol, _emb)
-    return figures.confusion_heatmaps(matrices, _emb.class_names, dict(titles))
+    return figures.shared(figures.confusion_heatmaps(matrices, _emb.class_names, dict(titles)))
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+@st.cache_resource(show_spinner=False, max_entries=SHARED_VIEWS)
+def targets_overview(emb_key: str, config: evaluation.EvalConfig, mode: str) -> dict:
+    """A holder, one for every session, of the every-target overview's rows (``"rows"``: a frame of
+    target_summary's, one per target) of the data set ``emb_key`` under ``config`` and ``mode``: filled by
+    the first page that has every target's model choice, read by the others (each run made the four
+    summaries again: 4-5 ms of every page run). A holder, as embedding_slot is: the page fills it where
+    it can show its progress."""
+    return {}
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
 def target_summary(emb_key: str, target: str, config: evaluation.EvalConfig, mode: str, _frame: pd.DataFrame,
                    _made: choice.Choice) -> dict:
     """choice.target_summary of evaluate_and_choose(emb_key, target, config, mode)'s result, once per server

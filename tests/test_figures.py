@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from clip_icm import figures
+from clip_icm.errors import InvalidInput
 
 
 def _points(n: int = 12) -> tuple[np.ndarray, pd.DataFrame]:
@@ -23,7 +24,7 @@ def _points(n: int = 12) -> tuple[np.ndarray, pd.DataFrame]:
 def test_scatter_carries_every_id_once_with_role_markers(colour_by):
     xy, points = _points()
     fig = figures.scatter_layout(xy, points, colour_by, "t")
-    ids = [int(row[0]) for trace in fig.data for row in trace.customdata]
+    ids = [int(point_id) for trace in fig.data for point_id in trace.customdata]
     assert sorted(ids) == points["id"].tolist()
     for trace in fig.data:
         role = "target" if "(target)" in trace.name else "source"
@@ -31,9 +32,13 @@ def test_scatter_carries_every_id_once_with_role_markers(colour_by):
     groups = {trace.name.split(" (")[0] for trace in fig.data}
     assert groups == set(points[colour_by])
     assert all(trace.legendgroup == trace.name.split(" (")[0] for trace in fig.data)
-    # the hover shows class, domain, prediction and correctness
-    assert all(k in fig.data[0].hovertemplate for k in ("class", "domain", "prediction"))
-    assert {row[4] for trace in fig.data for row in trace.customdata} == {"correct", "wrong"}
+    # the hover shows each point's class, domain, prediction and correctness, and its id
+    for trace in fig.data:
+        for point_id, hover in zip(trace.customdata, trace.hovertext):
+            row = points.set_index("id").loc[int(point_id)]
+            verdict = "correct" if row["correct"] else "wrong"
+            assert hover == f"class: {row['class']}<br>domain: {row['domain']}<br>prediction: cat ({verdict})"
+        assert trace.hovertemplate == "%{hovertext}<extra>#%{customdata}</extra>"
 
 
 def test_scatter_rejects_bad_input():
@@ -60,7 +65,7 @@ def test_with_highlight_selects_the_same_ids_on_another_map_and_fades_the_rest()
     xy, points = _points()
     fig = figures.scatter_layout(xy, points)
     brushed = figures.with_highlight(fig, [100, 105, 111])
-    shown = {int(trace.customdata[i][0]) for trace in brushed.data for i in trace.selectedpoints}
+    shown = {int(trace.customdata[i]) for trace in brushed.data for i in trace.selectedpoints}
     assert shown == {100, 105, 111}
     assert all(trace.unselected.marker.opacity < 0.5 for trace in brushed.data)
     assert all(trace.selectedpoints is None for trace in fig.data)  # the map itself is left as it was
@@ -179,6 +184,59 @@ def test_every_point_is_drawn_at_the_draw_limit():
                            "domain": gen.choice(["d", "e"], n), "prediction": "a", "correct": True})
     points["role"] = np.where(points["domain"] == "e", "target", "source")
     fig = figures.scatter_layout(gen.normal(size=(n, 2)), points)
-    drawn = np.concatenate([np.asarray(trace.customdata[:, 0], dtype=int) for trace in fig.data])
+    drawn = np.concatenate([np.asarray(trace.customdata, dtype=int) for trace in fig.data])
     assert sorted(drawn.tolist()) == list(range(n))  # each point once, none dropped
     assert {trace.type for trace in fig.data} == {"scattergl"}
+
+
+def test_a_shared_figure_serialises_as_the_figure_and_keeps_its_dict_until_it_changes():
+    import json
+
+    import plotly.io as pio
+
+    xy, points = _points()
+    plain = figures.scatter_layout(xy, points, "class", "t")
+    fig = figures.shared(figures.scatter_layout(xy, points, "class", "t"))
+    assert figures.shared(fig) is fig
+    assert json.loads(pio.to_json(fig)) == json.loads(pio.to_json(plain))
+    kept = fig.to_dict()
+    assert fig.to_dict() is kept  # what every st.plotly_chart of it serialises, made once
+    # every kind of change is seen: the kept dict is made again
+    changes = [lambda f: f.update_layout(title="new"), lambda f: f.update_traces(opacity=0.5),
+               lambda f: setattr(f.data[0].marker, "size", 3), lambda f: setattr(f.layout.xaxis, "range", [0, 1]),
+               lambda f: f.add_scatter(x=[0.0], y=[0.0], name="added")]
+    for change in changes:
+        before = fig.to_dict()
+        change(fig)
+        assert fig.to_dict() is not before
+        plain_copy = figures.scatter_layout(xy, points, "class", "t")
+        for c in changes[:changes.index(change) + 1]:
+            c(plain_copy)
+        assert json.loads(pio.to_json(fig)) == json.loads(pio.to_json(plain_copy))
+
+
+def test_a_stale_copy_of_a_shared_map_leaves_the_shared_one_as_it_was():
+    import json
+
+    import plotly.io as pio
+
+    xy, points = _points()
+    fig = figures.shared(figures.scatter_layout(xy, points, "class", "t"))
+    before = json.loads(pio.to_json(fig))
+    stale = figures.as_stale(fig, "Stale: <t>")
+    assert all(trace.opacity == figures.STALE_OPACITY for trace in stale.data)
+    assert stale.layout.title.text == "Stale: &lt;t&gt;" and json.loads(pio.to_json(fig)) == before
+    # what plotly's checked path makes of the same change (the stale copy skips plotly's checks)
+    checked = figures.scatter_layout(xy, points, "class", "t").update_traces(opacity=figures.STALE_OPACITY)
+    checked.update_layout(title="Stale: &lt;t&gt;")
+    assert json.loads(pio.to_json(stale)) == json.loads(pio.to_json(checked))
+
+
+def test_sharing_a_figure_makes_no_copy_and_refuses_what_is_not_a_plain_figure():
+    import plotly.graph_objects as go
+
+    xy, points = _points()
+    fig = figures.scatter_layout(xy, points, "class", "t")
+    assert figures.shared(fig) is fig and isinstance(fig, figures.SharedFigure)
+    with pytest.raises(InvalidInput, match="only a plotly go.Figure"):
+        figures.shared(go.Bar())

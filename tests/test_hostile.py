@@ -513,9 +513,10 @@ def test_names_in_scatter_legends_and_hovers_are_escaped():
     fig = figures.scatter_layout(np.zeros((len(points), 2)), points, "class", title="<b>t</b>")
     for trace in fig.data:
         _no_markup_from(trace.name, MARKUP_NAMES)
-        for row in trace.customdata:
-            _no_markup_from(" ".join(map(str, row[1:4])), MARKUP_NAMES + ["<i>dom</i>"])
-            assert html.unescape(str(row[1])) in MARKUP_NAMES  # what shows is the name itself
+        for hover in trace.hovertext:
+            _no_markup_from(hover, MARKUP_NAMES + ["<i>dom</i>"])
+            shown_class = hover.split("<br>")[0].removeprefix("class: ")
+            assert html.unescape(shown_class) in MARKUP_NAMES  # what shows is the name itself
     assert {html.unescape(t.name.rsplit(" (", 1)[0]) for t in fig.data} == set(MARKUP_NAMES)
     assert fig.layout.title.text == "&lt;b&gt;t&lt;/b&gt;"
 

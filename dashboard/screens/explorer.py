@@ -9,7 +9,7 @@ from clip_icm import choice, evaluation, figures, methods, reduce, report, servi
 from clip_icm.embeddings import EmbeddingSet
 from dashboard import cached, controls, texts
 from dashboard.screens.common import (Context, choice_config, choice_status, every_target_choice_job, fit_key, fitted,
-                                    invariant_label, layout_failure, layout_status, map_figure, map_of,
+                                    invariant_label, layout_failure, layout_status, map_content, map_figure,
                                     settings_context, target_summary)
 
 THUMBS = 12
@@ -126,20 +126,24 @@ def _targets_overview(ctx: Context) -> None:
     config = choice_config(ctx)
     if config is None:
         return
-    emb, rows = ctx.every_domain, []
-    bar = st.progress(0.0, text="every target at a glance")
-    try:
-        for i, target in enumerate(emb.domain_names):
-            bar.progress(i / len(emb.domain_names), text=f"every target at a glance: {target} "
-                                                          f"({i + 1}/{len(emb.domain_names)})")
-            rows.append(target_summary(ctx, target, config))
-    except service.ServiceError as e:
+    emb = ctx.every_domain
+    made = cached.targets_overview(emb.key, config, ctx.choice.choice_mode)  # one for every session
+    if "rows" not in made:
+        rows = []
+        bar = st.progress(0.0, text="every target at a glance")
+        try:
+            for i, target in enumerate(emb.domain_names):
+                bar.progress(i / len(emb.domain_names), text=f"every target at a glance: {target} "
+                                                              f"({i + 1}/{len(emb.domain_names)})")
+                rows.append(target_summary(ctx, target, config))
+        except service.ServiceError as e:
+            bar.empty()
+            st.caption(f"No overview of every target: {e}")
+            return
         bar.empty()
-        st.caption(f"No overview of every target: {e}")
-        return
-    bar.empty()
+        made["rows"] = pd.DataFrame(rows)
     st.markdown("**Every target at a glance**: each domain held out in turn, the others as sources")
-    st.dataframe(_overview_table(pd.DataFrame(rows)), hide_index=True)
+    st.dataframe(_overview_table(made["rows"]), hide_index=True)
     st.caption(f"Deploy: chosen without the target's labels, from {controls.CHOICE_MODE_LABELS[ctx.choice.choice_mode]}. "
                "The accuracies use the labels, to show the result.")
 
@@ -326,9 +330,9 @@ def _stale_map(space: tuple, colour: str, K: int, lam: float, note: str):
     if last is None or last[0] != space:
         return None
     _, xy, points, title = last
-    # a faded copy of the map drawn last (the figures' cache holds it), not one built again
-    return figures.as_stale(map_of(xy, points, colour, title + note),
-                            f"Stale: {title}; laying out K = {K}, lam = {lam:g}{note}")
+    # a faded copy of the map drawn last (the figures' cache holds both), not one built again
+    return cached.stale_map_figure(map_content(xy, points), colour, title + note,
+                                   f"Stale: {title}; laying out K = {K}, lam = {lam:g}{note}", xy, points)
 
 
 
@@ -341,6 +345,11 @@ def _speculate(ctx: Context, ids: np.ndarray, K: int, lam: float) -> None:
     (20 cells at D = 512), each kept in the store; dropped when a page asks for another data set."""
     s, c = ctx.selection, ctx.choice
     if s is None:
+        return
+    # queued once per setting and not on each of its reruns (a map's arrival, a poll): making the grid's
+    # jobs again took 6 ms of every page run, which a classroom's sessions queue behind one another for
+    asked = (fit_key(ctx, K, lam), ids.size)
+    if st.session_state.get("speculated") == asked:
         return
     Ks, lams = sorted(set(s.scores.K)), sorted(set(s.scores.lam))
     here = (_nearest(Ks, K), _nearest(lams, lam))
@@ -355,8 +364,9 @@ def _speculate(ctx: Context, ids: np.ndarray, K: int, lam: float) -> None:
                                            lambda config=config: service.fit(ctx.emb, c.target, c.method, config),
                                            invariant_label(c.method, cell_K, cell_lam),
                                            store=cached.store(), priority=service.SPECULATIVE)
-        if job is None:  # the worker has enough waiting
+        if job is None:  # the worker has enough waiting: the next run asks again
             return
+    st.session_state["speculated"] = asked
 
 
 
