@@ -5,12 +5,13 @@ box/lasso selection can be mapped back to images whatever trace a point sits in.
 """
 from __future__ import annotations
 
+import functools
 import html
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
+from plotly.colors import get_colorscale, qualitative
 from plotly.subplots import make_subplots
 
 from clip_icm import methods
@@ -61,6 +62,17 @@ def shared(fig: go.Figure) -> SharedFigure:
     return fig
 
 
+def _unchecked(data: list[dict], layout: dict) -> go.Figure:
+    """The figure of trace and layout dicts, which plotly does not check property by property: checking
+    took a page run 68 ms for a map of 1,280 points, 50 ms for the accuracy chart and 35 ms for the
+    confusions (bench/RESULTS.md), on every new setting. What the builders below make this way is checked
+    in tests/test_figures.py: plotly's checked copy of it passes and serialises the same."""
+    fig = go.Figure({"data": data, "layout": layout}, _validate=False)
+    for part in (fig, fig.layout, *fig.data):  # a later change is checked (and reported) as in any figure
+        part._validate = True
+    return fig
+
+
 def _check_columns(frame: pd.DataFrame, needed: tuple[str, ...], what: str) -> None:
     missing = [c for c in needed if c not in frame.columns]
     if missing:
@@ -81,41 +93,41 @@ def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class
         raise InvalidInput(f"colour_by must be 'class', 'domain' or a factor column of the points, got {colour_by!r}")
     if len(xy) != len(points):
         raise InvalidInput(f"{len(xy)} layout rows for {len(points)} points")
-    fig = go.Figure()
+    traces = []
     groups = list(dict.fromkeys(points[colour_by].tolist()))
     for g_index, group in enumerate(groups):
         for role, symbol in ROLE_SYMBOLS.items():
             mask = ((points[colour_by] == group) & (points["role"] == role)).to_numpy()
             if mask.any():
                 colour = (colours or {}).get(str(group), PALETTE[g_index % len(PALETTE)])
-                trace = _scatter_trace(xy[mask], points[mask], f"{as_text(group)} ({role})", colour, symbol,
-                                       webgl=len(xy) > WEBGL_ABOVE)
-                fig.add_trace(trace.update(legendgroup=str(group)))  # a legend click hides both roles
-    fig.update_layout(
-        title=as_text(title),
-        xaxis=dict(showticklabels=False, title=None),
-        yaxis=dict(showticklabels=False, title=None),
+                traces.append(_scatter_trace(xy[mask], points[mask], f"{as_text(group)} ({role})", colour, symbol,
+                                             webgl=len(xy) > WEBGL_ABOVE, legendgroup=str(group)))
+    return _unchecked(traces, dict(
+        title=dict(text=as_text(title)),
+        xaxis=dict(showticklabels=False),
+        yaxis=dict(showticklabels=False),
         legend=dict(font=dict(size=10)),
         margin=dict(l=10, r=10, t=40, b=10),
         dragmode="lasso",
         height=460,
-    )
-    return fig
+    ))
 
 
 WEBGL_ABOVE = 5000  # points; SVG scatter slows down past a few thousand, WebGL draws tens of thousands
 
 
-def _scatter_trace(xy: np.ndarray, pts: pd.DataFrame, name: str, colour: str, symbol: str,
-                   webgl: bool = False) -> go.Scatter | go.Scattergl:
+def _scatter_trace(xy: np.ndarray, pts: pd.DataFrame, name: str, colour: str, symbol: str, webgl: bool,
+                   legendgroup: str) -> dict:
     # One hover string a point and its id as a number: every st.plotly_chart walks a map's string arrays
     # item by item to serialise them (five strings a point took 7-10 ms a map at 1,280 points, on every
-    # page run), while a numeric array goes as one block.
+    # page run), while a numeric array goes as one block. A legend click hides both roles of a group.
     verdicts = np.where(pts["correct"].to_numpy(dtype=bool), "correct", "wrong")
     hover = [f"class: {as_text(c)}<br>domain: {as_text(d)}<br>prediction: {as_text(p)} ({verdict})"
              for c, d, p, verdict in zip(pts["class"], pts["domain"], pts["prediction"], verdicts)]
-    return (go.Scattergl if webgl else go.Scatter)(
-        x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, customdata=pts["id"].to_numpy(), hovertext=hover,
+    return dict(
+        type="scattergl" if webgl else "scatter", x=np.ascontiguousarray(xy[:, 0], dtype=float),
+        y=np.ascontiguousarray(xy[:, 1], dtype=float), mode="markers", name=name, legendgroup=legendgroup,
+        customdata=pts["id"].to_numpy(), hovertext=hover,
         marker=dict(color=colour, symbol=symbol, size=7 if symbol == "x" else 6, opacity=0.8),
         hovertemplate="%{hovertext}<extra>#%{customdata}</extra>",
     )
@@ -161,7 +173,7 @@ def as_stale(fig: go.Figure, title: str) -> go.Figure:
     kept = fig.to_dict()  # not changed below: what changes is copied
     data = [{**trace, "opacity": STALE_OPACITY} for trace in kept["data"]]
     layout = {**kept["layout"], "title": {**kept["layout"].get("title", {}), "text": as_text(title)}}
-    return go.Figure({"data": data, "layout": layout}, _validate=False)
+    return _unchecked(data, layout)
 
 
 def _colour(method: str, i: int) -> str:
@@ -183,23 +195,26 @@ def accuracy_bars(table: pd.DataFrame, target: str, title: str = "Accuracy per d
     _check_columns(table, ("domain", "method", "protocol", "label", "accuracy"), "accuracy_bars")
     domains = list(dict.fromkeys(table["domain"].tolist()))
     ticks = {d: (f"<b>{as_text(d)} (target)</b>" if d == target else as_text(d)) for d in domains}
-    fig = go.Figure()
+    traces = []
     for i, ((method, protocol, label), rows) in enumerate(table.groupby(["method", "protocol", "label"], sort=False)):
         rows = rows.set_index("domain").reindex(domains)
-        fig.add_trace(go.Bar(
-            x=[ticks[d] for d in domains], y=rows["accuracy"], name=as_text(label),
+        traces.append(dict(
+            type="bar", x=[ticks[d] for d in domains], y=rows["accuracy"].to_numpy(dtype=float), name=as_text(label),
             marker=dict(color=_colour(method, i),
                         pattern=dict(shape="/" if protocol == "zero-shot" else "", fillmode="overlay",
                                      fgcolor="white", fgopacity=0.6)),
             opacity=1.0 if focus is None or method in focus else BASELINE_OPACITY,
             hovertemplate=f"{_template_text(label)}<br>%{{x}}: %{{y:.1%}}<extra></extra>",
         ))
-    if target in ticks:
-        fig.add_vrect(x0=domains.index(target) - 0.5, x1=domains.index(target) + 0.5,
-                      fillcolor="gold", opacity=0.15, line_width=0, layer="below")
-    fig.update_layout(barmode="group", title=as_text(title), yaxis=dict(title="accuracy", range=[0, 1], tickformat=".0%"),
-                      legend=dict(orientation="h", y=-0.2), margin=dict(l=10, r=10, t=40, b=10), height=420)
-    return fig
+    shapes = []
+    if target in ticks:  # the target's column on a gold band
+        at = domains.index(target)
+        shapes.append(dict(type="rect", x0=at - 0.5, x1=at + 0.5, xref="x", y0=0, y1=1, yref="y domain",
+                           fillcolor="gold", opacity=0.15, line=dict(width=0), layer="below"))
+    return _unchecked(traces, dict(
+        barmode="group", title=dict(text=as_text(title)), yaxis=dict(title=dict(text="accuracy"), range=[0, 1],
+                                                                     tickformat=".0%"),
+        legend=dict(orientation="h", y=-0.2), margin=dict(l=10, r=10, t=40, b=10), height=420, shapes=shapes))
 
 
 def choice_scores(table: pd.DataFrame, target: str) -> go.Figure:
@@ -285,22 +300,43 @@ def confusion_heatmaps(matrices: dict[str, np.ndarray], class_names: list[str], 
     if not matrices:
         raise InvalidInput("confusion_heatmaps needs at least one matrix")
     names, shown = list(matrices), [as_text(c) for c in class_names]
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[as_text(titles.get(n, n)) for n in names],
-                        horizontal_spacing=0.14)
+    layout = _side_by_side(len(names), [as_text(titles.get(n, n)) for n in names])
+    traces = []
     for col, name in enumerate(names, 1):
         counts = np.asarray(matrices[name], dtype=float)
         if counts.shape != (len(class_names), len(class_names)):
             raise InvalidInput(f"{name}: a {counts.shape} matrix for {len(class_names)} classes")
         shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-        fig.add_trace(go.Heatmap(
-            z=shares, x=shown, y=shown, zmin=0, zmax=1, colorscale="Blues", showscale=col == len(names),
-            text=counts.astype(int), texttemplate="%{text}", colorbar=dict(tickformat=".0%"),
+        axis = "" if col == 1 else str(col)
+        traces.append(dict(
+            type="heatmap", z=shares, x=shown, y=shown, zmin=0, zmax=1, colorscale=BLUES,
+            showscale=col == len(names), text=counts.astype(int), texttemplate="%{text}",
+            colorbar=dict(tickformat=".0%"), xaxis=f"x{axis}", yaxis=f"y{axis}",
             hovertemplate="true %{y} → predicted %{x}: %{text} (%{z:.0%} of the class)<extra></extra>",
-        ), row=1, col=col)
-        fig.update_xaxes(title_text="predicted", tickangle=-45, row=1, col=col)
-        fig.update_yaxes(title_text="true class", autorange="reversed", row=1, col=col)
-    fig.update_layout(height=420, margin=dict(l=10, r=10, t=50, b=10))
-    return fig
+        ))
+        layout[f"xaxis{axis}"].update(title=dict(text="predicted"), tickangle=-45)
+        layout[f"yaxis{axis}"].update(title=dict(text="true class"), autorange="reversed")
+    layout.update(height=420, margin=dict(l=10, r=10, t=50, b=10))
+    return _unchecked(traces, layout)
+
+
+BLUES = get_colorscale("Blues")
+
+
+def _side_by_side(columns: int, titles: list[str]) -> dict:
+    """The layout of ``columns`` subplots in a row titled ``titles``: make_subplots' (17 ms a call, so made
+    once per number of columns), its axes and titles copied for this figure."""
+    template = _subplots_layout(columns)
+    layout = {name: dict(value) for name, value in template.items() if name != "annotations"}
+    layout["annotations"] = [dict(note, text=title) for note, title in zip(template["annotations"], titles)]
+    return layout
+
+
+@functools.lru_cache(maxsize=8)
+def _subplots_layout(columns: int) -> dict:
+    subplots = make_subplots(rows=1, cols=columns, subplot_titles=[str(i) for i in range(columns)],
+                             horizontal_spacing=0.14)
+    return {name: value for name, value in subplots.layout.to_plotly_json().items() if name != "template"}
 
 
 def playground_accuracy(frame: pd.DataFrame, x: str = "shift", y: str = "accuracy", colour: str = "predictor",

@@ -240,3 +240,34 @@ def test_sharing_a_figure_makes_no_copy_and_refuses_what_is_not_a_plain_figure()
     assert figures.shared(fig) is fig and isinstance(fig, figures.SharedFigure)
     with pytest.raises(InvalidInput, match="only a plotly go.Figure"):
         figures.shared(go.Bar())
+
+
+def _bars_table() -> pd.DataFrame:
+    return pd.DataFrame([dict(domain=d, method=m, protocol=p, label=f"{m} {p}", accuracy=(i % 7) / 7)
+                         for i, (d, m, p) in enumerate((d, m, p) for d in ("photo", "sketch", "<b>art</b>")
+                                                       for m in ("clip", "icm") for p in ("zero-shot", "linear probe"))])
+
+
+@pytest.mark.parametrize("build", [
+    lambda: figures.scatter_layout(*_points(40), "class", "<i>t</i>"),
+    lambda: figures.scatter_layout(*_points(figures.WEBGL_ABOVE + 1), "domain", "t"),
+    lambda: figures.accuracy_bars(_bars_table(), "sketch", "A", focus=("icm",)),
+    lambda: figures.confusion_heatmaps({"clip": np.eye(3) * 4, "icm": np.ones((3, 3))}, ["a", "<b>b</b>", "c"],
+                                       {"clip": "CLIP", "icm": "ICM, K = 4"}),
+    lambda: figures.confusion_heatmaps({"clip": np.eye(2)}, ["a", "b"], {}),
+])
+def test_figures_built_unchecked_pass_plotlys_checks_and_serialise_as_their_checked_copy(build):
+    """The hot figures skip plotly's property checks (figures._unchecked): a checked copy must accept every
+    property and value they hold, and show the same figure."""
+    import json
+
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    fig = build()
+    checked = go.Figure(fig.to_dict())  # raises on a property or value plotly does not know
+    assert json.loads(pio.to_json(fig)) == json.loads(pio.to_json(checked))
+    # changed afterwards, it is checked as any figure (an unchecked plotly figure ignores a title given as text)
+    assert fig.update_layout(title="later", height=300).layout.title.text == "later" and fig.layout.height == 300
+    with pytest.raises(ValueError):
+        fig.update_layout(no_such_property=1)

@@ -119,6 +119,23 @@ def test_accuracy_table_merges_methods_and_measures_change_vs_clip(emb):
     assert wide.loc["CLIP zero-shot", "target change vs CLIP"] == 0
 
 
+def test_the_wide_accuracy_table_keeps_the_tables_order_and_leaves_a_missing_cell_empty():
+    import numpy as np
+    import pandas as pd
+
+    table = pd.DataFrame([dict(label=label, domain=domain, accuracy=accuracy, change_vs_clip=change)
+                          for label, domain, accuracy, change in [
+                              ("ICM linear probe", "sketch", 0.5, 0.1), ("ICM linear probe", "photo", 0.9, 0.0),
+                              ("CLIP zero-shot", "photo", 0.8, 0.0), ("CLIP zero-shot", "sketch", 0.4, 0.0),
+                              ("Orth-Cali linear probe", "sketch", np.nan, np.nan)]])
+    wide = service.accuracy_wide(table, "sketch")
+    assert list(wide.index) == ["ICM linear probe", "CLIP zero-shot", "Orth-Cali linear probe"]
+    assert list(wide.columns) == ["sketch (target)", "photo", "target change vs CLIP"]
+    assert wide.loc["ICM linear probe"].tolist() == [0.5, 0.9, 0.1]
+    assert np.isnan(wide.loc["Orth-Cali linear probe", "photo"])  # no row for it: empty, not dropped
+    assert wide.loc["CLIP zero-shot", "target change vs CLIP"] == 0.0
+
+
 def test_evaluate_rejects_an_unknown_target(emb):
     with pytest.raises(service.ServiceError, match="unknown target domain"):
         service.evaluate(emb, "mars", _config())
