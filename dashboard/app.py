@@ -7,7 +7,7 @@ from pathlib import Path
 
 # The fits are small LAPACK calls; OpenBLAS's threads make them up to ~100x slower here (a 128 x 128
 # eigh: 0.5 s vs 6 ms, bench/RESULTS.md). The variable reaches BLAS builds loaded from now on
-# (scipy's own); threadpool_limits below reaches those already loaded (numpy's).
+# (scipy's own); one_blas_thread below reaches those already loaded (numpy's).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # `streamlit run` puts dashboard/ on the path, not the repository root.
@@ -15,13 +15,9 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import scipy.linalg  # noqa: E402,F401  (loads scipy's BLAS build so that the limit covers it)
 import streamlit as st  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
 
-threadpool_limits(1, user_api="blas")
-
-from dashboard import url  # noqa: E402
+from dashboard import one_blas_thread, url  # noqa: E402
 from dashboard.screens import registry  # noqa: E402
 
 
@@ -33,6 +29,7 @@ def keep_settings() -> None:
 
 
 def main() -> None:
+    one_blas_thread()
     # An emoji favicon is an inline image; a :material/...: one is fetched from fonts.gstatic.com,
     # and then also the pages' icons (the sidebar's come from the font Streamlit bundles).
     st.set_page_config(page_title="CLIP-ICM Explorer", page_icon="🔬", layout="wide")

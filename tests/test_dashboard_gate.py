@@ -1,6 +1,7 @@
 """The page behind the server's cap on heavy jobs (service.gate through dashboard.cached): a waiting page
 shows its place in the queue, a cached value never waits, and a page stopped while it waits leaves no
 place or slot behind. The playground page stands in for every heavy call: its table passes the gate."""
+import os
 import threading
 from pathlib import Path
 
@@ -111,3 +112,19 @@ def test_a_session_that_waited_for_the_embeddings_takes_those_another_one_built(
     waiter.join(TIMEOUT)
     assert got == [("embeddings", ["2 images skipped"])] and built == []
     assert cached.build_once({}, [], lambda: "built") == "built"  # an empty slot is built
+
+
+def test_the_dashboard_limits_blas_to_one_thread_once_per_process():
+    """numpy's and scipy's BLAS run one thread in the dashboard's process (the fits are many small LAPACK
+    calls, up to 100x slower with OpenBLAS's threads); set up once, not on every page run."""
+    import subprocess
+    import sys
+
+    script = ("import numpy, threadpoolctl, dashboard\n"
+              "dashboard.one_blas_thread(); dashboard.one_blas_thread()\n"
+              "print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas'}),"
+              " dashboard.one_blas_thread.cache_info().misses)")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout.split()
+    assert out == ["[1]", "1"]

@@ -189,9 +189,9 @@ def _accuracy_section(ctx: Context, K: int, lam: float):
     chart.plotly_chart(figure, key="accuracy_chart")
     if c.baselines:
         chart.caption("Solid: CLIP and the method; pale: the baselines beside them (Advanced).")
-    change = "target change vs CLIP"
-    numbers.dataframe(wide.style.format("{:.1%}", subset=[col for col in wide.columns if col != change], na_rep="n/a")
-                      .format("{:+.1%}", subset=[change], na_rep="n/a"))
+    # percentages by the table's column formats, not a pandas Styler: Streamlit renders a Styler's every cell
+    # again on each page run (about 8 ms of a run the numbers of which are cached)
+    numbers.dataframe(wide, column_config={col: st.column_config.NumberColumn(format="percent") for col in wide.columns})
     st.caption("Source columns score each source domain's validation rows; the target column scores the whole "
                "held-out domain. The target change is against CLIP in the full space with the same protocol.")
     return table
