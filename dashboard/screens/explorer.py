@@ -491,9 +491,10 @@ def _gallery_section(ctx: Context) -> None:
 def _export_section(ctx: Context, fit: service.Fit, table, layouts: dict) -> None:
     with st.expander("Export"):
         c1, c2, c3 = st.columns(3)
-        c1.download_button("Projection (.npz)", service.projection_npz(fit, ctx.emb, ctx.request.model_label),
+        # every file is made on the click (a callable), not on each page run
+        c1.download_button("Projection (.npz)", lambda: service.projection_npz(fit, ctx.emb, ctx.request.model_label),
                            file_name=f"projection_{fit.method}_K{fit.K}_lam{fit.lam:g}.npz", key="dl_npz")
-        c2.download_button("Accuracy table (.csv)", service.accuracy_csv(table), file_name="accuracy.csv",
+        c2.download_button("Accuracy table (.csv)", lambda: service.accuracy_csv(table), file_name="accuracy.csv",
                            key="dl_csv")
         config = controls.eval_config(ctx.choice, fit.K, fit.lam, (ctx.choice.method, *ctx.choice.baselines))
         c3.download_button("Embeddings table (.parquet)", lambda: embeddings_parquet(ctx.emb, fit.target, config),
@@ -506,7 +507,7 @@ def _export_section(ctx: Context, fit: service.Fit, table, layouts: dict) -> Non
                            help="One self-contained file to hand out (opens offline): the world, both maps, the "
                            "confusions, the interventions, the projection, the model to deploy on every target "
                            "and the provenance, at these settings (docs/REPORT.md). Takes a few seconds.")
-        # made on the click, as the files are: built on every rerun it cost as much as the chart above
+        # built on every rerun the chart's export cost as much as the chart above
         figs = {"accuracy": lambda: figures.accuracy_bars(table, ctx.choice.target,
                                                           focus=(evaluation.FULL_SPACE, ctx.choice.method)),
                 **{name: (lambda fig=fig: fig) for name, fig in layouts.items()}}
