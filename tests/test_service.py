@@ -167,6 +167,65 @@ def test_the_model_choice_is_kept_in_the_store_with_every_field(emb, tmp_path, m
             assert kept == mine, field.name
 
 
+def test_every_targets_choice_made_in_its_own_process_is_the_choice_made_here(emb, tmp_path, monkeypatch):
+    """The Explorer's and the Story's overview: the choices a spawned process keeps in the store are the
+    numbers this process computes (one BLAS thread in both, as the dashboard runs), field for field."""
+    from dataclasses import fields
+
+    from threadpoolctl import threadpool_limits
+
+    from clip_icm import background
+    from clip_icm.store import EmbeddingStore
+
+    targets, store, started, run = ["env 4", "env 1"], EmbeddingStore(tmp_path), [], background.run
+    monkeypatch.setattr(background, "run", lambda *a, **kw: started.append(kw) or run(*a, **kw))
+    service.evaluate_and_choose_every_target(emb, targets, _config(), store)
+    assert started == [{"low_priority": True}]  # one process, below the server's own work
+    with threadpool_limits(1, user_api="blas"):
+        here = {t: service.evaluate_and_choose(emb, t, _config(), store=None) for t in targets}
+    from clip_icm import choice
+    monkeypatch.setattr(choice, "evaluate_and_choose", lambda *a, **kw: pytest.fail("chosen again, not read back"))
+    for target, (frame, made) in here.items():
+        kept_frame, kept = service.evaluate_and_choose(emb, target, _config(), store=store)
+        pd.testing.assert_frame_equal(kept_frame, frame, check_exact=True)
+        for field in fields(choice.Choice):
+            mine, theirs = getattr(made, field.name), getattr(kept, field.name)
+            if isinstance(mine, pd.DataFrame):
+                pd.testing.assert_frame_equal(theirs, mine, check_exact=True)
+            else:
+                assert theirs == mine, field.name
+    # every target kept: no process is started again
+    monkeypatch.setattr(background, "run", lambda *a, **kw: pytest.fail("a process for choices already kept"))
+    service.evaluate_and_choose_every_target(emb, targets, _config(), store)
+
+
+def test_every_targets_choice_in_its_own_process_reports_a_bad_target(emb, tmp_path):
+    from clip_icm.store import EmbeddingStore
+
+    with pytest.raises(service.ServiceError, match="unknown target domain 'nowhere'"):
+        service.evaluate_and_choose_every_target(emb, ["nowhere"], _config(), EmbeddingStore(tmp_path))
+
+
+def test_every_targets_choice_without_a_store_is_made_here_and_a_process_never_started(emb, monkeypatch):
+    """Without a store the results could not come back from a process: made here (and not kept)."""
+    from clip_icm import background
+
+    monkeypatch.setattr(background, "run", lambda *a, **kw: pytest.fail("a process whose results are lost"))
+    calls = []
+    choose = service.evaluate_and_choose
+    monkeypatch.setattr(service.fitting, "evaluate_and_choose", lambda *a, **kw: calls.append(a[1]) or choose(*a, **kw))
+    service.evaluate_and_choose_every_target(emb, ["env 4", "env 2"], _config(), None)
+    assert calls == ["env 4", "env 2"]
+
+
+def test_background_run_returns_the_result_or_raises_what_the_process_raised():
+    from clip_icm import background
+
+    assert background.run(divmod, 17, 5) == (3, 2)
+    with pytest.raises(ZeroDivisionError):
+        background.run(divmod, 1, 0)
+
+
 def test_accuracy_tables_and_confusions_are_kept_in_the_store_exactly(emb, tmp_path, monkeypatch):
     from clip_icm.store import EmbeddingStore
 

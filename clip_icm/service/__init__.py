@@ -17,7 +17,8 @@ from clip_icm.service.exports import (TABLE_FORMATS, accuracy_csv, embedding_tab
                                       png_available,
                                       projection_npz, table_bytes)
 from clip_icm.service.fitting import (Fit, accuracy_table, accuracy_wide, choose_hyperparameters, confusion,
-                                      eval_config, evaluate, evaluate_and_choose, evaluate_open_class, fit,
+                                      eval_config, evaluate, evaluate_and_choose, evaluate_and_choose_every_target,
+                                      evaluate_open_class, fit,
                                       full_space_score, method_label, open_class_wide, orth_cali_summary,
                                       playground, projection_defaults, sweep, target_confusions,
                                       with_unused_fixed)
@@ -40,7 +41,8 @@ __all__ = [
     "TABLE_FORMATS", "accuracy_csv", "embedding_table", "figure_png", "figure_svg", "png_available", "projection_npz",
     "table_bytes",
     "Fit", "accuracy_table", "accuracy_wide", "choose_hyperparameters", "confusion", "eval_config", "evaluate",
-    "evaluate_and_choose", "evaluate_open_class", "fit", "full_space_score", "method_label", "open_class_wide",
+    "evaluate_and_choose", "evaluate_and_choose_every_target", "evaluate_open_class", "fit", "full_space_score",
+    "method_label", "open_class_wide",
     "orth_cali_summary", "playground",
     "projection_defaults", "sweep", "target_confusions", "with_unused_fixed",
     "Gate", "heavy_jobs",

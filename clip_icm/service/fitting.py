@@ -9,7 +9,7 @@ import pandas as pd
 
 from clip_icm import choice, defaults, evaluation, methods
 from clip_icm.embeddings import EmbeddingSet
-from clip_icm.service.base import guard, kept
+from clip_icm.service.base import guard, is_kept, keeps, kept
 
 @dataclass(frozen=True)
 class Fit:
@@ -157,13 +157,42 @@ def evaluate_and_choose(emb: EmbeddingSet, target: str, config: evaluation.EvalC
         return guard("Could not choose the model", choice.evaluate_and_choose, emb, target, config,
                      defaults.SELECTION, evaluation.LINEAR_PROBE, mode)
 
-    return kept(store, emb, ("evaluate and choose", target, config, mode), compute,
+    return kept(store, emb, _choice_parts(target, config, mode), compute,
                 lambda done: {"frame": _frame_json(done[0]), "table": _frame_json(done[1].table), "why": done[1].why,
                               "shortfall": done[1].shortfall, "versus_clip": _frame_json(done[1].versus_clip),
                               "mode": done[1].mode},
                 lambda done: (_json_frame(done["frame"]),
                               choice.Choice(target, _json_frame(done["table"]), done["why"], done["shortfall"],
                                             _json_frame(done["versus_clip"]), done["mode"])))
+
+
+def _choice_parts(target: str, config: evaluation.EvalConfig, mode: str) -> tuple:
+    return ("evaluate and choose", target, config, mode)
+
+
+def evaluate_and_choose_every_target(emb: EmbeddingSet, targets: list[str], config: evaluation.EvalConfig, store,
+                                     mode: str = defaults.CHOICE, separate_process: bool = True) -> None:
+    """evaluate_and_choose of each of ``targets`` in turn (those ``store`` does not hold yet), kept in ``store``,
+    where the pages read them. ``separate_process``: in a process of its own at a lowered priority, which
+    ends with the last choice (background.run), wherever the store can keep them (else here): at 50,000
+    images these are minutes of probes, and in the server's process they cost every slider move about
+    0.3 s of its interpreter and 1.1 GB of its peak memory (bench/RESULTS.md). The same numbers either way:
+    one BLAS thread in both, and JSON floats round-trip exactly."""
+    missing = [target for target in targets if not is_kept(store, emb, _choice_parts(target, config, mode))]
+    if not missing:
+        return
+    if separate_process and keeps(store, emb):
+        from clip_icm import background
+
+        background.run(_evaluate_and_choose_each, emb, missing, config, store, mode, low_priority=True)
+    else:
+        _evaluate_and_choose_each(emb, missing, config, store, mode)
+
+
+def _evaluate_and_choose_each(emb: EmbeddingSet, targets: list[str], config: evaluation.EvalConfig, store,
+                              mode: str) -> None:
+    for target in targets:
+        evaluate_and_choose(emb, target, config, store=store, mode=mode)
 
 
 def full_space_score(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, scoring: str,

@@ -37,6 +37,7 @@ from typing import Callable
 
 import numpy as np
 
+from clip_icm import background
 from clip_icm.errors import InvalidInput
 
 NOW, SPECULATIVE = 0, 1
@@ -111,14 +112,6 @@ class Job:
 
 def ready(job: Job | None) -> bool:
     return job is not None and job.result() is not None
-
-
-def _limit_blas() -> None:
-    """In a layout process: one BLAS thread, as the dashboard's own process runs (app.py), so that
-    the neighbours' matrix products round as they did there."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1, user_api="blas")
 
 
 def _layout_2d(X: np.ndarray, init: np.ndarray | None, seed: int,
@@ -380,7 +373,8 @@ class LayoutWorker:
         reduce.wait_for_compilation()  # the kernels this server compiles in the background, loaded there
         with self._wake:
             if lane.process is None:
-                lane.process = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=_limit_blas)
+                lane.process = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"),
+                                                   initializer=background.one_blas_thread)
             process = lane.process
         try:
             return process, process.submit(function, *args)
