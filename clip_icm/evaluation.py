@@ -549,6 +549,8 @@ def _predicted_rows(emb: EmbeddingSet, target: str | None, method: str, config: 
     matrices (:func:`predict_all`) then read the same predictions. At 50,000 images the dashboard fitted
     the probe twice for every K or lam change, 0.6 s each (bench/RESULTS.md). One setting per (target,
     method): a slider's positions do not pile up."""
+    if method == FULL_SPACE:  # CLIP's reads no K, lam or pair set: the table's predictions serve every setting's confusions
+        config = _full_space_setting(config)
     memo, key = _Memo.of(emb), ("predictions", target, method)
     kept = memo.get(key)
     if kept is not None and kept[0] == config:
@@ -584,13 +586,18 @@ def _accuracy_rows(emb, target, method, predicted: dict, config) -> list[dict]:
 
 def _full_space_rows(emb: EmbeddingSet, target: str, config: EvalConfig) -> tuple[dict, ...]:
     """CLIP's rows: they depend on no K, lam, method or pair set, so every refit reuses them."""
-    setting = replace(config, n_components=1, lam=0.0, lam_mode="absolute", methods=(), pair_sets=None,
-                      pair_weights=None)
+    setting = _full_space_setting(config)
     memo = _Memo.of(emb)
     key = ("full space", target, setting)
     if key not in memo:
         memo[key] = tuple(_score_method(emb, target, FULL_SPACE, None, config))
     return memo[key]
+
+
+def _full_space_setting(config: EvalConfig) -> EvalConfig:
+    """``config`` without what CLIP in the full space does not read (K, lam, the methods, the pair sets)."""
+    return replace(config, n_components=1, lam=0.0, lam_mode="absolute", methods=(), pair_sets=None,
+                   pair_weights=None)
 
 
 def _fitted(emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig):
