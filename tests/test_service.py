@@ -105,6 +105,29 @@ def test_fit_measures_invariance_on_held_out_pairs(emb):
         service.fit(emb, "env 4", "icm", _config(K=99))
 
 
+def test_a_fits_ratio_pairs_are_the_target_domains_pairs_selected_once_per_embedding_set(emb):
+    """A K change's fit reads the invariance ratios' pairs kept for its EmbeddingSet: the same rows as a
+    fresh selection, read-only, and a fit at another K measures on them (its full-space ratio unchanged)."""
+    from clip_icm.evaluation import _Memo
+
+    _Memo.clear()
+    first = service.fit(emb, "env 4", "icm", _config(K=4))
+    Z, Z_do, which = evaluation.ratio_pairs(emb, "env 4", None)
+    held = [(p.z[p.domains == "env 4"], p.z_do[p.domains == "env 4"]) for p in emb.pairs if p.domains is not None]
+    np.testing.assert_array_equal(Z, np.concatenate([h[0] for h in held if len(h[0])]))
+    np.testing.assert_array_equal(Z_do, np.concatenate([h[1] for h in held if len(h[1])]))
+    assert which == first.ratio_pairs == "held-out target-domain pairs"
+    assert evaluation.ratio_pairs(emb, "env 4", None)[0] is Z  # kept, not selected again
+    with pytest.raises(ValueError, match="read-only"):
+        Z[0, 0] = 1.0
+    other = service.fit(emb, "env 4", "icm", _config(K=3))
+    assert other.full_ratio == first.full_ratio and other.invariance_ratio != first.invariance_ratio
+    _Memo.clear()
+    assert service.fit(emb, "env 4", "icm", _config(K=3)).invariance_ratio == other.invariance_ratio
+    assert evaluation.ratio_pairs(emb, "env 1", None)[0].shape[0] == sum(int((p.domains == "env 1").sum())
+                                                                           for p in emb.pairs if p.domains is not None)
+
+
 def test_accuracy_table_merges_methods_and_measures_change_vs_clip(emb):
     frames = [service.evaluate(emb, "env 4", _config(methods=(m,))) for m in ("icm", "pca")]
     table = service.accuracy_table(frames)

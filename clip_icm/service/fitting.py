@@ -47,7 +47,7 @@ def fit(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConf
     """Fit ``method`` on the pairs outside ``target``; the invariance ratio is measured on
     held-out pairs (the target domain's image pairs) when there are any."""
     projection = guard("Could not fit the projection", evaluation.fit_projection, emb, target, method, config)
-    Z, Z_do, which = _ratio_pairs(emb, target, config)
+    Z, Z_do, which = evaluation.ratio_pairs(emb, target, config.pair_sets)
     invariance_ratio, centred_ratio = projection.invariance_ratios(Z, Z_do)
     return Fit(
         method=method, K=config.n_components, lam=config.lam, lam_mode=config.lam_mode, target=target,
@@ -64,16 +64,6 @@ def orth_cali_summary(emb: EmbeddingSet, target: str, method: str, config: evalu
     diagnostics = evaluation.orth_cali_diagnostics(evaluation.with_prompts(emb_view, target, config.prompts),
                                                    projection, config)
     return evaluation.spurious_span_text(methods.label(method), diagnostics)
-
-
-def _ratio_pairs(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) -> tuple[np.ndarray, np.ndarray, str]:
-    names = config.pair_sets if config.pair_sets is not None else [p.name for p in emb.pairs]
-    sets = [emb.pair_set(n) for n in names]
-    held = [(p.z[p.domains == target], p.z_do[p.domains == target]) for p in sets if p.domains is not None]
-    held = [h for h in held if len(h[0])]
-    if held:
-        return np.concatenate([h[0] for h in held]), np.concatenate([h[1] for h in held]), "held-out target-domain pairs"
-    return np.concatenate([p.z for p in sets]), np.concatenate([p.z_do for p in sets]), "training pairs (no held-out pairs)"
 
 
 def evaluate(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, store=None) -> pd.DataFrame:
