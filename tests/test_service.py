@@ -241,6 +241,39 @@ def test_every_targets_choice_without_a_store_is_made_here_and_a_process_never_s
     assert calls == ["env 4", "env 2"]
 
 
+def test_settings_evaluated_ahead_in_their_own_process_are_what_a_move_there_computes(emb, tmp_path, monkeypatch):
+    """A slider move to a setting evaluated ahead reads its accuracy tables and confusions from the store: the
+    numbers this process computes there (one BLAS thread, as the dashboard runs), exactly; settings kept
+    already start no process; without a store nothing is made."""
+    from threadpoolctl import threadpool_limits
+
+    from clip_icm import background
+    from clip_icm.store import EmbeddingStore
+
+    settings = [(_config(K=3), service.with_unused_fixed("augmentation", _config(K=3, methods=("augmentation",)))),
+                (_config(K=4, lam=10.0),)]
+    store, started, run = EmbeddingStore(tmp_path), [], background.run
+    monkeypatch.setattr(background, "run", lambda *a, **kw: started.append(kw) or run(*a, **kw))
+    service.evaluate_ahead(emb, "env 4", "icm", settings, evaluation.LINEAR_PROBE, store)
+    assert started == [{"low_priority": True}]
+    with threadpool_limits(1, user_api="blas"):
+        here = [([service.evaluate(emb, "env 4", config) for config in configs],
+                 service.target_confusions(emb, "env 4", "icm", configs[0], evaluation.LINEAR_PROBE))
+                for configs in settings]
+    monkeypatch.setattr(evaluation, "evaluate_split", lambda *a, **kw: pytest.fail("evaluated again, not read back"))
+    monkeypatch.setattr(evaluation, "predict_all", lambda *a, **kw: pytest.fail("predicted again, not read back"))
+    for configs, (frames, matrices) in zip(settings, here):
+        for config, frame in zip(configs, frames):
+            pd.testing.assert_frame_equal(service.evaluate(emb, "env 4", config, store=store), frame, check_exact=True)
+        kept = service.target_confusions(emb, "env 4", "icm", configs[0], evaluation.LINEAR_PROBE, store=store)
+        assert kept.keys() == matrices.keys()
+        for name in matrices:
+            np.testing.assert_array_equal(kept[name], matrices[name])
+    service.evaluate_ahead(emb, "env 4", "icm", settings, evaluation.LINEAR_PROBE, store)
+    service.evaluate_ahead(emb, "env 4", "icm", [(_config(K=2),)], evaluation.LINEAR_PROBE, None)
+    assert len(started) == 1  # everything kept; and nothing to keep it in
+
+
 def test_background_run_returns_the_result_or_raises_what_the_process_raised():
     from clip_icm import background
 

@@ -68,9 +68,13 @@ def orth_cali_summary(emb: EmbeddingSet, target: str, method: str, config: evalu
 
 def evaluate(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, store=None) -> pd.DataFrame:
     """evaluation.evaluate_split, with user errors as ServiceError; kept in ``store`` (see base.kept)."""
-    return kept(store, emb, ("evaluate", target, config),
+    return kept(store, emb, _table_parts(target, config),
                 lambda: guard("Could not evaluate", evaluation.evaluate_split, emb, target, config),
                 _frame_json, _json_frame)
+
+
+def _table_parts(target: str, config: evaluation.EvalConfig) -> tuple:
+    return ("evaluate", target, config)
 
 
 def _frame_json(frame: pd.DataFrame) -> dict:
@@ -243,10 +247,40 @@ def target_confusions(emb: EmbeddingSet, target: str, method: str, config: evalu
             predicted = guard("Could not predict", evaluation.predict_all, emb, target, name, named)[protocol]
             return confusion(emb.labels[rows], predicted[rows], len(emb.class_names))
 
-        return kept(store, emb, ("confusion", target, name, named, protocol), compute, lambda m: m.tolist(),
+        return kept(store, emb, _confusion_parts(target, name, config, protocol), compute, lambda m: m.tolist(),
                     lambda m: np.asarray(m, dtype=np.int64))
 
     return {name: matrix(name) for name in (evaluation.FULL_SPACE, method)}
+
+
+def _confusion_parts(target: str, name: str, config: evaluation.EvalConfig, protocol: str) -> tuple:
+    return ("confusion", target, name, with_unused_fixed(name, config), protocol)
+
+
+def evaluate_ahead(emb: EmbeddingSet, target: str, method: str, settings: list[tuple[evaluation.EvalConfig, ...]],
+                   protocol: str, store) -> None:
+    """What a slider move to each of ``settings`` reads, made beforehand and kept in ``store``: the accuracy
+    tables of its configs (``method``'s first, then its baselines') and the target confusions of CLIP and
+    ``method`` (``protocol``'s), in a process of its own at a lowered priority (background.run), those the store
+    does not hold yet. At 50,000 images a move's probe took 0.5-0.6 s of its rerun (bench/RESULTS.md); read
+    from the store, the numbers are the same (JSON floats round-trip exactly). Nothing without a store to keep
+    them in (what the process computed would be lost)."""
+    missing = [configs for configs in settings
+               if not all(is_kept(store, emb, _table_parts(target, config)) for config in configs)
+               or not all(is_kept(store, emb, _confusion_parts(target, name, configs[0], protocol))
+                          for name in (evaluation.FULL_SPACE, method))]
+    if missing and keeps(store, emb):
+        from clip_icm import background
+
+        background.run(_evaluate_each, emb, target, method, missing, protocol, store, low_priority=True)
+
+
+def _evaluate_each(emb: EmbeddingSet, target: str, method: str, settings: list[tuple[evaluation.EvalConfig, ...]],
+                   protocol: str, store) -> None:
+    for configs in settings:
+        for config in configs:
+            evaluate(emb, target, config, store=store)
+        target_confusions(emb, target, method, configs[0], protocol, store=store)
 
 
 def playground(config: object, shifts: tuple[float, ...], lam: float, n_components: int | None = None

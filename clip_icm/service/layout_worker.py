@@ -320,6 +320,11 @@ class LayoutWorker:
                 del self._jobs[job.key]
             return len(failed)
 
+    def drop_speculative(self) -> int:
+        """Cancel every speculative job that waits (a page that moved on asks for others); how many."""
+        with self._wake:
+            return self._drop_speculative(lambda job: True)
+
     def waiting(self, priority: int | None = None) -> int:
         with self._wake:
             return self._waiting(priority)
@@ -468,6 +473,12 @@ def shared_choices() -> LayoutWorker:
     own): at 20,000 images they take minutes (bench/RESULTS.md), and on the layouts' worker one would hold
     up every map asked for after it; in the page's rerun, the maps and every control."""
     return _shared_worker("choices")
+
+
+def shared_ahead() -> LayoutWorker:
+    """The process's worker for what a slider move next to the page's setting would read (service.evaluate_ahead),
+    a thread of its own: behind the minutes of the model choices, they would come after the move."""
+    return _shared_worker("ahead")
 
 
 def _shared_worker(name: str, **kwargs) -> LayoutWorker:
