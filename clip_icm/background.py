@@ -3,10 +3,13 @@ never holds this process's GIL (numba's compilation and the demo's image renderi
 Python-bound work that would stall the page beside them), and its memory is returned when it ends."""
 from __future__ import annotations
 
+import mmap
 import multiprocessing
 import os
+import pickle
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -53,14 +56,43 @@ def one_blas_thread(low_priority: bool = False) -> None:
     threadpool_limits(1, user_api="blas")
 
 
+# Arrays of at least this many bytes reach run()'s process through files it maps, not through its pipe: a pickled
+# copy of 50,000 images' EmbeddingSet (0.6 GB) raised the server's peak memory by as much, for every call.
+MAPPED_BYTES = 1 << 20
+
+
 def run(function: Callable[..., T], *args, low_priority: bool = False) -> T:
-    """``function(*args)`` (a module-level function; the arguments are pickled) in a new, spawned
-    process (the server has threads) with one BLAS thread (one_blas_thread), which ends with the call:
-    its result, or what it raised. RuntimeError if the process itself ended first (out of memory?);
-    OSError if none could be started."""
-    with ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=one_blas_thread,
-                             initargs=(low_priority,)) as process:
-        try:
-            return process.submit(function, *args).result()
-        except BrokenProcessPool as error:
-            raise RuntimeError("the background process ended before its work did (out of memory?)") from error
+    """``function(*args)`` (a module-level function) in a new, spawned process (the server has threads) with
+    one BLAS thread (one_blas_thread), which ends with the call: its result, or what it raised. The arguments
+    are pickled, their arrays of MAPPED_BYTES or more written to temporary files that the process maps
+    read-only (no copy in this process's memory, one page cache for both). RuntimeError if the process itself
+    ended first (out of memory?); OSError if none could be started."""
+    with tempfile.TemporaryDirectory(prefix="clip-icm-handover-") as folder:
+        files: list[str] = []
+
+        def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+            view = buffer.raw()
+            if view.nbytes < MAPPED_BYTES:
+                return True  # in the pickle itself
+            files.append(os.path.join(folder, str(len(files))))
+            with open(files[-1], "wb") as file:
+                file.write(view)
+            return False
+
+        data = pickle.dumps((function, args), protocol=5, buffer_callback=out_of_band)
+        with ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=one_blas_thread,
+                                 initargs=(low_priority,)) as process:
+            try:
+                return process.submit(_call_handed_over, data, files).result()
+            except BrokenProcessPool as error:
+                raise RuntimeError("the background process ended before its work did (out of memory?)") from error
+
+
+def _call_handed_over(data: bytes, files: list[str]):
+    """In run()'s process: its function called on its arguments, their large arrays mapped from ``files``."""
+    buffers = []
+    for path in files:
+        with open(path, "rb") as file:
+            buffers.append(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if os.path.getsize(path) else b"")
+    function, args = pickle.loads(data, buffers=buffers)
+    return function(*args)

@@ -202,6 +202,7 @@ def test_every_targets_choice_made_in_its_own_process_is_the_choice_made_here(em
 
     targets, store, started, run = ["env 4", "env 1"], EmbeddingStore(tmp_path), [], background.run
     monkeypatch.setattr(background, "run", lambda *a, **kw: started.append(kw) or run(*a, **kw))
+    monkeypatch.setattr(background, "MAPPED_BYTES", 0)  # every array through a mapped file, as at 50,000 images
     service.evaluate_and_choose_every_target(emb, targets, _config(), store)
     assert started == [{"low_priority": True}]  # one process, below the server's own work
     with threadpool_limits(1, user_api="blas"):
@@ -254,6 +255,7 @@ def test_settings_evaluated_ahead_in_their_own_process_are_what_a_move_there_com
                 (_config(K=4, lam=10.0),)]
     store, started, run = EmbeddingStore(tmp_path), [], background.run
     monkeypatch.setattr(background, "run", lambda *a, **kw: started.append(kw) or run(*a, **kw))
+    monkeypatch.setattr(background, "MAPPED_BYTES", 0)
     service.evaluate_ahead(emb, "env 4", "icm", settings, evaluation.LINEAR_PROBE, store)
     assert started == [{"low_priority": True}]
     with threadpool_limits(1, user_api="blas"):
@@ -280,6 +282,13 @@ def test_background_run_returns_the_result_or_raises_what_the_process_raised():
     assert background.run(divmod, 17, 5) == (3, 2)
     with pytest.raises(ZeroDivisionError):
         background.run(divmod, 1, 0)
+    # a large array reaches the process through a file it maps: the same values, read-only there
+    big = np.arange(background.MAPPED_BYTES // 8 + 3, dtype=np.float64).reshape(-1, 1)
+    assert background.run(np.sum, big[::1]) == big.sum()
+    assert background.run(np.isfortran, np.asfortranarray(np.ones((2, background.MAPPED_BYTES // 16)))) is True
+    with pytest.raises(ValueError, match="read-only"):
+        background.run(np.put, big, [0], [1.0])
+    assert big[0, 0] == 0.0
 
 
 def test_accuracy_tables_and_confusions_are_kept_in_the_store_exactly(emb, tmp_path, monkeypatch):
