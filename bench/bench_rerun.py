@@ -20,9 +20,15 @@ Printed, in seconds:
 - ``--restart``: instead, a server restarted on a store that holds the first page (one process fills
   the store, its layouts and model choices, a second, measured, draws the first page from it): that
   first page, then, after RESTART_PAUSE_S seconds (a user reading it), the moves;
-- memory, in MB: the peak resident memory of the page's process and of the largest process it started
-  (the layout process), and the seconds the synthetic embeddings take to make (part of the first page's
-  run: the issue's 50k goal counts the first table from cached embeddings).
+- memory, in MB: the peak resident memory of the page's process, of the largest process it started
+  (sampled every 0.5 s while it lives: the layout process, or the model choice's) and of the model choice's
+  process (spawned at a lowered priority; a checkout that chooses in a thread has none), and the seconds
+  the synthetic embeddings take to make (part of the first page's run: the issue's 50k goal counts the first
+  table from cached embeddings);
+- the first page's accuracy table: when the page had it (``dashboard.cached.accuracy_view`` returned; the
+  page writes it next), from the run's start and from the moment its embeddings were made;
+- when the model choice of every target (the background worker's) was done, from the first page's start
+  (nan where it still ran once the moves were measured: it is not waited for).
 """
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Run in the checkout measured (its dashboard/app.py and clip_icm), argv[1]: the number of images.
 CHILD = r'''
-import functools, json, os, re, resource, statistics, sys, time
+import functools, json, os, re, resource, statistics, sys, threading, time
 from streamlit.testing.v1 import AppTest
 from threadpoolctl import threadpool_limits
 from clip_icm import reduce, scm, service
@@ -48,26 +54,54 @@ threadpool_limits(1, user_api="blas")  # as the dashboard runs
 # the synthetic source at D = 512 and argv[1] rows (its slider stops at 500 per domain)
 scm.SCMConfig = functools.partial(scm.SCMConfig, n_invariant=32, n_variant=480, n_classes=7)
 make_embedding_set = scm.make_embedding_set
-scm.make_embedding_set = lambda config, n_per_domain, **kw: make_embedding_set(config, n_per_domain=int(sys.argv[1]) // 4, **kw)
+stamps = {}  # when the page's embeddings were made and its first accuracy table was (monotonic seconds)
+
+
+def embedded(config, n_per_domain, **kw):
+    emb = make_embedding_set(config, n_per_domain=int(sys.argv[1]) // 4, **kw)
+    stamps.setdefault("embedded", time.monotonic())
+    return emb
+
+
+scm.make_embedding_set = embedded
+from dashboard import cached  # noqa: E402  (the module the page calls for its table)
+
+accuracy_view = cached.accuracy_view
+
+
+def table_view(*args, **kwargs):  # the page writes the table right after this returns
+    view = accuracy_view(*args, **kwargs)
+    stamps.setdefault("table", time.monotonic())
+    return view
+
+
+cached.accuracy_view = table_view
 reduce.warm_up()
 worker = getattr(service, "layout_worker", None)
 t0 = time.monotonic()
 make_embedding_set(scm.SCMConfig(), n_per_domain=int(sys.argv[1]) // 4)
 made = time.monotonic() - t0
+peaks = {}  # pid -> (peak resident MB, a spawned process of lowered priority) of the processes this one started
 
 
-def peak_of_children_mb():
-    """The largest peak resident memory (VmHWM) among the live processes this one started (Linux)."""
-    peaks = [0.0]
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/status") as status:
-                fields = dict(line.split(":", 1) for line in status)
-        except OSError:
-            continue
-        if int(fields["PPid"]) == os.getpid() and "VmHWM" in fields:
-            peaks.append(int(fields["VmHWM"].split()[0]) / 1024)
-    return max(peaks)
+def sample_children():
+    while True:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/status") as status:
+                    fields = dict(line.split(":", 1) for line in status)
+                with open(f"/proc/{pid}/stat") as stat:
+                    nice = int(stat.read().rsplit(")", 1)[1].split()[16])
+                with open(f"/proc/{pid}/cmdline") as cmdline:
+                    spawned = "spawn_main" in cmdline.read()
+            except (OSError, ValueError, IndexError):
+                continue
+            if int(fields["PPid"]) == os.getpid() and "VmHWM" in fields:
+                peaks[pid] = (int(fields["VmHWM"].split()[0]) / 1024, spawned and nice > 0)
+        time.sleep(0.5)
+
+
+threading.Thread(target=sample_children, daemon=True).start()
 
 
 def titles(at):
@@ -97,8 +131,11 @@ def page(selection):
 
 out = {}
 at, t0 = page("off"), time.monotonic()
+first_page_at = t0
 at.run()
 out["first page: run (s)"] = time.monotonic() - t0
+out["first page: accuracy table (s)"] = stamps["table"] - t0
+out["first page: accuracy table after the embeddings (s)"] = stamps["table"] - stamps["embedded"]
 assert any(c.value.replace(",", "").startswith(f"{sys.argv[1]} images") for c in at.caption), "not the number of images asked for"
 k = at.sidebar.slider(key="ctl_K").value
 if sys.argv[2] == "restart":
@@ -151,9 +188,17 @@ if worker is not None and sys.argv[2] == "speculated":
     at.sidebar.slider(key="ctl_K").set_value(other).run()
     out["K change onto a speculated cell: rerun (s)"] = time.monotonic() - t0
     out["K change onto a speculated cell: map drawn by that rerun (1 = yes)"] = float(drawn(at, other))
+if getattr(service, "choice_worker", None) is not None:  # not waited for: at 50,000 images it takes many minutes
+    done = [job.finished_at for job in service.choice_worker().jobs() if job.finished_at is not None]
+    out["every target's model choice: done after the first page started (s; n/a: still running at the end)"] = (
+        max(done) - first_page_at if done else float("nan"))
 out["synthetic embeddings: made in (s)"] = made
 out["peak memory: page process (MB)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-out["peak memory: largest process it started (MB)"] = peak_of_children_mb()
+time.sleep(1.0)  # the children's last sample
+out["peak memory: largest process it started (MB)"] = max([mb for mb, _ in peaks.values()], default=0.0)
+lowered = [mb for mb, low in peaks.values() if low]  # the model choice's process (background.run, low priority)
+if lowered:
+    out["peak memory: the model choice's process (MB)"] = max(lowered)
 print("RESULT " + json.dumps(out))
 '''
 

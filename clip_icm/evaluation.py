@@ -216,7 +216,8 @@ class _Memo:
     read-only by contract) and dropped with it: the pair moments of each (target, pair sets)
     and the full-space rows of each (target, evaluation setting). A refit then costs one
     eigendecomposition (or a slice of a kept one) and the probe in K dimensions. Also the latest
-    predictions of each (target, method) (:func:`_predicted_rows`)."""
+    predictions of each (target, method) (:func:`_predicted_rows`) and the pairs of the invariance
+    ratios (:func:`ratio_pairs`)."""
 
     _by_object: dict[int, tuple[weakref.ref, dict]] = {}
 
@@ -232,6 +233,27 @@ class _Memo:
     @classmethod
     def clear(cls) -> None:
         cls._by_object.clear()
+
+
+def ratio_pairs(emb: EmbeddingSet, target: str, pair_sets: tuple[str, ...] | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(Z, Z_do, which) the pairs a fit's invariance ratio is measured on: the ``target`` domain's image pairs
+    of ``pair_sets`` (None: every set), or, where there are none, every pair of them; kept per EmbeddingSet,
+    read-only: at 50,000 images selecting and copying them took most of a K change's fit (bench/RESULTS.md)."""
+    memo, key = _Memo.of(emb), ("ratio pairs", target, pair_sets)
+    if key not in memo:
+        names = pair_sets if pair_sets is not None else [p.name for p in emb.pairs]
+        sets = [emb.pair_set(n) for n in names]
+        held = [(p.z[p.domains == target], p.z_do[p.domains == target]) for p in sets if p.domains is not None]
+        held = [h for h in held if len(h[0])]
+        if held:
+            Z, Z_do, which = (np.concatenate([h[0] for h in held]), np.concatenate([h[1] for h in held]),
+                              "held-out target-domain pairs")
+        else:
+            Z, Z_do, which = (np.concatenate([p.z for p in sets]), np.concatenate([p.z_do for p in sets]),
+                              "training pairs (no held-out pairs)")
+        Z.flags.writeable = Z_do.flags.writeable = False
+        memo[key] = (Z, Z_do, which)
+    return memo[key]
 
 
 def _moments(emb: EmbeddingSet, target: str | None, config: EvalConfig) -> PairMoments:
@@ -549,6 +571,8 @@ def _predicted_rows(emb: EmbeddingSet, target: str | None, method: str, config: 
     matrices (:func:`predict_all`) then read the same predictions. At 50,000 images the dashboard fitted
     the probe twice for every K or lam change, 0.6 s each (bench/RESULTS.md). One setting per (target,
     method): a slider's positions do not pile up."""
+    if method == FULL_SPACE:  # CLIP's reads no K, lam or pair set: the table's predictions serve every setting's confusions
+        config = _full_space_setting(config)
     memo, key = _Memo.of(emb), ("predictions", target, method)
     kept = memo.get(key)
     if kept is not None and kept[0] == config:
@@ -584,13 +608,18 @@ def _accuracy_rows(emb, target, method, predicted: dict, config) -> list[dict]:
 
 def _full_space_rows(emb: EmbeddingSet, target: str, config: EvalConfig) -> tuple[dict, ...]:
     """CLIP's rows: they depend on no K, lam, method or pair set, so every refit reuses them."""
-    setting = replace(config, n_components=1, lam=0.0, lam_mode="absolute", methods=(), pair_sets=None,
-                      pair_weights=None)
+    setting = _full_space_setting(config)
     memo = _Memo.of(emb)
     key = ("full space", target, setting)
     if key not in memo:
         memo[key] = tuple(_score_method(emb, target, FULL_SPACE, None, config))
     return memo[key]
+
+
+def _full_space_setting(config: EvalConfig) -> EvalConfig:
+    """``config`` without what CLIP in the full space does not read (K, lam, the methods, the pair sets)."""
+    return replace(config, n_components=1, lam=0.0, lam_mode="absolute", methods=(), pair_sets=None,
+                   pair_weights=None)
 
 
 def _fitted(emb: EmbeddingSet, target: str | None, method: str, config: EvalConfig):

@@ -40,8 +40,10 @@ def _app(**state) -> AppTest:
 
 
 def workers_idle() -> bool:
-    """Whether the background workers (layouts, model choices) finished what they were asked for."""
-    return service.layout_worker().wait_idle(TIMEOUT) and service.choice_worker().wait_idle(TIMEOUT)
+    """Whether the background workers (layouts, model choices, settings evaluated ahead) finished what they
+    were asked for."""
+    return (service.layout_worker().wait_idle(TIMEOUT) and service.choice_worker().wait_idle(TIMEOUT)
+            and service.ahead_worker().wait_idle(TIMEOUT))
 
 
 def _settled(at: AppTest) -> AppTest:

@@ -110,6 +110,28 @@ def test_a_k_change_returns_before_its_layout_shows_the_stale_map_and_then_the_n
     assert "umap_invariant (.html)" in [b.label for b in at.get("download_button")]
 
 
+def test_a_move_next_to_the_sliders_reads_the_numbers_made_ahead_and_a_move_further_computes_them(monkeypatch):
+    """From EVALUATE_AHEAD_FROM images (lowered here) the settings next to the page's are evaluated in the
+    background: a K move by one reruns without evaluating or predicting in the page; a move by two does."""
+    from clip_icm import evaluation
+    from dashboard.screens import explorer
+
+    monkeypatch.setattr(explorer, "EVALUATE_AHEAD_FROM", 0)
+    at = _settled(_app(ctl_selection="off"))
+    assert not at.exception
+    assert "the settings next to K = 8, λ = 1" in [job.label for job in service.ahead_worker().jobs()]
+    calls, split, predict = [], evaluation.evaluate_split, evaluation.predict_all
+    monkeypatch.setattr(evaluation, "evaluate_split", lambda *a, **kw: calls.append("table") or split(*a, **kw))
+    monkeypatch.setattr(evaluation, "predict_all", lambda *a, **kw: calls.append("confusion") or predict(*a, **kw))
+    at.sidebar.slider(key="ctl_K").set_value(9).run()
+    assert not at.exception and not at.error
+    assert _titles(at)[0] == "Accuracy per domain (ICM, K = 9, lam = 1)" and calls == []
+    at = _settled(at)
+    at.sidebar.slider(key="ctl_K").set_value(11).run()
+    assert not at.exception and _titles(at)[0] == "Accuracy per domain (ICM, K = 11, lam = 1)"
+    assert calls == ["table", "confusion"]
+
+
 def test_a_new_data_set_shows_placeholders_until_both_maps_are_laid_out(monkeypatch):
     gate, started = _hold_layouts(monkeypatch)
     worker = service.layout_worker()

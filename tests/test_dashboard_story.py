@@ -111,8 +111,8 @@ def test_the_choice_of_every_target_is_made_in_the_background_and_the_step_follo
     import threading
 
     service.choice_worker().forget()  # an earlier test's finished choice of this world would be read at once
-    gate, choose = threading.Event(), service.evaluate_and_choose
-    monkeypatch.setattr(service, "evaluate_and_choose", lambda *a, **kw: gate.wait(60) and choose(*a, **kw))
+    gate, choose = threading.Event(), service.evaluate_and_choose_every_target
+    monkeypatch.setattr(service, "evaluate_and_choose_every_target", lambda *a, **kw: gate.wait(60) and choose(*a, **kw))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.query_params["step"] = "choice"
     for key, value in {"ctl_source": "synthetic", "ctl_n_synth": 60}.items():

@@ -328,3 +328,34 @@ def test_a_settings_table_and_confusions_read_one_probe_fit(emb, monkeypatch):
     assert len(fits) == 4
     predict_all(emb, TARGET, "icm", other)
     assert len(fits) == 4
+
+
+def test_clips_confusions_at_any_setting_read_the_tables_probe_fit(emb, monkeypatch):
+    """CLIP in the full space reads no K, lam or pair set: its confusions at the setting the dashboard
+    asks them for (K and lam fixed, service.with_unused_fixed) read the predictions the table scored at
+    the sliders' (a first page at 50,000 images fitted CLIP's 512-dimension probe twice, 4 s), and they
+    equal a fresh fit's; another probe setting (its Cs) is fitted again."""
+    from clip_icm import evaluation
+    from clip_icm.evaluation import _Memo
+
+    fits = []
+
+    def counted(*args, **kwargs):
+        fits.append(args[0].shape)
+        return fit_linear_probe(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "fit_linear_probe", counted)
+    config = replace(CONFIG, methods=("icm",))
+    _Memo.clear()
+    evaluate_split(emb, TARGET, config)
+    assert len(fits) == 2
+    fixed = replace(config, n_components=1, lam=1.0)  # as service.with_unused_fixed(FULL_SPACE, config)
+    kept = predict_all(emb, TARGET, FULL_SPACE, fixed)
+    assert len(fits) == 2
+    _Memo.clear()
+    fresh = predict_all(emb, TARGET, FULL_SPACE, fixed)
+    assert len(fits) == 3
+    for protocol in (ZERO_SHOT, LINEAR_PROBE):
+        np.testing.assert_array_equal(fresh[protocol], kept[protocol])
+    predict_all(emb, TARGET, FULL_SPACE, replace(fixed, probe_Cs=(1.0,)))
+    assert len(fits) == 4

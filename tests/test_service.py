@@ -105,6 +105,29 @@ def test_fit_measures_invariance_on_held_out_pairs(emb):
         service.fit(emb, "env 4", "icm", _config(K=99))
 
 
+def test_a_fits_ratio_pairs_are_the_target_domains_pairs_selected_once_per_embedding_set(emb):
+    """A K change's fit reads the invariance ratios' pairs kept for its EmbeddingSet: the same rows as a
+    fresh selection, read-only, and a fit at another K measures on them (its full-space ratio unchanged)."""
+    from clip_icm.evaluation import _Memo
+
+    _Memo.clear()
+    first = service.fit(emb, "env 4", "icm", _config(K=4))
+    Z, Z_do, which = evaluation.ratio_pairs(emb, "env 4", None)
+    held = [(p.z[p.domains == "env 4"], p.z_do[p.domains == "env 4"]) for p in emb.pairs if p.domains is not None]
+    np.testing.assert_array_equal(Z, np.concatenate([h[0] for h in held if len(h[0])]))
+    np.testing.assert_array_equal(Z_do, np.concatenate([h[1] for h in held if len(h[1])]))
+    assert which == first.ratio_pairs == "held-out target-domain pairs"
+    assert evaluation.ratio_pairs(emb, "env 4", None)[0] is Z  # kept, not selected again
+    with pytest.raises(ValueError, match="read-only"):
+        Z[0, 0] = 1.0
+    other = service.fit(emb, "env 4", "icm", _config(K=3))
+    assert other.full_ratio == first.full_ratio and other.invariance_ratio != first.invariance_ratio
+    _Memo.clear()
+    assert service.fit(emb, "env 4", "icm", _config(K=3)).invariance_ratio == other.invariance_ratio
+    assert evaluation.ratio_pairs(emb, "env 1", None)[0].shape[0] == sum(int((p.domains == "env 1").sum())
+                                                                           for p in emb.pairs if p.domains is not None)
+
+
 def test_accuracy_table_merges_methods_and_measures_change_vs_clip(emb):
     frames = [service.evaluate(emb, "env 4", _config(methods=(m,))) for m in ("icm", "pca")]
     table = service.accuracy_table(frames)
@@ -182,6 +205,107 @@ def test_the_model_choice_is_kept_in_the_store_with_every_field(emb, tmp_path, m
             pd.testing.assert_frame_equal(kept, mine)
         else:
             assert kept == mine, field.name
+
+
+def test_every_targets_choice_made_in_its_own_process_is_the_choice_made_here(emb, tmp_path, monkeypatch):
+    """The Explorer's and the Story's overview: the choices a spawned process keeps in the store are the
+    numbers this process computes (one BLAS thread in both, as the dashboard runs), field for field."""
+    from dataclasses import fields
+
+    from threadpoolctl import threadpool_limits
+
+    from clip_icm import background
+    from clip_icm.store import EmbeddingStore
+
+    targets, store, started, run = ["env 4", "env 1"], EmbeddingStore(tmp_path), [], background.run
+    monkeypatch.setattr(background, "run", lambda *a, **kw: started.append(kw) or run(*a, **kw))
+    monkeypatch.setattr(background, "MAPPED_BYTES", 0)  # every array through a mapped file, as at 50,000 images
+    service.evaluate_and_choose_every_target(emb, targets, _config(), store)
+    assert started == [{"low_priority": True}]  # one process, below the server's own work
+    with threadpool_limits(1, user_api="blas"):
+        here = {t: service.evaluate_and_choose(emb, t, _config(), store=None) for t in targets}
+    from clip_icm import choice
+    monkeypatch.setattr(choice, "evaluate_and_choose", lambda *a, **kw: pytest.fail("chosen again, not read back"))
+    for target, (frame, made) in here.items():
+        kept_frame, kept = service.evaluate_and_choose(emb, target, _config(), store=store)
+        pd.testing.assert_frame_equal(kept_frame, frame, check_exact=True)
+        for field in fields(choice.Choice):
+            mine, theirs = getattr(made, field.name), getattr(kept, field.name)
+            if isinstance(mine, pd.DataFrame):
+                pd.testing.assert_frame_equal(theirs, mine, check_exact=True)
+            else:
+                assert theirs == mine, field.name
+    # every target kept: no process is started again
+    monkeypatch.setattr(background, "run", lambda *a, **kw: pytest.fail("a process for choices already kept"))
+    service.evaluate_and_choose_every_target(emb, targets, _config(), store)
+
+
+def test_every_targets_choice_in_its_own_process_reports_a_bad_target(emb, tmp_path):
+    from clip_icm.store import EmbeddingStore
+
+    with pytest.raises(service.ServiceError, match="unknown target domain 'nowhere'"):
+        service.evaluate_and_choose_every_target(emb, ["nowhere"], _config(), EmbeddingStore(tmp_path))
+
+
+def test_every_targets_choice_without_a_store_is_made_here_and_a_process_never_started(emb, monkeypatch):
+    """Without a store the results could not come back from a process: made here (and not kept)."""
+    from clip_icm import background
+
+    monkeypatch.setattr(background, "run", lambda *a, **kw: pytest.fail("a process whose results are lost"))
+    calls = []
+    choose = service.evaluate_and_choose
+    monkeypatch.setattr(service.fitting, "evaluate_and_choose", lambda *a, **kw: calls.append(a[1]) or choose(*a, **kw))
+    service.evaluate_and_choose_every_target(emb, ["env 4", "env 2"], _config(), None)
+    assert calls == ["env 4", "env 2"]
+
+
+def test_settings_evaluated_ahead_in_their_own_process_are_what_a_move_there_computes(emb, tmp_path, monkeypatch):
+    """A slider move to a setting evaluated ahead reads its accuracy tables and confusions from the store: the
+    numbers this process computes there (one BLAS thread, as the dashboard runs), exactly; settings kept
+    already start no process; without a store nothing is made."""
+    from threadpoolctl import threadpool_limits
+
+    from clip_icm import background
+    from clip_icm.store import EmbeddingStore
+
+    settings = [(_config(K=3), service.with_unused_fixed("augmentation", _config(K=3, methods=("augmentation",)))),
+                (_config(K=4, lam=10.0),)]
+    store, started, run = EmbeddingStore(tmp_path), [], background.run
+    monkeypatch.setattr(background, "run", lambda *a, **kw: started.append(kw) or run(*a, **kw))
+    monkeypatch.setattr(background, "MAPPED_BYTES", 0)
+    service.evaluate_ahead(emb, "env 4", "icm", settings, evaluation.LINEAR_PROBE, store)
+    assert started == [{"low_priority": True}]
+    with threadpool_limits(1, user_api="blas"):
+        here = [([service.evaluate(emb, "env 4", config) for config in configs],
+                 service.target_confusions(emb, "env 4", "icm", configs[0], evaluation.LINEAR_PROBE))
+                for configs in settings]
+    monkeypatch.setattr(evaluation, "evaluate_split", lambda *a, **kw: pytest.fail("evaluated again, not read back"))
+    monkeypatch.setattr(evaluation, "predict_all", lambda *a, **kw: pytest.fail("predicted again, not read back"))
+    for configs, (frames, matrices) in zip(settings, here):
+        for config, frame in zip(configs, frames):
+            pd.testing.assert_frame_equal(service.evaluate(emb, "env 4", config, store=store), frame, check_exact=True)
+        kept = service.target_confusions(emb, "env 4", "icm", configs[0], evaluation.LINEAR_PROBE, store=store)
+        assert kept.keys() == matrices.keys()
+        for name in matrices:
+            np.testing.assert_array_equal(kept[name], matrices[name])
+    service.evaluate_ahead(emb, "env 4", "icm", settings, evaluation.LINEAR_PROBE, store)
+    service.evaluate_ahead(emb, "env 4", "icm", [(_config(K=2),)], evaluation.LINEAR_PROBE, None)
+    assert len(started) == 1  # everything kept; and nothing to keep it in
+
+
+def test_background_run_returns_the_result_or_raises_what_the_process_raised():
+    from clip_icm import background
+
+    assert background.run(divmod, 17, 5) == (3, 2)
+    with pytest.raises(ZeroDivisionError):
+        background.run(divmod, 1, 0)
+    # a large array reaches the process through a file it maps: the same values, read-only there
+    big = np.arange(background.MAPPED_BYTES // 8 + 3, dtype=np.float64).reshape(-1, 1)
+    assert background.run(np.sum, big[::1]) == big.sum()
+    assert background.run(np.isfortran, np.asfortranarray(np.ones((2, background.MAPPED_BYTES // 16)))) is True
+    with pytest.raises(ValueError, match="read-only"):
+        background.run(np.put, big, [0], [1.0])
+    assert big[0, 0] == 0.0
 
 
 def test_accuracy_tables_and_confusions_are_kept_in_the_store_exactly(emb, tmp_path, monkeypatch):

@@ -17,13 +17,15 @@ from clip_icm.service.exports import (TABLE_FORMATS, accuracy_csv, embedding_tab
                                       png_available,
                                       projection_npz, table_bytes)
 from clip_icm.service.fitting import (Fit, accuracy_table, accuracy_wide, choose_hyperparameters, confusion,
-                                      eval_config, evaluate, evaluate_and_choose, evaluate_open_class, fit,
+                                      eval_config, evaluate, evaluate_ahead, evaluate_and_choose,
+                                      evaluate_and_choose_every_target, evaluate_open_class, fit,
                                       full_space_score, method_label, open_class_wide, orth_cali_summary,
                                       playground, projection_defaults, sweep, target_confusions,
                                       with_unused_fixed)
 from clip_icm.service.gate import Gate, heavy_jobs
 from clip_icm.service.layout_worker import SPECULATIVE, Job as LayoutJob, LayoutWorker
-from clip_icm.service.layout_worker import ready as layout_ready, shared as layout_worker, shared_choices as choice_worker
+from clip_icm.service.layout_worker import ready as layout_ready, shared as layout_worker, shared_ahead as ahead_worker
+from clip_icm.service.layout_worker import shared_choices as choice_worker
 from clip_icm.service.maps import (DRAW_LIMIT, MAP_POINTS, full_layout, full_layout_job, invariant_layout, invariant_layout_job,
                                    example_rows, nearest_neighbours, neighbour_agreement, plot_ids, point_table, predictions,
                                    ready_full_layout_job, sample_note, sample_rows, thumbnail)
@@ -40,11 +42,13 @@ __all__ = [
     "TABLE_FORMATS", "accuracy_csv", "embedding_table", "figure_png", "figure_svg", "png_available", "projection_npz",
     "table_bytes",
     "Fit", "accuracy_table", "accuracy_wide", "choose_hyperparameters", "confusion", "eval_config", "evaluate",
-    "evaluate_and_choose", "evaluate_open_class", "fit", "full_space_score", "method_label", "open_class_wide",
+    "evaluate_ahead",
+    "evaluate_and_choose", "evaluate_and_choose_every_target", "evaluate_open_class", "fit", "full_space_score",
+    "method_label", "open_class_wide",
     "orth_cali_summary", "playground",
     "projection_defaults", "sweep", "target_confusions", "with_unused_fixed",
     "Gate", "heavy_jobs",
-    "SPECULATIVE", "LayoutJob", "LayoutWorker", "choice_worker", "layout_ready", "layout_worker",
+    "SPECULATIVE", "LayoutJob", "LayoutWorker", "ahead_worker", "choice_worker", "layout_ready", "layout_worker",
     "DRAW_LIMIT", "MAP_POINTS", "full_layout", "full_layout_job", "invariant_layout", "invariant_layout_job", "nearest_neighbours",
     "example_rows", "neighbour_agreement", "plot_ids", "point_table", "predictions", "ready_full_layout_job", "sample_note",
     "sample_rows", "thumbnail",

@@ -63,11 +63,9 @@ def kept(store, emb, parts: tuple, compute: Callable[[], T], encode: Callable[[T
     entry's metadata (with the embeddings' origin, for ``cache info``): a restarted server reads it
     back instead of fitting again. No store, or embeddings without a content key: computed every
     time. JSON floats round-trip exactly, so what is read back is what was computed."""
-    if store is None or not emb.key:
+    if not keeps(store, emb):
         return compute()
-    from clip_icm.store import make_key
-
-    key = make_key("result", KEPT_FORMAT, emb.key, repr(parts))
+    key = _kept_key(emb, parts)
     entry = store.get_entry(key)
     if entry is not None and "value" in entry[1]:
         return decode(entry[1]["value"])
@@ -75,3 +73,22 @@ def kept(store, emb, parts: tuple, compute: Callable[[], T], encode: Callable[[T
     # the entry is its metadata
     store.put(key, np.zeros(0), {"kind": "kept results", **emb.origin, "value": encode(value)})
     return value
+
+
+def keeps(store, emb) -> bool:
+    """Whether kept() keeps results of ``emb`` in ``store``: a store, and embeddings with a content key."""
+    return store is not None and bool(emb.key)
+
+
+def is_kept(store, emb, parts: tuple) -> bool:
+    """Whether kept() would read ``parts`` of ``emb`` back from ``store`` rather than compute it."""
+    if not keeps(store, emb):
+        return False
+    entry = store.get_entry(_kept_key(emb, parts))
+    return entry is not None and "value" in entry[1]
+
+
+def _kept_key(emb, parts: tuple) -> str:
+    from clip_icm.store import make_key
+
+    return make_key("result", KEPT_FORMAT, emb.key, repr(parts))

@@ -9,7 +9,7 @@ import pandas as pd
 
 from clip_icm import choice, defaults, evaluation, methods
 from clip_icm.embeddings import EmbeddingSet
-from clip_icm.service.base import guard, kept
+from clip_icm.service.base import guard, is_kept, keeps, kept
 
 @dataclass(frozen=True)
 class Fit:
@@ -47,7 +47,7 @@ def fit(emb: EmbeddingSet, target: str, method: str, config: evaluation.EvalConf
     """Fit ``method`` on the pairs outside ``target``; the invariance ratio is measured on
     held-out pairs (the target domain's image pairs) when there are any."""
     projection = guard("Could not fit the projection", evaluation.fit_projection, emb, target, method, config)
-    Z, Z_do, which = _ratio_pairs(emb, target, config)
+    Z, Z_do, which = evaluation.ratio_pairs(emb, target, config.pair_sets)
     invariance_ratio, centred_ratio = projection.invariance_ratios(Z, Z_do)
     return Fit(
         method=method, K=config.n_components, lam=config.lam, lam_mode=config.lam_mode, target=target,
@@ -66,21 +66,15 @@ def orth_cali_summary(emb: EmbeddingSet, target: str, method: str, config: evalu
     return evaluation.spurious_span_text(methods.label(method), diagnostics)
 
 
-def _ratio_pairs(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) -> tuple[np.ndarray, np.ndarray, str]:
-    names = config.pair_sets if config.pair_sets is not None else [p.name for p in emb.pairs]
-    sets = [emb.pair_set(n) for n in names]
-    held = [(p.z[p.domains == target], p.z_do[p.domains == target]) for p in sets if p.domains is not None]
-    held = [h for h in held if len(h[0])]
-    if held:
-        return np.concatenate([h[0] for h in held]), np.concatenate([h[1] for h in held]), "held-out target-domain pairs"
-    return np.concatenate([p.z for p in sets]), np.concatenate([p.z_do for p in sets]), "training pairs (no held-out pairs)"
-
-
 def evaluate(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, store=None) -> pd.DataFrame:
     """evaluation.evaluate_split, with user errors as ServiceError; kept in ``store`` (see base.kept)."""
-    return kept(store, emb, ("evaluate", target, config),
+    return kept(store, emb, _table_parts(target, config),
                 lambda: guard("Could not evaluate", evaluation.evaluate_split, emb, target, config),
                 _frame_json, _json_frame)
+
+
+def _table_parts(target: str, config: evaluation.EvalConfig) -> tuple:
+    return ("evaluate", target, config)
 
 
 def _frame_json(frame: pd.DataFrame) -> dict:
@@ -162,13 +156,42 @@ def evaluate_and_choose(emb: EmbeddingSet, target: str, config: evaluation.EvalC
         return guard("Could not choose the model", choice.evaluate_and_choose, emb, target, config,
                      defaults.SELECTION, evaluation.LINEAR_PROBE, mode)
 
-    return kept(store, emb, ("evaluate and choose", target, config, mode), compute,
+    return kept(store, emb, _choice_parts(target, config, mode), compute,
                 lambda done: {"frame": _frame_json(done[0]), "table": _frame_json(done[1].table), "why": done[1].why,
                               "shortfall": done[1].shortfall, "versus_clip": _frame_json(done[1].versus_clip),
                               "mode": done[1].mode},
                 lambda done: (_json_frame(done["frame"]),
                               choice.Choice(target, _json_frame(done["table"]), done["why"], done["shortfall"],
                                             _json_frame(done["versus_clip"]), done["mode"])))
+
+
+def _choice_parts(target: str, config: evaluation.EvalConfig, mode: str) -> tuple:
+    return ("evaluate and choose", target, config, mode)
+
+
+def evaluate_and_choose_every_target(emb: EmbeddingSet, targets: list[str], config: evaluation.EvalConfig, store,
+                                     mode: str = defaults.CHOICE, separate_process: bool = True) -> None:
+    """evaluate_and_choose of each of ``targets`` in turn (those ``store`` does not hold yet), kept in ``store``,
+    where the pages read them. ``separate_process``: in a process of its own at a lowered priority, which
+    ends with the last choice (background.run), wherever the store can keep them (else here): at 50,000
+    images these are minutes of probes, and in the server's process they cost every slider move about
+    0.3 s of its interpreter and 1.1 GB of its peak memory (bench/RESULTS.md). The same numbers either way:
+    one BLAS thread in both, and JSON floats round-trip exactly."""
+    missing = [target for target in targets if not is_kept(store, emb, _choice_parts(target, config, mode))]
+    if not missing:
+        return
+    if separate_process and keeps(store, emb):
+        from clip_icm import background
+
+        background.run(_evaluate_and_choose_each, emb, missing, config, store, mode, low_priority=True)
+    else:
+        _evaluate_and_choose_each(emb, missing, config, store, mode)
+
+
+def _evaluate_and_choose_each(emb: EmbeddingSet, targets: list[str], config: evaluation.EvalConfig, store,
+                              mode: str) -> None:
+    for target in targets:
+        evaluate_and_choose(emb, target, config, store=store, mode=mode)
 
 
 def full_space_score(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, scoring: str,
@@ -229,10 +252,40 @@ def target_confusions(emb: EmbeddingSet, target: str, method: str, config: evalu
             predicted = guard("Could not predict", evaluation.predict_all, emb, target, name, named)[protocol]
             return confusion(emb.labels[rows], predicted[rows], len(emb.class_names))
 
-        return kept(store, emb, ("confusion", target, name, named, protocol), compute, lambda m: m.tolist(),
+        return kept(store, emb, _confusion_parts(target, name, config, protocol), compute, lambda m: m.tolist(),
                     lambda m: np.asarray(m, dtype=np.int64))
 
     return {name: matrix(name) for name in (evaluation.FULL_SPACE, method)}
+
+
+def _confusion_parts(target: str, name: str, config: evaluation.EvalConfig, protocol: str) -> tuple:
+    return ("confusion", target, name, with_unused_fixed(name, config), protocol)
+
+
+def evaluate_ahead(emb: EmbeddingSet, target: str, method: str, settings: list[tuple[evaluation.EvalConfig, ...]],
+                   protocol: str, store) -> None:
+    """What a slider move to each of ``settings`` reads, made beforehand and kept in ``store``: the accuracy
+    tables of its configs (``method``'s first, then its baselines') and the target confusions of CLIP and
+    ``method`` (``protocol``'s), in a process of its own at a lowered priority (background.run), those the store
+    does not hold yet. At 50,000 images a move's probe took 0.5-0.6 s of its rerun (bench/RESULTS.md); read
+    from the store, the numbers are the same (JSON floats round-trip exactly). Nothing without a store to keep
+    them in (what the process computed would be lost)."""
+    missing = [configs for configs in settings
+               if not all(is_kept(store, emb, _table_parts(target, config)) for config in configs)
+               or not all(is_kept(store, emb, _confusion_parts(target, name, configs[0], protocol))
+                          for name in (evaluation.FULL_SPACE, method))]
+    if missing and keeps(store, emb):
+        from clip_icm import background
+
+        background.run(_evaluate_each, emb, target, method, missing, protocol, store, low_priority=True)
+
+
+def _evaluate_each(emb: EmbeddingSet, target: str, method: str, settings: list[tuple[evaluation.EvalConfig, ...]],
+                   protocol: str, store) -> None:
+    for configs in settings:
+        for config in configs:
+            evaluate(emb, target, config, store=store)
+        target_confusions(emb, target, method, configs[0], protocol, store=store)
 
 
 def playground(config: object, shifts: tuple[float, ...], lam: float, n_components: int | None = None

@@ -37,6 +37,7 @@ from typing import Callable
 
 import numpy as np
 
+from clip_icm import background
 from clip_icm.errors import InvalidInput
 from clip_icm.service.base import positive_int_from_env
 
@@ -103,14 +104,6 @@ class Job:
 
 def ready(job: Job | None) -> bool:
     return job is not None and job.result() is not None
-
-
-def _limit_blas() -> None:
-    """In a layout process: one BLAS thread, as the dashboard's own process runs (app.py), so that
-    the neighbours' matrix products round as they did there."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1, user_api="blas")
 
 
 def _layout_2d(X: np.ndarray, init: np.ndarray | None, seed: int,
@@ -319,6 +312,11 @@ class LayoutWorker:
                 del self._jobs[job.key]
             return len(failed)
 
+    def drop_speculative(self) -> int:
+        """Cancel every speculative job that waits (a page that moved on asks for others); how many."""
+        with self._wake:
+            return self._drop_speculative(lambda job: True)
+
     def waiting(self, priority: int | None = None) -> int:
         with self._wake:
             return self._waiting(priority)
@@ -372,7 +370,8 @@ class LayoutWorker:
         reduce.wait_for_compilation()  # the kernels this server compiles in the background, loaded there
         with self._wake:
             if lane.process is None:
-                lane.process = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=_limit_blas)
+                lane.process = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"),
+                                                   initializer=background.one_blas_thread)
             process = lane.process
         try:
             return process, process.submit(function, *args)
@@ -466,6 +465,12 @@ def shared_choices() -> LayoutWorker:
     own): at 20,000 images they take minutes (bench/RESULTS.md), and on the layouts' worker one would hold
     up every map asked for after it; in the page's rerun, the maps and every control."""
     return _shared_worker("choices")
+
+
+def shared_ahead() -> LayoutWorker:
+    """The process's worker for what a slider move next to the page's setting would read (service.evaluate_ahead),
+    a thread of its own: behind the minutes of the model choices, they would come after the move."""
+    return _shared_worker("ahead")
 
 
 def _shared_worker(name: str, **kwargs) -> LayoutWorker:

@@ -198,8 +198,10 @@ def every_target_choice_job(ctx: Context) -> service.LayoutJob | None:
     """The model choice of every target, with this page's target first, made by the background choice
     worker into the results store: at 20,000 images the four choices take minutes, and in a rerun they
     would hold up the maps and every control (a first visit to the Story's step 7 on the demo, 10-12 s).
-    The pages draw from the store once it is done. None where there is no choice to make, or the worker
-    has enough waiting (then the page computes it itself)."""
+    The worker's thread hands them to a process of its own (service.evaluate_and_choose_every_target), so
+    that they take neither this process's interpreter nor its memory. The pages draw from the store once it
+    is done. None where there is no choice to make, or the worker has enough waiting (then the page
+    computes it itself)."""
     config = choice_config(ctx)
     if config is None:
         return None
@@ -207,8 +209,7 @@ def every_target_choice_job(ctx: Context) -> service.LayoutJob | None:
     targets = sorted(emb.domain_names, key=lambda target: target != ctx.choice.target)
 
     def compute() -> np.ndarray:
-        for target in targets:
-            service.evaluate_and_choose(emb, target, config, store=store, mode=mode)
+        service.evaluate_and_choose_every_target(emb, targets, config, store, mode)
         return np.empty(0)
 
     return service.choice_worker().submit(service.content_key("every target's model choice", emb.key, config, mode),

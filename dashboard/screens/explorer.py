@@ -46,6 +46,7 @@ def explorer_page() -> None:
     # which class becomes which: the picture a stakeholder reads at once, above the maps (it was ~1,900 px down)
     _confusion_section(ctx, K, lam)
     layouts = _umap_section(ctx, fit, K, lam, early_layouts or _layout_jobs(ctx, fit, K, lam))
+    _evaluate_ahead(ctx, K, lam)
     _gallery_section(ctx)
     if table is not None:
         _export_section(ctx, fit, table, layouts)
@@ -370,6 +371,34 @@ def _speculate(ctx: Context, ids: np.ndarray, K: int, lam: float) -> None:
 
 
 
+
+
+# Images from which the slider positions next to the page's are evaluated ahead: at 20,000 a move's table
+# took 0.8 s of its rerun, at 10,000 0.1 s, less than the process that would make it costs (bench/RESULTS.md).
+EVALUATE_AHEAD_FROM = 20_000
+
+
+def _evaluate_ahead(ctx: Context, K: int, lam: float) -> None:
+    """From EVALUATE_AHEAD_FROM images: the accuracy tables and confusions of the slider positions next to this
+    one (K one up and down, λ one step either way), made in the background (service.evaluate_ahead, its own
+    worker and process, lowered priority) into the store, so that a move there reads its numbers instead of
+    fitting its probe. What was asked for a position the page has left and not started is dropped."""
+    emb, c = ctx.emb, ctx.choice
+    if len(emb.labels) < EVALUATE_AHEAD_FROM or c.task != "domain_shift":
+        return
+    steps = list(controls.LAMS)
+    at = steps.index(lam) if lam in steps else None
+    cells = [(k, lam) for k in (K + 1, K - 1) if 1 <= k <= emb.features.shape[1]]
+    if at is not None:
+        cells += [(K, steps[i]) for i in (at + 1, at - 1) if 0 <= i < len(steps)]
+    settings = [tuple(service.with_unused_fixed(m, controls.eval_config(c, k, x, (m,))) for m in (c.method, *c.baselines))
+                for k, x in cells]
+    protocol = st.session_state.get("confusion_protocol", evaluation.LINEAR_PROBE)
+    store, worker = cached.store(), service.ahead_worker()
+    worker.drop_speculative()
+    worker.submit(service.content_key("ahead", emb.key, c.target, c.method, settings, protocol),
+                  lambda: service.evaluate_ahead(emb, c.target, c.method, settings, protocol, store) or np.empty(0),
+                  label=f"the settings next to K = {K}, λ = {lam:g}", group=emb.key, priority=service.SPECULATIVE)
 
 
 def _nearest(values: list, value: float) -> int:
