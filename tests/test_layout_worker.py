@@ -312,7 +312,7 @@ def test_warm_starts_every_lane_and_loads_the_kernels_there():
 
 def test_a_delayed_warm_up_starts_no_process_before_its_time_and_every_lane_after():
     worker = LayoutWorker(separate_process=True, processes=1)
-    worker.warm(after_s=1.0)
+    worker.warm(after_s=3.0)
     time.sleep(0.3)
     assert worker._lanes[0].process is None and not worker._lanes[0].warm  # the page's browser has the cores
     worker._warming.join(WAIT_S * 3)
