@@ -4,17 +4,17 @@
 
 A restart (bench_dashboard's "restart (store kept, fresh process) -> accuracy chart") is a fresh
 `streamlit run` on a store that already holds the demo's first page, opened in a fresh page of
-headless Chromium. This fills such a store once (a cold first page, then the server's background
+headless Chromium (started for each restart, before the clock). This fills such a store once (a cold first page, then the server's background
 work left to finish), unless ``--store`` names one, then restarts the server ``--runs`` times on a
 copy of it and prints, per run, seconds from ``page.goto`` (the clock of bench_dashboard: the
 browser is already started, the server already answers its health check):
 
 - the page's ``load`` event (Streamlit's HTML and bundle fetched and run),
-- the first websocket frame from the server (this one and the next: from the navigation's start) and the first one that carries the accuracy chart's
-  figure (the server's side: its script run reaching the chart),
+- the first websocket frame from the server and the first one that carries the accuracy chart's figure
+  (the server's side: its script run reaching the chart; both timed in the page, from the navigation's start),
 - the accuracy chart drawn, and every plot drawn;
 
-and the renderer's CPU by kind over the run (Chrome DevTools Protocol ``Performance.getMetrics``:
+and the renderer's CPU by kind to the chart (Chrome DevTools Protocol ``Performance.getMetrics``:
 ScriptDuration, LayoutDuration, RecalcStyleDuration, TaskDuration, in seconds), the CPU seconds of
 the server and of every Chromium process to the chart (as bench_dashboard), and what the page
 holds once every plot is drawn (plotly charts, their traces and points, SVG and WebGL traces,
