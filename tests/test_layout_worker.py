@@ -4,6 +4,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -307,6 +308,15 @@ def test_warm_starts_every_lane_and_loads_the_kernels_there():
     X = np.random.default_rng(0).normal(size=(200, 16)).astype(np.float32)
     np.testing.assert_array_equal(worker.lay_out(X, seed=3), worker.lay_out(X, seed=3))
     LayoutWorker().warm()  # no processes: nothing to start
+
+
+def test_a_delayed_warm_up_starts_no_process_before_its_time_and_every_lane_after():
+    worker = LayoutWorker(separate_process=True, processes=1)
+    worker.warm(after_s=3.0)
+    time.sleep(0.3)
+    assert worker._lanes[0].process is None and not worker._lanes[0].warm  # the page's browser has the cores
+    worker._warming.join(WAIT_S * 3)
+    assert worker._lanes[0].warm and worker._lanes[0].process is not None
 
 
 @pytest.mark.parametrize("value, cpus, processes", [("3", 2, 3), (" 1 ", 8, 1), ("", 1, 1), ("", 2, 1), ("", 3, 2),

@@ -248,16 +248,18 @@ class LayoutWorker:
             self._in_process(lane, _warm_up)
             lane.warm = True
 
-    def warm(self) -> None:
+    def warm(self, after_s: float = 0.0) -> None:
         """Start every lane's process and load umap's kernels there, one lane after the other, in the
         background (once; a page drawn from the store calls this, so that its first K change finds a
-        process ready instead of starting one: a few seconds). Nothing with no processes."""
+        process ready instead of starting one: a few seconds), ``after_s`` seconds from now: a layout
+        asked for meanwhile starts its lane's process itself. Nothing with no processes."""
         if not self.separate_process:
             return
         with self._wake:
             if self._warming is not None:
                 return
-            self._warming = threading.Thread(target=self._warm_lanes, name="clip-icm layouts warm-up", daemon=True)
+            self._warming = threading.Thread(target=self._warm_lanes, args=(after_s,), name="clip-icm layouts warm-up",
+                                             daemon=True)
         self._warming.start()
 
     def finished(self, key: str, xy: np.ndarray, *, label: str, group: str) -> Job:
@@ -395,7 +397,8 @@ class LayoutWorker:
         raise RuntimeError("the layout process ended before the layout did (out of memory?); "
                            "the next layout starts a new one") from error
 
-    def _warm_lanes(self) -> None:
+    def _warm_lanes(self, after_s: float) -> None:
+        time.sleep(after_s)
         for lane in self._lanes:
             if not lane.warm:
                 try:

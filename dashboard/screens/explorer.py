@@ -13,6 +13,9 @@ from dashboard.screens.common import (Context, choice_config, choice_status, eve
                                     settings_context, target_summary)
 
 THUMBS = 12
+# seconds from a page drawn from the store to the layout processes' warm-up: about what a restart's browser takes
+# to draw the page after the server sent it on 2 cores (bench/RESULTS.md, "The warm restart")
+WARM_LAYOUTS_AFTER_S = 5.0
 
 
 # ---------------------------------------------------------------- Explorer
@@ -301,8 +304,9 @@ def _umap_section(ctx: Context, fit: service.Fit, K: int, lam: float, jobs: tupl
     # draws its map, with one status poll to spare; read after the maps, a job finishing between the
     # two reads left a stale map or a placeholder with no status to poll for it, for good.
     pending = [job for job in (full_job, inv_job) if job.pending]
-    if not pending:  # drawn from what the worker or the store holds: the layout processes start for the next one
-        service.layout_worker().warm()
+    if not pending:  # drawn from what the worker or the store holds: the layout processes start for the next one,
+        # once the browser has drawn this page (spawning one and importing umap beside it delayed a restart's chart)
+        service.layout_worker().warm(after_s=WARM_LAYOUTS_AFTER_S)
     full_fig = map_figure(full_job, full_points, colour, f"Full CLIP space{note}")
     inv_fig = None
     if service.layout_ready(inv_job):
