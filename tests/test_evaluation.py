@@ -289,11 +289,10 @@ def test_refits_from_kept_moments_equal_fresh_fits(emb):
                                    make_projection(method, 6, 1e4).fit(Z, Z_do).components_, atol=1e-10)
 
 
-def test_a_settings_table_and_confusions_read_one_probe_fit(emb, monkeypatch):
-    """predict_all after evaluate_split with the same setting reads the predictions the table scored
-    (the probe is not fitted again); they equal a fresh fit's, are read-only, and another K refits."""
+@pytest.fixture
+def probe_fits(monkeypatch) -> list:
+    """The linear probes fitted from now on (their inputs' shapes), counted."""
     from clip_icm import evaluation
-    from clip_icm.evaluation import _Memo
 
     fits = []
 
@@ -302,6 +301,15 @@ def test_a_settings_table_and_confusions_read_one_probe_fit(emb, monkeypatch):
         return fit_linear_probe(*args, **kwargs)
 
     monkeypatch.setattr(evaluation, "fit_linear_probe", counted)
+    return fits
+
+
+def test_a_settings_table_and_confusions_read_one_probe_fit(emb, probe_fits):
+    """predict_all after evaluate_split with the same setting reads the predictions the table scored
+    (the probe is not fitted again); they equal a fresh fit's, are read-only, and another K refits."""
+    from clip_icm.evaluation import _Memo
+
+    fits = probe_fits
     config = replace(CONFIG, methods=("icm",))
     _Memo.clear()
     frame = evaluate_split(emb, TARGET, config)
@@ -330,21 +338,14 @@ def test_a_settings_table_and_confusions_read_one_probe_fit(emb, monkeypatch):
     assert len(fits) == 4
 
 
-def test_clips_confusions_at_any_setting_read_the_tables_probe_fit(emb, monkeypatch):
+def test_clips_confusions_at_any_setting_read_the_tables_probe_fit(emb, probe_fits):
     """CLIP in the full space reads no K, lam or pair set: its confusions at the setting the dashboard
     asks them for (K and lam fixed, service.with_unused_fixed) read the predictions the table scored at
     the sliders' (a first page at 50,000 images fitted CLIP's 512-dimension probe twice, 4 s), and they
     equal a fresh fit's; another probe setting (its Cs) is fitted again."""
-    from clip_icm import evaluation
     from clip_icm.evaluation import _Memo
 
-    fits = []
-
-    def counted(*args, **kwargs):
-        fits.append(args[0].shape)
-        return fit_linear_probe(*args, **kwargs)
-
-    monkeypatch.setattr(evaluation, "fit_linear_probe", counted)
+    fits = probe_fits
     config = replace(CONFIG, methods=("icm",))
     _Memo.clear()
     evaluate_split(emb, TARGET, config)
