@@ -8,8 +8,8 @@ pickle and copy its arrays on every rerun.
 
 What every page run reads again (the selection, the model choices and their summaries, the shared
 figures and views) is a ``cache_resource``: one object for every session, handed out as it is, which
-nobody changes in place; a ``cache_data`` value is unpickled afresh on each read (the model choices'
-tables cost a classroom's page runs 20-30 ms each that way, bench/RESULTS.md).
+nobody changes in place; a ``cache_data`` value is unpickled afresh on each read (the model choices,
+with their tables, seven times a page run that way: bench/RESULTS.md, "A classroom, round 3 session 6").
 
 The heavy ones (the selection grid, the model choice and its overview, sweeps, the open-class table, the
 playground) pass service.heavy_jobs, the server's cap on heavy jobs at once: a cached value comes at
@@ -246,8 +246,8 @@ def targets_overview(emb_key: str, config: evaluation.EvalConfig, mode: str) -> 
     """A holder, one for every session, of the every-target overview's rows (``"rows"``: a frame of
     target_summary's, one per target) of the data set ``emb_key`` under ``config`` and ``mode``: filled by
     the first page that has every target's model choice, read by the others (each run made the four
-    summaries again: 4-5 ms of every page run). A holder, as embedding_slot is: the page fills it where
-    it can show its progress."""
+    summaries again: about 3 ms of every page run). A holder, as embedding_slot is: the page fills it
+    where it can show its progress."""
     return {}
 
 
