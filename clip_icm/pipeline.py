@@ -839,8 +839,10 @@ class _Placed(NamedTuple):
 def _own_image_pairs(b: _Build, files: list[ImagePairs], as_val: bool) -> tuple[list[PairSet], list[PairSet]]:
     """Per image pairs file: the pair set of the pairs whose first image is a training row, and
     (``as_val``) the intervened validation set of those whose first image is a validation row."""
-    index = {str(Path(p).resolve()): i for i, p in enumerate(b.rows.paths.tolist())}
     fit, val = [], []
+    if not files:  # resolving every row's path took 0.15 s of the demo's first page
+        return fit, val
+    index = {str(Path(p).resolve()): i for i, p in enumerate(b.rows.paths.tolist())}
     for own in files:
         placed = _place(b, own, index)
         z_do, ok = _own_intervened(b, own, placed)

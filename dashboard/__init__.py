@@ -1,5 +1,8 @@
 """The Streamlit dashboard: a thin shell over clip_icm.service (run: streamlit run dashboard/app.py)."""
 import functools
+from pathlib import Path
+
+FAVICON = Path(__file__).with_name("favicon.png")
 
 
 @functools.cache

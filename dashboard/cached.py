@@ -78,7 +78,7 @@ def queue_place() -> Iterator[Callable[[int], None]]:
         nonlocal box
         if box is None:
             box = st.empty()
-        box.info(texts.queue_place(ahead, service.heavy_jobs().cap), icon="⏳")
+        box.info(texts.queue_place(ahead, service.heavy_jobs().cap), icon=texts.PENDING_ICON)
 
     try:
         yield show

@@ -12,6 +12,12 @@ import re
 _MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_\[\]<>&~:$|@])|(?<=www)(\.)", re.IGNORECASE)
 
 
+# The icon of a status that waits for background work: Streamlit's bundled Material font, as the
+# sidebar's icons (an emoji, "⏳", drew as an empty box where no emoji font is installed, and made
+# Streamlit compile its emoji pattern, 0.3-0.4 s of a new process's first page).
+PENDING_ICON = ":material/hourglass_top:"
+
+
 def plain(text: str) -> str:
     """``text`` (a folder, class or domain name, or a message quoting one) for Streamlit's Markdown
     boxes (``st.error``, ``st.warning``...), each mark above backslash-escaped, so a name shows

@@ -593,16 +593,24 @@ def test_terminal_escapes_in_names_are_printed_as_data(tiny, tmp_path, capsys):
     assert "has no images of class 'cat\\x1b[2J" in err  # the scan's warning about sketch
 
 
-def test_the_page_icon_is_inline_never_fetched():
-    """A :material/...: favicon is fetched from fonts.gstatic.com; an emoji one is a data: URI."""
-    import ast
+def test_the_page_icon_is_served_by_the_dashboard_never_fetched():
+    """A :material/...: favicon is fetched from fonts.gstatic.com; the page's is its own file, which
+    Streamlit serves from this server's /media/ path."""
+    from streamlit.testing.v1 import AppTest
 
-    from streamlit.commands.page_config import _get_favicon_string
+    from dashboard import FAVICON
 
-    calls = [node for node in ast.walk(ast.parse((REPO / "dashboard" / "app.py").read_text()))
-             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "set_page_config"]
-    icon = next(k.value.value for k in calls[0].keywords if k.arg == "page_icon")
-    assert _get_favicon_string(icon).startswith("emoji:")
+    def page(icon: str) -> None:
+        import streamlit as st
+        from streamlit.commands.page_config import _get_favicon_string
+
+        st.text(_get_favicon_string(icon))
+
+    at = AppTest.from_function(page, args=(str(FAVICON),)).run()
+    assert FAVICON.read_bytes().startswith(b"\x89PNG")
+    url = at.text[0].value  # a path on the page's own server (AppTest's is under /mock/)
+    assert url.startswith("/") and not url.startswith("//") and "/media/" in url and url.endswith(".png")
+    assert "page_icon=FAVICON" in (REPO / "dashboard" / "app.py").read_text()
 
 
 # ---------------------------------------------------------------- the API: named errors, and properties

@@ -230,7 +230,7 @@ def choice_status(job: service.LayoutJob, reads: str) -> None:
     if not job.pending:
         st.rerun()
     st.info(f"Choosing the model for every target in the background, from {reads} "
-            f"({job.progress(service.choice_worker().ahead_of(job))}); this part follows by itself.", icon="⏳")
+            f"({job.progress(service.choice_worker().ahead_of(job))}); this part follows by itself.", icon=texts.PENDING_ICON)
 
 
 def map_figure(job: service.LayoutJob, points: pd.DataFrame, colour: str, title: str,
@@ -279,7 +279,7 @@ def layout_status(jobs: list) -> None:
     worker = service.layout_worker()
     stands = "; ".join(f"{job.label}, {job.progress(worker.ahead_of(job))}" for job in pending)
     st.info(f"Maps laying out in the background ({stands}). The numbers above are already for this setting; "
-            "the maps follow by themselves.", icon="⏳")
+            "the maps follow by themselves.", icon=texts.PENDING_ICON)
 
 
 
