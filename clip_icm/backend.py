@@ -220,10 +220,34 @@ def _hf_hub_folder(repo_id: str, display: str) -> str:
     return str(Path(config).parent)
 
 
-def _dir_checkpoint(folder: Path) -> str | None:
-    from open_clip.factory import _find_checkpoint_in_dir  # the file open_clip itself would pick
+# What open_clip picks for a local-dir model, written out: resolving one (the bundled demo's toy-clip) then
+# imports neither open_clip nor torch, 4-6 s of CPU that a demo page served from its seed store never needs
+# (bench/RESULTS.md). tests/test_backend.py holds them to open_clip's own (transform.PreprocessCfg,
+# transform.merge_preprocess_dict, factory._find_checkpoint_in_dir).
+PREPROCESS_DEFAULTS = {"size": 224, "mode": "RGB", "mean": (0.48145466, 0.4578275, 0.40821073),
+                       "std": (0.26862954, 0.26130258, 0.27577711), "interpolation": "bicubic",
+                       "resize_mode": "shortest", "fill_color": 0}
+_CHECKPOINT_SUFFIXES = ("*.safetensors", "*.bin", "*.pth")
+_PREFERRED_CHECKPOINTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                          "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "model.safetensors",
+                          "pytorch_model.bin", "pytorch_model.pth", "model.pth")
 
-    return _find_checkpoint_in_dir(folder)
+
+def merge_preprocess(base: dict, overlay: dict | None) -> dict:
+    """``base`` with ``overlay``'s preprocessing settings (those not None) on top; other keys dropped."""
+    merged = {k: v for k, v in base.items() if k in PREPROCESS_DEFAULTS}
+    merged.update({k: v for k, v in (overlay or {}).items() if k in PREPROCESS_DEFAULTS and v is not None})
+    return merged
+
+
+def _dir_checkpoint(folder: Path) -> str | None:
+    """The weights file open_clip loads from ``folder``: a preferred name, else the first by name,
+    safetensors first."""
+    found = sorted(path for pattern in _CHECKPOINT_SUFFIXES for path in folder.glob(pattern))
+    found.sort(key=lambda path: path.suffix == ".safetensors", reverse=True)
+    preferred = sorted((path for path in found if path.name in _PREFERRED_CHECKPOINTS),
+                       key=lambda path: _PREFERRED_CHECKPOINTS.index(path.name))
+    return str(preferred[0]) if preferred else str(found[0]) if found else None
 
 
 def file_stamp(path: str | Path) -> list[int]:
@@ -274,8 +298,8 @@ _GPU_NODES = ("/dev/nvidiactl", "/dev/dxg", "/dev/nvhost-ctrl-gpu", "/dev/kfd")
 
 def _may_have_accelerator() -> bool:
     """False only where torch could not find one: Linux without any _GPU_NODES, torch not imported
-    yet. Building a model always asks torch (resolve_model imports it first); this spares the
-    import to a caption or a page whose embeddings all come from the store."""
+    yet. This spares the import to a caption or a page whose embeddings all come from the store
+    (resolving a built-in or hub model imports open_clip, and with it torch, first)."""
     if "torch" in sys.modules or not sys.platform.startswith("linux"):
         return True
     return any(os.path.exists(node) for node in _GPU_NODES)
@@ -335,23 +359,22 @@ def resolve_model(cfg: ModelConfig) -> ResolvedModel:
         hint = MODELS.get(cfg.name).missing_hint if cfg.name in MODELS else ""
         raise ModelUnavailableError(f"model {display}: no open_clip_config.json in {arch[len(LOCAL_PREFIX):]}"
                                     + (f"; {hint}" if hint else ""))
-    import open_clip  # after the cheap checks: importing it takes seconds
-    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
-
     if arch.startswith(HF_PREFIX):
         arch = LOCAL_PREFIX + _hf_hub_folder(arch[len(HF_PREFIX):], display)
-    preprocess, tag_cfg, checkpoint = asdict(PreprocessCfg()), {}, None
+    preprocess, tag_cfg, checkpoint = dict(PREPROCESS_DEFAULTS), {}, None
     if arch.startswith(LOCAL_PREFIX):
         folder = Path(arch[len(LOCAL_PREFIX):])
         config_file = folder / "open_clip_config.json"
         model_cfg, local_preprocess = _local_config(config_file, display)
-        preprocess = merge_preprocess_dict(preprocess, local_preprocess)
+        preprocess = merge_preprocess(preprocess, local_preprocess)
         checkpoint = _dir_checkpoint(folder)
         if pretrained not in (None, "none"):
             checkpoint = _checkpoint_file(pretrained, display)
         elif checkpoint is None and pretrained is None:
             raise _missing(display, [folder])
     else:
+        import open_clip  # after the cheap checks: importing it (and torch) takes seconds
+
         model_cfg = open_clip.get_model_config(arch)
         if pretrained is None:
             raise ModelUnavailableError(
@@ -365,7 +388,7 @@ def resolve_model(cfg: ModelConfig) -> ResolvedModel:
     if pretrained == "none":
         checkpoint = None
     quick_gelu = bool(tag_cfg.get("quick_gelu", model_cfg.get("quick_gelu", False)))
-    preprocess = merge_preprocess_dict(preprocess, tag_cfg)
+    preprocess = merge_preprocess(preprocess, tag_cfg)
     preprocess["size"] = model_cfg["vision_cfg"]["image_size"]
     device = pick_device(cfg.device)
     weights = (f"tag:{arch}:{pretrained}" if tag_cfg else file_identity(checkpoint)) if checkpoint else "random:0"

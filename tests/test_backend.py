@@ -261,3 +261,58 @@ def test_model_key_memo_skips_resolution_until_files_change(tmp_path, monkeypatc
     save_checkpoint(folder / "open_clip_pytorch_model.bin", seed=2)  # new weights: memo is stale
     assert model_key(cfg, memo_dir=tmp_path / "memo") not in (key, None)
     assert model_key(cfg, memo_dir=tmp_path / "memo") == model_key(cfg)
+
+
+def test_open_clips_preprocessing_defaults_and_merge_are_written_out_as_open_clip_has_them():
+    """backend resolves a local-dir model without importing open_clip: its copies of open_clip's
+    choices must stay what open_clip does, or a key would name other preprocessing."""
+    from dataclasses import asdict
+
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    import clip_icm.backend as backend
+
+    assert backend.PREPROCESS_DEFAULTS == asdict(PreprocessCfg())
+    overlays = [{}, None, {"size": 64, "mean": [0.5] * 3, "other": 1}, {"interpolation": None, "resize_mode": "squash"},
+                {"fill_color": 3, "std": (0.2, 0.2, 0.2)}]
+    for overlay in overlays:
+        assert backend.merge_preprocess(dict(backend.PREPROCESS_DEFAULTS), overlay) == \
+            merge_preprocess_dict(PreprocessCfg(), overlay)
+
+
+@pytest.mark.parametrize("names", [
+    ["model.pth", "open_clip_model.safetensors", "open_clip_pytorch_model.bin"],
+    ["b.bin", "a.pth", "z.safetensors"],
+    ["b.bin", "a.bin"],
+    ["pytorch_model.pth", "model.safetensors", "x.safetensors"],
+    ["notes.txt"],
+])
+def test_a_local_dirs_weights_file_is_the_one_open_clip_picks(tmp_path, names):
+    from open_clip.factory import _find_checkpoint_in_dir
+
+    import clip_icm.backend as backend
+
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert backend._dir_checkpoint(tmp_path) == _find_checkpoint_in_dir(tmp_path)
+
+
+def test_resolving_the_demo_model_imports_neither_open_clip_nor_torch():
+    """A demo page served from the seed store needs the model's key, not the model (4-6 s of imports)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom clip_icm.backend import ModelConfig, resolve_model, model_key\n"
+            "print(resolve_model(ModelConfig()).key == model_key(ModelConfig()), "
+            "'torch' in sys.modules, 'open_clip' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(TOY_CLIP_DIR.parent.parent)).stdout.split()
+    key_matches, torch_imported, open_clip_imported = out
+    assert key_matches == "True" and open_clip_imported == "False"
+    # torch only to ask for a GPU, where this machine may have one (backend._may_have_accelerator)
+    import os
+
+    import clip_icm.backend as backend
+
+    may_have_gpu = not sys.platform.startswith("linux") or any(os.path.exists(n) for n in backend._GPU_NODES)
+    assert torch_imported == str(may_have_gpu)
