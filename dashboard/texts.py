@@ -158,6 +158,10 @@ def share(value: float) -> str:
 
 
 # The playground's table: its columns as a reader names them (clip_icm.scm.run_playground's rows).
+# The playground's predictor on the whole synthetic embedding: there is no CLIP in that world, so not
+# the full space's usual label ("CLIP").
+PLAYGROUND_FULL_SPACE = "Full embedding"
+
 PLAYGROUND_COLUMNS = {
     "shift": "test-time shift",
     "predictor": "predictor",

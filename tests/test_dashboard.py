@@ -270,7 +270,7 @@ def test_playground_page_reacts_to_its_sliders():
     before = at.dataframe[0].value
     # columns a reader can name (not run_playground's id_accuracy, r2_inv...), predictors by their labels
     assert "accuracy, shifted environment" in before.columns and not any("_" in c for c in before.columns)
-    assert set(before["predictor"]) == {"CLIP", "ICM", "ICM (as released)"}
+    assert set(before["predictor"]) == {"Full embedding", "ICM", "ICM (as released)"}  # no CLIP in this world
     at.slider(key="pg_noise").set_value(1.0).run()
     _ok(at)
     assert not at.dataframe[0].value.equals(before)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from clip_icm import defaults, figures, service
+from clip_icm import defaults, evaluation, figures, service
 from dashboard import cached, texts
 
 
@@ -31,7 +31,8 @@ def playground_page() -> None:
     except service.ServiceError as e:
         st.error(str(e))
         return
-    shown = table.assign(predictor=table["method"].map(service.method_label))
+    shown = table.assign(predictor=[texts.PLAYGROUND_FULL_SPACE if method == evaluation.FULL_SPACE
+                                    else service.method_label(method) for method in table["method"]])
     left, right = st.columns(2)
     left.plotly_chart(figures.playground_accuracy(shown, "shift", "ood_accuracy", "predictor",
                                                   "Accuracy on the shifted environment"), key="pg_acc")
