@@ -29,6 +29,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -541,16 +542,26 @@ def ensure_demo_data(root: str | os.PathLike | None = None) -> Path:
         raise
 
 
+_DRAWING: dict[str, subprocess.Popen] = {}  # this process's drawings of the demo world, by folder
+_DRAWING_LOCK = threading.Lock()
+
+
 def draw_demo_data_elsewhere(root: str | os.PathLike | None = None) -> subprocess.Popen | None:
     """Start :func:`ensure_demo_data` in a separate process when the demo world is missing, so that
-    the caller can load its model meanwhile (rendering 1,280 images and importing torch take about
-    4 s each on one core); None when the world is there already (or no process could start). A
-    later ensure_demo_data() finds the world drawn, or draws it itself if that process failed."""
+    the caller can go on meanwhile (rendering its 1,280 images takes about 4 s on one core); None
+    when the world is there already (or no process could start). A caller that asks while this
+    process's drawing of that world still runs gets the same process to wait for. A later
+    ensure_demo_data() finds the world drawn, or draws it itself if that process failed."""
     root = Path(root) if root is not None else demo_dir()
     if _has_demo(root):
         return None
-    return background.start("import sys\nfrom clip_icm.toydomains import ensure_demo_data\n"
-                            "ensure_demo_data(sys.argv[1])", os.fspath(root))
+    with _DRAWING_LOCK:
+        drawing = _DRAWING.get(os.fspath(root))
+        if drawing is None or drawing.poll() is not None:
+            drawing = _DRAWING[os.fspath(root)] = background.start(
+                "import sys\nfrom clip_icm.toydomains import ensure_demo_data\nensure_demo_data(sys.argv[1])",
+                os.fspath(root))
+        return drawing
 
 
 def _has_demo(root: Path) -> bool:

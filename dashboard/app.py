@@ -17,7 +17,7 @@ if ROOT not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from dashboard import FAVICON, one_blas_thread, url  # noqa: E402
+from dashboard import FAVICON, draw_the_demo_early, one_blas_thread, url  # noqa: E402
 from dashboard.screens import registry  # noqa: E402
 
 
@@ -36,6 +36,8 @@ def main() -> None:
     st.set_page_config(page_title="CLIP-ICM Explorer", page_icon=FAVICON, layout="wide")
     keep_settings()
     url.read_settings_once()
+    if st.session_state.get("ctl_source", "demo") == "demo":  # the sidebar's default source
+        draw_the_demo_early()
     # "/" opens the Story; "/?page=explorer" (or "/explorer") another page: a bookmark of any view
     navigation = st.navigation(list(registry(st.query_params.get("page", "story")).values()))
     navigation.run()

@@ -128,3 +128,23 @@ def test_the_dashboard_limits_blas_to_one_thread_once_per_process():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True,
                          cwd=Path(__file__).resolve().parent.parent).stdout.split()
     assert out == ["[1]", "1"]
+
+
+@pytest.mark.parametrize("source", ["demo", "synthetic"])
+def test_a_first_page_on_the_demo_starts_drawing_its_world_once(monkeypatch, tmp_path, source):
+    """A fresh install's first page waits for the demo world to be drawn: app.py starts the drawing
+    before the page (and its libraries' imports) runs, once a process, only where the page reads the demo."""
+    import dashboard
+    from clip_icm import toydomains
+
+    monkeypatch.setenv("CLIP_ICM_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(toydomains, "draw_demo_data_elsewhere", lambda root=None: calls.append(root))
+    dashboard.draw_the_demo_early.cache_clear()
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=120)
+    at.query_params.update(page="about", source=source)
+    at.run()
+    at.run()
+    assert not at.exception
+    assert calls == ([None] if source == "demo" else [])  # once a process, not on every run
+    dashboard.draw_the_demo_early.cache_clear()

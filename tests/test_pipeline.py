@@ -306,6 +306,30 @@ def test_the_demo_world_drawn_in_another_process_is_the_one_drawn_here(tmp_path)
     assert toydomains.draw_demo_data_elsewhere(here) is None  # nothing to draw
 
 
+def test_callers_during_one_drawing_of_the_demo_world_wait_for_the_same_process(tmp_path, monkeypatch):
+    """The dashboard starts the drawing on a new server's first page and its embedding pass asks again:
+    one drawing, not two racing to rename their folders; a drawing that failed is started afresh."""
+    from clip_icm import background, toydomains
+
+    started, real_start = [], background.start
+
+    def start(code, *args, **kwargs):  # a first drawing that runs for a while, then ones that fail
+        started.append(real_start("import time; time.sleep(30)" if not started else "raise SystemExit(3)"))
+        return started[-1]
+
+    monkeypatch.setattr(background, "start", start)
+    first = toydomains.draw_demo_data_elsewhere(tmp_path / "world")
+    try:
+        assert toydomains.draw_demo_data_elsewhere(tmp_path / "world") is first and len(started) == 1
+        assert toydomains.draw_demo_data_elsewhere(tmp_path / "other") is not first  # another world: its own
+    finally:
+        first.kill()
+        first.wait()
+    again = toydomains.draw_demo_data_elsewhere(tmp_path / "world")  # the first ended without a world
+    assert again is not first and len(started) == 3
+    again.wait()
+
+
 @pytest.mark.parametrize("drawing", ["works", "fails"])
 def test_a_missing_demo_world_is_drawn_while_the_model_loads(tmp_path, monkeypatch, model, drawing):
     """With no demo world on disk, embed_dataset draws it in another process while the model loads;
