@@ -147,6 +147,26 @@ def test_a_key_missing_here_is_copied_in_from_the_seed_and_then_read_as_ones_own
     assert store.get("ef" * 20) is None and store.stats.misses == 1  # in neither
 
 
+def test_a_seed_copy_is_not_synced_and_one_spoiled_later_is_copied_again(tmp_path, monkeypatch):
+    """The seed keeps the original, so its copy skips fsync (a power cut may spoil it): a spoiled copy
+    fails its checksum and is copied from the seed again, not a miss."""
+    import os
+
+    seed, key = _seed(tmp_path)
+    store = EmbeddingStore(tmp_path / "cache", seed=seed)
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    store.get(key)
+    assert synced == []  # the seed's copy
+    store.put("ef" * 20, _array(4))
+    assert len(synced) == 2  # an entry of its own: data file and manifest
+    data = _data_file(store, key)
+    data.write_bytes(b"\0" * data.stat().st_size)  # what a power cut can leave of an unsynced file
+    np.testing.assert_array_equal(store.get(key), EmbeddingStore(seed).get(key))
+    assert (store.stats.corrupt, store.stats.seeded, store.stats.misses) == (1, 2, 0)
+    assert _data_file(store, key).read_bytes() != b"\0" * data.stat().st_size  # the copy is whole again
+
+
 def test_a_damaged_seed_entry_is_a_miss_and_is_not_copied(tmp_path):
     seed, key = _seed(tmp_path)
     data = _data_file(EmbeddingStore(seed), key)
