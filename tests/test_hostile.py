@@ -202,7 +202,7 @@ def test_a_full_cache_disk_is_one_line(messy, tiny, tmp_path, capsys, monkeypatc
 
     import clip_icm.store as store_mod
 
-    def full(path, write):
+    def full(path, write, sync=True):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(store_mod, "atomic_write", full)
@@ -229,10 +229,10 @@ def test_out_that_cannot_be_written_names_the_out_file_not_a_temp_file(messy, ti
     out = tmp_path / "rows.csv"
     real = store_mod.atomic_write
 
-    def refuse_the_out_file(path, write):
+    def refuse_the_out_file(path, write, sync=True):
         if path == out:
             raise PermissionError(13, "Permission denied", str(path.parent / ".rows.csv.x1y2.tmp"))
-        return real(path, write)
+        return real(path, write, sync)
 
     monkeypatch.setattr(store_mod, "atomic_write", refuse_the_out_file)
     code, _, err = _run(["evaluate", "--root", str(messy.root), "--model", tiny, "--cache", str(tmp_path / "c"), *FAST,
