@@ -445,15 +445,17 @@ def toydomains_factors(recipe: ToyDomainsRecipe) -> list[dict[str, object]]:
 
 
 def generate_toydomains(
-    root: str | os.PathLike, recipe: ToyDomainsRecipe = ToyDomainsRecipe(), **changes: object
+    root: str | os.PathLike, recipe: ToyDomainsRecipe = ToyDomainsRecipe(), processes: int = 1,
+    **changes: object,
 ) -> Path:
     """Render the data set of ``recipe`` (with ``changes`` to its fields, e.g. ``seed=1``) into
     the DomainBed layout ``root/<domain>/<class>/*.png``.
 
     Also writes ``root/factors.csv`` (one row per image: relative ``path``, ``domain``, the true
     factors, ``image_size`` and ``role`` = source/target) and ``root/recipe.json`` (the recipe).
-    Deterministic by the recipe's seed. Writes into a temporary sibling folder and renames it,
-    so readers never see half a data set.
+    Deterministic by the recipe's seed (each image by its row's, so ``processes`` > 1, which renders
+    in that many processes, draws the same bytes). Writes into a temporary sibling folder and renames
+    it, so readers never see half a data set.
     """
     root = Path(root)
     recipe = replace(recipe, **changes)
@@ -461,10 +463,7 @@ def generate_toydomains(
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        for row in rows:
-            out = tmp / str(row["path"])
-            out.parent.mkdir(parents=True, exist_ok=True)
-            render(Factors.from_row(row), recipe.image_size).save(out, optimize=False)
+        _draw_in(tmp, rows, recipe.image_size, processes)
         with open(tmp / "factors.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=FACTOR_COLUMNS)
             writer.writeheader()
@@ -477,6 +476,28 @@ def generate_toydomains(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
+
+
+def _draw(folder: Path, rows: list[dict], image_size: int) -> None:
+    for row in rows:
+        out = folder / str(row["path"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        render(Factors.from_row(row), image_size).save(out, optimize=False)
+
+
+def _draw_in(folder: Path, rows: list[dict], image_size: int, processes: int) -> None:
+    """Every ``processes``-th row in each of ``processes`` processes: this one and fresh ones (spawned,
+    not forked: a caller may have threads)."""
+    if processes <= 1:
+        return _draw(folder, rows, image_size)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(processes - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        others = [pool.submit(_draw, folder, rows[i::processes], image_size) for i in range(1, processes)]
+        _draw(folder, rows[::processes], image_size)
+        for drawn in others:
+            drawn.result()
 
 
 def load_factors(root: str | os.PathLike) -> "pandas.DataFrame":  # noqa: F821 (lazy import)
@@ -527,14 +548,15 @@ DEMO_RECIPE = ToyDomainsRecipe(
 )
 
 
-def ensure_demo_data(root: str | os.PathLike | None = None) -> Path:
-    """The demo data set, generated on first use (a few seconds) into ``root`` (default: the user's
-    cache, :func:`clip_icm.resources.demo_dir`) and reused while its recipe matches."""
+def ensure_demo_data(root: str | os.PathLike | None = None, processes: int = 1) -> Path:
+    """The demo data set, generated on first use (a few seconds; ``processes``: generate_toydomains')
+    into ``root`` (default: the user's cache, :func:`clip_icm.resources.demo_dir`) and reused while
+    its recipe matches."""
     root = Path(root) if root is not None else demo_dir()
     if _has_demo(root):
         return root
     try:
-        return generate_toydomains(root, DEMO_RECIPE)
+        return generate_toydomains(root, DEMO_RECIPE, processes)
     except OSError:
         # another process (dashboard + CLI) finished the same deterministic data set first
         if _has_demo(root):
@@ -542,16 +564,19 @@ def ensure_demo_data(root: str | os.PathLike | None = None) -> Path:
         raise
 
 
+# Processes that draw the demo world in the background: rendering its 1,280 images takes about 4 s on one
+# core, and a cold demo page served from its seed store waits for little else (bench/RESULTS.md).
+DEMO_DRAW_PROCESSES = max(1, min(4, os.cpu_count() or 1))
 _DRAWING: dict[str, subprocess.Popen] = {}  # this process's drawings of the demo world, by folder
 _DRAWING_LOCK = threading.Lock()
 
 
 def draw_demo_data_elsewhere(root: str | os.PathLike | None = None) -> subprocess.Popen | None:
-    """Start :func:`ensure_demo_data` in a separate process when the demo world is missing, so that
-    the caller can go on meanwhile (rendering its 1,280 images takes about 4 s on one core); None
-    when the world is there already (or no process could start). A caller that asks while this
-    process's drawing of that world still runs gets the same process to wait for. A later
-    ensure_demo_data() finds the world drawn, or draws it itself if that process failed."""
+    """Start :func:`ensure_demo_data` in a separate process (rendering in DEMO_DRAW_PROCESSES) when the
+    demo world is missing, so that the caller can go on meanwhile; None when the world is there
+    already (or no process could start). A caller that asks while this process's drawing of that
+    world still runs gets the same process to wait for. A later ensure_demo_data() finds the world
+    drawn, or draws it itself if that process failed."""
     root = Path(root) if root is not None else demo_dir()
     if _has_demo(root):
         return None
@@ -559,8 +584,8 @@ def draw_demo_data_elsewhere(root: str | os.PathLike | None = None) -> subproces
         drawing = _DRAWING.get(os.fspath(root))
         if drawing is None or drawing.poll() is not None:
             drawing = _DRAWING[os.fspath(root)] = background.start(
-                "import sys\nfrom clip_icm.toydomains import ensure_demo_data\nensure_demo_data(sys.argv[1])",
-                os.fspath(root))
+                "import sys\nfrom clip_icm.toydomains import ensure_demo_data\n"
+                "ensure_demo_data(sys.argv[1], int(sys.argv[2]))", os.fspath(root), str(DEMO_DRAW_PROCESSES))
         return drawing
 
 

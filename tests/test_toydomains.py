@@ -52,9 +52,10 @@ def test_factors_csv_describes_every_image(small_set):
 
 def test_generation_is_deterministic_by_seed(tmp_path):
     a = td.generate_toydomains(tmp_path / "a", n_per_class_per_domain=2, image_size=24, seed=1)
-    b = td.generate_toydomains(tmp_path / "b", n_per_class_per_domain=2, image_size=24, seed=1)
+    b = td.generate_toydomains(tmp_path / "b", n_per_class_per_domain=2, image_size=24, seed=1, processes=3)
     c = td.generate_toydomains(tmp_path / "c", n_per_class_per_domain=2, image_size=24, seed=2)
     files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*.png"))  # drawn in three processes: the same world
     assert files and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     assert (a / "factors.csv").read_text() == (b / "factors.csv").read_text()
     assert (a / "factors.csv").read_text() != (c / "factors.csv").read_text()
@@ -164,7 +165,7 @@ def test_bad_factor_values_are_rejected():
 
 def test_ensure_demo_data_reuses_a_matching_folder(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(td, "generate_toydomains", lambda root, recipe: calls.append(recipe) or root)
+    monkeypatch.setattr(td, "generate_toydomains", lambda root, recipe, processes=1: calls.append(recipe) or root)
     (tmp_path / "factors.csv").write_text("path\n")
     (tmp_path / "recipe.json").write_text(json.dumps(td.DEMO_RECIPE.to_json()))
     assert td.ensure_demo_data(tmp_path) == tmp_path and not calls
@@ -174,7 +175,7 @@ def test_ensure_demo_data_reuses_a_matching_folder(tmp_path, monkeypatch):
 
 
 def test_ensure_demo_data_accepts_a_concurrent_writer(tmp_path, monkeypatch):
-    def other_process_won(root, recipe):
+    def other_process_won(root, recipe, processes=1):
         (root / "factors.csv").write_text("path\n")
         (root / "recipe.json").write_text(json.dumps(recipe.to_json()))
         raise OSError("Directory not empty")
