@@ -1065,7 +1065,7 @@ def _add_report_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from clip_icm import report
+    from clip_icm import report, service
     from clip_icm.store import EmbeddingStore
 
     _check_report_args(args)
@@ -1081,7 +1081,9 @@ def _run_report(args: argparse.Namespace) -> int:
                                choice_mode=args.choice)
     say = None if args.quiet else (lambda line: _say(line, file=sys.stderr))
     store = EmbeddingStore(args.cache, max_size=args.cache_max_size)  # the dashboard's layouts and results
-    made = report.build(emb, target, config, settings, store=store, say=say)
+    # a ToyDomains world's maps coloured by its shortcut (the true colour) too, as the dashboard's Story
+    shortcut = service.true_factor_in(run.scan.folder, emb)
+    made = report.build(emb, target, config, settings, store=store, say=say, shortcut=shortcut)
     _write_out(args.out, made.html.encode())
     _say(f"Wrote the report to {args.out} ({len(made.html) / 1e6:.1f} MB, {len(made.figures)} figures): target "
          f"{target}; opens offline in any browser")

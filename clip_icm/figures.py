@@ -79,6 +79,18 @@ def _check_columns(frame: pd.DataFrame, needed: tuple[str, ...], what: str) -> N
         raise InvalidInput(f"{what} needs columns {', '.join(missing)}; got {', '.join(map(str, frame.columns))}")
 
 
+SHORTCUT_COLUMN = "colour (shortcut)"  # a points table's column of the ToyDomains world's true colour
+
+
+@functools.cache
+def shortcut_colours() -> dict[str, str]:
+    """The ToyDomains colour factor (the demo's shortcut) drawn in its own colours, for ``scatter_layout``'s
+    ``colours`` (a "red (source)" legend entry in blue misleads)."""
+    from clip_icm.toydomains import COLOURS
+
+    return {name: f"rgb{rgb}" for name, rgb in COLOURS.items()}
+
+
 def scatter_layout(xy: np.ndarray, points: pd.DataFrame, colour_by: str = "class", title: str = "",
                    colours: dict[str, str] | None = None) -> go.Figure:
     """One 2-D layout: colour by ``class``, ``domain`` or another column of ``points`` (the Story's

@@ -64,21 +64,26 @@ class Report:
 
 
 def build_html(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, settings: Settings = Settings(),
-               store=None, say: Say | None = None) -> str:
+               store=None, say: Say | None = None, shortcut: np.ndarray | None = None) -> str:
     """The report as one HTML string (see :func:`build`)."""
-    return build(emb, target, config, settings, store, say).html
+    return build(emb, target, config, settings, store, say, shortcut).html
 
 
 def build(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, settings: Settings = Settings(),
-          store=None, say: Say | None = None) -> Report:
+          store=None, say: Say | None = None, shortcut: np.ndarray | None = None) -> Report:
     """The report of ``settings.method`` on ``target`` (every other domain a source); ``config``'s
     methods are the baselines drawn beside it. ``store`` (an EmbeddingStore): where the dashboard keeps
-    its layouts and results, read and written here. ``say``: a line per long step."""
+    its layouts and results, read and written here. ``say``: a line per long step. ``shortcut``: each
+    row's value of the world's shortcut factor where it is known (the demo's true colour,
+    service.true_factor): the maps are then coloured by it beside the class, as the Story's, instead
+    of by domain."""
     say = say or (lambda _: None)
     if target not in emb.domain_names:
         raise InvalidInput(f"unknown domain {target!r}; domains: {', '.join(emb.domain_names)}")
+    if shortcut is not None and len(shortcut) != len(emb.labels):
+        raise InvalidInput(f"shortcut has {len(shortcut)} values for {len(emb.labels)} images")
     methods.METHODS.check((settings.method, *config.methods))
-    parts = _Parts(emb, target, config, settings, store, say)
+    parts = _Parts(emb, target, config, settings, store, say, shortcut)
     sections = [parts.world(), parts.maps(), parts.confusions(), parts.interventions(), parts.projection(),
                 parts.result(), parts.provenance()]
     return Report(_page(emb, target, settings, sections), parts.figures)
@@ -115,9 +120,9 @@ class _Parts:
     """The report's sections; each returns HTML and adds its figures to ``self.figures``."""
 
     def __init__(self, emb: EmbeddingSet, target: str, config: evaluation.EvalConfig, settings: Settings, store,
-                 say: Say) -> None:
+                 say: Say, shortcut: np.ndarray | None) -> None:
         self.emb, self.target, self.config, self.settings = emb, target, config, settings
-        self.store, self.say, self.figures = store, say, {}
+        self.store, self.say, self.figures, self.shortcut = store, say, {}, shortcut
         self.method = settings.method
         self.K, self.lam, self.chosen_by = self._k_lam()
         self.at = replace(config, n_components=self.K, lam=self.lam, methods=(self.method,))
@@ -179,13 +184,21 @@ class _Parts:
                                          service.predictions(emb, self.fit.projection, self.method))
         label = f"{methods.label(self.method)}, K = {self.K}, lam = {self.lam:g}"
         note = service.sample_note(len(ids), len(emb.labels), s.seed)
-        body = "".join(self.add(f"map_{space}_{colour}", figures.scatter_layout(xy, points, colour, title + note))
-                       for space, xy, points, name in (("full", full, full_points, "Full CLIP space"),
-                                                       ("invariant", inv, inv_points, f"Invariant space ({label})"))
-                       for colour, title in (("class", f"{name}, by class"), ("domain", f"{name}, by domain")))
+        # (file name, column coloured by, its words, its colours)
+        second = ("domain", "domain", "domain", None)
+        if self.shortcut is not None:  # the Story's second colouring: what the shortcut groups
+            full_points[figures.SHORTCUT_COLUMN] = inv_points[figures.SHORTCUT_COLUMN] = self.shortcut[ids]
+            second = ("shortcut", figures.SHORTCUT_COLUMN, "the shortcut (true colour)", figures.shortcut_colours())
+        colourings = (("class", "class", "class", None), second)
+        body = "".join(self.add(f"map_{space}_{name}", figures.scatter_layout(xy, points, column, f"{title}, by {words}"
+                                                                             + note, colours))
+                       for space, xy, points, title in (("full", full, full_points, "Full CLIP space"),
+                                                        ("invariant", inv, inv_points, f"Invariant space ({label})"))
+                       for name, column, words, colours in colourings)
+        second_words = "by the shortcut, the world's true colour," if self.shortcut is not None else "by domain"
         return _section("maps", "2. CLIP's map and the invariant map",
-                        "<p>UMAP of the image embeddings (circles: sources, crosses: the target), coloured by class "
-                        "and by domain. Where CLIP groups images by the shortcut rather than by class, the "
+                        f"<p>UMAP of the image embeddings (circles: sources, crosses: the target), coloured by class "
+                        f"and {second_words}. Where CLIP groups images by the shortcut rather than by class, the "
                         "target's points sit away from their class; the invariant map shows the same images "
                         f"after the projection. {len(ids)} of {len(emb.labels)} images drawn.</p>"
                         f"<div class='grid'>{body}</div>")

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clip_icm import choice, cli, defaults, evaluation, methods, report, service
+from clip_icm import choice, cli, defaults, evaluation, figures, methods, report, service
+from clip_icm.errors import InvalidInput
 from clip_icm.scm import SCMConfig, make_embedding_set
 from clip_icm.store import EmbeddingStore
 
@@ -147,6 +148,29 @@ def test_maps_of_a_sample_say_so_in_their_titles():
     titles = [made.figures[name].layout.title.text for name in made.figures if name.startswith("map_")]
     assert len(titles) == 4 and all(t.endswith(" · 30 of 80 images (stratified sample, seed 0)") for t in titles)
     assert sum(len(trace.x) for trace in made.figures["map_full_class"].data) == 30  # the sample, not every row
+
+
+def test_a_toydomains_worlds_maps_are_coloured_by_its_shortcut_as_the_storys(world):
+    """Where the world knows each image's true colour (its shortcut), the report's second colouring is that
+    colour, each drawn in its own colour, as the Story's; elsewhere it is the domain."""
+    shortcut = service.true_factor_in(world.root, world.emb)
+    assert shortcut is not None and len(shortcut) == len(world.emb.labels)
+    settings = report.Settings(every_target=False)
+    config = service.eval_config(4, 1.0, methods=())
+    made = report.build(world.emb, "sketch", config, settings, shortcut=shortcut)
+    assert [n for n in made.figures if n.startswith("map_")] == ["map_full_class", "map_full_shortcut",
+                                                                 "map_invariant_class", "map_invariant_shortcut"]
+    fig = made.figures["map_full_shortcut"]
+    assert ", by the shortcut (true colour)" in fig.layout.title.text
+    colours = {trace.name.split(" (")[0]: trace.marker.color for trace in fig.data}
+    assert colours and all(colours[name] == figures.shortcut_colours()[name] for name in colours)
+    assert set(colours) <= set(shortcut)
+    assert "by the shortcut (true colour)" in world.out.read_text()  # the CLI's report of that world too
+    plain = report.build(world.emb, "sketch", config, settings)
+    assert "map_full_domain" in plain.figures and "map_full_shortcut" not in plain.figures
+    with pytest.raises(InvalidInput, match="shortcut has 3 values for"):
+        report.build(world.emb, "sketch", config, settings, shortcut=shortcut[:3])
+    assert service.true_factor_in(world.root.parent, world.emb) is None  # no factors.csv there
 
 
 def test_bad_input_is_one_line(world, tmp_path, capsys, monkeypatch):

@@ -35,7 +35,7 @@ from clip_icm.service.requests import (DATA_ROOTS_VAR, SOURCES, SYNTHETIC_DOMAIN
                                        device_and_precision, folder_path, has_true_factors, intervention_config,
                                        load_embeddings, open_clip_architectures, open_clip_tags, pair_examples,
                                        pairs_preview, restrict_domains, text_banks, too_broad, true_factor,
-                                       upload_data, upload_pairs)
+                                       true_factor_in, upload_data, upload_pairs)
 
 __all__ = [
     "USER_ERRORS", "Progress", "ServiceError", "content_key", "message",
@@ -57,5 +57,5 @@ __all__ = [
     "default_target", "describe", "detect_folder", "device_and_precision", "examples_of_pairs", "folder_path",
     "has_true_factors",
     "intervention_config", "load_embeddings", "open_clip_architectures", "open_clip_tags", "pair_examples",
-    "restrict_domains", "text_banks", "too_broad", "true_factor",
+    "restrict_domains", "text_banks", "too_broad", "true_factor", "true_factor_in",
 ]

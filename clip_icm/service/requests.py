@@ -344,11 +344,19 @@ def has_true_factors(source: str, root: str = "", dataset: str | None = None) ->
 def true_factor(request: EmbeddingRequest, emb: EmbeddingSet, factor: str = "colour") -> np.ndarray | None:
     """Each row's true value of a factor of the ToyDomains world (e.g. its colour, the demo's
     shortcut), read from the generator's factors.csv; None where the data have no such table."""
+    if not has_true_factors(request.source, request.root, request.dataset):
+        return None
+    return true_factor_in(_data_folder(request), emb, factor)
+
+
+def true_factor_in(folder: str | os.PathLike, emb: EmbeddingSet, factor: str = "colour") -> np.ndarray | None:
+    """:func:`true_factor` of the images of ``emb`` in ``folder`` (a ToyDomains world's, holding its
+    factors.csv); None where there is no such table or it does not list every row."""
     from clip_icm.toydomains import load_factors
 
-    if not has_true_factors(request.source, request.root, request.dataset) or emb.paths is None:
+    if emb.paths is None:
         return None
-    folder = _data_folder(request)
+    folder = Path(folder)
     try:
         table = load_factors(folder)
     except (OSError, InvalidInput):

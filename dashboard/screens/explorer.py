@@ -570,8 +570,10 @@ def _report_maker(ctx: Context, fit: service.Fit):
                                interventions=service.intervention_config(ctx.request.interventions),
                                max_points=st.session_state.get("ctl_map_points", service.MAP_POINTS),
                                choice_mode=c.choice_mode)
-    store = cached.store()
-    return lambda: report.build(ctx.emb, c.target, config, settings, store=store).html
+    store, request, emb = cached.store(), ctx.request, ctx.emb
+    # its maps coloured by the shortcut where the world knows it, as the Story's
+    return lambda: report.build(emb, c.target, config, settings, store=store,
+                                shortcut=service.true_factor(request, emb)).html
 
 
 def embeddings_parquet(emb: EmbeddingSet, target: str, config: evaluation.EvalConfig) -> bytes:

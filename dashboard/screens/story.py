@@ -22,16 +22,6 @@ from dashboard.screens.common import (Context, choice_config, choice_status, eve
 STEP_KEY = "story_step"  # the index shown, 0-based; the address carries it 1-based
 
 
-def _factor_colours() -> dict[str, str]:
-    """The demo's colour factor drawn in its own colours (a "red (source)" legend entry in blue misleads)."""
-    from clip_icm.toydomains import COLOURS
-
-    return {name: f"rgb{rgb}" for name, rgb in COLOURS.items()}
-
-
-FACTOR_COLOURS = _factor_colours()
-
-
 def story_page() -> None:
     st.title(texts.STORY_TITLE)
     st.caption(texts.STORY_INTRO)
@@ -144,8 +134,8 @@ def _map_pair(ctx: Context, job: service.LayoutJob, predicted: np.ndarray, title
     factor = _shortcut(ctx)
     second = "domain"
     if factor is not None:
-        points["colour (shortcut)"] = factor[ids]
-        second = "colour (shortcut)"
+        points[figures.SHORTCUT_COLUMN] = factor[ids]
+        second = figures.SHORTCUT_COLUMN
     failure = layout_failure(job)
     if failure is not None:
         st.error(failure)
@@ -153,7 +143,7 @@ def _map_pair(ctx: Context, job: service.LayoutJob, predicted: np.ndarray, title
     pending = job.pending  # read before the maps (explorer._umap_section says why)
     left, right = st.columns(2)
     for column, by in ((left, "class"), (right, second)):
-        fig = map_figure(job, points, by, f"{title}, coloured by {by}{note}", FACTOR_COLOURS if by != "class" else None,
+        fig = map_figure(job, points, by, f"{title}, coloured by {by}{note}", figures.shortcut_colours() if by != "class" else None,
                          height=420, dragmode="pan")
         if fig is None:
             column.info(f"The {job.label} map is laying out in the background; it appears here when ready.")
