@@ -195,7 +195,7 @@ class _Parts:
                        for space, xy, points, title in (("full", full, full_points, "Full CLIP space"),
                                                         ("invariant", inv, inv_points, f"Invariant space ({label})"))
                        for name, column, words, colours in colourings)
-        second_words = "by the shortcut, the world's true colour," if self.shortcut is not None else "by domain"
+        second_words = "by the shortcut (each image's true colour)" if self.shortcut is not None else "by domain"
         return _section("maps", "2. CLIP's map and the invariant map",
                         f"<p>UMAP of the image embeddings (circles: sources, crosses: the target), coloured by class "
                         f"and {second_words}. Where CLIP groups images by the shortcut rather than by class, the "
