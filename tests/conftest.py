@@ -1,5 +1,6 @@
 import os
 import shutil
+import sys
 import tempfile
 
 import pytest
@@ -15,6 +16,14 @@ _CACHE = os.environ["CLIP_ICM_CACHE"] = tempfile.mkdtemp(prefix="clip-icm-tests-
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_CACHE, ignore_errors=True)
 
+
+@pytest.fixture(autouse=True)
+def _main_module_restored():
+    """AppTest runs a page as the module __main__ and leaves it there; multiprocessing's spawn then runs that
+    script in every process a later test starts (an AppTest.from_function script fails there)."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 @pytest.fixture(scope="module")

@@ -148,3 +148,25 @@ def test_a_first_page_on_the_demo_starts_drawing_its_world_once(monkeypatch, tmp
     assert not at.exception
     assert calls == ([None] if source == "demo" else [])  # once a process, not on every run
     dashboard.draw_the_demo_early.cache_clear()
+
+
+def test_a_process_the_server_spawns_does_not_run_the_page_script():
+    """Streamlit runs app.py as the module __main__, and multiprocessing's spawn runs that script again in every
+    process it starts (the layout lanes, the model choice): there it must not draw a page nor import the
+    dashboard, seconds before the process's first job."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, types, multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+main = types.ModuleType("__main__")
+main.__file__ = {str(ROOT / "dashboard" / "app.py")!r}  # as Streamlit's script runner sets it
+sys.modules["__main__"] = main
+with ProcessPoolExecutor(1, multiprocessing.get_context("spawn")) as pool:
+    loaded = pool.submit(eval, "sorted(__import__('sys').modules)").result()  # the new process's modules
+print(sorted(m for m in loaded if m.split(".")[0] in ("dashboard", "streamlit", "sklearn")))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[]"]

@@ -610,7 +610,7 @@ def test_the_page_icon_is_served_by_the_dashboard_never_fetched():
     assert FAVICON.read_bytes().startswith(b"\x89PNG")
     url = at.text[0].value  # a path on the page's own server (AppTest's is under /mock/)
     assert url.startswith("/") and not url.startswith("//") and "/media/" in url and url.endswith(".png")
-    assert "page_icon=FAVICON" in (REPO / "dashboard" / "app.py").read_text()
+    assert "page_icon=FAVICON" in (REPO / "dashboard" / "shell.py").read_text()
 
 
 # ---------------------------------------------------------------- the API: named errors, and properties
