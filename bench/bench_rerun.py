@@ -173,10 +173,10 @@ def until_numbers(at, k, lam, t0):
     ahead = service.ahead_worker()
     job = next(j for j in ahead.jobs() if j.label == f"K = {k}, λ = {lam:g}" and j.priority == 0)
     job.future.exception(timeout=600)
-    made = job.finished_at - t0
+    finished = job.finished_at - t0
     at.run()  # what the page's status, polling every second, does once the job is done
     assert numbers_shown(at, k, lam), "the page did not draw the numbers that landed"
-    return made, time.monotonic() - t0
+    return finished, time.monotonic() - t0
 
 
 for i in range(int(sys.argv[3])):  # K up one step (or two: --stride), its map, then λ up one step, its map
@@ -191,9 +191,9 @@ for i in range(int(sys.argv[3])):  # K up one step (or two: --stride), its map, 
         rerun = time.monotonic() - t0
         moves[name][0].append(rerun)
         pending_shown += any(i.value.startswith("Evaluating") for i in at.info)
-        made, drawn_at = until_numbers(at, k, lam, t0)
+        numbers_made, drawn_at = until_numbers(at, k, lam, t0)
         out[f"{name} change {i + 1}: rerun (s)"] = rerun
-        out[f"{name} change {i + 1}: its numbers made (s)"] = made
+        out[f"{name} change {i + 1}: its numbers made (s)"] = numbers_made
         out[f"{name} change {i + 1}: its numbers drawn (s)"] = drawn_at
         moves[name][1].append(until_drawn(at, k, t0, lam))
         if name == "K" and worker is not None:
