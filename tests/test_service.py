@@ -323,6 +323,25 @@ def test_the_evaluation_process_holds_the_data_set_between_calls_and_takes_anoth
         service.target_confusions(emb, "env 4", "icm", config, evaluation.LINEAR_PROBE)["icm"])
 
 
+def test_a_resident_process_is_kept_between_calls_and_replaced_after_it_died():
+    import os
+
+    from clip_icm import background
+
+    resident = background.Resident()
+    try:
+        first = resident.call(os.getpid)
+        assert resident.call(os.getpid) == first != os.getpid()  # one process for both calls, not this one
+        with pytest.raises(ZeroDivisionError):  # what the call raised, and the process lives on
+            resident.call(divmod, 1, 0)
+        assert resident.call(os.getpid) == first
+        with pytest.raises(background.ProcessEnded):
+            resident.call(os._exit, 3)
+        assert resident.call(os.getpid) not in (first, os.getpid())  # a new one
+    finally:
+        resident.close()
+
+
 def test_background_run_returns_the_result_or_raises_what_the_process_raised():
     from clip_icm import background
 
