@@ -29,7 +29,7 @@ which embeds what the dashboard would: then the first page computes no embedding
     python -m bench.bench_dashboard --images 50000
 
 the Explorer on N synthetic images (bench_rerun's world: D = 512, 7 classes, 4 domains; the server's
-synthetic source made N rows), an empty store: seconds to the accuracy chart (the embeddings' making
+synthetic source made N rows), an empty store, the default K and λ in the address (the selection rule off): seconds to the accuracy chart (the embeddings' making
 included, and printed apart) and to both maps; how many points each map draws (every one up to
 service.MAP_POINTS, else the stratified sample its title announces) and whether its title says so; then K
 moved by one (a neighbour evaluated ahead) and to its smallest value (Home: a setting nothing made ahead):
@@ -307,7 +307,10 @@ def run_large(images: int, root: Path = ROOT) -> dict[str, float]:
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
             page = browser.new_page(viewport={"width": 1600, "height": 2000})
             start = time.monotonic()
-            page.goto(url + "/explorer?source=synthetic")
+            from clip_icm import defaults
+
+            # K and λ in the address, as a shared link has them: the selection rule off, as in bench_rerun
+            page.goto(url + f"/explorer?source=synthetic&K={defaults.k(512)}&lam={defaults.LAM:g}")
             page.locator(".js-plotly-plot .gtitle", has_text="Accuracy per domain").first.wait_for(timeout=900_000)
             out["first page -> accuracy chart (s)"] = time.monotonic() - start
             made = [float(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("EMBEDDED")]
@@ -318,17 +321,16 @@ def run_large(images: int, root: Path = ROOT) -> dict[str, float]:
             for title in ("Full CLIP space", "Invariant space"):
                 drawn = page.evaluate(
                     "(p) => { const gd = [...document.querySelectorAll('.js-plotly-plot')].find(g => "
-                    "(g.layout && g.layout.title && String(g.layout.title.text || g.layout.title).startsWith(p))); "
-                    "return gd ? [gd.data.reduce((n, t) => n + (t.x ? t.x.length : 0), 0), "
-                    "String(gd.layout.title.text || gd.layout.title)] : [0, ''] }", title)
+                    "(g.querySelector('.gtitle') || {}).textContent?.startsWith(p)); "
+                    "return gd ? [(gd._fullData || gd.data || []).reduce((n, t) => n + (t.x ? t.x.length : 0), 0), "
+                    "gd.querySelector('.gtitle').textContent] : [-1, ''] }", title)
                 out[f"{title}: points drawn"] = float(drawn[0])
                 out[f"{title}: title names the sample (1 = yes)"] = float("stratified sample" in drawn[1]
                                                                            or drawn[0] >= images)
             page.wait_for_timeout(5000)  # a user reading the page; the settings next to it evaluated ahead meanwhile
             k = int(re.search(r"K = (\d+)", _title(page, "Accuracy per domain")).group(1))
             slider = page.locator('[data-testid="stSlider"]', has_text="K (invariant").get_by_role("slider")
-            smallest = int(page.locator('[data-testid="stSlider"]', has_text="K (invariant").locator(
-                '[data-testid="stSliderTickBarMin"]').text_content())
+            smallest = 1  # where dashboard.controls' K slider starts
             for name, key, new_k in (("K + 1", "ArrowRight", k + 1), ("K to its smallest (Home)", "Home", smallest)):
                 slider.focus()
                 t0 = time.monotonic()
