@@ -32,7 +32,8 @@ the Explorer on N synthetic images (bench_rerun's world: D = 512, 7 classes, 4 d
 synthetic source made N rows), an empty store, the default K and λ in the address (the selection rule off): seconds to the accuracy chart (the embeddings' making
 included, and printed apart) and to both maps; how many points each map draws (every one up to
 service.MAP_POINTS, else the stratified sample its title announces) and whether its title says so; then K
-moved by one (a neighbour evaluated ahead) and to its smallest value (Home: a setting nothing made ahead):
+moved by one (a neighbour evaluated ahead), to its smallest value (Home: a setting nothing made ahead), and
+by one from there, each once the last move's invariant map was drawn:
 seconds until the page shows the move (the new numbers, or the status naming the setting being evaluated),
 until the new numbers and until the new invariant map; the peak resident memory of the server's process,
 of the largest process it started, and of the browser's processes together (sampled every 0.5 s).
@@ -331,20 +332,24 @@ def run_large(images: int, root: Path = ROOT) -> dict[str, float]:
             k = int(re.search(r"K = (\d+)", _title(page, "Accuracy per domain")).group(1))
             slider = page.locator('[data-testid="stSlider"]', has_text="K (invariant").get_by_role("slider")
             smallest = 1  # where dashboard.controls' K slider starts
-            for name, key, new_k in (("K + 1", "ArrowRight", k + 1), ("K to its smallest (Home)", "Home", smallest)):
+            for name, key, new_k in (("K + 1", "ArrowRight", k + 1), ("K to its smallest (Home)", "Home", smallest),
+                                     ("then K + 1", "ArrowRight", smallest + 1)):
                 slider.focus()
                 t0 = time.monotonic()
                 page.keyboard.press(key)
-                page.wait_for_function(
-                    "(k) => [...document.querySelectorAll('.js-plotly-plot .gtitle')].some(t => "
+                shown = page.wait_for_function(
+                    "(k) => [...document.querySelectorAll('[data-testid=\"stAlert\"]')].some(a => "
+                    "a.textContent.includes('Evaluating K = ' + k + ',')) ? 'status' : "
+                    "[...document.querySelectorAll('.js-plotly-plot .gtitle')].some(t => "
                     "t.textContent.startsWith('Accuracy per domain') && t.textContent.includes('K = ' + k + ',')) "
-                    "|| [...document.querySelectorAll('[data-testid=\"stAlert\"]')].some(a => "
-                    "a.textContent.includes('Evaluating K = ' + k + ','))", arg=new_k, timeout=600_000, polling=50)
-                out[f"{name}: the page shows the move (s)"] = time.monotonic() - t0
-                out[f"{name}: ... with the status, numbers pending (1 = yes)"] = float(page.get_by_text(
-                    f"Evaluating K = {new_k},").count() > 0)
-                out[f"{name}: the new numbers (s)"] = time.monotonic() - t0 + _wait_title(
-                    page, "Accuracy per domain", f"K = {new_k},", 600)
+                    "&& 'numbers'", arg=new_k, timeout=600_000, polling=50).json_value()
+                shown_at = time.monotonic() - t0
+                out[f"{name}: the page shows the move (s)"] = shown_at
+                out[f"{name}: ... with the status, numbers pending (1 = yes)"] = float(shown == "status")
+                # (waited for only behind the status: a chart drawn again for a later rerun, the maps', lacks its
+                # title for a moment, which a second wait would count)
+                out[f"{name}: the new numbers (s)"] = (time.monotonic() - t0 + _wait_title(
+                    page, "Accuracy per domain", f"K = {new_k},", 600) if shown == "status" else shown_at)
                 out[f"{name}: the new invariant map (s)"] = time.monotonic() - t0 + _wait_title(
                     page, "Invariant space", f"K = {new_k},", 900)
             browser.close()
