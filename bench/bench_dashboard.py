@@ -26,6 +26,18 @@ parent is allowed through CLIP_ICM_DATA_ROOTS); ``--store DIR`` starts each serv
 that store instead of an empty one (e.g. one filled by ``python -m clip_icm embed --root PATH``,
 which embeds what the dashboard would: then the first page computes no embeddings).
 
+    python -m bench.bench_dashboard --images 50000
+
+the Explorer on N synthetic images (bench_rerun's world: D = 512, 7 classes, 4 domains; the server's
+synthetic source made N rows), an empty store, the default K and λ in the address (the selection rule off): seconds to the accuracy chart (the embeddings' making
+included, and printed apart) and to both maps; how many points each map draws (every one up to
+service.MAP_POINTS, else the stratified sample its title announces) and whether its title says so; then K
+moved by one (a neighbour evaluated ahead), to its smallest value (Home: a setting nothing made ahead), and
+by one from there, each once the last move's invariant map was drawn:
+seconds until the page shows the move (the new numbers, or the status naming the setting being evaluated),
+until the new numbers and until the new invariant map; the peak resident memory of the server's process,
+of the largest process it started, and of the browser's processes together (sampled every 0.5 s).
+
     python -m bench.bench_dashboard --against REV [--rounds N]
 
 serves this checkout and git revision REV (checked out into a temporary worktree) in turn, N
@@ -211,6 +223,151 @@ def run(source: str, root: Path = ROOT, folder: str | None = None, store: str | 
             "restart: CPU seconds to the chart, browser": warm_browser}
 
 
+# Serves the checkout at its working directory with the synthetic source making argv[1] images at D = 512
+# (bench_rerun's world; the dashboard's own slider stops at 500 a domain); the rest of argv: streamlit's.
+LARGE_SERVER = r'''
+import functools, sys, time
+from clip_icm import scm
+
+scm.SCMConfig = functools.partial(scm.SCMConfig, n_invariant=32, n_variant=480, n_classes=7)
+make_embedding_set, images = scm.make_embedding_set, int(sys.argv[1])
+
+
+def embedded(config, n_per_domain, **kw):
+    start = time.monotonic()
+    emb = make_embedding_set(config, n_per_domain=images // 4, **kw)
+    print(f"EMBEDDED {time.monotonic() - start:.2f}", flush=True)
+    return emb
+
+
+scm.make_embedding_set = embedded
+sys.argv = ["streamlit", "run", "dashboard/app.py", *sys.argv[2:]]
+from streamlit.web.cli import main
+
+main()
+'''
+
+
+def _peaks(pids: list[int]) -> dict[int, float]:
+    """{pid: peak resident MB (VmHWM)} of those of ``pids`` still alive."""
+    out = {}
+    for pid in pids:
+        try:
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+            out[pid] = int(fields["VmHWM"].split()[0]) / 1024
+        except (OSError, KeyError, ValueError):
+            continue
+    return out
+
+
+def run_large(images: int, root: Path = ROOT) -> dict[str, float]:
+    """The measurements of ``--images`` (module docstring)."""
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as scratch, sync_playwright() as p:
+        port, log = _free_port(), Path(scratch) / "server.log"
+        env = {**os.environ, "CLIP_ICM_CACHE": str(Path(scratch) / "store"), "HF_HUB_OFFLINE": "1",
+               "PYTHONPATH": str(root), "OPENBLAS_NUM_THREADS": "1"}
+        proc = subprocess.Popen([sys.executable, "-c", LARGE_SERVER, str(images), "--server.port", str(port),
+                                 "--server.address", "127.0.0.1", "--server.headless", "true"], cwd=root, env=env,
+                                stdout=log.open("w"), stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        peaks: dict[str, float] = {"server": 0.0, "started": 0.0, "browser": 0.0}
+        sampling = True
+
+        def sample() -> None:
+            while sampling:
+                procs, children = _processes(), {}
+                for pid, (parent, _, _) in procs.items():
+                    children.setdefault(parent, []).append(pid)
+
+                def tree(pid: int) -> list[int]:
+                    return [pid] + [q for child in children.get(pid, []) for q in tree(child)]
+
+                server = _peaks(tree(proc.pid))
+                peaks["server"] = max(peaks["server"], server.pop(proc.pid, 0.0))
+                peaks["started"] = max([peaks["started"], *server.values()])
+                browser = [pid for pid in tree(os.getpid()) if "chrom" in procs.get(pid, (0, "", 0))[1].lower()]
+                rss = 0.0
+                for pid in browser:
+                    try:
+                        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+                        rss += int(fields["VmRSS"].split()[0]) / 1024
+                    except (OSError, KeyError, ValueError):
+                        continue
+                peaks["browser"] = max(peaks["browser"], rss)
+                time.sleep(0.5)
+
+        threading.Thread(target=sample, daemon=True).start()
+        out: dict[str, float] = {}
+        try:
+            _wait_http(url, proc)
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            page = browser.new_page(viewport={"width": 1600, "height": 2000})
+            start = time.monotonic()
+            from clip_icm import defaults
+
+            # K and λ in the address, as a shared link has them: the selection rule off, as in bench_rerun
+            page.goto(url + f"/explorer?source=synthetic&K={defaults.k(512)}&lam={defaults.LAM:g}")
+            page.locator(".js-plotly-plot .gtitle", has_text="Accuracy per domain").first.wait_for(timeout=900_000)
+            out["first page -> accuracy chart (s)"] = time.monotonic() - start
+            made = [float(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("EMBEDDED")]
+            out["of which the synthetic embeddings made in (s)"] = made[0] if made else float("nan")
+            for title in ("Full CLIP space", "Invariant space"):
+                page.locator(".js-plotly-plot .gtitle", has_text=title).first.wait_for(timeout=900_000)
+            out["first page -> both maps (s)"] = time.monotonic() - start
+            for title in ("Full CLIP space", "Invariant space"):
+                drawn = page.evaluate(
+                    "(p) => { const gd = [...document.querySelectorAll('.js-plotly-plot')].find(g => "
+                    "(g.querySelector('.gtitle') || {}).textContent?.startsWith(p)); "
+                    "return gd ? [(gd._fullData || gd.data || []).reduce((n, t) => n + (t.x ? t.x.length : 0), 0), "
+                    "gd.querySelector('.gtitle').textContent] : [-1, ''] }", title)
+                out[f"{title}: points drawn"] = float(drawn[0])
+                out[f"{title}: title names the sample (1 = yes)"] = float("stratified sample" in drawn[1]
+                                                                           or drawn[0] >= images)
+            page.wait_for_timeout(5000)  # a user reading the page; the settings next to it evaluated ahead meanwhile
+            k = int(re.search(r"K = (\d+)", _title(page, "Accuracy per domain")).group(1))
+            slider = page.locator('[data-testid="stSlider"]', has_text="K (invariant").get_by_role("slider")
+            smallest = 1  # where dashboard.controls' K slider starts
+            for name, key, new_k in (("K + 1", "ArrowRight", k + 1), ("K to its smallest (Home)", "Home", smallest),
+                                     ("then K + 1", "ArrowRight", smallest + 1)):
+                slider.focus()
+                t0 = time.monotonic()
+                page.keyboard.press(key)
+                shown = page.wait_for_function(
+                    "(k) => [...document.querySelectorAll('[data-testid=\"stAlert\"]')].some(a => "
+                    "a.textContent.includes('Evaluating K = ' + k + ',')) ? 'status' : "
+                    "[...document.querySelectorAll('.js-plotly-plot .gtitle')].some(t => "
+                    "t.textContent.startsWith('Accuracy per domain') && t.textContent.includes('K = ' + k + ',')) "
+                    "&& 'numbers'", arg=new_k, timeout=600_000, polling=50).json_value()
+                shown_at = time.monotonic() - t0
+                out[f"{name}: the page shows the move (s)"] = shown_at
+                out[f"{name}: ... with the status, numbers pending (1 = yes)"] = float(shown == "status")
+                # (waited for only behind the status: a chart drawn again for a later rerun, the maps', lacks its
+                # title for a moment, which a second wait would count)
+                out[f"{name}: the new numbers (s)"] = (time.monotonic() - t0 + _wait_title(
+                    page, "Accuracy per domain", f"K = {new_k},", 600) if shown == "status" else shown_at)
+                out[f"{name}: the new invariant map (s)"] = time.monotonic() - t0 + _wait_title(
+                    page, "Invariant space", f"K = {new_k},", 900)
+            browser.close()
+        finally:
+            sampling = False
+            time.sleep(0.6)
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    out["peak memory: server process (MB)"] = peaks["server"]
+    out["peak memory: largest process it started (MB)"] = peaks["started"]
+    out["peak memory: the browser's processes together (MB)"] = peaks["browser"]
+    return out
+
+
 def against(source: str, rev: str, rounds: int, folder: str | None = None, store: str | None = None) -> None:
     """This checkout and ``rev`` interleaved, ``rounds`` times; medians and ratios."""
     with tempfile.TemporaryDirectory() as scratch:
@@ -239,11 +396,17 @@ def main() -> None:
     parser.add_argument("--store", metavar="DIR", help="start each server from a copy of this store, not an empty one")
     parser.add_argument("--against", metavar="REV", help="also serve this git revision, interleaved")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, help="the Explorer on this many synthetic images (a multiple of 4)")
     parser.add_argument("--runs", type=int, default=1,
                         help="without --against: this many runs in turn, then medians and how many met issue 19's goals")
     args = parser.parse_args()
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
           f"load average {os.getloadavg()[0]:.1f}")
+    if args.images:
+        for name, value in run_large(args.images).items():
+            print(f"{args.images:,} images: {name}: {value:.2f}", flush=True)
+        print(f"(load average {os.getloadavg()[0]:.1f} at the end)")
+        return
     source = "folder" if args.folder else args.source
     if args.against:
         against(source, args.against, args.rounds, args.folder, args.store)

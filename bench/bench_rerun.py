@@ -1,7 +1,7 @@
 """A K change in the dashboard at 10,000 images: how long the rerun takes and when the new map is drawn,
 this checkout against a git revision in one run (streamlit.testing.v1.AppTest, no browser).
 
-    python -m bench.bench_rerun [--against main] [--n 10000] [--no-speculated] [--moves 1] [--restart]
+    python -m bench.bench_rerun [--against main] [--n 10000] [--no-speculated] [--moves 1] [--stride 1] [--restart]
 
 Each checkout runs in a fresh process with an empty store: synthetic SCM embeddings (D = 512, 7 classes,
 4 domains: bench_refit's), K and λ from the sliders, UMAP's kernels compiled beforehand (reduce.warm_up).
@@ -12,6 +12,12 @@ Printed, in seconds:
   the new setting is drawn. Where the layouts run in the background (layout_worker), the map is drawn
   by the first rerun after the worker is done (the page's status polls every second: a browser sees it
   up to a second later); where they do not, by the K change's own rerun;
+- every move's rerun, when its numbers were made and when a rerun drew them: where the numbers are made off
+  the page (explorer.EVALUATE_AHEAD_FROM and up) a move onto a setting the store lacks returns with the last
+  numbers and a status; "made" is when its background job finished, "drawn" the rerun after it (the page's
+  status polls every second: a browser sees them up to a second later); elsewhere both are the rerun's own.
+  ``--stride 2`` moves K by two (a setting the evaluation ahead did not make); how many reruns showed the
+  pending status;
 - this checkout only, with the selection rule on: once its speculative layouts are done, a K change
   onto a cell it considered: the rerun, and whether that rerun drew the new map (``--no-speculated``:
   not measured; at 50,000 images the speculative layouts alone take minutes);
@@ -152,16 +158,43 @@ lams = [float(option) for option in at.sidebar.select_slider(key="ctl_lam").opti
 lam = float(at.sidebar.select_slider(key="ctl_lam").value)
 moves = {"K": ([], []), "λ": ([], [])}
 layout_times = ([], [])  # of the K changes: when their layouts started and finished, after the change
-for _ in range(int(sys.argv[3])):  # K up one step, its map, then λ up one step, its map
+pending_shown = 0  # moves whose rerun returned with the numbers' pending status (a checkout that has one)
+
+
+def numbers_shown(at, k, lam):
+    return any(t.startswith("Accuracy per domain") and f"K = {k}, lam = {lam:g})" in t for t in titles(at))
+
+
+def until_numbers(at, k, lam, t0):
+    """When the move's numbers were made (its background job finished) and when a rerun drew them, after t0; where
+    the rerun itself drew them, both are its own time."""
+    if numbers_shown(at, k, lam):
+        return (time.monotonic() - t0,) * 2
+    ahead = service.ahead_worker()
+    job = next(j for j in ahead.jobs() if j.label == f"K = {k}, λ = {lam:g}" and j.priority == 0)
+    job.future.exception(timeout=600)
+    finished = job.finished_at - t0
+    at.run()  # what the page's status, polling every second, does once the job is done
+    assert numbers_shown(at, k, lam), "the page did not draw the numbers that landed"
+    return finished, time.monotonic() - t0
+
+
+for i in range(int(sys.argv[3])):  # K up one step (or two: --stride), its map, then λ up one step, its map
     for name in moves:
         t0 = time.monotonic()
         if name == "K":
-            k += 1
+            k += int(sys.argv[5])
             at.sidebar.slider(key="ctl_K").set_value(k).run()
         else:
             lam = lams[lams.index(lam) + 1]
             at.sidebar.select_slider(key="ctl_lam").set_value(lam).run()
-        moves[name][0].append(time.monotonic() - t0)
+        rerun = time.monotonic() - t0
+        moves[name][0].append(rerun)
+        pending_shown += any(i.value.startswith("Evaluating") for i in at.info)
+        numbers_made, drawn_at = until_numbers(at, k, lam, t0)
+        out[f"{name} change {i + 1}: rerun (s)"] = rerun
+        out[f"{name} change {i + 1}: its numbers made (s)"] = numbers_made
+        out[f"{name} change {i + 1}: its numbers drawn (s)"] = drawn_at
         moves[name][1].append(until_drawn(at, k, t0, lam))
         if name == "K" and worker is not None:
             job = next(job for job in worker().jobs() if f"K = {k}, λ = {lam:g})" in job.label)
@@ -172,6 +205,7 @@ for name, (reruns, maps) in moves.items():
     if len(reruns) > 1:
         out[f"{name} change: rerun, slowest (s)"] = max(reruns)
     out[f"{name} change: until the new invariant map (s)"] = statistics.median(maps)
+out["moves whose rerun showed the numbers pending"] = float(pending_shown)
 if layout_times[0]:
     out["K change: its layout started (s)"] = statistics.median(layout_times[0])
     out["K change: its layout finished (s)"] = statistics.median(layout_times[1])
@@ -196,9 +230,14 @@ out["synthetic embeddings: made in (s)"] = made
 out["peak memory: page process (MB)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 time.sleep(1.0)  # the children's last sample
 out["peak memory: largest process it started (MB)"] = max([mb for mb, _ in peaks.values()], default=0.0)
-lowered = [mb for mb, low in peaks.values() if low]  # the model choice's process (background.run, low priority)
+resident = getattr(service, "evaluation_process", None)  # the kept process of the numbers made off the page
+resident = set(resident()._resident._process._processes) if resident and resident()._resident._process else set()
+resident = {str(pid) for pid in resident}
+lowered = [mb for pid, (mb, low) in peaks.items() if low and pid not in resident]  # the model choice's (background.run)
 if lowered:
     out["peak memory: the model choice's process (MB)"] = max(lowered)
+if resident & set(peaks):
+    out["peak memory: the evaluation process (MB)"] = max(peaks[pid][0] for pid in resident & set(peaks))
 print("RESULT " + json.dumps(out))
 '''
 
@@ -207,12 +246,14 @@ print("RESULT " + json.dumps(out))
 RESTART_PAUSE_S = 5.0
 
 
-def measure(root: Path, n: int, speculated: bool = True, moves: int = 1, restart: bool = False) -> dict[str, float]:
+def measure(root: Path, n: int, speculated: bool = True, moves: int = 1, restart: bool = False,
+            stride: int = 1) -> dict[str, float]:
     modes = ["fill", "restart"] if restart else ["speculated" if speculated else "no"]
     with tempfile.TemporaryDirectory() as store:
         env = {**os.environ, "CLIP_ICM_CACHE": store, "PYTHONPATH": str(root), "OPENBLAS_NUM_THREADS": "1"}
         for mode in modes:
-            done = subprocess.run([sys.executable, "-c", CHILD, str(n), mode, str(moves), str(RESTART_PAUSE_S)], cwd=root,
+            done = subprocess.run([sys.executable, "-c", CHILD, str(n), mode, str(moves), str(RESTART_PAUSE_S),
+                                   str(stride)], cwd=root,
                                   env=env, capture_output=True, text=True, check=False)
             line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
@@ -226,19 +267,22 @@ def main() -> None:
     parser.add_argument("--against", metavar="REV", help="also measure this git revision, after this checkout")
     parser.add_argument("--no-speculated", action="store_true", help="skip the K change onto a speculated cell")
     parser.add_argument("--moves", type=int, default=1, help="K and λ changes, each (medians and the slowest printed)")
+    parser.add_argument("--stride", type=int, default=1,
+                        help="K steps per K change (2: a setting no evaluation ahead made, from the second move on)")
     parser.add_argument("--restart", action="store_true",
                         help="a server restarted on a filled store: its first page, then the moves")
     args = parser.parse_args()
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"{args.n:,} images, D = 512")
-    results = {"this checkout": measure(ROOT, args.n, not args.no_speculated, args.moves, args.restart)}
+    results = {"this checkout": measure(ROOT, args.n, not args.no_speculated, args.moves, args.restart, args.stride)}
     if args.against:
         with tempfile.TemporaryDirectory() as scratch:
             other = Path(scratch) / "other"
             subprocess.run(["git", "worktree", "add", "--detach", str(other), args.against], cwd=ROOT, check=True,
                            capture_output=True)
             try:
-                results[args.against] = measure(other, args.n, not args.no_speculated, args.moves, args.restart)
+                results[args.against] = measure(other, args.n, not args.no_speculated, args.moves, args.restart,
+                                          args.stride)
             finally:
                 subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=ROOT, capture_output=True)
     print(f"(load average {os.getloadavg()[0]:.1f} at the end)\n")

@@ -10,6 +10,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -56,6 +57,10 @@ def one_blas_thread(low_priority: bool = False) -> None:
     threadpool_limits(1, user_api="blas")
 
 
+class ProcessEnded(RuntimeError):
+    """A background process ended before the call it ran returned (out of memory, killed)."""
+
+
 # Arrays of at least this many bytes reach run()'s process through files it maps, not through its pipe: a pickled
 # copy of 50,000 images' EmbeddingSet (0.6 GB) raised the server's peak memory by as much, for every call.
 MAPPED_BYTES = 1 << 20
@@ -67,6 +72,49 @@ def run(function: Callable[..., T], *args, low_priority: bool = False) -> T:
     are pickled, their arrays of MAPPED_BYTES or more written to temporary files that the process maps
     read-only (no copy in this process's memory, one page cache for both). RuntimeError if the process itself
     ended first (out of memory?); OSError if none could be started."""
+    with ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=one_blas_thread,
+                             initargs=(low_priority,)) as process:
+        return _handed_to(process, function, args)
+
+
+class Resident:
+    """One spawned process (one BLAS thread, as run()'s) kept between calls, so that what a call leaves in
+    its module globals (a data set handed over once, the memos of clip_icm.evaluation) serves the next:
+    started on the first call, replaced on the call after it died. Calls run one at a time, in order."""
+
+    def __init__(self, low_priority: bool = False) -> None:
+        self.low_priority = low_priority
+        self._process: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def call(self, function: Callable[..., T], *args) -> T:
+        """``function(*args)`` in the process, its arguments handed over as run()'s; RuntimeError if the
+        process ended first (the next call starts another)."""
+        with self._lock:
+            if self._process is None:
+                self._process = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"),
+                                                    initializer=one_blas_thread, initargs=(self.low_priority,))
+            process = self._process
+        try:
+            return _handed_to(process, function, args)
+        except ProcessEnded:
+            with self._lock:
+                if self._process is process:
+                    self._process = None
+            process.shutdown(wait=False)
+            raise
+
+    def close(self) -> None:
+        """End the process (a call after this starts a new one)."""
+        with self._lock:
+            process, self._process = self._process, None
+        if process is not None:
+            process.shutdown(wait=True, cancel_futures=True)
+
+
+def _handed_to(process: ProcessPoolExecutor, function: Callable[..., T], args: tuple) -> T:
+    """``function(*args)`` in ``process``: pickled, arrays of MAPPED_BYTES or more through temporary files it maps
+    (deleted after the call: a mapping outlives its file's name, so the process may keep what it was given)."""
     with tempfile.TemporaryDirectory(prefix="clip-icm-handover-") as folder:
         files: list[str] = []
 
@@ -80,12 +128,10 @@ def run(function: Callable[..., T], *args, low_priority: bool = False) -> T:
             return False
 
         data = pickle.dumps((function, args), protocol=5, buffer_callback=out_of_band)
-        with ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=one_blas_thread,
-                                 initargs=(low_priority,)) as process:
-            try:
-                return process.submit(_call_handed_over, data, files).result()
-            except BrokenProcessPool as error:
-                raise RuntimeError("the background process ended before its work did (out of memory?)") from error
+        try:
+            return process.submit(_call_handed_over, data, files).result()
+        except BrokenProcessPool as error:
+            raise ProcessEnded("the background process ended before its work did (out of memory?)") from error
 
 
 def _call_handed_over(data: bytes, files: list[str]):

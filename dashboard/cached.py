@@ -302,7 +302,9 @@ def cache_info(folder: str) -> dict:
 
 
 def clear() -> None:
-    """Empty every cache and forget the background worker's layouts (tests call this between runs)."""
+    """Empty every cache and forget the background workers' layouts and the numbers they made (tests call this
+    between runs: a finished job of another store's would stand for numbers this one lacks)."""
     st.cache_data.clear()
     st.cache_resource.clear()
     service.layout_worker().forget()
+    service.ahead_worker().forget()

@@ -270,11 +270,11 @@ def test_settings_evaluated_ahead_in_their_own_process_are_what_a_move_there_com
 
     settings = [(_config(K=3), service.with_unused_fixed("augmentation", _config(K=3, methods=("augmentation",)))),
                 (_config(K=4, lam=10.0),)]
-    store, started, run = EmbeddingStore(tmp_path), [], background.run
-    monkeypatch.setattr(background, "run", lambda *a, **kw: started.append(kw) or run(*a, **kw))
+    store, started, call = EmbeddingStore(tmp_path), [], background.Resident.call
+    monkeypatch.setattr(background.Resident, "call", lambda self, *a: started.append(self.low_priority) or call(self, *a))
     monkeypatch.setattr(background, "MAPPED_BYTES", 0)
     service.evaluate_ahead(emb, "env 4", "icm", settings, evaluation.LINEAR_PROBE, store)
-    assert started == [{"low_priority": True}]
+    assert started == [True]
     with threadpool_limits(1, user_api="blas"):
         here = [([service.evaluate(emb, "env 4", config) for config in configs],
                  service.target_confusions(emb, "env 4", "icm", configs[0], evaluation.LINEAR_PROBE))
@@ -291,6 +291,55 @@ def test_settings_evaluated_ahead_in_their_own_process_are_what_a_move_there_com
     service.evaluate_ahead(emb, "env 4", "icm", settings, evaluation.LINEAR_PROBE, store)
     service.evaluate_ahead(emb, "env 4", "icm", [(_config(K=2),)], evaluation.LINEAR_PROBE, None)
     assert len(started) == 1  # everything kept; and nothing to keep it in
+
+
+def test_the_evaluation_process_holds_the_data_set_between_calls_and_takes_another_in_its_place(emb, monkeypatch, tmp_path):
+    """service.evaluate_ahead hands the data set over once: a second setting sends the process only its name; a
+    new process (the old one ended) or another data set is handed it again."""
+    from clip_icm import background, evaluation
+    from clip_icm.service import fitting
+    from clip_icm.store import EmbeddingStore
+
+    store, handed, call = EmbeddingStore(tmp_path), [], background.Resident.call
+    monkeypatch.setattr(background.Resident, "call",
+                        lambda self, function, *args: handed.append(args[1] is not None) or call(self, function, *args))
+    config = _config(K=3)
+    process = fitting.EvaluationProcess()
+    monkeypatch.setattr(fitting, "evaluation_process", lambda: process)
+    try:
+        service.evaluate_ahead(emb, "env 4", "icm", [(config,)], evaluation.LINEAR_PROBE, store)
+        service.evaluate_ahead(emb, "env 4", "icm", [(_config(K=4),)], evaluation.LINEAR_PROBE, store)
+        assert handed == [True, False]
+        process.close()  # a new process: it does not hold the set, and says so
+        process._handed = emb.key
+        service.evaluate_ahead(emb, "env 4", "icm", [(_config(K=5),)], evaluation.LINEAR_PROBE, store)
+        assert handed == [True, False, False, True]
+        assert all(service.evaluated(emb, "env 4", "icm", (_config(K=k),), evaluation.LINEAR_PROBE,
+                                     store) for k in (3, 4, 5))
+    finally:
+        process.close()
+    np.testing.assert_array_equal(
+        service.target_confusions(emb, "env 4", "icm", config, evaluation.LINEAR_PROBE, store=store)["icm"],
+        service.target_confusions(emb, "env 4", "icm", config, evaluation.LINEAR_PROBE)["icm"])
+
+
+def test_a_resident_process_is_kept_between_calls_and_replaced_after_it_died():
+    import os
+
+    from clip_icm import background
+
+    resident = background.Resident()
+    try:
+        first = resident.call(os.getpid)
+        assert resident.call(os.getpid) == first != os.getpid()  # one process for both calls, not this one
+        with pytest.raises(ZeroDivisionError):  # what the call raised, and the process lives on
+            resident.call(divmod, 1, 0)
+        assert resident.call(os.getpid) == first
+        with pytest.raises(background.ProcessEnded):
+            resident.call(os._exit, 3)
+        assert resident.call(os.getpid) not in (first, os.getpid())  # a new one
+    finally:
+        resident.close()
 
 
 def test_background_run_returns_the_result_or_raises_what_the_process_raised():

@@ -66,9 +66,9 @@ def kept(store, emb, parts: tuple, compute: Callable[[], T], encode: Callable[[T
     if not keeps(store, emb):
         return compute()
     key = _kept_key(emb, parts)
-    entry = store.get_entry(key)
-    if entry is not None and "value" in entry[1]:
-        return decode(entry[1]["value"])
+    entry = _kept_entry(store, key)
+    if entry is not None:
+        return decode(entry["value"])
     value = compute()
     # the entry is its metadata
     store.put(key, np.zeros(0), {"kind": "kept results", **emb.origin, "value": encode(value)})
@@ -82,10 +82,13 @@ def keeps(store, emb) -> bool:
 
 def is_kept(store, emb, parts: tuple) -> bool:
     """Whether kept() would read ``parts`` of ``emb`` back from ``store`` rather than compute it."""
-    if not keeps(store, emb):
-        return False
-    entry = store.get_entry(_kept_key(emb, parts))
-    return entry is not None and "value" in entry[1]
+    return keeps(store, emb) and _kept_entry(store, _kept_key(emb, parts)) is not None
+
+
+def _kept_entry(store, key: str) -> dict | None:
+    """The metadata of the result kept under ``key`` (its ``"value"`` in it), None if ``store`` holds none."""
+    entry = store.get_entry(key)
+    return entry[1] if entry is not None and "value" in entry[1] else None
 
 
 def _kept_key(emb, parts: tuple) -> str:

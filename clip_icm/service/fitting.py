@@ -2,6 +2,7 @@
 selection of K and lam, sweeps, confusion matrices and the causal playground."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -262,22 +263,28 @@ def _confusion_parts(target: str, name: str, config: evaluation.EvalConfig, prot
     return ("confusion", target, name, with_unused_fixed(name, config), protocol)
 
 
+def evaluated(emb: EmbeddingSet, target: str, method: str, configs: tuple[evaluation.EvalConfig, ...], protocol: str,
+              store) -> bool:
+    """Whether ``store`` holds what a page at one setting reads (kept results, base.kept): the accuracy tables of
+    ``configs`` (``method``'s first, then its baselines') and the target confusions of CLIP and ``method`` under
+    ``protocol``. False without a store that keeps results of ``emb``."""
+    return (keeps(store, emb) and all(is_kept(store, emb, _table_parts(target, config)) for config in configs)
+            and all(is_kept(store, emb, _confusion_parts(target, name, configs[0], protocol))
+                    for name in (evaluation.FULL_SPACE, method)))
+
+
 def evaluate_ahead(emb: EmbeddingSet, target: str, method: str, settings: list[tuple[evaluation.EvalConfig, ...]],
                    protocol: str, store) -> None:
-    """What a slider move to each of ``settings`` reads, made beforehand and kept in ``store``: the accuracy
-    tables of its configs (``method``'s first, then its baselines') and the target confusions of CLIP and
-    ``method`` (``protocol``'s), in a process of its own at a lowered priority (background.run), those the store
-    does not hold yet. At 50,000 images a move's probe took 0.5-0.6 s of its rerun (bench/RESULTS.md); read
-    from the store, the numbers are the same (JSON floats round-trip exactly). Nothing without a store to keep
-    them in (what the process computed would be lost)."""
-    missing = [configs for configs in settings
-               if not all(is_kept(store, emb, _table_parts(target, config)) for config in configs)
-               or not all(is_kept(store, emb, _confusion_parts(target, name, configs[0], protocol))
-                          for name in (evaluation.FULL_SPACE, method))]
-    if missing and keeps(store, emb):
-        from clip_icm import background
-
-        background.run(_evaluate_each, emb, target, method, missing, protocol, store, low_priority=True)
+    """What a page at each of ``settings`` reads (see evaluated()), made and kept in ``store``, those it does not
+    hold yet, in the server's evaluation process (evaluation_process(): one, kept, at a lowered priority, which
+    holds the data set between calls). At 50,000 images a setting's probes took 0.5-0.6 s of a rerun
+    (bench/RESULTS.md); read from the store, the numbers are the same (one BLAS thread there as here, and JSON
+    floats round-trip exactly). Nothing without a store to keep them in (what the process computed would be lost)."""
+    if not keeps(store, emb):
+        return
+    missing = [configs for configs in settings if not evaluated(emb, target, method, configs, protocol, store)]
+    if missing:
+        evaluation_process().run(emb, _evaluate_each, target, method, missing, protocol, store)
 
 
 def _evaluate_each(emb: EmbeddingSet, target: str, method: str, settings: list[tuple[evaluation.EvalConfig, ...]],
@@ -286,6 +293,67 @@ def _evaluate_each(emb: EmbeddingSet, target: str, method: str, settings: list[t
         for config in configs:
             evaluate(emb, target, config, store=store)
         target_confusions(emb, target, method, configs[0], protocol, store=store)
+
+
+class _NotHeld(Exception):
+    """In the evaluation process: asked for a data set it does not hold (a new process, or another set since)."""
+
+
+# In the evaluation process: the data set it was handed last, by key (one: a second would double its memory).
+_held: dict[str, EmbeddingSet] = {}
+
+
+def _on_held(emb_key: str, emb: EmbeddingSet | None, function, *args):
+    """In the evaluation process: ``function(the data set of emb_key, *args)``, holding ``emb`` (when given) in
+    place of the one held before."""
+    if emb is not None:
+        _held.clear()
+        _held[emb_key] = emb
+    if emb_key not in _held:
+        raise _NotHeld(emb_key)
+    return function(_held[emb_key], *args)
+
+
+class EvaluationProcess:
+    """A process kept for the evaluations made ahead of the page (background.Resident, lowered priority): it is
+    handed a data set once (its arrays mapped from temporary files, 0.6 GB at 50,000 images) and keeps it, with
+    clip_icm.evaluation's memos of it (CLIP's probe predictions, the invariance ratios' pairs), until another
+    comes; a process per call imported, mapped the data and fitted CLIP's 512-dimension probe again each time
+    (4-5 s at 50,000 images; bench/RESULTS.md)."""
+
+    def __init__(self) -> None:
+        from clip_icm import background
+
+        self._resident = background.Resident(low_priority=True)
+        self._handed: str | None = None  # the key of the data set last handed over (the process may have died since)
+
+    def run(self, emb: EmbeddingSet, function, *args):
+        """``function(emb, *args)`` (module-level) in the process, ``emb`` handed over only when it does not hold it."""
+        if self._handed == emb.key:
+            try:
+                return self._resident.call(_on_held, emb.key, None, function, *args)
+            except _NotHeld:
+                pass
+        self._handed = None
+        result = self._resident.call(_on_held, emb.key, emb, function, *args)
+        self._handed = emb.key
+        return result
+
+    def close(self) -> None:
+        self._resident.close()
+        self._handed = None
+
+
+_evaluation_process: list[EvaluationProcess] = []
+_evaluation_lock = threading.Lock()
+
+
+def evaluation_process() -> EvaluationProcess:
+    """The server's evaluation process (started on its first call)."""
+    with _evaluation_lock:
+        if not _evaluation_process:
+            _evaluation_process.append(EvaluationProcess())
+        return _evaluation_process[0]
 
 
 def playground(config: object, shifts: tuple[float, ...], lam: float, n_components: int | None = None

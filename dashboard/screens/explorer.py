@@ -1,6 +1,8 @@
 """Explorer: the model to deploy, accuracy per domain, the two maps, confusions, interventions, export."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -35,7 +37,8 @@ def explorer_page() -> None:
     lead, overview = st.container(), st.container()
     K, lam = ctx.K, ctx.lam
     early_layouts = _early_layout_jobs(ctx, K, lam)
-    table = _accuracy_section(ctx, K, lam)
+    evaluating = _numbers_job(ctx, K, lam)
+    table = _accuracy_section(ctx, K, lam, evaluating)
     choosing = every_target_choice_job(ctx)
     choosing_now = choosing is not None and choosing.pending  # read once: the status that polls, or both parts
     with lead:
@@ -47,7 +50,7 @@ def explorer_page() -> None:
     if fit is None:
         return
     # which class becomes which: the picture a stakeholder reads at once, above the maps (it was ~1,900 px down)
-    _confusion_section(ctx, K, lam)
+    _confusion_section(ctx, K, lam, evaluating)
     layouts = _umap_section(ctx, fit, K, lam, early_layouts or _layout_jobs(ctx, fit, K, lam))
     _evaluate_ahead(ctx, K, lam)
     _gallery_section(ctx)
@@ -173,34 +176,48 @@ def _summary(ctx: Context) -> None:
                f"model: {ctx.request.model_label} · target (held out): **{texts.plain(ctx.choice.target)}**")
 
 
-def _accuracy_section(ctx: Context, K: int, lam: float):
+def _accuracy_section(ctx: Context, K: int, lam: float, evaluating: service.LayoutJob | None):
+    """The accuracy chart and table of the sliders' setting, and the headline above them; the table, or None
+    where there is none of this setting (yet: ``evaluating``, _numbers_job's, shows the last numbers marked)."""
     c, emb = ctx.choice, ctx.emb
     _protocol_note(ctx)
     if c.task == "open_class":
         return _open_class_section(ctx, K, lam)
     st.subheader("Accuracy per domain")
+    if evaluating is not None:
+        _pending_numbers(ctx, K, lam, evaluating)
+        return None
     try:
-        # a baseline that reads neither K nor lam is evaluated once for every slider position
-        configs = tuple(service.with_unused_fixed(m, controls.eval_config(c, K, lam, (m,)))
-                        for m in (c.method, *c.baselines))
         title = f"Accuracy per domain ({service.method_label(c.method)}, K = {K}, lam = {lam:g})"
-        table, figure, wide = cached.accuracy_view(emb.key, c.target, configs, K, lam, title,
+        table, figure, wide = cached.accuracy_view(emb.key, c.target, _table_configs(ctx, K, lam), K, lam, title,
                                                    (evaluation.FULL_SPACE, c.method), emb)
     except service.ServiceError as e:
         st.error(str(e))
         return None
+    st.session_state["last_numbers"] = (_numbers_space(ctx), K, lam, figure, wide)
     _headline(table, c)
     _selection_note(ctx)
+    _accuracy_tabs(ctx, figure, wide)
+    return table
+
+
+def _accuracy_tabs(ctx: Context, figure, wide: pd.DataFrame) -> None:
     chart, numbers = st.tabs(["Chart", "Table"])
     chart.plotly_chart(figure, key="accuracy_chart")
-    if c.baselines:
+    if ctx.choice.baselines:
         chart.caption("Solid: CLIP and the method; pale: the baselines beside them (Advanced).")
     # percentages by the table's column formats, not a pandas Styler: Streamlit renders a Styler's every cell
     # again on each page run (about 8 ms of a run the numbers of which are cached)
     numbers.dataframe(wide, column_config={col: st.column_config.NumberColumn(format="percent") for col in wide.columns})
     st.caption("Source columns score each source domain's validation rows; the target column scores the whole "
                "held-out domain. The target change is against CLIP in the full space with the same protocol.")
-    return table
+
+
+def _table_configs(ctx: Context, K: int, lam: float) -> tuple[evaluation.EvalConfig, ...]:
+    """The configs of the accuracy table at (K, lam): the method's, then its baselines'; a baseline that reads
+    neither K nor lam is evaluated once for every slider position."""
+    c = ctx.choice
+    return tuple(service.with_unused_fixed(m, controls.eval_config(c, K, lam, (m,))) for m in (c.method, *c.baselines))
 
 
 def _protocol_note(ctx: Context) -> None:
@@ -379,32 +396,116 @@ def _speculate(ctx: Context, ids: np.ndarray, K: int, lam: float) -> None:
 
 
 
-# Images from which the slider positions next to the page's are evaluated ahead: at 20,000 a move's table
-# took 0.8 s of its rerun, at 10,000 0.1 s, less than the process that would make it costs (bench/RESULTS.md).
+# Images from which a setting's numbers are made off the page, in the server's evaluation process: the slider
+# positions next to the page's ahead of a move, and a move's own when it lands on one not made yet. At 20,000
+# images a move's table took 0.8 s of its rerun, at 10,000 0.1 s, less than handing it over costs (bench/RESULTS.md).
 EVALUATE_AHEAD_FROM = 20_000
+NUMBERS_POLL_S = 1.0
+CONFUSION_PROTOCOL = "confusion_protocol"  # the confusions' radio (its value of the last run, read before it is drawn)
+
+
+def _evaluates_ahead(ctx: Context) -> bool:
+    return (len(ctx.emb.labels) >= EVALUATE_AHEAD_FROM and ctx.choice.task == "domain_shift"
+            and service.keeps(cached.store(), ctx.emb))
+
+
+def _numbers_space(ctx: Context) -> tuple:
+    """What the last numbers drawn must share with the page to stand in for its own while they are made."""
+    return ctx.emb.key, ctx.choice.target, ctx.choice.method
+
+
+def _numbers_key(ctx: Context, configs: tuple, protocol: str) -> str:
+    return service.content_key("numbers", ctx.emb.key, ctx.choice.target, ctx.choice.method, configs, protocol)
+
+
+def _numbers_job(ctx: Context, K: int, lam: float) -> service.LayoutJob | None:
+    """From EVALUATE_AHEAD_FROM images, once the page has drawn numbers of this data set, target and method: the
+    background job that makes the sliders' setting's numbers (accuracy tables and confusions) while the store
+    lacks them, asked for once per setting, before anything else (service.evaluate_ahead, in the evaluation
+    process). The rerun then returns at once with the last numbers, marked, and the status polls until they
+    land. None where the page reads or computes them itself: below that size, when the store holds them, on a
+    data set's first page (it has nothing else to show), or when a finished job left the store without them."""
+    if not _evaluates_ahead(ctx):
+        return None
+    last = st.session_state.get("last_numbers")
+    if last is None or last[0] != _numbers_space(ctx):
+        return None
+    emb, c = ctx.emb, ctx.choice
+    configs = _table_configs(ctx, K, lam)
+    protocol = st.session_state.get(CONFUSION_PROTOCOL, evaluation.LINEAR_PROBE)
+    store, worker = cached.store(), service.ahead_worker()
+    key = _numbers_key(ctx, configs, protocol)
+    held = st.session_state.get("numbers_job")
+    if held is not None and held.key == key and worker.get(key) is held:  # a poll, or the rerun once it landed
+        job = held
+    else:
+        if service.evaluated(emb, c.target, c.method, configs, protocol, store):
+            return None
+        job = worker.submit(key, lambda: service.evaluate_ahead(emb, c.target, c.method, [configs], protocol, store)
+                            or np.empty(0), label=f"K = {K}, λ = {lam:g}", group=emb.key, priority=service.NOW)
+        if held is not None and held is not job:
+            worker.demote(held)  # a slider dragged on: its last stop can wait (and is dropped with the neighbours)
+        st.session_state["numbers_job"] = job
+    if job.pending or job.error() is not None:
+        return job
+    return None  # landed: read from the store (or, should it not hold them, computed here)
+
+
+def _pending_numbers(ctx: Context, K: int, lam: float, job: service.LayoutJob) -> None:
+    """In the accuracy section while ``job`` makes the setting's numbers: the reason it failed (and a retry), or
+    a status that polls and the last numbers drawn, under their own setting."""
+    failure = job.error()
+    if failure is not None:
+        what = service.message(failure) if isinstance(failure, service.USER_ERRORS) else f"{type(failure).__name__}: {failure}"
+        st.error(f"Could not evaluate K = {K}, λ = {lam:g}: {texts.plain(what)}")
+        if st.button("Evaluate again", key="evaluate_again"):
+            service.ahead_worker().forget_failed()
+            st.rerun()
+        return
+    _, last_K, last_lam, figure, wide = st.session_state["last_numbers"]
+    _numbers_status(job, f"K = {last_K}, λ = {last_lam:g}")
+    _accuracy_tabs(ctx, figure, wide)
+
+
+@st.fragment(run_every=NUMBERS_POLL_S)
+def _numbers_status(job: service.LayoutJob, shown: str) -> None:
+    """While a setting's numbers are made in the background: where that stands, polled every NUMBERS_POLL_S;
+    once they landed, the whole page reruns (and draws them), which no longer draws this: polling stops."""
+    if not job.pending:
+        st.rerun()
+    stands = "queued" if job.started_at is None else f"running for {time.monotonic() - job.started_at:.0f} s"
+    st.info(f"Evaluating {job.label} in the background ({stands}). The chart and table below are {shown}'s "
+            "until then; the page redraws by itself.", icon="⏳")
 
 
 def _evaluate_ahead(ctx: Context, K: int, lam: float) -> None:
-    """From EVALUATE_AHEAD_FROM images: the accuracy tables and confusions of the slider positions next to this
-    one (K one up and down, λ one step either way), made in the background (service.evaluate_ahead, its own
-    worker and process, lowered priority) into the store, so that a move there reads its numbers instead of
-    fitting its probe. What was asked for a position the page has left and not started is dropped."""
+    """From EVALUATE_AHEAD_FROM images: the numbers of the slider positions next to this one (K one up and down,
+    λ one step either way), one background job each at the lowest priority (run while nothing else does), so
+    that a move there reads them from the store. Asked for once per setting: on a new one, what waits for a
+    setting left behind (its neighbours, a stop the slider passed) is dropped, a data set's or target's too."""
     emb, c = ctx.emb, ctx.choice
-    if len(emb.labels) < EVALUATE_AHEAD_FROM or c.task != "domain_shift":
+    if not _evaluates_ahead(ctx):
+        return
+    protocol = st.session_state.get(CONFUSION_PROTOCOL, evaluation.LINEAR_PROBE)
+    asked = _numbers_key(ctx, _table_configs(ctx, K, lam), protocol)
+    if st.session_state.get("evaluated_ahead") == asked:
         return
     steps = list(controls.LAMS)
     at = steps.index(lam) if lam in steps else None
     cells = [(k, lam) for k in (K + 1, K - 1) if 1 <= k <= emb.features.shape[1]]
     if at is not None:
         cells += [(K, steps[i]) for i in (at + 1, at - 1) if 0 <= i < len(steps)]
-    settings = [tuple(service.with_unused_fixed(m, controls.eval_config(c, k, x, (m,))) for m in (c.method, *c.baselines))
-                for k, x in cells]
-    protocol = st.session_state.get("confusion_protocol", evaluation.LINEAR_PROBE)
     store, worker = cached.store(), service.ahead_worker()
+    held = st.session_state.get("numbers_job")
+    if held is not None and held.key != asked:
+        worker.demote(held)
     worker.drop_speculative()
-    worker.submit(service.content_key("ahead", emb.key, c.target, c.method, settings, protocol),
-                  lambda: service.evaluate_ahead(emb, c.target, c.method, settings, protocol, store) or np.empty(0),
-                  label=f"the settings next to K = {K}, λ = {lam:g}", group=emb.key, priority=service.SPECULATIVE)
+    for k, x in cells:
+        configs = _table_configs(ctx, k, x)
+        worker.submit(_numbers_key(ctx, configs, protocol),
+                      lambda configs=configs: service.evaluate_ahead(emb, c.target, c.method, [configs], protocol, store)
+                      or np.empty(0), label=f"K = {k}, λ = {x:g}", group=emb.key, priority=service.SPECULATIVE)
+    st.session_state["evaluated_ahead"] = asked
 
 
 def _nearest(values: list, value: float) -> int:
@@ -468,11 +569,18 @@ def _thumbs(emb: EmbeddingSet, rows: list[int]) -> None:
         st.write(texts.plain(", ".join(_caption(emb, r) for r in rows)))
 
 
-def _confusion_section(ctx: Context, K: int, lam: float) -> None:
+def _confusion_section(ctx: Context, K: int, lam: float, evaluating: service.LayoutJob | None) -> None:
     c, emb = ctx.choice, ctx.emb
     st.subheader(f"Which class becomes which on {c.target}")
     protocol = st.radio("Predictions of the", [evaluation.LINEAR_PROBE, evaluation.ZERO_SHOT], horizontal=True,
-                        key="confusion_protocol")
+                        key=CONFUSION_PROTOCOL)
+    if evaluating is not None:  # the last matrices drawn, under their own titles, while this setting's are made
+        last = st.session_state.get("last_confusions")
+        if evaluating.error() is None and last is not None and last[0] == _numbers_space(ctx):
+            st.plotly_chart(last[1], key="confusions")
+            st.caption(f"These are the last matrices drawn (their titles say their setting); K = {K}, λ = {lam:g}'s "
+                       "follow with the numbers above.")
+        return
     try:
         titles = ((evaluation.FULL_SPACE, f"CLIP, full space ({protocol})"),
                   (c.method, f"{service.method_label(c.method)}, K = {K} ({protocol})"))
@@ -481,6 +589,7 @@ def _confusion_section(ctx: Context, K: int, lam: float) -> None:
     except service.ServiceError as e:
         st.error(str(e))
         return
+    st.session_state["last_confusions"] = (_numbers_space(ctx), figure)
     st.plotly_chart(figure, key="confusions")
     st.caption("Rows: the true class; columns: the predicted one. Each cell shows a count of images; its colour is "
                "that count's share of the row's class. Off the "
