@@ -85,7 +85,7 @@ def point_table(emb: EmbeddingSet, ids: np.ndarray, target: str, predicted: np.n
 def _store_key(emb: EmbeddingSet, key_parts: tuple) -> str:
     from clip_icm.store import make_key
 
-    return make_key("layout", emb.key, *key_parts)
+    return make_key("layout", reduce.LAYOUT_VERSION, emb.key, *key_parts)
 
 
 def _stored_layout(store, key_parts: tuple, compute: Callable[[], np.ndarray], emb: EmbeddingSet) -> np.ndarray:
