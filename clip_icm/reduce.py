@@ -44,8 +44,8 @@ BLAS_KNN_LIMIT = 20_000
 # Opt-in: "1" runs umap's own epochs on every core (numba threads; umap then takes no seed). A layout
 # then changes from run to run (the threads race on the points they move; its picture keeps today's
 # as well as a reseeded one does), and the layout process takes the cores a page's rerun would use.
-# Faster than umap's single thread only where cores are free (on the shared 2-core machine under load 3
-# it was not), and slower than layout_epochs' kernel (bench/RESULTS.md).
+# Slower than layout_epochs' single-threaded kernel on the shared 2-core machine (a 10,000-point pair
+# 11.6 s against 6.3-6.7 s under load 5.7; bench/RESULTS.md): it can pay only with many free cores.
 PARALLEL_VAR = "CLIP_ICM_PARALLEL_LAYOUTS"
 
 
