@@ -32,6 +32,8 @@ from numba import types
 from numba.extending import intrinsic
 from umap.utils import tau_rand_int
 
+from clip_icm.errors import InvalidInput
+
 # Table segments per octave of d: 2^9, relative error of the interpolation below 3e-6 (tables of 0.38 MB).
 # With 2^7 (error below 5e-5) the invariant layouts kept a little less of umap's pictures than a reseed
 # did, over 16 seeds of the demo (0.600 of the 2-D neighbours against 0.609); with 2^9, 0.612, and no
@@ -80,7 +82,7 @@ def optimize_layout(embedding: np.ndarray, head: np.ndarray, tail: np.ndarray, n
     learning rate 1, 5 negative samples), for a 2-D ``embedding`` (float32, C order), moved in place and
     returned."""
     if embedding.ndim != 2 or embedding.shape[1] != 2 or embedding.dtype != np.float32 or not embedding.flags.c_contiguous:
-        raise ValueError(f"the epochs move a C-ordered float32 (n, 2) layout, got {embedding.dtype} {embedding.shape}")
+        raise InvalidInput(f"the epochs move a C-ordered float32 (n, 2) layout, got {embedding.dtype} {embedding.shape}")
     a, b = np.float32(a), np.float32(b)
     attraction, repulsion = coefficient_tables(a, b)
     # umap's generator state per point: the run's three seeds plus the bits of the point's first coordinate
@@ -106,7 +108,9 @@ def _coefficient(table, d):
     return table[at, 0] + table[at, 1] * within
 
 
-@numba.njit(fastmath=True, nogil=True)
+# fastmath as umap's own kernel: it lets the compiler reorder float arithmetic (rounding, not the descent,
+# changes); one machine code gives the same layout on every run.
+@numba.njit(fastmath=True)
 def _epochs(xy, head, tail, epochs_per_sample, a, b, states, n_epochs, attraction, repulsion):
     n_points = xy.shape[0]
     epochs_per_negative_sample = epochs_per_sample / NEGATIVE_SAMPLE_RATE

@@ -319,9 +319,10 @@ def umap_graph_layout(X: np.ndarray, graph, init: np.ndarray | None, random_stat
     if init is None:
         embedding = spectral_layout(X, graph, 2, random_state, metric="cosine", metric_kwds={})
         embedding = noisy_scale_coords(embedding, random_state, max_coord=10, noise=0.0001)
-    elif len(np.unique(init, axis=0)) < len(init):  # points on one spot are moved apart, by a thousandth of
-        from sklearn.neighbors import KDTree       # the mean distance to a nearest neighbour
+    elif len(np.unique(init, axis=0)) < len(init):
+        from sklearn.neighbors import KDTree
 
+        # points that start on one spot are moved apart, by a thousandth of the mean nearest-neighbour distance
         nearest = KDTree(init).query(init, k=2)[0][:, 1].mean()
         embedding = init + random_state.normal(scale=0.001 * nearest, size=init.shape).astype(np.float32)
     else:

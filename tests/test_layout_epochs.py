@@ -4,6 +4,7 @@ import pytest
 
 from clip_icm import layout_epochs, reduce
 from clip_icm.embeddings import unit_rows
+from clip_icm.errors import InvalidInput
 
 
 def _rows(n: int = 300, dim: int = 12, seed: int = 0) -> np.ndarray:
@@ -110,5 +111,5 @@ def test_the_kernel_is_deterministic_and_rejects_a_layout_it_cannot_move():
     other = layout_epochs.optimize_layout(start.copy(), graph.row, graph.col, 50, eps, a, b, np.array([1 + 2**20, 2, 3]))
     assert not np.array_equal(other, runs[0])  # the generator's seeds matter (its lowest bits do not)
     for bad in (start.astype(np.float64), np.asfortranarray(start), start[:, :1].copy()):
-        with pytest.raises(ValueError, match="float32"):
+        with pytest.raises(InvalidInput, match="float32"):
             layout_epochs.optimize_layout(bad, graph.row, graph.col, 50, eps, a, b, np.array([1, 2, 3]))
