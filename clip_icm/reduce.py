@@ -26,11 +26,11 @@ from clip_icm import background
 from clip_icm.embeddings import unit_rows
 from clip_icm.errors import InvalidInput
 
-# Epochs of a layout: 200 take about 1 s at 10,000 points with layout_epochs' kernel (umap's took
-# 2.6-2.9 s; bench/RESULTS.md). Fewer lose part of the picture: with 100 (full) or 100 and 50
-# (invariant, started from the full layout) each point keeps fewer of today's 2-D neighbours than a
-# reseeded layout does, and fewer of its neighbours in the embedding space; 150 for the invariant
-# layout lost too (python -m bench.bench_umap; bench/RESULTS.md).
+# Epochs of a layout: 200 take 1.1 s at 10,000 points with layout_epochs' kernel at load 2 (umap's
+# 3.0-4.0 s beside it; 2.0 s against 5.1 s at load 5; bench/RESULTS.md). Fewer lose part of the
+# picture: with 100 (full) or 100 and 50 (invariant, started from the full layout) each point keeps
+# fewer of today's 2-D neighbours than a reseeded layout does, and fewer of its neighbours in the
+# embedding space; 150 for the invariant layout lost too (python -m bench.bench_umap; bench/RESULTS.md).
 DEFAULT_EPOCHS = 200
 # The layouts' version: bumped whenever layout_2d draws other layouts of the same input (a new epoch
 # kernel). The layout store's keys carry it, so layouts of an older version are never mixed in, and
