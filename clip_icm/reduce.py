@@ -33,8 +33,7 @@ from clip_icm.errors import InvalidInput
 # embedding space; 150 for the invariant layout lost too (python -m bench.bench_umap; bench/RESULTS.md).
 DEFAULT_EPOCHS = 200
 # The layouts' version: bumped whenever layout_2d draws other layouts of the same input (a new epoch
-# kernel). The layout store's keys carry it, so layouts of an older version are never mixed in, and
-# umap_cache's marker, so that a new kernel is compiled in the background.
+# kernel). The layout store's keys carry it, so layouts of an older version are never mixed in.
 LAYOUT_VERSION = "clip_icm epochs 1"
 # Neighbours are found exactly, from blocks of matrix products, up to this many points (every map
 # the dashboard draws by default); pynndescent's approximate search beyond. Both take 1-2 s at

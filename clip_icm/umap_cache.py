@@ -81,14 +81,15 @@ def enable(folder: Path | str | None = None) -> dict[str, Path]:
 
 
 def _marker(folder: Path | str | None) -> Path | None:
-    """The file that says the KERNELS of these versions (and of our epochs: reduce.LAYOUT_VERSION) are in
-    ``folder``'s cache (None if a version is unknown)."""
-    from clip_icm.reduce import LAYOUT_VERSION
+    """The file that says the KERNELS of these versions, and of our epochs' source as it stands (its
+    modification time: what numba keys its entries by), are in ``folder``'s cache (None if a version is unknown)."""
+    from importlib.util import find_spec
 
     try:
+        epochs = int(os.stat(find_spec("clip_icm.layout_epochs").origin).st_mtime)  # found, not imported (numba, umap)
         versions = (f"py{sys.version_info[0]}{sys.version_info[1]}-umap{version('umap-learn')}-numba{version('numba')}"
-                    f"-{LAYOUT_VERSION.replace(' ', '-')}")
-    except PackageNotFoundError:
+                    f"-epochs{epochs}")
+    except (PackageNotFoundError, OSError):
         return None
     return (Path(folder) if folder is not None else default_folder()) / f"filled-{versions}"
 
