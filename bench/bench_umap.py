@@ -4,7 +4,7 @@
                                [--parallel] [--seeds 4] [--starts own "quick 30"]
     python -m bench.bench_umap --fresh [--n 10000]
     python -m bench.bench_umap --profile [--n 10000] [--against main]
-    python -m bench.bench_umap --lanes [--n 10000] [--rounds 2] [--starts own]
+    python -m bench.bench_umap --lanes [--n 10000] [--rounds 2] [--starts own] [--against main]
 
 For the demo world (1,280 images, toy CLIP, ICM K = 32) and synthetic clustered embeddings
 (the SCM's, 7 classes, 4 domains, D = 512, ``--n`` rows, ICM K = 64), BLAS on one thread as in
@@ -41,7 +41,8 @@ set, spectral start, epochs, Procrustes), this checkout and ``--against``'s, eac
 ``--lanes``: the pair as the dashboard's server lays it out, jobs of a LayoutWorker with its own processes
 (service.full_layout_job + invariant_layout_job, synthetic ``--n`` rows, no store), with one lane (one
 process: the layouts one after the other) and with two, in one fresh process, the lanes warmed first
-(``warm()``); then a K change (the invariant layout of another fit, the full one done). Seconds from
+(``warm()``), this checkout's and (``--against``) that revision's, one after the other; then a K change
+(the invariant layout of another fit, the full one done). Seconds from
 submission to the layouts, ``--rounds`` times each, whether both give the same layouts, bit for bit,
 as reduce.layout_2d in one process, and the lanes' peak resident memory. With ``--starts own``, also the
 pair whose invariant layout is a job of its own from its own start, beside the full one (aligned after),
@@ -308,7 +309,8 @@ from clip_icm import reduce
 reduce.warm_up()
 data = np.load(sys.argv[1])
 STAGES = {"exact_neighbours": "neighbours (matrix products, partial sorts)", "fuzzy_simplicial_set": "fuzzy simplicial set",
-          "spectral_layout": "spectral start", "optimize_layout_euclidean": "epochs", "procrustes_align": "Procrustes"}
+          "spectral_layout": "spectral start", "optimize_layout_euclidean": "epochs", "optimize_layout": "epochs",
+          "procrustes_align": "Procrustes"}  # epochs: umap's (an older checkout) or layout_epochs' kernel
 out = {}
 full = None
 for space in ("full", "invariant"):
@@ -443,16 +445,33 @@ print("RESULT " + json.dumps(out))
 '''
 
 
-def lanes(n: int, rounds: int, own: bool = False) -> list[str]:
-    """``own``: also the pair with the invariant layout from its own start, a job beside the full one's, aligned after."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", _LANES, str(n), str(rounds), "own" if own else "-"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, check=False)
-    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if line is None:
-        raise RuntimeError(f"the lanes' layouts failed:\n{done.stderr[-3000:]}")
-    return [f"| {key} | " + " / ".join(f"{v:.2f}" for v in values) + " |"
-            for key, values in json.loads(line[len("RESULT "):]).items()]
+def lanes(n: int, rounds: int, own: bool = False, against: str | None = None) -> list[str]:
+    """``own``: also the pair with the invariant layout from its own start, a job beside the full one's, aligned after.
+    ``against``: the same in that revision's checkout, after this one's, in a fresh process (a column each)."""
+    import tempfile
+
+    results = {}
+    with tempfile.TemporaryDirectory() as scratch_name:
+        roots = {"this checkout": ROOT}
+        if against:
+            roots[against] = _checkout(against, Path(scratch_name))
+        try:
+            for name, root in roots.items():
+                env = {**os.environ, "PYTHONPATH": str(root), "OPENBLAS_NUM_THREADS": "1"}
+                done = subprocess.run([sys.executable, "-c", _LANES, str(n), str(rounds), "own" if own else "-"], cwd=root,
+                                      env=env, capture_output=True, text=True, check=False)
+                line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+                if line is None:
+                    raise RuntimeError(f"the lanes' layouts in {root} failed:\n{done.stderr[-3000:]}")
+                results[name] = json.loads(line[len("RESULT "):])
+        finally:
+            if against:
+                subprocess.run(["git", "worktree", "remove", "--force", str(roots[against])], cwd=ROOT, capture_output=True)
+    names = list(results)
+    keys = list(dict.fromkeys(k for r in results.values() for k in r))
+    rows = ["| measurement | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    return rows + [f"| {key} | " + " | ".join(" / ".join(f"{v:.2f}" for v in results[name].get(key, [])) or "-"
+                                               for name in names) + " |" for key in keys]
 
 
 def main() -> None:
@@ -483,8 +502,7 @@ def main() -> None:
     if args.lanes:
         print(f"# {platform.node()}, {os.cpu_count()} CPUs, BLAS 1 thread, load average {os.getloadavg()[0]:.1f}; "
               f"synthetic {args.n:,} x 512, invariant K = 64, then 65; seconds of each round")
-        print("| measurement | value(s) |\n|---|---|")
-        print("\n".join(lanes(args.n, args.rounds, "own" in args.starts)))
+        print("\n".join(lanes(args.n, args.rounds, "own" in args.starts, args.against)))
         return
     if args.profile:
         print(f"# {platform.node()}, {os.cpu_count()} CPUs, BLAS 1 thread, load average {os.getloadavg()[0]:.1f}; "

@@ -5,9 +5,11 @@ initialisation*: the invariant layout starts from the full-space layout and is
 then rotated/scaled onto it (orthogonal Procrustes). AlignedUMAP would also
 work, but it recomputes both layouts together, whereas this way the full-space
 layout is computed once and stays cached while K and lam change; only the
-invariant layout follows. umap-learn is imported lazily: the import costs
-seconds and its first call pays numba compilation (in the first process only: umap_cache keeps
-the compiled kernels on disk, and compile_in_background() fills that cache from another process).
+invariant layout follows. umap-learn builds the neighbour graph and the start; the
+epochs are umap's descent in a faster kernel of our own (layout_epochs; umap_graph_layout
+feeds it from umap's pieces). umap-learn is imported lazily: the import costs seconds and its
+first call pays numba compilation (in the first process only: umap_cache keeps the compiled
+kernels on disk, and compile_in_background() fills that cache from another process).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import os
 import subprocess
 import threading
 import warnings
+from typing import Callable
 
 import numpy as np
 
@@ -23,21 +26,25 @@ from clip_icm import background
 from clip_icm.embeddings import unit_rows
 from clip_icm.errors import InvalidInput
 
-# Few epochs are enough for a few thousand points and keep a layout at a second or two. Fewer
-# lose part of the picture: with 100 (full) or 100 and 50 (invariant, started from the full
-# layout) each point keeps fewer of today's 2-D neighbours than a reseeded layout does, and fewer
-# of its neighbours in the embedding space; 150 for the invariant layout lost too (python -m
-# bench.bench_umap; bench/RESULTS.md).
+# Epochs of a layout: 200 take 1.1 s at 10,000 points with layout_epochs' kernel at load 2 (umap's
+# 3.0-4.0 s beside it; 2.0 s against 5.1 s at load 5; bench/RESULTS.md). Fewer lose part of the
+# picture: with 100 (full) or 100 and 50 (invariant, started from the full layout) each point keeps
+# fewer of today's 2-D neighbours than a reseeded layout does, and fewer of its neighbours in the
+# embedding space; 150 for the invariant layout lost too (python -m bench.bench_umap; bench/RESULTS.md).
 DEFAULT_EPOCHS = 200
+# The layouts' version: bumped whenever layout_2d draws other layouts of the same input (a new epoch
+# kernel). The layout store's keys carry it, so layouts of an older version are never mixed in.
+LAYOUT_VERSION = "clip_icm epochs 1"
 # Neighbours are found exactly, from blocks of matrix products, up to this many points (every map
 # the dashboard draws by default); pynndescent's approximate search beyond. Both take 1-2 s at
 # 10,000 x 512, but the descent's numba code cannot be cached and compiles for 40-70 s in every
 # new process, and the products grow as n^2 (bench/RESULTS.md).
 BLAS_KNN_LIMIT = 20_000
-# Opt-in: "1" runs UMAP's epochs on every core (numba threads; umap then takes no seed). A layout
+# Opt-in: "1" runs umap's own epochs on every core (numba threads; umap then takes no seed). A layout
 # then changes from run to run (the threads race on the points they move; its picture keeps today's
 # as well as a reseeded one does), and the layout process takes the cores a page's rerun would use.
-# Faster only where cores are free: on the shared 2-core machine under load 3 it was not (bench/RESULTS.md).
+# Slower than layout_epochs' single-threaded kernel on the shared 2-core machine (a 10,000-point pair
+# 11.6 s against 6.3-6.7 s under load 5.7; bench/RESULTS.md): it can pay only with many free cores.
 PARALLEL_VAR = "CLIP_ICM_PARALLEL_LAYOUTS"
 
 
@@ -73,7 +80,7 @@ def procrustes_align(xy: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def warm_up() -> None:
-    """Run tiny layouts so that numba compiles UMAP's kernels, or loads them from its on-disk
+    """Run tiny layouts so that numba compiles the layouts' kernels (umap's, our epochs), or loads them from its on-disk
     cache (``umap_cache``: 8-15 s to compile, about a second to load); compile_in_background()
     runs this in a separate process while the dashboard computes its embeddings. Covers every
     layout up to BLAS_KNN_LIMIT rows, from a spectral start or a given one. (Layouts of more rows
@@ -224,10 +231,10 @@ def exact_neighbours(X: np.ndarray, k: int, block: int = EXACT_BLOCK, chunk: int
 
 @functools.cache
 def _curve_float32() -> tuple[np.float32, np.float32]:
-    """umap's a and b (of its default spread 1 and min_dist 0.1) as float32: its epoch kernel then
-    takes most of its powers of distances in single precision, and the epochs of a 10,000-point
-    layout take a sixth less time (2.9 s instead of 3.5), for a picture that keeps the float64 one as
-    well as a reseeded one does (python -m bench.bench_umap --profile / --seeds 4; bench/RESULTS.md)."""
+    """umap's a and b (of its default spread 1 and min_dist 0.1) as float32, the precision of
+    layout_epochs' kernel (its tables are built from them). In umap's own epoch kernel (the opt-in
+    parallel mode) they keep most powers of distances in single precision: a sixth faster there, for a
+    picture that keeps the float64 one as well as a reseeded one does (python -m bench.bench_umap; bench/RESULTS.md)."""
     from umap.umap_ import find_ab_params
 
     a, b = find_ab_params(1.0, 0.1)
@@ -239,9 +246,11 @@ def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n
           neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """``search``, how the neighbours are found: "exact" (exact_neighbours, handed to umap),
     "descent" (pynndescent's approximate search); None: exact up to BLAS_KNN_LIMIT rows.
-    ``parallel``: the epochs on every core, no seed; ``neighbours``: the exact ones, found beforehand (layout_2d)."""
+    ``parallel``: umap's epochs on every core, no seed; else layout_epochs' kernel, one thread, seeded.
+    ``neighbours``: the exact ones, found beforehand (layout_2d)."""
     wait_for_compilation()
     import umap  # lazy: seconds to import, numba compilation on first use
+    from sklearn.utils import check_random_state
 
     from clip_icm import umap_cache
 
@@ -260,19 +269,67 @@ def _umap(X: np.ndarray, init: np.ndarray | None, seed: int, n_neighbors: int, n
         raise InvalidInput(f"neighbours given for a layout of {len(X)} rows must be its {k} exact ones per row, "
                            f"got shapes {[part.shape for part in neighbours]} ({search} search)")
     a, b = _curve_float32()
-    # umap's own exact search (below 4,096 rows) calls a numba metric once per pair from Python,
-    # or takes a distance matrix and compiles a parallel sort of it for 5-8 s in a new process.
-    reducer = umap.UMAP(
+    random_state = check_random_state(None if parallel else seed)  # what umap makes of its random_state
+    # umap builds the fuzzy neighbour graph (transform_mode "graph": no layout), and umap_graph_layout lays it
+    # out. umap's own exact search (below 4,096 rows) calls a numba metric once per pair from Python, or takes
+    # a distance matrix and compiles a parallel sort of it for 5-8 s in a new process: hence exact_neighbours.
+    graph = umap.UMAP(
         n_components=2,
         n_neighbors=k,
         metric="cosine",
         n_epochs=n_epochs,
-        init=_standardise(init) if init is not None else "spectral",
         a=a,
         b=b,
-        random_state=None if parallel else seed,  # a seed makes umap run on one thread
+        random_state=None if parallel else random_state,  # a seed makes umap run on one thread
         n_jobs=-1 if parallel else 1,  # what a fixed random_state forces anyway; saying so spares the warning
         force_approximation_algorithm=search == "descent",
         precomputed_knn=(exact_neighbours(X, k) if neighbours is None else neighbours) if search == "exact" else (None, None, None),
-    )
-    return reducer.fit_transform(X).astype(np.float32)
+        transform_mode="graph",
+    ).fit(X).graph_
+    if parallel:
+        from umap.layouts import optimize_layout_euclidean
+
+        def epochs(embedding, head, tail, n_epochs, epochs_per_sample, a, b, rng_state):
+            return optimize_layout_euclidean(embedding, embedding, head, tail, n_epochs, len(embedding), epochs_per_sample,
+                                             a, b, rng_state, parallel=True, move_other=True)
+    else:
+        from clip_icm.layout_epochs import optimize_layout as epochs
+    return umap_graph_layout(X, graph, None if init is None else _standardise(init), random_state, n_epochs, a, b, epochs)
+
+
+def umap_graph_layout(X: np.ndarray, graph, init: np.ndarray | None, random_state: np.random.RandomState,
+                      n_epochs: int, a: np.float32, b: np.float32, epochs: Callable) -> np.ndarray:
+    """umap's layout of its fuzzy neighbour ``graph`` of ``X`` (``umap.UMAP(...).fit(X)`` with ``init``, its
+    ``random_state`` as it stands after building the graph, its defaults otherwise), its descent done by
+    ``epochs`` (a function with layout_epochs.optimize_layout's arguments). Step for step what umap's
+    simplicial_set_embedding does for a 2-D Euclidean output (the weakest edges dropped, the spectral start
+    or ``init``, the edges' sampling rates, the generator's seeds, the start scaled to 0-10, and, as umap's
+    fit, NaN for points without an edge): with umap's own epochs the layout is umap's, bit for bit
+    (tests/test_layout_epochs.py), so only the epochs differ."""
+    from umap.spectral import spectral_layout
+    from umap.umap_ import INT32_MAX, INT32_MIN, make_epochs_per_sample, noisy_scale_coords
+
+    graph = graph.tocoo()
+    graph.sum_duplicates()
+    # umap drops the edges too weak to be sampled once in n_epochs (with its default epochs below 11)
+    cutoff = n_epochs if n_epochs > 10 else (500 if graph.shape[0] <= 10_000 else 200)
+    graph.data[graph.data < graph.data.max() / float(cutoff)] = 0.0
+    graph.eliminate_zeros()
+    if init is None:
+        embedding = spectral_layout(X, graph, 2, random_state, metric="cosine", metric_kwds={})
+        embedding = noisy_scale_coords(embedding, random_state, max_coord=10, noise=0.0001)
+    elif len(np.unique(init, axis=0)) < len(init):
+        from sklearn.neighbors import KDTree
+
+        # points that start on one spot are moved apart, by a thousandth of the mean nearest-neighbour distance
+        nearest = KDTree(init).query(init, k=2)[0][:, 1].mean()
+        embedding = init + random_state.normal(scale=0.001 * nearest, size=init.shape).astype(np.float32)
+    else:
+        embedding = init
+    epochs_per_sample = make_epochs_per_sample(graph.data, n_epochs)
+    rng_state = random_state.randint(INT32_MIN, INT32_MAX, 3).astype(np.int64)
+    span = embedding.max(axis=0) - embedding.min(axis=0)
+    embedding = (10.0 * (embedding - embedding.min(axis=0)) / span).astype(np.float32, order="C")
+    embedding = epochs(embedding, graph.row, graph.col, n_epochs, epochs_per_sample, a, b, rng_state)
+    embedding[np.asarray(graph.sum(axis=1)).ravel() == 0] = np.nan  # points left without an edge, as umap's fit marks them
+    return embedding.astype(np.float32)

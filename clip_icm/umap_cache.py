@@ -1,4 +1,4 @@
-"""Numba's on-disk cache for the kernels a UMAP layout compiles (umap-learn 0.5).
+"""Numba's on-disk cache for the kernels a UMAP layout compiles (umap-learn 0.5, and our epochs).
 
 Why this module exists: umap-learn declares its kernels with ``numba.njit`` *without*
 ``cache=True``, so every new process compiled them again before its first layout: 8-15 s on
@@ -24,14 +24,15 @@ import threading
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-# (module, name) of each kernel a layout calls from Python and that the installed version
-# compiles without a cache; kernels called only from inside these are compiled into them.
+# (module, name) of each kernel a layout calls from Python and that its library compiles without a
+# cache; kernels called only from inside these are compiled into them. The epochs are our own kernel
+# (layout_epochs), declared without a cache too so that it is kept here with umap's.
 KERNELS = (
     ("umap.umap_", "smooth_knn_dist"),
     ("umap.umap_", "compute_membership_strengths"),
-    ("umap.layouts", "_nb_optimize_layout_euclidean_single_epoch"),
+    ("clip_icm.layout_epochs", "_epochs"),
 )
-# Cached too, though no default layout calls it (filled() does not wait for it): the epoch of the
+# Cached too, though no default layout calls it (filled() does not wait for it): umap's epoch of the
 # opt-in parallel layouts (reduce.PARALLEL_VAR), compiled by the first such layout, loaded by the next.
 OPTIONAL_KERNELS = (("umap.layouts", "_nb_optimize_layout_euclidean_single_epoch_parallel"),)
 # Not pynndescent's nn_descent (the approximate neighbour search, 40 s to compile): numba refuses
@@ -80,11 +81,15 @@ def enable(folder: Path | str | None = None) -> dict[str, Path]:
 
 
 def _marker(folder: Path | str | None) -> Path | None:
-    """The file that says the KERNELS of these versions are in ``folder``'s cache (None if a
-    version is unknown)."""
+    """The file that says the KERNELS of these versions, and of our epochs' source as it stands (its
+    modification time: what numba keys its entries by), are in ``folder``'s cache (None if a version is unknown)."""
+    from importlib.util import find_spec
+
     try:
-        versions = f"py{sys.version_info[0]}{sys.version_info[1]}-umap{version('umap-learn')}-numba{version('numba')}"
-    except PackageNotFoundError:
+        epochs = int(os.stat(find_spec("clip_icm.layout_epochs").origin).st_mtime)  # found, not imported (numba, umap)
+        versions = (f"py{sys.version_info[0]}{sys.version_info[1]}-umap{version('umap-learn')}-numba{version('numba')}"
+                    f"-epochs{epochs}")
+    except (PackageNotFoundError, OSError):
         return None
     return (Path(folder) if folder is not None else default_folder()) / f"filled-{versions}"
 

@@ -1,7 +1,7 @@
 """Layouts computed off the page: background threads per server process, shared by its sessions.
 
-Why: a UMAP layout of 10,000 points takes 3-5 s on the 2-core machine, while a K change's accuracy
-table takes 0.1 s; a page that computed the layout itself froze for the length of the layout. The
+Why: a UMAP layout of 10,000 points takes 2-4 s on the 2-core machine (bench/RESULTS.md), while a K
+change's accuracy table takes 0.1 s; a page that computed the layout itself froze for the length of the layout. The
 page submits a job, keyed by content (the same parts as the layout store's key), draws what it has
 and polls; a job another session submitted with the same key is the same job.
 

@@ -20,7 +20,8 @@ from clip_icm.service.layout_worker import NOW, Job, LayoutWorker, ready, shared
 
 # Every point on the maps up to MAP_POINTS by default, a stratified subsample above (the user may raise
 # it up to DRAW_LIMIT). The layouts bound the default, not the browser: on the 2-core machine the UMAP
-# pair of 20,000 points takes about a minute, of 50,000 about three (python -m bench.bench_refit --umap).
+# pair of 20,000 points took about a minute, of 50,000 about three, with umap's own epochs (python -m
+# bench.bench_refit --umap; less since layout_epochs' kernel, not re-measured at those sizes).
 MAP_POINTS = 20_000
 # The points one map draws in headless Chromium (software WebGL, no GPU) with a draw of at most 3 s and
 # a zoom of at most 1.5 s: 100,000 (200,000: 4.5 s and 2 s; python -m bench.bench_webgl). Above it a
@@ -85,7 +86,7 @@ def point_table(emb: EmbeddingSet, ids: np.ndarray, target: str, predicted: np.n
 def _store_key(emb: EmbeddingSet, key_parts: tuple) -> str:
     from clip_icm.store import make_key
 
-    return make_key("layout", emb.key, *key_parts)
+    return make_key("layout", reduce.LAYOUT_VERSION, emb.key, *key_parts)
 
 
 def _stored_layout(store, key_parts: tuple, compute: Callable[[], np.ndarray], emb: EmbeddingSet) -> np.ndarray:
