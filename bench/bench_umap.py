@@ -148,6 +148,28 @@ def _checkout(rev: str, scratch: Path) -> Path:
     return other
 
 
+def _results_per_checkout(script: str, args: list[str], scratch: Path, against: str | None, what: str) -> dict:
+    """``script``'s RESULT line (JSON), run with ``args`` in a fresh process in this checkout and, with
+    ``against``, in that revision's (a worktree in ``scratch``, removed after), by checkout name."""
+    roots = {"this checkout": ROOT}
+    if against:
+        roots[against] = _checkout(against, scratch)
+    results = {}
+    try:
+        for name, root in roots.items():
+            env = {**os.environ, "PYTHONPATH": str(root), "OPENBLAS_NUM_THREADS": "1"}
+            done = subprocess.run([sys.executable, "-c", script, *args], cwd=root, env=env, capture_output=True,
+                                  text=True, check=False)
+            line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                raise RuntimeError(f"{what} in {root} failed:\n{done.stderr[-3000:]}")
+            results[name] = json.loads(line[len("RESULT "):])
+    finally:
+        if against:
+            subprocess.run(["git", "worktree", "remove", "--force", str(roots[against])], cwd=ROOT, capture_output=True)
+    return results
+
+
 def comparability(full: np.ndarray, invariant: np.ndarray) -> tuple[float, float, float]:
     """How alike the two maps of a pair read side by side: the median distance between a point's full and
     invariant positions, in units of the full layout's RMS radius; the same for random pairs of points
@@ -334,25 +356,10 @@ def profile(n: int, against: str | None) -> list[str]:
     import tempfile
 
     X_full, X_inv = _synthetic(n)
-    results = {}
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         np.savez(scratch / "data.npz", full=X_full, invariant=X_inv)
-        roots = {"this checkout": ROOT}
-        if against:
-            roots[against] = _checkout(against, scratch)
-        try:
-            for name, root in roots.items():
-                env = {**os.environ, "PYTHONPATH": str(root), "OPENBLAS_NUM_THREADS": "1"}
-                done = subprocess.run([sys.executable, "-c", _PROFILE, str(scratch / "data.npz")], cwd=root, env=env,
-                                      capture_output=True, text=True, check=False)
-                line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if line is None:
-                    raise RuntimeError(f"the profile in {root} failed:\n{done.stderr[-3000:]}")
-                results[name] = json.loads(line[len("RESULT "):])
-        finally:
-            if against:
-                subprocess.run(["git", "worktree", "remove", "--force", str(roots[against])], cwd=ROOT, capture_output=True)
+        results = _results_per_checkout(_PROFILE, [str(scratch / "data.npz")], scratch, against, "the profile")
     names = list(results)
     keys = list(dict.fromkeys(k for r in results.values() for k in r))
     rows = ["| stage | " + " | ".join(f"{name} (s)" for name in names) + " |", "|---|" + "---|" * len(names)]
@@ -450,23 +457,9 @@ def lanes(n: int, rounds: int, own: bool = False, against: str | None = None) ->
     ``against``: the same in that revision's checkout, after this one's, in a fresh process (a column each)."""
     import tempfile
 
-    results = {}
     with tempfile.TemporaryDirectory() as scratch_name:
-        roots = {"this checkout": ROOT}
-        if against:
-            roots[against] = _checkout(against, Path(scratch_name))
-        try:
-            for name, root in roots.items():
-                env = {**os.environ, "PYTHONPATH": str(root), "OPENBLAS_NUM_THREADS": "1"}
-                done = subprocess.run([sys.executable, "-c", _LANES, str(n), str(rounds), "own" if own else "-"], cwd=root,
-                                      env=env, capture_output=True, text=True, check=False)
-                line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if line is None:
-                    raise RuntimeError(f"the lanes' layouts in {root} failed:\n{done.stderr[-3000:]}")
-                results[name] = json.loads(line[len("RESULT "):])
-        finally:
-            if against:
-                subprocess.run(["git", "worktree", "remove", "--force", str(roots[against])], cwd=ROOT, capture_output=True)
+        results = _results_per_checkout(_LANES, [str(n), str(rounds), "own" if own else "-"], Path(scratch_name),
+                                        against, "the lanes' layouts")
     names = list(results)
     keys = list(dict.fromkeys(k for r in results.values() for k in r))
     rows = ["| measurement | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
