@@ -154,16 +154,25 @@ class EmbeddingStore:
     def get_entry(self, key: str) -> tuple[np.ndarray, dict] | None:
         """(array, the ``meta`` it was stored with), or None if missing or corrupt. An entry missing
         here but found in the ``seed`` folder is copied in first (see the class docstring)."""
+        return self._read(key, from_seed=True)
+
+    def _read(self, key: str, from_seed: bool) -> tuple[np.ndarray, dict] | None:
+        """get_entry; ``from_seed`` False: this folder's entry only (the read of a seed entry just copied
+        in, which would otherwise copy it again, and again, if the copy read as corrupt)."""
         manifest_path = self._manifest(key)
         try:
             with locked(manifest_path) as held:  # until the array is mapped: see the module docstring
                 if held is None:
-                    return self._from_seed(key)
+                    if from_seed:
+                        return self._from_seed(key)
+                    self.stats.misses += 1
+                    return None
                 touch(manifest_path)
                 array, meta = _checked(manifest_path, key, held.raw)
         except (OSError, ValueError, KeyError, TypeError):
             self.stats.corrupt += 1
-            return self._from_seed(key) if self.seed is not None else None  # copied again where the seed has it
+            # copied again where the seed has it
+            return self._from_seed(key) if from_seed and self.seed is not None else None
         self.stats.hits += 1
         return array, meta
 
@@ -187,7 +196,7 @@ class EmbeddingStore:
         except OSError:  # a read-only or full cache folder: the seed's own copy serves
             self.stats.hits += 1
             return array, meta
-        return self.get_entry(key)
+        return self._read(key, from_seed=False)
 
     def put(self, key: str, array: np.ndarray, meta: dict | None = None, sync: bool = True) -> None:
         """Store ``array`` as float16 under ``key`` (atomically; safe against concurrent writers

@@ -187,3 +187,20 @@ def test_a_cache_folder_that_cannot_be_written_is_served_the_seeds_own_copy(tmp_
     monkeypatch.setattr(store, "put", read_only)
     np.testing.assert_array_equal(store.get(key), EmbeddingStore(seed).get(key))
     assert (store.stats.seeded, store.stats.hits) == (1, 1)
+
+
+def test_a_seed_copy_that_keeps_reading_as_corrupt_is_copied_once_per_read_not_forever(tmp_path, monkeypatch):
+    import clip_icm.store as store_mod
+
+    seed, key = _seed(tmp_path)
+    store = EmbeddingStore(tmp_path / "cache", seed=seed)
+    real = store_mod._checked
+
+    def here_always_corrupt(manifest_path, key, raw):  # a folder that spoils every write (a failing disk)
+        if store.root in manifest_path.parents:
+            raise ValueError("checksum mismatch")
+        return real(manifest_path, key, raw)
+
+    monkeypatch.setattr(store_mod, "_checked", here_always_corrupt)
+    assert store.get(key) is None
+    assert (store.stats.seeded, store.stats.corrupt) == (1, 1)
